@@ -1,0 +1,489 @@
+//! The gateway's requests as validated commands, and the drafts they are validated from.
+//! A draft carries what the caller sent, field for field; `validate` checks every rule that
+//! needs nothing but the request itself and reports every bad field at once.
+
+use crate::ids::{CaptureId, IdempotencyKey, OrderId, RefundId};
+use crate::money::{Amount, Currency};
+use crate::order_line::{OrderLine, OrderLineDraft};
+use crate::validation::Violations;
+
+/// Klarna's limit on order lines per refund.
+pub const MAX_ORDER_LINES: usize = 1000;
+/// Klarna's limit on `description` and `reference`.
+pub const MAX_TEXT_CHARS: usize = 255;
+
+fn account(name: String) -> Option<String> {
+    if name.is_empty() { None } else { Some(name) }
+}
+
+fn optional_text(v: &mut Violations, field: &str, value: String) -> Option<String> {
+    v.max_chars(field, &value, MAX_TEXT_CHARS);
+    if value.is_empty() { None } else { Some(value) }
+}
+
+/// `RefundOrder` as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundOrderDraft {
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Account name; empty for the only account.
+    pub klarna_account: String,
+    /// Order id.
+    pub order_id: String,
+    /// Amount in minor units.
+    pub refunded_amount: i64,
+    /// Currency to check against the order's; empty means unchecked.
+    pub currency: String,
+    /// Text for the customer.
+    pub description: String,
+    /// Settlement reference.
+    pub reference: String,
+    /// Refunded lines.
+    pub order_lines: Vec<OrderLineDraft>,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// A valid refund request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOrder {
+    /// The caller's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+    /// The amount.
+    pub refunded_amount: Amount,
+    /// Currency the caller expects the order to be in.
+    pub currency: Option<Currency>,
+    /// Text for the customer.
+    pub description: Option<String>,
+    /// The caller's settlement reference.
+    pub reference: Option<String>,
+    /// Refunded lines.
+    pub order_lines: Vec<OrderLine>,
+    /// Check only; send nothing.
+    pub validate_only: bool,
+}
+
+impl RefundOrder {
+    /// Checks every request-only rule: key, ids, amount, text lengths, line count, each line,
+    /// and that return-fee refunds' lines sum exactly to the refunded amount.
+    pub fn validate(d: RefundOrderDraft) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let key = v.check("idempotency_key", IdempotencyKey::parse(&d.idempotency_key));
+        let order_id = v.check("order_id", OrderId::parse(&d.order_id));
+        let amount = v.check("refunded_amount", Amount::parse(d.refunded_amount));
+        let currency = if d.currency.is_empty() {
+            Some(None)
+        } else {
+            v.check("currency", Currency::parse(&d.currency)).map(Some)
+        };
+        let description = optional_text(&mut v, "description", d.description);
+        let reference = optional_text(&mut v, "reference", d.reference);
+        if d.order_lines.len() > MAX_ORDER_LINES {
+            v.push(
+                "order_lines",
+                format!(
+                    "must have at most {MAX_ORDER_LINES} lines, got {}",
+                    d.order_lines.len()
+                ),
+            );
+        }
+        let lines: Vec<Option<OrderLine>> = d
+            .order_lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, line)| OrderLine::validate(line, &format!("order_lines[{i}]"), &mut v))
+            .collect();
+        let lines: Option<Vec<OrderLine>> = lines.into_iter().collect();
+        if let Some(lines) = &lines
+            && lines.iter().any(OrderLine::is_return_fee)
+        {
+            // Each line is within ±200 000 000 and a request holds far fewer than 10^10
+            // lines, so the sum fits an i64.
+            let sum: i64 = lines.iter().map(|l| l.total_amount).sum();
+            if sum != d.refunded_amount {
+                v.push(
+                    "order_lines",
+                    format!(
+                        "with a return_fee line, the lines' total_amount must sum exactly \
+                         to refunded_amount ({}), got {sum}",
+                        d.refunded_amount
+                    ),
+                );
+            }
+        }
+        match (key, order_id, amount, currency, lines) {
+            (
+                Some(idempotency_key),
+                Some(order_id),
+                Some(refunded_amount),
+                Some(currency),
+                Some(order_lines),
+            ) if v.is_empty() => Ok(Self {
+                idempotency_key,
+                klarna_account: account(d.klarna_account),
+                order_id,
+                refunded_amount,
+                currency,
+                description,
+                reference,
+                order_lines,
+                validate_only: d.validate_only,
+            }),
+            _ => Err(v),
+        }
+    }
+
+    /// True when a line is a return fee (the return-fee state rules apply).
+    pub fn has_return_fee(&self) -> bool {
+        self.order_lines.iter().any(OrderLine::is_return_fee)
+    }
+
+    /// True when a state rule needs Klarna's view of the order before sending.
+    pub fn needs_order(&self) -> bool {
+        self.currency.is_some() || self.has_return_fee()
+    }
+}
+
+/// `ReleaseAuthorization` as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleaseAuthorizationDraft {
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Account name.
+    pub klarna_account: String,
+    /// Order id.
+    pub order_id: String,
+}
+
+/// A valid release of an order's remaining authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseAuthorization {
+    /// The caller's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+}
+
+impl ReleaseAuthorization {
+    /// Checks the key and the order id.
+    pub fn validate(d: ReleaseAuthorizationDraft) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let key = v.check("idempotency_key", IdempotencyKey::parse(&d.idempotency_key));
+        let order_id = v.check("order_id", OrderId::parse(&d.order_id));
+        match (key, order_id) {
+            (Some(idempotency_key), Some(order_id)) => Ok(Self {
+                idempotency_key,
+                klarna_account: account(d.klarna_account),
+                order_id,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+/// `ExtendDueDate` as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtendDueDateDraft {
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Account name.
+    pub klarna_account: String,
+    /// Order id.
+    pub order_id: String,
+    /// Capture id.
+    pub capture_id: String,
+    /// Days to extend by.
+    pub number_of_days: i32,
+}
+
+/// A valid due-date extension request (whether Klarna offers it is a state rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendDueDate {
+    /// The caller's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+    /// The capture whose due date moves.
+    pub capture_id: CaptureId,
+    /// Days, at least 1.
+    pub number_of_days: i32,
+}
+
+impl ExtendDueDate {
+    /// Checks the key, the ids and that the number of days is positive.
+    pub fn validate(d: ExtendDueDateDraft) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let key = v.check("idempotency_key", IdempotencyKey::parse(&d.idempotency_key));
+        let order_id = v.check("order_id", OrderId::parse(&d.order_id));
+        let capture_id = v.check("capture_id", CaptureId::parse(&d.capture_id));
+        if d.number_of_days < 1 {
+            v.push(
+                "number_of_days",
+                "must be at least 1: one of the numbers GetExtendDueDateOptions offers",
+            );
+        }
+        match (key, order_id, capture_id) {
+            (Some(idempotency_key), Some(order_id), Some(capture_id)) if v.is_empty() => Ok(Self {
+                idempotency_key,
+                klarna_account: account(d.klarna_account),
+                order_id,
+                capture_id,
+                number_of_days: d.number_of_days,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+/// A valid `GetOrder`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderQuery {
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+}
+
+impl OrderQuery {
+    /// Checks the order id.
+    pub fn validate(klarna_account: String, order_id: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let order_id = v.check("order_id", OrderId::parse(order_id));
+        match order_id {
+            Some(order_id) => Ok(Self {
+                klarna_account: account(klarna_account),
+                order_id,
+            }),
+            None => Err(v),
+        }
+    }
+}
+
+/// A valid `GetRefund`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundQuery {
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+    /// The refund.
+    pub refund_id: RefundId,
+}
+
+impl RefundQuery {
+    /// Checks both ids.
+    pub fn validate(
+        klarna_account: String,
+        order_id: &str,
+        refund_id: &str,
+    ) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let order_id = v.check("order_id", OrderId::parse(order_id));
+        let refund_id = v.check("refund_id", RefundId::parse(refund_id));
+        match (order_id, refund_id) {
+            (Some(order_id), Some(refund_id)) => Ok(Self {
+                klarna_account: account(klarna_account),
+                order_id,
+                refund_id,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+/// A valid `GetExtendDueDateOptions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendDueDateOptionsQuery {
+    /// Account name; `None` for the only account.
+    pub klarna_account: Option<String>,
+    /// The order.
+    pub order_id: OrderId,
+    /// The capture.
+    pub capture_id: CaptureId,
+}
+
+impl ExtendDueDateOptionsQuery {
+    /// Checks both ids.
+    pub fn validate(
+        klarna_account: String,
+        order_id: &str,
+        capture_id: &str,
+    ) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let order_id = v.check("order_id", OrderId::parse(order_id));
+        let capture_id = v.check("capture_id", CaptureId::parse(capture_id));
+        match (order_id, capture_id) {
+            (Some(order_id), Some(capture_id)) => Ok(Self {
+                klarna_account: account(klarna_account),
+                order_id,
+                capture_id,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order_line::{LineTypeInput, OrderLineType};
+    use proptest::prelude::*;
+
+    const ORDER: &str = "4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64";
+
+    fn draft() -> RefundOrderDraft {
+        RefundOrderDraft {
+            idempotency_key: "k-1".into(),
+            order_id: ORDER.into(),
+            refunded_amount: 9500,
+            ..Default::default()
+        }
+    }
+
+    fn line(t: OrderLineType, unit_price: i64) -> OrderLineDraft {
+        OrderLineDraft {
+            line_type: LineTypeInput::Known(t),
+            name: "x".into(),
+            quantity: 1,
+            unit_price,
+            total_amount: unit_price,
+            ..Default::default()
+        }
+    }
+
+    fn bad_fields(d: RefundOrderDraft) -> Vec<String> {
+        match RefundOrder::validate(d) {
+            Ok(_) => vec![],
+            Err(v) => v.as_slice().iter().map(|f| f.field.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_refund_is_valid() {
+        let r = RefundOrder::validate(draft());
+        assert!(r.is_ok(), "{r:?}");
+        let r = r.unwrap_or_else(|_| unreachable!());
+        assert!(!r.needs_order());
+        assert_eq!(r.klarna_account, None);
+    }
+
+    #[test]
+    fn every_bad_top_level_field_is_listed() {
+        let d = RefundOrderDraft {
+            idempotency_key: String::new(),
+            order_id: "nope".into(),
+            refunded_amount: 0,
+            currency: "kronor".into(),
+            description: "d".repeat(256),
+            reference: "r".repeat(256),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_fields(d),
+            [
+                "idempotency_key",
+                "order_id",
+                "refunded_amount",
+                "currency",
+                "description",
+                "reference"
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_lines() {
+        let mut d = draft();
+        d.refunded_amount = 1;
+        d.order_lines = vec![line(OrderLineType::Physical, 1); 1001];
+        assert_eq!(bad_fields(d), ["order_lines"]);
+    }
+
+    #[test]
+    fn return_fee_lines_must_sum_to_the_amount() {
+        let mut d = draft();
+        d.order_lines = vec![
+            line(OrderLineType::Physical, 10000),
+            line(OrderLineType::ReturnFee, -500),
+        ];
+        let ok = RefundOrder::validate(d.clone());
+        assert!(
+            ok.as_ref()
+                .is_ok_and(|r| r.has_return_fee() && r.needs_order())
+        );
+        d.refunded_amount = 10000;
+        assert_eq!(bad_fields(d), ["order_lines"]);
+    }
+
+    #[test]
+    fn lines_without_return_fee_need_not_sum() {
+        let mut d = draft();
+        d.order_lines = vec![line(OrderLineType::Physical, 100)];
+        assert!(bad_fields(d).is_empty());
+    }
+
+    #[test]
+    fn line_paths_carry_their_index() {
+        let mut d = draft();
+        let mut bad = line(OrderLineType::Physical, 100);
+        bad.total_amount = 99;
+        d.order_lines = vec![line(OrderLineType::Physical, 1); 3];
+        d.order_lines.push(bad);
+        assert_eq!(bad_fields(d), ["order_lines[3].total_amount"]);
+    }
+
+    #[test]
+    fn extend_due_date_needs_positive_days_and_uuids() {
+        let d = ExtendDueDateDraft {
+            idempotency_key: "k".into(),
+            order_id: ORDER.into(),
+            capture_id: "c".into(),
+            number_of_days: 0,
+            ..Default::default()
+        };
+        let err = ExtendDueDate::validate(d).err().map(|v| v.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("capture_id") && e.contains("number_of_days"))
+        );
+    }
+
+    #[test]
+    fn release_requires_key_and_order() {
+        let err = ReleaseAuthorization::validate(ReleaseAuthorizationDraft::default());
+        assert_eq!(err.err().map(|v| v.as_slice().len()), Some(2));
+    }
+
+    #[test]
+    fn queries_check_ids() {
+        assert!(OrderQuery::validate(String::new(), ORDER).is_ok());
+        assert!(OrderQuery::validate(String::new(), "x").is_err());
+        assert!(RefundQuery::validate(String::new(), ORDER, "x").is_err());
+        assert!(
+            ExtendDueDateOptionsQuery::validate("eu".into(), ORDER, ORDER)
+                .is_ok_and(|q| q.klarna_account.as_deref() == Some("eu"))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn return_fee_sum_rule(items in proptest::collection::vec(1i64..100_000, 1..5), fee in 1i64..10_000, delta in -2i64..2) {
+            let mut d = draft();
+            let mut lines: Vec<_> = items.iter().map(|p| line(OrderLineType::Physical, *p)).collect();
+            lines.push(line(OrderLineType::ReturnFee, -fee));
+            let sum: i64 = items.iter().sum::<i64>() - fee;
+            d.refunded_amount = sum + delta;
+            d.order_lines = lines;
+            let valid = RefundOrder::validate(d).is_ok();
+            prop_assert_eq!(valid, delta == 0 && sum + delta > 0);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The one error every RPC returns. The server maps it to a gRPC status in one place; this
+//! enum says what happened, not how it is encoded.
+
+use std::fmt;
+
+use crate::klarna::KlarnaError;
+use crate::validation::Violations;
+
+/// A state rule the request broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreconditionReason {
+    /// The caller's currency is not the order's.
+    CurrencyMismatch,
+    /// A return fee on an order that does not allow one.
+    ReturnFeeNotAllowed,
+    /// A due-date extension Klarna did not offer.
+    ExtensionNotOffered,
+}
+
+impl PreconditionReason {
+    /// The machine-readable reason (gRPC ErrorInfo reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Self::ReturnFeeNotAllowed => "RETURN_FEE_NOT_ALLOWED",
+            Self::ExtensionNotOffered => "EXTENSION_NOT_OFFERED",
+        }
+    }
+}
+
+/// A refusal by a state rule, before anything was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {description}", reason.as_str())]
+pub struct Precondition {
+    /// Which rule.
+    pub reason: PreconditionReason,
+    /// What it is about, e.g. `orders/{id}`.
+    pub subject: String,
+    /// Why, in words.
+    pub description: String,
+}
+
+/// The Klarna resource a call was about; NOT_FOUND answers name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceRef {
+    /// An order.
+    Order(String),
+    /// A capture of an order.
+    Capture {
+        /// The order.
+        order_id: String,
+        /// The capture.
+        capture_id: String,
+    },
+    /// A refund of an order.
+    Refund {
+        /// The order.
+        order_id: String,
+        /// The refund.
+        refund_id: String,
+    },
+}
+
+impl ResourceRef {
+    /// Resource type name, e.g. `klarna.order`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Order(_) => "klarna.order",
+            Self::Capture { .. } => "klarna.capture",
+            Self::Refund { .. } => "klarna.refund",
+        }
+    }
+
+    /// Resource path, e.g. `orders/{o}/refunds/{r}`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Order(o) => format!("orders/{o}"),
+            Self::Capture {
+                order_id,
+                capture_id,
+            } => format!("orders/{order_id}/captures/{capture_id}"),
+            Self::Refund {
+                order_id,
+                refund_id,
+            } => format!("orders/{order_id}/refunds/{refund_id}"),
+        }
+    }
+
+    /// The order this resource belongs to.
+    pub fn order(&self) -> ResourceRef {
+        match self {
+            Self::Order(o) => Self::Order(o.clone()),
+            Self::Capture { order_id, .. } | Self::Refund { order_id, .. } => {
+                Self::Order(order_id.clone())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Everything an RPC can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed; nothing was read or sent.
+    #[error("invalid request: {0}")]
+    InvalidArgument(Violations),
+    /// A state rule refused the request; nothing was sent.
+    #[error("{0}")]
+    Precondition(Precondition),
+    /// A mutating Klarna call may or may not have taken effect (no answer, 5xx). Never a
+    /// failure: a resend under the same idempotency key reaches Klarna under the same Klarna
+    /// key and so cannot execute twice.
+    #[error("outcome of operation {operation_id} unknown: {error}")]
+    OutcomePending {
+        /// The operation whose outcome is unknown.
+        operation_id: String,
+        /// What went wrong.
+        error: KlarnaError,
+    },
+    /// The Klarna call about `resource` failed.
+    #[error("{error} ({resource})")]
+    Klarna {
+        /// What Klarna said, or why it said nothing.
+        error: KlarnaError,
+        /// What the call was about.
+        resource: ResourceRef,
+    },
+}
+
+impl From<Violations> for GatewayError {
+    fn from(v: Violations) -> Self {
+        Self::InvalidArgument(v)
+    }
+}
+
+impl From<Precondition> for GatewayError {
+    fn from(p: Precondition) -> Self {
+        Self::Precondition(p)
+    }
+}

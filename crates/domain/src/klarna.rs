@@ -1,0 +1,147 @@
+//! The port to Klarna. The adapter crate implements [`KlarnaApi`] over HTTP; the server only
+//! sees this trait, so what Klarna said is classified once, here, into what it proves.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ids::{CaptureId, OrderId, RefundId};
+use crate::money::Amount;
+use crate::operation::OperationId;
+use crate::order::{ExtendDueDateOptions, Order, Refund};
+use crate::order_line::OrderLine;
+
+/// The refund as sent to Klarna.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlarnaRefund {
+    /// Amount in minor units.
+    pub refunded_amount: Amount,
+    /// Text for the customer.
+    pub description: Option<String>,
+    /// Settlement reference: the caller's, else the operation id.
+    pub reference: String,
+    /// Refunded lines.
+    pub order_lines: Vec<OrderLine>,
+}
+
+/// Klarna accepted a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundCreated {
+    /// Klarna's refund id (`Refund-Id` header).
+    pub refund_id: String,
+    /// Klarna's correlation id, when it sent one.
+    pub correlation_id: Option<String>,
+}
+
+/// Klarna accepted a request that returns no resource (release, extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KlarnaReceipt {
+    /// Klarna's correlation id, when it sent one.
+    pub correlation_id: Option<String>,
+}
+
+/// Klarna Order Management, one merchant account. Every mutating call carries `key` as
+/// `Klarna-Idempotency-Key`, so a resend of the same operation is executed at most once.
+#[async_trait]
+pub trait KlarnaApi: Send + Sync + std::fmt::Debug {
+    /// `GET /ordermanagement/v1/orders/{order_id}`.
+    async fn get_order(&self, order_id: &OrderId) -> Result<Order, KlarnaError>;
+
+    /// `POST /ordermanagement/v1/orders/{order_id}/refunds`.
+    async fn create_refund(
+        &self,
+        order_id: &OrderId,
+        refund: &KlarnaRefund,
+        key: &OperationId,
+    ) -> Result<RefundCreated, KlarnaError>;
+
+    /// `GET /ordermanagement/v1/orders/{order_id}/refunds/{refund_id}`.
+    async fn get_refund(
+        &self,
+        order_id: &OrderId,
+        refund_id: &RefundId,
+    ) -> Result<Refund, KlarnaError>;
+
+    /// `POST /ordermanagement/v1/orders/{order_id}/release-remaining-authorization`.
+    async fn release_remaining_authorization(
+        &self,
+        order_id: &OrderId,
+        key: &OperationId,
+    ) -> Result<KlarnaReceipt, KlarnaError>;
+
+    /// `GET …/orders/{order_id}/captures/{capture_id}/extend-due-date-options`.
+    async fn get_extend_due_date_options(
+        &self,
+        order_id: &OrderId,
+        capture_id: &CaptureId,
+    ) -> Result<ExtendDueDateOptions, KlarnaError>;
+
+    /// `PATCH …/orders/{order_id}/captures/{capture_id}/extend-due-date`.
+    async fn extend_due_date(
+        &self,
+        order_id: &OrderId,
+        capture_id: &CaptureId,
+        number_of_days: i32,
+        key: &OperationId,
+    ) -> Result<KlarnaReceipt, KlarnaError>;
+}
+
+/// An error answer from Klarna, as parsed from its body (which may be missing or not JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KlarnaErrorResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Klarna's `error_code`, if the body had one.
+    pub error_code: Option<String>,
+    /// Klarna's `error_messages` (or its singular `error_message`).
+    pub messages: Vec<String>,
+    /// Klarna's `correlation_id`, from the body or a header.
+    pub correlation_id: Option<String>,
+    /// `Retry-After`, when Klarna sent one (429, 503).
+    pub retry_after: Option<Duration>,
+}
+
+/// Why a Klarna call did not succeed, classified by what it proves about the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KlarnaError {
+    /// Klarna answered with an error status.
+    #[error("Klarna answered {} {}", .0.status, .0.error_code.as_deref().unwrap_or("(no error_code)"))]
+    Answered(KlarnaErrorResponse),
+    /// The request provably never reached Klarna (connection refused, DNS, TLS handshake).
+    #[error("Klarna unreachable, request not sent: {0}")]
+    NotSent(String),
+    /// The request may have reached Klarna but no answer came (timeout, reset, cut body).
+    #[error("no answer from Klarna: {0}")]
+    NoAnswer(String),
+    /// Klarna answered success with a body or headers this adapter cannot understand.
+    #[error("unexpected answer from Klarna: {0}")]
+    BadResponse(String),
+}
+
+impl KlarnaError {
+    /// The HTTP status, when Klarna answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Answered(r) => Some(r.status),
+            _ => None,
+        }
+    }
+
+    /// Klarna's correlation id, when it sent one.
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            Self::Answered(r) => r.correlation_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when a mutating call may or may not have taken effect: no answer, a 5xx, or a
+    /// success we could not read. Such an outcome must never be reported as a failure.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Answered(r) => r.status >= 500,
+            Self::NoAnswer(_) | Self::BadResponse(_) => true,
+            Self::NotSent(_) => false,
+        }
+    }
+}

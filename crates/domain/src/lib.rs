@@ -1,0 +1,50 @@
+//! The refund gateway's domain: everything the gateway knows about money, Klarna ids, order
+//! lines and the rules a request must satisfy, with no I/O. Values are validated once, when
+//! they are built from a request at the server's edge, and trusted everywhere after: an
+//! [`OrderId`] is always a UUID, an [`Amount`] always a refundable number of minor units.
+//!
+//! # Layout
+//! - [`validation`]: [`FieldViolation`] and the [`Violations`] collector that lets a request
+//!   report every bad field at once, with paths like `order_lines[3].total_amount`.
+//! - [`money`]: [`Amount`] (positive minor units within Klarna's limit), [`Currency`],
+//!   [`CountryCode`]. There are no floats anywhere near money.
+//! - [`ids`]: Klarna's [`OrderId`], [`CaptureId`], [`RefundId`], and the caller's
+//!   [`IdempotencyKey`].
+//! - [`order_line`]: [`OrderLine`] and its parts, checked against Klarna's limits.
+//! - [`command`]: the validated requests ([`RefundOrder`], [`ReleaseAuthorization`],
+//!   [`ExtendDueDate`], the reads) and the drafts they are validated from.
+//! - [`order`]: what Klarna reports about an order, its captures and refunds.
+//! - [`rules`]: the state rules that need Klarna's view of the order (currency, return fee,
+//!   offered due-date extensions).
+//! - [`operation`]: operation identity: [`Caller`], [`Rpc`], [`OperationId`].
+//! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
+//! - [`error`]: [`GatewayError`], the one error every RPC returns.
+
+pub mod command;
+pub mod error;
+pub mod ids;
+pub mod klarna;
+pub mod money;
+pub mod operation;
+pub mod order;
+pub mod order_line;
+pub mod rules;
+pub mod validation;
+
+pub use command::{
+    ExtendDueDate, ExtendDueDateDraft, ExtendDueDateOptionsQuery, OrderQuery, RefundOrder,
+    RefundOrderDraft, RefundQuery, ReleaseAuthorization, ReleaseAuthorizationDraft,
+};
+pub use error::{GatewayError, Precondition, PreconditionReason, ResourceRef};
+pub use ids::{CaptureId, IdempotencyKey, OrderId, RefundId};
+pub use klarna::{
+    KlarnaApi, KlarnaError, KlarnaErrorResponse, KlarnaReceipt, KlarnaRefund, RefundCreated,
+};
+pub use money::{Amount, CountryCode, Currency};
+pub use operation::{Caller, OperationId, Rpc};
+pub use order::{Capture, ExtendDueDateOption, ExtendDueDateOptions, Order, OrderStatus, Refund};
+pub use order_line::{
+    LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,
+    SubscriptionDraft, SubscriptionInterval,
+};
+pub use validation::{FieldViolation, Violations};

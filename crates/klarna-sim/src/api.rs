@@ -1,0 +1,425 @@
+//! The Klarna API pipeline: for each call under `/ordermanagement/v1/orders/`, in this order,
+//!
+//! 1. read the body (at most 1 MiB is kept; larger bodies are drained and refused),
+//! 2. Basic auth → 401 `UNAUTHORIZED`,
+//! 3. rate limit → 429 `TOO_MANY_REQUESTS` (with `Retry-After: 1`),
+//! 4. body size → 413 `REQUEST_TOO_LARGE`,
+//! 5. injected fault (a status answers here; latency waits, then goes on),
+//! 6. on POST/PATCH, `Klarna-Idempotency-Key` check → 400 `BAD_VALUE` if not 1-255 visible
+//!    ASCII characters,
+//! 7. under the state lock: replay of a stored response for the key, or route, validate and
+//!    execute, and store the response under the key if [storable](crate::idempotency),
+//! 8. log, then hold or drop the answer if a commit-then-* fault applies.
+//!
+//! None of steps 2-6 is stored under the key, so neither a 401, a 429, a 413 nor a fault is
+//! ever replayed. Route parsing and body validation happen before taking the lock; only the
+//! look-up, the operation and the store run under it.
+
+use bytes::Bytes;
+use http::header::{HOST, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{HeaderMap, Method, StatusCode};
+use hyper::body::Incoming;
+
+use crate::faults::FaultKind;
+use crate::idempotency::{self, MAX_KEY_LEN};
+use crate::request_log::LoggedRequest;
+use crate::response::{ApiError, SimResponse, default_error_code};
+use crate::schema;
+use crate::server::{BodyError, read_body};
+use crate::simulator::Shared;
+use crate::state::Command;
+
+/// Largest request body accepted (Klarna: 1 MB).
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Prefix of every Order Management order path.
+pub(crate) const ORDERS_PREFIX: &str = "/ordermanagement/v1/orders/";
+
+const IDEMPOTENCY_KEY: &str = "klarna-idempotency-key";
+
+/// What the connection should do with a call.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Send this answer.
+    Respond(SimResponse),
+    /// Close the connection without answering.
+    Drop,
+}
+
+/// Handles one Klarna call.
+pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Outcome {
+    let body = match read_body(body, MAX_BODY_BYTES).await {
+        Ok(body) => Some(body),
+        Err(BodyError::TooLarge) => None,
+        // The client went away while sending: nobody to answer.
+        Err(BodyError::Io) => return Outcome::Drop,
+    };
+    let mut fault: Option<&'static str> = None;
+    let mut after_commit: Option<FaultKind> = None;
+    let mut replayed = false;
+    let response = 'answer: {
+        if !shared.auth.check(&parts.headers) {
+            break 'answer unauthorized();
+        }
+        if let Some(limiter) = &shared.rate_limiter
+            && !limiter.try_acquire()
+        {
+            break 'answer ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                "Too many requests. Rate limit exceeded.",
+            )
+            .with_retry_after(Some(1))
+            .into();
+        }
+        let Some(body) = &body else {
+            break 'answer ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("Request body exceeds the maximum size of {MAX_BODY_BYTES} bytes."),
+            )
+            .into();
+        };
+        if let Some(kind) = shared.faults.take(parts.method.as_str(), parts.uri.path()) {
+            fault = Some(kind.name());
+            match kind {
+                FaultKind::Status {
+                    status,
+                    body,
+                    retry_after_secs,
+                } => break 'answer fault_response(status, body, retry_after_secs),
+                FaultKind::Latency { millis } => {
+                    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                }
+                hold_or_drop => after_commit = Some(hold_or_drop),
+            }
+        }
+        let (response, was_replayed) = execute(shared, &parts, body);
+        replayed = was_replayed;
+        response
+    };
+
+    if shared.log.enabled() {
+        shared.log.push(log_entry(
+            shared,
+            &parts,
+            body.as_ref(),
+            &response,
+            replayed,
+            fault,
+        ));
+    }
+    match after_commit {
+        Some(FaultKind::CommitThenDrop) => Outcome::Drop,
+        Some(FaultKind::CommitThenHold { millis }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            Outcome::Respond(response)
+        }
+        _ => Outcome::Respond(response),
+    }
+}
+
+fn unauthorized() -> SimResponse {
+    SimResponse::from(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "Invalid or missing credentials.",
+    ))
+    .with_header(WWW_AUTHENTICATE, "Basic realm=\"Klarna\"")
+}
+
+fn fault_response(status: u16, body: Option<String>, retry_after_secs: Option<u64>) -> SimResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match body {
+        Some(body) if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok() => {
+            SimResponse::json_bytes(status, body.into_bytes())
+        }
+        Some(body) => SimResponse {
+            status,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            body: Bytes::from(body),
+        },
+        None => ApiError::new(
+            status,
+            default_error_code(status),
+            format!("Injected fault: HTTP {}", status.as_u16()),
+        )
+        .into(),
+    };
+    if let Some(secs) = retry_after_secs {
+        response.headers.retain(|(name, _)| name != RETRY_AFTER);
+        response = response.with_header(RETRY_AFTER, &secs.to_string());
+    }
+    response
+}
+
+/// The idempotency key of a POST/PATCH: `Ok(None)` without one, 400 if malformed.
+fn idempotency_key<'a>(
+    method: &Method,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, ApiError> {
+    if method != Method::POST && method != Method::PATCH {
+        return Ok(None);
+    }
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_VALUE",
+            format!("Klarna-Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters."),
+        )),
+    }
+}
+
+/// Steps 6 and 7: returns the answer and whether it was replayed.
+fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> (SimResponse, bool) {
+    let key = match idempotency_key(&parts.method, &parts.headers) {
+        Ok(key) => key,
+        Err(error) => return (error.into(), false),
+    };
+    let command = route(&parts.method, parts.uri.path(), body);
+    let host = host(parts);
+    let now = shared.clock.now();
+    let mut store = shared.store();
+    let Some(key) = key else {
+        return (store.execute(command, now, host), false);
+    };
+    // Keys are scoped per API username; '\n' cannot occur in a header value.
+    let scoped = format!("{}\n{key}", shared.config.username);
+    if let Some(stored) = store.idempotency.get(&scoped, now) {
+        return (stored.clone(), true);
+    }
+    let response = store.execute(command, now, host);
+    if idempotency::is_storable(response.status) {
+        store.idempotency.insert(&scoped, response.clone(), now);
+    }
+    (response, false)
+}
+
+/// The host the client addressed (`:authority` in HTTP/2, `Host` in HTTP/1.1).
+fn host(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("No resource at {path}"),
+    )
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("Method {method} is not allowed on {path}"),
+    )
+}
+
+/// Parses the path (and, for writes, the body) into a command.
+pub(crate) fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command, ApiError> {
+    let Some(rest) = path.strip_prefix(ORDERS_PREFIX) else {
+        return Err(not_found(path));
+    };
+    let mut segments = rest.split('/');
+    let raw_order_id = segments.next().unwrap_or_default();
+    let Ok(order_id) = uuid::Uuid::try_parse(raw_order_id) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ORDER_ID",
+            "Order ID must be a valid UUID.",
+        ));
+    };
+    let rest: [Option<&str>; 4] = [
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ];
+    let wrong_method = || Err(method_not_allowed(method, path));
+    match rest {
+        [None, ..] => match *method {
+            Method::GET => Ok(Command::GetOrder { order_id }),
+            _ => wrong_method(),
+        },
+        [Some("captures"), None, ..] => match *method {
+            Method::POST => Ok(Command::CreateCapture {
+                order_id,
+                request: schema::parse_capture(body)?,
+            }),
+            _ => wrong_method(),
+        },
+        [Some("captures"), Some(capture_id), None, _] if !capture_id.is_empty() => match *method {
+            Method::GET => Ok(Command::GetCapture {
+                order_id,
+                capture_id: capture_id.to_owned(),
+            }),
+            _ => wrong_method(),
+        },
+        [
+            Some("captures"),
+            Some(capture_id),
+            Some("extend-due-date-options"),
+            None,
+        ] if !capture_id.is_empty() => match *method {
+            Method::GET => Ok(Command::ExtendDueDateOptions {
+                order_id,
+                capture_id: capture_id.to_owned(),
+            }),
+            _ => wrong_method(),
+        },
+        [
+            Some("captures"),
+            Some(capture_id),
+            Some("extend-due-date"),
+            None,
+        ] if !capture_id.is_empty() => match *method {
+            Method::PATCH => Ok(Command::ExtendDueDate {
+                order_id,
+                capture_id: capture_id.to_owned(),
+                number_of_days: schema::parse_extend(body)?,
+            }),
+            _ => wrong_method(),
+        },
+        [Some("refunds"), None, ..] => match *method {
+            Method::POST => Ok(Command::Refund {
+                order_id,
+                request: schema::parse_refund(body)?,
+            }),
+            _ => wrong_method(),
+        },
+        [Some("refunds"), Some(refund_id), None, _] if !refund_id.is_empty() => match *method {
+            Method::GET => Ok(Command::GetRefund {
+                order_id,
+                refund_id: refund_id.to_owned(),
+            }),
+            _ => wrong_method(),
+        },
+        // Klarna takes no body here; whatever is sent is ignored.
+        [Some("release-remaining-authorization"), None, ..] => match *method {
+            Method::POST => Ok(Command::ReleaseRemainingAuthorization { order_id }),
+            _ => wrong_method(),
+        },
+        _ => Err(not_found(path)),
+    }
+}
+
+fn log_entry(
+    shared: &Shared,
+    parts: &Parts,
+    body: Option<&Bytes>,
+    response: &SimResponse,
+    replayed: bool,
+    fault: Option<&'static str>,
+) -> LoggedRequest {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    LoggedRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
+            .collect(),
+        body: body.map(|b| text(b)).unwrap_or_default(),
+        status: response.status.as_u16(),
+        response_headers: response
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
+            .collect(),
+        response_body: text(&response.body),
+        at: shared.clock.now(),
+        replayed,
+        fault: fault.map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(result: Result<Command, ApiError>) -> &'static str {
+        result.unwrap_err().code
+    }
+
+    const ORDER: &str = "/ordermanagement/v1/orders/4f3c2a71-8d5e-4b6a-9c1f-2e7d8a9b0c11";
+
+    #[test]
+    fn routes() {
+        assert!(matches!(
+            route(&Method::GET, ORDER, b""),
+            Ok(Command::GetOrder { .. })
+        ));
+        assert!(matches!(
+            route(
+                &Method::POST,
+                &format!("{ORDER}/refunds"),
+                br#"{"refunded_amount": 1}"#
+            ),
+            Ok(Command::Refund { .. })
+        ));
+        assert!(matches!(
+            route(
+                &Method::GET,
+                &format!("{ORDER}/captures/c1/extend-due-date-options"),
+                b""
+            ),
+            Ok(Command::ExtendDueDateOptions { .. })
+        ));
+        assert!(matches!(
+            route(
+                &Method::POST,
+                &format!("{ORDER}/release-remaining-authorization"),
+                b"junk"
+            ),
+            Ok(Command::ReleaseRemainingAuthorization { .. })
+        ));
+        assert_eq!(
+            code(route(&Method::GET, "/ordermanagement/v1/orders/abc", b"")),
+            "INVALID_ORDER_ID"
+        );
+        assert_eq!(
+            code(route(&Method::DELETE, ORDER, b"")),
+            "METHOD_NOT_ALLOWED"
+        );
+        assert_eq!(
+            code(route(&Method::GET, &format!("{ORDER}/nope"), b"")),
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            code(route(&Method::POST, &format!("{ORDER}/refunds"), b"{")),
+            "UNPROCESSABLE_ENTITY"
+        );
+    }
+
+    #[test]
+    fn idempotency_key_rules() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&Method::POST, &headers), Ok(None));
+        headers.insert(IDEMPOTENCY_KEY, "k".parse().unwrap());
+        assert_eq!(idempotency_key(&Method::POST, &headers), Ok(Some("k")));
+        assert_eq!(idempotency_key(&Method::GET, &headers), Ok(None));
+        headers.insert(IDEMPOTENCY_KEY, "".parse().unwrap());
+        assert!(idempotency_key(&Method::PATCH, &headers).is_err());
+        headers.insert(IDEMPOTENCY_KEY, "x".repeat(256).parse().unwrap());
+        assert!(idempotency_key(&Method::POST, &headers).is_err());
+        headers.insert(IDEMPOTENCY_KEY, "x".repeat(255).parse().unwrap());
+        assert!(idempotency_key(&Method::POST, &headers).is_ok());
+    }
+}

@@ -1,0 +1,44 @@
+//! The refund gateway's Klarna adapter: [`KlarnaClient`] implements the domain's
+//! [`KlarnaApi`](refund_gateway_domain::KlarnaApi) port over Klarna's Order Management v1 HTTP
+//! API (CONTRACT.md §1-§3).
+//!
+//! Every request carries HTTP Basic credentials, `Accept: application/json` and a `User-Agent`
+//! in Klarna's SDK convention; every POST and PATCH carries the operation id as
+//! `Klarna-Idempotency-Key`, so resending an operation can never execute it twice. Answers are
+//! read leniently (Klarna adds fields and varies case) and failures are classified by what
+//! they prove: [`KlarnaError::Answered`](refund_gateway_domain::KlarnaError::Answered) (Klarna
+//! said no, with its `error_code` and `correlation_id`), `NotSent` (provably never left),
+//! `NoAnswer` (may or may not have happened), `BadResponse` (a success we cannot read).
+//!
+//! Requests go through a tower stack (`http.rs`): a span per attempt, a per-attempt timeout,
+//! and reqwest with its own retries off. Resending belongs in that stack, as a layer that
+//! sees those classified errors; this crate does not resend yet.
+//!
+//! # Layout
+//! - `config.rs`: [`Region`], [`Environment`], [`regional_base_url`], [`BaseUrl`] (https, or
+//!   http on loopback only), [`KlarnaCredentials`] (never printed), [`KlarnaClientConfig`],
+//!   [`KlarnaConfigError`].
+//! - `contract.rs`: paths, header names, accepted success statuses, and every unconfirmed
+//!   **\[U\]** assumption about Klarna (correlation-id headers, the `Location` fallback for a
+//!   refund id, statuses accepted for release and extension), each with its reason.
+//! - `wire.rs`: Klarna's JSON as serde types; strict when writing, lenient when reading.
+//! - `error.rs`: parsing Klarna's error answers (JSON, text or empty; `Retry-After`;
+//!   correlation id from body or header) and classifying transport failures.
+//! - `http.rs`: [`HttpService`] (reqwest as a tower service), [`AttemptTraceLayer`], and the
+//!   outbound stack ([`OutboundService`]).
+//! - `client.rs`: [`KlarnaClient`]: builds requests, sends them through the stack, reads the
+//!   answers, logs one event per call.
+
+mod client;
+mod config;
+mod contract;
+mod error;
+mod http;
+mod wire;
+
+pub use crate::http::{AttemptTrace, AttemptTraceLayer, HttpService, OutboundService};
+pub use client::{KlarnaClient, user_agent};
+pub use config::{
+    BaseUrl, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, Environment, KlarnaClientConfig,
+    KlarnaConfigError, KlarnaCredentials, Region, regional_base_url,
+};

@@ -1,0 +1,253 @@
+//! `refund-gateway`: the gRPC refund gateway for Klarna. Internal services call it to refund
+//! Klarna orders, release authorizations and extend due dates; it validates every request
+//! before Klarna sees it, sends each money movement under a deterministic Klarna idempotency
+//! key, and explains every refusal with google.rpc error details.
+//!
+//! [`run`] is the whole server: `main` calls it with the configured listener, and the tests
+//! call [`start`] (what `run` is made of) with a port-0 listener, so both run the same stack.
+//!
+//! # Layout
+//! - [`config`]: settings from the TOML file, environment and flags; accounts and secrets.
+//! - [`convert`]: the one place API messages become domain values and back.
+//! - [`gateway`]: the use cases, free of gRPC: state rules, then the Klarna call.
+//! - [`grpc`]: the tonic service implementing `RefundGatewayService`.
+//! - [`status`]: the one mapping from domain errors to gRPC statuses with details.
+//! - [`middleware`]: the RPC span and metrics of the inbound stack.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: log set-up (JSON or text) and the metrics recorder.
+//! - [`demo`]: `--simulator`: the in-process Klarna simulator with its demo orders.
+
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod demo;
+pub mod gateway;
+pub mod grpc;
+pub mod middleware;
+pub mod status;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use refund_gateway_domain::KlarnaApi;
+use refund_gateway_klarna::{KlarnaClient, KlarnaClientConfig};
+use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::gateway::{Accounts, Gateway};
+use crate::grpc::RefundGatewayApi;
+use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound or read.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An account's Klarna client could not be built.
+    #[error("account {account:?}: {message}")]
+    Account {
+        /// The account.
+        account: String,
+        /// The cause.
+        message: String,
+    },
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// A server task panicked.
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// The gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The admin HTTP address.
+    pub admin_addr: SocketAddr,
+    /// The in-process simulator, with `--simulator`.
+    pub simulator: Option<demo::DemoSimulator>,
+    grpc: JoinHandle<Result<(), ServerError>>,
+    admin: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningGateway {
+    /// Waits until the gateway has shut down (after the shutdown future completed and
+    /// in-flight RPCs finished).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let grpc = self.grpc.await?;
+        let admin = self.admin.await?;
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+        grpc.and(admin)
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then drains: health turns
+/// NOT_SERVING, no new connections are accepted, in-flight RPCs finish.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    start(listener, config, shutdown).await?.wait().await
+}
+
+/// Starts the gateway on `listener` and returns once it accepts RPCs.
+pub async fn start(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningGateway, ServerError> {
+    let attempt_timeout = config.klarna_attempt_timeout();
+    let (simulator, accounts) = if config.settings.simulator {
+        let sim = demo::DemoSimulator::start()
+            .await
+            .map_err(io_error("starting the Klarna simulator"))?;
+        let accounts = vec![sim.account().map_err(io_error("simulator account"))?];
+        (Some(sim), accounts)
+    } else {
+        (None, config.accounts)
+    };
+    let mut clients: Vec<(String, Arc<dyn KlarnaApi>)> = Vec::new();
+    for account in accounts {
+        let mut client_config = KlarnaClientConfig::new(account.base_url, account.credentials);
+        client_config.attempt_timeout = attempt_timeout;
+        let client = KlarnaClient::new(client_config).map_err(|e| ServerError::Account {
+            account: account.name.clone(),
+            message: e.to_string(),
+        })?;
+        tracing::info!(account = %account.name, "Klarna account configured");
+        clients.push((account.name, Arc::new(client)));
+    }
+    let gateway = Gateway::new(Accounts::new(clients));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RefundGatewayServiceServer<RefundGatewayApi>>()
+        .await;
+    // Reflection serves our API, health, and google.rpc's error details, so grpcurl and
+    // buf curl can decode the details of every error. v1alpha is what grpcurl 1.8 speaks.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(refund_gateway_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = descriptors()
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = descriptors()
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(io_error("reading the gRPC address"))?;
+    let admin_listener = TcpListener::bind(config.settings.admin_listen)
+        .await
+        .map_err(io_error(format!(
+            "binding the admin address {}",
+            config.settings.admin_listen
+        )))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(io_error("reading the admin address"))?;
+
+    // One shutdown signal fans out to the gRPC server and the admin endpoint.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(true));
+    {
+        let ready = ready.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight RPCs");
+            ready.store(false, Ordering::Release);
+            health
+                .set_not_serving::<RefundGatewayServiceServer<RefundGatewayApi>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which only happens after it sent `true`.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let inbound = tower::ServiceBuilder::new()
+        // Outermost: give every call a request id before anything logs about it, so the span,
+        // the handler's lines and the caller's response carry the same one.
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // The RPC span next: everything below, refusals by later layers included, is inside it.
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(RpcSpan)
+                .on_request(RpcStart)
+                .on_response(RpcEnd)
+                .on_failure(RpcFailure),
+        )
+        // Echo the id to the caller from inside the span, so the echo belongs to the call.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(inbound)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RefundGatewayServiceServer::new(RefundGatewayApi::new(
+            gateway,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+    let grpc = tokio::spawn(async move { grpc_server.await.map_err(ServerError::from) });
+
+    let admin_router = admin::router(admin::AdminState {
+        ready,
+        metrics: telemetry::metrics_handle(),
+    });
+    let admin_rx = stop_rx;
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_router)
+            .with_graceful_shutdown(stopped(admin_rx))
+            .await
+            .map_err(io_error("admin endpoint"))
+    });
+
+    tracing::info!(%grpc_addr, %admin_addr, "refund gateway listening");
+    Ok(RunningGateway {
+        grpc_addr,
+        admin_addr,
+        simulator,
+        grpc,
+        admin,
+    })
+}

@@ -1,0 +1,189 @@
+//! Test support for the end-to-end suite and the benchmark: [`spawn_app`] starts the real
+//! gateway stack (the same [`refund_gateway::start`] that `main` runs) on port 0 against a
+//! real Klarna simulator over HTTP, and [`LogCapture`] records every log line the process
+//! writes so tests can check what never appears in them.
+//!
+//! # Layout
+//! - [`spawn_app`] / [`TestApp`]: a running gateway, its gRPC client and its simulator.
+//! - [`LogCapture`]: the process-wide JSON log sink of the test binary.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use klarna_sim::{RunningSimulator, SimConfig};
+use refund_gateway::RunningGateway;
+use refund_gateway::config::{Account, Config, DEFAULT_ACCOUNT};
+use refund_gateway_klarna::{BaseUrl, KlarnaCredentials};
+use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A gateway started for one test, with the simulator it talks to.
+#[derive(Debug)]
+pub struct TestApp {
+    /// A client connected to the gateway.
+    pub client: RefundGatewayServiceClient<Channel>,
+    /// The gRPC channel (for health and reflection clients).
+    pub channel: Channel,
+    /// The gateway.
+    pub gateway: Option<RunningGateway>,
+    /// The simulator the gateway's `default` account points at.
+    pub sim: RunningSimulator,
+    /// `http://host:port` of the gRPC endpoint.
+    pub grpc_url: String,
+    /// `http://host:port` of the admin endpoint.
+    pub admin_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Signals shutdown and waits until the gateway has drained.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(gateway) = self.gateway.take() {
+            gateway.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// How [`spawn_app_with`] builds the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// The simulator's configuration.
+    pub sim: SimConfig,
+    /// Credentials the gateway uses, when they should differ from the simulator's.
+    pub gateway_credentials: Option<(String, String)>,
+    /// Point the account at this URL instead of the simulator (e.g. a closed port).
+    pub klarna_url: Option<String>,
+    /// Klarna attempt timeout in milliseconds (default: the gateway's).
+    pub attempt_timeout_ms: Option<u64>,
+}
+
+/// Starts a simulator and a gateway whose `default` account points at it.
+pub async fn spawn_app() -> anyhow::Result<TestApp> {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// Starts a simulator and a gateway configured by `options`.
+pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
+    LogCapture::install();
+    let sim = klarna_sim::spawn(options.sim.clone()).await?;
+    let (username, password) = options
+        .gateway_credentials
+        .clone()
+        .unwrap_or_else(|| (sim.username().to_owned(), sim.password().to_owned()));
+    let data_dir = tempfile::tempdir()?;
+    let mut config = Config::for_simulator(data_dir.path());
+    config.settings.simulator = false;
+    if let Some(ms) = options.attempt_timeout_ms {
+        config.settings.klarna_attempt_timeout_ms = ms;
+    }
+    let url = options
+        .klarna_url
+        .clone()
+        .unwrap_or_else(|| sim.base_url.clone());
+    config.accounts = vec![Account {
+        name: DEFAULT_ACCOUNT.to_owned(),
+        base_url: BaseUrl::parse(&url)?,
+        credentials: KlarnaCredentials {
+            username,
+            password: SecretString::from(password),
+        },
+    }];
+    start_gateway(config, sim, data_dir).await
+}
+
+/// Starts the gateway in `--simulator` mode (its own in-process simulator with demo orders).
+/// The returned app's `sim` is an idle spare; use `gateway.simulator` for the demo one.
+pub async fn spawn_demo_app() -> anyhow::Result<TestApp> {
+    LogCapture::install();
+    let data_dir = tempfile::tempdir()?;
+    let config = Config::for_simulator(data_dir.path());
+    let spare = klarna_sim::spawn(SimConfig::default()).await?;
+    start_gateway(config, spare, data_dir).await
+}
+
+async fn start_gateway(
+    config: Config,
+    sim: RunningSimulator,
+    data_dir: tempfile::TempDir,
+) -> anyhow::Result<TestApp> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let gateway = refund_gateway::start(listener, config, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    let grpc_url = format!("http://{}", gateway.grpc_addr);
+    let admin_url = format!("http://{}", gateway.admin_addr);
+    let channel = Channel::from_shared(grpc_url.clone())?.connect().await?;
+    Ok(TestApp {
+        client: RefundGatewayServiceClient::new(channel.clone()),
+        channel,
+        gateway: Some(gateway),
+        sim,
+        grpc_url,
+        admin_url,
+        stop: Some(stop),
+        _data_dir: data_dir,
+    })
+}
+
+/// Every log line the test process wrote, as the gateway's JSON formatter wrote it.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogCapture {
+    fn global() -> &'static LogCapture {
+        static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
+        CAPTURE.get_or_init(LogCapture::default)
+    }
+
+    /// Installs the capture as the process's subscriber, at DEBUG so debug lines are
+    /// checked. Idempotent.
+    pub fn install() {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let capture = Self::global().clone();
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || capture.clone())
+                .try_init();
+        });
+    }
+
+    /// Everything captured so far.
+    pub fn contents() -> String {
+        let lines = Self::global()
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&lines).into_owned()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! End-to-end tests: the real gateway stack on port 0 against the Klarna simulator over HTTP.
+//! Each test starts its own simulator and gateway, so tests run in parallel without sharing
+//! state. Nothing sleeps to synchronise: tests await answers and read the simulator's log.
+
+mod admin_health_reflection;
+mod demo_mode;
+mod errors;
+mod grpcurl;
+mod logs;
+mod reads_release_extend;
+mod refund;
+
+use klarna_sim::{LoggedRequest, OrderSeed, SeededOrder, Simulator};
+use refund_gateway_proto::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Seeds a fully captured SE/SEK invoice order of `amount` in one capture.
+pub fn captured_order(sim: &Simulator, amount: i64) -> SeededOrder {
+    sim.seed_order(OrderSeed {
+        order_amount: amount,
+        captures: vec![amount],
+        purchase_currency: Some("SEK".into()),
+        purchase_country: Some("SE".into()),
+        payment_method_type: Some("INVOICE".into()),
+        ..Default::default()
+    })
+}
+
+/// A refund request with a key and nothing else optional.
+pub fn refund_request(key: &str, order_id: &str, amount: i64) -> pb::RefundOrderRequest {
+    pb::RefundOrderRequest {
+        idempotency_key: key.into(),
+        order_id: order_id.into(),
+        refunded_amount: amount,
+        ..Default::default()
+    }
+}
+
+/// A physical order line whose total is consistent.
+pub fn line(name: &str, quantity: i64, unit_price: i64) -> pb::OrderLine {
+    pb::OrderLine {
+        r#type: pb::OrderLineType::Physical.into(),
+        name: name.into(),
+        quantity,
+        unit_price,
+        total_amount: quantity * unit_price,
+        ..Default::default()
+    }
+}
+
+/// A return-fee line of `-fee`.
+pub fn return_fee(fee: i64) -> pb::OrderLine {
+    pb::OrderLine {
+        r#type: pb::OrderLineType::ReturnFee.into(),
+        name: "Return fee".into(),
+        quantity: 1,
+        unit_price: -fee,
+        total_amount: -fee,
+        ..Default::default()
+    }
+}
+
+/// The Klarna calls (method, path) the simulator received, admin calls excluded.
+pub fn klarna_calls(sim: &Simulator) -> Vec<LoggedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| !r.path.starts_with("/__admin"))
+        .collect()
+}
+
+/// Asserts `status` has `code` and ErrorInfo `reason` in domain `refundgateway`.
+#[track_caller]
+pub fn assert_reason(status: &tonic::Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "refundgateway");
+}
+
+/// The BadRequest field paths of `status`.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}

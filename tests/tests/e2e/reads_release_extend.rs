@@ -1,0 +1,216 @@
+//! GetOrder, ReleaseAuthorization, GetExtendDueDateOptions and ExtendDueDate end to end.
+
+use klarna_sim::demo;
+use refund_gateway_proto::v1 as pb;
+use refund_gateway_tests::spawn_app;
+use tonic::Code;
+
+use crate::{assert_reason, bad_fields, klarna_calls};
+
+#[tokio::test]
+async fn get_order_reports_amounts_captures_and_references() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let order = app
+        .client
+        .get_order(pb::GetOrderRequest {
+            order_id: demo::NO_TWO_CAPTURES_ORDER_ID.to_uppercase(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .order
+        .ok_or_else(|| anyhow::anyhow!("no order"))?;
+    assert_eq!(order.order_id, demo::NO_TWO_CAPTURES_ORDER_ID);
+    assert_eq!(order.status(), pb::OrderStatus::Captured);
+    assert_eq!(order.order_amount, 50_000);
+    assert_eq!(order.captured_amount, 50_000);
+    assert_eq!(order.currency, "NOK");
+    assert_eq!(order.purchase_country, "NO");
+    assert!(!order.merchant_reference1.is_empty());
+    assert!(!order.klarna_reference.is_empty());
+    let captures: Vec<(String, i64)> = order
+        .captures
+        .iter()
+        .map(|c| (c.capture_id.clone(), c.captured_amount))
+        .collect();
+    assert_eq!(
+        captures,
+        [
+            (demo::NO_FIRST_CAPTURE_ID.to_owned(), 30_000),
+            (demo::NO_SECOND_CAPTURE_ID.to_owned(), 20_000)
+        ]
+    );
+    assert!(order.captures.iter().all(|c| c.captured_at.is_some()));
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn release_authorization_then_a_second_release_is_refused() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let req = |key: &str| pb::ReleaseAuthorizationRequest {
+        idempotency_key: key.into(),
+        order_id: demo::DE_PART_CAPTURED_ORDER_ID.into(),
+        ..Default::default()
+    };
+    let resp = app
+        .client
+        .release_authorization(req("release-1"))
+        .await?
+        .into_inner();
+    assert_eq!(resp.order_id, demo::DE_PART_CAPTURED_ORDER_ID);
+    let post = klarna_calls(&app.sim.sim)
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .ok_or_else(|| anyhow::anyhow!("no POST"))?;
+    assert!(post.path.ends_with("/release-remaining-authorization"));
+    assert_eq!(
+        post.header("klarna-idempotency-key"),
+        Some(resp.operation_id.as_str())
+    );
+
+    let order = app
+        .client
+        .get_order(pb::GetOrderRequest {
+            order_id: demo::DE_PART_CAPTURED_ORDER_ID.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .order
+        .ok_or_else(|| anyhow::anyhow!("no order"))?;
+    assert_eq!(order.remaining_authorized_amount, 0);
+
+    // The same key again is the same operation: Klarna replays its answer.
+    let again = app
+        .client
+        .release_authorization(req("release-1"))
+        .await?
+        .into_inner();
+    assert_eq!(again.operation_id, resp.operation_id);
+    // A new key is a new release, which Klarna refuses now.
+    let status = app
+        .client
+        .release_authorization(req("release-2"))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("released twice"))?;
+    assert_reason(&status, Code::FailedPrecondition, "NOT_ALLOWED");
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn release_of_a_fully_captured_order_is_refused() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let status = app
+        .client
+        .release_authorization(pb::ReleaseAuthorizationRequest {
+            idempotency_key: "r".into(),
+            order_id: demo::SE_INVOICE_ORDER_ID.into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("released"))?;
+    assert_reason(&status, Code::FailedPrecondition, "NOT_ALLOWED");
+    assert!(status.message().contains("fully captured"));
+    let status = app
+        .client
+        .release_authorization(pb::ReleaseAuthorizationRequest::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("released"))?;
+    assert_eq!(bad_fields(&status), ["idempotency_key", "order_id"]);
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn extend_due_date_by_an_offered_number_of_days() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let options = app
+        .client
+        .get_extend_due_date_options(pb::GetExtendDueDateOptionsRequest {
+            order_id: demo::SE_INVOICE_ORDER_ID.into(),
+            capture_id: demo::SE_INVOICE_CAPTURE_ID.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        options.currency, "SEK",
+        "currency is upper-cased whatever Klarna sends"
+    );
+    assert!(!options.options.is_empty());
+    let offer = options.options[0];
+    let resp = app
+        .client
+        .extend_due_date(pb::ExtendDueDateRequest {
+            idempotency_key: "extend-1".into(),
+            order_id: demo::SE_INVOICE_ORDER_ID.into(),
+            capture_id: demo::SE_INVOICE_CAPTURE_ID.into(),
+            number_of_days: offer.number_of_days,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(resp.number_of_days, offer.number_of_days);
+    assert_eq!(resp.fee_amount, offer.amount);
+    assert_eq!(resp.currency, "SEK");
+    let patch = klarna_calls(&app.sim.sim)
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .ok_or_else(|| anyhow::anyhow!("no PATCH"))?;
+    assert!(patch.path.ends_with("/extend-due-date"));
+    assert_eq!(
+        patch.header("klarna-idempotency-key"),
+        Some(resp.operation_id.as_str())
+    );
+    let body: serde_json::Value = serde_json::from_str(&patch.body)?;
+    assert_eq!(body["number_of_days"], offer.number_of_days);
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn days_not_offered_are_refused_without_the_patch() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let status = app
+        .client
+        .extend_due_date(pb::ExtendDueDateRequest {
+            idempotency_key: "extend-x".into(),
+            order_id: demo::SE_INVOICE_ORDER_ID.into(),
+            capture_id: demo::SE_INVOICE_CAPTURE_ID.into(),
+            number_of_days: 3,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("extended"))?;
+    assert_reason(&status, Code::FailedPrecondition, "EXTENSION_NOT_OFFERED");
+    assert!(
+        klarna_calls(&app.sim.sim).iter().all(|c| c.method == "GET"),
+        "the PATCH was sent"
+    );
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn a_card_capture_has_no_extension_options() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let status = app
+        .client
+        .get_extend_due_date_options(pb::GetExtendDueDateOptionsRequest {
+            order_id: demo::GB_CARD_ORDER_ID.into(),
+            capture_id: demo::GB_CARD_CAPTURE_ID.into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("offered"))?;
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    app.shutdown().await
+}
