@@ -63,6 +63,8 @@ pub struct AppOptions {
     pub klarna_url: Option<String>,
     /// Klarna attempt timeout in milliseconds (default: the gateway's).
     pub attempt_timeout_ms: Option<u64>,
+    /// Leave logging alone (the benchmark): no DEBUG capture of every line.
+    pub no_log_capture: bool,
 }
 
 /// Starts a simulator and a gateway whose `default` account points at it.
@@ -72,7 +74,9 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
 
 /// Starts a simulator and a gateway configured by `options`.
 pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
-    LogCapture::install();
+    if !options.no_log_capture {
+        LogCapture::install();
+    }
     let sim = klarna_sim::spawn(options.sim.clone()).await?;
     let (username, password) = options
         .gateway_credentials

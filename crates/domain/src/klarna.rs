@@ -106,7 +106,7 @@ pub struct KlarnaErrorResponse {
 pub enum KlarnaError {
     /// Klarna answered with an error status.
     #[error("Klarna answered {} {}", .0.status, .0.error_code.as_deref().unwrap_or("(no error_code)"))]
-    Answered(KlarnaErrorResponse),
+    Answered(Box<KlarnaErrorResponse>),
     /// The request provably never reached Klarna (connection refused, DNS, TLS handshake).
     #[error("Klarna unreachable, request not sent: {0}")]
     NotSent(String),

@@ -139,11 +139,11 @@ impl KlarnaClient {
             let response = self.outbound.clone().oneshot(request).await?;
             let answer = Answer::from(read_whole(response).await?);
             if !answer.status.is_success() {
-                return Err(KlarnaError::Answered(error_response(
+                return Err(KlarnaError::Answered(Box::new(error_response(
                     answer.status,
                     &answer.headers,
                     &answer.body,
-                )));
+                ))));
             }
             let correlation_id = correlation_id(&answer.headers);
             let value = read(&answer).map_err(|e| match e {

@@ -95,7 +95,7 @@ fn seed(sim: &RunningSimulator, amount: i64, captures: Vec<i64>) -> (OrderId, Ve
 
 fn answered<T: std::fmt::Debug>(result: Result<T, KlarnaError>) -> KlarnaErrorResponse {
     match result {
-        Err(KlarnaError::Answered(r)) => r,
+        Err(KlarnaError::Answered(r)) => *r,
         other => panic!("expected an error answer, got {other:?}"),
     }
 }
@@ -337,7 +337,7 @@ async fn wrong_password_is_401_and_never_printed() {
     assert_answer(&r, 401, "UNAUTHORIZED");
     assert!(!shown.contains("not-the-Pa55word"), "{shown}");
     assert!(!shown.contains("Basic "), "{shown}");
-    let error = KlarnaError::Answered(r);
+    let error = KlarnaError::Answered(Box::new(r));
     assert!(!error.outcome_unknown());
     assert!(!error.to_string().contains("Pa55word"));
 }
@@ -359,7 +359,7 @@ async fn refund_refusals_are_403_refund_not_allowed() {
         r.messages,
         ["Over refund is not allowed. Refund not possible."]
     );
-    assert!(!KlarnaError::Answered(r).outcome_unknown());
+    assert!(!KlarnaError::Answered(Box::new(r)).outcome_unknown());
     let o = klarna
         .get_order(&captured)
         .await
@@ -433,7 +433,7 @@ async fn schema_violation_is_422() {
             .any(|m| m.starts_with("order_lines[0].quantity_unit")),
         "{r:?}"
     );
-    assert!(!KlarnaError::Answered(r).outcome_unknown());
+    assert!(!KlarnaError::Answered(Box::new(r)).outcome_unknown());
 }
 
 #[tokio::test]
@@ -470,7 +470,7 @@ async fn rate_limit_is_429_with_retry_after() {
         .unwrap_or_else(|| panic!("no 429 in a burst of 5"));
     assert_answer(r, 429, "TOO_MANY_REQUESTS");
     assert_eq!(r.retry_after, Some(Duration::from_secs(1)));
-    assert!(!KlarnaError::Answered(r.clone()).outcome_unknown());
+    assert!(!KlarnaError::Answered(Box::new(r.clone())).outcome_unknown());
 }
 
 #[tokio::test]

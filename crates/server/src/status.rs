@@ -193,13 +193,13 @@ mod tests {
 
     fn answered(status: u16, code: Option<&str>) -> GatewayError {
         GatewayError::Klarna {
-            error: KlarnaError::Answered(KlarnaErrorResponse {
+            error: KlarnaError::Answered(Box::new(KlarnaErrorResponse {
                 status,
                 error_code: code.map(str::to_owned),
                 messages: vec!["m".into()],
                 correlation_id: Some("corr-1".into()),
                 retry_after: None,
-            }),
+            })),
             resource: ResourceRef::Refund {
                 order_id: "o".into(),
                 refund_id: "r".into(),
