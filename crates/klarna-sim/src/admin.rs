@@ -3,12 +3,12 @@
 //!
 //! | route | body | answer |
 //! |---|---|---|
-//! | `POST /__admin/orders` | [`OrderSeed`](crate::OrderSeed) JSON | 200 [`SeededOrder`](crate::SeededOrder) JSON; 422 if the seed is inconsistent |
+//! | `POST /__admin/orders` | [`crate::OrderSeed`] JSON | 200 [`crate::SeededOrder`] JSON; 422 if the seed is inconsistent |
 //! | `GET /__admin/orders/{id}` | | 200 order JSON as `GET order` returns it; 404 |
 //! | `POST /__admin/demo` | | 200 `[SeededOrder]` of the demo orders |
 //! | `GET /__admin/requests` | | 200 `[LoggedRequest]`, oldest first |
 //! | `DELETE /__admin/requests` | | 204 |
-//! | `POST /__admin/faults` | [`FaultSpec`](crate::FaultSpec) JSON | 204 |
+//! | `POST /__admin/faults` | [`crate::FaultSpec`] JSON | 204 |
 //! | `DELETE /__admin/faults` | | 204 |
 //! | `POST /__admin/clock` | `{"advance_secs": N}` | 200 `{"now": "<RFC 3339>"}` |
 //! | `GET /__admin/clock` | | 200 `{"now": "<RFC 3339>"}` |

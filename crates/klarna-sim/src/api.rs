@@ -186,8 +186,9 @@ fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> (SimResponse, bool) 
     };
     let command = route(&parts.method, parts.uri.path(), body);
     let host = host(parts);
-    let now = shared.clock.now();
     let mut store = shared.store();
+    // Read under the lock so that idempotency entries are stored in time order.
+    let now = shared.clock.now();
     let Some(key) = key else {
         return (store.execute(command, now, host), false);
     };

@@ -44,7 +44,8 @@ pub enum FaultKind {
         millis: u64,
     },
     /// Execute the request (and remember it under its idempotency key), then close the
-    /// connection before any response header is sent.
+    /// connection before any response header is sent. Over HTTP/2 the whole connection is
+    /// closed, other streams on it included, as when a TCP connection breaks.
     CommitThenDrop,
 }
 

@@ -46,11 +46,24 @@
 //! 2xx or 4xx status (except 401 and 429) is stored for 24 h of simulator time and replayed
 //! byte for byte, headers included, whatever later requests with the key carry. Look-up,
 //! execution and storing run under one lock, so concurrent requests with the same key execute
-//! once. Faults, 401, 429, 413 and 5xx are never stored.
+//! once. Faults, 401, 429, 413 and 5xx are never stored. A 400 for a malformed key is not
+//! stored either (there is no key to store it under).
+//!
+//! # Test facilities
+//! A log of every Klarna call and its answer ([`Simulator::requests`], ring buffer of
+//! [`SimConfig::request_log_capacity`]); faults for the next N calls to a path
+//! ([`Simulator::inject_fault`], [`FaultKind`]); a clock that only moves forward
+//! ([`Simulator::advance_clock`]); orders seeded on demand ([`Simulator::seed_order`]) or the
+//! fixed [`demo`] orders. The same facilities are served over HTTP under `/__admin/` (no auth):
+//! `POST /__admin/orders`, `GET /__admin/orders/{id}`, `POST /__admin/demo`,
+//! `GET|DELETE /__admin/requests`, `POST|DELETE /__admin/faults`, `POST|GET /__admin/clock`.
+//!
+//! Pipeline order of a Klarna call: body read → auth (401) → rate limit (429) → body size
+//! (413) → injected fault → idempotency key check (400) → under the lock: replay, or route +
+//! validate (400/404/405/422) + execute (403/404/2xx) and store.
 //!
 //! # Layout
-//! - [`simulator`](crate::Simulator) (`simulator.rs`): [`Simulator`], [`SimConfig`], the
-//!   library side of the test facilities.
+//! - `simulator.rs`: [`Simulator`], [`SimConfig`], the library side of the test facilities.
 //! - `server.rs`: the hyper-util accept loop (HTTP/1.1 + h2c), body reading, graceful
 //!   shutdown, commit-then-drop, [`spawn`] and [`RunningSimulator`].
 //! - `api.rs`: the Klarna request pipeline (auth, rate limit, size, faults, idempotency) and

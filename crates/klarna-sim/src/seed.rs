@@ -152,6 +152,7 @@ pub(crate) fn build_order(
         None => Vec::new(),
     };
     let klarna_reference = seed.klarna_reference.unwrap_or_else(|| {
+        // A simple-format UUID is 32 ASCII hex digits, so the slice is in bounds.
         let simple = Uuid::new_v4().simple().to_string().to_ascii_uppercase();
         simple[..8].to_owned()
     });

@@ -65,9 +65,18 @@ impl Shared {
 ///
 /// Cloning is cheap; all clones share the same orders, log, faults and clock. Serve it with
 /// [`Simulator::serve`] or start one on a free port with [`crate::spawn`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Simulator {
     pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Simulator {
+    // The state may hold millions of refunds: show the configuration only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Simulator {

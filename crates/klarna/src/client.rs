@@ -367,9 +367,10 @@ impl KlarnaApi for KlarnaClient {
         let (refund_id, correlation_id) = self
             .call(call, |a| {
                 a.expect_status(contract::refund_created, "a refund")?;
-                contract::refund_id(&a.headers, base).ok_or_else(|| {
+                contract::refund_id(&a.headers, &a.body, base).ok_or_else(|| {
                     KlarnaError::BadResponse(
-                        "refund created without a Refund-Id or Location header".to_owned(),
+                        "refund created without a Refund-Id header, a Location or a refund_id"
+                            .to_owned(),
                     )
                 })
             })

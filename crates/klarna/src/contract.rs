@@ -38,9 +38,11 @@ pub(crate) const CORRELATION_ID_HEADERS: [&str; 2] = ["klarna-correlation-id", "
 
 /// The id of a created refund: the `Refund-Id` header \[C\]; failing that, **\[U\]** the last path
 /// segment of `Location` when it names a refund (`…/refunds/{refund_id}`, absolute or relative
-/// to `base`). Klarna documents both headers on 201 but not which one wins when they disagree,
-/// so `Refund-Id` does.
-pub(crate) fn refund_id(headers: &HeaderMap, base: &Url) -> Option<String> {
+/// to `base`); failing that, **\[U\]** a `refund_id` in a JSON body (Klarna documents an empty
+/// body, but an implementation that echoes the refund must not turn a made refund into an
+/// unknown outcome). Klarna documents both headers on 201 but not which one wins when they
+/// disagree, so `Refund-Id` does.
+pub(crate) fn refund_id(headers: &HeaderMap, body: &[u8], base: &Url) -> Option<String> {
     let from_header = headers
         .get(REFUND_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -49,6 +51,10 @@ pub(crate) fn refund_id(headers: &HeaderMap, base: &Url) -> Option<String> {
     if let Some(id) = from_header {
         return Some(id.to_owned());
     }
+    refund_id_from_location(headers, base).or_else(|| refund_id_from_body(body))
+}
+
+fn refund_id_from_location(headers: &HeaderMap, base: &Url) -> Option<String> {
     let location = headers.get(LOCATION)?.to_str().ok()?.trim();
     let url = base.join(location).ok()?;
     let mut segments = url.path_segments()?.filter(|s| !s.is_empty()).rev();
@@ -60,18 +66,22 @@ pub(crate) fn refund_id(headers: &HeaderMap, base: &Url) -> Option<String> {
     Some(id.into_owned()).filter(|id| !id.trim().is_empty())
 }
 
-/// Status of a created refund \[C\].
-pub(crate) fn refund_created(status: StatusCode) -> bool {
-    status == StatusCode::CREATED
+fn refund_id_from_body(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("refund_id")?.as_str()?.trim();
+    Some(id.to_owned()).filter(|id| !id.is_empty())
 }
 
-/// \[U\] Success of a release: Klarna documents 204; 200 and 202 are accepted as well because
-/// both mean the release was taken, and refusing them would report a done release as failed.
+/// Status of a created refund: Klarna documents 201 \[C\]; **\[U\]** any other 2xx is taken as
+/// success too, since refusing it would report a refund Klarna made as not made.
+pub(crate) fn refund_created(status: StatusCode) -> bool {
+    status.is_success()
+}
+
+/// \[U\] Success of a release: Klarna documents 204; any 2xx is accepted because each means
+/// the release was taken, and refusing one would report a done release as failed.
 pub(crate) fn release_succeeded(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED
-    )
+    status.is_success()
 }
 
 /// \[U\] Success of a due-date extension: Klarna documents 204; any 2xx is accepted for the same
@@ -114,7 +124,7 @@ mod tests {
                 "https://api.klarna.com/ordermanagement/v1/orders/o/refunds/r-loc",
             ),
         ]);
-        assert_eq!(refund_id(&h, &base()).as_deref(), Some("r-header"));
+        assert_eq!(refund_id(&h, b"", &base()).as_deref(), Some("r-header"));
     }
 
     #[test]
@@ -130,18 +140,19 @@ mod tests {
                 HeaderValue::from_str(location).unwrap_or_else(|e| panic!("{e}")),
             );
             assert_eq!(
-                refund_id(&h, &base()).as_deref(),
+                refund_id(&h, b"", &base()).as_deref(),
                 Some("r-loc"),
                 "{location}"
             );
         }
         let h = headers(&[("location", "/ordermanagement/v1/orders/o/refunds/a%20b")]);
-        assert_eq!(refund_id(&h, &base()).as_deref(), Some("a b"));
+        assert_eq!(refund_id(&h, b"", &base()).as_deref(), Some("a b"));
     }
 
     #[test]
     fn no_refund_id_without_a_refund_location() {
-        assert_eq!(refund_id(&HeaderMap::new(), &base()), None);
+        assert_eq!(refund_id(&HeaderMap::new(), b"", &base()), None);
+        assert_eq!(refund_id(&HeaderMap::new(), b"not json", &base()), None);
         for location in [
             "/ordermanagement/v1/orders/o",
             "/ordermanagement/v1/orders/o/refunds/",
@@ -152,18 +163,37 @@ mod tests {
                 LOCATION,
                 HeaderValue::from_str(location).unwrap_or_else(|e| panic!("{e}")),
             );
-            assert_eq!(refund_id(&h, &base()), None, "{location}");
+            assert_eq!(refund_id(&h, b"", &base()), None, "{location}");
         }
+    }
+
+    #[test]
+    fn refund_id_falls_back_to_a_json_body() {
+        let body = br#"{"refund_id":"r-body","refunded_amount":1}"#;
+        assert_eq!(
+            refund_id(&HeaderMap::new(), body, &base()).as_deref(),
+            Some("r-body")
+        );
+        assert_eq!(
+            refund_id(&HeaderMap::new(), br#"{"refund_id":" "}"#, &base()),
+            None
+        );
     }
 
     #[test]
     fn accepted_success_statuses() {
         assert!(refund_created(StatusCode::CREATED));
-        assert!(!refund_created(StatusCode::OK));
-        for s in [StatusCode::NO_CONTENT, StatusCode::OK, StatusCode::ACCEPTED] {
+        assert!(refund_created(StatusCode::OK));
+        assert!(!refund_created(StatusCode::FOUND));
+        for s in [
+            StatusCode::NO_CONTENT,
+            StatusCode::OK,
+            StatusCode::ACCEPTED,
+            StatusCode::CREATED,
+        ] {
             assert!(release_succeeded(s));
         }
-        assert!(!release_succeeded(StatusCode::CREATED));
+        assert!(!release_succeeded(StatusCode::FOUND));
         assert!(extension_succeeded(StatusCode::CREATED));
         assert!(!extension_succeeded(StatusCode::FOUND));
     }

@@ -594,6 +594,19 @@ async fn success_with_unreadable_body_is_bad_response() {
         "{error:?}"
     );
     assert!(error.is_some_and(|e| e.outcome_unknown()));
+
+    // Another Klarna that answers 200 with the refund in a JSON body still made a refund.
+    sim.sim.inject_fault(status_fault(
+        format!("{ORDERS}/{order}/refunds"),
+        200,
+        Some(r#"{"refund_id": "b7a1c2d3-0000-4000-8000-000000000001", "extra": true}"#),
+        None,
+    ));
+    let created = klarna.create_refund(&order, &refund(100), &op()).await;
+    assert_eq!(
+        created.map(|c| c.refund_id).ok().as_deref(),
+        Some("b7a1c2d3-0000-4000-8000-000000000001")
+    );
 }
 
 #[tokio::test]
