@@ -18,6 +18,7 @@
 //!   offered due-date extensions).
 //! - [`operation`]: operation identity: [`Caller`], [`Rpc`], [`OperationId`].
 //! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
+//! - [`store`]: the [`OperationStore`] port: durable operations and their audit trail.
 //! - [`error`]: [`GatewayError`], the one error every RPC returns.
 
 pub mod command;
@@ -29,6 +30,7 @@ pub mod operation;
 pub mod order;
 pub mod order_line;
 pub mod rules;
+pub mod store;
 pub mod validation;
 
 pub use command::{
@@ -46,5 +48,9 @@ pub use order::{Capture, ExtendDueDateOption, ExtendDueDateOptions, Order, Order
 pub use order_line::{
     LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,
     SubscriptionDraft, SubscriptionInterval,
+};
+pub use store::{
+    AuditEvent, Claim, Completion, NewOperation, Operation, OperationFilter, OperationPage,
+    OperationState, OperationStore, OrderLock, StoreError, StoredResponse,
 };
 pub use validation::{FieldViolation, Violations};

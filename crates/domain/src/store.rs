@@ -1,0 +1,334 @@
+//! The [`OperationStore`] port: the durable record of every mutating operation, which makes
+//! each one exactly-once (DESIGN §4), and its append-only audit trail. The store crate
+//! implements it on SQLite and PostgreSQL; the server drives the protocol through it.
+//!
+//! Lifecycle of an operation:
+//! ```text
+//!   claim ──> IN_FLIGHT ──finish──> SUCCEEDED | FAILED | REQUIRES_REVIEW   (final, replayed)
+//!                │  ^  └──abandon──> (row deleted, key retryable; events kept)
+//!     mark_pending  take_over
+//!                v  │
+//!             PENDING  <── an IN_FLIGHT whose lease expired counts as PENDING
+//! ```
+//! Every transition appends an [`AuditEvent`] in the same transaction.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::ids::IdempotencyKey;
+use crate::operation::{Caller, OperationId, Rpc};
+
+/// Where an operation is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperationState {
+    /// Claimed; a gateway is working on it under a lease.
+    InFlight,
+    /// Klarna's outcome is unknown; the reconciler resolves it.
+    Pending,
+    /// Done; Klarna accepted it.
+    Succeeded,
+    /// Done; refused definitively (Klarna 4xx other than 401/429, or a state rule).
+    Failed,
+    /// The reconciler could not decide; a person must look.
+    RequiresReview,
+}
+
+impl OperationState {
+    /// Every state.
+    pub const ALL: [OperationState; 5] = [
+        Self::InFlight,
+        Self::Pending,
+        Self::Succeeded,
+        Self::Failed,
+        Self::RequiresReview,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InFlight => "IN_FLIGHT",
+            Self::Pending => "PENDING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::RequiresReview => "REQUIRES_REVIEW",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True for states whose stored response is replayed to every retry.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::RequiresReview)
+    }
+}
+
+impl fmt::Display for OperationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The answer given for a completed operation, kept so every retry gets the identical answer.
+/// Opaque to the store: the server encodes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// gRPC status code (0 = OK).
+    pub code: i32,
+    /// Status message (empty for OK).
+    pub message: String,
+    /// The encoded response message for OK; the encoded status details otherwise.
+    pub payload: Vec<u8>,
+}
+
+/// What a new operation is, as claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOperation {
+    /// Derived from (caller, rpc, idempotency key); the primary key.
+    pub operation_id: OperationId,
+    /// Who asked.
+    pub caller: Caller,
+    /// Which RPC.
+    pub rpc: Rpc,
+    /// The caller's key.
+    pub idempotency_key: IdempotencyKey,
+    /// Hash of the validated command with the account resolved; another request under the
+    /// same key has another fingerprint.
+    pub fingerprint: String,
+    /// The Klarna account (resolved name).
+    pub klarna_account: String,
+    /// The order.
+    pub order_id: String,
+    /// The capture, for capture-level operations.
+    pub capture_id: Option<String>,
+    /// Amount in minor units, for money movements.
+    pub amount: Option<i64>,
+    /// Currency, when known.
+    pub currency: Option<String>,
+    /// The reference sent to Klarna (refunds).
+    pub reference: Option<String>,
+    /// The Klarna call, serialized by the server, so the reconciler can resend it exactly.
+    pub klarna_request: String,
+    /// The trace id of the request that claimed it.
+    pub trace_id: Option<String>,
+}
+
+/// A stored operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// What was claimed.
+    pub new: NewOperation,
+    /// Current state.
+    pub state: OperationState,
+    /// Lease end while IN_FLIGHT.
+    pub lease_expires_at: Option<OffsetDateTime>,
+    /// When it was claimed.
+    pub created_at: OffsetDateTime,
+    /// Last transition.
+    pub updated_at: OffsetDateTime,
+    /// Klarna's refund id, once known.
+    pub refund_id: Option<String>,
+    /// Klarna's correlation id of the last call, once known.
+    pub correlation_id: Option<String>,
+    /// The answer, once final.
+    pub response: Option<StoredResponse>,
+}
+
+impl Operation {
+    /// True when no gateway holds it: PENDING, or IN_FLIGHT past its lease (the holder died).
+    pub fn is_unresolved(&self, now: OffsetDateTime) -> bool {
+        match self.state {
+            OperationState::Pending => true,
+            OperationState::InFlight => self.lease_expires_at.is_none_or(|t| t <= now),
+            _ => false,
+        }
+    }
+}
+
+/// The result of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Inserted now, IN_FLIGHT under a lease held by the caller of `claim`.
+    New(Operation),
+    /// Already there, as stored.
+    Existing(Operation),
+}
+
+/// One state change, kept forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// State before (`None` when claimed).
+    pub state_before: Option<OperationState>,
+    /// State after (`None` when abandoned: the key became retryable).
+    pub state_after: Option<OperationState>,
+    /// Klarna's refund id, when known at this point.
+    pub refund_id: Option<String>,
+    /// Klarna's correlation id, when known at this point.
+    pub correlation_id: Option<String>,
+    /// Trace id of the request or reconciler pass that caused the change.
+    pub trace_id: Option<String>,
+    /// Why, in words.
+    pub detail: String,
+    /// When.
+    pub at: OffsetDateTime,
+}
+
+/// Filters of `ListOperations`; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationFilter {
+    /// Only this order.
+    pub order_id: Option<String>,
+    /// Only this caller.
+    pub caller: Option<String>,
+    /// Only this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Only this state.
+    pub state: Option<OperationState>,
+    /// Created at or after.
+    pub created_from: Option<OffsetDateTime>,
+    /// Created before.
+    pub created_to: Option<OffsetDateTime>,
+}
+
+/// One page of operations, newest first, each with its events oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationPage {
+    /// The operations and their events.
+    pub operations: Vec<(Operation, Vec<AuditEvent>)>,
+    /// Token of the next page; `None` on the last.
+    pub next_page_token: Option<String>,
+}
+
+/// How an operation ended, for [`OperationStore::finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// SUCCEEDED, FAILED or REQUIRES_REVIEW.
+    pub state: OperationState,
+    /// The answer to replay.
+    pub response: StoredResponse,
+    /// Klarna's refund id.
+    pub refund_id: Option<String>,
+    /// Klarna's correlation id.
+    pub correlation_id: Option<String>,
+    /// Why, for the audit trail.
+    pub detail: String,
+    /// Trace id of whoever finished it.
+    pub trace_id: Option<String>,
+}
+
+/// Why the store failed. Never an answer about the operation: callers treat it as "the store
+/// is unavailable".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("operation store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be read back (corruption or a newer schema).
+    #[error("operation store holds an unreadable row: {0}")]
+    Corrupt(String),
+    /// A page token that this store did not issue.
+    #[error("invalid page token")]
+    InvalidPageToken,
+}
+
+/// Exclusive right to operate on one order, held across the Klarna call. Dropping it without
+/// [`OrderLock::release`] releases it too, possibly later.
+#[async_trait]
+pub trait OrderLock: Send + fmt::Debug {
+    /// Releases the lock.
+    async fn release(self: Box<Self>);
+}
+
+/// Durable operations and their audit trail. Every method is durable when it returns: a
+/// claim before Klarna is called, an outcome before the caller is answered.
+#[async_trait]
+pub trait OperationStore: Send + Sync + fmt::Debug {
+    /// Inserts `op` as IN_FLIGHT with a lease until `now + lease`, or returns the stored one.
+    async fn claim(
+        &self,
+        op: NewOperation,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Takes over an unresolved operation (PENDING, or IN_FLIGHT with an expired lease):
+    /// IN_FLIGHT with a new lease. `false` when it is not unresolved (anymore).
+    async fn take_over(
+        &self,
+        id: OperationId,
+        now: OffsetDateTime,
+        lease: Duration,
+        trace_id: Option<String>,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends the lease of an IN_FLIGHT operation; `false` when it is no longer IN_FLIGHT.
+    async fn renew_lease(
+        &self,
+        id: OperationId,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// IN_FLIGHT -> a final state, with the answer to replay.
+    async fn finish(
+        &self,
+        id: OperationId,
+        completion: Completion,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown.
+    async fn mark_pending(
+        &self,
+        id: OperationId,
+        correlation_id: Option<String>,
+        detail: String,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes an IN_FLIGHT operation that provably did nothing (Klarna unreachable, 429,
+    /// 401, our limits), so its key can be used again; the audit events stay.
+    async fn abandon(
+        &self,
+        id: OperationId,
+        detail: String,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The operation, if stored.
+    async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError>;
+
+    /// Up to `limit` unresolved operations (PENDING, or IN_FLIGHT with a lease past `now`),
+    /// oldest first.
+    async fn unresolved(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Operation>, StoreError>;
+
+    /// Operations matching `filter`, newest first, `page_size` at a time.
+    async fn list(
+        &self,
+        filter: &OperationFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<OperationPage, StoreError>;
+
+    /// Deletes final operations last changed before `before`; audit events are kept. Returns
+    /// how many were deleted.
+    async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Waits for, then holds, the exclusive right to operate on `order_id` of `account`.
+    async fn lock_order(
+        &self,
+        account: &str,
+        order_id: &str,
+    ) -> Result<Box<dyn OrderLock>, StoreError>;
+}
