@@ -65,6 +65,10 @@ pub struct AppOptions {
     pub attempt_timeout_ms: Option<u64>,
     /// Leave logging alone (the benchmark): no DEBUG capture of every line.
     pub no_log_capture: bool,
+    /// Reconciler interval in milliseconds (default: the gateway's).
+    pub reconcile_interval_ms: Option<u64>,
+    /// Klarna idempotency window in seconds (default: the gateway's 23 h).
+    pub idempotency_window_secs: Option<u64>,
 }
 
 /// Starts a simulator and a gateway whose `default` account points at it.
@@ -87,6 +91,12 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     config.settings.simulator = false;
     if let Some(ms) = options.attempt_timeout_ms {
         config.settings.klarna_attempt_timeout_ms = ms;
+    }
+    if let Some(ms) = options.reconcile_interval_ms {
+        config.settings.reconcile_interval_ms = ms;
+    }
+    if let Some(secs) = options.idempotency_window_secs {
+        config.settings.klarna_idempotency_window_secs = secs;
     }
     let url = options
         .klarna_url

@@ -12,7 +12,7 @@ use crate::order::{ExtendDueDateOptions, Order, Refund};
 use crate::order_line::OrderLine;
 
 /// The refund as sent to Klarna.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlarnaRefund {
     /// Amount in minor units.
     pub refunded_amount: Amount,
@@ -143,5 +143,25 @@ impl KlarnaError {
             Self::NoAnswer(_) | Self::BadResponse(_) => true,
             Self::NotSent(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_refund_round_trips_and_is_validated_on_the_way_back() {
+        let refund = KlarnaRefund {
+            refunded_amount: Amount::parse(9500).unwrap_or_else(|e| panic!("{e}")),
+            description: Some("d".into()),
+            reference: "r".into(),
+            order_lines: vec![],
+        };
+        let json = serde_json::to_string(&refund).unwrap_or_else(|e| panic!("{e}"));
+        let back: KlarnaRefund = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, refund);
+        let tampered = json.replace("9500", "0");
+        assert!(serde_json::from_str::<KlarnaRefund>(&tampered).is_err());
     }
 }

@@ -9,9 +9,26 @@ use crate::validation::InvalidValue;
 /// (`maximum: 200000000` in the Order Management spec).
 pub const MAX_AMOUNT: i64 = 200_000_000;
 
-/// A refundable amount: 1 to [`MAX_AMOUNT`] minor units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A refundable amount: 1 to [`MAX_AMOUNT`] minor units. Deserializing validates too, so a
+/// stored amount is as trustworthy as a parsed one.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "i64", into = "i64")]
 pub struct Amount(i64);
+
+impl TryFrom<i64> for Amount {
+    type Error = InvalidValue;
+    fn try_from(minor_units: i64) -> Result<Self, InvalidValue> {
+        Self::parse(minor_units)
+    }
+}
+
+impl From<Amount> for i64 {
+    fn from(a: Amount) -> i64 {
+        a.0
+    }
+}
 
 impl Amount {
     /// Accepts 1..=[`MAX_AMOUNT`]; zero and negative amounts move no money and are refused.

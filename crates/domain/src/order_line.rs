@@ -14,7 +14,8 @@ pub const MAX_URL_CHARS: usize = 1024;
 pub const MAX_TAX_RATE: i32 = 10_000;
 
 /// The kind of an order line, as Klarna names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OrderLineType {
     /// `physical`
     Physical,
@@ -87,7 +88,8 @@ pub enum LineTypeInput {
 }
 
 /// A subscription's billing interval unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum SubscriptionInterval {
     /// `DAY`
     Day,
@@ -119,7 +121,7 @@ impl SubscriptionInterval {
 }
 
 /// Product identifiers of a line. Empty strings mean "not given".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProductIdentifiers {
     /// Brand, at most 70 characters.
     pub brand: String,
@@ -171,7 +173,7 @@ pub struct SubscriptionDraft {
 }
 
 /// A valid subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Subscription {
     /// Name, 1-255 characters.
     pub name: String,
@@ -239,7 +241,7 @@ impl Default for OrderLineDraft {
 }
 
 /// A valid order line. Amounts are minor units; optional strings are `None` when not given.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct OrderLine {
     /// The type; `None` means not given (Klarna's default, physical).
     pub line_type: Option<OrderLineType>,

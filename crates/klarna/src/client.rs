@@ -26,6 +26,7 @@ use crate::config::{BaseUrl, KlarnaClientConfig, KlarnaConfigError, KlarnaCreden
 use crate::contract::{self, CAPTURES, IDEMPOTENCY_KEY_HEADER, ORDERS_PATH, REFUNDS};
 use crate::error::{correlation_id, error_response};
 use crate::http::{OutboundService, outbound_stack, read_whole, reqwest_client};
+use crate::retry::{RetryPolicy, current_deadline, with_deadline};
 use crate::wire::{
     ExtendDueDateOptionsWire, ExtendDueDateRequest, OrderWire, RefundRequest, RefundWire,
 };
@@ -59,6 +60,8 @@ struct Inner {
     authorization: HeaderValue,
     attempt_timeout: Duration,
     connect_timeout: Duration,
+    default_deadline: Duration,
+    max_attempts: u32,
     user_agent: String,
 }
 
@@ -68,6 +71,8 @@ impl fmt::Debug for KlarnaClient {
             .field("base_url", &self.inner.base_url.as_str())
             .field("attempt_timeout", &self.inner.attempt_timeout)
             .field("connect_timeout", &self.inner.connect_timeout)
+            .field("default_deadline", &self.inner.default_deadline)
+            .field("max_attempts", &self.inner.max_attempts)
             .field("user_agent", &self.inner.user_agent)
             .finish_non_exhaustive()
     }
@@ -75,9 +80,10 @@ impl fmt::Debug for KlarnaClient {
 
 impl KlarnaClient {
     /// Checks `config` and builds the client: the Basic credential is encoded once here, the
-    /// connection pool and the outbound stack are created. Fails on zero timeouts, credentials
-    /// that cannot be sent as Basic credentials, or a `User-Agent` suffix that is not a header
-    /// value.
+    /// connection pool, the retry budget (shared by every call of this client) and the
+    /// outbound stack are created. Fails on zero timeouts or default deadline, retry settings
+    /// out of range, credentials that cannot be sent as Basic credentials, or a `User-Agent`
+    /// suffix that is not a header value.
     pub fn new(config: KlarnaClientConfig) -> Result<Self, KlarnaConfigError> {
         if config.attempt_timeout.is_zero() {
             return Err(KlarnaConfigError::ZeroTimeout("attempt_timeout"));
@@ -85,6 +91,10 @@ impl KlarnaClient {
         if config.connect_timeout.is_zero() {
             return Err(KlarnaConfigError::ZeroTimeout("connect_timeout"));
         }
+        if config.default_deadline.is_zero() {
+            return Err(KlarnaConfigError::ZeroTimeout("default_deadline"));
+        }
+        let policy = RetryPolicy::new(&config.retry)?;
         let authorization = basic_authorization(&config.credentials)?;
         let agent = user_agent(config.user_agent_suffix.as_deref());
         let agent_header = HeaderValue::from_str(&agent).map_err(|_| {
@@ -98,9 +108,11 @@ impl KlarnaClient {
                 authorization,
                 attempt_timeout: config.attempt_timeout,
                 connect_timeout: config.connect_timeout,
+                default_deadline: config.default_deadline,
+                max_attempts: config.retry.max_attempts,
                 user_agent: agent,
             }),
-            outbound: outbound_stack(client, config.attempt_timeout),
+            outbound: outbound_stack(client, config.attempt_timeout, policy),
         })
     }
 
@@ -121,8 +133,10 @@ impl KlarnaClient {
         Ok(url)
     }
 
-    /// Sends one Klarna call and reads the answer: a non-2xx status becomes
-    /// [`KlarnaError::Answered`]; a 2xx goes to `read`. Logs the call once, at INFO when it
+    /// Sends one Klarna call, with its resends, and reads the final answer: a non-2xx status
+    /// becomes [`KlarnaError::Answered`]; a 2xx goes to `read`. The whole call ends by the
+    /// deadline of the enclosing [`with_deadline`], else `default_deadline` from now; a call
+    /// whose deadline has already passed is not sent. Logs the call once, at INFO when it
     /// succeeded and at WARN when it did not.
     async fn call<T>(
         &self,
@@ -133,10 +147,28 @@ impl KlarnaClient {
         let method = request.method.clone();
         let operation = request.operation;
         let mut path = String::new();
+        let deadline = current_deadline().or_else(|| {
+            // `None` only when the default deadline is beyond what an Instant can hold;
+            // attempts and resends are still bounded then.
+            tokio::time::Instant::now().checked_add(self.inner.default_deadline)
+        });
         let result = async {
             let request = self.request(request)?;
             path = request.url().path().to_owned();
-            let response = self.outbound.clone().oneshot(request).await?;
+            // A fresh copy of the stack per call: its retry policy and resend count start
+            // from zero.
+            let send = self.outbound.clone().oneshot(request);
+            let response = match deadline {
+                Some(deadline) if deadline <= tokio::time::Instant::now() => {
+                    return Err(KlarnaError::NotSent(
+                        "the call's deadline passed before the request was sent".to_owned(),
+                    ));
+                }
+                // Scoped around the whole stack: the retry policy and the per-attempt timeout
+                // read it there.
+                Some(deadline) => with_deadline(deadline, send).await?,
+                None => send.await?,
+            };
             let answer = Answer::from(read_whole(response).await?);
             if !answer.status.is_success() {
                 return Err(KlarnaError::Answered(Box::new(error_response(

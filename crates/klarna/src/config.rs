@@ -1,5 +1,5 @@
-//! Where and as whom the adapter talks to Klarna: region, environment, base URL, credentials
-//! and timeouts. Everything is checked once, when the client is built, so a bad setting stops
+//! Where and as whom the adapter talks to Klarna: region, environment, base URL, credentials,
+//! timeouts and resending ([`RetryConfig`]). Everything is checked once, when the client is built, so a bad setting stops
 //! the gateway at start-up rather than at its first refund.
 
 use std::fmt;
@@ -230,6 +230,88 @@ impl fmt::Display for KlarnaCredentials {
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time to establish a connection (TCP and TLS).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time a whole call (every attempt and every wait between them) may take when the
+/// caller set no deadline with [`crate::with_deadline`]: the gateway's own default RPC deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// When and how often a Klarna call is resent (DESIGN §6); which outcomes are safe to resend
+/// is fixed, see [`crate::RetryPolicy`]. One retry budget is shared by every call of one
+/// [`crate::KlarnaClient`], i.e. per Klarna account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts per call, the first included; 1 turns resending off. Default 4.
+    pub max_attempts: u32,
+    /// Ceiling of the first backoff; each later ceiling doubles, up to `max_backoff`. The wait
+    /// is drawn uniformly below the ceiling ("full jitter"), and is at least Klarna's
+    /// `Retry-After`. Default 100 ms.
+    pub base_backoff: Duration,
+    /// Largest backoff ceiling (a `Retry-After` may ask for longer). Default 2 s.
+    pub max_backoff: Duration,
+    /// How long a call counts towards the retry budget: 1 to 60 s. Default 10 s.
+    pub budget_ttl: Duration,
+    /// Resends allowed per second whatever the traffic, so that a quiet client can still
+    /// resend. Default 10.
+    pub budget_min_per_sec: u32,
+    /// Resends allowed on top, as a ratio of calls made within `budget_ttl` (a ratio of
+    /// requests, not money): 0.2 lets one call in five be resent once. 0 to 1000.
+    /// Default 0.2.
+    pub budget_retry_percent: f32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            budget_ttl: Duration::from_secs(10),
+            budget_min_per_sec: 10,
+            budget_retry_percent: 0.2,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Resending off: every call makes exactly one attempt.
+    pub fn no_retries() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the settings against the limits above (tower's budget would panic outside
+    /// them).
+    pub fn validate(&self) -> Result<(), KlarnaConfigError> {
+        if self.max_attempts == 0 {
+            return Err(KlarnaConfigError::InvalidRetry(
+                "max_attempts must be at least 1",
+            ));
+        }
+        if self.max_backoff < self.base_backoff {
+            return Err(KlarnaConfigError::InvalidRetry(
+                "max_backoff must not be below base_backoff",
+            ));
+        }
+        if self.budget_ttl < Duration::from_secs(1) || self.budget_ttl > Duration::from_secs(60) {
+            return Err(KlarnaConfigError::InvalidRetry(
+                "budget_ttl must be between 1 and 60 seconds",
+            ));
+        }
+        if self.budget_min_per_sec >= i32::MAX.unsigned_abs() {
+            return Err(KlarnaConfigError::InvalidRetry(
+                "budget_min_per_sec is too large",
+            ));
+        }
+        // NaN fails both comparisons, so it is refused too.
+        if !(self.budget_retry_percent >= 0.0 && self.budget_retry_percent <= 1000.0) {
+            return Err(KlarnaConfigError::InvalidRetry(
+                "budget_retry_percent must be between 0 and 1000",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Everything [`crate::KlarnaClient::new`] needs for one Klarna merchant account.
 #[derive(Debug, Clone)]
@@ -247,10 +329,16 @@ pub struct KlarnaClientConfig {
     pub connect_timeout: Duration,
     /// Appended to the `User-Agent` after a space, e.g. `refund-gateway/1.2.0 (eu-live)`.
     pub user_agent_suffix: Option<String>,
+    /// When and how often a call is resent. Default [`RetryConfig::default`].
+    pub retry: RetryConfig,
+    /// Time a whole call may take, resends and waits included, when the caller set no
+    /// deadline with [`crate::with_deadline`]. Default 30 s.
+    pub default_deadline: Duration,
 }
 
 impl KlarnaClientConfig {
-    /// A configuration with the default timeouts and no `User-Agent` suffix.
+    /// A configuration with the default timeouts, deadline and retry settings, and no
+    /// `User-Agent` suffix.
     pub fn new(base_url: BaseUrl, credentials: KlarnaCredentials) -> Self {
         Self {
             base_url,
@@ -258,6 +346,8 @@ impl KlarnaClientConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             user_agent_suffix: None,
+            retry: RetryConfig::default(),
+            default_deadline: DEFAULT_DEADLINE,
         }
     }
 }
@@ -288,6 +378,9 @@ pub enum KlarnaConfigError {
     /// A zero timeout would fail every call.
     #[error("Klarna {0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// A [`RetryConfig`] setting is out of range.
+    #[error("invalid Klarna retry setting: {0}")]
+    InvalidRetry(&'static str),
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
@@ -440,5 +533,60 @@ mod tests {
         assert!(shown.contains("api.playground.klarna.com"), "{shown}");
         assert_eq!(config.attempt_timeout, Duration::from_secs(10));
         assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.default_deadline, Duration::from_secs(30));
+        assert_eq!(config.retry, RetryConfig::default());
+    }
+
+    #[test]
+    fn retry_defaults_and_limits() {
+        let d = RetryConfig::default();
+        assert_eq!(d.max_attempts, 4);
+        assert_eq!(d.base_backoff, Duration::from_millis(100));
+        assert_eq!(d.max_backoff, Duration::from_secs(2));
+        assert_eq!(d.budget_ttl, Duration::from_secs(10));
+        assert_eq!(d.budget_min_per_sec, 10);
+        assert!((d.budget_retry_percent - 0.2).abs() < f32::EPSILON);
+        assert_eq!(d.validate(), Ok(()));
+        assert_eq!(RetryConfig::no_retries().max_attempts, 1);
+        let bad = [
+            RetryConfig {
+                max_attempts: 0,
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                base_backoff: Duration::from_secs(3),
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_ttl: Duration::from_millis(999),
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_ttl: Duration::from_secs(61),
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_min_per_sec: u32::MAX,
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_retry_percent: -0.1,
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_retry_percent: f32::NAN,
+                ..RetryConfig::default()
+            },
+            RetryConfig {
+                budget_retry_percent: 1000.5,
+                ..RetryConfig::default()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(KlarnaConfigError::InvalidRetry(_))),
+                "{config:?}"
+            );
+        }
     }
 }

@@ -97,7 +97,7 @@ pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `Retry-After` as delay-seconds or as an HTTP date (relative to `now`, never negative).
-fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

@@ -2,15 +2,16 @@
 //! [`reqwest::Response`] whose body has been read in full.
 //!
 //! ```text
-//! AttemptTrace   one CLIENT span per attempt
-//!  └ MapErr      Timeout's BoxError back to KlarnaError
-//!     └ Timeout  per-attempt limit
-//!        └ HttpService   reqwest: pooled, rustls, its own retries off
+//! Retry             resends when safe, within the call's deadline (retry.rs)
+//!  └ AttemptTrace   one CLIENT span per attempt, counting resends
+//!     └ (later: per-Klarna-account rate limit)
+//!        └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
+//!           └ HttpService   reqwest: pooled, rustls, its own retries off
 //! ```
 //!
 //! Every layer speaks [`KlarnaError`] (only `NotSent`, `NoAnswer`, `BadResponse`; a Klarna
-//! error status is a response here, classified later), so a retry policy slotted in above
-//! [`AttemptTraceLayer`] can decide from the error alone whether resending is safe.
+//! error status is a response here, classified later), so the retry policy above
+//! [`AttemptTraceLayer`] decides from the error or the status alone whether resending is safe.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,14 +22,15 @@ use bytes::{Bytes, BytesMut};
 use refund_gateway_domain::KlarnaError;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
-use tower::timeout::error::Elapsed;
+use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer, Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::contract::MAX_RESPONSE_BYTES;
-use crate::error::{correlation_id, error_chain, error_response, transport_error};
+use crate::error::{correlation_id, error_response, transport_error};
+use crate::retry::{RetryPolicy, current_deadline};
 
 /// The whole outbound stack, boxed: `Clone + Send + Sync`, so a client can clone it per call.
 pub type OutboundService = BoxCloneSyncService<reqwest::Request, reqwest::Response, KlarnaError>;
@@ -54,35 +56,97 @@ pub(crate) fn reqwest_client(
         .build()
 }
 
-/// Builds the stack over `client`, each attempt limited to `attempt_timeout`.
+/// Builds the stack over `client`: calls resent by `policy`, each attempt limited to
+/// `attempt_timeout` and to the call's deadline.
 pub(crate) fn outbound_stack(
     client: reqwest::Client,
     attempt_timeout: Duration,
+    policy: RetryPolicy,
 ) -> OutboundService {
     let stack = ServiceBuilder::new()
+        // Outermost: a resend goes through everything below again, so that each attempt gets
+        // its own span (and resend count), its own permit and its own timeout. tower's Retry
+        // calls its service for the first attempt and a copy of it, taken just after, for the
+        // resends: the trace below counts 0, 1, 2, … as long as each call starts from a fresh
+        // copy of the stack, which the client's per-call clone guarantees.
+        .layer(RetryLayer::new(policy))
         // Outermost of one attempt: its span covers everything the attempt does, including
-        // running out of time, and records the answer's status and correlation id. A retry
-        // layer goes directly above it, so that each resend gets its own span (the layer
-        // counts resends), and a per-account rate limit directly below it, so that waiting
-        // for a permit shows inside the attempt's span but does not eat its timeout.
+        // running out of time, and records the answer's status and correlation id. A
+        // per-account rate limit goes directly below it, so that waiting for a permit shows
+        // inside the attempt's span but does not eat its timeout.
         .layer(AttemptTraceLayer)
-        // Timeout reports `BoxError`; turning it back into `KlarnaError` right here gives every
-        // layer above one classified error type.
-        .map_err(move |error: BoxError| timeout_error(error, attempt_timeout))
-        // Innermost limit, so that it bounds one attempt, not a call with its retries; it
+        // Innermost limit, so that it bounds one attempt, not a call with its resends; it
         // covers reading the body because HttpService reads it in full.
-        .timeout(attempt_timeout)
+        .layer(AttemptTimeoutLayer { attempt_timeout })
         .service(HttpService::new(client));
     BoxCloneSyncService::new(stack)
 }
 
-fn timeout_error(error: BoxError, attempt_timeout: Duration) -> KlarnaError {
-    match error.downcast::<KlarnaError>() {
-        Ok(error) => *error,
-        Err(error) if error.is::<Elapsed>() => KlarnaError::NoAnswer(format!(
-            "no complete answer within the attempt timeout of {attempt_timeout:?}"
-        )),
-        Err(error) => KlarnaError::NoAnswer(error_chain(&*error)),
+/// Adds [`AttemptTimeout`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptTimeoutLayer {
+    attempt_timeout: Duration,
+}
+
+impl<S> Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AttemptTimeout {
+            inner,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+/// Limits one attempt to `attempt_timeout` or to the time left before the call's deadline
+/// ([`current_deadline`]), whichever is shorter; running out is [`KlarnaError::NoAnswer`]
+/// (the request may have left). An attempt with no time left at all is not started and
+/// fails as [`KlarnaError::NotSent`]: that relies on the service below doing nothing before
+/// its future is polled, which holds for [`HttpService`] (the request is handed to reqwest
+/// inside its future).
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptTimeout<S> {
+    inner: S,
+    attempt_timeout: Duration,
+}
+
+impl<S> Service<reqwest::Request> for AttemptTimeout<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = KlarnaError>,
+    S::Future: Send + 'static,
+{
+    type Response = reqwest::Response;
+    type Error = KlarnaError;
+    type Future = BoxFuture<Result<reqwest::Response, KlarnaError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        let attempt = self.inner.call(request);
+        let attempt_timeout = self.attempt_timeout;
+        Box::pin(async move {
+            // Read when polled, in the caller's task, where the deadline is in scope.
+            let left = current_deadline()
+                .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let limit = left.map_or(attempt_timeout, |left| left.min(attempt_timeout));
+            if limit.is_zero() {
+                return Err(KlarnaError::NotSent(
+                    "the call's deadline passed before the request was sent".to_owned(),
+                ));
+            }
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(result) => result,
+                Err(_elapsed) if limit < attempt_timeout => Err(KlarnaError::NoAnswer(format!(
+                    "no complete answer before the call's deadline (attempt cut to {limit:?})"
+                ))),
+                Err(_elapsed) => Err(KlarnaError::NoAnswer(format!(
+                    "no complete answer within the attempt timeout of {attempt_timeout:?}"
+                ))),
+            }
+        })
     }
 }
 
@@ -163,9 +227,9 @@ impl<S> Layer<S> for AttemptTraceLayer {
 /// `http.request.resend_count`, and after the answer `http.response.status_code` and
 /// `klarna.correlation_id` (or `error.type`). Headers are never recorded.
 ///
-/// Resends are counted per service value: the client clones the stack for every call, and a
-/// retry layer above calls its own copy once per attempt, so the n-th call on a copy is the
-/// (n-1)-th resend.
+/// Resends are counted per service value: the n-th call on a copy is the (n-1)-th resend. The
+/// client clones the stack for every call, and tower's `Retry` above makes the first attempt
+/// on that copy and the resends on a clone taken right after it, so one call counts 0, 1, 2…
 #[derive(Debug, Clone)]
 pub struct AttemptTrace<S> {
     inner: S,
@@ -282,18 +346,102 @@ fn error_type(error: &KlarnaError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::with_deadline;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::ServiceExt;
 
-    #[test]
-    fn elapsed_becomes_no_answer() {
-        let e = timeout_error(Box::new(Elapsed::new()), Duration::from_millis(50));
+    fn request() -> reqwest::Request {
+        let url = reqwest::Url::parse("https://api.klarna.com/ordermanagement/v1/orders/o")
+            .unwrap_or_else(|e| panic!("{e}"));
+        reqwest::Request::new(Method::GET, url)
+    }
+
+    /// Answers 200 after `delay`, counting the attempts it started.
+    fn slow(
+        delay: Duration,
+        started: Arc<AtomicU32>,
+    ) -> AttemptTimeout<
+        impl Service<
+            reqwest::Request,
+            Response = reqwest::Response,
+            Error = KlarnaError,
+            Future = impl Future<Output = Result<reqwest::Response, KlarnaError>> + Send + 'static,
+        >,
+    > {
+        let inner = tower::service_fn(move |_: reqwest::Request| {
+            let started = started.clone();
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                Ok::<_, KlarnaError>(reqwest::Response::from(::http::Response::new(Bytes::new())))
+            }
+        });
+        AttemptTimeoutLayer {
+            attempt_timeout: Duration::from_secs(2),
+        }
+        .layer(inner)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempt_timeout_applies_without_a_deadline() {
+        let started = Arc::new(AtomicU32::new(0));
+        let e = slow(Duration::from_secs(5), started.clone())
+            .oneshot(request())
+            .await
+            .err();
         assert!(
-            matches!(e, KlarnaError::NoAnswer(ref m) if m.contains("50ms")),
+            matches!(e, Some(KlarnaError::NoAnswer(ref m)) if m.contains("attempt timeout of 2s")),
             "{e:?}"
         );
-        let e = timeout_error(
-            Box::new(KlarnaError::NotSent("refused".into())),
-            Duration::from_secs(1),
+        let ok = slow(Duration::from_secs(1), started.clone())
+            .oneshot(request())
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_shortens_an_attempt() {
+        let started = Arc::new(AtomicU32::new(0));
+        let begin = tokio::time::Instant::now();
+        let deadline = begin + Duration::from_millis(500);
+        let e = with_deadline(
+            deadline,
+            slow(Duration::from_secs(1), started.clone()).oneshot(request()),
+        )
+        .await
+        .err();
+        assert!(
+            matches!(e, Some(KlarnaError::NoAnswer(ref m)) if m.contains("deadline")),
+            "{e:?}"
         );
-        assert_eq!(e, KlarnaError::NotSent("refused".into()));
+        assert_eq!(begin.elapsed(), Duration::from_millis(500));
+        // A deadline further out than the attempt timeout changes nothing.
+        let e = with_deadline(
+            begin + Duration::from_secs(60),
+            slow(Duration::from_secs(5), started.clone()).oneshot(request()),
+        )
+        .await
+        .err();
+        assert!(
+            matches!(e, Some(KlarnaError::NoAnswer(ref m)) if m.contains("attempt timeout")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_attempt_is_started_after_the_deadline() {
+        let started = Arc::new(AtomicU32::new(0));
+        let past = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let e = with_deadline(
+            past,
+            slow(Duration::ZERO, started.clone()).oneshot(request()),
+        )
+        .await
+        .err();
+        assert!(matches!(e, Some(KlarnaError::NotSent(_))), "{e:?}");
+        assert_eq!(started.load(Ordering::SeqCst), 0);
     }
 }

@@ -1,5 +1,7 @@
 //! The adapter against the Klarna simulator over real HTTP: what it sends, what it reads, and
-//! how it classifies each error row of CONTRACT §3 and each transport failure.
+//! how it classifies each error row of CONTRACT §3 and each transport failure. Tests about
+//! the classification of a single answer use a client that does not resend; resending has its
+//! own tests in `retry.rs`.
 
 use std::time::Duration;
 
@@ -9,7 +11,9 @@ use refund_gateway_domain::{
     Amount, Caller, CaptureId, IdempotencyKey, KlarnaApi, KlarnaError, KlarnaErrorResponse,
     KlarnaRefund, OperationId, OrderId, OrderLine, OrderLineType, OrderStatus, RefundId, Rpc,
 };
-use refund_gateway_klarna::{BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials};
+use refund_gateway_klarna::{
+    BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials, RetryConfig,
+};
 
 const ORDERS: &str = "/ordermanagement/v1/orders";
 
@@ -30,9 +34,18 @@ fn client(sim: &RunningSimulator) -> KlarnaClient {
     KlarnaClient::new(config(sim, sim.password())).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A client making one attempt per call, so that a test sees how one answer is classified.
+fn client_without_retries(sim: &RunningSimulator) -> KlarnaClient {
+    let mut config = config(sim, sim.password());
+    config.retry = RetryConfig::no_retries();
+    KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One attempt per call, limited to `attempt_timeout`.
 fn client_with_timeout(sim: &RunningSimulator, attempt_timeout: Duration) -> KlarnaClient {
     let mut config = config(sim, sim.password());
     config.attempt_timeout = attempt_timeout;
+    config.retry = RetryConfig::no_retries();
     KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -455,7 +468,8 @@ async fn rate_limit_is_429_with_retry_after() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let klarna = client(&sim);
+    // A resend would wait out the Retry-After and succeed.
+    let klarna = client_without_retries(&sim);
     let (order, _) = seed(&sim, 100, vec![]);
     // One call per second is admitted: in a burst of five, at least one is refused even
     // on a slow, busy machine.
@@ -476,7 +490,7 @@ async fn rate_limit_is_429_with_retry_after() {
 #[tokio::test]
 async fn injected_error_statuses_are_classified() {
     let sim = sim().await;
-    let klarna = client(&sim);
+    let klarna = client_without_retries(&sim);
     let (order, _) = seed(&sim, 10_000, vec![10_000]);
     let path = format!("{ORDERS}/{order}/refunds");
     let cases = [
@@ -507,7 +521,8 @@ async fn injected_error_statuses_are_classified() {
             "{status}"
         );
     }
-    // No injected fault executed anything.
+    // One attempt each, and no injected fault executed anything.
+    assert_eq!(sim.sim.requests().len(), cases.len());
     let o = klarna
         .get_order(&order)
         .await
@@ -518,7 +533,7 @@ async fn injected_error_statuses_are_classified() {
 #[tokio::test]
 async fn odd_error_bodies_are_understood() {
     let sim = sim().await;
-    let klarna = client(&sim);
+    let klarna = client_without_retries(&sim);
     let (order, _) = seed(&sim, 10_000, vec![10_000]);
     let path = format!("{ORDERS}/{order}");
 
@@ -614,10 +629,11 @@ async fn closed_port_is_not_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     drop(listener);
-    let config = KlarnaClientConfig::new(
+    let mut config = KlarnaClientConfig::new(
         BaseUrl::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new("user", "s3cret-pw"),
     );
+    config.retry = RetryConfig::no_retries();
     let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
     let order = order_id(&uuid::Uuid::new_v4().to_string());
     let error = klarna
@@ -633,7 +649,7 @@ async fn closed_port_is_not_sent() {
 #[tokio::test]
 async fn dropped_connection_after_commit_is_no_answer() {
     let sim = sim().await;
-    let klarna = client(&sim);
+    let klarna = client_without_retries(&sim);
     let (order, _) = seed(&sim, 10_000, vec![10_000]);
     sim.sim.inject_fault(FaultSpec {
         method: Some("POST".into()),

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use klarna_sim::{OrderSeed, SimConfig};
+use klarna_sim::{FaultKind, FaultSpec, OrderSeed, SimConfig};
+use std::time::Duration;
+
 use refund_gateway_domain::{
     Amount, Caller, IdempotencyKey, KlarnaApi, KlarnaError, KlarnaRefund, OperationId, OrderId, Rpc,
 };
 use refund_gateway_klarna::{
-    AttemptTraceLayer, BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials,
+    AttemptTraceLayer, BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials, RetryConfig,
 };
 use tower::{Layer as _, Service, ServiceExt};
 use tracing::field::{Field, Visit};
@@ -296,4 +298,130 @@ async fn transport_failures_are_typed_on_the_span() {
     assert_eq!(field(&spans[1], "http.response.status_code"), Some("201"));
     assert_eq!(field(&spans[1], "klarna.correlation_id"), Some("corr-201"));
     assert_eq!(field(&spans[1], "error.type"), None);
+}
+
+/// Default policy, backoffs of at most `max_backoff`.
+fn retry_config(max_backoff: Duration) -> RetryConfig {
+    RetryConfig {
+        base_backoff: max_backoff / 2,
+        max_backoff,
+        ..RetryConfig::default()
+    }
+}
+
+fn http_spans(capture: &Capture) -> Vec<Captured> {
+    capture
+        .spans()
+        .into_iter()
+        .filter(|s| s.name.starts_with("HTTP"))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_resend_gets_its_own_span_and_count() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let sim = klarna_sim::spawn(SimConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut config = KlarnaClientConfig::new(
+        BaseUrl::parse(&sim.base_url).unwrap_or_else(|e| panic!("{e}")),
+        KlarnaCredentials::new(sim.username(), sim.password()),
+    );
+    config.retry = retry_config(Duration::from_millis(4));
+    let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
+    let seeded = sim.sim.seed_order(OrderSeed {
+        order_amount: 1_000,
+        ..Default::default()
+    });
+    let order = OrderId::parse(&seeded.order_id).unwrap_or_else(|e| panic!("{e}"));
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("GET".into()),
+        path: format!("/ordermanagement/v1/orders/{order}"),
+        times: 2,
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    });
+
+    klarna
+        .get_order(&order)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The next call on the same client counts from zero again.
+    klarna
+        .get_order(&order)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let spans = http_spans(&capture);
+    let seen: Vec<(Option<&str>, Option<&str>)> = spans
+        .iter()
+        .map(|s| {
+            (
+                field(s, "http.request.resend_count"),
+                field(s, "http.response.status_code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("0"), Some("503")),
+            (Some("1"), Some("503")),
+            (Some("2"), Some("200")),
+            (Some("0"), Some("200")),
+        ]
+    );
+    let resends: Vec<Captured> = capture
+        .events()
+        .into_iter()
+        .filter(|e| field(e, "reason").is_some())
+        .collect();
+    assert_eq!(resends.len(), 2, "{resends:#?}");
+    assert!(
+        resends
+            .iter()
+            .all(|e| field(e, "reason") == Some("status_5xx"))
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_retried_then_not_sent() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    drop(listener);
+    let mut config = KlarnaClientConfig::new(
+        BaseUrl::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")),
+        KlarnaCredentials::new("user", "s3cret-pw"),
+    );
+    config.retry = retry_config(Duration::from_millis(10));
+    let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
+    let order = OrderId::parse(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|e| panic!("{e}"));
+
+    // Not sent is safe to resend whatever the method: an unkeyed GET and a keyed POST alike.
+    let error = klarna.get_order(&order).await.err();
+    assert!(matches!(error, Some(KlarnaError::NotSent(_))), "{error:?}");
+    let error = klarna
+        .create_refund(&order, &refund(100), &op())
+        .await
+        .err();
+    assert!(matches!(error, Some(KlarnaError::NotSent(_))), "{error:?}");
+
+    let spans = http_spans(&capture);
+    let counts: Vec<&str> = spans
+        .iter()
+        .filter_map(|s| field(s, "http.request.resend_count"))
+        .collect();
+    assert_eq!(counts, ["0", "1", "2", "3", "0", "1", "2", "3"]);
+    assert!(
+        spans
+            .iter()
+            .all(|s| field(s, "error.type") == Some("not_sent")),
+        "{spans:#?}"
+    );
 }

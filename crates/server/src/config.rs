@@ -54,6 +54,17 @@ pub struct Settings {
     pub simulator: bool,
     /// Timeout of one Klarna HTTP attempt, in milliseconds.
     pub klarna_attempt_timeout_ms: u64,
+    /// Lease of a claimed operation, in seconds; renewed while the operation runs.
+    pub lease_secs: u64,
+    /// The caller's deadline when it sets none, in milliseconds.
+    pub default_deadline_ms: u64,
+    /// How long Klarna's idempotency memory is trusted, in seconds: pending operations older
+    /// than this are matched on the order instead of being resent. Klarna keeps keys 24 h.
+    pub klarna_idempotency_window_secs: u64,
+    /// How often the reconciler looks for unresolved operations, in milliseconds.
+    pub reconcile_interval_ms: u64,
+    /// How long completed operations are kept, in days (audit events are kept forever).
+    pub retention_days: u64,
     /// Log format: `json` (default) or `text`.
     pub log_format: LogFormat,
     /// Klarna accounts by name.
@@ -68,6 +79,11 @@ impl Default for Settings {
             data_dir: PathBuf::from("./var"),
             simulator: false,
             klarna_attempt_timeout_ms: 10_000,
+            lease_secs: 30,
+            default_deadline_ms: 30_000,
+            klarna_idempotency_window_secs: 23 * 3600,
+            reconcile_interval_ms: 10_000,
+            retention_days: 30,
             log_format: LogFormat::Json,
             accounts: BTreeMap::new(),
         }
@@ -115,13 +131,15 @@ pub struct Account {
     pub credentials: KlarnaCredentials,
 }
 
-/// The configuration `run` takes: settings plus resolved accounts.
+/// The configuration `run` takes: settings plus resolved accounts and database.
 #[derive(Debug)]
 pub struct Config {
     /// The settings.
     pub settings: Settings,
     /// Resolved accounts (empty with `simulator`, which brings its own).
     pub accounts: Vec<Account>,
+    /// `DATABASE_URL` (PostgreSQL); `None` for the embedded SQLite file under `data_dir`.
+    pub database_url: Option<SecretString>,
 }
 
 impl Config {
@@ -137,6 +155,7 @@ impl Config {
                 ..Settings::default()
             },
             accounts: Vec::new(),
+            database_url: None,
         }
     }
 
@@ -224,7 +243,12 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
                 .into(),
         ));
     }
-    Ok(Config { settings, accounts })
+    let database_url = env.var("DATABASE_URL").map(SecretString::from);
+    Ok(Config {
+        settings,
+        accounts,
+        database_url,
+    })
 }
 
 fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {

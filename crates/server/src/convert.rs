@@ -1,13 +1,20 @@
 //! The one place where API messages become domain values and back. Requests become drafts
 //! here and are validated by the domain; nothing past this module sees a proto type.
 
+use prost::Message;
 use refund_gateway_domain as domain;
+use refund_gateway_domain::{
+    AuditEvent, Operation, OperationFilter, OperationPage, OperationState, Violations,
+};
 use refund_gateway_domain::{
     ExtendDueDateDraft, LineTypeInput, OrderLineDraft, OrderLineType, RefundOrderDraft,
     ReleaseAuthorizationDraft, SubscriptionDraft, SubscriptionInterval,
 };
 use refund_gateway_proto::v1 as pb;
 use time::OffsetDateTime;
+
+use crate::gateway::RefundOutcome;
+use crate::protocol::{Accepted, KlarnaCall};
 
 /// `RefundOrderRequest` -> draft.
 pub fn refund_order_draft(r: pb::RefundOrderRequest) -> RefundOrderDraft {
@@ -239,6 +246,181 @@ pub fn extend_due_date_options(
                 amount: o.amount,
             })
             .collect(),
+    }
+}
+
+/// The answer of a refund.
+pub fn refund_response(
+    order_id: &str,
+    amount: i64,
+    outcome: &RefundOutcome,
+    validate_only: bool,
+) -> pb::RefundOrderResponse {
+    pb::RefundOrderResponse {
+        operation_id: outcome.operation_id.to_string(),
+        refund_id: outcome.refund_id.clone().unwrap_or_default(),
+        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+        order_id: order_id.to_owned(),
+        refunded_amount: amount,
+        reference: outcome.reference.clone(),
+        validate_only,
+        replayed: false,
+    }
+}
+
+/// The encoded answer of a call that was resent (after a crash or an unknown outcome), built
+/// from what was stored. An extension resolved this way does not know the fee it was offered;
+/// its answer carries 0 and no currency.
+pub fn encode_resent(op: &Operation, call: &KlarnaCall, accepted: &Accepted) -> Vec<u8> {
+    let operation_id = op.new.operation_id.to_string();
+    let correlation_id = accepted.correlation_id.clone().unwrap_or_default();
+    match call {
+        KlarnaCall::CreateRefund { order_id, refund } => pb::RefundOrderResponse {
+            operation_id,
+            refund_id: accepted.refund_id.clone().unwrap_or_default(),
+            correlation_id,
+            order_id: order_id.to_string(),
+            refunded_amount: refund.refunded_amount.minor_units(),
+            reference: refund.reference.clone(),
+            validate_only: false,
+            replayed: false,
+        }
+        .encode_to_vec(),
+        KlarnaCall::ReleaseRemainingAuthorization { order_id } => {
+            pb::ReleaseAuthorizationResponse {
+                operation_id,
+                order_id: order_id.to_string(),
+                correlation_id,
+                replayed: false,
+            }
+            .encode_to_vec()
+        }
+        KlarnaCall::ExtendDueDate {
+            order_id,
+            capture_id,
+            number_of_days,
+        } => pb::ExtendDueDateResponse {
+            operation_id,
+            order_id: order_id.to_string(),
+            capture_id: capture_id.to_string(),
+            number_of_days: *number_of_days,
+            fee_amount: 0,
+            currency: String::new(),
+            correlation_id,
+            replayed: false,
+        }
+        .encode_to_vec(),
+    }
+}
+
+fn state_in(value: i32) -> Result<Option<OperationState>, ()> {
+    use pb::OperationState as P;
+    match P::try_from(value) {
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::InFlight) => Ok(Some(OperationState::InFlight)),
+        Ok(P::Pending) => Ok(Some(OperationState::Pending)),
+        Ok(P::Succeeded) => Ok(Some(OperationState::Succeeded)),
+        Ok(P::Failed) => Ok(Some(OperationState::Failed)),
+        Ok(P::RequiresReview) => Ok(Some(OperationState::RequiresReview)),
+        Err(_) => Err(()),
+    }
+}
+
+fn state_out(state: Option<OperationState>) -> pb::OperationState {
+    use pb::OperationState as P;
+    match state {
+        None => P::Unspecified,
+        Some(OperationState::InFlight) => P::InFlight,
+        Some(OperationState::Pending) => P::Pending,
+        Some(OperationState::Succeeded) => P::Succeeded,
+        Some(OperationState::Failed) => P::Failed,
+        Some(OperationState::RequiresReview) => P::RequiresReview,
+    }
+}
+
+fn time_in(t: Option<prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, ()> {
+    t.map(|t| {
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| ())
+    })
+    .transpose()
+}
+
+/// `ListOperationsRequest` -> filter, page size, page token.
+pub fn operation_filter(
+    r: pb::ListOperationsRequest,
+) -> Result<(OperationFilter, u32, Option<String>), Violations> {
+    let mut v = Violations::new();
+    let state = state_in(r.state).unwrap_or_else(|()| {
+        v.push("state", format!("unknown operation state {}", r.state));
+        None
+    });
+    let created_from = time_in(r.created_after).unwrap_or_else(|()| {
+        v.push("created_after", "is not a valid timestamp");
+        None
+    });
+    let created_to = time_in(r.created_before).unwrap_or_else(|()| {
+        v.push("created_before", "is not a valid timestamp");
+        None
+    });
+    let page_size = match r.page_size {
+        0 => 50,
+        n @ 1..=500 => n.unsigned_abs(),
+        _ => {
+            v.push("page_size", "must be between 1 and 500 (0 means 50)");
+            0
+        }
+    };
+    let non_empty = |s: String| if s.is_empty() { None } else { Some(s) };
+    let filter = OperationFilter {
+        order_id: non_empty(r.order_id),
+        caller: non_empty(r.caller),
+        idempotency_key: non_empty(r.idempotency_key),
+        state,
+        created_from,
+        created_to,
+    };
+    v.into_result(|| (filter, page_size, non_empty(r.page_token)))
+}
+
+fn event(e: AuditEvent) -> pb::OperationEvent {
+    pb::OperationEvent {
+        state_before: state_out(e.state_before).into(),
+        state_after: state_out(e.state_after).into(),
+        refund_id: e.refund_id.unwrap_or_default(),
+        correlation_id: e.correlation_id.unwrap_or_default(),
+        trace_id: e.trace_id.unwrap_or_default(),
+        detail: e.detail,
+        at: timestamp(Some(e.at)),
+    }
+}
+
+/// A page of operations -> API message.
+pub fn operation_page(page: OperationPage) -> pb::ListOperationsResponse {
+    pb::ListOperationsResponse {
+        operations: page
+            .operations
+            .into_iter()
+            .map(|(op, events)| pb::OperationRecord {
+                operation_id: op.new.operation_id.to_string(),
+                caller: op.new.caller.to_string(),
+                rpc: op.new.rpc.as_str().to_owned(),
+                idempotency_key: op.new.idempotency_key.to_string(),
+                klarna_account: op.new.klarna_account,
+                order_id: op.new.order_id,
+                capture_id: op.new.capture_id.unwrap_or_default(),
+                amount: op.new.amount.unwrap_or_default(),
+                currency: op.new.currency.unwrap_or_default(),
+                reference: op.new.reference.unwrap_or_default(),
+                state: state_out(Some(op.state)).into(),
+                refund_id: op.refund_id.unwrap_or_default(),
+                correlation_id: op.correlation_id.unwrap_or_default(),
+                created_at: timestamp(Some(op.created_at)),
+                updated_at: timestamp(Some(op.updated_at)),
+                events: events.into_iter().map(event).collect(),
+            })
+            .collect(),
+        next_page_token: page.next_page_token.unwrap_or_default(),
     }
 }
 

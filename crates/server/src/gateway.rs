@@ -1,15 +1,21 @@
-//! The gateway's use cases, free of gRPC: each takes a validated domain command and the
-//! caller, runs the state rules against Klarna's view where they need it, and makes the
-//! Klarna call under the operation's deterministic idempotency key.
+//! The gateway's use cases, free of gRPC. A mutating use case is split in two: its
+//! [`Prepared`] identity (what the protocol claims and stores) and its work (state rules
+//! against Klarna's view, then the Klarna call under the operation's deterministic key), which
+//! the protocol runs at most once. Reads are plain calls.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use refund_gateway_domain::{
     Caller, ExtendDueDate, ExtendDueDateOption, ExtendDueDateOptions, ExtendDueDateOptionsQuery,
-    GatewayError, KlarnaApi, KlarnaError, KlarnaRefund, OperationId, Order, OrderQuery, Refund,
-    RefundOrder, RefundQuery, ReleaseAuthorization, ResourceRef, Rpc, Violations, rules,
+    GatewayError, KlarnaApi, KlarnaError, KlarnaRefund, NewOperation, OperationId, Order,
+    OrderQuery, Refund, RefundOrder, RefundQuery, ReleaseAuthorization, ResourceRef, Rpc,
+    Violations, rules,
 };
+use sha2::{Digest, Sha256};
+
+use crate::protocol::KlarnaCall;
 
 /// The configured Klarna accounts, by name.
 #[derive(Debug, Clone)]
@@ -55,6 +61,11 @@ impl Accounts {
         })
     }
 
+    /// The client of account `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn KlarnaApi>> {
+        self.by_name.get(name).cloned()
+    }
+
     fn names(&self) -> Vec<&str> {
         self.by_name.keys().map(String::as_str).collect()
     }
@@ -80,6 +91,15 @@ pub struct ReceiptOutcome {
     pub operation_id: OperationId,
     /// Klarna's correlation id, when it sent one.
     pub correlation_id: Option<String>,
+}
+
+/// A mutating operation ready for the protocol: what to claim, and the work to run once.
+#[derive(Debug)]
+pub struct Prepared<W> {
+    /// The operation to claim.
+    pub new: NewOperation,
+    /// State rules and the Klarna call.
+    pub work: W,
 }
 
 /// The use cases.
@@ -110,74 +130,238 @@ fn read_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayError
     move |error| GatewayError::Klarna { error, resource }
 }
 
+/// The fingerprint of an operation: SHA-256 over the resolved account, the RPC, the exact
+/// Klarna call and any expectation checked before it (the caller's currency). Another request
+/// under the same key differs in at least one of them.
+fn fingerprint(
+    rpc: Rpc,
+    account: &str,
+    call: &KlarnaCall,
+    expected_currency: Option<&str>,
+) -> String {
+    let mut hash = Sha256::new();
+    for part in [
+        rpc.as_str(),
+        account,
+        &call.to_json(),
+        expected_currency.unwrap_or(""),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_operation(
+    caller: &Caller,
+    rpc: Rpc,
+    key: &refund_gateway_domain::IdempotencyKey,
+    account: &str,
+    call: &KlarnaCall,
+    expected_currency: Option<&str>,
+    capture_id: Option<String>,
+    amount: Option<i64>,
+    reference: Option<String>,
+) -> NewOperation {
+    NewOperation {
+        operation_id: OperationId::derive(caller, rpc, key),
+        caller: caller.clone(),
+        rpc,
+        idempotency_key: key.clone(),
+        fingerprint: fingerprint(rpc, account, call, expected_currency),
+        klarna_account: account.to_owned(),
+        order_id: call.order_id().to_string(),
+        capture_id,
+        amount,
+        currency: expected_currency.map(str::to_owned),
+        reference,
+        klarna_request: call.to_json(),
+        trace_id: None,
+    }
+}
+
 impl Gateway {
     /// A gateway over `accounts`.
     pub fn new(accounts: Accounts) -> Self {
         Self { accounts }
     }
 
-    /// Refunds (or, with `validate_only`, checks) `cmd` for `caller`.
-    pub async fn refund_order(
+    /// The accounts.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Prepares a refund: its identity, and work that checks the state rules and sends it.
+    pub fn refund_order(
+        &self,
+        caller: &Caller,
+        cmd: RefundOrder,
+    ) -> Result<
+        Prepared<impl Future<Output = Result<RefundOutcome, GatewayError>> + Send + 'static>,
+        GatewayError,
+    > {
+        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let (account, klarna) = (account.to_owned(), klarna.clone());
+        let op = OperationId::derive(caller, Rpc::RefundOrder, &cmd.idempotency_key);
+        let reference = cmd.reference.clone().unwrap_or_else(|| op.to_string());
+        let call = KlarnaCall::CreateRefund {
+            order_id: cmd.order_id.clone(),
+            refund: KlarnaRefund {
+                refunded_amount: cmd.refunded_amount,
+                description: cmd.description.clone(),
+                reference: reference.clone(),
+                order_lines: cmd.order_lines.clone(),
+            },
+        };
+        let new = new_operation(
+            caller,
+            Rpc::RefundOrder,
+            &cmd.idempotency_key,
+            &account,
+            &call,
+            cmd.currency.as_ref().map(|c| c.as_str()),
+            None,
+            Some(cmd.refunded_amount.minor_units()),
+            Some(reference.clone()),
+        );
+        let work = async move {
+            check_refund_rules(klarna.as_ref(), &cmd).await?;
+            let accepted = call
+                .send(klarna.as_ref(), &op)
+                .await
+                .map_err(mutation_error(
+                    op,
+                    ResourceRef::Order(cmd.order_id.to_string()),
+                ))?;
+            Ok(RefundOutcome {
+                operation_id: op,
+                refund_id: accepted.refund_id,
+                correlation_id: accepted.correlation_id,
+                reference,
+            })
+        };
+        Ok(Prepared { new, work })
+    }
+
+    /// Checks a refund (`validate_only`): every rule, reading the order if a rule needs it,
+    /// and sends nothing.
+    pub async fn validate_refund(
         &self,
         caller: &Caller,
         cmd: RefundOrder,
     ) -> Result<RefundOutcome, GatewayError> {
         let (_, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
         let op = OperationId::derive(caller, Rpc::RefundOrder, &cmd.idempotency_key);
-        let order_ref = ResourceRef::Order(cmd.order_id.to_string());
-        if cmd.needs_order() {
-            let order = klarna
-                .get_order(&cmd.order_id)
-                .await
-                .map_err(read_error(order_ref.clone()))?;
-            rules::check_refund(&cmd, &order)?;
-        }
-        let reference = cmd.reference.clone().unwrap_or_else(|| op.to_string());
-        if cmd.validate_only {
-            return Ok(RefundOutcome {
-                operation_id: op,
-                refund_id: None,
-                correlation_id: None,
-                reference,
-            });
-        }
-        let refund = KlarnaRefund {
-            refunded_amount: cmd.refunded_amount,
-            description: cmd.description,
-            reference: reference.clone(),
-            order_lines: cmd.order_lines,
-        };
-        let created = klarna
-            .create_refund(&cmd.order_id, &refund, &op)
-            .await
-            .map_err(mutation_error(op, order_ref))?;
+        check_refund_rules(klarna.as_ref(), &cmd).await?;
         Ok(RefundOutcome {
             operation_id: op,
-            refund_id: Some(created.refund_id),
-            correlation_id: created.correlation_id,
-            reference,
+            refund_id: None,
+            correlation_id: None,
+            reference: cmd.reference.unwrap_or_else(|| op.to_string()),
         })
     }
 
-    /// Releases the remaining authorization of an order.
-    pub async fn release_authorization(
+    /// Prepares the release of an order's remaining authorization.
+    pub fn release_authorization(
         &self,
         caller: &Caller,
         cmd: ReleaseAuthorization,
-    ) -> Result<ReceiptOutcome, GatewayError> {
-        let (_, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
-        let op = OperationId::derive(caller, Rpc::ReleaseAuthorization, &cmd.idempotency_key);
-        let receipt = klarna
-            .release_remaining_authorization(&cmd.order_id, &op)
-            .await
-            .map_err(mutation_error(
-                op,
-                ResourceRef::Order(cmd.order_id.to_string()),
-            ))?;
-        Ok(ReceiptOutcome {
-            operation_id: op,
-            correlation_id: receipt.correlation_id,
-        })
+    ) -> Result<
+        Prepared<impl Future<Output = Result<ReceiptOutcome, GatewayError>> + Send + 'static>,
+        GatewayError,
+    > {
+        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let klarna = klarna.clone();
+        let call = KlarnaCall::ReleaseRemainingAuthorization {
+            order_id: cmd.order_id.clone(),
+        };
+        let new = new_operation(
+            caller,
+            Rpc::ReleaseAuthorization,
+            &cmd.idempotency_key,
+            account,
+            &call,
+            None,
+            None,
+            None,
+            None,
+        );
+        let op = new.operation_id;
+        let work = async move {
+            let accepted = call
+                .send(klarna.as_ref(), &op)
+                .await
+                .map_err(mutation_error(
+                    op,
+                    ResourceRef::Order(cmd.order_id.to_string()),
+                ))?;
+            Ok(ReceiptOutcome {
+                operation_id: op,
+                correlation_id: accepted.correlation_id,
+            })
+        };
+        Ok(Prepared { new, work })
+    }
+
+    /// Prepares a due-date extension: the work refuses days Klarna did not offer without
+    /// sending the PATCH, and returns the offer taken with its currency.
+    #[allow(clippy::type_complexity)]
+    pub fn extend_due_date(
+        &self,
+        caller: &Caller,
+        cmd: ExtendDueDate,
+    ) -> Result<
+        Prepared<
+            impl Future<Output = Result<(ReceiptOutcome, ExtendDueDateOption, String), GatewayError>>
+            + Send
+            + 'static,
+        >,
+        GatewayError,
+    > {
+        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let klarna = klarna.clone();
+        let call = KlarnaCall::ExtendDueDate {
+            order_id: cmd.order_id.clone(),
+            capture_id: cmd.capture_id.clone(),
+            number_of_days: cmd.number_of_days,
+        };
+        let new = new_operation(
+            caller,
+            Rpc::ExtendDueDate,
+            &cmd.idempotency_key,
+            account,
+            &call,
+            None,
+            Some(cmd.capture_id.to_string()),
+            None,
+            None,
+        );
+        let op = new.operation_id;
+        let work = async move {
+            let capture = ResourceRef::Capture {
+                order_id: cmd.order_id.to_string(),
+                capture_id: cmd.capture_id.to_string(),
+            };
+            let offered = klarna
+                .get_extend_due_date_options(&cmd.order_id, &cmd.capture_id)
+                .await
+                .map_err(read_error(capture.clone()))?;
+            let option = rules::check_extension_offered(&cmd, &offered)?;
+            let accepted = call
+                .send(klarna.as_ref(), &op)
+                .await
+                .map_err(mutation_error(op, capture))?;
+            Ok((
+                ReceiptOutcome {
+                    operation_id: op,
+                    correlation_id: accepted.correlation_id,
+                },
+                option,
+                offered.currency,
+            ))
+        };
+        Ok(Prepared { new, work })
     }
 
     /// Lists the due-date extensions offered for a capture.
@@ -193,38 +377,6 @@ impl Gateway {
                 order_id: q.order_id.to_string(),
                 capture_id: q.capture_id.to_string(),
             }))
-    }
-
-    /// Extends a capture's due date by an offered number of days; refuses days Klarna did
-    /// not offer without sending the PATCH. Returns the offer taken and its currency.
-    pub async fn extend_due_date(
-        &self,
-        caller: &Caller,
-        cmd: ExtendDueDate,
-    ) -> Result<(ReceiptOutcome, ExtendDueDateOption, String), GatewayError> {
-        let (_, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
-        let op = OperationId::derive(caller, Rpc::ExtendDueDate, &cmd.idempotency_key);
-        let capture = ResourceRef::Capture {
-            order_id: cmd.order_id.to_string(),
-            capture_id: cmd.capture_id.to_string(),
-        };
-        let offered = klarna
-            .get_extend_due_date_options(&cmd.order_id, &cmd.capture_id)
-            .await
-            .map_err(read_error(capture.clone()))?;
-        let option = rules::check_extension_offered(&cmd, &offered)?;
-        let receipt = klarna
-            .extend_due_date(&cmd.order_id, &cmd.capture_id, cmd.number_of_days, &op)
-            .await
-            .map_err(mutation_error(op, capture))?;
-        Ok((
-            ReceiptOutcome {
-                operation_id: op,
-                correlation_id: receipt.correlation_id,
-            },
-            option,
-            offered.currency,
-        ))
     }
 
     /// Reads an order.
@@ -247,4 +399,16 @@ impl Gateway {
                 refund_id: q.refund_id.to_string(),
             }))
     }
+}
+
+/// The refund's state rules, reading the order only when a rule needs it.
+async fn check_refund_rules(klarna: &dyn KlarnaApi, cmd: &RefundOrder) -> Result<(), GatewayError> {
+    if cmd.needs_order() {
+        let order = klarna
+            .get_order(&cmd.order_id)
+            .await
+            .map_err(read_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+        rules::check_refund(cmd, &order)?;
+    }
+    Ok(())
 }

@@ -1,28 +1,39 @@
 //! The tonic service: converts each request to a domain command (through [`crate::convert`]),
-//! runs the use case, and maps the result back (errors through [`crate::status`]).
+//! runs reads directly and mutations through the exactly-once [`Protocol`], and maps the
+//! result back (errors through [`crate::status`]).
 
+use std::time::Duration;
+
+use futures::{FutureExt, TryFutureExt};
+use prost::Message;
 use refund_gateway_domain::{
     Caller, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, OrderQuery, RefundOrder,
     RefundQuery, ReleaseAuthorization,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::gateway::Gateway;
+use crate::protocol::{Answer, Encoded, Protocol};
 use crate::status::to_status;
 
-/// `refundgateway.v1.RefundGatewayService` over a [`Gateway`].
+/// Metadata key marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// `refundgateway.v1.RefundGatewayService` over a [`Gateway`] and a [`Protocol`].
 #[derive(Debug, Clone)]
 pub struct RefundGatewayApi {
     gateway: Gateway,
+    protocol: Protocol,
 }
 
 impl RefundGatewayApi {
-    /// The service over `gateway`.
-    pub fn new(gateway: Gateway) -> Self {
-        Self { gateway }
+    /// The service.
+    pub fn new(gateway: Gateway, protocol: Protocol) -> Self {
+        Self { gateway, protocol }
     }
 }
 
@@ -31,10 +42,26 @@ fn caller<T>(_request: &Request<T>) -> Caller {
     Caller::anonymous()
 }
 
-/// Logs a failed RPC with what an operator needs to follow it up (Klarna's correlation id and
-/// error code), then maps it. Invalid input is the caller's business and logs at debug only.
-fn fail(rpc: &'static str, error: GatewayError) -> Status {
-    match &error {
+/// The caller's deadline from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Logs a failed use case with what an operator needs to follow it up (Klarna's correlation
+/// id and error code). Invalid input is the caller's business and logs at debug only.
+fn log_failure(rpc: &'static str, error: &GatewayError) {
+    match error {
         GatewayError::InvalidArgument(v) => {
             tracing::debug!(rpc, violations = %v, "request refused")
         }
@@ -60,7 +87,29 @@ fn fail(rpc: &'static str, error: GatewayError) -> Status {
             "Klarna call failed"
         ),
     }
+}
+
+fn fail(rpc: &'static str, error: GatewayError) -> Status {
+    log_failure(rpc, &error);
     to_status(&error)
+}
+
+/// Decodes a stored success into `T`, marks a replay, or returns the stored error.
+fn answer<T: Message + Default>(
+    answer: Answer,
+    set_replayed: impl FnOnce(&mut T, bool),
+) -> Result<Response<T>, Status> {
+    let (payload, replayed) = answer.into_result()?;
+    let mut message = T::decode(payload.as_slice())
+        .map_err(|e| Status::internal(format!("stored answer unreadable: {e}")))?;
+    set_replayed(&mut message, replayed);
+    let mut response = Response::new(message);
+    if replayed {
+        response
+            .metadata_mut()
+            .insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 #[tonic::async_trait]
@@ -71,35 +120,49 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
         const RPC: &str = "RefundOrder";
         let caller = caller(&request);
+        let deadline = grpc_timeout(request.metadata());
         let cmd = RefundOrder::validate(convert::refund_order_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let order_id = cmd.order_id.to_string();
         let amount = cmd.refunded_amount.minor_units();
-        let validate_only = cmd.validate_only;
-        let outcome = self
+        if cmd.validate_only {
+            let outcome = self
+                .gateway
+                .validate_refund(&caller, cmd)
+                .await
+                .map_err(|e| fail(RPC, e))?;
+            return Ok(Response::new(convert::refund_response(
+                &order_id, amount, &outcome, true,
+            )));
+        }
+        let prepared = self
             .gateway
             .refund_order(&caller, cmd)
-            .await
             .map_err(|e| fail(RPC, e))?;
-        if let Some(refund_id) = &outcome.refund_id {
-            tracing::info!(
-                operation_id = %outcome.operation_id,
-                order_id = %order_id,
-                refund_id = %refund_id,
-                refunded_amount = amount,
-                correlation_id = outcome.correlation_id.as_deref().unwrap_or(""),
-                "refunded"
-            );
-        }
-        Ok(Response::new(pb::RefundOrderResponse {
-            operation_id: outcome.operation_id.to_string(),
-            refund_id: outcome.refund_id.unwrap_or_default(),
-            correlation_id: outcome.correlation_id.unwrap_or_default(),
-            order_id,
-            refunded_amount: amount,
-            reference: outcome.reference,
-            validate_only,
-        }))
+        let work = prepared
+            .work
+            .inspect_err(|e| log_failure(RPC, e))
+            .map_ok(move |outcome| {
+                if let Some(refund_id) = &outcome.refund_id {
+                    tracing::info!(
+                        operation_id = %outcome.operation_id,
+                        order_id = %order_id,
+                        refund_id = %refund_id,
+                        refunded_amount = amount,
+                        correlation_id = outcome.correlation_id.as_deref().unwrap_or(""),
+                        "refunded"
+                    );
+                }
+                Encoded {
+                    payload: convert::refund_response(&order_id, amount, &outcome, false)
+                        .encode_to_vec(),
+                    refund_id: outcome.refund_id,
+                    correlation_id: outcome.correlation_id,
+                }
+            })
+            .boxed();
+        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
+        answer(stored, |m: &mut pb::RefundOrderResponse, r| m.replayed = r)
     }
 
     async fn release_authorization(
@@ -108,20 +171,36 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::ReleaseAuthorizationResponse>, Status> {
         const RPC: &str = "ReleaseAuthorization";
         let caller = caller(&request);
+        let deadline = grpc_timeout(request.metadata());
         let cmd = ReleaseAuthorization::validate(convert::release_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let order_id = cmd.order_id.to_string();
-        let outcome = self
+        let prepared = self
             .gateway
             .release_authorization(&caller, cmd)
-            .await
             .map_err(|e| fail(RPC, e))?;
-        tracing::info!(operation_id = %outcome.operation_id, order_id = %order_id, "authorization released");
-        Ok(Response::new(pb::ReleaseAuthorizationResponse {
-            operation_id: outcome.operation_id.to_string(),
-            order_id,
-            correlation_id: outcome.correlation_id.unwrap_or_default(),
-        }))
+        let work = prepared
+            .work
+            .inspect_err(|e| log_failure(RPC, e))
+            .map_ok(move |outcome| {
+                tracing::info!(operation_id = %outcome.operation_id, order_id = %order_id, "authorization released");
+                Encoded {
+                    payload: pb::ReleaseAuthorizationResponse {
+                        operation_id: outcome.operation_id.to_string(),
+                        order_id,
+                        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+                        replayed: false,
+                    }
+                    .encode_to_vec(),
+                    refund_id: None,
+                    correlation_id: outcome.correlation_id,
+                }
+            })
+            .boxed();
+        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
+        answer(stored, |m: &mut pb::ReleaseAuthorizationResponse, r| {
+            m.replayed = r
+        })
     }
 
     async fn get_extend_due_date_options(
@@ -146,30 +225,46 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::ExtendDueDateResponse>, Status> {
         const RPC: &str = "ExtendDueDate";
         let caller = caller(&request);
+        let deadline = grpc_timeout(request.metadata());
         let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let (order_id, capture_id) = (cmd.order_id.to_string(), cmd.capture_id.to_string());
-        let (outcome, option, currency) = self
+        let prepared = self
             .gateway
             .extend_due_date(&caller, cmd)
-            .await
             .map_err(|e| fail(RPC, e))?;
-        tracing::info!(
-            operation_id = %outcome.operation_id,
-            order_id = %order_id,
-            capture_id = %capture_id,
-            number_of_days = option.number_of_days,
-            "due date extended"
-        );
-        Ok(Response::new(pb::ExtendDueDateResponse {
-            operation_id: outcome.operation_id.to_string(),
-            order_id,
-            capture_id,
-            number_of_days: option.number_of_days,
-            fee_amount: option.amount,
-            currency,
-            correlation_id: outcome.correlation_id.unwrap_or_default(),
-        }))
+        let work = prepared
+            .work
+            .inspect_err(|e| log_failure(RPC, e))
+            .map_ok(move |(outcome, option, currency)| {
+                tracing::info!(
+                    operation_id = %outcome.operation_id,
+                    order_id = %order_id,
+                    capture_id = %capture_id,
+                    number_of_days = option.number_of_days,
+                    "due date extended"
+                );
+                Encoded {
+                    payload: pb::ExtendDueDateResponse {
+                        operation_id: outcome.operation_id.to_string(),
+                        order_id,
+                        capture_id,
+                        number_of_days: option.number_of_days,
+                        fee_amount: option.amount,
+                        currency,
+                        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+                        replayed: false,
+                    }
+                    .encode_to_vec(),
+                    refund_id: None,
+                    correlation_id: outcome.correlation_id,
+                }
+            })
+            .boxed();
+        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
+        answer(stored, |m: &mut pb::ExtendDueDateResponse, r| {
+            m.replayed = r
+        })
     }
 
     async fn get_order(
@@ -198,5 +293,34 @@ impl RefundGatewayService for RefundGatewayApi {
         Ok(Response::new(pb::GetRefundResponse {
             refund: Some(convert::refund(refund)),
         }))
+    }
+
+    async fn list_operations(
+        &self,
+        request: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        const RPC: &str = "ListOperations";
+        let (filter, page_size, page_token) =
+            convert::operation_filter(request.into_inner()).map_err(|v| fail(RPC, v.into()))?;
+        let page = self
+            .protocol
+            .store()
+            .list(&filter, page_size, page_token.as_deref())
+            .await
+            .map_err(|e| match e {
+                refund_gateway_domain::StoreError::InvalidPageToken => fail(
+                    RPC,
+                    refund_gateway_domain::Violations::single(
+                        "page_token",
+                        "is not a token this gateway issued",
+                    )
+                    .into(),
+                ),
+                other => {
+                    tracing::error!(error = %other, "operation store unavailable");
+                    Status::unavailable("the operation store is unavailable; retry")
+                }
+            })?;
+        Ok(Response::new(convert::operation_page(page)))
     }
 }

@@ -10,6 +10,7 @@
 //! - [`config`]: settings from the TOML file, environment and flags; accounts and secrets.
 //! - [`convert`]: the one place API messages become domain values and back.
 //! - [`gateway`]: the use cases, free of gRPC: state rules, then the Klarna call.
+//! - [`protocol`]: the exactly-once protocol: claim, replay, leases, outcomes, reconciler.
 //! - [`grpc`]: the tonic service implementing `RefundGatewayService`.
 //! - [`status`]: the one mapping from domain errors to gRPC statuses with details.
 //! - [`middleware`]: the RPC span and metrics of the inbound stack.
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod gateway;
 pub mod grpc;
 pub mod middleware;
+pub mod protocol;
 pub mod status;
 pub mod telemetry;
 
@@ -31,6 +33,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use refund_gateway_domain::KlarnaApi;
 use refund_gateway_klarna::{KlarnaClient, KlarnaClientConfig};
@@ -46,6 +49,7 @@ use crate::config::Config;
 use crate::gateway::{Accounts, Gateway};
 use crate::grpc::RefundGatewayApi;
 use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
+use crate::protocol::{Protocol, ProtocolSettings};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The operation store could not be opened.
+    #[error("operation store: {0}")]
+    Store(#[from] refund_gateway_domain::StoreError),
     /// A server task panicked.
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -93,6 +100,9 @@ pub struct RunningGateway {
     pub simulator: Option<demo::DemoSimulator>,
     grpc: JoinHandle<Result<(), ServerError>>,
     admin: JoinHandle<Result<(), ServerError>>,
+    background: Vec<JoinHandle<()>>,
+    // The demo's operations live in a directory that dies with the process.
+    _demo_data: Option<tempfile::TempDir>,
 }
 
 impl RunningGateway {
@@ -101,6 +111,9 @@ impl RunningGateway {
     pub async fn wait(self) -> Result<(), ServerError> {
         let grpc = self.grpc.await?;
         let admin = self.admin.await?;
+        for task in self.background {
+            task.await?;
+        }
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
@@ -145,7 +158,43 @@ pub async fn start(
         tracing::info!(account = %account.name, "Klarna account configured");
         clients.push((account.name, Arc::new(client)));
     }
-    let gateway = Gateway::new(Accounts::new(clients));
+    let accounts = Accounts::new(clients);
+    let gateway = Gateway::new(accounts.clone());
+
+    // The demo keeps its operations apart from any real store, in a directory removed at exit,
+    // so a restart never replays answers about simulator orders that no longer exist.
+    let demo_data = if simulator.is_some() {
+        Some(tempfile::tempdir().map_err(io_error("creating the demo data directory"))?)
+    } else {
+        None
+    };
+    let data_dir = demo_data
+        .as_ref()
+        .map_or(config.settings.data_dir.as_path(), |d| d.path());
+    let database = refund_gateway_store::DatabaseConfig::from_url_or_data_dir(
+        config
+            .database_url
+            .as_ref()
+            .filter(|_| simulator.is_none())
+            .map(secrecy::ExposeSecret::expose_secret),
+        data_dir,
+    )?;
+    let store = refund_gateway_store::connect(&database).await?;
+    let settings = &config.settings;
+    let protocol = Protocol::new(
+        store,
+        ProtocolSettings {
+            lease: Duration::from_secs(settings.lease_secs.max(1)),
+            default_deadline: Duration::from_millis(settings.default_deadline_ms.max(1)),
+            klarna_idempotency_window: Duration::from_secs(settings.klarna_idempotency_window_secs),
+            ..ProtocolSettings::default()
+        },
+        {
+            let accounts = accounts.clone();
+            Arc::new(move |name: &str| accounts.get(name))
+        },
+        Arc::new(convert::encode_resent),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -219,13 +268,26 @@ pub async fn start(
         // Echo the id to the caller from inside the span, so the echo belongs to the call.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID));
 
+    let background = vec![
+        tokio::spawn(protocol::reconcile_forever(
+            protocol.clone(),
+            Duration::from_millis(settings.reconcile_interval_ms.max(10)),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(purge_forever(
+            protocol.store().clone(),
+            Duration::from_secs(settings.retention_days.saturating_mul(86_400)),
+            stop_rx.clone(),
+        )),
+    ];
+
     let grpc_server = tonic::transport::Server::builder()
         .layer(inbound)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RefundGatewayServiceServer::new(RefundGatewayApi::new(
-            gateway,
+            gateway, protocol,
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
     let grpc = tokio::spawn(async move { grpc_server.await.map_err(ServerError::from) });
@@ -249,5 +311,28 @@ pub async fn start(
         simulator,
         grpc,
         admin,
+        background,
+        _demo_data: demo_data,
     })
+}
+
+/// Deletes completed operations older than `retention`, hourly; audit events stay.
+async fn purge_forever(
+    store: Arc<dyn refund_gateway_domain::OperationStore>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cut = time::OffsetDateTime::now_utc() - retention;
+        match store.purge(cut).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged completed operations past retention"),
+            Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+    }
 }

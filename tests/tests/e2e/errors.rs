@@ -161,9 +161,13 @@ async fn klarna_rate_limit_is_resource_exhausted_with_retry_info() -> anyhow::Re
             retry_after_secs: Some(3),
         },
     ));
+    // The caller's deadline is shorter than Klarna's Retry-After, so the gateway does not wait
+    // it out: it answers at once and tells the caller when to come back.
+    let mut req = tonic::Request::new(refund_request("busy", &order.order_id, 100));
+    req.set_timeout(std::time::Duration::from_secs(2));
     let status = app
         .client
-        .refund_order(refund_request("busy", &order.order_id, 100))
+        .refund_order(req)
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
@@ -197,6 +201,16 @@ async fn klarna_5xx_on_a_refund_is_pending_never_failed_and_a_retry_refunds_once
             retry_after_secs: None,
         },
     ));
+    // Every attempt of the first call fails (the adapter's own retries included).
+    app.sim.sim.inject_fault(fault(
+        refunds_path(&order.order_id),
+        9,
+        FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    ));
     let status = app
         .client
         .refund_order(refund_request("flaky", &order.order_id, 100))
@@ -205,6 +219,7 @@ async fn klarna_5xx_on_a_refund_is_pending_never_failed_and_a_retry_refunds_once
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
     assert!(status.get_error_details().retry_info().is_some());
+    app.sim.sim.clear_faults();
     let ok = app
         .client
         .refund_order(refund_request("flaky", &order.order_id, 100))
@@ -224,9 +239,10 @@ async fn klarna_5xx_on_a_refund_is_pending_never_failed_and_a_retry_refunds_once
 async fn commit_then_drop_is_pending_and_the_retry_returns_the_one_refund() -> anyhow::Result<()> {
     let mut app = spawn_app().await?;
     let order = captured_order(&app.sim.sim, 1_000);
+    // Every attempt of the first call commits and then loses its answer.
     app.sim.sim.inject_fault(fault(
         refunds_path(&order.order_id),
-        1,
+        10,
         FaultKind::CommitThenDrop,
     ));
     let status = app
@@ -246,6 +262,7 @@ async fn commit_then_drop_is_pending_and_the_retry_returns_the_one_refund() -> a
         .unwrap_or_default()
         .to_owned();
     assert!(!refund_id.is_empty(), "Klarna committed the refund");
+    app.sim.sim.clear_faults();
 
     let retry = app
         .client
@@ -274,6 +291,12 @@ async fn a_slow_klarna_times_out_as_pending() -> anyhow::Result<()> {
         refunds_path(&order.order_id),
         1,
         FaultKind::CommitThenHold { millis: 2_000 },
+    ));
+    // The adapter's retries of the first call are slow too.
+    app.sim.sim.inject_fault(fault(
+        refunds_path(&order.order_id),
+        9,
+        FaultKind::Latency { millis: 2_000 },
     ));
     let status = app
         .client

@@ -5,6 +5,7 @@
 mod admin_health_reflection;
 mod demo_mode;
 mod errors;
+mod exactly_once;
 mod grpcurl;
 mod logs;
 mod reads_release_extend;

@@ -1,0 +1,51 @@
+//! The refund gateway's durable operation store: the [`OperationStore`] port of
+//! `refund-gateway-domain` on SQLite (embedded, one process) and PostgreSQL (shared by
+//! replicas), both through sqlx with runtime-checked queries. It persists the exactly-once
+//! protocol of DESIGN §4: every claim is durable before Klarna is called, every outcome before
+//! the caller is answered, and every state change appends an audit event in the same
+//! transaction.
+//!
+//! Start with [`DatabaseConfig::from_url_or_data_dir`] and [`connect`], which runs the
+//! embedded migrations and returns the store behind the port.
+//!
+//! # Layout
+//! - [`config`]: [`DatabaseConfig`], which backend and where; the PostgreSQL URL is a secret
+//!   and never printed.
+//! - `row`: what both backends share: row structs and their decoding into domain values, the
+//!   timestamp encoding (integer microseconds since the Unix epoch) and the RPC names.
+//! - `page`: page sizes and the opaque keyset page tokens of [`OperationStore::list`].
+//! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,
+//!   one transaction, one fsync), a pool of readers, in-process order locks. Its SQL is in
+//!   `sqlite::sql`.
+//! - [`postgres`]: [`PostgresStore`]: a pool, one transaction per write, order locks as
+//!   session advisory locks. Its SQL is in `postgres::sql`.
+//! - `migrations/sqlite`, `migrations/postgres` (files, embedded at build time): the schema.
+
+pub mod config;
+mod page;
+pub mod postgres;
+mod row;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use refund_gateway_domain::{OperationStore, StoreError};
+
+pub use config::DatabaseConfig;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Opens the configured store, creating or upgrading its schema with the embedded
+/// migrations. Fails with [`StoreError::Unavailable`] when the database cannot be reached or
+/// migrated; the message never contains the PostgreSQL password.
+pub async fn connect(database: &DatabaseConfig) -> Result<Arc<dyn OperationStore>, StoreError> {
+    match database {
+        DatabaseConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
+        DatabaseConfig::Postgres {
+            url,
+            max_connections,
+        } => Ok(Arc::new(
+            PostgresStore::connect(url, *max_connections).await?,
+        )),
+    }
+}

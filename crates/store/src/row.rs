@@ -1,0 +1,307 @@
+//! What both backends share: the row structs, their decoding into domain values, the
+//! timestamp encoding and the RPC names. Every decoding failure is [`StoreError::Corrupt`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use refund_gateway_domain::{
+    AuditEvent, Caller, Completion, IdempotencyKey, NewOperation, Operation, OperationId,
+    OperationState, Rpc, StoreError, StoredResponse,
+};
+use time::OffsetDateTime;
+
+/// A database error as the port reports it: unreadable values are [`StoreError::Corrupt`],
+/// everything else [`StoreError::Unavailable`]. sqlx's messages name no connection URL.
+pub(crate) fn db_error(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Refuses a completion whose state is not final: `finish` only ever ends an operation.
+pub(crate) fn check_final(completion: &Completion) -> Result<(), StoreError> {
+    if completion.state.is_final() {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "finish called with the non-final state {}",
+            completion.state
+        )))
+    }
+}
+
+/// Every RPC, to read [`Rpc`] back from its stored name.
+const RPCS: [Rpc; 3] = [
+    Rpc::RefundOrder,
+    Rpc::ReleaseAuthorization,
+    Rpc::ExtendDueDate,
+];
+
+// Fails to compile when `Rpc` gains a variant, as a reminder to add it to `RPCS`.
+#[allow(dead_code)]
+fn rpcs_is_exhaustive(rpc: Rpc) {
+    match rpc {
+        Rpc::RefundOrder | Rpc::ReleaseAuthorization | Rpc::ExtendDueDate => {}
+    }
+}
+
+/// The RPC stored as `name`.
+pub(crate) fn parse_rpc(name: &str) -> Result<Rpc, StoreError> {
+    RPCS.into_iter()
+        .find(|r| r.as_str() == name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown rpc {name:?}")))
+}
+
+fn parse_state(name: &str) -> Result<OperationState, StoreError> {
+    OperationState::parse(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {name:?}")))
+}
+
+fn parse_optional_state(name: Option<&str>) -> Result<Option<OperationState>, StoreError> {
+    name.map(parse_state).transpose()
+}
+
+/// The stored form of an operation id: the lower-case hyphenated UUID.
+pub(crate) fn id_text(id: OperationId) -> String {
+    id.as_uuid().hyphenated().to_string()
+}
+
+/// The id of (caller, rpc, key), checked against the id stored with them. `OperationId` can
+/// only be derived, never built from a UUID, so the stored parts are the way back; a mismatch
+/// means the row was altered.
+fn derive_id(
+    stored: &str,
+    caller: &Caller,
+    rpc: Rpc,
+    key: &IdempotencyKey,
+) -> Result<OperationId, StoreError> {
+    let id = OperationId::derive(caller, rpc, key);
+    if id_text(id) == stored {
+        Ok(id)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "operation id {stored:?} does not match its caller, rpc and key"
+        )))
+    }
+}
+
+fn parse_key(key: &str) -> Result<IdempotencyKey, StoreError> {
+    IdempotencyKey::parse(key).map_err(|e| StoreError::Corrupt(format!("bad idempotency key: {e}")))
+}
+
+/// `t` as integer microseconds since the Unix epoch, rounded down (toward the past), so
+/// ordering is kept and sub-microsecond precision is dropped.
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    let micros = t.unix_timestamp_nanos().div_euclid(1_000);
+    // `time` keeps years within ±9999 unless its large-dates feature is on; saturate beyond
+    // i64's ±292,000 years rather than wrap.
+    i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// The instant `micros` microseconds after the Unix epoch, in UTC.
+pub(crate) fn from_micros(micros: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {micros} out of range: {e}")))
+}
+
+/// `now + lease` in microseconds, saturating.
+pub(crate) fn lease_end(now: i64, lease: Duration) -> i64 {
+    let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+    now.saturating_add(lease)
+}
+
+/// An `operations` row as selected by both backends (columns in [`OPERATION_COLUMNS`]).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OperationRow {
+    operation_id: String,
+    caller: String,
+    rpc: String,
+    idempotency_key: String,
+    fingerprint: String,
+    klarna_account: String,
+    order_id: String,
+    capture_id: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    reference: Option<String>,
+    klarna_request: String,
+    trace_id: Option<String>,
+    state: String,
+    lease_expires_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    refund_id: Option<String>,
+    correlation_id: Option<String>,
+    response_code: Option<i32>,
+    response_message: Option<String>,
+    response_payload: Option<Vec<u8>>,
+}
+
+/// The columns of [`OperationRow`], in order, for `SELECT`.
+pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempotency_key, \
+     fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
+     klarna_request, trace_id, state, lease_expires_at, created_at, updated_at, refund_id, \
+     correlation_id, response_code, response_message, response_payload";
+
+impl OperationRow {
+    /// The operation id as stored (for joining events).
+    pub(crate) fn id(&self) -> &str {
+        &self.operation_id
+    }
+
+    /// The keyset position of this row in `list` order.
+    pub(crate) fn created_at_micros(&self) -> i64 {
+        self.created_at
+    }
+
+    /// The domain operation.
+    pub(crate) fn into_operation(self) -> Result<Operation, StoreError> {
+        let idempotency_key = parse_key(&self.idempotency_key)?;
+        let caller = Caller::named(self.caller);
+        let rpc = parse_rpc(&self.rpc)?;
+        let operation_id = derive_id(&self.operation_id, &caller, rpc, &idempotency_key)?;
+        let response = self.response_code.map(|code| StoredResponse {
+            code,
+            message: self.response_message.unwrap_or_default(),
+            payload: self.response_payload.unwrap_or_default(),
+        });
+        Ok(Operation {
+            new: NewOperation {
+                operation_id,
+                caller,
+                rpc,
+                idempotency_key,
+                fingerprint: self.fingerprint,
+                klarna_account: self.klarna_account,
+                order_id: self.order_id,
+                capture_id: self.capture_id,
+                amount: self.amount,
+                currency: self.currency,
+                reference: self.reference,
+                klarna_request: self.klarna_request,
+                trace_id: self.trace_id,
+            },
+            state: parse_state(&self.state)?,
+            lease_expires_at: self.lease_expires_at.map(from_micros).transpose()?,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+            refund_id: self.refund_id,
+            correlation_id: self.correlation_id,
+            response,
+        })
+    }
+}
+
+/// An `audit_events` row as selected by both backends (columns in [`EVENT_COLUMNS`]).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    operation_id: String,
+    caller: String,
+    rpc: String,
+    idempotency_key: String,
+    state_before: Option<String>,
+    state_after: Option<String>,
+    refund_id: Option<String>,
+    correlation_id: Option<String>,
+    trace_id: Option<String>,
+    detail: String,
+    at: i64,
+}
+
+/// The columns of [`EventRow`], in order, for `SELECT`.
+pub(crate) const EVENT_COLUMNS: &str = "operation_id, caller, rpc, idempotency_key, \
+     state_before, state_after, refund_id, correlation_id, trace_id, detail, at";
+
+impl EventRow {
+    /// The domain event.
+    pub(crate) fn into_event(self) -> Result<AuditEvent, StoreError> {
+        Ok(AuditEvent {
+            operation_id: derive_id(
+                &self.operation_id,
+                &Caller::named(self.caller),
+                parse_rpc(&self.rpc)?,
+                &parse_key(&self.idempotency_key)?,
+            )?,
+            state_before: parse_optional_state(self.state_before.as_deref())?,
+            state_after: parse_optional_state(self.state_after.as_deref())?,
+            refund_id: self.refund_id,
+            correlation_id: self.correlation_id,
+            trace_id: self.trace_id,
+            detail: self.detail,
+            at: from_micros(self.at)?,
+        })
+    }
+}
+
+/// Pairs each operation of a page with its events. `events` must be ordered oldest first
+/// within each operation (any interleaving between operations).
+pub(crate) fn assemble_page(
+    rows: Vec<OperationRow>,
+    events: Vec<EventRow>,
+) -> Result<Vec<(Operation, Vec<AuditEvent>)>, StoreError> {
+    let mut by_operation: HashMap<String, Vec<AuditEvent>> = HashMap::new();
+    for event in events {
+        let key = event.operation_id.clone();
+        by_operation
+            .entry(key)
+            .or_default()
+            .push(event.into_event()?);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let events = by_operation.remove(row.id()).unwrap_or_default();
+            Ok((row.into_operation()?, events))
+        })
+        .collect()
+}
+
+/// The operation a successful claim inserted, as it will read back (timestamps truncated).
+pub(crate) fn claimed_operation(
+    new: NewOperation,
+    now: i64,
+    lease_until: i64,
+) -> Result<Operation, StoreError> {
+    let created_at = from_micros(now)?;
+    Ok(Operation {
+        new,
+        state: OperationState::InFlight,
+        lease_expires_at: Some(from_micros(lease_until)?),
+        created_at,
+        updated_at: created_at,
+        refund_id: None,
+        correlation_id: None,
+        response: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_names_round_trip() {
+        for rpc in RPCS {
+            assert_eq!(parse_rpc(rpc.as_str()).ok(), Some(rpc));
+        }
+        assert!(parse_rpc("Nope").is_err());
+    }
+
+    #[test]
+    fn timestamps_truncate_to_microseconds_downward() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(micros(t), 1_700_000_000_123_456);
+        let before =
+            OffsetDateTime::from_unix_timestamp_nanos(-1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(micros(before), -1);
+        let back = from_micros(micros(t)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.unix_timestamp_nanos(), 1_700_000_000_123_456_000);
+        assert_eq!(lease_end(10, Duration::from_secs(1)), 1_000_010);
+        assert_eq!(lease_end(i64::MAX - 1, Duration::from_secs(1)), i64::MAX);
+    }
+}

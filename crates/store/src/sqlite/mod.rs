@@ -1,0 +1,296 @@
+//! The SQLite store: one database file used by one gateway process.
+//!
+//! - **Writes** go through one writer task ([`writer`]) owning the only write connection; it
+//!   commits concurrent writes together (group commit), one `BEGIN IMMEDIATE` transaction
+//!   and one fsync per group, and answers each request after its group is durable.
+//! - **Reads** (`get`, `unresolved`, `list`) use a small pool of read-only connections; WAL
+//!   lets them run beside the writer and see everything committed.
+//! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
+//!   surviving an OS crash), `busy_timeout` in case another process touches the file.
+//! - **Order locks** are in-process ([`order_locks`]): the file is not shared between
+//!   processes.
+
+mod order_locks;
+mod sql;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use refund_gateway_domain::{
+    Claim, Completion, NewOperation, Operation, OperationFilter, OperationId, OperationPage,
+    OperationStore, OrderLock, StoreError,
+};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use time::OffsetDateTime;
+
+use crate::page;
+use crate::row::{assemble_page, check_final, id_text, lease_end, micros};
+use order_locks::OrderLocks;
+pub use order_locks::SqliteOrderLock;
+use writer::{Outcome, WriteOp, Writer};
+
+/// Embedded SQLite migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a connection waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read-only connections beside the writer.
+const READERS: u32 = 4;
+
+/// The SQLite settings that make a commit durable, as read back from the writer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// `PRAGMA journal_mode`: `wal`.
+    pub journal_mode: String,
+    /// `PRAGMA synchronous`: 2 (`FULL`).
+    pub synchronous: i64,
+}
+
+/// The [`OperationStore`] on one SQLite file, for a single process. See the module docs.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: SqlitePool,
+    order_locks: OrderLocks,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path`, runs the migrations and starts the
+    /// writer task on the current Tokio runtime.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let unavailable =
+            |e: sqlx::Error| StoreError::Unavailable(format!("SQLite {}: {e}", path.display()));
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Full)
+            .statement_cache_capacity(64);
+        let mut write = options
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .connect()
+            .await
+            .map_err(unavailable)?;
+        MIGRATOR.run(&mut write).await.map_err(|e| {
+            StoreError::Unavailable(format!("SQLite {} migration: {e}", path.display()))
+        })?;
+        let readers: SqlitePool = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Writer::spawn(write),
+            readers,
+            order_locks: OrderLocks::default(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability settings in force on the writer connection.
+    pub async fn durability(&self) -> Result<Durability, StoreError> {
+        match self.writer.submit(WriteOp::Durability).await? {
+            Outcome::Durability {
+                journal_mode,
+                synchronous,
+            } => Ok(Durability {
+                journal_mode,
+                synchronous,
+            }),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn changed(&self, op: WriteOp) -> Result<bool, StoreError> {
+        match self.writer.submit(op).await? {
+            Outcome::Changed(changed) => Ok(changed),
+            other => Err(mismatch(&other)),
+        }
+    }
+}
+
+/// The writer answered a request with another request's kind of outcome: a bug, reported
+/// rather than panicking in the server.
+fn mismatch(outcome: &Outcome) -> StoreError {
+    StoreError::Unavailable(format!("the SQLite writer answered {outcome:?}"))
+}
+
+/// Semantics, shared with the PostgreSQL store:
+/// - `claim` inserts or returns the stored row; among concurrent claims of one id exactly
+///   one is `New` (the writer serializes them; a later one in the same group sees the row).
+/// - `take_over` succeeds only from PENDING or a lease-expired IN_FLIGHT; event "taken over".
+/// - `renew_lease` extends only an IN_FLIGHT lease; no event (not a state change) and
+///   `updated_at` is kept.
+/// - `finish` moves IN_FLIGHT or PENDING to the completion's final state; on any other row
+///   (already final, abandoned, unknown) it changes nothing and records nothing, so a final
+///   state is never overwritten. A completion whose state is not final is refused.
+/// - `mark_pending` and `abandon` act only on IN_FLIGHT rows, else do nothing. `abandon`
+///   deletes the row; its event (state after `None`) keeps the operation's identity.
+/// - Events carry the trace id given with the change, else the trace id of the claim
+///   (`mark_pending` and `abandon` take none).
+/// - `unresolved` orders by `created_at` (then id): the oldest is nearest Klarna's 24 h
+///   idempotency window.
+/// - Timestamps are kept in whole microseconds (UTC); finer precision is truncated toward
+///   the past, so ordering is preserved.
+#[async_trait]
+impl OperationStore for SqliteStore {
+    async fn claim(
+        &self,
+        op: NewOperation,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = micros(now);
+        let op = WriteOp::Claim {
+            op,
+            now,
+            lease_until: lease_end(now, lease),
+        };
+        match self.writer.submit(op).await? {
+            Outcome::Claim(claim) => Ok(*claim),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn take_over(
+        &self,
+        id: OperationId,
+        now: OffsetDateTime,
+        lease: Duration,
+        trace_id: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let now = micros(now);
+        self.changed(WriteOp::TakeOver {
+            id: id_text(id),
+            now,
+            lease_until: lease_end(now, lease),
+            trace_id,
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        id: OperationId,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.changed(WriteOp::Renew {
+            id: id_text(id),
+            lease_until: lease_end(micros(now), lease),
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        id: OperationId,
+        completion: Completion,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        check_final(&completion)?;
+        self.changed(WriteOp::Finish {
+            id: id_text(id),
+            completion,
+            now: micros(now),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn mark_pending(
+        &self,
+        id: OperationId,
+        correlation_id: Option<String>,
+        detail: String,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.changed(WriteOp::MarkPending {
+            id: id_text(id),
+            correlation_id,
+            detail,
+            now: micros(now),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn abandon(
+        &self,
+        id: OperationId,
+        detail: String,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.changed(WriteOp::Abandon {
+            id: id_text(id),
+            detail,
+            now: micros(now),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {
+        sql::get_pooled(&self.readers, &id_text(id)).await
+    }
+
+    async fn unresolved(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Operation>, StoreError> {
+        sql::unresolved(&self.readers, micros(now), limit).await
+    }
+
+    async fn list(
+        &self,
+        filter: &OperationFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<OperationPage, StoreError> {
+        let size = page::page_size(page_size);
+        let cursor = page_token.map(|t| page::decode(t, filter)).transpose()?;
+        let mut rows = sql::list(&self.readers, filter, cursor.as_ref(), size + 1).await?;
+        let next_page_token = page::next_page(&mut rows, size, filter)?;
+        let ids: Vec<&str> = rows.iter().map(|r| r.id()).collect();
+        let events = sql::events_of(&self.readers, &ids).await?;
+        Ok(OperationPage {
+            operations: assemble_page(rows, events)?,
+            next_page_token,
+        })
+    }
+
+    async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        match self
+            .writer
+            .submit(WriteOp::Purge {
+                before: micros(before),
+            })
+            .await?
+        {
+            Outcome::Purged(count) => Ok(count),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn lock_order(
+        &self,
+        account: &str,
+        order_id: &str,
+    ) -> Result<Box<dyn OrderLock>, StoreError> {
+        Ok(Box::new(self.order_locks.lock(account, order_id).await))
+    }
+}

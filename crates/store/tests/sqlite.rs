@@ -1,0 +1,113 @@
+//! The store contract on SQLite (a file in a temporary directory per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod suite;
+
+use std::sync::Arc;
+
+use refund_gateway_domain::{OperationStore, Rpc};
+use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
+use tempfile::TempDir;
+
+/// A fresh store in its own directory, opened the way the server opens it.
+async fn store() -> (Arc<dyn OperationStore>, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DatabaseConfig::from_url_or_data_dir(None, &dir.path().join("data")).unwrap();
+    (connect(&config).await.unwrap(), dir)
+}
+
+macro_rules! on_sqlite {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (store, _dir) = store().await;
+            suite::$case(store, None).await;
+        }
+    )*};
+}
+
+on_sqlite!(
+    claim_new_then_existing,
+    fields_round_trip,
+    concurrent_claims_one_new,
+    take_over_rules,
+    renew_lease,
+    finish_and_mark_pending,
+    abandon_frees_the_key,
+    unresolved_oldest_first,
+    list_filters,
+    list_pagination,
+    purge_keeps_events,
+    lock_order_serializes_one_order,
+    group_commit_64_claims,
+);
+
+#[tokio::test]
+async fn durability_settings_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("x.sqlite3"))
+        .await
+        .unwrap();
+    let durability = store.durability().await.unwrap();
+    assert_eq!(durability.journal_mode, "wal");
+    assert_eq!(durability.synchronous, 2, "FULL");
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let new = suite::new_op("pos", Rpc::RefundOrder, "reopen", "order-1");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .claim(new.clone(), suite::t(0), std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let store = connect(&DatabaseConfig::Sqlite { path }).await.unwrap();
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.new, new);
+}
+
+/// Throughput of durable claim + finish pairs under 256 concurrent callers. Run with
+/// `cargo test --release -p refund-gateway-store --test sqlite -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_claim_and_finish() {
+    let (store, _dir) = store().await;
+    let start = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..256 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0..40 {
+                let new = suite::new_op("bench", Rpc::RefundOrder, &format!("{worker}-{i}"), "o");
+                store
+                    .claim(new.clone(), suite::t(0), std::time::Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                let done = refund_gateway_domain::Completion {
+                    state: refund_gateway_domain::OperationState::Succeeded,
+                    response: refund_gateway_domain::StoredResponse::default(),
+                    refund_id: None,
+                    correlation_id: None,
+                    detail: "ok".into(),
+                    trace_id: None,
+                };
+                store
+                    .finish(new.operation_id, done, suite::t(1))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+    let elapsed = start.elapsed();
+    println!(
+        "{} claim+finish pairs in {elapsed:?}: {:.0}/s",
+        256 * 40,
+        f64::from(256 * 40) / elapsed.as_secs_f64()
+    );
+}

@@ -1,0 +1,803 @@
+//! The store contract, written once and run on every backend (see `sqlite.rs` and
+//! `postgres.rs`). Each case gets a fresh, empty store; `peer` is a second, independent store
+//! on the same database (another process's view) where the backend supports sharing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use refund_gateway_domain::{
+    AuditEvent, Caller, Claim, Completion, IdempotencyKey, NewOperation, Operation,
+    OperationFilter, OperationId, OperationState, OperationStore, Rpc, StoreError, StoredResponse,
+};
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio::sync::{Barrier, oneshot};
+
+pub type Store = Arc<dyn OperationStore>;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A base instant with sub-microsecond digits, to see truncation.
+pub fn t(seconds: i64) -> OffsetDateTime {
+    datetime!(2026-03-01 12:00:00.123_456_789 UTC) + time::Duration::seconds(seconds)
+}
+
+fn at_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let nanos = t.unix_timestamp_nanos();
+    OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000)).unwrap()
+}
+
+pub fn new_op(caller: &str, rpc: Rpc, key: &str, order: &str) -> NewOperation {
+    let caller = Caller::named(caller);
+    let key = IdempotencyKey::parse(key).unwrap();
+    NewOperation {
+        operation_id: OperationId::derive(&caller, rpc, &key),
+        caller,
+        rpc,
+        idempotency_key: key,
+        fingerprint: format!("fp-{order}"),
+        klarna_account: "eu".to_owned(),
+        order_id: order.to_owned(),
+        capture_id: Some("cap-1".to_owned()),
+        amount: Some(12_345),
+        currency: Some("EUR".to_owned()),
+        reference: Some("ref-1".to_owned()),
+        klarna_request: r#"{"refunded_amount":12345}"#.to_owned(),
+        trace_id: Some("trace-claim".to_owned()),
+    }
+}
+
+fn op(key: &str) -> NewOperation {
+    new_op("pos", Rpc::RefundOrder, key, "order-1")
+}
+
+async fn claim_new(store: &Store, op: NewOperation, now: OffsetDateTime) -> Operation {
+    match store.claim(op, now, LEASE).await.unwrap() {
+        Claim::New(op) => op,
+        Claim::Existing(op) => panic!("expected a new claim, found {op:?}"),
+    }
+}
+
+fn completion(state: OperationState) -> Completion {
+    Completion {
+        state,
+        response: StoredResponse {
+            code: if state == OperationState::Succeeded {
+                0
+            } else {
+                9
+            },
+            message: "done".to_owned(),
+            payload: vec![0, 159, 146, 150, 255],
+        },
+        refund_id: Some("refund-1".to_owned()),
+        correlation_id: Some("corr-1".to_owned()),
+        detail: "klarna answered".to_owned(),
+        trace_id: Some("trace-finish".to_owned()),
+    }
+}
+
+/// The events of `id` (through `list`, the only way the port offers).
+async fn events_of(store: &Store, new: &NewOperation) -> Vec<AuditEvent> {
+    let filter = OperationFilter {
+        caller: Some(new.caller.as_str().to_owned()),
+        idempotency_key: Some(new.idempotency_key.as_str().to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let found: Vec<_> = page
+        .operations
+        .into_iter()
+        .filter(|(o, _)| o.new.operation_id == new.operation_id)
+        .collect();
+    assert_eq!(found.len(), 1, "operation {} not listed", new.operation_id);
+    found.into_iter().next().unwrap().1
+}
+
+fn transitions(events: &[AuditEvent]) -> Vec<(Option<OperationState>, Option<OperationState>)> {
+    events
+        .iter()
+        .map(|e| (e.state_before, e.state_after))
+        .collect()
+}
+
+use OperationState::{Failed, InFlight, Pending, RequiresReview, Succeeded};
+
+pub async fn claim_new_then_existing(store: Store, _peer: Option<Store>) {
+    let new = op("k1");
+    let claimed = claim_new(&store, new.clone(), t(0)).await;
+    assert_eq!(claimed.state, InFlight);
+    assert_eq!(claimed.lease_expires_at, Some(at_micros(t(30))));
+    assert_eq!(claimed.created_at, at_micros(t(0)));
+    assert_eq!(claimed.updated_at, at_micros(t(0)));
+    assert_eq!(claimed.response, None);
+
+    // Same id, another fingerprint: the stored one comes back, untouched.
+    let mut again = new.clone();
+    again.fingerprint = "other".to_owned();
+    match store.claim(again, t(5), LEASE).await.unwrap() {
+        Claim::Existing(existing) => assert_eq!(existing, claimed),
+        Claim::New(op) => panic!("claimed twice: {op:?}"),
+    }
+    assert_eq!(store.get(new.operation_id).await.unwrap(), Some(claimed));
+    assert_eq!(store.get(op("missing").operation_id).await.unwrap(), None);
+
+    let events = events_of(&store, &new).await;
+    assert_eq!(transitions(&events), vec![(None, Some(InFlight))]);
+    assert_eq!(events[0].detail, "claimed");
+    assert_eq!(events[0].trace_id.as_deref(), Some("trace-claim"));
+    assert_eq!(events[0].at, at_micros(t(0)));
+    assert_eq!(events[0].operation_id, new.operation_id);
+}
+
+pub async fn fields_round_trip(store: Store, _peer: Option<Store>) {
+    let mut full = new_op(
+        "caller with spaces ü",
+        Rpc::ExtendDueDate,
+        "ключ-1 ✓",
+        "order-ü",
+    );
+    full.fingerprint = "sha256:abcdef0123".to_owned();
+    full.amount = Some(i64::MAX);
+    full.klarna_request = "{\"a\":\"\\u0000 ünïcode\"}".to_owned();
+    let claimed = claim_new(&store, full.clone(), t(0)).await;
+    assert_eq!(claimed.new, full);
+    let read = store.get(full.operation_id).await.unwrap().unwrap();
+    assert_eq!(read, claimed);
+
+    let bare = NewOperation {
+        capture_id: None,
+        amount: None,
+        currency: None,
+        reference: None,
+        trace_id: None,
+        ..new_op("pos", Rpc::ReleaseAuthorization, "bare", "order-2")
+    };
+    let claimed = claim_new(&store, bare.clone(), t(1)).await;
+    assert_eq!(store.get(bare.operation_id).await.unwrap(), Some(claimed));
+
+    // The response, with bytes that are not UTF-8, and the Klarna ids.
+    let done = completion(Failed);
+    store
+        .finish(full.operation_id, done.clone(), t(2))
+        .await
+        .unwrap();
+    let read = store.get(full.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Failed);
+    assert_eq!(read.response, Some(done.response));
+    assert_eq!(read.refund_id.as_deref(), Some("refund-1"));
+    assert_eq!(read.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(read.lease_expires_at, None);
+    assert_eq!(read.updated_at, at_micros(t(2)));
+    assert_eq!(read.created_at, at_micros(t(0)));
+    assert_eq!(read.new, full);
+
+    // An empty response is still a response.
+    let mut empty = completion(Succeeded);
+    empty.response = StoredResponse::default();
+    store.finish(bare.operation_id, empty, t(3)).await.unwrap();
+    let read = store.get(bare.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.response, Some(StoredResponse::default()));
+}
+
+pub async fn concurrent_claims_one_new(store: Store, peer: Option<Store>) {
+    let new = op("contended");
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        // With a peer, half the claimers come from "another process".
+        let store = match (&peer, i % 2) {
+            (Some(peer), 1) => peer.clone(),
+            _ => store.clone(),
+        };
+        let (new, barrier) = (new.clone(), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store.claim(new, t(0), LEASE).await.unwrap()
+        });
+    }
+    let claims = tasks.join_all().await;
+    let winners: Vec<_> = claims
+        .iter()
+        .filter_map(|c| match c {
+            Claim::New(op) => Some(op.clone()),
+            Claim::Existing(_) => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{claims:?}");
+    for claim in &claims {
+        if let Claim::Existing(existing) = claim {
+            assert_eq!(existing, &winners[0]);
+        }
+    }
+    assert_eq!(events_of(&store, &new).await.len(), 1);
+}
+
+pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
+    let live = op("live");
+    claim_new(&store, live.clone(), t(0)).await;
+    assert!(
+        !store
+            .take_over(live.operation_id, t(10), LEASE, None)
+            .await
+            .unwrap()
+    );
+    // Expired (lease end == now counts as expired).
+    assert!(
+        store
+            .take_over(live.operation_id, t(30), LEASE, Some("trace-2".into()))
+            .await
+            .unwrap()
+    );
+    let read = store.get(live.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, InFlight);
+    assert_eq!(read.lease_expires_at, Some(at_micros(t(60))));
+    assert_eq!(read.updated_at, at_micros(t(30)));
+    // The new lease is live again.
+    assert!(
+        !store
+            .take_over(live.operation_id, t(31), LEASE, None)
+            .await
+            .unwrap()
+    );
+
+    let pending = op("pending");
+    claim_new(&store, pending.clone(), t(0)).await;
+    store
+        .mark_pending(pending.operation_id, None, "timeout".into(), t(1))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .take_over(pending.operation_id, t(2), LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_over(pending.operation_id, t(3), LEASE, None)
+            .await
+            .unwrap()
+    );
+
+    let done = op("done");
+    claim_new(&store, done.clone(), t(0)).await;
+    store
+        .finish(done.operation_id, completion(Succeeded), t(1))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over(done.operation_id, t(100), LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_over(op("missing").operation_id, t(0), LEASE, None)
+            .await
+            .unwrap()
+    );
+
+    let events = events_of(&store, &live).await;
+    assert_eq!(
+        transitions(&events),
+        vec![(None, Some(InFlight)), (Some(InFlight), Some(InFlight))]
+    );
+    assert_eq!(events[1].detail, "taken over");
+    assert_eq!(events[1].trace_id.as_deref(), Some("trace-2"));
+    assert_eq!(
+        transitions(&events_of(&store, &pending).await),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(Pending)),
+            (Some(Pending), Some(InFlight))
+        ]
+    );
+}
+
+pub async fn renew_lease(store: Store, _peer: Option<Store>) {
+    let new = op("renew");
+    claim_new(&store, new.clone(), t(0)).await;
+    assert!(
+        store
+            .renew_lease(new.operation_id, t(20), LEASE)
+            .await
+            .unwrap()
+    );
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.lease_expires_at, Some(at_micros(t(50))));
+    assert_eq!(
+        read.updated_at,
+        at_micros(t(0)),
+        "a renewal is not a transition"
+    );
+    assert!(
+        !store
+            .take_over(new.operation_id, t(40), LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        events_of(&store, &new).await.len(),
+        1,
+        "no event for a renewal"
+    );
+
+    store
+        .mark_pending(new.operation_id, None, "unknown".into(), t(41))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_lease(new.operation_id, t(42), LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_lease(op("missing").operation_id, t(42), LEASE)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
+    let new = op("finish");
+    claim_new(&store, new.clone(), t(0)).await;
+    store
+        .mark_pending(
+            new.operation_id,
+            Some("corr-0".into()),
+            "timeout".into(),
+            t(1),
+        )
+        .await
+        .unwrap();
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Pending);
+    assert_eq!(read.lease_expires_at, None);
+    assert_eq!(read.correlation_id.as_deref(), Some("corr-0"));
+    assert!(read.is_unresolved(t(1)));
+    // Not IN_FLIGHT any more: a second mark changes nothing.
+    store
+        .mark_pending(new.operation_id, None, "again".into(), t(2))
+        .await
+        .unwrap();
+
+    // PENDING -> final (the reconciler's resolution).
+    let mut done = completion(RequiresReview);
+    done.correlation_id = None;
+    store
+        .finish(new.operation_id, done.clone(), t(3))
+        .await
+        .unwrap();
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, RequiresReview);
+    assert_eq!(
+        read.correlation_id.as_deref(),
+        Some("corr-0"),
+        "kept when not given"
+    );
+    assert_eq!(read.response, Some(done.response.clone()));
+
+    // A final state is never overwritten, and nothing is recorded.
+    store
+        .finish(new.operation_id, completion(Succeeded), t(4))
+        .await
+        .unwrap();
+    store
+        .mark_pending(new.operation_id, None, "late".into(), t(5))
+        .await
+        .unwrap();
+    store
+        .abandon(new.operation_id, "late".into(), t(6))
+        .await
+        .unwrap();
+    assert_eq!(store.get(new.operation_id).await.unwrap(), Some(read));
+
+    let events = events_of(&store, &new).await;
+    assert_eq!(
+        transitions(&events),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(Pending)),
+            (Some(Pending), Some(RequiresReview)),
+        ]
+    );
+    assert_eq!(events[1].detail, "timeout");
+    assert_eq!(events[1].correlation_id.as_deref(), Some("corr-0"));
+    assert_eq!(events[2].detail, "klarna answered");
+    assert_eq!(events[2].refund_id.as_deref(), Some("refund-1"));
+    assert_eq!(events[2].trace_id.as_deref(), Some("trace-finish"));
+    assert_eq!(events[2].at, at_micros(t(3)));
+
+    // Finishing with a state that is not final is refused.
+    let other = op("not-final");
+    claim_new(&store, other.clone(), t(0)).await;
+    assert!(
+        store
+            .finish(other.operation_id, completion(Pending), t(1))
+            .await
+            .is_err()
+    );
+    store
+        .finish(other.operation_id, completion(Succeeded), t(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(other.operation_id).await.unwrap().unwrap().state,
+        Succeeded
+    );
+}
+
+pub async fn abandon_frees_the_key(store: Store, _peer: Option<Store>) {
+    let new = op("abandon");
+    claim_new(&store, new.clone(), t(0)).await;
+    store
+        .abandon(new.operation_id, "klarna unreachable".into(), t(1))
+        .await
+        .unwrap();
+    assert_eq!(store.get(new.operation_id).await.unwrap(), None);
+
+    // The key is usable again, and the first lifetime's events remain.
+    let second = claim_new(&store, new.clone(), t(2)).await;
+    assert_eq!(second.created_at, at_micros(t(2)));
+    let events = events_of(&store, &new).await;
+    assert_eq!(
+        transitions(&events),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), None),
+            (None, Some(InFlight))
+        ]
+    );
+    assert_eq!(events[1].detail, "klarna unreachable");
+    assert_eq!(events[1].at, at_micros(t(1)));
+
+    // A PENDING operation is not abandoned: Klarna may have acted.
+    store
+        .mark_pending(new.operation_id, None, "timeout".into(), t(3))
+        .await
+        .unwrap();
+    store
+        .abandon(new.operation_id, "wrong".into(), t(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(new.operation_id).await.unwrap().unwrap().state,
+        Pending
+    );
+}
+
+pub async fn unresolved_oldest_first(store: Store, _peer: Option<Store>) {
+    let pending = op("u-pending");
+    let live = op("u-live");
+    let expired = op("u-expired");
+    let done = op("u-done");
+    claim_new(&store, expired.clone(), t(0)).await;
+    claim_new(&store, pending.clone(), t(1)).await;
+    claim_new(&store, live.clone(), t(50)).await;
+    claim_new(&store, done.clone(), t(2)).await;
+    store
+        .mark_pending(pending.operation_id, None, "timeout".into(), t(3))
+        .await
+        .unwrap();
+    store
+        .finish(done.operation_id, completion(Succeeded), t(3))
+        .await
+        .unwrap();
+
+    let now = t(60);
+    let found: Vec<_> = store
+        .unresolved(now, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.new.operation_id)
+        .collect();
+    assert_eq!(found, vec![expired.operation_id, pending.operation_id]);
+    let first = store.unresolved(now, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].new.operation_id, expired.operation_id);
+    assert!(first[0].is_unresolved(now));
+    // Before the lease ends only the PENDING one is unresolved.
+    let early: Vec<_> = store
+        .unresolved(t(10), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.new.operation_id)
+        .collect();
+    assert_eq!(early, vec![pending.operation_id]);
+}
+
+fn ids(page: &[(Operation, Vec<AuditEvent>)]) -> Vec<OperationId> {
+    page.iter().map(|(o, _)| o.new.operation_id).collect()
+}
+
+pub async fn list_filters(store: Store, _peer: Option<Store>) {
+    let a = new_op("alice", Rpc::RefundOrder, "k-a", "order-x");
+    let b = new_op("bob", Rpc::RefundOrder, "k-b", "order-x");
+    let c = new_op("alice", Rpc::ExtendDueDate, "k-c", "order-y");
+    let d = new_op("bob", Rpc::ReleaseAuthorization, "k-a", "order-z");
+    for (i, op) in [&a, &b, &c, &d].into_iter().enumerate() {
+        claim_new(&store, op.clone(), t(i as i64 * 10)).await;
+    }
+    store
+        .finish(b.operation_id, completion(Succeeded), t(100))
+        .await
+        .unwrap();
+
+    let list = |filter: OperationFilter| {
+        let store = store.clone();
+        async move { ids(&store.list(&filter, 0, None).await.unwrap().operations) }
+    };
+    let all = OperationFilter::default();
+    // Newest first.
+    assert_eq!(
+        list(all.clone()).await,
+        vec![
+            d.operation_id,
+            c.operation_id,
+            b.operation_id,
+            a.operation_id
+        ]
+    );
+    let by_order = OperationFilter {
+        order_id: Some("order-x".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(by_order).await, vec![b.operation_id, a.operation_id]);
+    let by_caller = OperationFilter {
+        caller: Some("alice".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(by_caller).await, vec![c.operation_id, a.operation_id]);
+    let by_key = OperationFilter {
+        idempotency_key: Some("k-a".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(by_key).await, vec![d.operation_id, a.operation_id]);
+    let by_state = OperationFilter {
+        state: Some(Succeeded),
+        ..all.clone()
+    };
+    assert_eq!(list(by_state).await, vec![b.operation_id]);
+    // [from, to): b at 10 and c at 20 are in, d at 30 is not.
+    let by_time = OperationFilter {
+        created_from: Some(t(10)),
+        created_to: Some(t(30)),
+        ..all.clone()
+    };
+    assert_eq!(list(by_time).await, vec![c.operation_id, b.operation_id]);
+    let combined = OperationFilter {
+        caller: Some("bob".into()),
+        state: Some(InFlight),
+        ..all.clone()
+    };
+    assert_eq!(list(combined).await, vec![d.operation_id]);
+    let none = OperationFilter {
+        order_id: Some("nope".into()),
+        ..all.clone()
+    };
+    let page = store.list(&none, 10, None).await.unwrap();
+    assert!(page.operations.is_empty());
+    assert_eq!(page.next_page_token, None);
+
+    // Each operation comes with its events, oldest first.
+    let page = store.list(&all, 10, None).await.unwrap();
+    for (operation, events) in &page.operations {
+        let expected = if operation.new.operation_id == b.operation_id {
+            vec![(None, Some(InFlight)), (Some(InFlight), Some(Succeeded))]
+        } else {
+            vec![(None, Some(InFlight))]
+        };
+        assert_eq!(transitions(events), expected);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.operation_id == operation.new.operation_id)
+        );
+    }
+}
+
+pub async fn list_pagination(store: Store, _peer: Option<Store>) {
+    // Seven operations, three created at the same instant (ties broken by id).
+    let mut ops = Vec::new();
+    for i in 0..7 {
+        let new = op(&format!("page-{i}"));
+        let created = if i < 3 { t(0) } else { t(i) };
+        claim_new(&store, new.clone(), created).await;
+        ops.push(new);
+    }
+    let all = OperationFilter::default();
+    let everything = ids(&store.list(&all, 0, None).await.unwrap().operations);
+    assert_eq!(everything.len(), 7);
+
+    let first = store.list(&all, 3, None).await.unwrap();
+    assert_eq!(first.operations.len(), 3);
+    let token = first.next_page_token.clone().unwrap();
+
+    // A newer operation arriving between pages does not shift the next ones.
+    claim_new(&store, op("page-late"), t(99)).await;
+
+    let second = store.list(&all, 3, Some(&token)).await.unwrap();
+    let again = store.list(&all, 3, Some(&token)).await.unwrap();
+    assert_eq!(second, again, "a token names a fixed position");
+    let third = store
+        .list(&all, 3, second.next_page_token.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(third.operations.len(), 1);
+    assert_eq!(third.next_page_token, None);
+    let paged: Vec<_> = [first, second, third]
+        .iter()
+        .flat_map(|p| ids(&p.operations))
+        .collect();
+    assert_eq!(paged, everything);
+
+    // Exactly one page: no token.
+    let filter = OperationFilter {
+        created_to: Some(t(6)),
+        ..all.clone()
+    };
+    let exact = store.list(&filter, 6, None).await.unwrap();
+    assert_eq!(exact.operations.len(), 6);
+    assert_eq!(exact.next_page_token, None);
+
+    for bad in [
+        "",
+        "not-a-token",
+        &token[..token.len() - 2],
+        &format!("{token}ff"),
+    ] {
+        assert!(
+            matches!(
+                store.list(&all, 3, Some(bad)).await,
+                Err(StoreError::InvalidPageToken)
+            ),
+            "{bad:?}"
+        );
+    }
+    let other_filter = OperationFilter {
+        caller: Some("pos".into()),
+        ..all.clone()
+    };
+    assert!(matches!(
+        store.list(&other_filter, 3, Some(&token)).await,
+        Err(StoreError::InvalidPageToken)
+    ));
+}
+
+pub async fn purge_keeps_events(store: Store, _peer: Option<Store>) {
+    let old_done = op("old-done");
+    let old_failed = op("old-failed");
+    let new_done = op("new-done");
+    let old_pending = op("old-pending");
+    let old_flight = op("old-flight");
+    for new in [&old_done, &old_failed, &new_done, &old_pending, &old_flight] {
+        claim_new(&store, new.clone(), t(0)).await;
+    }
+    store
+        .finish(old_done.operation_id, completion(Succeeded), t(10))
+        .await
+        .unwrap();
+    store
+        .finish(old_failed.operation_id, completion(Failed), t(10))
+        .await
+        .unwrap();
+    store
+        .finish(new_done.operation_id, completion(Succeeded), t(1000))
+        .await
+        .unwrap();
+    store
+        .mark_pending(old_pending.operation_id, None, "timeout".into(), t(10))
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge(t(500)).await.unwrap(), 2);
+    assert_eq!(store.get(old_done.operation_id).await.unwrap(), None);
+    assert_eq!(store.get(old_failed.operation_id).await.unwrap(), None);
+    for kept in [&new_done, &old_pending, &old_flight] {
+        assert!(store.get(kept.operation_id).await.unwrap().is_some());
+    }
+    assert_eq!(store.purge(t(500)).await.unwrap(), 0);
+
+    // The events survived: claiming the purged key again shows both lifetimes.
+    claim_new(&store, old_done.clone(), t(2000)).await;
+    assert_eq!(
+        transitions(&events_of(&store, &old_done).await),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(Succeeded)),
+            (None, Some(InFlight))
+        ]
+    );
+}
+
+pub async fn lock_order_serializes_one_order(store: Store, peer: Option<Store>) {
+    let log = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    let push = |log: &Arc<Mutex<Vec<&'static str>>>, entry| log.lock().unwrap().push(entry);
+    let other = peer.unwrap_or_else(|| store.clone());
+
+    let a = store.lock_order("eu", "order-1").await.unwrap();
+    push(&log, "a locked");
+    let (wants, wanted) = oneshot::channel();
+    let b = {
+        let (log, other) = (log.clone(), other.clone());
+        tokio::spawn(async move {
+            push(&log, "b wants");
+            wants.send(()).unwrap();
+            let lock = other.lock_order("eu", "order-1").await.unwrap();
+            push(&log, "b locked");
+            lock.release().await;
+        })
+    };
+    wanted.await.unwrap();
+    // Let b run as far as it can: without the lock it would log "b locked" now.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    // A different order is not held up by a's lock.
+    let different =
+        tokio::time::timeout(Duration::from_secs(30), other.lock_order("eu", "order-2"))
+            .await
+            .expect("a different order must not wait")
+            .unwrap();
+    different.release().await;
+    let same_order_other_account = other.lock_order("us", "order-1").await.unwrap();
+    drop(same_order_other_account);
+
+    push(&log, "a releases");
+    a.release().await;
+    b.await.unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec!["a locked", "b wants", "a releases", "b locked"]
+    );
+
+    // A dropped (not released) lock is released too.
+    let dropped = store.lock_order("eu", "order-3").await.unwrap();
+    drop(dropped);
+    let relocked = tokio::time::timeout(Duration::from_secs(30), other.lock_order("eu", "order-3"))
+        .await
+        .expect("a dropped lock must be released")
+        .unwrap();
+    relocked.release().await;
+}
+
+pub async fn group_commit_64_claims(store: Store, _peer: Option<Store>) {
+    let barrier = Arc::new(Barrier::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.spawn(async move {
+            let new = op(&format!("group-{i}"));
+            barrier.wait().await;
+            let claimed = claim_new(&store, new.clone(), t(i)).await;
+            store
+                .finish(new.operation_id, completion(Succeeded), t(i + 1))
+                .await
+                .unwrap();
+            claimed
+        });
+    }
+    let claimed = tasks.join_all().await;
+    assert_eq!(claimed.len(), 64);
+    let page = store
+        .list(
+            &OperationFilter {
+                state: Some(Succeeded),
+                ..OperationFilter::default()
+            },
+            100,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.operations.len(), 64);
+    assert!(page.operations.iter().all(|(_, events)| events.len() == 2));
+}

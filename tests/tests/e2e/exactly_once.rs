@@ -1,0 +1,447 @@
+//! The exactly-once protocol end to end: replay, key reuse, concurrency, unknown outcomes,
+//! the reconciler and the audit trail.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use klarna_sim::{FaultKind, FaultSpec};
+use refund_gateway_proto::v1 as pb;
+use refund_gateway_tests::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use tonic::Code;
+
+use crate::{assert_reason, captured_order, klarna_calls, refund_request};
+
+fn refund_posts(app: &TestApp, order_id: &str) -> usize {
+    klarna_calls(&app.sim.sim)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with(&format!("{order_id}/refunds")))
+        .count()
+}
+
+fn refunded(app: &TestApp, order_id: &str) -> (i64, usize) {
+    let order = app.sim.sim.order_json(order_id).unwrap_or_default();
+    (
+        order["refunded_amount"].as_i64().unwrap_or(-1),
+        order["refunds"].as_array().map_or(0, Vec::len),
+    )
+}
+
+async fn operations(
+    app: &TestApp,
+    filter: pb::ListOperationsRequest,
+) -> anyhow::Result<Vec<pb::OperationRecord>> {
+    Ok(app
+        .client
+        .clone()
+        .list_operations(filter)
+        .await?
+        .into_inner()
+        .operations)
+}
+
+/// Waits (bounded) until the operation under `key` reaches a final state.
+async fn settled(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord> {
+    let started = std::time::Instant::now();
+    loop {
+        let ops = operations(
+            app,
+            pb::ListOperationsRequest {
+                idempotency_key: key.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        if let Some(op) = ops.into_iter().find(|o| {
+            matches!(
+                o.state(),
+                pb::OperationState::Succeeded
+                    | pb::OperationState::Failed
+                    | pb::OperationState::RequiresReview
+            )
+        }) {
+            return Ok(op);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "operation {key} never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replay_returns_the_identical_answer_and_says_so() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    let first = app
+        .client
+        .refund_order(refund_request("replay-1", &order.order_id, 700))
+        .await?;
+    assert!(first.metadata().get("idempotent-replayed").is_none());
+    let first = first.into_inner();
+    assert!(!first.replayed);
+    let second = app
+        .client
+        .refund_order(refund_request("replay-1", &order.order_id, 700))
+        .await?;
+    assert_eq!(
+        second
+            .metadata()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let second = second.into_inner();
+    assert!(second.replayed);
+    assert_eq!(
+        pb::RefundOrderResponse {
+            replayed: false,
+            ..second
+        },
+        first
+    );
+    assert_eq!(
+        refund_posts(&app, &order.order_id),
+        1,
+        "the replay reached Klarna"
+    );
+    assert_eq!(refunded(&app, &order.order_id), (700, 1));
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn a_failed_operation_is_replayed_as_the_same_failure() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 100);
+    let first = app
+        .client
+        .refund_order(refund_request("over-1", &order.order_id, 500))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&first, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
+    let again = app
+        .client
+        .refund_order(refund_request("over-1", &order.order_id, 500))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_eq!(again.code(), first.code());
+    assert_eq!(again.message(), first.message());
+    assert_eq!(again.details(), first.details());
+    assert_eq!(
+        again
+            .metadata()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(refund_posts(&app, &order.order_id), 1);
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn another_request_under_a_used_key_is_refused() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    app.client
+        .refund_order(refund_request("reuse-1", &order.order_id, 100))
+        .await?;
+    let status = app
+        .client
+        .refund_order(refund_request("reuse-1", &order.order_id, 200))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a different request under a used key was accepted"))?;
+    assert_reason(&status, Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(refunded(&app, &order.order_id), (100, 1));
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn eight_concurrent_calls_with_one_key_make_one_refund() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // Hold Klarna's answer so the calls overlap while the first is in flight.
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 1,
+        kind: FaultKind::CommitThenHold { millis: 300 },
+    });
+    let calls = (0..8).map(|_| {
+        let mut client = app.client.clone();
+        let req = refund_request("concurrent-1", &order.order_id, 250);
+        async move { client.refund_order(req).await }
+    });
+    let results = join_all(calls).await;
+    let mut refund_ids = Vec::new();
+    for r in &results {
+        match r {
+            Ok(resp) => refund_ids.push(resp.get_ref().refund_id.clone()),
+            Err(status) => assert_reason(status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
+        }
+    }
+    assert!(!refund_ids.is_empty(), "{results:?}");
+    refund_ids.dedup();
+    assert_eq!(refund_ids.len(), 1, "{refund_ids:?}");
+    assert_eq!(refunded(&app, &order.order_id), (250, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_refunds_with_different_keys_on_one_order_all_land() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    let calls = (0..10).map(|i| {
+        let mut client = app.client.clone();
+        let req = refund_request(&format!("many-{i}"), &order.order_id, 100 + i);
+        async move { client.refund_order(req).await }
+    });
+    for r in join_all(calls).await {
+        r?;
+    }
+    let expected: i64 = (0..10).map(|i| 100 + i).sum();
+    assert_eq!(refunded(&app, &order.order_id), (expected, 10));
+    let ops = operations(
+        &app,
+        pb::ListOperationsRequest {
+            order_id: order.order_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(ops.len(), 10);
+    assert!(
+        ops.iter()
+            .all(|o| o.state() == pb::OperationState::Succeeded)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 2,
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    });
+    let mut outcome = app
+        .client
+        .refund_order(refund_request("flaky-2", &order.order_id, 300))
+        .await;
+    // Whether the adapter's retries absorbed the 503s or the caller retries, the same key
+    // leads to one refund.
+    for _ in 0..3 {
+        if outcome.is_ok() {
+            break;
+        }
+        outcome = app
+            .client
+            .refund_order(refund_request("flaky-2", &order.order_id, 300))
+            .await;
+    }
+    let resp = outcome?.into_inner();
+    assert!(!resp.refund_id.is_empty());
+    let keys: std::collections::BTreeSet<String> = klarna_calls(&app.sim.sim)
+        .iter()
+        .filter(|r| r.method == "POST")
+        .filter_map(|r| r.header("klarna-idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(refunded(&app, &order.order_id), (300, 1));
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key()
+-> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        reconcile_interval_ms: Some(50),
+        ..Default::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // Klarna commits every attempt of the first call but the connection drops each time, so
+    // the caller's call ends with an unknown outcome.
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 10,
+        kind: FaultKind::CommitThenDrop,
+    });
+    let status = app
+        .client
+        .refund_order(refund_request("pending-1", &order.order_id, 400))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a dropped answer was reported as success"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    app.sim.sim.clear_faults();
+    let op = settled(&app, "pending-1").await?;
+    assert_eq!(op.state(), pb::OperationState::Succeeded);
+    assert_eq!(refunded(&app, &order.order_id), (400, 1));
+    let committed = app.sim.sim.order_json(&order.order_id).unwrap_or_default();
+    assert_eq!(
+        op.refund_id,
+        committed["refunds"][0]["refund_id"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    // The caller's retry gets the settled answer.
+    let retry = app
+        .client
+        .refund_order(refund_request("pending-1", &order.order_id, 400))
+        .await?
+        .into_inner();
+    assert_eq!(retry.refund_id, op.refund_id);
+    assert!(retry.replayed);
+    let states: Vec<_> = op.events.iter().map(|e| e.state_after()).collect();
+    assert!(states.contains(&pb::OperationState::Pending), "{states:?}");
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending()
+-> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        reconcile_interval_ms: Some(50),
+        idempotency_window_secs: Some(0),
+        ..Default::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 10,
+        kind: FaultKind::CommitThenDrop,
+    });
+    let mut req = refund_request("late-1", &order.order_id, 600);
+    req.reference = "RMA-LATE-1".into();
+    let status = app
+        .client
+        .refund_order(req)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    let posts_before = refund_posts(&app, &order.order_id);
+    app.sim.sim.clear_faults();
+    // Klarna has forgotten the key: a resend now would refund twice.
+    app.sim.sim.advance_clock(Duration::from_secs(25 * 3600));
+    let op = settled(&app, "late-1").await?;
+    assert_eq!(op.state(), pb::OperationState::Succeeded);
+    assert_eq!(
+        refund_posts(&app, &order.order_id),
+        posts_before,
+        "the reconciler resent"
+    );
+    assert_eq!(refunded(&app, &order.order_id), (600, 1));
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn list_operations_filters_and_pages_the_audit_trail() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    for i in 0..5 {
+        app.client
+            .refund_order(refund_request(&format!("audit-{i}"), &order.order_id, 10))
+            .await?;
+    }
+    assert!(
+        app.client
+            .refund_order(refund_request("audit-over", &order.order_id, 5_000))
+            .await
+            .is_err()
+    );
+    let all = operations(
+        &app,
+        pb::ListOperationsRequest {
+            order_id: order.order_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(all.len(), 6);
+    let failed = operations(
+        &app,
+        pb::ListOperationsRequest {
+            order_id: order.order_id.clone(),
+            state: pb::OperationState::Failed.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].idempotency_key, "audit-over");
+    assert!(!failed[0].correlation_id.is_empty());
+    let ok = &all
+        .iter()
+        .find(|o| o.idempotency_key == "audit-0")
+        .ok_or_else(|| anyhow::anyhow!("missing"))?;
+    assert_eq!(ok.rpc, "RefundOrder");
+    assert_eq!(ok.caller, "anonymous");
+    assert_eq!(ok.amount, 10);
+    assert!(!ok.refund_id.is_empty());
+    let transitions: Vec<_> = ok
+        .events
+        .iter()
+        .map(|e| (e.state_before(), e.state_after()))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            (
+                pb::OperationState::Unspecified,
+                pb::OperationState::InFlight
+            ),
+            (pb::OperationState::InFlight, pb::OperationState::Succeeded)
+        ]
+    );
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .list_operations(pb::ListOperationsRequest {
+                order_id: order.order_id.clone(),
+                page_size: 4,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        seen.extend(page.operations.into_iter().map(|o| o.operation_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 6);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 6, "pages overlapped");
+
+    let status = app
+        .client
+        .list_operations(pb::ListOperationsRequest {
+            page_token: "garbage".into(),
+            page_size: 900,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    app.shutdown().await
+}
