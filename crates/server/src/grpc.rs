@@ -42,6 +42,16 @@ fn caller<T>(_request: &Request<T>) -> Caller {
     Caller::anonymous()
 }
 
+/// The request id the inbound stack gave this call; recorded as the trace id of the
+/// operation's audit events, so an event leads back to the call's log lines.
+fn request_id<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(crate::middleware::REQUEST_ID.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The caller's deadline from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
@@ -121,6 +131,7 @@ impl RefundGatewayService for RefundGatewayApi {
         const RPC: &str = "RefundOrder";
         let caller = caller(&request);
         let deadline = grpc_timeout(request.metadata());
+        let request_id = request_id(&request);
         let cmd = RefundOrder::validate(convert::refund_order_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let order_id = cmd.order_id.to_string();
@@ -135,10 +146,11 @@ impl RefundGatewayService for RefundGatewayApi {
                 &order_id, amount, &outcome, true,
             )));
         }
-        let prepared = self
+        let mut prepared = self
             .gateway
             .refund_order(&caller, cmd)
             .map_err(|e| fail(RPC, e))?;
+        prepared.new.trace_id = request_id;
         let work = prepared
             .work
             .inspect_err(|e| log_failure(RPC, e))
@@ -172,13 +184,15 @@ impl RefundGatewayService for RefundGatewayApi {
         const RPC: &str = "ReleaseAuthorization";
         let caller = caller(&request);
         let deadline = grpc_timeout(request.metadata());
+        let request_id = request_id(&request);
         let cmd = ReleaseAuthorization::validate(convert::release_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let order_id = cmd.order_id.to_string();
-        let prepared = self
+        let mut prepared = self
             .gateway
             .release_authorization(&caller, cmd)
             .map_err(|e| fail(RPC, e))?;
+        prepared.new.trace_id = request_id;
         let work = prepared
             .work
             .inspect_err(|e| log_failure(RPC, e))
@@ -226,13 +240,15 @@ impl RefundGatewayService for RefundGatewayApi {
         const RPC: &str = "ExtendDueDate";
         let caller = caller(&request);
         let deadline = grpc_timeout(request.metadata());
+        let request_id = request_id(&request);
         let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let (order_id, capture_id) = (cmd.order_id.to_string(), cmd.capture_id.to_string());
-        let prepared = self
+        let mut prepared = self
             .gateway
             .extend_due_date(&caller, cmd)
             .map_err(|e| fail(RPC, e))?;
+        prepared.new.trace_id = request_id;
         let work = prepared
             .work
             .inspect_err(|e| log_failure(RPC, e))

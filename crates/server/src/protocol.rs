@@ -23,6 +23,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::status::{ERROR_DOMAIN, to_status};
 
+/// The trace id recorded for changes made by the reconciler.
+pub const RECONCILER: &str = "reconciler";
+
 /// Timing of the protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct ProtocolSettings {
@@ -346,11 +349,6 @@ fn proves_nothing_happened(e: &KlarnaError) -> bool {
     }
 }
 
-/// Trace id of the current span, when OpenTelemetry gives one; the request id otherwise.
-fn current_trace_id() -> Option<String> {
-    None
-}
-
 impl Protocol {
     /// A protocol over `store`.
     pub fn new(
@@ -389,13 +387,14 @@ impl Protocol {
         let now = OffsetDateTime::now_utc();
         let operation_id = new.operation_id;
         let fingerprint = new.fingerprint.clone();
+        let trace_id = new.trace_id.clone();
         let claim = self
             .store
             .claim(new, now, self.settings.lease)
             .await
             .map_err(|e| store_unavailable(&e))?;
         let receiver = match claim {
-            Claim::New(op) => self.spawn(op, Job::Work(work), klarna_deadline),
+            Claim::New(op) => self.spawn(op, Job::Work(work), klarna_deadline, None),
             Claim::Existing(op) if op.new.fingerprint != fingerprint => {
                 return Err(key_reused(&op));
             }
@@ -416,13 +415,13 @@ impl Protocol {
                 // under the same Klarna key, rather than running the new request's work.
                 let taken = self
                     .store
-                    .take_over(operation_id, now, self.settings.lease, current_trace_id())
+                    .take_over(operation_id, now, self.settings.lease, trace_id.clone())
                     .await
                     .map_err(|e| store_unavailable(&e))?;
                 if !taken {
                     return Err(in_use(&op, now));
                 }
-                self.spawn(op, Job::Resend, klarna_deadline)
+                self.spawn(op, Job::Resend, klarna_deadline, trace_id)
             }
         };
         match tokio::time::timeout_at(answer_by, receiver).await {
@@ -443,14 +442,19 @@ impl Protocol {
                 op.new.operation_id,
                 now,
                 self.settings.lease,
-                current_trace_id(),
+                Some(RECONCILER.to_owned()),
             )
             .await?
         {
             return Ok(None);
         }
         let deadline = tokio::time::Instant::now() + self.settings.default_deadline;
-        let receiver = self.spawn(op.clone(), Job::Resend, deadline);
+        let receiver = self.spawn(
+            op.clone(),
+            Job::Resend,
+            deadline,
+            Some(RECONCILER.to_owned()),
+        );
         let _ = receiver.await;
         Ok(self.store.get(op.new.operation_id).await?.map(|o| o.state))
     }
@@ -460,6 +464,7 @@ impl Protocol {
         op: Operation,
         job: Job,
         klarna_deadline: tokio::time::Instant,
+        trace_id: Option<String>,
     ) -> oneshot::Receiver<Result<Answer, Status>> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
@@ -467,23 +472,46 @@ impl Protocol {
         // gives up, so the outcome is always recorded.
         tokio::spawn(async move {
             let answer =
-                refund_gateway_klarna::with_deadline(klarna_deadline, this.run(op, job)).await;
+                refund_gateway_klarna::with_deadline(klarna_deadline, this.run(op, job, trace_id))
+                    .await;
             let _ = tx.send(answer);
         });
         rx
     }
 
-    async fn run(&self, op: Operation, job: Job) -> Result<Answer, Status> {
+    async fn run(
+        &self,
+        op: Operation,
+        job: Job,
+        resend_trace_id: Option<String>,
+    ) -> Result<Answer, Status> {
         let id = op.new.operation_id;
-        let lock = self
+        let lock = match self
             .store
             .lock_order(&op.new.klarna_account, &op.new.order_id)
             .await
-            .map_err(|e| store_unavailable(&e))?;
+        {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Nothing was sent: give the key back rather than leave a claim whose state
+                // rules never ran for the reconciler to resend.
+                if matches!(job, Job::Work(_)) {
+                    let _ = self
+                        .store
+                        .abandon(
+                            id,
+                            format!("order lock unavailable: {e}"),
+                            OffsetDateTime::now_utc(),
+                        )
+                        .await;
+                }
+                return Err(store_unavailable(&e));
+            }
+        };
         let renewal = self.renew_lease_while_running(id);
         let outcome = match job {
-            Job::Work(work) => classify(work.await, current_trace_id()),
-            Job::Resend => self.resend(&op).await,
+            Job::Work(work) => classify(work.await, op.new.trace_id.clone()),
+            Job::Resend => self.resend(&op, resend_trace_id).await,
         };
         renewal.abort();
         let recorded = self.record(id, outcome).await;
@@ -546,8 +574,7 @@ impl Protocol {
 
     /// Resends the stored call inside Klarna's idempotency window; past it, reads the order
     /// instead, because a resend could then execute a second time.
-    async fn resend(&self, op: &Operation) -> Outcome {
-        let trace_id = current_trace_id();
+    async fn resend(&self, op: &Operation, trace_id: Option<String>) -> Outcome {
         let review = |detail: String| {
             let status = review_status(op.new.operation_id, &detail);
             Outcome::Final(Completion {

@@ -392,6 +392,13 @@ async fn list_operations_filters_and_pages_the_audit_trail() -> anyhow::Result<(
     assert_eq!(ok.caller, "anonymous");
     assert_eq!(ok.amount, 10);
     assert!(!ok.refund_id.is_empty());
+    assert!(
+        ok.events
+            .iter()
+            .all(|e| !e.trace_id.is_empty() && e.at.is_some()),
+        "{:?}",
+        ok.events
+    );
     let transitions: Vec<_> = ok
         .events
         .iter()
