@@ -69,6 +69,8 @@ pub struct AppOptions {
     pub reconcile_interval_ms: Option<u64>,
     /// Klarna idempotency window in seconds (default: the gateway's 23 h).
     pub idempotency_window_secs: Option<u64>,
+    /// `DATABASE_URL` of a PostgreSQL database (default: SQLite in a temporary directory).
+    pub database_url: Option<String>,
 }
 
 /// Starts a simulator and a gateway whose `default` account points at it.
@@ -98,6 +100,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     if let Some(secs) = options.idempotency_window_secs {
         config.settings.klarna_idempotency_window_secs = secs;
     }
+    config.database_url = options.database_url.clone().map(SecretString::from);
     let url = options
         .klarna_url
         .clone()
@@ -147,6 +150,39 @@ async fn start_gateway(
         stop: Some(stop),
         _data_dir: data_dir,
     })
+}
+
+/// The environment variable naming the PostgreSQL server the tests may use (an admin URL such
+/// as `postgres://postgres@127.0.0.1:5432/postgres`); the README's test command starts one.
+pub const TEST_DATABASE_URL: &str = "REFUND_GATEWAY_TEST_DATABASE_URL";
+
+/// A fresh, empty PostgreSQL database on the test server, created with `psql`, or `None` when
+/// no server is configured outside CI. Under `CI=true` a missing server is an error, so the
+/// PostgreSQL half of the suite can never be skipped silently.
+pub fn fresh_postgres_database() -> anyhow::Result<Option<String>> {
+    let Some(admin) = std::env::var(TEST_DATABASE_URL)
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            anyhow::bail!(
+                "{TEST_DATABASE_URL} is not set; run the README's test command, which starts PostgreSQL"
+            );
+        }
+        eprintln!("{TEST_DATABASE_URL} not set: skipping the PostgreSQL run of this test");
+        return Ok(None);
+    };
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let status = std::process::Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .status()?;
+    anyhow::ensure!(status.success(), "psql could not create database {name}");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{TEST_DATABASE_URL} has no database path"))?;
+    Ok(Some(format!("{base}/{name}")))
 }
 
 /// Every log line the test process wrote, as the gateway's JSON formatter wrote it.

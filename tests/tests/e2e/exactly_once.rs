@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use klarna_sim::{FaultKind, FaultSpec};
 use refund_gateway_proto::v1 as pb;
-use refund_gateway_tests::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use refund_gateway_tests::{AppOptions, TestApp, fresh_postgres_database, spawn_app_with};
 use tonic::Code;
 
 use crate::{assert_reason, captured_order, klarna_calls, refund_request};
@@ -69,9 +69,8 @@ async fn settled(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord
     }
 }
 
-#[tokio::test]
-async fn a_replay_returns_the_identical_answer_and_says_so() -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn a_replay_returns_the_identical_answer_and_says_so(db: Backend) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     let first = app
         .client
@@ -109,9 +108,8 @@ async fn a_replay_returns_the_identical_answer_and_says_so() -> anyhow::Result<(
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn a_failed_operation_is_replayed_as_the_same_failure() -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn a_failed_operation_is_replayed_as_the_same_failure(db: Backend) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 100);
     let first = app
         .client
@@ -140,9 +138,8 @@ async fn a_failed_operation_is_replayed_as_the_same_failure() -> anyhow::Result<
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn another_request_under_a_used_key_is_refused() -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn another_request_under_a_used_key_is_refused(db: Backend) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     app.client
         .refund_order(refund_request("reuse-1", &order.order_id, 100))
@@ -158,9 +155,8 @@ async fn another_request_under_a_used_key_is_refused() -> anyhow::Result<()> {
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn eight_concurrent_calls_with_one_key_make_one_refund() -> anyhow::Result<()> {
-    let app = spawn_app().await?;
+async fn eight_concurrent_calls_with_one_key_make_one_refund(db: Backend) -> anyhow::Result<()> {
+    let app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     // Hold Klarna's answer so the calls overlap while the first is in flight.
     app.sim.sim.inject_fault(FaultSpec {
@@ -189,9 +185,10 @@ async fn eight_concurrent_calls_with_one_key_make_one_refund() -> anyhow::Result
     Ok(())
 }
 
-#[tokio::test]
-async fn concurrent_refunds_with_different_keys_on_one_order_all_land() -> anyhow::Result<()> {
-    let app = spawn_app().await?;
+async fn concurrent_refunds_with_different_keys_on_one_order_all_land(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     let calls = (0..10).map(|i| {
         let mut client = app.client.clone();
@@ -219,9 +216,10 @@ async fn concurrent_refunds_with_different_keys_on_one_order_all_land() -> anyho
     Ok(())
 }
 
-#[tokio::test]
-async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key() -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     app.sim.sim.inject_fault(FaultSpec {
         method: Some("POST".into()),
@@ -260,12 +258,12 @@ async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key() -> anyhow::
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key()
--> anyhow::Result<()> {
+async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key(
+    db: Backend,
+) -> anyhow::Result<()> {
     let mut app = spawn_app_with(AppOptions {
         reconcile_interval_ms: Some(50),
-        ..Default::default()
+        ..db.options()
     })
     .await?;
     let order = captured_order(&app.sim.sim, 10_000);
@@ -308,13 +306,13 @@ async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending()
--> anyhow::Result<()> {
+async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
+    db: Backend,
+) -> anyhow::Result<()> {
     let mut app = spawn_app_with(AppOptions {
         reconcile_interval_ms: Some(50),
         idempotency_window_secs: Some(0),
-        ..Default::default()
+        ..db.options()
     })
     .await?;
     let order = captured_order(&app.sim.sim, 10_000);
@@ -348,9 +346,8 @@ async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending
     app.shutdown().await
 }
 
-#[tokio::test]
-async fn list_operations_filters_and_pages_the_audit_trail() -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn list_operations_filters_and_pages_the_audit_trail(db: Backend) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 1_000);
     for i in 0..5 {
         app.client
@@ -452,3 +449,59 @@ async fn list_operations_filters_and_pages_the_audit_trail() -> anyhow::Result<(
     assert_eq!(status.code(), Code::InvalidArgument);
     app.shutdown().await
 }
+
+/// The store the gateway under test uses.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    fn options(&self) -> AppOptions {
+        match self {
+            Self::Sqlite => AppOptions::default(),
+            Self::Postgres(url) => AppOptions {
+                database_url: Some(url.clone()),
+                ..AppOptions::default()
+            },
+        }
+    }
+}
+
+/// Runs each protocol test once on SQLite and once on a fresh PostgreSQL database.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    match super::fresh_postgres_database()? {
+                        Some(url) => super::$name(super::Backend::Postgres(url)).await,
+                        None => Ok(()),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_replay_returns_the_identical_answer_and_says_so,
+    a_failed_operation_is_replayed_as_the_same_failure,
+    another_request_under_a_used_key_is_refused,
+    eight_concurrent_calls_with_one_key_make_one_refund,
+    concurrent_refunds_with_different_keys_on_one_order_all_land,
+    klarna_5xx_twice_then_success_is_one_refund_under_one_key,
+    the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key,
+    past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending,
+    list_operations_filters_and_pages_the_audit_trail,
+);
