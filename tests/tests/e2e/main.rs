@@ -8,6 +8,7 @@ mod errors;
 mod exactly_once;
 mod grpcurl;
 mod logs;
+mod property;
 mod reads_release_extend;
 mod refund;
 
