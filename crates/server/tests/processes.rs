@@ -1,0 +1,640 @@
+//! The exactly-once protocol (DESIGN §4) across real `refund-gateway` processes.
+//!
+//! In-process tests can drop a future or abort a task, but only a separate process can be
+//! killed the way a crashed host kills it: a SIGKILL that runs no destructor, flushes nothing
+//! and leaves a claim IN_FLIGHT in the database while Klarna has already committed the refund.
+//! Likewise, two replicas sharing one PostgreSQL database only race for real when they are two
+//! processes with their own pools, tasks and clocks. These tests run the built binary against a
+//! Klarna simulator started in the test process and check, on the simulator's side, that
+//! exactly one refund exists.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail, ensure};
+use klarna_sim::{FaultKind, FaultSpec, LoggedRequest, OrderSeed, RunningSimulator, SimConfig};
+use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
+use refund_gateway_proto::v1::{
+    ListOperationsRequest, OperationRecord, OperationState, RefundOrderRequest, RefundOrderResponse,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refund-gateway");
+
+/// Upper bound of every wait on a condition; reaching it fails the test.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(10);
+
+type Client = RefundGatewayServiceClient<Channel>;
+
+/// A running `refund-gateway` process: its address, its log lines, and a SIGKILL on drop so a
+/// failing test leaves no process behind (and prints the process's log).
+#[derive(Debug)]
+struct GatewayProcess {
+    name: String,
+    child: Option<Child>,
+    grpc_addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `--config config` and only the given environment variables of
+    /// ours (nothing Klarna-, gateway- or database-related is inherited), and waits until it
+    /// logs that it listens.
+    async fn start(name: &str, config: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(BIN);
+        for (var, _) in std::env::vars() {
+            if var.starts_with("KLARNA_")
+                || var.starts_with("REFUND_GATEWAY_")
+                || var == "DATABASE_URL"
+            {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("spawning {BIN}"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stderr pipe"))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut addr_tx = Some(addr_tx);
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("refund gateway listening") {
+                        let value: serde_json::Value =
+                            serde_json::from_str(&line).unwrap_or_default();
+                        if let (Some(tx), Some(addr)) =
+                            (addr_tx.take(), value["grpc_addr"].as_str())
+                        {
+                            let _ = tx.send(addr.to_owned());
+                        }
+                    }
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            })
+        };
+        let mut process = Self {
+            name: name.to_owned(),
+            child: Some(child),
+            grpc_addr: String::new(),
+            log,
+            reader: Some(reader),
+        };
+        // The sender is dropped without sending when stderr closes first: the process died.
+        match tokio::time::timeout(WAIT_LIMIT, addr_rx).await {
+            Ok(Ok(addr)) => process.grpc_addr = addr,
+            Ok(Err(_)) => bail!("{name} exited before listening:\n{}", process.log_text()),
+            Err(_) => bail!(
+                "{name} did not listen within {WAIT_LIMIT:?}:\n{}",
+                process.log_text()
+            ),
+        }
+        Ok(process)
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow!("{}: already exited", self.name))
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(RefundGatewayServiceClient::connect(format!("http://{}", self.grpc_addr)).await?)
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`) with kill(1).
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid()?.to_string())
+            .status()?;
+        ensure!(status.success(), "kill -{signal} failed: {status}");
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to exit and for its stderr to close; returns its exit
+    /// status and log lines.
+    async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+        let pid = self.pid()?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{}: already exited", self.name))?;
+        let waited =
+            tokio::time::timeout(limit, tokio::task::spawn_blocking(move || child.wait())).await;
+        let status = match waited {
+            Ok(joined) => joined??,
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                bail!(
+                    "{} did not exit within {limit:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+        };
+        if let Some(reader) = self.reader.take() {
+            reader
+                .join()
+                .map_err(|_| anyhow!("{}: stderr reader panicked", self.name))?;
+        }
+        let lines = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok((status, lines))
+    }
+
+    /// SIGTERM, then a bounded wait for a successful exit after draining.
+    async fn terminate_cleanly(&mut self) -> anyhow::Result<()> {
+        self.signal("TERM")?;
+        let (status, lines) = self.wait_exit(Duration::from_secs(60)).await?;
+        ensure!(
+            status.success(),
+            "{}: exit after SIGTERM: {status:?}\n{}",
+            self.name,
+            lines.join("\n")
+        );
+        ensure!(
+            lines.iter().any(|l| l.contains("shutting down")),
+            "{}: no shutdown line in {lines:?}",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Writes a gateway configuration into `dir` and returns its path. Both listeners take a free
+/// loopback port; the lease and the reconciler interval are short so a dead process's claim is
+/// taken over within about a second.
+fn write_config(dir: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let data_dir = data_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("data dir {} is not UTF-8", data_dir.display()))?;
+    // A TOML basic string: escape what TOML escapes.
+    let data_dir = data_dir.replace('\\', "\\\\").replace('"', "\\\"");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n\
+         admin_listen = \"127.0.0.1:0\"\n\
+         data_dir = \"{data_dir}\"\n\
+         lease_secs = 1\n\
+         reconcile_interval_ms = 100\n"
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+/// `KLARNA_*` variables for the `default` account on the simulator.
+fn klarna_env(sim: &RunningSimulator) -> Vec<(&'static str, String)> {
+    vec![
+        ("KLARNA_API_URL", sim.base_url.clone()),
+        ("KLARNA_USERNAME", sim.username().to_owned()),
+        ("KLARNA_PASSWORD", sim.password().to_owned()),
+    ]
+}
+
+fn refunds_path(order_id: &str) -> String {
+    format!("/ordermanagement/v1/orders/{order_id}/refunds")
+}
+
+/// The POSTs the simulator received for `path`, oldest first.
+fn posts_to(sim: &RunningSimulator, path: &str) -> Vec<LoggedRequest> {
+    sim.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .collect()
+}
+
+/// The refunds the simulator holds on the order, and its `refunded_amount`.
+fn sim_refunds(sim: &RunningSimulator, order_id: &str) -> anyhow::Result<(Vec<String>, i64)> {
+    let order = sim
+        .sim
+        .order_json(order_id)
+        .ok_or_else(|| anyhow!("simulator has no order {order_id}"))?;
+    let refunds = order["refunds"]
+        .as_array()
+        .ok_or_else(|| anyhow!("order without refunds array: {order}"))?
+        .iter()
+        .map(|r| {
+            r["refund_id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("refund without refund_id: {r}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let refunded_amount = order["refunded_amount"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("order without refunded_amount: {order}"))?;
+    Ok((refunds, refunded_amount))
+}
+
+/// Asserts that every POST carried the same, non-empty `Klarna-Idempotency-Key`, and returns it.
+fn one_klarna_key(posts: &[LoggedRequest]) -> anyhow::Result<String> {
+    let keys: Vec<Option<&str>> = posts
+        .iter()
+        .map(|p| p.header("Klarna-Idempotency-Key"))
+        .collect();
+    let first = keys
+        .first()
+        .copied()
+        .flatten()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| anyhow!("first POST without Klarna-Idempotency-Key: {keys:?}"))?;
+    ensure!(
+        keys.iter().all(|k| *k == Some(first)),
+        "POSTs carried different Klarna-Idempotency-Keys: {keys:?}"
+    );
+    Ok(first.to_owned())
+}
+
+/// The ErrorInfo reason of a status, if it has one.
+fn reason(status: &tonic::Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+}
+
+async fn operation_by_key(client: &mut Client, key: &str) -> anyhow::Result<Vec<OperationRecord>> {
+    Ok(client
+        .list_operations(ListOperationsRequest {
+            idempotency_key: key.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .operations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_refund()
+-> anyhow::Result<()> {
+    const KEY: &str = "crash-1";
+    const AMOUNT: i64 = 2_500;
+
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let order_id = sim
+        .sim
+        .seed_order(OrderSeed {
+            order_amount: 10_000,
+            captures: vec![10_000],
+            ..Default::default()
+        })
+        .order_id;
+    let path = refunds_path(&order_id);
+    // Klarna commits the refund and remembers it under the key, then keeps the answer far
+    // longer than the test runs: the gateway is killed while waiting for it.
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: path.clone(),
+        times: 1,
+        kind: FaultKind::CommitThenHold { millis: 60_000 },
+    });
+
+    let work = tempfile::tempdir()?;
+    let config = write_config(work.path(), &work.path().join("data"))?;
+    let env = klarna_env(&sim);
+    let request = RefundOrderRequest {
+        idempotency_key: KEY.into(),
+        order_id: order_id.clone(),
+        refunded_amount: AMOUNT,
+        ..Default::default()
+    };
+
+    // First life: the call reaches Klarna, which commits, and then the process is killed.
+    let mut first = GatewayProcess::start("gateway (first run)", &config, &env).await?;
+    let caller = {
+        let mut client = first.client().await?;
+        let request = request.clone();
+        tokio::spawn(async move { client.refund_order(request).await })
+    };
+    let started = tokio::time::Instant::now();
+    while posts_to(&sim, &path).is_empty() {
+        ensure!(
+            started.elapsed() < WAIT_LIMIT,
+            "the refund POST never reached the simulator"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    first.signal("KILL")?;
+    let (status, _) = first.wait_exit(WAIT_LIMIT).await?;
+    ensure!(
+        status.signal() == Some(9),
+        "expected death by SIGKILL, got {status:?}"
+    );
+    let answer = tokio::time::timeout(WAIT_LIMIT, caller).await??;
+    ensure!(
+        answer.is_err(),
+        "the killed gateway answered the held refund: {answer:?}"
+    );
+    let (refunds, _) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds.len() == 1,
+        "Klarna should hold the committed refund: {refunds:?}"
+    );
+    sim.sim.clear_faults();
+
+    // Second life on the same data: the claim is IN_FLIGHT with an expired lease; the
+    // reconciler resends under the same Klarna key and Klarna replays its 201.
+    let mut second = GatewayProcess::start("gateway (second run)", &config, &env).await?;
+    let mut client = second.client().await?;
+    let started = tokio::time::Instant::now();
+    let record = loop {
+        let records = operation_by_key(&mut client, KEY).await?;
+        ensure!(
+            records.len() <= 1,
+            "several operations for one key: {records:?}"
+        );
+        if let Some(record) = records.into_iter().next() {
+            let state = record.state();
+            if state == OperationState::Succeeded {
+                break record;
+            }
+            ensure!(
+                matches!(state, OperationState::InFlight | OperationState::Pending),
+                "operation ended {state:?}, not SUCCEEDED: {record:?}"
+            );
+        }
+        ensure!(
+            started.elapsed() < WAIT_LIMIT,
+            "the reconciler did not settle the operation within {WAIT_LIMIT:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+
+    // The caller's retry under the same key gets the settled outcome.
+    let retried: RefundOrderResponse = client.refund_order(request.clone()).await?.into_inner();
+    let (refunds, refunded_amount) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds.len() == 1,
+        "expected exactly one refund on the order, found {refunds:?}"
+    );
+    ensure!(
+        refunded_amount == AMOUNT,
+        "refunded_amount {refunded_amount}, expected {AMOUNT}"
+    );
+    ensure!(
+        retried.refund_id == refunds[0] && record.refund_id == refunds[0],
+        "refund ids differ: retry {:?}, ListOperations {:?}, Klarna {:?}",
+        retried.refund_id,
+        record.refund_id,
+        refunds[0]
+    );
+    ensure!(
+        retried.replayed,
+        "the retry should be a replay: {retried:?}"
+    );
+
+    let posts = posts_to(&sim, &path);
+    ensure!(
+        posts.len() >= 2,
+        "expected the original POST and a resend, got {}",
+        posts.len()
+    );
+    let klarna_key = one_klarna_key(&posts)?;
+    ensure!(
+        klarna_key == record.operation_id,
+        "Klarna key {klarna_key} is not the operation id {}",
+        record.operation_id
+    );
+    for resend in &posts[1..] {
+        ensure!(
+            resend.status == 201 && resend.replayed,
+            "a resend should get Klarna's replayed 201: {resend:?}"
+        );
+    }
+
+    second.terminate_cleanly().await?;
+    Ok(())
+}
+
+/// `url` with its database name replaced by `database` (query kept).
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base
+        .find("://")
+        .map(|i| i + 3)
+        .ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    let host_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// Runs one SQL statement with psql (on PATH, else Debian's /usr/bin/psql).
+fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let run = |program: &str| {
+        Command::new(program)
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+            .output()
+    };
+    let out = match run("psql") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/bin/psql"),
+        other => other,
+    }
+    .context("running psql")?;
+    ensure!(
+        out.status.success(),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::Result<()> {
+    const KEY: &str = "race-1";
+    const AMOUNT: i64 = 4_000;
+
+    let Some(admin_url) = std::env::var("REFUND_GATEWAY_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "REFUND_GATEWAY_TEST_DATABASE_URL is not set; CI must run this test against \
+                 PostgreSQL (source scripts/postgres.sh && start_test_postgres)"
+            );
+        }
+        eprintln!(
+            "note: REFUND_GATEWAY_TEST_DATABASE_URL is not set; skipping the two-replica \
+             PostgreSQL test (source scripts/postgres.sh && start_test_postgres)"
+        );
+        return Ok(());
+    };
+
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let order_id = sim
+        .sim
+        .seed_order(OrderSeed {
+            order_amount: 10_000,
+            captures: vec![10_000],
+            ..Default::default()
+        })
+        .order_id;
+    // The order id is a fresh UUID v4: it names this run's database too.
+    let database = format!("t_{}", order_id.replace('-', ""));
+    psql(&admin_url, &format!("CREATE DATABASE {database}"))?;
+    let database_url = with_database(&admin_url, &database)?;
+
+    let path = refunds_path(&order_id);
+    // Klarna holds each answer for a while, so the two requests overlap.
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: path.clone(),
+        times: 2,
+        kind: FaultKind::CommitThenHold { millis: 500 },
+    });
+
+    let mut env = klarna_env(&sim);
+    env.push(("DATABASE_URL", database_url));
+    let dir_a = tempfile::tempdir()?;
+    let dir_b = tempfile::tempdir()?;
+    let config_a = write_config(dir_a.path(), &dir_a.path().join("data"))?;
+    let config_b = write_config(dir_b.path(), &dir_b.path().join("data"))?;
+    // Both start at once, as replicas of one deployment do, migrating the same database.
+    let (a, b) = tokio::join!(
+        GatewayProcess::start("gateway A", &config_a, &env),
+        GatewayProcess::start("gateway B", &config_b, &env),
+    );
+    let (mut a, mut b) = (a?, b?);
+    let (mut client_a, mut client_b) = (a.client().await?, b.client().await?);
+
+    let request = RefundOrderRequest {
+        idempotency_key: KEY.into(),
+        order_id: order_id.clone(),
+        refunded_amount: AMOUNT,
+        ..Default::default()
+    };
+    let (first_a, first_b) = tokio::join!(
+        client_a.refund_order(request.clone()),
+        client_b.refund_order(request.clone()),
+    );
+    for (name, result) in [("A", &first_a), ("B", &first_b)] {
+        if let Err(status) = result {
+            ensure!(
+                status.code() == Code::Aborted
+                    && reason(status).as_deref() == Some("IDEMPOTENCY_KEY_IN_USE"),
+                "gateway {name}: expected OK or ABORTED IDEMPOTENCY_KEY_IN_USE, got {status:?}"
+            );
+        }
+    }
+
+    // Retry on both until both answer OK (a retry after the winner finished is a replay).
+    let mut answers: [Option<RefundOrderResponse>; 2] = [
+        first_a.ok().map(tonic::Response::into_inner),
+        first_b.ok().map(tonic::Response::into_inner),
+    ];
+    let started = tokio::time::Instant::now();
+    while answers.iter().any(Option::is_none) {
+        ensure!(
+            started.elapsed() < WAIT_LIMIT,
+            "both gateways did not answer OK within {WAIT_LIMIT:?}: {answers:?}"
+        );
+        tokio::time::sleep(POLL).await;
+        for (answer, client) in answers.iter_mut().zip([&mut client_a, &mut client_b]) {
+            if answer.is_some() {
+                continue;
+            }
+            match client.refund_order(request.clone()).await {
+                Ok(response) => *answer = Some(response.into_inner()),
+                Err(status)
+                    if status.code() == Code::Aborted
+                        && reason(&status).as_deref() == Some("IDEMPOTENCY_KEY_IN_USE") => {}
+                Err(status) => bail!("retry failed: {status:?}"),
+            }
+        }
+    }
+    let [Some(answer_a), Some(answer_b)] = answers else {
+        bail!("loop ended without both answers");
+    };
+    ensure!(
+        !answer_a.refund_id.is_empty() && answer_a.refund_id == answer_b.refund_id,
+        "the gateways report different refunds: A {answer_a:?}, B {answer_b:?}"
+    );
+    ensure!(
+        answer_a.operation_id == answer_b.operation_id,
+        "one key became two operations: A {answer_a:?}, B {answer_b:?}"
+    );
+
+    let (refunds, refunded_amount) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds == [answer_a.refund_id.clone()],
+        "expected exactly the one refund {:?} on the order, found {refunds:?}",
+        answer_a.refund_id
+    );
+    ensure!(
+        refunded_amount == AMOUNT,
+        "refunded_amount {refunded_amount}, expected {AMOUNT}"
+    );
+    // The claim in the shared database let one replica call Klarna; the other was told to
+    // wait and then got the stored answer, without relying on Klarna's key memory.
+    let posts = posts_to(&sim, &path);
+    ensure!(
+        posts.len() == 1,
+        "expected one refund POST to Klarna, got {}: {posts:?}",
+        posts.len()
+    );
+    let klarna_key = one_klarna_key(&posts)?;
+    ensure!(
+        klarna_key == answer_a.operation_id,
+        "Klarna key {klarna_key} is not the operation id {}",
+        answer_a.operation_id
+    );
+
+    let (stop_a, stop_b) = tokio::join!(a.terminate_cleanly(), b.terminate_cleanly());
+    stop_a?;
+    stop_b?;
+    // Best effort: the server is a throwaway one anyway.
+    let _ = psql(&admin_url, &format!("DROP DATABASE IF EXISTS {database}"));
+    Ok(())
+}
