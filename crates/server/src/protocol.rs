@@ -572,6 +572,30 @@ impl Protocol {
         }
     }
 
+    /// A success established without the original work: the answer is rebuilt from the stored
+    /// call and what Klarna said.
+    fn resent_success(
+        &self,
+        op: &Operation,
+        call: &KlarnaCall,
+        accepted: Accepted,
+        detail: &str,
+        trace_id: Option<String>,
+    ) -> Outcome {
+        Outcome::Final(Completion {
+            state: OperationState::Succeeded,
+            response: StoredResponse {
+                code: 0,
+                message: String::new(),
+                payload: (self.encode_resent)(op, call, &accepted),
+            },
+            refund_id: accepted.refund_id,
+            correlation_id: accepted.correlation_id,
+            detail: detail.to_owned(),
+            trace_id,
+        })
+    }
+
     /// Resends the stored call inside Klarna's idempotency window; past it, reads the order
     /// instead, because a resend could then execute a second time.
     async fn resend(&self, op: &Operation, trace_id: Option<String>) -> Outcome {
@@ -601,18 +625,13 @@ impl Protocol {
             .unwrap_or(Duration::ZERO);
         if age < self.settings.klarna_idempotency_window {
             return match call.send(klarna.as_ref(), &op.new.operation_id).await {
-                Ok(accepted) => Outcome::Final(Completion {
-                    state: OperationState::Succeeded,
-                    response: StoredResponse {
-                        code: 0,
-                        message: String::new(),
-                        payload: (self.encode_resent)(op, &call, &accepted),
-                    },
-                    refund_id: accepted.refund_id,
-                    correlation_id: accepted.correlation_id,
-                    detail: "resent under the same Klarna key; Klarna accepted".to_owned(),
+                Ok(accepted) => self.resent_success(
+                    op,
+                    &call,
+                    accepted,
+                    "resent under the same Klarna key; Klarna accepted",
                     trace_id,
-                }),
+                ),
                 Err(KlarnaError::Answered(r))
                     if (400..500).contains(&r.status) && !matches!(r.status, 401 | 408 | 429) =>
                 {
@@ -662,18 +681,13 @@ impl Protocol {
                                     refund_id: Some(one.refund_id.clone()),
                                     correlation_id: None,
                                 };
-                                Outcome::Final(Completion {
-                                    state: OperationState::Succeeded,
-                                    response: StoredResponse {
-                                        code: 0,
-                                        message: String::new(),
-                                        payload: (self.encode_resent)(op, &call, &accepted),
-                                    },
-                                    refund_id: accepted.refund_id,
-                                    correlation_id: None,
-                                    detail: "past Klarna's idempotency window: found the refund on the order".to_owned(),
+                                self.resent_success(
+                                    op,
+                                    &call,
+                                    accepted,
+                                    "past Klarna's idempotency window: found the refund on the order",
                                     trace_id,
-                                })
+                                )
                             }
                             [] => review("past Klarna's idempotency window and no matching refund on the order: not resent, to be checked".to_owned()),
                             several => review(format!(
