@@ -71,6 +71,8 @@ pub struct AppOptions {
     pub idempotency_window_secs: Option<u64>,
     /// `DATABASE_URL` of a PostgreSQL database (default: SQLite in a temporary directory).
     pub database_url: Option<String>,
+    /// Lease of a claimed operation in seconds (default: the gateway's 30 s).
+    pub lease_secs: Option<u64>,
 }
 
 /// Starts a simulator and a gateway whose `default` account points at it.
@@ -99,6 +101,9 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     }
     if let Some(secs) = options.idempotency_window_secs {
         config.settings.klarna_idempotency_window_secs = secs;
+    }
+    if let Some(secs) = options.lease_secs {
+        config.settings.lease_secs = secs;
     }
     config.database_url = options.database_url.clone().map(SecretString::from);
     let url = options

@@ -8,6 +8,8 @@ use refund_gateway_domain::{
     AuditEvent, Caller, Completion, IdempotencyKey, NewOperation, Operation, OperationId,
     OperationState, Rpc, StoreError, StoredResponse,
 };
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Type};
 use time::OffsetDateTime;
 
 /// A database error as the port reports it: unreadable values are [`StoreError::Corrupt`],
@@ -195,6 +197,54 @@ impl OperationRow {
             response,
         })
     }
+}
+
+/// `query` with the values of a claim bound in the order both backends' claim statements take
+/// them: id, caller, rpc, key, fingerprint, account, order, capture, amount, currency,
+/// reference, Klarna request, trace id, lease end, now.
+pub(crate) fn bind_claim<'q, 'a, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    id: &'a str,
+    op: &'a NewOperation,
+    lease_until: i64,
+    now: i64,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    Option<i64>: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    query
+        .bind(id)
+        .bind(op.caller.as_str())
+        .bind(op.rpc.as_str())
+        .bind(op.idempotency_key.as_str())
+        .bind(op.fingerprint.as_str())
+        .bind(op.klarna_account.as_str())
+        .bind(op.order_id.as_str())
+        .bind(op.capture_id.as_deref())
+        .bind(op.amount)
+        .bind(op.currency.as_deref())
+        .bind(op.reference.as_deref())
+        .bind(op.klarna_request.as_str())
+        .bind(op.trace_id.as_deref())
+        .bind(lease_until)
+        .bind(now)
+}
+
+/// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's
+/// identity, refund id and correlation id from the rows of `source`, followed by
+/// `rest`: the trace id, state before, state after, detail and instant, as SQL expressions.
+pub(crate) fn insert_event_from(source: &str, rest: &str) -> String {
+    format!(
+        "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
+         order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
+         state_before, state_after, detail, at) \
+         SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
+         capture_id, amount, currency, refund_id, correlation_id, {rest} FROM {source}"
+    )
 }
 
 /// An `audit_events` row as selected by both backends (columns in [`EVENT_COLUMNS`]).

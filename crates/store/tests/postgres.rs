@@ -85,21 +85,7 @@ macro_rules! on_postgres {
     )*};
 }
 
-on_postgres!(
-    claim_new_then_existing,
-    fields_round_trip,
-    concurrent_claims_one_new,
-    take_over_rules,
-    renew_lease,
-    finish_and_mark_pending,
-    abandon_frees_the_key,
-    unresolved_oldest_first,
-    list_filters,
-    list_pagination,
-    purge_keeps_events,
-    lock_order_serializes_one_order,
-    group_commit_64_claims,
-);
+suite::all_cases!(on_postgres);
 
 /// Two pools (two replicas): the second locker is seen waiting inside PostgreSQL before the
 /// first releases, and gets the lock only after.
@@ -124,7 +110,8 @@ async fn advisory_lock_serializes_across_pools() {
     // Observe, not time: wait until PostgreSQL shows the second session waiting.
     loop {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .fetch_one(one.pool())
         .await
@@ -144,7 +131,12 @@ async fn advisory_lock_serializes_across_pools() {
 
     // Released locks leave no advisory lock behind, and released connections are reused.
     let remaining: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        // pg_locks spans the whole server: count only this test's database, since other tests
+        // run beside this one in databases of their own.
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
             .fetch_one(one.pool())
             .await
             .unwrap();

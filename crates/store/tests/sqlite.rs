@@ -27,21 +27,7 @@ macro_rules! on_sqlite {
     )*};
 }
 
-on_sqlite!(
-    claim_new_then_existing,
-    fields_round_trip,
-    concurrent_claims_one_new,
-    take_over_rules,
-    renew_lease,
-    finish_and_mark_pending,
-    abandon_frees_the_key,
-    unresolved_oldest_first,
-    list_filters,
-    list_pagination,
-    purge_keeps_events,
-    lock_order_serializes_one_order,
-    group_commit_64_claims,
-);
+suite::all_cases!(on_sqlite);
 
 #[tokio::test]
 async fn durability_settings_are_applied() {
@@ -76,7 +62,13 @@ async fn data_survives_reopening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
 async fn throughput_claim_and_finish() {
-    let (store, _dir) = store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(&dir.path().join("x.sqlite3"))
+            .await
+            .unwrap(),
+    );
+    let store: Arc<dyn OperationStore> = sqlite.clone();
     let start = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..256 {
@@ -109,5 +101,12 @@ async fn throughput_claim_and_finish() {
         "{} claim+finish pairs in {elapsed:?}: {:.0}/s",
         256 * 40,
         f64::from(256 * 40) / elapsed.as_secs_f64()
+    );
+    let stats = sqlite.writer_stats();
+    println!(
+        "{} writes in {} transactions: {:.1} per transaction",
+        stats.requests,
+        stats.transactions,
+        stats.requests as f64 / stats.transactions.max(1) as f64
     );
 }

@@ -8,6 +8,7 @@ use klarna_sim::{FaultKind, FaultSpec};
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_tests::{AppOptions, TestApp, fresh_postgres_database, spawn_app_with};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::{assert_reason, captured_order, klarna_calls, refund_request};
 
@@ -450,6 +451,139 @@ async fn list_operations_filters_and_pages_the_audit_trail(db: Backend) -> anyho
     app.shutdown().await
 }
 
+async fn more_concurrent_operations_than_store_connections_all_complete(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let app = spawn_app_with(db.options()).await?;
+    // Each operation holds its order's lock across a slow Klarna call; there are more of them
+    // than the PostgreSQL pool has connections, and each still needs the store to finish.
+    let orders: Vec<_> = (0..48)
+        .map(|_| captured_order(&app.sim.sim, 1_000))
+        .collect();
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: "/ordermanagement/v1/orders/*".into(),
+        times: 48,
+        kind: FaultKind::CommitThenHold { millis: 300 },
+    });
+    let calls = orders.iter().enumerate().map(|(i, order)| {
+        let mut client = app.client.clone();
+        let req = refund_request(&format!("wide-{i}"), &order.order_id, 10);
+        async move { client.refund_order(req).await }
+    });
+    for result in join_all(calls).await {
+        result?;
+    }
+    for order in &orders {
+        assert_eq!(refunded(&app, &order.order_id), (10, 1));
+    }
+    Ok(())
+}
+
+async fn a_slow_operation_keeps_its_lease_and_a_duplicate_waits(db: Backend) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        lease_secs: Some(1),
+        reconcile_interval_ms: Some(50),
+        ..db.options()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // Klarna takes three leases' time to answer; the lease must be renewed meanwhile, or the
+    // reconciler or the duplicate below would take the operation over and resend it.
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 1,
+        kind: FaultKind::CommitThenHold { millis: 3_000 },
+    });
+    let mut first_client = app.client.clone();
+    let first_req = refund_request("slow-lease", &order.order_id, 90);
+    let first = tokio::spawn(async move { first_client.refund_order(first_req).await });
+    // Wait until Klarna has the refund, then past the first lease's end.
+    let started = std::time::Instant::now();
+    while refund_posts(&app, &order.order_id) == 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the refund never reached Klarna"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ops = operations(
+        &app,
+        pb::ListOperationsRequest {
+            idempotency_key: "slow-lease".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    anyhow::ensure!(ops.len() == 1, "{ops:?}");
+    let claimed = ops[0]
+        .created_at
+        .ok_or_else(|| anyhow::anyhow!("no created_at"))?;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        if now >= claimed.seconds + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let duplicate = app
+        .client
+        .refund_order(refund_request("slow-lease", &order.order_id, 90))
+        .await;
+    match duplicate {
+        Err(status) => assert_reason(&status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
+        Ok(resp) => anyhow::bail!("the duplicate did not wait for the lease holder: {resp:?}"),
+    }
+    let first = first.await??.into_inner();
+    assert!(!first.replayed);
+    assert_eq!(
+        refund_posts(&app, &order.order_id),
+        1,
+        "the operation was resent while its holder lived"
+    );
+    assert_eq!(refunded(&app, &order.order_id), (90, 1));
+    app.shutdown().await
+}
+
+async fn a_callers_deadline_answers_pending_and_the_operation_still_completes(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 1,
+        kind: FaultKind::CommitThenHold { millis: 1_500 },
+    });
+    let mut req = tonic::Request::new(refund_request("deadline-1", &order.order_id, 55));
+    req.set_timeout(Duration::from_millis(700));
+    let status = app
+        .client
+        .refund_order(req)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("answered within the deadline"))?;
+    // The gateway answered before tonic's deadline, and said how to go on.
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    assert!(status.get_error_details().retry_info().is_some());
+    // The Klarna call outlived the caller and its outcome was recorded.
+    let op = settled(&app, "deadline-1").await?;
+    assert_eq!(op.state(), pb::OperationState::Succeeded);
+    let retry = app
+        .client
+        .refund_order(refund_request("deadline-1", &order.order_id, 55))
+        .await?
+        .into_inner();
+    assert!(retry.replayed);
+    assert_eq!(retry.refund_id, op.refund_id);
+    assert_eq!(refunded(&app, &order.order_id), (55, 1));
+    app.shutdown().await
+}
+
 /// The store the gateway under test uses.
 #[derive(Debug, Clone)]
 enum Backend {
@@ -495,6 +629,9 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_slow_operation_keeps_its_lease_and_a_duplicate_waits,
+    a_callers_deadline_answers_pending_and_the_operation_still_completes,
+    more_concurrent_operations_than_store_connections_all_complete,
     a_replay_returns_the_identical_answer_and_says_so,
     a_failed_operation_is_replayed_as_the_same_failure,
     another_request_under_a_used_key_is_refused,

@@ -14,6 +14,7 @@ mod sql;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,10 +28,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DatabaseConfig;
-use crate::page;
-use crate::row::{assemble_page, check_final, db_error, id_text, lease_end, micros};
+use crate::read;
+use crate::row::{check_final, db_error, id_text, lease_end, micros};
 
 /// Embedded PostgreSQL migrations. sqlx takes an advisory lock while migrating, so replicas
 /// starting together migrate once.
@@ -46,6 +48,19 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Permits to hold an order lock. An order lock keeps a pool connection for its whole
+    /// Klarna call, and its holder still needs another connection to record the outcome: with
+    /// as many holders as connections, every holder would wait for a connection none of them
+    /// gives back. Fewer permits than connections keeps some free for short statements.
+    lock_slots: Arc<Semaphore>,
+}
+
+/// Order-lock permits for a pool of `max_connections`: all but a reserve of a quarter (at
+/// least two) of the connections, and at least one.
+fn lock_slots(max_connections: u32) -> Arc<Semaphore> {
+    let max = max_connections.max(1) as usize;
+    let reserve = (max / 4).max(2);
+    Arc::new(Semaphore::new(max.saturating_sub(reserve).max(1)))
 }
 
 impl PostgresStore {
@@ -70,12 +85,13 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| unavailable("migration", e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// A store on an existing pool (its migrations must have run: see [`Self::migrate`]).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        let lock_slots = lock_slots(pool.options().get_max_connections());
+        Self { pool, lock_slots }
     }
 
     /// Runs the embedded migrations on `pool`.
@@ -112,6 +128,9 @@ pub fn order_lock_key(account: &str, order_id: &str) -> i64 {
 pub struct PostgresOrderLock {
     key: i64,
     conn: Option<PoolConnection<Postgres>>,
+    // Released after the connection (fields drop in order), so a new holder never finds the
+    // pool emptier than the reserve.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for PostgresOrderLock {
@@ -238,7 +257,7 @@ impl OperationStore for PostgresStore {
     }
 
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {
-        sql::get(&self.pool, &id_text(id)).await
+        read::get(&self.pool, &id_text(id)).await
     }
 
     async fn unresolved(
@@ -246,7 +265,7 @@ impl OperationStore for PostgresStore {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
-        sql::unresolved(&self.pool, micros(now), limit).await
+        read::unresolved(&self.pool, micros(now), limit).await
     }
 
     async fn list(
@@ -255,37 +274,34 @@ impl OperationStore for PostgresStore {
         page_size: u32,
         page_token: Option<&str>,
     ) -> Result<OperationPage, StoreError> {
-        let size = page::page_size(page_size);
-        let cursor = page_token.map(|t| page::decode(t, filter)).transpose()?;
-        let mut rows = sql::list(&self.pool, filter, cursor.as_ref(), size + 1).await?;
-        let next_page_token = page::next_page(&mut rows, size, filter)?;
-        let ids: Vec<&str> = rows.iter().map(|r| r.id()).collect();
-        let events = sql::events_of(&self.pool, &ids).await?;
-        Ok(OperationPage {
-            operations: assemble_page(rows, events)?,
-            next_page_token,
-        })
+        read::list(&self.pool, filter, page_size, page_token).await
     }
 
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         sql::purge(&self.pool, micros(before)).await
     }
 
-    /// Takes a connection from the pool and waits on `pg_advisory_lock` with it. The pool
-    /// must be larger than the number of orders locked at once, or lockers wait for
-    /// connections (and fail after the acquire timeout).
+    /// Waits for a lock slot (see `lock_slots`), takes a connection from the pool and waits
+    /// on `pg_advisory_lock` with it.
     async fn lock_order(
         &self,
         account: &str,
         order_id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
         let key = order_lock_key(account, order_id);
+        let slot = self
+            .lock_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("order locks closed".to_owned()))?;
         let conn = self.pool.acquire().await.map_err(db_error)?;
         // The guard owns the connection before the wait, so a cancelled or failed wait closes
         // it instead of pooling a connection that may still get the lock.
         let mut lock = PostgresOrderLock {
             key,
             conn: Some(conn),
+            _slot: slot,
         };
         if let Some(conn) = lock.conn.as_mut() {
             sqlx::query(sql::ADVISORY_LOCK)

@@ -1,4 +1,5 @@
-//! Every SQL statement of the PostgreSQL store, and the functions that run them.
+//! The SQL statements of the PostgreSQL store's writes, and the functions that run them (the
+//! reads are shared with SQLite: `crate::read`).
 //!
 //! Each write is one statement, so it is atomic and durable on its own (autocommit), with no
 //! transaction left open between round trips. A transition locks the row in a CTE
@@ -8,124 +9,102 @@
 //! event exists exactly when the row changed. The statement's row count is the number of
 //! events appended.
 
-use refund_gateway_domain::{
-    Claim, Completion, NewOperation, Operation, OperationFilter, StoreError,
-};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use std::sync::LazyLock;
 
-use crate::page::Cursor;
-use crate::row::{
-    EventRow, OPERATION_COLUMNS, OperationRow, claimed_operation, db_error, id_text, micros,
-};
+use refund_gateway_domain::{Claim, Completion, NewOperation, StoreError};
+use sqlx::{PgPool, Postgres};
+
+use crate::read;
+use crate::row::{bind_claim, claimed_operation, db_error, id_text, insert_event_from};
 
 /// Claims before giving up when the row keeps vanishing between insert and read (each
 /// vanishing needs a concurrent abandon).
 const CLAIM_ATTEMPTS: usize = 8;
 
-const CLAIM: &str = "WITH inserted AS ( \
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let insert = "WITH inserted AS ( \
        INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
          klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
          trace_id, state, lease_expires_at, created_at, updated_at) \
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, $15) \
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, \
+         $15) \
        ON CONFLICT (operation_id) DO NOTHING \
-       RETURNING * ) \
-     INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-       order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-       state_before, state_after, detail, at) \
-     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-       amount, currency, refund_id, correlation_id, trace_id, NULL, 'IN_FLIGHT', 'claimed', $15 \
-     FROM inserted";
+       RETURNING * ) ";
+    insert.to_owned()
+        + &insert_event_from("inserted", "trace_id, NULL, 'IN_FLIGHT', 'claimed', $15")
+});
 
-const SELECT_OPERATION: &str = "SELECT operation_id, caller, rpc, idempotency_key, \
-     fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
-     klarna_request, trace_id, state, lease_expires_at, created_at, updated_at, refund_id, \
-     correlation_id, response_code, response_message, response_payload \
-     FROM operations WHERE operation_id = $1";
+/// A transition as one statement: lock the row of `$1` if `condition` holds, apply `set` to it,
+/// and append its event with `trace`, `detail` and `at` (SQL expressions over the new row and
+/// the parameters).
+fn transition(condition: &str, set: &str, trace: &str, detail: &str, at: &str) -> String {
+    let change = format!(
+        "WITH old AS ( \
+           SELECT operation_id, state FROM operations \
+           WHERE operation_id = $1 AND ({condition}) FOR UPDATE ), \
+         changed AS ( \
+           UPDATE operations o SET {set} \
+           FROM old WHERE o.operation_id = old.operation_id \
+           RETURNING o.*, old.state AS state_before ) "
+    );
+    change
+        + &insert_event_from(
+            "changed",
+            &format!("{trace}, state_before, state, {detail}, {at}"),
+        )
+}
 
 // $1 id, $2 lease end, $3 now, $4 trace id.
-const TAKE_OVER: &str = "WITH old AS ( \
-       SELECT operation_id, state FROM operations WHERE operation_id = $1 \
-         AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
-              AND (lease_expires_at IS NULL OR lease_expires_at <= $3))) \
-       FOR UPDATE ), \
-     changed AS ( \
-       UPDATE operations o SET state = 'IN_FLIGHT', lease_expires_at = $2, updated_at = $3 \
-       FROM old WHERE o.operation_id = old.operation_id \
-       RETURNING o.*, old.state AS state_before ) \
-     INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-       order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-       state_before, state_after, detail, at) \
-     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-       amount, currency, refund_id, correlation_id, COALESCE($4, trace_id), state_before, \
-       state, 'taken over', $3 \
-     FROM changed";
+static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
+    transition(
+        "state = 'PENDING' OR (state = 'IN_FLIGHT' \
+           AND (lease_expires_at IS NULL OR lease_expires_at <= $3))",
+        "state = 'IN_FLIGHT', lease_expires_at = $2, updated_at = $3",
+        "COALESCE($4, trace_id)",
+        "'taken over'",
+        "$3",
+    )
+});
 
 const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = $2 \
      WHERE operation_id = $1 AND state = 'IN_FLIGHT'";
 
 // $1 id, $2 state, $3 now, $4 refund id, $5 correlation id, $6 code, $7 message, $8 payload,
 // $9 trace id, $10 detail.
-const FINISH: &str = "WITH old AS ( \
-       SELECT operation_id, state FROM operations WHERE operation_id = $1 \
-         AND state IN ('IN_FLIGHT', 'PENDING') \
-       FOR UPDATE ), \
-     changed AS ( \
-       UPDATE operations o SET state = $2, lease_expires_at = NULL, updated_at = $3, \
-         refund_id = COALESCE($4, o.refund_id), \
-         correlation_id = COALESCE($5, o.correlation_id), \
-         response_code = $6, response_message = $7, response_payload = $8 \
-       FROM old WHERE o.operation_id = old.operation_id \
-       RETURNING o.*, old.state AS state_before ) \
-     INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-       order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-       state_before, state_after, detail, at) \
-     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-       amount, currency, refund_id, correlation_id, COALESCE($9, trace_id), state_before, \
-       state, $10, $3 \
-     FROM changed";
+static FINISH: LazyLock<String> = LazyLock::new(|| {
+    transition(
+        "state IN ('IN_FLIGHT', 'PENDING')",
+        "state = $2, lease_expires_at = NULL, updated_at = $3, \
+         refund_id = COALESCE($4, o.refund_id), correlation_id = COALESCE($5, o.correlation_id), \
+         response_code = $6, response_message = $7, response_payload = $8",
+        "COALESCE($9, trace_id)",
+        "$10",
+        "$3",
+    )
+});
 
 // $1 id, $2 now, $3 correlation id, $4 detail.
-const MARK_PENDING: &str = "WITH old AS ( \
-       SELECT operation_id, state FROM operations WHERE operation_id = $1 \
-         AND state = 'IN_FLIGHT' \
-       FOR UPDATE ), \
-     changed AS ( \
-       UPDATE operations o SET state = 'PENDING', lease_expires_at = NULL, updated_at = $2, \
-         correlation_id = COALESCE($3, o.correlation_id) \
-       FROM old WHERE o.operation_id = old.operation_id \
-       RETURNING o.*, old.state AS state_before ) \
-     INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-       order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-       state_before, state_after, detail, at) \
-     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-       amount, currency, refund_id, correlation_id, trace_id, state_before, state, $4, $2 \
-     FROM changed";
+static MARK_PENDING: LazyLock<String> = LazyLock::new(|| {
+    transition(
+        "state = 'IN_FLIGHT'",
+        "state = 'PENDING', lease_expires_at = NULL, updated_at = $2, \
+         correlation_id = COALESCE($3, o.correlation_id)",
+        "trace_id",
+        "$4",
+        "$2",
+    )
+});
 
 // $1 id, $2 now, $3 detail. DELETE re-checks its condition after waiting for a row lock.
-const ABANDON: &str = "WITH deleted AS ( \
+static ABANDON: LazyLock<String> = LazyLock::new(|| {
+    let delete = "WITH deleted AS ( \
        DELETE FROM operations WHERE operation_id = $1 AND state = 'IN_FLIGHT' \
-       RETURNING * ) \
-     INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-       order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-       state_before, state_after, detail, at) \
-     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-       amount, currency, refund_id, correlation_id, trace_id, state, NULL, $3, $2 \
-     FROM deleted";
+       RETURNING * ) ";
+    delete.to_owned() + &insert_event_from("deleted", "trace_id, state, NULL, $3, $2")
+});
 
 const PURGE: &str = "DELETE FROM operations \
      WHERE state IN ('SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW') AND updated_at < $1";
-
-const UNRESOLVED: &str = "SELECT operation_id, caller, rpc, idempotency_key, \
-     fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
-     klarna_request, trace_id, state, lease_expires_at, created_at, updated_at, refund_id, \
-     correlation_id, response_code, response_message, response_payload \
-     FROM operations WHERE state = 'PENDING' OR (state = 'IN_FLIGHT' \
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $1)) \
-     ORDER BY created_at, operation_id LIMIT $2";
-
-const EVENTS_OF: &str = "SELECT operation_id, caller, rpc, idempotency_key, state_before, \
-     state_after, refund_id, correlation_id, trace_id, detail, at \
-     FROM audit_events WHERE operation_id = ANY($1) ORDER BY operation_id, id";
 
 /// Session advisory lock of one order; waits. Held until unlocked or the session ends.
 pub(super) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
@@ -141,32 +120,14 @@ pub(super) async fn claim(
 ) -> Result<Claim, StoreError> {
     let id = id_text(op.operation_id);
     for _ in 0..CLAIM_ATTEMPTS {
-        let inserted = sqlx::query(CLAIM)
-            .bind(&id)
-            .bind(op.caller.as_str())
-            .bind(op.rpc.as_str())
-            .bind(op.idempotency_key.as_str())
-            .bind(&op.fingerprint)
-            .bind(&op.klarna_account)
-            .bind(&op.order_id)
-            .bind(&op.capture_id)
-            .bind(op.amount)
-            .bind(&op.currency)
-            .bind(&op.reference)
-            .bind(&op.klarna_request)
-            .bind(&op.trace_id)
-            .bind(lease_until)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
+        let query = bind_claim(sqlx::query(CLAIM.as_str()), &id, op, lease_until, now);
+        let inserted = query.execute(pool).await.map_err(db_error)?.rows_affected();
         if inserted == 1 {
             return Ok(Claim::New(claimed_operation(op.clone(), now, lease_until)?));
         }
         // ON CONFLICT waited for the other insert to commit; its row is visible now, unless
         // it was abandoned meanwhile — then the key is free again: try to insert again.
-        if let Some(existing) = get(pool, &id).await? {
+        if let Some(existing) = read::get(pool, &id).await? {
             return Ok(Claim::Existing(existing));
         }
     }
@@ -191,7 +152,7 @@ pub(super) async fn take_over(
     lease_until: i64,
     trace_id: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(TAKE_OVER)
+    let query = sqlx::query(TAKE_OVER.as_str())
         .bind(id)
         .bind(lease_until)
         .bind(now)
@@ -216,7 +177,7 @@ pub(super) async fn finish(
     completion: &Completion,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(FINISH)
+    let query = sqlx::query(FINISH.as_str())
         .bind(id)
         .bind(completion.state.as_str())
         .bind(now)
@@ -238,7 +199,7 @@ pub(super) async fn mark_pending(
     detail: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(MARK_PENDING)
+    let query = sqlx::query(MARK_PENDING.as_str())
         .bind(id)
         .bind(now)
         .bind(correlation_id)
@@ -253,7 +214,10 @@ pub(super) async fn abandon(
     detail: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(ABANDON).bind(id).bind(now).bind(detail);
+    let query = sqlx::query(ABANDON.as_str())
+        .bind(id)
+        .bind(now)
+        .bind(detail);
     changed_one(query, pool).await
 }
 
@@ -265,93 +229,4 @@ pub(super) async fn purge(pool: &PgPool, before: i64) -> Result<u64, StoreError>
         .await
         .map_err(db_error)?
         .rows_affected())
-}
-
-/// The operation `id`.
-pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<Operation>, StoreError> {
-    sqlx::query_as::<_, OperationRow>(SELECT_OPERATION)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error)?
-        .map(OperationRow::into_operation)
-        .transpose()
-}
-
-/// Unresolved operations, oldest created first.
-pub(super) async fn unresolved(
-    pool: &PgPool,
-    now: i64,
-    limit: u32,
-) -> Result<Vec<Operation>, StoreError> {
-    sqlx::query_as::<_, OperationRow>(UNRESOLVED)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?
-        .into_iter()
-        .map(OperationRow::into_operation)
-        .collect()
-}
-
-/// Up to `limit` rows matching `filter` after `cursor`, newest first.
-pub(super) async fn list(
-    pool: &PgPool,
-    filter: &OperationFilter,
-    cursor: Option<&Cursor>,
-    limit: u32,
-) -> Result<Vec<OperationRow>, StoreError> {
-    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {OPERATION_COLUMNS} FROM operations WHERE TRUE"
-    ));
-    if let Some(order_id) = &filter.order_id {
-        query.push(" AND order_id = ").push_bind(order_id.clone());
-    }
-    if let Some(caller) = &filter.caller {
-        query.push(" AND caller = ").push_bind(caller.clone());
-    }
-    if let Some(key) = &filter.idempotency_key {
-        query.push(" AND idempotency_key = ").push_bind(key.clone());
-    }
-    if let Some(state) = filter.state {
-        query.push(" AND state = ").push_bind(state.as_str());
-    }
-    if let Some(from) = filter.created_from {
-        query.push(" AND created_at >= ").push_bind(micros(from));
-    }
-    if let Some(to) = filter.created_to {
-        query.push(" AND created_at < ").push_bind(micros(to));
-    }
-    if let Some(cursor) = cursor {
-        // Row comparison is lexicographic, matching the ORDER BY below, and uses the
-        // (created_at, operation_id) index.
-        query
-            .push(" AND (created_at, operation_id) < (")
-            .push_bind(cursor.created_at)
-            .push(", ")
-            .push_bind(cursor.operation_id.clone())
-            .push(")");
-    }
-    query
-        .push(" ORDER BY created_at DESC, operation_id DESC LIMIT ")
-        .push_bind(i64::from(limit));
-    query
-        .build_query_as::<OperationRow>()
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)
-}
-
-/// The events of `ids`, oldest first within each operation, in one query.
-pub(super) async fn events_of(pool: &PgPool, ids: &[&str]) -> Result<Vec<EventRow>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
-    sqlx::query_as::<_, EventRow>(EVENTS_OF)
-        .bind(ids)
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)
 }

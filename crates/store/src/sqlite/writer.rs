@@ -4,15 +4,25 @@
 //! the commit — so one fsync (synchronous=FULL) covers the whole group and nobody hears "done"
 //! before it is on disk.
 //!
+//! Inside a batch, claims and finishes of distinct operations run together, a bulk statement
+//! per kind ([`sql::claim_many`], [`sql::finish_many`]): every request of a batch is pending at
+//! once, so any order among them is one they could have had. Requests on the same operation
+//! keep their arrival order (a repeated id starts a new group), and every other kind of write
+//! runs alone, in its place.
+//!
 //! A failing request must not fail its neighbours: when any statement of a batch fails, the
 //! batch is rolled back and its requests are run again one transaction each, so each gets its
-//! own result. Requests are applied in arrival order either way.
+//! own result.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use refund_gateway_domain::{Claim, Completion, NewOperation, StoreError};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql;
+use super::sql::{self, ClaimArgs, FinishArgs};
 
 /// Most writes committed in one transaction. Bounds the latency a batch adds to the first
 /// request in it, and the work redone when a batch has to be replayed one by one.
@@ -25,6 +35,8 @@ const QUEUE: usize = 4 * MAX_BATCH;
 #[derive(Debug)]
 pub(super) enum WriteOp {
     Claim {
+        /// `op`'s id as stored.
+        id: String,
         op: NewOperation,
         now: i64,
         lease_until: i64,
@@ -85,14 +97,39 @@ struct Request {
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
     queue: mpsc::Sender<Request>,
+    stats: Arc<Counters>,
+}
+
+/// What the writer has done since it started, to see how well it groups writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed or attempted (one per group; more when a group is replayed).
+    pub transactions: u64,
+    /// Requests answered.
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    transactions: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Writer {
     /// Starts the writer task on the current Tokio runtime, owning `conn`.
     pub(super) fn spawn(conn: SqliteConnection) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(conn, requests));
-        Self { queue }
+        let stats = Arc::new(Counters::default());
+        tokio::spawn(run(conn, requests, stats.clone()));
+        Self { queue, stats }
+    }
+
+    /// The counters so far.
+    pub(super) fn stats(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `op` in the next group; returns once it is committed (or failed).
@@ -108,7 +145,11 @@ impl Writer {
     }
 }
 
-async fn run(mut conn: SqliteConnection, mut requests: mpsc::Receiver<Request>) {
+async fn run(
+    mut conn: SqliteConnection,
+    mut requests: mpsc::Receiver<Request>,
+    stats: Arc<Counters>,
+) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = requests.recv().await {
         batch.push(first);
@@ -118,7 +159,10 @@ async fn run(mut conn: SqliteConnection, mut requests: mpsc::Receiver<Request>) 
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch).await;
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(&mut conn, &mut batch, &stats).await;
     }
     if let Err(error) = conn.close().await {
         tracing::warn!(%error, "closing the SQLite writer connection failed");
@@ -126,7 +170,8 @@ async fn run(mut conn: SqliteConnection, mut requests: mpsc::Receiver<Request>) 
 }
 
 /// Runs and answers every request of `batch`, leaving it empty.
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>, stats: &Counters) {
+    stats.transactions.fetch_add(1, Ordering::Relaxed);
     let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
     match run_in_transaction(conn, &ops).await {
         Ok(outcomes) => {
@@ -143,6 +188,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
         Err(error) => {
             tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
             for request in batch.drain(..) {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
                 let result =
                     run_in_transaction(conn, &[&request.op])
                         .await
@@ -168,29 +214,123 @@ async fn run_in_transaction(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(crate::row::db_error)?;
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
-        match apply(&mut tx, op).await {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(error) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "SQLite rollback failed");
-                }
-                return Err(error);
+    let outcomes = match apply_all(&mut tx, ops).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "SQLite rollback failed");
             }
+            return Err(error);
         }
-    }
+    };
     tx.commit().await.map_err(crate::row::db_error)?;
     Ok(outcomes)
 }
 
+/// Claims and finishes of distinct operations, waiting to run together.
+#[derive(Default)]
+struct Group<'a> {
+    /// Index in the batch, and the claim.
+    claims: Vec<(usize, ClaimArgs<'a>)>,
+    /// Index in the batch, and the finish.
+    finishes: Vec<(usize, FinishArgs<'a>)>,
+    ids: HashSet<&'a str>,
+}
+
+impl<'a> Group<'a> {
+    /// Runs the group (claims first: distinct ids, so the order does not matter), filling in
+    /// `outcomes`, and empties it.
+    async fn run(
+        &mut self,
+        conn: &mut SqliteConnection,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), StoreError> {
+        if !self.claims.is_empty() {
+            let (at, claims): (Vec<usize>, Vec<ClaimArgs<'a>>) = self.claims.drain(..).unzip();
+            for (i, claim) in at.into_iter().zip(sql::claim_many(conn, &claims).await?) {
+                outcomes[i] = Some(Outcome::Claim(Box::new(claim)));
+            }
+        }
+        if !self.finishes.is_empty() {
+            let (at, finishes): (Vec<usize>, Vec<FinishArgs<'a>>) = self.finishes.drain(..).unzip();
+            for (i, changed) in at.into_iter().zip(sql::finish_many(conn, &finishes).await?) {
+                outcomes[i] = Some(Outcome::Changed(changed));
+            }
+        }
+        self.ids.clear();
+        Ok(())
+    }
+}
+
+/// Applies `ops`, claims and finishes grouped (see the module docs); the outcomes in the order
+/// of `ops`.
+async fn apply_all(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
+    let mut group = Group::default();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            WriteOp::Claim {
+                id,
+                op,
+                now,
+                lease_until,
+            } => {
+                if !group.ids.insert(id) {
+                    group.run(conn, &mut outcomes).await?;
+                    group.ids.insert(id);
+                }
+                let claim = ClaimArgs {
+                    id,
+                    op,
+                    now: *now,
+                    lease_until: *lease_until,
+                };
+                group.claims.push((i, claim));
+            }
+            WriteOp::Finish {
+                id,
+                completion,
+                now,
+            } => {
+                if !group.ids.insert(id) {
+                    group.run(conn, &mut outcomes).await?;
+                    group.ids.insert(id);
+                }
+                let finish = FinishArgs {
+                    id,
+                    completion,
+                    now: *now,
+                };
+                group.finishes.push((i, finish));
+            }
+            other => {
+                group.run(conn, &mut outcomes).await?;
+                outcomes[i] = Some(apply(conn, other).await?);
+            }
+        }
+    }
+    group.run(conn, &mut outcomes).await?;
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.ok_or_else(|| {
+                StoreError::Unavailable("the SQLite writer lost an answer".to_owned())
+            })
+        })
+        .collect()
+}
+
+/// Applies one write that is neither a claim nor a finish.
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, StoreError> {
     Ok(match op {
-        WriteOp::Claim {
-            op,
-            now,
-            lease_until,
-        } => Outcome::Claim(Box::new(sql::claim(conn, op, *now, *lease_until).await?)),
+        WriteOp::Claim { .. } | WriteOp::Finish { .. } => {
+            return Err(StoreError::Unavailable(
+                "the SQLite writer ran a claim or finish alone".to_owned(),
+            ));
+        }
         WriteOp::TakeOver {
             id,
             now,
@@ -202,11 +342,6 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
         WriteOp::Renew { id, lease_until } => {
             Outcome::Changed(sql::renew_lease(conn, id, *lease_until).await?)
         }
-        WriteOp::Finish {
-            id,
-            completion,
-            now,
-        } => Outcome::Changed(sql::finish(conn, id, completion, *now).await?),
         WriteOp::MarkPending {
             id,
             correlation_id,

@@ -17,6 +17,30 @@ use tokio::sync::{Barrier, oneshot};
 
 pub type Store = Arc<dyn OperationStore>;
 
+/// Invokes `$backend!` with the name of every case, so each backend runs them all: its macro
+/// defines one test per case.
+macro_rules! all_cases {
+    ($backend:ident) => {
+        $backend!(
+            claim_new_then_existing,
+            fields_round_trip,
+            concurrent_claims_one_new,
+            take_over_rules,
+            renew_lease,
+            finish_and_mark_pending,
+            abandon_frees_the_key,
+            unresolved_oldest_first,
+            list_filters,
+            list_pagination,
+            purge_keeps_events,
+            lock_order_serializes_one_order,
+            group_commit_64_claims,
+            concurrent_mixed_writes,
+        );
+    };
+}
+pub(crate) use all_cases;
+
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A base instant with sub-microsecond digits, to see truncation.
@@ -800,4 +824,47 @@ pub async fn group_commit_64_claims(store: Store, _peer: Option<Store>) {
         .unwrap();
     assert_eq!(page.operations.len(), 64);
     assert!(page.operations.iter().all(|(_, events)| events.len() == 2));
+}
+
+/// Many writes at once, repeating keys: three claims per key (one `New`), then two finishes
+/// and a lease renewal racing on each (one finish wins; a renewal records nothing). Each key
+/// ends with exactly two events, whatever the writes were grouped into.
+pub async fn concurrent_mixed_writes(store: Store, _peer: Option<Store>) {
+    const KEYS: i64 = 40;
+    let barrier = Arc::new(Barrier::new(KEYS as usize * 3));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..KEYS {
+        for _ in 0..3 {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tasks.spawn(async move {
+                let new = op(&format!("mixed-{i}"));
+                barrier.wait().await;
+                let Claim::New(_) = store.claim(new.clone(), t(i), LEASE).await.unwrap() else {
+                    return 0;
+                };
+                let (a, b, c) = tokio::join!(
+                    store.finish(new.operation_id, completion(Succeeded), t(i + 1)),
+                    store.finish(new.operation_id, completion(Failed), t(i + 2)),
+                    store.renew_lease(new.operation_id, t(i + 1), LEASE),
+                );
+                a.unwrap();
+                b.unwrap();
+                c.unwrap();
+                1
+            });
+        }
+    }
+    let winners: i32 = tasks.join_all().await.into_iter().sum();
+    assert_eq!(i64::from(winners), KEYS);
+    for i in 0..KEYS {
+        let new = op(&format!("mixed-{i}"));
+        let stored = store.get(new.operation_id).await.unwrap().unwrap();
+        let events = events_of(&store, &new).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].state_after, Some(InFlight));
+        assert_eq!(events[1].state_before, Some(InFlight));
+        assert_eq!(events[1].state_after, Some(stored.state));
+        assert!(matches!(stored.state, Succeeded | Failed), "{stored:?}");
+        assert_eq!(events[1].trace_id.as_deref(), Some("trace-finish"));
+    }
 }

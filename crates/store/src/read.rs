@@ -1,0 +1,174 @@
+//! The reads, the same on both backends: one operation, the unresolved ones, and pages of
+//! [`OperationStore::list`](refund_gateway_domain::OperationStore::list) with their audit
+//! events. The SQL is portable (`$n` parameters work on SQLite too) and runs on any sqlx pool:
+//! SQLite's pool of read-only connections, or PostgreSQL's pool.
+
+use std::sync::LazyLock;
+
+use refund_gateway_domain::{Operation, OperationFilter, OperationPage, StoreError};
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
+
+use crate::page::{self, Cursor};
+use crate::row::{
+    EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, assemble_page, db_error, micros,
+};
+
+/// One operation by id.
+pub(crate) static SELECT_OPERATION: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = $1"));
+
+static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
+         OR (state = 'IN_FLIGHT' AND (lease_expires_at IS NULL OR lease_expires_at <= $1)) \
+         ORDER BY created_at, operation_id LIMIT $2"
+    )
+});
+
+/// The operation `id`.
+pub(crate) async fn get<DB>(pool: &Pool<DB>, id: &str) -> Result<Option<Operation>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    OperationRow: for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, OperationRow>(SELECT_OPERATION.as_str())
+        .bind(id.to_owned())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?
+        .map(OperationRow::into_operation)
+        .transpose()
+}
+
+/// Up to `limit` unresolved operations, oldest created first.
+pub(crate) async fn unresolved<DB>(
+    pool: &Pool<DB>,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<Operation>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    OperationRow: for<'r> FromRow<'r, DB::Row>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, OperationRow>(UNRESOLVED.as_str())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(OperationRow::into_operation)
+        .collect()
+}
+
+/// The page of operations matching `filter` that `page_token` names (the first without one),
+/// newest first, each with its events oldest first.
+pub(crate) async fn list<DB>(
+    pool: &Pool<DB>,
+    filter: &OperationFilter,
+    page_size: u32,
+    page_token: Option<&str>,
+) -> Result<OperationPage, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    OperationRow: for<'r> FromRow<'r, DB::Row>,
+    EventRow: for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let size = page::page_size(page_size);
+    let cursor = page_token.map(|t| page::decode(t, filter)).transpose()?;
+    // One row more than the page, to know whether there is a next one.
+    let mut rows = list_query::<DB>(filter, cursor.as_ref(), size + 1)
+        .build_query_as::<OperationRow>()
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    let next_page_token = page::next_page(&mut rows, size, filter)?;
+    let events = if rows.is_empty() {
+        Vec::new()
+    } else {
+        events_query::<DB>(&rows)
+            .build_query_as::<EventRow>()
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+    };
+    Ok(OperationPage {
+        operations: assemble_page(rows, events)?,
+        next_page_token,
+    })
+}
+
+/// Up to `limit` rows matching `filter` after `cursor`, newest first.
+fn list_query<DB>(filter: &OperationFilter, cursor: Option<&Cursor>, limit: u32) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE TRUE"
+    ));
+    if let Some(order_id) = &filter.order_id {
+        query.push(" AND order_id = ").push_bind(order_id.clone());
+    }
+    if let Some(caller) = &filter.caller {
+        query.push(" AND caller = ").push_bind(caller.clone());
+    }
+    if let Some(key) = &filter.idempotency_key {
+        query.push(" AND idempotency_key = ").push_bind(key.clone());
+    }
+    if let Some(state) = filter.state {
+        query
+            .push(" AND state = ")
+            .push_bind(state.as_str().to_owned());
+    }
+    if let Some(from) = filter.created_from {
+        query.push(" AND created_at >= ").push_bind(micros(from));
+    }
+    if let Some(to) = filter.created_to {
+        query.push(" AND created_at < ").push_bind(micros(to));
+    }
+    if let Some(cursor) = cursor {
+        // Row values compare lexicographically, matching the ORDER BY below, and use the
+        // (created_at, operation_id) index.
+        query
+            .push(" AND (created_at, operation_id) < (")
+            .push_bind(cursor.created_at)
+            .push(", ")
+            .push_bind(cursor.operation_id.clone())
+            .push(")");
+    }
+    query
+        .push(" ORDER BY created_at DESC, operation_id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    query
+}
+
+/// The events of `rows`, oldest first within each operation, in one query.
+fn events_query<DB>(rows: &[OperationRow]) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE operation_id IN ("
+    ));
+    let mut ids = query.separated(", ");
+    for row in rows {
+        ids.push_bind(row.id().to_owned());
+    }
+    query.push(") ORDER BY operation_id, id");
+    query
+}
