@@ -584,6 +584,55 @@ async fn a_callers_deadline_answers_pending_and_the_operation_still_completes(
     app.shutdown().await
 }
 
+async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        reconcile_interval_ms: Some(50),
+        idempotency_window_secs: Some(0),
+        ..db.options()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // Klarna fails every attempt without refunding: the outcome is unknown to the gateway,
+    // but nothing happened at Klarna.
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
+        times: 10,
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    });
+    let status = app
+        .client
+        .refund_order(refund_request("review-1", &order.order_id, 700))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    app.sim.sim.clear_faults();
+    // Past Klarna's window no refund matches: resending could refund twice if Klarna had
+    // made one under another reference, so a person decides.
+    let op = settled(&app, "review-1").await?;
+    assert_eq!(op.state(), pb::OperationState::RequiresReview);
+    assert_eq!(
+        refunded(&app, &order.order_id),
+        (0, 0),
+        "the reconciler resent past the window"
+    );
+    let status = app
+        .client
+        .refund_order(refund_request("review-1", &order.order_id, 700))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&status, Code::Internal, "REQUIRES_REVIEW");
+    app.shutdown().await
+}
+
 /// The store the gateway under test uses.
 #[derive(Debug, Clone)]
 enum Backend {
@@ -629,6 +678,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    past_the_window_with_no_matching_refund_the_operation_requires_review,
     a_slow_operation_keeps_its_lease_and_a_duplicate_waits,
     a_callers_deadline_answers_pending_and_the_operation_still_completes,
     more_concurrent_operations_than_store_connections_all_complete,

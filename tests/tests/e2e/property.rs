@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use klarna_sim::{FaultKind, FaultSpec};
 use proptest::prelude::*;
-use refund_gateway_tests::spawn_app;
+use refund_gateway_tests::{AppOptions, fresh_postgres_database, spawn_app_with};
 use tonic::Code;
 
 use crate::{captured_order, refund_request};
@@ -35,8 +35,12 @@ fn amount(key: usize) -> i64 {
     100 * (key as i64 + 1)
 }
 
-async fn run(steps: Vec<(usize, Fault)>) -> anyhow::Result<()> {
-    let mut app = spawn_app().await?;
+async fn run(steps: Vec<(usize, Fault)>, database_url: Option<String>) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        database_url,
+        ..AppOptions::default()
+    })
+    .await?;
     let order = captured_order(&app.sim.sim, 1_000_000);
     let path = format!("/ordermanagement/v1/orders/{}/refunds", order.order_id);
     for (key, fault) in &steps {
@@ -132,13 +136,22 @@ async fn run(steps: Vec<(usize, Fault)>) -> anyhow::Result<()> {
 }
 
 proptest! {
-    // Each case starts a gateway and a simulator; a few dozen cases cover the interleavings
-    // without making the suite slow.
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // Each case starts a gateway and a simulator; a couple of dozen cases per store cover the
+    // interleavings without making the suite slow.
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
-    fn refunded_total_is_the_sum_over_distinct_keys(steps in proptest::collection::vec((0usize..4, fault()), 1..8)) {
+    fn refunded_total_is_the_sum_over_distinct_keys_on_sqlite(steps in proptest::collection::vec((0usize..4, fault()), 1..8)) {
         let runtime = tokio::runtime::Runtime::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        runtime.block_on(run(steps)).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        runtime.block_on(run(steps, None)).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+    }
+
+    #[test]
+    fn refunded_total_is_the_sum_over_distinct_keys_on_postgres(steps in proptest::collection::vec((0usize..4, fault()), 1..8)) {
+        let Some(url) = fresh_postgres_database().map_err(|e| TestCaseError::fail(format!("{e:#}")))? else {
+            return Ok(());
+        };
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        runtime.block_on(run(steps, Some(url))).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
     }
 }
