@@ -1,14 +1,12 @@
 //! The real `refund-gateway` binary as a process: what an operator sees when starting and
 //! stopping it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::{BIN, GatewayProcess};
 use refund_gateway_proto::v1::RefundOrderRequest;
-use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_refund-gateway");
 
 /// A command for the binary with no Klarna or gateway settings inherited from the caller.
 fn gateway() -> Command {
@@ -81,73 +79,22 @@ fn help_documents_every_option() {
     }
 }
 
-/// Kills the child if a test fails before it exits.
-struct Running(Option<Child>);
-
-impl Running {
-    fn child(&mut self) -> &mut Child {
-        self.0
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("taken only at the end"))
-    }
-
-    fn take(&mut self) -> Child {
-        self.0.take().unwrap_or_else(|| unreachable!("taken once"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let child = gateway()
-        .args([
-            "--simulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut running = Running(Some(child));
-    let stderr = running
-        .child()
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-
-    // The gateway logs its bound address once it accepts RPCs.
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let reader = std::thread::spawn(move || {
-        let mut addr_tx = Some(addr_tx);
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("refund gateway listening") {
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let (Some(tx), Some(addr)) = (addr_tx.take(), value["grpc_addr"].as_str()) {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    let addr = addr_rx.await?;
-
-    let mut client = RefundGatewayServiceClient::connect(format!("http://{addr}")).await?;
-    let refund = client
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "simulator = true\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n",
+            data_dir.to_string_lossy()
+        ),
+    )?;
+    let mut gateway = GatewayProcess::start("demo gateway", &config, &[]).await?;
+    let refund = gateway
+        .client()
+        .await?
         .refund_order(RefundOrderRequest {
             idempotency_key: "binary-1".into(),
             order_id: klarna_sim::demo::SE_INVOICE_ORDER_ID.into(),
@@ -157,37 +104,12 @@ async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow:
         .await?
         .into_inner();
     assert!(!refund.refund_id.is_empty());
-
-    let status = Command::new("kill")
-        .args(["-TERM", &running.child().id().to_string()])
-        .status()?;
-    assert!(status.success());
-    // Bounded so a hung shutdown fails the test instead of the CI run.
-    let pid = running.child().id();
-    let mut child = running.take();
-    let exit = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await;
-    let Ok(exit) = exit else {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        anyhow::bail!("no exit within 60 s of SIGTERM");
-    };
-    let exit = exit??;
-    assert!(exit.success(), "exit after SIGTERM: {exit:?}");
-    let lines = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    assert!(
-        lines.iter().any(|l| l.contains("shutting down")),
-        "{lines:?}"
-    );
-    for line in &lines {
+    gateway.terminate_cleanly().await?;
+    for line in gateway.log_text().lines() {
         serde_json::from_str::<serde_json::Value>(line)
             .map_err(|e| anyhow::anyhow!("not a JSON log line ({e}): {line}"))?;
     }
+    // The demo kept its operations out of the data directory.
+    assert!(!data_dir.join("refund-gateway.sqlite3").exists());
     Ok(())
 }
