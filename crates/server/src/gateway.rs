@@ -136,14 +136,14 @@ fn read_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayError
 fn fingerprint(
     rpc: Rpc,
     account: &str,
-    call: &KlarnaCall,
+    call_json: &str,
     expected_currency: Option<&str>,
 ) -> String {
     let mut hash = Sha256::new();
     for part in [
         rpc.as_str(),
         account,
-        &call.to_json(),
+        call_json,
         expected_currency.unwrap_or(""),
     ] {
         hash.update((part.len() as u64).to_be_bytes());
@@ -164,19 +164,20 @@ fn new_operation(
     amount: Option<i64>,
     reference: Option<String>,
 ) -> NewOperation {
+    let call_json = call.to_json();
     NewOperation {
         operation_id: OperationId::derive(caller, rpc, key),
         caller: caller.clone(),
         rpc,
         idempotency_key: key.clone(),
-        fingerprint: fingerprint(rpc, account, call, expected_currency),
+        fingerprint: fingerprint(rpc, account, &call_json, expected_currency),
         klarna_account: account.to_owned(),
         order_id: call.order_id().to_string(),
         capture_id,
         amount,
         currency: expected_currency.map(str::to_owned),
         reference,
-        klarna_request: call.to_json(),
+        klarna_request: call_json,
         trace_id: None,
     }
 }
