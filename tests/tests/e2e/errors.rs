@@ -1,25 +1,14 @@
 //! Klarna's refusals and faults, as the caller sees them (DESIGN §5).
 
-use klarna_sim::{FaultKind, FaultSpec, SimConfig, demo};
+use klarna_sim::{FaultKind, SimConfig, demo};
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_tests::{AppOptions, spawn_app, spawn_app_with};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{assert_reason, bad_fields, captured_order, klarna_calls, refund_request};
-
-fn refunds_path(order_id: &str) -> String {
-    format!("/ordermanagement/v1/orders/{order_id}/refunds")
-}
-
-fn fault(path: String, times: u32, kind: FaultKind) -> FaultSpec {
-    FaultSpec {
-        method: Some("POST".into()),
-        path,
-        times,
-        kind,
-    }
-}
+use crate::{
+    assert_reason, bad_fields, captured_order, fault_refunds, klarna_calls, refund_request,
+};
 
 #[tokio::test]
 async fn over_refund_is_klarnas_refusal_with_its_code_and_correlation_id() -> anyhow::Result<()> {
@@ -152,15 +141,16 @@ async fn rejected_credentials_are_an_internal_error_that_reveals_nothing() -> an
 async fn klarna_rate_limit_is_resource_exhausted_with_retry_info() -> anyhow::Result<()> {
     let mut app = spawn_app().await?;
     let order = captured_order(&app.sim.sim, 1_000);
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
         1,
         FaultKind::Status {
             status: 429,
             body: None,
             retry_after_secs: Some(3),
         },
-    ));
+    );
     // The caller's deadline is shorter than Klarna's Retry-After, so the gateway does not wait
     // it out: it answers at once and tells the caller when to come back.
     let mut req = tonic::Request::new(refund_request("busy", &order.order_id, 100));
@@ -192,25 +182,27 @@ async fn klarna_5xx_on_a_refund_is_pending_never_failed_and_a_retry_refunds_once
 -> anyhow::Result<()> {
     let mut app = spawn_app().await?;
     let order = captured_order(&app.sim.sim, 1_000);
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
         1,
         FaultKind::Status {
             status: 503,
             body: Some("<html>upstream down</html>".into()),
             retry_after_secs: None,
         },
-    ));
+    );
     // Every attempt of the first call fails (the adapter's own retries included).
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
         9,
         FaultKind::Status {
             status: 503,
             body: None,
             retry_after_secs: None,
         },
-    ));
+    );
     let status = app
         .client
         .refund_order(refund_request("flaky", &order.order_id, 100))
@@ -240,11 +232,7 @@ async fn commit_then_drop_is_pending_and_the_retry_returns_the_one_refund() -> a
     let mut app = spawn_app().await?;
     let order = captured_order(&app.sim.sim, 1_000);
     // Every attempt of the first call commits and then loses its answer.
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
-        10,
-        FaultKind::CommitThenDrop,
-    ));
+    fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
     let status = app
         .client
         .refund_order(refund_request("dropped", &order.order_id, 300))
@@ -287,17 +275,19 @@ async fn a_slow_klarna_times_out_as_pending() -> anyhow::Result<()> {
     })
     .await?;
     let order = captured_order(&app.sim.sim, 1_000);
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
         1,
         FaultKind::CommitThenHold { millis: 2_000 },
-    ));
+    );
     // The adapter's retries of the first call are slow too.
-    app.sim.sim.inject_fault(fault(
-        refunds_path(&order.order_id),
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
         9,
         FaultKind::Latency { millis: 2_000 },
-    ));
+    );
     let status = app
         .client
         .refund_order(refund_request("slow", &order.order_id, 50))
@@ -317,15 +307,16 @@ async fn klarna_400_409_422_map_to_their_codes() -> anyhow::Result<()> {
         (409, Code::FailedPrecondition, "CONFLICT"),
         (413, Code::InvalidArgument, "REQUEST_TOO_LARGE"),
     ] {
-        app.sim.sim.inject_fault(fault(
-            refunds_path(&order.order_id),
+        fault_refunds(
+            &app.sim.sim,
+            &order.order_id,
             1,
             FaultKind::Status {
                 status: status_code,
                 body: None,
                 retry_after_secs: None,
             },
-        ));
+        );
         let status = app
             .client
             .refund_order(refund_request(

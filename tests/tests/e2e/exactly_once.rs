@@ -10,7 +10,7 @@ use refund_gateway_tests::{AppOptions, TestApp, fresh_postgres_database, spawn_a
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{assert_reason, captured_order, klarna_calls, refund_request};
+use crate::{assert_reason, captured_order, fault_refunds, klarna_calls, refund_request};
 
 fn refund_posts(app: &TestApp, order_id: &str) -> usize {
     klarna_calls(&app.sim.sim)
@@ -160,12 +160,12 @@ async fn eight_concurrent_calls_with_one_key_make_one_refund(db: Backend) -> any
     let app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     // Hold Klarna's answer so the calls overlap while the first is in flight.
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 1,
-        kind: FaultKind::CommitThenHold { millis: 300 },
-    });
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        1,
+        FaultKind::CommitThenHold { millis: 300 },
+    );
     let calls = (0..8).map(|_| {
         let mut client = app.client.clone();
         let req = refund_request("concurrent-1", &order.order_id, 250);
@@ -222,16 +222,16 @@ async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key(
 ) -> anyhow::Result<()> {
     let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 2,
-        kind: FaultKind::Status {
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        2,
+        FaultKind::Status {
             status: 503,
             body: None,
             retry_after_secs: None,
         },
-    });
+    );
     let mut outcome = app
         .client
         .refund_order(refund_request("flaky-2", &order.order_id, 300))
@@ -270,12 +270,7 @@ async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key
     let order = captured_order(&app.sim.sim, 10_000);
     // Klarna commits every attempt of the first call but the connection drops each time, so
     // the caller's call ends with an unknown outcome.
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 10,
-        kind: FaultKind::CommitThenDrop,
-    });
+    fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
     let status = app
         .client
         .refund_order(refund_request("pending-1", &order.order_id, 400))
@@ -317,12 +312,7 @@ async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending
     })
     .await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 10,
-        kind: FaultKind::CommitThenDrop,
-    });
+    fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
     let mut req = refund_request("late-1", &order.order_id, 600);
     req.reference = "RMA-LATE-1".into();
     let status = app
@@ -490,12 +480,12 @@ async fn a_slow_operation_keeps_its_lease_and_a_duplicate_waits(db: Backend) -> 
     let order = captured_order(&app.sim.sim, 10_000);
     // Klarna takes three leases' time to answer; the lease must be renewed meanwhile, or the
     // reconciler or the duplicate below would take the operation over and resend it.
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 1,
-        kind: FaultKind::CommitThenHold { millis: 3_000 },
-    });
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        1,
+        FaultKind::CommitThenHold { millis: 3_000 },
+    );
     let mut first_client = app.client.clone();
     let first_req = refund_request("slow-lease", &order.order_id, 90);
     let first = tokio::spawn(async move { first_client.refund_order(first_req).await });
@@ -553,12 +543,12 @@ async fn a_callers_deadline_answers_pending_and_the_operation_still_completes(
 ) -> anyhow::Result<()> {
     let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 1,
-        kind: FaultKind::CommitThenHold { millis: 1_500 },
-    });
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        1,
+        FaultKind::CommitThenHold { millis: 1_500 },
+    );
     let mut req = tonic::Request::new(refund_request("deadline-1", &order.order_id, 55));
     req.set_timeout(Duration::from_millis(700));
     let status = app
@@ -596,16 +586,16 @@ async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
     let order = captured_order(&app.sim.sim, 10_000);
     // Klarna fails every attempt without refunding: the outcome is unknown to the gateway,
     // but nothing happened at Klarna.
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: format!("/ordermanagement/v1/orders/{}/refunds", order.order_id),
-        times: 10,
-        kind: FaultKind::Status {
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        10,
+        FaultKind::Status {
             status: 503,
             body: None,
             retry_after_secs: None,
         },
-    });
+    );
     let status = app
         .client
         .refund_order(refund_request("review-1", &order.order_id, 700))

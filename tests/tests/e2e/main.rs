@@ -12,7 +12,7 @@ mod property;
 mod reads_release_extend;
 mod refund;
 
-use klarna_sim::{LoggedRequest, OrderSeed, SeededOrder, Simulator};
+use klarna_sim::{FaultKind, FaultSpec, LoggedRequest, OrderSeed, SeededOrder, Simulator};
 use refund_gateway_proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -69,6 +69,16 @@ pub fn klarna_calls(sim: &Simulator) -> Vec<LoggedRequest> {
         .into_iter()
         .filter(|r| !r.path.starts_with("/__admin"))
         .collect()
+}
+
+/// Arms `kind` for the next `times` refund POSTs on `order_id`.
+pub fn fault_refunds(sim: &Simulator, order_id: &str, times: u32, kind: FaultKind) {
+    sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!("/ordermanagement/v1/orders/{order_id}/refunds"),
+        times,
+        kind,
+    });
 }
 
 /// Asserts `status` has `code` and ErrorInfo `reason` in domain `refundgateway`.
