@@ -50,7 +50,7 @@ pub use order_line::{
     SubscriptionDraft, SubscriptionInterval,
 };
 pub use store::{
-    AuditEvent, Claim, Completion, NewOperation, Operation, OperationFilter, OperationPage,
-    OperationState, OperationStore, OrderLock, StoreError, StoredResponse,
+    AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
+    OperationPage, OperationState, OperationStore, OrderLock, StoreError, StoredResponse,
 };
 pub use validation::{FieldViolation, Violations};

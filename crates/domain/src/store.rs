@@ -11,12 +11,18 @@
 //!             PENDING  <── an IN_FLIGHT whose lease expired counts as PENDING
 //! ```
 //! Every transition appends an [`AuditEvent`] in the same transaction.
+//!
+//! Each lease has a holder, a [`LeaseHolder`] token chosen by whoever claims or takes over the
+//! operation. Only the current holder renews, finishes, marks pending or abandons it: a
+//! gateway that stalled past its lease, and was taken over, cannot touch the operation any
+//! more.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::ids::IdempotencyKey;
 use crate::operation::{Caller, OperationId, Rpc};
@@ -86,6 +92,36 @@ pub struct StoredResponse {
     pub payload: Vec<u8>,
 }
 
+/// Who holds the lease of an IN_FLIGHT operation: a token chosen afresh for each claim and
+/// each take-over, so a holder whose lease expired and was taken over no longer matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseHolder(Uuid);
+
+impl LeaseHolder {
+    /// A new, random holder (UUID v4).
+    // No `Default`: a default suggests one shared value, and every holder must be fresh.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The holder of `uuid`, as stored.
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The token.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
 /// What a new operation is, as claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOperation {
@@ -127,6 +163,8 @@ pub struct Operation {
     pub state: OperationState,
     /// Lease end while IN_FLIGHT.
     pub lease_expires_at: Option<OffsetDateTime>,
+    /// Who holds (or last held) the lease: the last claim or take-over.
+    pub lease_holder: Option<LeaseHolder>,
     /// When it was claimed.
     pub created_at: OffsetDateTime,
     /// Last transition.
@@ -250,54 +288,67 @@ pub trait OrderLock: Send + fmt::Debug {
 /// claim before Klarna is called, an outcome before the caller is answered.
 #[async_trait]
 pub trait OperationStore: Send + Sync + fmt::Debug {
-    /// Inserts `op` as IN_FLIGHT with a lease until `now + lease`, or returns the stored one.
+    /// Inserts `op` as IN_FLIGHT with a lease held by `holder` until `now + lease`, or
+    /// returns the stored one.
     async fn claim(
         &self,
         op: NewOperation,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Claim, StoreError>;
 
     /// Takes over an unresolved operation (PENDING, or IN_FLIGHT with an expired lease):
-    /// IN_FLIGHT with a new lease. `false` when it is not unresolved (anymore).
+    /// IN_FLIGHT with a new lease held by `holder`. `false` when it is not unresolved
+    /// (anymore).
     async fn take_over(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
     ) -> Result<bool, StoreError>;
 
-    /// Extends the lease of an IN_FLIGHT operation; `false` when it is no longer IN_FLIGHT.
+    /// Extends the lease of an operation that is IN_FLIGHT and held by `holder`; `false` when
+    /// it is not (anymore): finished, pending, abandoned, or taken over by another holder.
     async fn renew_lease(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// IN_FLIGHT -> a final state, with the answer to replay.
+    /// IN_FLIGHT -> a final state, with the answer to replay. Only when the operation is
+    /// IN_FLIGHT and held by `holder`; otherwise it does nothing and records no event.
     async fn finish(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
-    /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown.
+    /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown. Only when the operation is
+    /// IN_FLIGHT and held by `holder`; otherwise it does nothing and records no event.
     async fn mark_pending(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
     /// Deletes an IN_FLIGHT operation that provably did nothing (Klarna unreachable, 429,
-    /// 401, our limits), so its key can be used again; the audit events stay.
+    /// 401, our limits), so its key can be used again; the audit events stay. Only when the
+    /// operation is IN_FLIGHT and held by `holder`; otherwise it does nothing and records no
+    /// event.
     async fn abandon(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;

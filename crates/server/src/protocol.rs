@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
-    CaptureId, Claim, Completion, GatewayError, KlarnaApi, KlarnaError, KlarnaRefund, NewOperation,
-    Operation, OperationId, OperationState, OperationStore, OrderId, StoreError, StoredResponse,
+    CaptureId, Claim, Completion, GatewayError, KlarnaApi, KlarnaError, KlarnaRefund, LeaseHolder,
+    NewOperation, Operation, OperationId, OperationState, OperationStore, OrderId, StoreError,
+    StoredResponse,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -388,13 +389,14 @@ impl Protocol {
         let operation_id = new.operation_id;
         let fingerprint = new.fingerprint.clone();
         let trace_id = new.trace_id.clone();
+        let holder = LeaseHolder::new();
         let claim = self
             .store
-            .claim(new, now, self.settings.lease)
+            .claim(new, holder, now, self.settings.lease)
             .await
             .map_err(|e| store_unavailable(&e))?;
         let receiver = match claim {
-            Claim::New(op) => self.spawn(op, Job::Work(work), klarna_deadline, None),
+            Claim::New(op) => self.spawn(op, holder, Job::Work(work), klarna_deadline, None),
             Claim::Existing(op) if op.new.fingerprint != fingerprint => {
                 return Err(key_reused(&op));
             }
@@ -412,16 +414,24 @@ impl Protocol {
             Claim::Existing(op) if !op.is_unresolved(now) => return Err(in_use(&op, now)),
             Claim::Existing(op) => {
                 // The last attempt died or its outcome is unknown: resend the stored call,
-                // under the same Klarna key, rather than running the new request's work.
+                // under the same Klarna key, rather than running the new request's work. A
+                // fresh holder: the lease is a new one, whoever held the last.
+                let holder = LeaseHolder::new();
                 let taken = self
                     .store
-                    .take_over(operation_id, now, self.settings.lease, trace_id.clone())
+                    .take_over(
+                        operation_id,
+                        holder,
+                        now,
+                        self.settings.lease,
+                        trace_id.clone(),
+                    )
                     .await
                     .map_err(|e| store_unavailable(&e))?;
                 if !taken {
                     return Err(in_use(&op, now));
                 }
-                self.spawn(op, Job::Resend, klarna_deadline, trace_id)
+                self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
             }
         };
         match tokio::time::timeout_at(answer_by, receiver).await {
@@ -436,10 +446,12 @@ impl Protocol {
     /// resends or reads. Returns the state it ended in, if it took it.
     pub async fn resolve(&self, op: Operation) -> Result<Option<OperationState>, StoreError> {
         let now = OffsetDateTime::now_utc();
+        let holder = LeaseHolder::new();
         if !self
             .store
             .take_over(
                 op.new.operation_id,
+                holder,
                 now,
                 self.settings.lease,
                 Some(RECONCILER.to_owned()),
@@ -451,6 +463,7 @@ impl Protocol {
         let deadline = tokio::time::Instant::now() + self.settings.default_deadline;
         let receiver = self.spawn(
             op.clone(),
+            holder,
             Job::Resend,
             deadline,
             Some(RECONCILER.to_owned()),
@@ -459,9 +472,11 @@ impl Protocol {
         Ok(self.store.get(op.new.operation_id).await?.map(|o| o.state))
     }
 
+    /// Runs `job` for `op`, whose lease `holder` holds, in a task of its own.
     fn spawn(
         &self,
         op: Operation,
+        holder: LeaseHolder,
         job: Job,
         klarna_deadline: tokio::time::Instant,
         trace_id: Option<String>,
@@ -471,17 +486,23 @@ impl Protocol {
         // The task owns the operation from here: it runs to the end even when the caller
         // gives up, so the outcome is always recorded.
         tokio::spawn(async move {
-            let answer =
-                refund_gateway_klarna::with_deadline(klarna_deadline, this.run(op, job, trace_id))
-                    .await;
+            let answer = refund_gateway_klarna::with_deadline(
+                klarna_deadline,
+                this.run(op, holder, job, trace_id),
+            )
+            .await;
             let _ = tx.send(answer);
         });
         rx
     }
 
+    /// Runs `job` under the order lock, keeping `holder`'s lease alive meanwhile, and records
+    /// its outcome as `holder`: if the lease was lost (taken over after a stall), the store
+    /// ignores the record and the new holder's outcome stands.
     async fn run(
         &self,
         op: Operation,
+        holder: LeaseHolder,
         job: Job,
         resend_trace_id: Option<String>,
     ) -> Result<Answer, Status> {
@@ -500,6 +521,7 @@ impl Protocol {
                         .store
                         .abandon(
                             id,
+                            holder,
                             format!("order lock unavailable: {e}"),
                             OffsetDateTime::now_utc(),
                         )
@@ -508,18 +530,24 @@ impl Protocol {
                 return Err(store_unavailable(&e));
             }
         };
-        let renewal = self.renew_lease_while_running(id);
+        let renewal = self.renew_lease_while_running(id, holder);
         let outcome = match job {
             Job::Work(work) => classify(work.await, op.new.trace_id.clone()),
             Job::Resend => self.resend(&op, resend_trace_id).await,
         };
         renewal.abort();
-        let recorded = self.record(id, outcome).await;
+        let recorded = self.record(id, holder, outcome).await;
         lock.release().await;
         recorded
     }
 
-    fn renew_lease_while_running(&self, id: OperationId) -> tokio::task::JoinHandle<()> {
+    /// Renews `holder`'s lease every third of it until aborted, or until the lease is no longer
+    /// `holder`'s.
+    fn renew_lease_while_running(
+        &self,
+        id: OperationId,
+        holder: LeaseHolder,
+    ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let lease = self.settings.lease;
         tokio::spawn(async move {
@@ -528,7 +556,7 @@ impl Protocol {
             loop {
                 tick.tick().await;
                 match store
-                    .renew_lease(id, OffsetDateTime::now_utc(), lease)
+                    .renew_lease(id, holder, OffsetDateTime::now_utc(), lease)
                     .await
                 {
                     Ok(true) => {}
@@ -541,13 +569,19 @@ impl Protocol {
         })
     }
 
-    async fn record(&self, id: OperationId, outcome: Outcome) -> Result<Answer, Status> {
+    /// Records `outcome` as `holder` (the store ignores it when the lease is another's).
+    async fn record(
+        &self,
+        id: OperationId,
+        holder: LeaseHolder,
+        outcome: Outcome,
+    ) -> Result<Answer, Status> {
         let now = OffsetDateTime::now_utc();
         match outcome {
             Outcome::Final(completion) => {
                 let response = completion.response.clone();
                 self.store
-                    .finish(id, completion, now)
+                    .finish(id, holder, completion, now)
                     .await
                     .map_err(|e| store_unavailable(&e))?;
                 Ok(Answer {
@@ -557,14 +591,14 @@ impl Protocol {
             }
             Outcome::NothingHappened(status, detail) => {
                 self.store
-                    .abandon(id, detail, now)
+                    .abandon(id, holder, detail, now)
                     .await
                     .map_err(|e| store_unavailable(&e))?;
                 Err(status)
             }
             Outcome::Unknown(status, correlation_id, detail) => {
                 self.store
-                    .mark_pending(id, correlation_id, detail, now)
+                    .mark_pending(id, holder, correlation_id, detail, now)
                     .await
                     .map_err(|e| store_unavailable(&e))?;
                 Err(status)

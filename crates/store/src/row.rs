@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    AuditEvent, Caller, Completion, IdempotencyKey, NewOperation, Operation, OperationId,
-    OperationState, Rpc, StoreError, StoredResponse,
+    AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
+    OperationId, OperationState, Rpc, StoreError, StoredResponse,
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -92,6 +92,17 @@ fn derive_id(
     }
 }
 
+/// The stored form of a lease holder: the lower-case hyphenated UUID.
+pub(crate) fn holder_text(holder: LeaseHolder) -> String {
+    holder.as_uuid().hyphenated().to_string()
+}
+
+fn parse_holder(holder: &str) -> Result<LeaseHolder, StoreError> {
+    uuid::Uuid::parse_str(holder)
+        .map(LeaseHolder::from_uuid)
+        .map_err(|e| StoreError::Corrupt(format!("bad lease holder {holder:?}: {e}")))
+}
+
 fn parse_key(key: &str) -> Result<IdempotencyKey, StoreError> {
     IdempotencyKey::parse(key).map_err(|e| StoreError::Corrupt(format!("bad idempotency key: {e}")))
 }
@@ -135,6 +146,7 @@ pub(crate) struct OperationRow {
     trace_id: Option<String>,
     state: String,
     lease_expires_at: Option<i64>,
+    lease_holder: Option<String>,
     created_at: i64,
     updated_at: i64,
     refund_id: Option<String>,
@@ -147,8 +159,8 @@ pub(crate) struct OperationRow {
 /// The columns of [`OperationRow`], in order, for `SELECT`.
 pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempotency_key, \
      fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
-     klarna_request, trace_id, state, lease_expires_at, created_at, updated_at, refund_id, \
-     correlation_id, response_code, response_message, response_payload";
+     klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, updated_at, \
+     refund_id, correlation_id, response_code, response_message, response_payload";
 
 impl OperationRow {
     /// The operation id as stored (for joining events).
@@ -190,6 +202,7 @@ impl OperationRow {
             },
             state: parse_state(&self.state)?,
             lease_expires_at: self.lease_expires_at.map(from_micros).transpose()?,
+            lease_holder: self.lease_holder.as_deref().map(parse_holder).transpose()?,
             created_at: from_micros(self.created_at)?,
             updated_at: from_micros(self.updated_at)?,
             refund_id: self.refund_id,
@@ -201,11 +214,12 @@ impl OperationRow {
 
 /// `query` with the values of a claim bound in the order both backends' claim statements take
 /// them: id, caller, rpc, key, fingerprint, account, order, capture, amount, currency,
-/// reference, Klarna request, trace id, lease end, now.
+/// reference, Klarna request, trace id, lease holder, lease end, now.
 pub(crate) fn bind_claim<'q, 'a, DB>(
     query: Query<'q, DB, DB::Arguments>,
     id: &'a str,
     op: &'a NewOperation,
+    holder: &'a str,
     lease_until: i64,
     now: i64,
 ) -> Query<'q, DB, DB::Arguments>
@@ -230,6 +244,7 @@ where
         .bind(op.reference.as_deref())
         .bind(op.klarna_request.as_str())
         .bind(op.trace_id.as_deref())
+        .bind(holder)
         .bind(lease_until)
         .bind(now)
 }
@@ -313,6 +328,7 @@ pub(crate) fn assemble_page(
 /// The operation a successful claim inserted, as it will read back (timestamps truncated).
 pub(crate) fn claimed_operation(
     new: NewOperation,
+    holder: LeaseHolder,
     now: i64,
     lease_until: i64,
 ) -> Result<Operation, StoreError> {
@@ -321,6 +337,7 @@ pub(crate) fn claimed_operation(
         new,
         state: OperationState::InFlight,
         lease_expires_at: Some(from_micros(lease_until)?),
+        lease_holder: Some(holder),
         created_at,
         updated_at: created_at,
         refund_id: None,

@@ -6,7 +6,7 @@ mod suite;
 
 use std::sync::Arc;
 
-use refund_gateway_domain::{OperationStore, Rpc};
+use refund_gateway_domain::{LeaseHolder, OperationStore, Rpc};
 use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use tempfile::TempDir;
 
@@ -48,7 +48,12 @@ async fn data_survives_reopening() {
     {
         let store = SqliteStore::open(&path).await.unwrap();
         store
-            .claim(new.clone(), suite::t(0), std::time::Duration::from_secs(30))
+            .claim(
+                new.clone(),
+                LeaseHolder::new(),
+                suite::t(0),
+                std::time::Duration::from_secs(30),
+            )
             .await
             .unwrap();
     }
@@ -76,8 +81,14 @@ async fn throughput_claim_and_finish() {
         tasks.spawn(async move {
             for i in 0..40 {
                 let new = suite::new_op("bench", Rpc::RefundOrder, &format!("{worker}-{i}"), "o");
+                let holder = LeaseHolder::new();
                 store
-                    .claim(new.clone(), suite::t(0), std::time::Duration::from_secs(30))
+                    .claim(
+                        new.clone(),
+                        holder,
+                        suite::t(0),
+                        std::time::Duration::from_secs(30),
+                    )
                     .await
                     .unwrap();
                 let done = refund_gateway_domain::Completion {
@@ -89,7 +100,7 @@ async fn throughput_claim_and_finish() {
                     trace_id: None,
                 };
                 store
-                    .finish(new.operation_id, done, suite::t(1))
+                    .finish(new.operation_id, holder, done, suite::t(1))
                     .await
                     .unwrap();
             }

@@ -24,6 +24,9 @@ CREATE TABLE operations (
     state            TEXT    NOT NULL
         CHECK (state IN ('IN_FLIGHT', 'PENDING', 'SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW')),
     lease_expires_at INTEGER,
+    -- The token of whoever claimed or last took it over; only that holder renews, finishes,
+    -- marks pending or abandons it.
+    lease_holder     TEXT,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     refund_id        TEXT,

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use refund_gateway_domain::{
-    Claim, Completion, NewOperation, Operation, OperationFilter, OperationId, OperationPage,
-    OperationStore, OrderLock, StoreError,
+    Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
+    OperationPage, OperationStore, OrderLock, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DatabaseConfig;
 use crate::read;
-use crate::row::{check_final, db_error, id_text, lease_end, micros};
+use crate::row::{check_final, db_error, holder_text, id_text, lease_end, micros};
 
 /// Embedded PostgreSQL migrations. sqlx takes an advisory lock while migrating, so replicas
 /// starting together migrate once.
@@ -181,16 +181,18 @@ impl OperationStore for PostgresStore {
     async fn claim(
         &self,
         op: NewOperation,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let now = micros(now);
-        sql::claim(&self.pool, &op, now, lease_end(now, lease)).await
+        sql::claim(&self.pool, &op, holder, now, lease_end(now, lease)).await
     }
 
     async fn take_over(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
@@ -199,6 +201,7 @@ impl OperationStore for PostgresStore {
         sql::take_over(
             &self.pool,
             &id_text(id),
+            &holder_text(holder),
             now,
             lease_end(now, lease),
             trace_id.as_deref(),
@@ -209,27 +212,42 @@ impl OperationStore for PostgresStore {
     async fn renew_lease(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        sql::renew_lease(&self.pool, &id_text(id), lease_end(micros(now), lease)).await
+        sql::renew_lease(
+            &self.pool,
+            &id_text(id),
+            &holder_text(holder),
+            lease_end(micros(now), lease),
+        )
+        .await
     }
 
     async fn finish(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         check_final(&completion)?;
-        sql::finish(&self.pool, &id_text(id), &completion, micros(now))
-            .await
-            .map(drop)
+        sql::finish(
+            &self.pool,
+            &id_text(id),
+            &holder_text(holder),
+            &completion,
+            micros(now),
+        )
+        .await
+        .map(drop)
     }
 
     async fn mark_pending(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
@@ -237,6 +255,7 @@ impl OperationStore for PostgresStore {
         sql::mark_pending(
             &self.pool,
             &id_text(id),
+            &holder_text(holder),
             correlation_id.as_deref(),
             &detail,
             micros(now),
@@ -248,12 +267,19 @@ impl OperationStore for PostgresStore {
     async fn abandon(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sql::abandon(&self.pool, &id_text(id), &detail, micros(now))
-            .await
-            .map(drop)
+        sql::abandon(
+            &self.pool,
+            &id_text(id),
+            &holder_text(holder),
+            &detail,
+            micros(now),
+        )
+        .await
+        .map(drop)
     }
 
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {

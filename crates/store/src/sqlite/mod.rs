@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use refund_gateway_domain::{
-    Claim, Completion, NewOperation, Operation, OperationFilter, OperationId, OperationPage,
-    OperationStore, OrderLock, StoreError,
+    Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
+    OperationPage, OperationStore, OrderLock, StoreError,
 };
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
@@ -34,7 +34,7 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 
 use crate::read;
-use crate::row::{check_final, id_text, lease_end, micros};
+use crate::row::{check_final, holder_text, id_text, lease_end, micros};
 use order_locks::OrderLocks;
 pub use order_locks::SqliteOrderLock;
 pub use writer::WriterStats;
@@ -150,14 +150,17 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 /// Semantics, shared with the PostgreSQL store:
 /// - `claim` inserts or returns the stored row; among concurrent claims of one id exactly
 ///   one is `New` (the writer serializes them; a later one in the same group sees the row).
+///   The new row's lease is held by the given holder.
 /// - `take_over` succeeds only from PENDING or a lease-expired IN_FLIGHT; event "taken over".
-/// - `renew_lease` extends only an IN_FLIGHT lease; no event (not a state change) and
-///   `updated_at` is kept.
-/// - `finish` moves IN_FLIGHT or PENDING to the completion's final state; on any other row
-///   (already final, abandoned, unknown) it changes nothing and records nothing, so a final
-///   state is never overwritten. A completion whose state is not final is refused.
-/// - `mark_pending` and `abandon` act only on IN_FLIGHT rows, else do nothing. `abandon`
-///   deletes the row; its event (state after `None`) keeps the operation's identity.
+///   The lease is then held by the given holder, so the previous holder loses it.
+/// - `renew_lease`, `finish`, `mark_pending` and `abandon` act only on a row that is
+///   IN_FLIGHT and held by the given holder; on any other row (another holder's, pending,
+///   already final, abandoned, unknown) they change nothing and record nothing, so a final
+///   state is never overwritten and a stalled former holder cannot touch a taken-over row.
+/// - `renew_lease` records no event (not a state change) and keeps `updated_at`.
+/// - `finish` moves the row to the completion's final state; a completion whose state is not
+///   final is refused. `abandon` deletes the row; its event (state after `None`) keeps the
+///   operation's identity. Rows keep their last holder after they leave IN_FLIGHT.
 /// - Events carry the trace id given with the change, else the trace id of the claim
 ///   (`mark_pending` and `abandon` take none).
 /// - `unresolved` orders by `created_at` (then id): the oldest is nearest Klarna's 24 h
@@ -169,6 +172,7 @@ impl OperationStore for SqliteStore {
     async fn claim(
         &self,
         op: NewOperation,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
@@ -176,6 +180,8 @@ impl OperationStore for SqliteStore {
         let op = WriteOp::Claim {
             id: id_text(op.operation_id),
             op,
+            holder,
+            holder_text: holder_text(holder),
             now,
             lease_until: lease_end(now, lease),
         };
@@ -188,6 +194,7 @@ impl OperationStore for SqliteStore {
     async fn take_over(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
@@ -195,6 +202,7 @@ impl OperationStore for SqliteStore {
         let now = micros(now);
         self.changed(WriteOp::TakeOver {
             id: id_text(id),
+            holder: holder_text(holder),
             now,
             lease_until: lease_end(now, lease),
             trace_id,
@@ -205,11 +213,13 @@ impl OperationStore for SqliteStore {
     async fn renew_lease(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<bool, StoreError> {
         self.changed(WriteOp::Renew {
             id: id_text(id),
+            holder: holder_text(holder),
             lease_until: lease_end(micros(now), lease),
         })
         .await
@@ -218,12 +228,14 @@ impl OperationStore for SqliteStore {
     async fn finish(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         check_final(&completion)?;
         self.changed(WriteOp::Finish {
             id: id_text(id),
+            holder: holder_text(holder),
             completion,
             now: micros(now),
         })
@@ -234,12 +246,14 @@ impl OperationStore for SqliteStore {
     async fn mark_pending(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         self.changed(WriteOp::MarkPending {
             id: id_text(id),
+            holder: holder_text(holder),
             correlation_id,
             detail,
             now: micros(now),
@@ -251,11 +265,13 @@ impl OperationStore for SqliteStore {
     async fn abandon(
         &self,
         id: OperationId,
+        holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         self.changed(WriteOp::Abandon {
             id: id_text(id),
+            holder: holder_text(holder),
             detail,
             now: micros(now),
         })

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use refund_gateway_domain::{Claim, Completion, NewOperation, Operation, StoreError};
+use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection};
 
@@ -24,10 +24,10 @@ use crate::row::{OperationRow, bind_claim, claimed_operation, db_error, insert_e
 const CHUNK_ROWS: [usize; 5] = [1, 4, 16, 64, 256];
 
 /// Values per row of [`CLAIM_MANY`].
-const CLAIM_VALUES: usize = 15;
+const CLAIM_VALUES: usize = 16;
 
 /// Values per row of [`FINISH_MANY`].
-const FINISH_VALUES: usize = 10;
+const FINISH_VALUES: usize = 11;
 
 /// `(?, ?, …), (?, ?, …), …`: `rows` rows of `columns` anonymous parameters, bound in order.
 fn values_rows(rows: usize, columns: usize) -> String {
@@ -37,26 +37,28 @@ fn values_rows(rows: usize, columns: usize) -> String {
 
 /// Inserts each non-NULL row as IN_FLIGHT (the trigger adds its "claimed" event); returns the
 /// ids inserted. Row: id, caller, rpc, key, fingerprint, account, order, capture, amount,
-/// currency, reference, Klarna request, trace id, lease end, now. WHERE also resolves the
+/// currency, reference, Klarna request, trace id, lease holder, lease end, now. WHERE also
+/// resolves the
 /// parsing ambiguity of `INSERT … SELECT … ON CONFLICT`.
 static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     CHUNK_ROWS.map(|rows| {
         format!(
             "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
              klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
-             trace_id, state, lease_expires_at, created_at, updated_at) \
+             trace_id, state, lease_holder, lease_expires_at, created_at, updated_at) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, \
              column9, column10, column11, column12, column13, 'IN_FLIGHT', column14, column15, \
-             column15 FROM (VALUES {}) WHERE column1 IS NOT NULL \
+             column16, column16 FROM (VALUES {}) WHERE column1 IS NOT NULL \
              ON CONFLICT (operation_id) DO NOTHING RETURNING operation_id",
             values_rows(rows, CLAIM_VALUES)
         )
     })
 });
 
-/// IN_FLIGHT or PENDING -> a final state, for each row (the trigger adds the event); returns
-/// the ids changed. Row: id, state, now, refund id, correlation id, code, message, payload,
-/// trace id, detail. Ids within one statement must be distinct.
+/// IN_FLIGHT held by the row's holder -> a final state, for each row (the trigger adds the
+/// event); returns the ids changed. Row: id, state, now, refund id, correlation id, code,
+/// message, payload, trace id, detail, lease holder. Ids within one statement must be
+/// distinct.
 static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     CHUNK_ROWS.map(|rows| {
         format!(
@@ -67,36 +69,41 @@ static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
              response_payload = b.column8, event_trace_id = b.column9, event_detail = b.column10 \
              FROM (VALUES {}) AS b \
              WHERE operations.operation_id = b.column1 \
-               AND operations.state IN ('IN_FLIGHT', 'PENDING') \
+               AND operations.state = 'IN_FLIGHT' AND operations.lease_holder = b.column11 \
              RETURNING operations.operation_id",
             values_rows(rows, FINISH_VALUES)
         )
     })
 });
 
-// ?1 id, ?2 lease end, ?3 now, ?4 trace id.
+// ?1 id, ?2 lease end, ?3 now, ?4 trace id, ?5 new lease holder.
 const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expires_at = ?2, \
-     updated_at = ?3, event_detail = 'taken over', event_trace_id = ?4 WHERE operation_id = ?1 \
+     lease_holder = ?5, updated_at = ?3, event_detail = 'taken over', event_trace_id = ?4 WHERE operation_id = ?1 \
      AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
           AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)))";
 
+// ?1 id, ?2 lease end, ?3 lease holder.
 const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = ?2 \
-     WHERE operation_id = ?1 AND state = 'IN_FLIGHT'";
+     WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?3";
 
-// ?1 id, ?2 now, ?3 correlation id, ?4 detail.
+// ?1 id, ?2 now, ?3 correlation id, ?4 detail, ?5 lease holder.
 const MARK_PENDING: &str = "UPDATE operations SET state = 'PENDING', lease_expires_at = NULL, \
      updated_at = ?2, correlation_id = COALESCE(?3, correlation_id), event_detail = ?4, \
-     event_trace_id = NULL WHERE operation_id = ?1 AND state = 'IN_FLIGHT'";
+     event_trace_id = NULL WHERE operation_id = ?1 AND state = 'IN_FLIGHT' \
+     AND lease_holder = ?5";
 
-// ?1 id, ?2 detail, ?3 at. Written here, not by a trigger: purge deletes rows too.
+// ?1 id, ?2 detail, ?3 at, ?4 lease holder. Written here, not by a trigger: purge deletes
+// rows too.
 static ABANDON_EVENT: LazyLock<String> = LazyLock::new(|| {
     insert_event_from(
-        "operations WHERE operation_id = ?1 AND state = 'IN_FLIGHT'",
+        "operations WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?4",
         "trace_id, state, NULL, ?2, ?3",
     )
 });
 
-const ABANDON: &str = "DELETE FROM operations WHERE operation_id = ?1 AND state = 'IN_FLIGHT'";
+// ?1 id, ?2 lease holder.
+const ABANDON: &str = "DELETE FROM operations \
+     WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?2";
 
 const PURGE: &str = "DELETE FROM operations \
      WHERE state IN ('SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW') AND updated_at < ?1";
@@ -106,6 +113,9 @@ const PURGE: &str = "DELETE FROM operations \
 pub(super) struct ClaimArgs<'a> {
     pub(super) id: &'a str,
     pub(super) op: &'a NewOperation,
+    pub(super) holder: LeaseHolder,
+    /// `holder` as stored.
+    pub(super) holder_text: &'a str,
     pub(super) now: i64,
     pub(super) lease_until: i64,
 }
@@ -115,6 +125,8 @@ pub(super) struct ClaimArgs<'a> {
 pub(super) struct FinishArgs<'a> {
     pub(super) id: &'a str,
     pub(super) completion: &'a Completion,
+    /// The lease holder as stored.
+    pub(super) holder: &'a str,
     pub(super) now: i64,
 }
 
@@ -169,7 +181,7 @@ pub(super) async fn claim_many(
     claims: &[ClaimArgs<'_>],
 ) -> Result<Vec<Claim>, StoreError> {
     let inserted = run_bulk(conn, &CLAIM_MANY, CLAIM_VALUES, claims, |query, c| {
-        bind_claim(query, c.id, c.op, c.lease_until, c.now)
+        bind_claim(query, c.id, c.op, c.holder_text, c.lease_until, c.now)
     })
     .await?;
     let mut out = Vec::with_capacity(claims.len());
@@ -177,6 +189,7 @@ pub(super) async fn claim_many(
         if inserted.contains(c.id) {
             out.push(Claim::New(claimed_operation(
                 c.op.clone(),
+                c.holder,
                 c.now,
                 c.lease_until,
             )?));
@@ -196,8 +209,8 @@ pub(super) async fn claim_many(
     Ok(out)
 }
 
-/// Finishes each of `finishes` (distinct ids) that is IN_FLIGHT or PENDING; whether each
-/// changed, in the order given.
+/// Finishes each of `finishes` (distinct ids) that is IN_FLIGHT and held by its holder;
+/// whether each changed, in the order given.
 pub(super) async fn finish_many(
     conn: &mut SqliteConnection,
     finishes: &[FinishArgs<'_>],
@@ -215,6 +228,7 @@ pub(super) async fn finish_many(
             .bind(&c.response.payload)
             .bind(&c.trace_id)
             .bind(&c.detail)
+            .bind(f.holder)
     })
     .await?;
     Ok(finishes.iter().map(|f| changed.contains(f.id)).collect())
@@ -228,10 +242,11 @@ async fn changed_one(
     Ok(query.execute(conn).await.map_err(db_error)?.rows_affected() == 1)
 }
 
-/// PENDING or lease-expired IN_FLIGHT -> IN_FLIGHT until `lease_until`.
+/// PENDING or lease-expired IN_FLIGHT -> IN_FLIGHT held by `holder` until `lease_until`.
 pub(super) async fn take_over(
     conn: &mut SqliteConnection,
     id: &str,
+    holder: &str,
     now: i64,
     lease_until: i64,
     trace_id: Option<&str>,
@@ -240,23 +255,31 @@ pub(super) async fn take_over(
         .bind(id)
         .bind(lease_until)
         .bind(now)
-        .bind(trace_id);
+        .bind(trace_id)
+        .bind(holder);
     changed_one(query, conn).await
 }
 
-/// Extends the lease of an IN_FLIGHT operation; no event (not a state change).
+/// Extends the lease of an IN_FLIGHT operation held by `holder`; no event (not a state
+/// change).
 pub(super) async fn renew_lease(
     conn: &mut SqliteConnection,
     id: &str,
+    holder: &str,
     lease_until: i64,
 ) -> Result<bool, StoreError> {
-    changed_one(sqlx::query(RENEW_LEASE).bind(id).bind(lease_until), conn).await
+    let query = sqlx::query(RENEW_LEASE)
+        .bind(id)
+        .bind(lease_until)
+        .bind(holder);
+    changed_one(query, conn).await
 }
 
-/// IN_FLIGHT -> PENDING.
+/// IN_FLIGHT held by `holder` -> PENDING.
 pub(super) async fn mark_pending(
     conn: &mut SqliteConnection,
     id: &str,
+    holder: &str,
     correlation_id: Option<&str>,
     detail: &str,
     now: i64,
@@ -265,14 +288,16 @@ pub(super) async fn mark_pending(
         .bind(id)
         .bind(now)
         .bind(correlation_id)
-        .bind(detail);
+        .bind(detail)
+        .bind(holder);
     changed_one(query, conn).await
 }
 
-/// Deletes an IN_FLIGHT operation, keeping an event with no state after.
+/// Deletes an IN_FLIGHT operation held by `holder`, keeping an event with no state after.
 pub(super) async fn abandon(
     conn: &mut SqliteConnection,
     id: &str,
+    holder: &str,
     detail: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
@@ -280,12 +305,14 @@ pub(super) async fn abandon(
         .bind(id)
         .bind(detail)
         .bind(now)
+        .bind(holder)
         .execute(&mut *conn)
         .await
         .map_err(db_error)?
         .rows_affected();
     let changed = sqlx::query(ABANDON)
         .bind(id)
+        .bind(holder)
         .execute(&mut *conn)
         .await
         .map_err(db_error)?

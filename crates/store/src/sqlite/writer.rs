@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use refund_gateway_domain::{Claim, Completion, NewOperation, StoreError};
+use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, StoreError};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,39 +31,48 @@ pub(super) const MAX_BATCH: usize = 256;
 /// Requests that may wait for the writer; beyond it, callers wait to enqueue (back-pressure).
 const QUEUE: usize = 4 * MAX_BATCH;
 
-/// A write, with its values already encoded (ids as text, instants in microseconds).
+/// A write, with its values already encoded (ids and lease holders as text, instants in
+/// microseconds).
 #[derive(Debug)]
 pub(super) enum WriteOp {
     Claim {
         /// `op`'s id as stored.
         id: String,
         op: NewOperation,
+        holder: LeaseHolder,
+        /// `holder` as stored.
+        holder_text: String,
         now: i64,
         lease_until: i64,
     },
     TakeOver {
         id: String,
+        holder: String,
         now: i64,
         lease_until: i64,
         trace_id: Option<String>,
     },
     Renew {
         id: String,
+        holder: String,
         lease_until: i64,
     },
     Finish {
         id: String,
+        holder: String,
         completion: Completion,
         now: i64,
     },
     MarkPending {
         id: String,
+        holder: String,
         correlation_id: Option<String>,
         detail: String,
         now: i64,
     },
     Abandon {
         id: String,
+        holder: String,
         detail: String,
         now: i64,
     },
@@ -275,6 +284,8 @@ async fn apply_all(
             WriteOp::Claim {
                 id,
                 op,
+                holder,
+                holder_text,
                 now,
                 lease_until,
             } => {
@@ -285,6 +296,8 @@ async fn apply_all(
                 let claim = ClaimArgs {
                     id,
                     op,
+                    holder: *holder,
+                    holder_text,
                     now: *now,
                     lease_until: *lease_until,
                 };
@@ -292,6 +305,7 @@ async fn apply_all(
             }
             WriteOp::Finish {
                 id,
+                holder,
                 completion,
                 now,
             } => {
@@ -302,6 +316,7 @@ async fn apply_all(
                 let finish = FinishArgs {
                     id,
                     completion,
+                    holder,
                     now: *now,
                 };
                 group.finishes.push((i, finish));
@@ -333,26 +348,33 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
         }
         WriteOp::TakeOver {
             id,
+            holder,
             now,
             lease_until,
             trace_id,
         } => Outcome::Changed(
-            sql::take_over(conn, id, *now, *lease_until, trace_id.as_deref()).await?,
+            sql::take_over(conn, id, holder, *now, *lease_until, trace_id.as_deref()).await?,
         ),
-        WriteOp::Renew { id, lease_until } => {
-            Outcome::Changed(sql::renew_lease(conn, id, *lease_until).await?)
-        }
+        WriteOp::Renew {
+            id,
+            holder,
+            lease_until,
+        } => Outcome::Changed(sql::renew_lease(conn, id, holder, *lease_until).await?),
         WriteOp::MarkPending {
             id,
+            holder,
             correlation_id,
             detail,
             now,
         } => Outcome::Changed(
-            sql::mark_pending(conn, id, correlation_id.as_deref(), detail, *now).await?,
+            sql::mark_pending(conn, id, holder, correlation_id.as_deref(), detail, *now).await?,
         ),
-        WriteOp::Abandon { id, detail, now } => {
-            Outcome::Changed(sql::abandon(conn, id, detail, *now).await?)
-        }
+        WriteOp::Abandon {
+            id,
+            holder,
+            detail,
+            now,
+        } => Outcome::Changed(sql::abandon(conn, id, holder, detail, *now).await?),
         WriteOp::Purge { before } => Outcome::Purged(sql::purge(conn, *before).await?),
         WriteOp::Durability => {
             let (journal_mode, synchronous) = sql::durability(conn).await?;

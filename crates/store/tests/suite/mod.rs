@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    AuditEvent, Caller, Claim, Completion, IdempotencyKey, NewOperation, Operation,
+    AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
     OperationFilter, OperationId, OperationState, OperationStore, Rpc, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
 use tokio::sync::{Barrier, oneshot};
+use uuid::Uuid;
 
 pub type Store = Arc<dyn OperationStore>;
 
@@ -28,6 +29,7 @@ macro_rules! all_cases {
             take_over_rules,
             renew_lease,
             finish_and_mark_pending,
+            only_the_holder_acts,
             abandon_frees_the_key,
             unresolved_oldest_first,
             list_filters,
@@ -42,6 +44,11 @@ macro_rules! all_cases {
 pub(crate) use all_cases;
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// The gateway that claims (every case's first holder).
+const A: LeaseHolder = LeaseHolder::from_uuid(Uuid::from_u128(0xA));
+/// Another gateway, taking over.
+const B: LeaseHolder = LeaseHolder::from_uuid(Uuid::from_u128(0xB));
 
 /// A base instant with sub-microsecond digits, to see truncation.
 pub fn t(seconds: i64) -> OffsetDateTime {
@@ -78,7 +85,7 @@ fn op(key: &str) -> NewOperation {
 }
 
 async fn claim_new(store: &Store, op: NewOperation, now: OffsetDateTime) -> Operation {
-    match store.claim(op, now, LEASE).await.unwrap() {
+    match store.claim(op, A, now, LEASE).await.unwrap() {
         Claim::New(op) => op,
         Claim::Existing(op) => panic!("expected a new claim, found {op:?}"),
     }
@@ -137,11 +144,12 @@ pub async fn claim_new_then_existing(store: Store, _peer: Option<Store>) {
     assert_eq!(claimed.created_at, at_micros(t(0)));
     assert_eq!(claimed.updated_at, at_micros(t(0)));
     assert_eq!(claimed.response, None);
+    assert_eq!(claimed.lease_holder, Some(A));
 
-    // Same id, another fingerprint: the stored one comes back, untouched.
+    // Same id, another fingerprint, another holder: the stored one comes back, untouched.
     let mut again = new.clone();
     again.fingerprint = "other".to_owned();
-    match store.claim(again, t(5), LEASE).await.unwrap() {
+    match store.claim(again, B, t(5), LEASE).await.unwrap() {
         Claim::Existing(existing) => assert_eq!(existing, claimed),
         Claim::New(op) => panic!("claimed twice: {op:?}"),
     }
@@ -185,7 +193,7 @@ pub async fn fields_round_trip(store: Store, _peer: Option<Store>) {
     // The response, with bytes that are not UTF-8, and the Klarna ids.
     let done = completion(Failed);
     store
-        .finish(full.operation_id, done.clone(), t(2))
+        .finish(full.operation_id, A, done.clone(), t(2))
         .await
         .unwrap();
     let read = store.get(full.operation_id).await.unwrap().unwrap();
@@ -201,7 +209,10 @@ pub async fn fields_round_trip(store: Store, _peer: Option<Store>) {
     // An empty response is still a response.
     let mut empty = completion(Succeeded);
     empty.response = StoredResponse::default();
-    store.finish(bare.operation_id, empty, t(3)).await.unwrap();
+    store
+        .finish(bare.operation_id, A, empty, t(3))
+        .await
+        .unwrap();
     let read = store.get(bare.operation_id).await.unwrap().unwrap();
     assert_eq!(read.response, Some(StoredResponse::default()));
 }
@@ -219,7 +230,10 @@ pub async fn concurrent_claims_one_new(store: Store, peer: Option<Store>) {
         let (new, barrier) = (new.clone(), barrier.clone());
         tasks.spawn(async move {
             barrier.wait().await;
-            store.claim(new, t(0), LEASE).await.unwrap()
+            store
+                .claim(new, LeaseHolder::new(), t(0), LEASE)
+                .await
+                .unwrap()
         });
     }
     let claims = tasks.join_all().await;
@@ -244,25 +258,26 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     claim_new(&store, live.clone(), t(0)).await;
     assert!(
         !store
-            .take_over(live.operation_id, t(10), LEASE, None)
+            .take_over(live.operation_id, A, t(10), LEASE, None)
             .await
             .unwrap()
     );
     // Expired (lease end == now counts as expired).
     assert!(
         store
-            .take_over(live.operation_id, t(30), LEASE, Some("trace-2".into()))
+            .take_over(live.operation_id, B, t(30), LEASE, Some("trace-2".into()))
             .await
             .unwrap()
     );
     let read = store.get(live.operation_id).await.unwrap().unwrap();
     assert_eq!(read.state, InFlight);
     assert_eq!(read.lease_expires_at, Some(at_micros(t(60))));
+    assert_eq!(read.lease_holder, Some(B));
     assert_eq!(read.updated_at, at_micros(t(30)));
     // The new lease is live again.
     assert!(
         !store
-            .take_over(live.operation_id, t(31), LEASE, None)
+            .take_over(live.operation_id, A, t(31), LEASE, None)
             .await
             .unwrap()
     );
@@ -270,18 +285,18 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     let pending = op("pending");
     claim_new(&store, pending.clone(), t(0)).await;
     store
-        .mark_pending(pending.operation_id, None, "timeout".into(), t(1))
+        .mark_pending(pending.operation_id, A, None, "timeout".into(), t(1))
         .await
         .unwrap();
     assert!(
         store
-            .take_over(pending.operation_id, t(2), LEASE, None)
+            .take_over(pending.operation_id, A, t(2), LEASE, None)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .take_over(pending.operation_id, t(3), LEASE, None)
+            .take_over(pending.operation_id, A, t(3), LEASE, None)
             .await
             .unwrap()
     );
@@ -289,18 +304,18 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     let done = op("done");
     claim_new(&store, done.clone(), t(0)).await;
     store
-        .finish(done.operation_id, completion(Succeeded), t(1))
+        .finish(done.operation_id, A, completion(Succeeded), t(1))
         .await
         .unwrap();
     assert!(
         !store
-            .take_over(done.operation_id, t(100), LEASE, None)
+            .take_over(done.operation_id, A, t(100), LEASE, None)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .take_over(op("missing").operation_id, t(0), LEASE, None)
+            .take_over(op("missing").operation_id, A, t(0), LEASE, None)
             .await
             .unwrap()
     );
@@ -326,8 +341,15 @@ pub async fn renew_lease(store: Store, _peer: Option<Store>) {
     let new = op("renew");
     claim_new(&store, new.clone(), t(0)).await;
     assert!(
+        !store
+            .renew_lease(new.operation_id, B, t(20), LEASE)
+            .await
+            .unwrap(),
+        "only the holder renews"
+    );
+    assert!(
         store
-            .renew_lease(new.operation_id, t(20), LEASE)
+            .renew_lease(new.operation_id, A, t(20), LEASE)
             .await
             .unwrap()
     );
@@ -340,7 +362,7 @@ pub async fn renew_lease(store: Store, _peer: Option<Store>) {
     );
     assert!(
         !store
-            .take_over(new.operation_id, t(40), LEASE, None)
+            .take_over(new.operation_id, A, t(40), LEASE, None)
             .await
             .unwrap()
     );
@@ -351,18 +373,18 @@ pub async fn renew_lease(store: Store, _peer: Option<Store>) {
     );
 
     store
-        .mark_pending(new.operation_id, None, "unknown".into(), t(41))
+        .mark_pending(new.operation_id, A, None, "unknown".into(), t(41))
         .await
         .unwrap();
     assert!(
         !store
-            .renew_lease(new.operation_id, t(42), LEASE)
+            .renew_lease(new.operation_id, A, t(42), LEASE)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .renew_lease(op("missing").operation_id, t(42), LEASE)
+            .renew_lease(op("missing").operation_id, A, t(42), LEASE)
             .await
             .unwrap()
     );
@@ -374,6 +396,7 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     store
         .mark_pending(
             new.operation_id,
+            A,
             Some("corr-0".into()),
             "timeout".into(),
             t(1),
@@ -387,15 +410,29 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     assert!(read.is_unresolved(t(1)));
     // Not IN_FLIGHT any more: a second mark changes nothing.
     store
-        .mark_pending(new.operation_id, None, "again".into(), t(2))
+        .mark_pending(new.operation_id, A, None, "again".into(), t(2))
         .await
         .unwrap();
 
-    // PENDING -> final (the reconciler's resolution).
+    // PENDING is not finished as such: it is taken over first (the reconciler's resolution).
     let mut done = completion(RequiresReview);
     done.correlation_id = None;
     store
-        .finish(new.operation_id, done.clone(), t(3))
+        .finish(new.operation_id, A, done.clone(), t(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(new.operation_id).await.unwrap().unwrap().state,
+        Pending
+    );
+    assert!(
+        store
+            .take_over(new.operation_id, B, t(3), LEASE, None)
+            .await
+            .unwrap()
+    );
+    store
+        .finish(new.operation_id, B, done.clone(), t(3))
         .await
         .unwrap();
     let read = store.get(new.operation_id).await.unwrap().unwrap();
@@ -407,17 +444,18 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     );
     assert_eq!(read.response, Some(done.response.clone()));
 
-    // A final state is never overwritten, and nothing is recorded.
+    // A final state is never overwritten, not even by its last holder, and nothing is
+    // recorded.
     store
-        .finish(new.operation_id, completion(Succeeded), t(4))
+        .finish(new.operation_id, B, completion(Succeeded), t(4))
         .await
         .unwrap();
     store
-        .mark_pending(new.operation_id, None, "late".into(), t(5))
+        .mark_pending(new.operation_id, B, None, "late".into(), t(5))
         .await
         .unwrap();
     store
-        .abandon(new.operation_id, "late".into(), t(6))
+        .abandon(new.operation_id, B, "late".into(), t(6))
         .await
         .unwrap();
     assert_eq!(store.get(new.operation_id).await.unwrap(), Some(read));
@@ -428,27 +466,28 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
         vec![
             (None, Some(InFlight)),
             (Some(InFlight), Some(Pending)),
-            (Some(Pending), Some(RequiresReview)),
+            (Some(Pending), Some(InFlight)),
+            (Some(InFlight), Some(RequiresReview)),
         ]
     );
     assert_eq!(events[1].detail, "timeout");
     assert_eq!(events[1].correlation_id.as_deref(), Some("corr-0"));
-    assert_eq!(events[2].detail, "klarna answered");
-    assert_eq!(events[2].refund_id.as_deref(), Some("refund-1"));
-    assert_eq!(events[2].trace_id.as_deref(), Some("trace-finish"));
-    assert_eq!(events[2].at, at_micros(t(3)));
+    assert_eq!(events[3].detail, "klarna answered");
+    assert_eq!(events[3].refund_id.as_deref(), Some("refund-1"));
+    assert_eq!(events[3].trace_id.as_deref(), Some("trace-finish"));
+    assert_eq!(events[3].at, at_micros(t(3)));
 
     // Finishing with a state that is not final is refused.
     let other = op("not-final");
     claim_new(&store, other.clone(), t(0)).await;
     assert!(
         store
-            .finish(other.operation_id, completion(Pending), t(1))
+            .finish(other.operation_id, A, completion(Pending), t(1))
             .await
             .is_err()
     );
     store
-        .finish(other.operation_id, completion(Succeeded), t(1))
+        .finish(other.operation_id, A, completion(Succeeded), t(1))
         .await
         .unwrap();
     assert_eq!(
@@ -457,11 +496,81 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     );
 }
 
+/// A gateway stalls past its lease and another takes the operation over: the stalled one can
+/// no longer renew, finish, mark pending or abandon it; the new holder can.
+pub async fn only_the_holder_acts(store: Store, peer: Option<Store>) {
+    // With a peer, B is another process.
+    let other = peer.unwrap_or_else(|| store.clone());
+    let new = op("stalled");
+    claim_new(&store, new.clone(), t(0)).await;
+    assert!(
+        other
+            .take_over(new.operation_id, B, t(31), LEASE, Some("trace-b".into()))
+            .await
+            .unwrap()
+    );
+    let taken = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(taken.state, InFlight);
+    assert_eq!(taken.lease_holder, Some(B));
+    assert_eq!(taken.lease_expires_at, Some(at_micros(t(61))));
+
+    // A wakes up.
+    assert!(
+        !store
+            .renew_lease(new.operation_id, A, t(32), LEASE)
+            .await
+            .unwrap()
+    );
+    store
+        .finish(new.operation_id, A, completion(Failed), t(33))
+        .await
+        .unwrap();
+    store
+        .mark_pending(new.operation_id, A, None, "stale".into(), t(34))
+        .await
+        .unwrap();
+    store
+        .abandon(new.operation_id, A, "stale".into(), t(35))
+        .await
+        .unwrap();
+    assert_eq!(store.get(new.operation_id).await.unwrap(), Some(taken));
+    assert_eq!(
+        transitions(&events_of(&store, &new).await),
+        vec![(None, Some(InFlight)), (Some(InFlight), Some(InFlight))],
+        "nothing recorded for the stale holder"
+    );
+
+    // B holds it.
+    assert!(
+        other
+            .renew_lease(new.operation_id, B, t(40), LEASE)
+            .await
+            .unwrap()
+    );
+    other
+        .finish(new.operation_id, B, completion(Succeeded), t(41))
+        .await
+        .unwrap();
+    let done = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(done.state, Succeeded);
+    assert_eq!(done.response, Some(completion(Succeeded).response));
+    let events = events_of(&store, &new).await;
+    assert_eq!(
+        transitions(&events),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(InFlight)),
+            (Some(InFlight), Some(Succeeded)),
+        ]
+    );
+    assert_eq!(events[2].at, at_micros(t(41)));
+}
+
 pub async fn abandon_frees_the_key(store: Store, _peer: Option<Store>) {
     let new = op("abandon");
     claim_new(&store, new.clone(), t(0)).await;
     store
-        .abandon(new.operation_id, "klarna unreachable".into(), t(1))
+        .abandon(new.operation_id, A, "klarna unreachable".into(), t(1))
         .await
         .unwrap();
     assert_eq!(store.get(new.operation_id).await.unwrap(), None);
@@ -483,11 +592,11 @@ pub async fn abandon_frees_the_key(store: Store, _peer: Option<Store>) {
 
     // A PENDING operation is not abandoned: Klarna may have acted.
     store
-        .mark_pending(new.operation_id, None, "timeout".into(), t(3))
+        .mark_pending(new.operation_id, A, None, "timeout".into(), t(3))
         .await
         .unwrap();
     store
-        .abandon(new.operation_id, "wrong".into(), t(4))
+        .abandon(new.operation_id, A, "wrong".into(), t(4))
         .await
         .unwrap();
     assert_eq!(
@@ -506,11 +615,11 @@ pub async fn unresolved_oldest_first(store: Store, _peer: Option<Store>) {
     claim_new(&store, live.clone(), t(50)).await;
     claim_new(&store, done.clone(), t(2)).await;
     store
-        .mark_pending(pending.operation_id, None, "timeout".into(), t(3))
+        .mark_pending(pending.operation_id, A, None, "timeout".into(), t(3))
         .await
         .unwrap();
     store
-        .finish(done.operation_id, completion(Succeeded), t(3))
+        .finish(done.operation_id, A, completion(Succeeded), t(3))
         .await
         .unwrap();
 
@@ -551,7 +660,7 @@ pub async fn list_filters(store: Store, _peer: Option<Store>) {
         claim_new(&store, op.clone(), t(i as i64 * 10)).await;
     }
     store
-        .finish(b.operation_id, completion(Succeeded), t(100))
+        .finish(b.operation_id, A, completion(Succeeded), t(100))
         .await
         .unwrap();
 
@@ -706,19 +815,19 @@ pub async fn purge_keeps_events(store: Store, _peer: Option<Store>) {
         claim_new(&store, new.clone(), t(0)).await;
     }
     store
-        .finish(old_done.operation_id, completion(Succeeded), t(10))
+        .finish(old_done.operation_id, A, completion(Succeeded), t(10))
         .await
         .unwrap();
     store
-        .finish(old_failed.operation_id, completion(Failed), t(10))
+        .finish(old_failed.operation_id, A, completion(Failed), t(10))
         .await
         .unwrap();
     store
-        .finish(new_done.operation_id, completion(Succeeded), t(1000))
+        .finish(new_done.operation_id, A, completion(Succeeded), t(1000))
         .await
         .unwrap();
     store
-        .mark_pending(old_pending.operation_id, None, "timeout".into(), t(10))
+        .mark_pending(old_pending.operation_id, A, None, "timeout".into(), t(10))
         .await
         .unwrap();
 
@@ -803,7 +912,7 @@ pub async fn group_commit_64_claims(store: Store, _peer: Option<Store>) {
             barrier.wait().await;
             let claimed = claim_new(&store, new.clone(), t(i)).await;
             store
-                .finish(new.operation_id, completion(Succeeded), t(i + 1))
+                .finish(new.operation_id, A, completion(Succeeded), t(i + 1))
                 .await
                 .unwrap();
             claimed
@@ -838,14 +947,16 @@ pub async fn concurrent_mixed_writes(store: Store, _peer: Option<Store>) {
             let (store, barrier) = (store.clone(), barrier.clone());
             tasks.spawn(async move {
                 let new = op(&format!("mixed-{i}"));
+                let holder = LeaseHolder::new();
                 barrier.wait().await;
-                let Claim::New(_) = store.claim(new.clone(), t(i), LEASE).await.unwrap() else {
+                let Claim::New(_) = store.claim(new.clone(), holder, t(i), LEASE).await.unwrap()
+                else {
                     return 0;
                 };
                 let (a, b, c) = tokio::join!(
-                    store.finish(new.operation_id, completion(Succeeded), t(i + 1)),
-                    store.finish(new.operation_id, completion(Failed), t(i + 2)),
-                    store.renew_lease(new.operation_id, t(i + 1), LEASE),
+                    store.finish(new.operation_id, holder, completion(Succeeded), t(i + 1)),
+                    store.finish(new.operation_id, holder, completion(Failed), t(i + 2)),
+                    store.renew_lease(new.operation_id, holder, t(i + 1), LEASE),
                 );
                 a.unwrap();
                 b.unwrap();
