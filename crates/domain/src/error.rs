@@ -2,6 +2,7 @@
 //! enum says what happened, not how it is encoded.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::klarna::KlarnaError;
 use crate::validation::Violations;
@@ -130,6 +131,39 @@ pub enum GatewayError {
         /// What the call was about.
         resource: ResourceRef,
     },
+    /// The idempotency key was used before for a different request.
+    #[error(
+        "idempotency key {idempotency_key:?} was used for a different request (operation {operation_id})"
+    )]
+    KeyReused {
+        /// The operation that owns the key.
+        operation_id: String,
+        /// The key.
+        idempotency_key: String,
+    },
+    /// Another request with the same key is being worked on.
+    #[error("operation {operation_id} is in progress")]
+    KeyInUse {
+        /// The operation in progress.
+        operation_id: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The operation store cannot be reached; nothing was decided.
+    #[error("operation store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// The outcome could not be established by the gateway; a person must look.
+    #[error("operation {operation_id} requires review: {detail}")]
+    RequiresReview {
+        /// The operation.
+        operation_id: String,
+        /// Why.
+        detail: String,
+    },
+    /// A fault of the gateway itself (a task that failed, a stored answer it cannot read).
+    /// Says what failed, never with a secret.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<Violations> for GatewayError {

@@ -135,14 +135,14 @@ impl KlarnaError {
         }
     }
 
-    /// True when a mutating call may or may not have taken effect: no answer, a 5xx, or a
-    /// success we could not read. Such an outcome must never be reported as a failure.
+    /// True when a mutating call that ended with this error, as its only attempt, may or
+    /// may not have taken effect: such an outcome must never be reported as a failure. The
+    /// verdict is [`crate::outcome::classify_mutation`]'s.
     pub fn outcome_unknown(&self) -> bool {
-        match self {
-            Self::Answered(r) => r.status >= 500,
-            Self::NoAnswer(_) | Self::BadResponse(_) => true,
-            Self::NotSent(_) => false,
-        }
+        crate::outcome::classify_mutation(
+            crate::outcome::KlarnaApiKind::OrderManagement,
+            &[crate::outcome::Attempt::of_error(self)],
+        ) == crate::outcome::Verdict::Unknown
     }
 }
 

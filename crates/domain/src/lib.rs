@@ -18,6 +18,9 @@
 //!   offered due-date extensions).
 //! - [`operation`]: operation identity: [`Caller`], [`Rpc`], [`OperationId`].
 //! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
+//! - [`outcome`]: what a Klarna result proves: [`classify_mutation`] over an operation's
+//!   attempts (succeeded, refused, unknown, nothing happened) and [`classify_read`]; the only
+//!   place that decides it.
 //! - [`store`]: the [`OperationStore`] port: durable operations and their audit trail.
 //! - [`error`]: [`GatewayError`], the one error every RPC returns.
 
@@ -29,6 +32,7 @@ pub mod money;
 pub mod operation;
 pub mod order;
 pub mod order_line;
+pub mod outcome;
 pub mod rules;
 pub mod store;
 pub mod validation;
@@ -49,6 +53,7 @@ pub use order_line::{
     LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,
     SubscriptionDraft, SubscriptionInterval,
 };
+pub use outcome::{Attempt, KlarnaApiKind, ReadVerdict, Verdict, classify_mutation, classify_read};
 pub use store::{
     AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationPage, OperationState, OperationStore, OrderLock, StoreError, StoredResponse,

@@ -5,7 +5,7 @@ use crate::command::{ExtendDueDate, RefundOrder};
 use crate::error::{Precondition, PreconditionReason};
 use crate::order::{ExtendDueDateOption, ExtendDueDateOptions, Order};
 
-/// Purchase countries where Klarna accepts return fees (CONTRACT §2).
+/// Purchase countries where Klarna accepts return fees (see docs/klarna.md#return-fees).
 pub const RETURN_FEE_COUNTRIES: [&str; 15] = [
     "AT", "DE", "DK", "FI", "FR", "NL", "NO", "SE", "IT", "ES", "IE", "PT", "CZ", "AU", "GR",
 ];

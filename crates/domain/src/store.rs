@@ -321,17 +321,19 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     ) -> Result<bool, StoreError>;
 
     /// IN_FLIGHT -> a final state, with the answer to replay. Only when the operation is
-    /// IN_FLIGHT and held by `holder`; otherwise it does nothing and records no event.
+    /// IN_FLIGHT and held by `holder`; otherwise it does nothing, records no event and
+    /// returns `false`: the holder lost its lease, and the stored record is the one that won.
     async fn finish(
         &self,
         id: OperationId,
         holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown. Only when the operation is
-    /// IN_FLIGHT and held by `holder`; otherwise it does nothing and records no event.
+    /// IN_FLIGHT and held by `holder`; otherwise it does nothing, records no event and
+    /// returns `false`.
     async fn mark_pending(
         &self,
         id: OperationId,
@@ -339,19 +341,19 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Deletes an IN_FLIGHT operation that provably did nothing (Klarna unreachable, 429,
     /// 401, our limits), so its key can be used again; the audit events stay. Only when the
-    /// operation is IN_FLIGHT and held by `holder`; otherwise it does nothing and records no
-    /// event.
+    /// operation is IN_FLIGHT and held by `holder`; otherwise it does nothing, records no
+    /// event and returns `false`.
     async fn abandon(
         &self,
         id: OperationId,
         holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// The operation, if stored.
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError>;

@@ -1,6 +1,7 @@
 //! An in-memory simulator of Klarna's Order Management API v1, faithful to the contract the
-//! refund gateway relies on (`shared/klarna/CONTRACT.md` §2, §3 and §5 items 1-11), with test
-//! facilities: a request log, fault injection, a settable clock and fixed demo orders.
+//! refund gateway relies on (see docs/klarna.md: #endpoints, #errors, #idempotency and
+//! #the-simulator), with test facilities: a request log, fault injection, a settable clock and
+//! fixed demo orders.
 //!
 //! It is an independent implementation: it shares no types with the gateway's Klarna adapter,
 //! so the adapter's tests check the adapter against Klarna's behaviour, not against itself.

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use refund_gateway_domain::{
-    CaptureId, ExtendDueDateOptions, KlarnaApi, KlarnaError, KlarnaReceipt, KlarnaRefund,
+    Attempt, CaptureId, ExtendDueDateOptions, KlarnaApi, KlarnaError, KlarnaReceipt, KlarnaRefund,
     OperationId, Order, OrderId, Refund, RefundCreated, RefundId,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -146,6 +146,7 @@ impl KlarnaClient {
         let started = Instant::now();
         let method = request.method.clone();
         let operation = request.operation;
+        let mutating = request.key.is_some();
         let mut path = String::new();
         let deadline = current_deadline().or_else(|| {
             // `None` only when the default deadline is beyond what an Instant can hold;
@@ -190,6 +191,13 @@ impl KlarnaClient {
         }
         .await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if mutating {
+            // The retry policy logged the attempts it resent; this is the last one, as read.
+            crate::attempts::record(match &result {
+                Ok((_, status, _)) => Attempt::Answered(status.as_u16()),
+                Err(e) => Attempt::of_error(e),
+            });
+        }
         match result {
             Ok((value, status, correlation_id)) => {
                 tracing::info!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::{Host, Url};
 
-/// A Klarna region; each has its own Order Management host (CONTRACT §1).
+/// A Klarna region; each has its own Order Management host (see docs/klarna.md#base-urls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Region {
     /// Europe: `api.klarna.com`.
@@ -87,7 +87,7 @@ impl FromStr for Environment {
     }
 }
 
-/// The Order Management base URL of `region` in `environment` (CONTRACT §1):
+/// The Order Management base URL of `region` in `environment` (see docs/klarna.md#base-urls):
 /// `https://api{-na,-oc}{.playground}.klarna.com`.
 pub fn regional_base_url(region: Region, environment: Environment) -> BaseUrl {
     let host = match (region, environment) {
@@ -234,9 +234,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// caller set no deadline with [`crate::with_deadline`]: the gateway's own default RPC deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// When and how often a Klarna call is resent (DESIGN §6); which outcomes are safe to resend
-/// is fixed, see [`crate::RetryPolicy`]. One retry budget is shared by every call of one
-/// [`crate::KlarnaClient`], i.e. per Klarna account.
+/// When and how often a Klarna call is resent (see docs/klarna.md#retries); which outcomes are
+/// safe to resend is fixed, see [`crate::RetryPolicy`]. One retry budget is shared by every
+/// call of one [`crate::KlarnaClient`], i.e. per Klarna account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per call, the first included; 1 turns resending off. Default 4.

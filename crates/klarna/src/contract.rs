@@ -1,5 +1,5 @@
 //! What this adapter assumes about Klarna's Order Management API beyond its JSON shapes:
-//! paths, header names and accepted statuses (CONTRACT.md §1-§3).
+//! paths, header names and accepted statuses (see docs/klarna.md#confirmed-vs-assumed).
 //!
 //! Points tagged **\[U\]** are not confirmed by a Klarna source. They live here, and only here,
 //! so correcting one is a one-line change.

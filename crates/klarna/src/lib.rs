@@ -1,6 +1,6 @@
 //! The refund gateway's Klarna adapter: [`KlarnaClient`] implements the domain's
 //! [`KlarnaApi`](refund_gateway_domain::KlarnaApi) port over Klarna's Order Management v1 HTTP
-//! API (CONTRACT.md §1-§3).
+//! API (see docs/klarna.md).
 //!
 //! Every request carries HTTP Basic credentials, `Accept: application/json` and a `User-Agent`
 //! in Klarna's SDK convention; every POST and PATCH carries the operation id as
@@ -33,9 +33,12 @@
 //! - `http.rs`: [`HttpService`] (reqwest as a tower service), [`AttemptTraceLayer`], the
 //!   deadline-aware per-attempt timeout, and the outbound stack ([`OutboundService`]):
 //!   retry -> attempt trace -> (per-account rate limit, later) -> attempt timeout -> reqwest.
+//! - `attempts.rs`: the attempt log of mutating calls ([`recording_attempts`]), from which
+//!   the domain judges an operation's outcome.
 //! - `client.rs`: [`KlarnaClient`]: builds requests, sends them through the stack, reads the
 //!   answers, logs one event per call.
 
+mod attempts;
 mod client;
 mod config;
 mod contract;
@@ -45,6 +48,7 @@ mod retry;
 mod wire;
 
 pub use crate::http::{AttemptTrace, AttemptTraceLayer, HttpService, OutboundService};
+pub use attempts::recording_attempts;
 pub use client::{KlarnaClient, user_agent};
 pub use config::{
     BaseUrl, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, Environment,

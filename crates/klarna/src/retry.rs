@@ -1,5 +1,5 @@
-//! Resending Klarna calls, only when that cannot do harm (DESIGN §6, CONTRACT §1), and never
-//! past the caller's deadline.
+//! Resending Klarna calls, only when that cannot do harm (see docs/klarna.md#retries and
+//! docs/architecture.md#middleware), and never past the caller's deadline.
 //!
 //! [`RetryPolicy`] is a [`tower::retry::Policy`] for the outbound stack, above the attempt
 //! trace so that every attempt gets its own span. What it resends:
@@ -8,7 +8,7 @@
 //! |--------------------------------------|--------------------------|------------------------|
 //! | `NotSent` (provably never left)      | resend                   | resend                 |
 //! | 5xx answer                           | resend                   | no                     |
-//! | 429 answer                           | resend                   | no                     |
+//! | 408 or 429 answer                    | resend                   | no                     |
 //! | `NoAnswer` (transport error, timeout)| resend                   | no                     |
 //! | any other 4xx                        | no                       | no                     |
 //! | 2xx / 1xx / 3xx                      | no (done)                | no (done)              |
@@ -27,11 +27,14 @@
 //!   on Klarna: each call deposits once, each resend withdraws.
 //!
 //! The call's outcome is the last attempt's, with one exception: a final `NotSent` after an
-//! attempt that may have reached Klarna (no answer, or a 5xx) is reported as `NoAnswer`, so
-//! that "not sent" always means that no attempt of the call can have been executed.
+//! attempt that may have reached Klarna (no answer, a 5xx or a 408) is reported as `NoAnswer`,
+//! so that "not sent" always means that no attempt of the call can have been executed. What an
+//! outcome proves is not decided here: every attempt of a mutating call that is followed by a
+//! resend goes to the attempt log (`attempts.rs`), and the domain's `classify_mutation` judges
+//! the whole history.
 //!
 //! Every resend scheduled is counted in the `klarna_retries_total` counter, labelled `reason`
-//! = `status_5xx`, `status_429`, `no_answer` or `not_sent`.
+//! = `status_5xx`, `status_408`, `status_429`, `no_answer` or `not_sent`.
 //!
 //! The deadline of a call is a task-local set by [`with_deadline`], so that the domain's
 //! `KlarnaApi` port needs no deadline parameter (and no tokio). [`crate::KlarnaClient`] reads
@@ -44,7 +47,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use refund_gateway_domain::KlarnaError;
+use refund_gateway_domain::{Attempt, KlarnaError};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use time::OffsetDateTime;
@@ -90,6 +93,7 @@ pub fn current_deadline() -> Option<Instant> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
     Status5xx,
+    Status408,
     Status429,
     NoAnswer,
     NotSent,
@@ -99,6 +103,7 @@ impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Self::Status5xx => "status_5xx",
+            Self::Status408 => "status_408",
             Self::Status429 => "status_429",
             Self::NoAnswer => "no_answer",
             Self::NotSent => "not_sent",
@@ -134,7 +139,7 @@ pub struct RetryPolicy {
     shared: Arc<Shared>,
     /// Attempts of this call that have finished.
     attempts: u32,
-    /// An attempt of this call may have reached Klarna (no answer, or a 5xx).
+    /// An attempt of this call may have reached Klarna (no answer, a 5xx or a 408).
     maybe_received: bool,
 }
 
@@ -213,9 +218,16 @@ impl Policy<reqwest::Request, reqwest::Response, KlarnaError> for RetryPolicy {
         }
         if matches!(
             classify(result),
-            Some((Reason::NoAnswer | Reason::Status5xx, _))
+            Some((Reason::NoAnswer | Reason::Status5xx | Reason::Status408, _))
         ) {
             self.maybe_received = true;
+        }
+        if resend.is_some() && !is_read(request) {
+            // The client logs the call's last attempt itself, once it has read the answer.
+            crate::attempts::record(match result {
+                Ok(response) => Attempt::Answered(response.status().as_u16()),
+                Err(e) => Attempt::of_error(e),
+            });
         }
         resend
     }
@@ -312,11 +324,13 @@ fn classify(result: &Result<reqwest::Response, KlarnaError>) -> Option<(Reason, 
 fn by_status(status: u16) -> Option<Reason> {
     if status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
         Some(Reason::Status429)
+    } else if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
+        Some(Reason::Status408)
     } else if (500..600).contains(&status) {
         Some(Reason::Status5xx)
     } else {
         // Success is done; any other 4xx is Klarna's answer to this request, and asking again
-        // gets the same one (CONTRACT §1: never retry 4xx blindly).
+        // gets the same one (never retry a 4xx blindly: see docs/klarna.md#retries).
         None
     }
 }
@@ -325,11 +339,15 @@ fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
     retry_after(headers, OffsetDateTime::now_utc())
 }
 
+/// A GET or HEAD: it changes nothing at Klarna.
+fn is_read(request: &reqwest::Request) -> bool {
+    matches!(*request.method(), Method::GET | Method::HEAD)
+}
+
 /// A request that may have reached Klarna can be resent only if Klarna executes it at most
 /// once: a read, or a write carrying `Klarna-Idempotency-Key`.
 fn resend_is_safe(request: &reqwest::Request) -> bool {
-    let method = request.method();
-    if *method == Method::GET || *method == Method::HEAD {
+    if is_read(request) {
         return true;
     }
     request

@@ -1,7 +1,7 @@
 //! The adapter against the Klarna simulator over real HTTP: what it sends, what it reads, and
-//! how it classifies each error row of CONTRACT §3 and each transport failure. Tests about
-//! the classification of a single answer use a client that does not resend; resending has its
-//! own tests in `retry.rs`.
+//! how it classifies each error row of docs/klarna.md#errors and each transport failure. Tests
+//! about the classification of a single answer use a client that does not resend; resending
+//! has its own tests in `retry.rs`.
 
 use std::time::Duration;
 

@@ -2,12 +2,20 @@
 //! variables, then command-line flags, each overriding the one before. Secrets never sit in
 //! the file: an account names the environment variable or file that holds each credential,
 //! and the resolved value lives in a [`SecretString`] that never prints.
+//!
+//! [`SETTINGS`] is the one list of settings: TOML key, flag, environment variable, allowed
+//! values and description. Validation, environment overrides and `--help` ([`command`]) come
+//! from it, defaults come from [`Settings::default`], and a test holds the README's
+//! configuration table to both.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use clap::{CommandFactory, FromArgMatches, Parser};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use refund_gateway_klarna::{BaseUrl, Environment, KlarnaCredentials, Region, regional_base_url};
@@ -24,6 +32,16 @@ pub enum ConfigError {
     /// The file or an override could not be read.
     #[error("cannot read configuration: {0}")]
     Load(String),
+    /// A setting is outside the range it allows.
+    #[error("setting {setting} = {value} is out of range: allowed {allowed}")]
+    OutOfRange {
+        /// The setting's TOML key.
+        setting: &'static str,
+        /// The value refused.
+        value: u64,
+        /// The allowed range, with its unit.
+        allowed: Allowed,
+    },
     /// No Klarna account and no `--simulator`.
     #[error(
         "no Klarna account configured: missing {0}. Set them (or configure [accounts.<name>] in \
@@ -40,7 +58,10 @@ pub enum ConfigError {
     },
 }
 
-/// Settings as read from the file and the environment, before secrets are resolved.
+/// Settings as read from the file, the environment and the flags, before secrets are
+/// resolved. [`load_settings`] and [`resolve`] refuse values outside what [`SETTINGS`]
+/// allows, so code reading a loaded `Settings` need not clamp; one built by hand (tests) is
+/// used as is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -63,6 +84,8 @@ pub struct Settings {
     pub klarna_idempotency_window_secs: u64,
     /// How often the reconciler looks for unresolved operations, in milliseconds.
     pub reconcile_interval_ms: u64,
+    /// How many unresolved operations the reconciler resolves at once.
+    pub reconcile_parallelism: usize,
     /// How long completed operations are kept, in days (audit events are kept forever).
     pub retention_days: u64,
     /// Log format: `json` (default) or `text`.
@@ -83,10 +106,62 @@ impl Default for Settings {
             default_deadline_ms: 30_000,
             klarna_idempotency_window_secs: 23 * 3600,
             reconcile_interval_ms: 10_000,
+            reconcile_parallelism: 8,
             retention_days: 30,
             log_format: LogFormat::Json,
             accounts: BTreeMap::new(),
         }
+    }
+}
+
+impl Settings {
+    /// Checks every setting against what [`SETTINGS`] allows; the error names the first
+    /// setting out of range, its value and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for setting in SETTINGS {
+            if let (Allowed::Range { min, max, .. }, Value::Number(value)) =
+                (setting.allowed, (setting.value)(self))
+                && !(min..=max).contains(&value)
+            {
+                return Err(ConfigError::OutOfRange {
+                    setting: setting.key,
+                    value,
+                    allowed: setting.allowed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Timeout of one Klarna HTTP attempt (`klarna_attempt_timeout_ms`).
+    pub fn klarna_attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.klarna_attempt_timeout_ms)
+    }
+
+    /// Lease of a claimed operation (`lease_secs`).
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// The caller's deadline when it sets none (`default_deadline_ms`).
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// How long Klarna's idempotency memory is trusted (`klarna_idempotency_window_secs`).
+    pub fn klarna_idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.klarna_idempotency_window_secs)
+    }
+
+    /// How often the reconciler looks for unresolved operations (`reconcile_interval_ms`).
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.reconcile_interval_ms)
+    }
+
+    /// How long completed operations are kept (`retention_days`).
+    pub fn retention(&self) -> Duration {
+        // Saturating so that a hand-built, unvalidated value cannot overflow here.
+        Duration::from_secs(self.retention_days.saturating_mul(86_400))
     }
 }
 
@@ -98,6 +173,442 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Text,
+}
+
+impl fmt::Display for LogFormat {
+    /// Writes the format as the TOML file and `--log-format` spell it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        })
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    /// Reads `json` or `text`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            _ => Err("expected json or text".into()),
+        }
+    }
+}
+
+/// One setting as operators see it: where it is set and what it accepts. Its default is its
+/// value in [`Settings::default`].
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Its key in the TOML file, also its name in error messages.
+    pub key: &'static str,
+    /// Its command-line flag, if it has one.
+    pub flag: Option<&'static str>,
+    /// Its environment variable, if it has one (every flag has one).
+    pub env: Option<&'static str>,
+    /// What it sets, for `--help`.
+    pub description: &'static str,
+    /// The values it accepts.
+    pub allowed: Allowed,
+    value: fn(&Settings) -> Value,
+    parse: fn(&mut Settings, &str) -> Result<(), String>,
+}
+
+impl Setting {
+    /// Its default, as written in the TOML file.
+    pub fn default_value(&self) -> String {
+        (self.value)(&Settings::default()).to_string()
+    }
+
+    /// Its description in `--help`, with its default and any range.
+    fn help(&self) -> String {
+        let mut help = format!("{} [default: {}]", self.description, self.default_value());
+        if let Allowed::Range { .. } = self.allowed {
+            help.push_str(&format!(" [allowed: {}]", self.allowed));
+        }
+        help
+    }
+}
+
+/// The values a setting accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// A value of the form described, checked when it is read.
+    Form(&'static str),
+    /// A whole number from `min` to `max`, both included.
+    Range {
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+        /// What the number counts.
+        unit: Unit,
+    },
+}
+
+impl fmt::Display for Allowed {
+    /// Writes the form, or the range with its unit, e.g. `1 to 3600 s (1 s to 1 h)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Form(form) => f.write_str(form),
+            Self::Range { min, max, unit } => {
+                write!(f, "{min} to {max}")?;
+                match unit {
+                    Unit::Count => Ok(()),
+                    Unit::Days => f.write_str(" days"),
+                    Unit::Millis => write!(f, " ms ({} to {})", human_ms(min), human_ms(max)),
+                    Unit::Seconds => write!(
+                        f,
+                        " s ({} to {})",
+                        human_ms(min.saturating_mul(1000)),
+                        human_ms(max.saturating_mul(1000))
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// What the number of a [`Allowed::Range`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Milliseconds.
+    Millis,
+    /// Seconds.
+    Seconds,
+    /// Days.
+    Days,
+    /// Things (operations, connections).
+    Count,
+}
+
+/// A duration in the largest unit that states it exactly: `600000` → `10 min`.
+fn human_ms(ms: u64) -> String {
+    for (size, unit) in [(3_600_000, "h"), (60_000, "min"), (1000, "s")] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{} {unit}", ms / size);
+        }
+    }
+    format!("{ms} ms")
+}
+
+/// A setting's value as written in the TOML file.
+enum Value {
+    Number(u64),
+    Text(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Parses `text` into `slot`.
+fn set<T: FromStr>(slot: &mut T, text: &str) -> Result<(), String>
+where
+    T::Err: fmt::Display,
+{
+    *slot = text.parse().map_err(|e: T::Err| e.to_string())?;
+    Ok(())
+}
+
+const MS: Unit = Unit::Millis;
+const SECS: Unit = Unit::Seconds;
+
+/// Every setting, in the order `--help` and the README list them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        flag: Some("--listen"),
+        env: Some("REFUND_GATEWAY_LISTEN"),
+        description: "gRPC listen address",
+        allowed: Allowed::Form("host:port"),
+        value: |s| Value::Text(s.listen.to_string()),
+        parse: |s, t| set(&mut s.listen, t),
+    },
+    Setting {
+        key: "admin_listen",
+        flag: Some("--admin-listen"),
+        env: Some("REFUND_GATEWAY_ADMIN_LISTEN"),
+        description: "Admin HTTP listen address for /healthz, /readyz and /metrics",
+        allowed: Allowed::Form("host:port"),
+        value: |s| Value::Text(s.admin_listen.to_string()),
+        parse: |s, t| set(&mut s.admin_listen, t),
+    },
+    Setting {
+        key: "data_dir",
+        flag: Some("--data-dir"),
+        env: Some("REFUND_GATEWAY_DATA_DIR"),
+        description: "Directory for the gateway's data",
+        allowed: Allowed::Form("a directory"),
+        value: |s| Value::Text(s.data_dir.display().to_string()),
+        parse: |s, t| set(&mut s.data_dir, t),
+    },
+    Setting {
+        key: "simulator",
+        flag: Some("--simulator"),
+        env: Some("REFUND_GATEWAY_SIMULATOR"),
+        description: "Run against an in-process Klarna simulator seeded with demo orders (fixed \
+                      ids, see the README). For demos and local exploration; never falls back \
+                      to it silently",
+        allowed: Allowed::Form("true or false"),
+        value: |s| Value::Text(s.simulator.to_string()),
+        parse: |s, t| set(&mut s.simulator, t),
+    },
+    Setting {
+        key: "log_format",
+        flag: Some("--log-format"),
+        env: Some("REFUND_GATEWAY_LOG_FORMAT"),
+        description: "Log format; the level comes from RUST_LOG",
+        allowed: Allowed::Form("json or text"),
+        value: |s| Value::Text(s.log_format.to_string()),
+        parse: |s, t| set(&mut s.log_format, t),
+    },
+    Setting {
+        key: "klarna_attempt_timeout_ms",
+        flag: None,
+        env: None,
+        description: "Timeout of one Klarna HTTP attempt, in milliseconds",
+        allowed: Allowed::Range {
+            min: 100,
+            max: 600_000,
+            unit: MS,
+        },
+        value: |s| Value::Number(s.klarna_attempt_timeout_ms),
+        parse: |s, t| set(&mut s.klarna_attempt_timeout_ms, t),
+    },
+    Setting {
+        key: "lease_secs",
+        flag: None,
+        env: None,
+        description: "Lease of a claimed operation, in seconds; renewed while it runs",
+        allowed: Allowed::Range {
+            min: 1,
+            max: 3600,
+            unit: SECS,
+        },
+        value: |s| Value::Number(s.lease_secs),
+        parse: |s, t| set(&mut s.lease_secs, t),
+    },
+    Setting {
+        key: "default_deadline_ms",
+        flag: None,
+        env: None,
+        description: "Deadline of a call whose caller sets none, in milliseconds",
+        allowed: Allowed::Range {
+            min: 100,
+            max: 600_000,
+            unit: MS,
+        },
+        value: |s| Value::Number(s.default_deadline_ms),
+        parse: |s, t| set(&mut s.default_deadline_ms, t),
+    },
+    Setting {
+        key: "klarna_idempotency_window_secs",
+        flag: None,
+        env: None,
+        description: "How long Klarna's idempotency memory is trusted for resends, in seconds \
+                      (Klarna keeps keys 24 h)",
+        allowed: Allowed::Range {
+            min: 60,
+            max: 86_400,
+            unit: SECS,
+        },
+        value: |s| Value::Number(s.klarna_idempotency_window_secs),
+        parse: |s, t| set(&mut s.klarna_idempotency_window_secs, t),
+    },
+    Setting {
+        key: "reconcile_interval_ms",
+        flag: None,
+        env: None,
+        description: "How often the reconciler looks for unresolved operations, in milliseconds",
+        allowed: Allowed::Range {
+            min: 10,
+            max: 3_600_000,
+            unit: MS,
+        },
+        value: |s| Value::Number(s.reconcile_interval_ms),
+        parse: |s, t| set(&mut s.reconcile_interval_ms, t),
+    },
+    Setting {
+        key: "reconcile_parallelism",
+        flag: None,
+        env: None,
+        description: "How many unresolved operations the reconciler resolves at once",
+        allowed: Allowed::Range {
+            min: 1,
+            max: 256,
+            unit: Unit::Count,
+        },
+        value: |s| Value::Number(u64::try_from(s.reconcile_parallelism).unwrap_or(u64::MAX)),
+        parse: |s, t| set(&mut s.reconcile_parallelism, t),
+    },
+    Setting {
+        key: "retention_days",
+        flag: None,
+        env: None,
+        description: "How long completed operations are kept, in days (audit events are kept \
+                      forever)",
+        allowed: Allowed::Range {
+            min: 1,
+            max: 3650,
+            unit: Unit::Days,
+        },
+        value: |s| Value::Number(s.retention_days),
+        parse: |s, t| set(&mut s.retention_days, t),
+    },
+];
+
+/// An environment variable that is not a setting of [`SETTINGS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// What it sets, for `--help`.
+    pub description: &'static str,
+}
+
+/// The environment variables read besides those of [`SETTINGS`] and `REFUND_GATEWAY_CONFIG`.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "KLARNA_API_URL",
+        description: "Base URL of the account `default` (https; http only on loopback)",
+    },
+    Variable {
+        name: "KLARNA_REGION",
+        description: "Instead of KLARNA_API_URL: eu, na or oc, with KLARNA_ENVIRONMENT",
+    },
+    Variable {
+        name: "KLARNA_ENVIRONMENT",
+        description: "playground or live, with KLARNA_REGION",
+    },
+    Variable {
+        name: "KLARNA_USERNAME",
+        description: "API username of the account `default`",
+    },
+    Variable {
+        name: "KLARNA_PASSWORD",
+        description: "API password of the account `default`",
+    },
+    Variable {
+        name: "DATABASE_URL",
+        description: "PostgreSQL operation store (postgres://...), shared by replicas; unset: \
+                      SQLite file refund-gateway.sqlite3 in the data directory",
+    },
+    Variable {
+        name: "RUST_LOG",
+        description: "Log level filter [default: info]",
+    },
+];
+
+/// gRPC refund gateway for Klarna.
+///
+/// Klarna credentials come from the environment (KLARNA_USERNAME, KLARNA_PASSWORD, and
+/// KLARNA_API_URL or KLARNA_REGION=eu|na|oc + KLARNA_ENVIRONMENT=playground|live, for the
+/// account named `default`) or from [accounts.<name>] tables in the --config file, which name
+/// the variable or file holding each secret (password_env / password_file, username_env /
+/// username_file). Without any account and without --simulator the gateway refuses to start.
+#[derive(Debug, Parser)]
+#[command(name = "refund-gateway", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file (settings, [accounts.<name>] tables).
+    #[arg(long, env = "REFUND_GATEWAY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    // The help and environment variable of these flags come from SETTINGS, in `command`.
+    #[arg(long)]
+    simulator: bool,
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// The `--config` file, if one was given (flag or `REFUND_GATEWAY_CONFIG`).
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// Sets in `settings` what the flags (or their environment variables) set. `--simulator`
+    /// can only turn the simulator on.
+    pub fn apply(&self, settings: &mut Settings) {
+        if let Some(a) = self.listen {
+            settings.listen = a;
+        }
+        if let Some(a) = self.admin_listen {
+            settings.admin_listen = a;
+        }
+        if let Some(d) = &self.data_dir {
+            settings.data_dir.clone_from(d);
+        }
+        if let Some(f) = self.log_format {
+            settings.log_format = f;
+        }
+        settings.simulator |= self.simulator;
+    }
+}
+
+/// The command line of `refund-gateway`: [`Cli`], with the help and environment variable of
+/// each flag from [`SETTINGS`], and after the options the settings without a flag and the
+/// other environment variables.
+pub fn command() -> clap::Command {
+    Cli::command()
+        .mut_args(|arg| {
+            let flag = arg.get_long().map(|long| format!("--{long}"));
+            match SETTINGS
+                .iter()
+                .find(|s| s.flag.is_some() && s.flag == flag.as_deref())
+            {
+                Some(setting) => {
+                    let arg = arg.help(format!("{} [TOML: {}]", setting.help(), setting.key));
+                    match setting.env {
+                        Some(env) => arg.env(env),
+                        None => arg,
+                    }
+                }
+                None => arg,
+            }
+        })
+        .after_help(after_help())
+}
+
+/// Parses the command line (and the flags' environment variables); on an error or `--help`
+/// prints and exits, as clap does.
+pub fn parse_args() -> Cli {
+    match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
+
+/// The part of `--help` after the options: settings without a flag, other variables.
+fn after_help() -> String {
+    let mut help = String::from("Settings without a flag (set them in the --config file):\n");
+    let unflagged = || SETTINGS.iter().filter(|s| s.flag.is_none());
+    let width = unflagged().map(|s| s.key.len()).max().unwrap_or(0);
+    for setting in unflagged() {
+        help.push_str(&format!("  {:width$}  {}\n", setting.key, setting.help(),));
+    }
+    help.push_str("\nEnvironment (besides the options' variables):\n");
+    let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    for variable in VARIABLES {
+        help.push_str(&format!(
+            "  {:width$}  {}\n",
+            variable.name, variable.description
+        ));
+    }
+    help
 }
 
 /// One Klarna account in the file. Either `api_url`, or `region` + `environment`.
@@ -161,7 +672,7 @@ impl Config {
 
     /// Timeout of one Klarna HTTP attempt.
     pub fn klarna_attempt_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.klarna_attempt_timeout_ms)
+        self.settings.klarna_attempt_timeout()
     }
 }
 
@@ -182,8 +693,9 @@ impl Environ for ProcessEnv {
     }
 }
 
-/// Loads settings: defaults, then the TOML file (if any), then `REFUND_GATEWAY_*` variables.
-/// Command-line flags are applied by the caller on the result.
+/// Loads settings: defaults, then the TOML file (if any), then the environment variables of
+/// [`SETTINGS`], and validates them. Command-line flags are applied by the caller on the
+/// result; [`resolve`] validates again.
 pub fn load_settings(file: Option<&Path>, env: &dyn Environ) -> Result<Settings, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     if let Some(file) = file {
@@ -198,30 +710,26 @@ pub fn load_settings(file: Option<&Path>, env: &dyn Environ) -> Result<Settings,
     let mut settings: Settings = figment
         .extract()
         .map_err(|e| ConfigError::Load(e.to_string()))?;
-    let parse_addr = |name: &str| -> Result<Option<SocketAddr>, ConfigError> {
-        env.var(name)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ConfigError::Load(format!("{name}={v:?} is not a host:port address"))
-                })
-            })
-            .transpose()
-    };
-    if let Some(a) = parse_addr("REFUND_GATEWAY_LISTEN")? {
-        settings.listen = a;
+    for setting in SETTINGS {
+        let Some(name) = setting.env else { continue };
+        if let Some(text) = env.var(name) {
+            (setting.parse)(&mut settings, &text).map_err(|problem| {
+                ConfigError::Load(format!(
+                    "{name}={text:?} is not valid for {} ({}): {problem}",
+                    setting.key, setting.allowed
+                ))
+            })?;
+        }
     }
-    if let Some(a) = parse_addr("REFUND_GATEWAY_ADMIN_LISTEN")? {
-        settings.admin_listen = a;
-    }
-    if let Some(d) = env.var("REFUND_GATEWAY_DATA_DIR") {
-        settings.data_dir = PathBuf::from(d);
-    }
+    settings.validate()?;
     Ok(settings)
 }
 
 /// Resolves the accounts: those of the file, plus `default` from `KLARNA_*` variables when
 /// `KLARNA_USERNAME` or `KLARNA_PASSWORD` is set. With `simulator` no account is needed.
+/// Refuses settings out of range first, as [`Settings::validate`].
 pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigError> {
+    settings.validate()?;
     let mut accounts = Vec::new();
     for (name, account) in &settings.accounts {
         accounts.push(resolve_account(name, account, env)?);
@@ -496,5 +1004,373 @@ mod tests {
         let file = dir.path().join("gw.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(load_settings(Some(&file), &vars(&[])).is_err());
+    }
+
+    fn refusal(settings: &Settings) -> String {
+        settings
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    fn ranged() -> impl Iterator<Item = (&'static Setting, u64, u64)> {
+        SETTINGS.iter().filter_map(|s| match s.allowed {
+            Allowed::Range { min, max, .. } => Some((s, min, max)),
+            Allowed::Form(_) => None,
+        })
+    }
+
+    fn with(setting: &Setting, value: u64) -> Settings {
+        let mut settings = Settings::default();
+        (setting.parse)(&mut settings, &value.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        settings
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(refusal(&Settings::default()), "");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(refusal(&Config::for_simulator(dir.path()).settings), "");
+        assert!(load_settings(None, &vars(&[])).is_ok());
+    }
+
+    #[test]
+    fn every_range_accepts_its_bounds_and_refuses_beyond_them_naming_setting_value_and_range() {
+        for (setting, min, max) in ranged() {
+            assert!(min > 0, "{}: 0 must be refused", setting.key);
+            assert_eq!(refusal(&with(setting, min)), "", "{}", setting.key);
+            assert_eq!(refusal(&with(setting, max)), "", "{}", setting.key);
+            for value in [0, min - 1, max + 1, u64::from(u32::MAX)] {
+                let err = refusal(&with(setting, value));
+                let allowed = setting.allowed.to_string();
+                assert!(
+                    err.contains(&format!("{} = {value} ", setting.key)) && err.contains(&allowed),
+                    "{} = {value}: {err:?}",
+                    setting.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_ranges_are_the_intended_ones() {
+        let range = |key: &str| {
+            SETTINGS
+                .iter()
+                .find(|s| s.key == key)
+                .map(|s| s.allowed.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(range("retention_days"), "1 to 3650 days");
+        assert_eq!(range("reconcile_parallelism"), "1 to 256");
+        assert_eq!(range("lease_secs"), "1 to 3600 s (1 s to 1 h)");
+        assert_eq!(
+            range("default_deadline_ms"),
+            "100 to 600000 ms (100 ms to 10 min)"
+        );
+        assert_eq!(
+            range("klarna_attempt_timeout_ms"),
+            "100 to 600000 ms (100 ms to 10 min)"
+        );
+        assert_eq!(
+            range("klarna_idempotency_window_secs"),
+            "60 to 86400 s (1 min to 24 h)"
+        );
+        assert_eq!(
+            range("reconcile_interval_ms"),
+            "10 to 3600000 ms (10 ms to 1 h)"
+        );
+    }
+
+    #[test]
+    fn retention_of_zero_or_a_century_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        for days in [0, 100_000] {
+            std::fs::write(&file, format!("retention_days = {days}\n"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let err = load_settings(Some(&file), &vars(&[]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                err,
+                format!("setting retention_days = {days} is out of range: allowed 1 to 3650 days")
+            );
+        }
+        std::fs::write(
+            &file,
+            "retention_days = 3650\nreconcile_parallelism = 256\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let settings = load_settings(Some(&file), &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.retention(), Duration::from_secs(3650 * 86_400));
+        assert_eq!(settings.reconcile_parallelism, 256);
+    }
+
+    #[test]
+    fn resolve_refuses_settings_out_of_range() {
+        let settings = Settings {
+            simulator: true,
+            reconcile_parallelism: 0,
+            ..Settings::default()
+        };
+        let err = resolve(settings, &vars(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("reconcile_parallelism = 0"), "{err}");
+    }
+
+    #[test]
+    fn accessors_convert_units() {
+        let s = Settings::default();
+        assert_eq!(s.lease(), Duration::from_secs(30));
+        assert_eq!(s.default_deadline(), Duration::from_secs(30));
+        assert_eq!(s.klarna_attempt_timeout(), Duration::from_secs(10));
+        assert_eq!(
+            s.klarna_idempotency_window(),
+            Duration::from_secs(23 * 3600)
+        );
+        assert_eq!(s.reconcile_interval(), Duration::from_secs(10));
+        assert_eq!(s.retention(), Duration::from_secs(30 * 86_400));
+        assert_eq!(s.reconcile_parallelism, 8);
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_bad_ones_are_named() {
+        let env = vars(&[
+            ("REFUND_GATEWAY_LOG_FORMAT", "text"),
+            ("REFUND_GATEWAY_SIMULATOR", "true"),
+            ("REFUND_GATEWAY_DATA_DIR", "/srv/gw"),
+        ]);
+        let settings = load_settings(None, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.log_format, LogFormat::Text);
+        assert!(settings.simulator);
+        assert_eq!(settings.data_dir, PathBuf::from("/srv/gw"));
+        for (name, value, key) in [
+            ("REFUND_GATEWAY_LOG_FORMAT", "xml", "log_format"),
+            ("REFUND_GATEWAY_LISTEN", "nowhere", "listen"),
+            ("REFUND_GATEWAY_SIMULATOR", "yes please", "simulator"),
+        ] {
+            let err = load_settings(None, &vars(&[(name, value)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(name) && err.contains(value) && err.contains(key),
+                "{err}"
+            );
+        }
+    }
+
+    /// Each definition reads and writes the field its key names, and every field but the
+    /// accounts has a definition.
+    #[test]
+    fn every_field_has_one_definition_bound_to_it() {
+        let field = |settings: &Settings, key: &str| match serde_json::to_value(settings)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(key)
+        {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => panic!("no field {key}"),
+        };
+        let samples = [
+            ("listen", "10.0.0.1:1"),
+            ("admin_listen", "10.0.0.1:2"),
+            ("data_dir", "/srv/elsewhere"),
+            ("simulator", "true"),
+            ("log_format", "text"),
+        ];
+        for setting in SETTINGS {
+            assert_eq!(
+                setting.default_value(),
+                field(&Settings::default(), setting.key)
+            );
+            let sample = match setting.allowed {
+                Allowed::Range { max, .. } => max.to_string(),
+                Allowed::Form(_) => samples
+                    .iter()
+                    .find(|(k, _)| *k == setting.key)
+                    .map(|(_, v)| (*v).to_owned())
+                    .unwrap_or_else(|| panic!("no sample for {}", setting.key)),
+            };
+            assert_ne!(sample, setting.default_value(), "{}", setting.key);
+            let mut settings = Settings::default();
+            (setting.parse)(&mut settings, &sample).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(field(&settings, setting.key), sample, "{}", setting.key);
+            assert_eq!((setting.value)(&settings).to_string(), sample);
+        }
+        let json = serde_json::to_value(Settings::default()).unwrap_or_else(|e| panic!("{e}"));
+        let mut fields: Vec<_> = json
+            .as_object()
+            .map(|o| o.keys().filter(|k| *k != "accounts").cloned().collect())
+            .unwrap_or_default();
+        let mut keys: Vec<_> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        fields.sort();
+        keys.sort();
+        assert_eq!(fields, keys);
+    }
+
+    fn help() -> String {
+        command().render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_names_every_flag_variable_setting_and_range() {
+        command().debug_assert();
+        let help = help();
+        let mut expected = vec!["--config".to_owned(), "REFUND_GATEWAY_CONFIG".to_owned()];
+        for setting in SETTINGS {
+            expected.extend(setting.flag.map(str::to_owned));
+            expected.extend(setting.env.map(str::to_owned));
+            expected.push(setting.key.to_owned());
+            expected.push(format!("[default: {}]", setting.default_value()));
+            if let Allowed::Range { .. } = setting.allowed {
+                expected.push(setting.allowed.to_string());
+            }
+        }
+        expected.extend(VARIABLES.iter().map(|v| v.name.to_owned()));
+        for text in expected {
+            assert!(help.contains(&text), "{text} missing from --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_definition_and_an_environment_variable() {
+        let command = command();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version", "config"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("{flag} has no entry in SETTINGS"));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert!(env.is_some(), "{flag} has no environment variable");
+            assert_eq!(env, setting.env, "{flag}");
+        }
+        for flag in SETTINGS.iter().filter_map(|s| s.flag) {
+            assert!(
+                command
+                    .get_arguments()
+                    .any(|a| a.get_long() == flag.strip_prefix("--")),
+                "{flag} is in SETTINGS but not on the command line"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_settings() {
+        let cli = Cli::from_arg_matches(
+            &command()
+                .try_get_matches_from([
+                    "refund-gateway",
+                    "--listen",
+                    "127.0.0.1:7",
+                    "--log-format",
+                    "text",
+                    "--simulator",
+                ])
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut settings = Settings::default();
+        cli.apply(&mut settings);
+        assert_eq!(settings.listen.port(), 7);
+        assert_eq!(settings.log_format, LogFormat::Text);
+        assert!(settings.simulator);
+    }
+
+    /// The README's configuration table: one row per setting with the same TOML key, flag,
+    /// environment variable, default and range; the other rows name only [`VARIABLES`].
+    #[test]
+    fn readme_configuration_table_matches_the_settings() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_else(|| panic!("README has no Configuration section"));
+        let rows: Vec<Vec<String>> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .collect();
+        let header = &rows[0];
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .unwrap_or_else(|| panic!("README table has no column {name:?}"))
+        };
+        let (key, flag, env, default, allowed) = (
+            column("TOML key"),
+            column("flag"),
+            column("environment"),
+            column("default"),
+            column("allowed"),
+        );
+        let plain = |cell: &str| cell.replace('`', "");
+        let quoted = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut documented = Vec::new();
+        for row in &rows[2..] {
+            assert_eq!(row.len(), header.len(), "{row:?}");
+            if row[key].is_empty() {
+                for name in quoted(&row[env]) {
+                    assert!(
+                        VARIABLES.iter().any(|v| v.name == name),
+                        "README names {name}, which is not in VARIABLES"
+                    );
+                }
+                continue;
+            }
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.key == plain(&row[key]))
+                .unwrap_or_else(|| panic!("README row {} is not in SETTINGS", row[key]));
+            documented.push(setting.key);
+            assert_eq!(plain(&row[flag]), setting.flag.unwrap_or(""), "{row:?}");
+            assert_eq!(plain(&row[env]), setting.env.unwrap_or(""), "{row:?}");
+            assert_eq!(
+                quoted(&row[default]).first().map(String::as_str),
+                Some(setting.default_value().as_str()),
+                "{row:?}"
+            );
+            let range = setting.allowed.to_string();
+            let cell = plain(&row[allowed]);
+            assert!(
+                cell == range || cell.starts_with(&format!("{range};")),
+                "README says {cell:?} for {}, SETTINGS says {range:?}",
+                setting.key
+            );
+        }
+        let keys: Vec<_> = SETTINGS.iter().map(|s| s.key).collect();
+        assert_eq!(documented, keys, "README rows, in the order of SETTINGS");
+        for variable in VARIABLES {
+            assert!(
+                section.contains(variable.name),
+                "{} is not in the README's Configuration section",
+                variable.name
+            );
+        }
     }
 }

@@ -108,25 +108,9 @@ pub struct Gateway {
     accounts: Accounts,
 }
 
-/// Maps a failed Klarna call of a mutating operation: an ambiguous outcome becomes
-/// `OutcomePending`, never a failure.
-fn mutation_error(
-    op: OperationId,
-    resource: ResourceRef,
-) -> impl FnOnce(KlarnaError) -> GatewayError {
-    move |error| {
-        if error.outcome_unknown() {
-            GatewayError::OutcomePending {
-                operation_id: op.to_string(),
-                error,
-            }
-        } else {
-            GatewayError::Klarna { error, resource }
-        }
-    }
-}
-
-fn read_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayError {
+/// A failed Klarna call about `resource`. What a failed mutation proves (final, unknown, or
+/// nothing happened) is not decided here but by the protocol, from all its attempts.
+fn klarna_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayError {
     move |error| GatewayError::Klarna { error, resource }
 }
 
@@ -231,10 +215,7 @@ impl Gateway {
             let accepted = call
                 .send(klarna.as_ref(), &op)
                 .await
-                .map_err(mutation_error(
-                    op,
-                    ResourceRef::Order(cmd.order_id.to_string()),
-                ))?;
+                .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
             Ok(RefundOutcome {
                 operation_id: op,
                 refund_id: accepted.refund_id,
@@ -293,10 +274,7 @@ impl Gateway {
             let accepted = call
                 .send(klarna.as_ref(), &op)
                 .await
-                .map_err(mutation_error(
-                    op,
-                    ResourceRef::Order(cmd.order_id.to_string()),
-                ))?;
+                .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
             Ok(ReceiptOutcome {
                 operation_id: op,
                 correlation_id: accepted.correlation_id,
@@ -347,12 +325,12 @@ impl Gateway {
             let offered = klarna
                 .get_extend_due_date_options(&cmd.order_id, &cmd.capture_id)
                 .await
-                .map_err(read_error(capture.clone()))?;
+                .map_err(klarna_error(capture.clone()))?;
             let option = rules::check_extension_offered(&cmd, &offered)?;
             let accepted = call
                 .send(klarna.as_ref(), &op)
                 .await
-                .map_err(mutation_error(op, capture))?;
+                .map_err(klarna_error(capture))?;
             Ok((
                 ReceiptOutcome {
                     operation_id: op,
@@ -374,7 +352,7 @@ impl Gateway {
         klarna
             .get_extend_due_date_options(&q.order_id, &q.capture_id)
             .await
-            .map_err(read_error(ResourceRef::Capture {
+            .map_err(klarna_error(ResourceRef::Capture {
                 order_id: q.order_id.to_string(),
                 capture_id: q.capture_id.to_string(),
             }))
@@ -386,7 +364,7 @@ impl Gateway {
         klarna
             .get_order(&q.order_id)
             .await
-            .map_err(read_error(ResourceRef::Order(q.order_id.to_string())))
+            .map_err(klarna_error(ResourceRef::Order(q.order_id.to_string())))
     }
 
     /// Reads a refund.
@@ -395,7 +373,7 @@ impl Gateway {
         klarna
             .get_refund(&q.order_id, &q.refund_id)
             .await
-            .map_err(read_error(ResourceRef::Refund {
+            .map_err(klarna_error(ResourceRef::Refund {
                 order_id: q.order_id.to_string(),
                 refund_id: q.refund_id.to_string(),
             }))
@@ -408,7 +386,7 @@ async fn check_refund_rules(klarna: &dyn KlarnaApi, cmd: &RefundOrder) -> Result
         let order = klarna
             .get_order(&cmd.order_id)
             .await
-            .map_err(read_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+            .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
         rules::check_refund(cmd, &order)?;
     }
     Ok(())

@@ -12,16 +12,15 @@ use refund_gateway_domain::{
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::protocol::{Answer, Encoded, Protocol};
-use crate::status::to_status;
+use crate::status::{mark_replayed, stored, to_status};
 
-/// Metadata key marking a replayed answer.
-pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+pub use crate::status::REPLAYED_HEADER;
 
 /// `refundgateway.v1.RefundGatewayService` over a [`Gateway`] and a [`Protocol`].
 #[derive(Debug, Clone)]
@@ -34,6 +33,21 @@ impl RefundGatewayApi {
     /// The service.
     pub fn new(gateway: Gateway, protocol: Protocol) -> Self {
         Self { gateway, protocol }
+    }
+
+    /// Runs a read with its Klarna calls and their resends bounded by the caller's deadline
+    /// (or the default one), less the margin that lets the answer leave before tonic cancels
+    /// the call.
+    async fn read<T>(
+        &self,
+        metadata: &MetadataMap,
+        read: impl std::future::Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        let settings = self.protocol.settings();
+        let deadline = grpc_timeout(metadata)
+            .unwrap_or(settings.default_deadline)
+            .saturating_sub(settings.deadline_margin);
+        refund_gateway_klarna::with_deadline(tokio::time::Instant::now() + deadline, read).await
     }
 }
 
@@ -96,6 +110,12 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
             error = %error,
             "Klarna call failed"
         ),
+        GatewayError::KeyReused { .. } | GatewayError::KeyInUse { .. } => {
+            tracing::info!(rpc, error = %error, "request refused by the idempotency rules")
+        }
+        GatewayError::StoreUnavailable(_)
+        | GatewayError::RequiresReview { .. }
+        | GatewayError::Internal(_) => tracing::error!(rpc, error = %error, "request failed"),
     }
 }
 
@@ -106,18 +126,24 @@ fn fail(rpc: &'static str, error: GatewayError) -> Status {
 
 /// Decodes a stored success into `T`, marks a replay, or returns the stored error.
 fn answer<T: Message + Default>(
-    answer: Answer,
+    rpc: &'static str,
+    answer: Result<Answer, GatewayError>,
     set_replayed: impl FnOnce(&mut T, bool),
 ) -> Result<Response<T>, Status> {
-    let (payload, replayed) = answer.into_result()?;
-    let mut message = T::decode(payload.as_slice())
-        .map_err(|e| Status::internal(format!("stored answer unreadable: {e}")))?;
+    let Answer { response, replayed } = answer.map_err(|e| fail(rpc, e))?;
+    if response.code != 0 {
+        return Err(stored(response, replayed));
+    }
+    let mut message = T::decode(response.payload.as_slice()).map_err(|e| {
+        fail(
+            rpc,
+            GatewayError::Internal(format!("the stored answer is unreadable: {e}")),
+        )
+    })?;
     set_replayed(&mut message, replayed);
     let mut response = Response::new(message);
     if replayed {
-        response
-            .metadata_mut()
-            .insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
+        mark_replayed(response.metadata_mut());
     }
     Ok(response)
 }
@@ -173,8 +199,10 @@ impl RefundGatewayService for RefundGatewayApi {
                 }
             })
             .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
-        answer(stored, |m: &mut pb::RefundOrderResponse, r| m.replayed = r)
+        let stored = self.protocol.execute(prepared.new, deadline, work).await;
+        answer(RPC, stored, |m: &mut pb::RefundOrderResponse, r| {
+            m.replayed = r
+        })
     }
 
     async fn release_authorization(
@@ -211,10 +239,12 @@ impl RefundGatewayService for RefundGatewayApi {
                 }
             })
             .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
-        answer(stored, |m: &mut pb::ReleaseAuthorizationResponse, r| {
-            m.replayed = r
-        })
+        let stored = self.protocol.execute(prepared.new, deadline, work).await;
+        answer(
+            RPC,
+            stored,
+            |m: &mut pb::ReleaseAuthorizationResponse, r| m.replayed = r,
+        )
     }
 
     async fn get_extend_due_date_options(
@@ -222,12 +252,11 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetExtendDueDateOptionsRequest>,
     ) -> Result<Response<pb::GetExtendDueDateOptionsResponse>, Status> {
         const RPC: &str = "GetExtendDueDateOptions";
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let q = ExtendDueDateOptionsQuery::validate(r.klarna_account, &r.order_id, &r.capture_id)
             .map_err(|v| fail(RPC, v.into()))?;
         let options = self
-            .gateway
-            .extend_due_date_options(q)
+            .read(&metadata, self.gateway.extend_due_date_options(q))
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::extend_due_date_options(options)))
@@ -277,8 +306,8 @@ impl RefundGatewayService for RefundGatewayApi {
                 }
             })
             .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await?;
-        answer(stored, |m: &mut pb::ExtendDueDateResponse, r| {
+        let stored = self.protocol.execute(prepared.new, deadline, work).await;
+        answer(RPC, stored, |m: &mut pb::ExtendDueDateResponse, r| {
             m.replayed = r
         })
     }
@@ -288,10 +317,13 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         const RPC: &str = "GetOrder";
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let q =
             OrderQuery::validate(r.klarna_account, &r.order_id).map_err(|v| fail(RPC, v.into()))?;
-        let order = self.gateway.order(q).await.map_err(|e| fail(RPC, e))?;
+        let order = self
+            .read(&metadata, self.gateway.order(q))
+            .await
+            .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(convert::order(order)),
         }))
@@ -302,10 +334,13 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetRefundRequest>,
     ) -> Result<Response<pb::GetRefundResponse>, Status> {
         const RPC: &str = "GetRefund";
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let q = RefundQuery::validate(r.klarna_account, &r.order_id, &r.refund_id)
             .map_err(|v| fail(RPC, v.into()))?;
-        let refund = self.gateway.refund(q).await.map_err(|e| fail(RPC, e))?;
+        let refund = self
+            .read(&metadata, self.gateway.refund(q))
+            .await
+            .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(pb::GetRefundResponse {
             refund: Some(convert::refund(refund)),
         }))
@@ -332,10 +367,7 @@ impl RefundGatewayService for RefundGatewayApi {
                     )
                     .into(),
                 ),
-                other => {
-                    tracing::error!(error = %other, "operation store unavailable");
-                    Status::unavailable("the operation store is unavailable; retry")
-                }
+                other => fail(RPC, GatewayError::StoreUnavailable(other.to_string())),
             })?;
         Ok(Response::new(convert::operation_page(page)))
     }

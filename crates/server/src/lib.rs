@@ -184,9 +184,9 @@ pub async fn start(
     let protocol = Protocol::new(
         store,
         ProtocolSettings {
-            lease: Duration::from_secs(settings.lease_secs.max(1)),
-            default_deadline: Duration::from_millis(settings.default_deadline_ms.max(1)),
-            klarna_idempotency_window: Duration::from_secs(settings.klarna_idempotency_window_secs),
+            lease: settings.lease(),
+            default_deadline: settings.default_deadline(),
+            klarna_idempotency_window: settings.klarna_idempotency_window(),
             ..ProtocolSettings::default()
         },
         {
@@ -271,12 +271,13 @@ pub async fn start(
     let background = vec![
         tokio::spawn(protocol::reconcile_forever(
             protocol.clone(),
-            Duration::from_millis(settings.reconcile_interval_ms.max(10)),
+            settings.reconcile_interval(),
+            settings.reconcile_parallelism,
             stop_rx.clone(),
         )),
         tokio::spawn(purge_forever(
             protocol.store().clone(),
-            Duration::from_secs(settings.retention_days.saturating_mul(86_400)),
+            settings.retention(),
             stop_rx.clone(),
         )),
     ];

@@ -1,6 +1,6 @@
-//! The pieces of the inbound tower stack (DESIGN §6): the RPC span and its metrics. The stack
-//! itself is assembled in [`crate::start`], where each layer's comment says why it sits where
-//! it does.
+//! The pieces of the inbound tower stack (see docs/architecture.md#middleware): the RPC span
+//! and its metrics. The stack itself is assembled in [`crate::start`], where each layer's
+//! comment says why it sits where it does.
 
 use std::time::Duration;
 

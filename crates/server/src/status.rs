@@ -1,11 +1,16 @@
-//! The one mapping from [`GatewayError`] to a gRPC status with google.rpc details
-//! (DESIGN §5). Messages and details carry Klarna's error code, messages and correlation id,
-//! and never a credential.
+//! The only place a gateway condition becomes a `tonic::Status`: [`to_status`] maps every
+//! [`GatewayError`] to a gRPC code with google.rpc details (the table is in
+//! `docs/architecture.md#errors`), and [`stored`] turns a stored answer back into the status it
+//! was. Messages and details carry Klarna's error code, messages and correlation id, and never
+//! a credential. A test fails if another module of the server builds a status itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use refund_gateway_domain::{GatewayError, KlarnaError, KlarnaErrorResponse, ResourceRef};
+use refund_gateway_domain::{
+    GatewayError, KlarnaError, KlarnaErrorResponse, ResourceRef, StoredResponse,
+};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -101,7 +106,121 @@ pub fn to_status(error: &GatewayError) -> Status {
             )
         }
         GatewayError::Klarna { error, resource } => klarna_status(error, resource, d),
+        GatewayError::KeyReused {
+            operation_id,
+            idempotency_key,
+        } => {
+            error_info(
+                &mut d,
+                "IDEMPOTENCY_KEY_REUSED",
+                operation_metadata(operation_id),
+            );
+            d.add_precondition_failure_violation(
+                "IDEMPOTENCY_KEY_REUSED",
+                format!("idempotency_key/{idempotency_key}"),
+                "this idempotency key was used for a different request; use a new key for a new request",
+            );
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                "this idempotency key was already used for a different request",
+                d,
+            )
+        }
+        GatewayError::KeyInUse {
+            operation_id,
+            retry_after,
+        } => {
+            error_info(
+                &mut d,
+                "IDEMPOTENCY_KEY_IN_USE",
+                operation_metadata(operation_id),
+            );
+            d.set_retry_info(Some(*retry_after));
+            Status::with_error_details(
+                Code::Aborted,
+                "another request with this idempotency key is in progress; retry later with the same key",
+                d,
+            )
+        }
+        GatewayError::StoreUnavailable(_) => {
+            // The cause is logged where it happened; the caller learns only what to do.
+            error_info(&mut d, "STORE_UNAVAILABLE", HashMap::new());
+            d.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            Status::with_error_details(
+                Code::Unavailable,
+                "the gateway cannot reach its operation store; retry with the same idempotency key",
+                d,
+            )
+        }
+        GatewayError::RequiresReview {
+            operation_id,
+            detail,
+        } => {
+            error_info(&mut d, "REQUIRES_REVIEW", operation_metadata(operation_id));
+            Status::with_error_details(
+                Code::Internal,
+                format!(
+                    "the outcome of operation {operation_id} could not be determined and needs review: {detail}"
+                ),
+                d,
+            )
+        }
+        GatewayError::Internal(what) => {
+            error_info(&mut d, "INTERNAL", HashMap::new());
+            d.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            Status::with_error_details(
+                Code::Internal,
+                format!("the gateway failed: {what}; retry with the same idempotency key"),
+                d,
+            )
+        }
     }
+}
+
+fn operation_metadata(operation_id: &str) -> HashMap<String, String> {
+    HashMap::from([("operation_id".to_owned(), operation_id.to_owned())])
+}
+
+/// Metadata key marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The stored form of an error status, replayed to every retry.
+pub fn to_stored(status: &Status) -> StoredResponse {
+    StoredResponse {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        payload: status.details().to_vec(),
+    }
+}
+
+/// The status a stored error answer was, marked as a replay when it is one. A stored answer
+/// whose details were purged (see `docs/architecture.md#retention`) keeps its code and message
+/// and says so in an ErrorInfo.
+pub fn stored(response: StoredResponse, replayed: bool) -> Status {
+    let code = Code::from_i32(response.code);
+    let mut status = if response.payload.is_empty() {
+        let mut d = ErrorDetails::new();
+        error_info(
+            &mut d,
+            "REPLAYED_AFTER_RETENTION",
+            HashMap::from([(
+                "note".to_owned(),
+                "the original details of this answer are past retention".to_owned(),
+            )]),
+        );
+        Status::with_error_details(code, response.message, d)
+    } else {
+        Status::with_details(code, response.message, response.payload.into())
+    };
+    if replayed {
+        mark_replayed(status.metadata_mut());
+    }
+    status
+}
+
+/// Marks an answer as a replay of a stored one.
+pub fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
+    metadata.insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
 }
 
 fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetails) -> Status {

@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{BIN, GatewayProcess};
+use refund_gateway::config::{SETTINGS, VARIABLES};
 use refund_gateway_proto::v1::RefundOrderRequest;
 
 /// A command for the binary with no Klarna or gateway settings inherited from the caller.
@@ -61,22 +62,50 @@ fn help_documents_every_option() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for option in [
-        "--config",
-        "--simulator",
-        "--listen",
-        "--admin-listen",
-        "--data-dir",
-        "--log-format",
-        "REFUND_GATEWAY_CONFIG",
-        "REFUND_GATEWAY_LISTEN",
-        "REFUND_GATEWAY_ADMIN_LISTEN",
-        "REFUND_GATEWAY_DATA_DIR",
-        "KLARNA_USERNAME",
-        "KLARNA_REGION",
-    ] {
-        assert!(help.contains(option), "{option} missing from --help");
+    let mut names = vec!["--config", "REFUND_GATEWAY_CONFIG"];
+    for setting in SETTINGS {
+        names.push(setting.key);
+        names.extend(setting.flag);
+        names.extend(setting.env);
     }
+    names.extend(VARIABLES.iter().map(|v| v.name));
+    for name in names {
+        assert!(help.contains(name), "{name} missing from --help");
+    }
+}
+
+#[test]
+fn a_setting_out_of_range_is_refused_naming_setting_value_and_range() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "retention_days = 0\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = gateway()
+        .arg("--simulator")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("retention_days = 0") && stderr.contains("1 to 3650 days"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_format_comes_from_its_environment_variable() {
+    let out = gateway()
+        .arg("--simulator")
+        .env("REFUND_GATEWAY_LOG_FORMAT", "xml")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("xml") && stderr.contains("--log-format"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The exactly-once protocol (DESIGN §4) across real `refund-gateway` processes.
+//! The exactly-once protocol (see docs/architecture.md#exactly-once) across real
+//! `refund-gateway` processes.
 //!
 //! In-process tests can drop a future or abort a task, but only a separate process can be
 //! killed the way a crashed host kills it: a SIGKILL that runs no destructor, flushes nothing

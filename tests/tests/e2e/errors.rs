@@ -1,4 +1,4 @@
-//! Klarna's refusals and faults, as the caller sees them (DESIGN §5).
+//! Klarna's refusals and faults, as the caller sees them (see docs/architecture.md#errors).
 
 use klarna_sim::{FaultKind, SimConfig, demo};
 use refund_gateway_proto::v1 as pb;

@@ -231,7 +231,7 @@ impl OperationStore for PostgresStore {
         holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         check_final(&completion)?;
         sql::finish(
             &self.pool,
@@ -241,7 +241,6 @@ impl OperationStore for PostgresStore {
             micros(now),
         )
         .await
-        .map(drop)
     }
 
     async fn mark_pending(
@@ -251,7 +250,7 @@ impl OperationStore for PostgresStore {
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         sql::mark_pending(
             &self.pool,
             &id_text(id),
@@ -261,7 +260,6 @@ impl OperationStore for PostgresStore {
             micros(now),
         )
         .await
-        .map(drop)
     }
 
     async fn abandon(
@@ -270,7 +268,7 @@ impl OperationStore for PostgresStore {
         holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         sql::abandon(
             &self.pool,
             &id_text(id),
@@ -279,7 +277,6 @@ impl OperationStore for PostgresStore {
             micros(now),
         )
         .await
-        .map(drop)
     }
 
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {

@@ -231,7 +231,7 @@ impl OperationStore for SqliteStore {
         holder: LeaseHolder,
         completion: Completion,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         check_final(&completion)?;
         self.changed(WriteOp::Finish {
             id: id_text(id),
@@ -240,7 +240,6 @@ impl OperationStore for SqliteStore {
             now: micros(now),
         })
         .await
-        .map(drop)
     }
 
     async fn mark_pending(
@@ -250,7 +249,7 @@ impl OperationStore for SqliteStore {
         correlation_id: Option<String>,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.changed(WriteOp::MarkPending {
             id: id_text(id),
             holder: holder_text(holder),
@@ -259,7 +258,6 @@ impl OperationStore for SqliteStore {
             now: micros(now),
         })
         .await
-        .map(drop)
     }
 
     async fn abandon(
@@ -268,7 +266,7 @@ impl OperationStore for SqliteStore {
         holder: LeaseHolder,
         detail: String,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.changed(WriteOp::Abandon {
             id: id_text(id),
             holder: holder_text(holder),
@@ -276,7 +274,6 @@ impl OperationStore for SqliteStore {
             now: micros(now),
         })
         .await
-        .map(drop)
     }
 
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {

@@ -1,0 +1,299 @@
+//! What a Klarna result proves: the only place that decides whether the outcome of a mutation
+//! is final, unknown, or proves that nothing happened (see `docs/architecture.md#outcomes`).
+//!
+//! A mutation may take several attempts: the adapter resends a keyed request after a 5xx, a
+//! 408, a 429 or a transport error, and the gateway resends an operation whose outcome was
+//! unknown. The verdict depends on the whole history, not on the last answer: once an attempt
+//! may have reached Klarna (no answer, a 5xx, a 408), a later answer that would otherwise
+//! prove nothing happened (401, 425, 429, not sent, a local refusal) proves nothing any more,
+//! and the outcome is unknown until Klarna's records settle it.
+//!
+//! | last attempt                                   | first attempt     | after a possibly received one |
+//! |------------------------------------------------|-------------------|-------------------------------|
+//! | 2xx, answer read                               | `Succeeded`       | `Succeeded`                   |
+//! | 2xx whose body or id cannot be read            | `Unknown`         | `Unknown`                     |
+//! | 400, 413, 422                                  | `Refused`         | `Refused`                     |
+//! | 403, 404, 409 (and any other 4xx not listed)   | `Refused`         | `Refused`                     |
+//! | 408                                            | `Unknown`         | `Unknown`                     |
+//! | 401, 425, 429                                  | `NothingHappened` | `Unknown`                     |
+//! | 5xx, or any status this table does not know    | `Unknown`         | `Unknown`                     |
+//! | sent, no answer (timeout, reset, cut body)     | `Unknown`         | `Unknown`                     |
+//! | not sent                                       | `NothingHappened` | `Unknown`                     |
+//! | refused by a state rule before sending         | `Refused`         | `Unknown`                     |
+//!
+//! [`MUTATION_ROWS`] is that table as data; the tests check the function against it row by
+//! row, and the server checks its error table (and the README's) against it.
+
+use crate::klarna::KlarnaError;
+
+/// Which Klarna API a call goes to. The partner Payments API answers some refusals
+/// differently from Order Management; the verdict takes the API so that difference has one
+/// place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KlarnaApiKind {
+    /// Order Management (`/ordermanagement/v1/…`).
+    OrderManagement,
+    /// The partner Payments API (payment transactions).
+    Payments,
+}
+
+/// How one attempt at a Klarna mutation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attempt {
+    /// Provably never reached Klarna: connection refused, DNS, TLS handshake, the deadline
+    /// passed before sending, or a limit of ours.
+    NotSent,
+    /// Sent; no answer came (timeout, reset, a body cut off).
+    NoAnswer,
+    /// Klarna answered this status. A 2xx here means the answer was read.
+    Answered(u16),
+    /// Klarna answered success, but the body or the id in it could not be read.
+    Unreadable,
+    /// Not sent: a state rule of ours refused it, from Klarna's or our own records.
+    RefusedByRule,
+}
+
+impl Attempt {
+    /// The attempt a failed call ended with.
+    pub fn of_error(error: &KlarnaError) -> Self {
+        match error {
+            KlarnaError::Answered(r) => Self::Answered(r.status),
+            KlarnaError::NotSent(_) => Self::NotSent,
+            KlarnaError::NoAnswer(_) => Self::NoAnswer,
+            KlarnaError::BadResponse(_) => Self::Unreadable,
+        }
+    }
+
+    /// True when Klarna may have executed this attempt without the gateway knowing its
+    /// answer: whatever comes after it cannot prove that nothing happened.
+    pub fn may_have_taken_effect(self) -> bool {
+        classify_one(self) == Verdict::Unknown
+    }
+}
+
+/// What the attempts of a mutation prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Klarna did it, and we read its answer. Final.
+    Succeeded,
+    /// Klarna (or a state rule of ours) refused it, definitively. Final: stored and replayed.
+    Refused,
+    /// It may or may not have happened: PENDING until Klarna's records settle it.
+    Unknown,
+    /// Provably nothing happened: the claim is given back and the key can be used again.
+    NothingHappened,
+}
+
+/// The verdict on one attempt taken alone, as if it were the first.
+fn classify_one(attempt: Attempt) -> Verdict {
+    match attempt {
+        Attempt::NotSent => Verdict::NothingHappened,
+        Attempt::NoAnswer | Attempt::Unreadable => Verdict::Unknown,
+        Attempt::RefusedByRule => Verdict::Refused,
+        Attempt::Answered(status) => match status {
+            200..=299 => Verdict::Succeeded,
+            401 | 425 | 429 => Verdict::NothingHappened,
+            408 => Verdict::Unknown,
+            400..=499 => Verdict::Refused,
+            // 5xx, and statuses Klarna does not send (1xx, 3xx): nothing proves it did not act.
+            _ => Verdict::Unknown,
+        },
+    }
+}
+
+/// The verdict on a mutation from its attempts, oldest first (see the module docs). No
+/// attempt at all means nothing was sent.
+pub fn classify_mutation(api: KlarnaApiKind, attempts: &[Attempt]) -> Verdict {
+    // Both APIs answer alike for every row above; the partner API's differences belong here.
+    let _ = api;
+    let Some((&last, earlier)) = attempts.split_last() else {
+        return Verdict::NothingHappened;
+    };
+    let verdict = classify_one(last);
+    let possibly_received_before = earlier.iter().any(|a| a.may_have_taken_effect());
+    match verdict {
+        Verdict::NothingHappened if possibly_received_before => Verdict::Unknown,
+        // A state rule runs before the first send; refusing after a send that may have been
+        // executed proves nothing about that send.
+        Verdict::Refused if possibly_received_before && last == Attempt::RefusedByRule => {
+            Verdict::Unknown
+        }
+        other => other,
+    }
+}
+
+/// What a failed read proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadVerdict {
+    /// Klarna's definitive answer about its records (the order does not exist, …): the same
+    /// read gets the same answer.
+    Refused,
+    /// Transient: Klarna unreachable, overloaded, or our credentials or rate refused; a later
+    /// read may work.
+    Unavailable,
+}
+
+/// The verdict on a failed read (a GET): 4xx other than 401, 408, 425 and 429 is Klarna's
+/// answer about its records; everything else may pass.
+pub fn classify_read(error: &KlarnaError) -> ReadVerdict {
+    match Attempt::of_error(error) {
+        Attempt::Answered(401 | 408 | 425 | 429) => ReadVerdict::Unavailable,
+        Attempt::Answered(400..=499) => ReadVerdict::Refused,
+        _ => ReadVerdict::Unavailable,
+    }
+}
+
+/// One row of the mutation table: the last attempt, its verdict as a first attempt, and its
+/// verdict after an attempt that may have reached Klarna.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MutationRow {
+    /// The last attempt.
+    pub attempt: Attempt,
+    /// The verdict when it is the only attempt.
+    pub first: Verdict,
+    /// The verdict when an earlier attempt may have reached Klarna.
+    pub after_possible_delivery: Verdict,
+}
+
+const fn row(attempt: Attempt, first: Verdict, after_possible_delivery: Verdict) -> MutationRow {
+    MutationRow {
+        attempt,
+        first,
+        after_possible_delivery,
+    }
+}
+
+/// The table of the module docs, one row per representative attempt.
+pub const MUTATION_ROWS: &[MutationRow] = {
+    use Attempt::*;
+    use Verdict::*;
+    &[
+        row(Answered(200), Succeeded, Succeeded),
+        row(Answered(201), Succeeded, Succeeded),
+        row(Answered(204), Succeeded, Succeeded),
+        row(Unreadable, Unknown, Unknown),
+        row(Answered(400), Refused, Refused),
+        row(Answered(413), Refused, Refused),
+        row(Answered(422), Refused, Refused),
+        row(Answered(403), Refused, Refused),
+        row(Answered(404), Refused, Refused),
+        row(Answered(409), Refused, Refused),
+        row(Answered(408), Unknown, Unknown),
+        row(Answered(401), NothingHappened, Unknown),
+        row(Answered(425), NothingHappened, Unknown),
+        row(Answered(429), NothingHappened, Unknown),
+        row(Answered(500), Unknown, Unknown),
+        row(Answered(502), Unknown, Unknown),
+        row(Answered(503), Unknown, Unknown),
+        row(Answered(504), Unknown, Unknown),
+        row(NoAnswer, Unknown, Unknown),
+        row(NotSent, NothingHappened, Unknown),
+        row(RefusedByRule, Refused, Unknown),
+    ]
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APIS: [KlarnaApiKind; 2] = [KlarnaApiKind::OrderManagement, KlarnaApiKind::Payments];
+
+    /// Every attempt that may have reached Klarna, as an earlier attempt.
+    const POSSIBLY_RECEIVED: [Attempt; 5] = [
+        Attempt::NoAnswer,
+        Attempt::Answered(500),
+        Attempt::Answered(503),
+        Attempt::Answered(408),
+        Attempt::Unreadable,
+    ];
+
+    /// Earlier attempts that prove nothing was received.
+    const NOT_RECEIVED: [Attempt; 4] = [
+        Attempt::NotSent,
+        Attempt::Answered(429),
+        Attempt::Answered(401),
+        Attempt::Answered(425),
+    ];
+
+    #[test]
+    fn every_row_as_a_first_attempt() {
+        for api in APIS {
+            for r in MUTATION_ROWS {
+                assert_eq!(
+                    classify_mutation(api, &[r.attempt]),
+                    r.first,
+                    "{api:?} {:?}",
+                    r.attempt
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_row_after_an_attempt_that_may_have_taken_effect() {
+        for api in APIS {
+            for earlier in POSSIBLY_RECEIVED {
+                for r in MUTATION_ROWS {
+                    assert_eq!(
+                        classify_mutation(api, &[earlier, r.attempt]),
+                        r.after_possible_delivery,
+                        "{api:?} {earlier:?} then {:?}",
+                        r.attempt
+                    );
+                    // However far back it was.
+                    assert_eq!(
+                        classify_mutation(api, &[earlier, Attempt::NotSent, r.attempt]),
+                        r.after_possible_delivery,
+                        "{api:?} {earlier:?}, not sent, then {:?}",
+                        r.attempt
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_that_prove_nothing_do_not_change_the_last_verdict() {
+        for earlier in NOT_RECEIVED {
+            for r in MUTATION_ROWS {
+                assert_eq!(
+                    classify_mutation(KlarnaApiKind::OrderManagement, &[earlier, r.attempt]),
+                    r.first,
+                    "{earlier:?} then {:?}",
+                    r.attempt
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_attempt_means_nothing_was_sent() {
+        assert_eq!(
+            classify_mutation(KlarnaApiKind::OrderManagement, &[]),
+            Verdict::NothingHappened
+        );
+    }
+
+    #[test]
+    fn reads_refused_only_by_klarnas_definitive_4xx() {
+        let answered = |status| {
+            KlarnaError::Answered(Box::new(crate::klarna::KlarnaErrorResponse {
+                status,
+                ..Default::default()
+            }))
+        };
+        for status in [400, 403, 404, 409, 410, 413, 422] {
+            assert_eq!(classify_read(&answered(status)), ReadVerdict::Refused);
+        }
+        for status in [401, 408, 425, 429, 500, 503] {
+            assert_eq!(classify_read(&answered(status)), ReadVerdict::Unavailable);
+        }
+        for e in [
+            KlarnaError::NotSent("x".into()),
+            KlarnaError::NoAnswer("x".into()),
+            KlarnaError::BadResponse("x".into()),
+        ] {
+            assert_eq!(classify_read(&e), ReadVerdict::Unavailable);
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The exactly-once operation protocol (see `docs/architecture.md#exactly-once`): claim,
+//! replay, per-order serialization, the Klarna call in a task that outlives the caller,
+//! leases, outcome recording, and the resolution of operations whose outcome is unknown.
+//!
+//! Every mutating RPC goes through [`Protocol::execute`]. The RPC supplies the operation's
+//! identity and a unit of work (state rules, then the Klarna call, then its encoded answer);
+//! the protocol decides whether the work runs at all, and makes sure its outcome is durable
+//! before anyone is answered. Errors are [`GatewayError`]s; `crate::status` alone turns them
+//! into gRPC statuses.
+//!
+//! # Layout
+//! - this module: [`Protocol`], claim and execute, recording an outcome as the lease holder.
+//! - `call.rs`: [`KlarnaCall`], the stored Klarna call of an operation.
+//! - `outcome.rs`: from a result and its logged attempts to the record of its verdict.
+//! - `resend.rs`: resending inside Klarna's idempotency window, matching on the order after.
+//! - `lease.rs`: lease renewal while work runs.
+//! - `reconciler.rs`: the background passes over unresolved operations.
+
+mod call;
+mod lease;
+mod outcome;
+mod reconciler;
+mod resend;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use refund_gateway_domain::{
+    Claim, GatewayError, KlarnaApi, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation,
+    Operation, OperationId, OperationStore, StoreError, StoredResponse,
+};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+pub use call::{Accepted, KlarnaCall};
+pub use outcome::Encoded;
+pub use reconciler::{PASS_LIMIT, PassReport, reconcile_forever, reconcile_once};
+
+use outcome::Outcome;
+
+/// The trace id recorded for changes made by the reconciler.
+pub const RECONCILER: &str = "reconciler";
+
+/// Timing of the protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolSettings {
+    /// How long a claim stays ours without renewal; renewed every third of it while working.
+    pub lease: Duration,
+    /// The caller's deadline when it sets none.
+    pub default_deadline: Duration,
+    /// How long before the caller's deadline we answer OUTCOME_PENDING if the outcome is still
+    /// unknown: tonic cancels the handler at the deadline itself, so an answer must leave
+    /// before it.
+    pub deadline_margin: Duration,
+    /// How long Klarna remembers an idempotency key; resends are safe only inside it. Klarna
+    /// says 24 h; the default keeps an hour of margin.
+    pub klarna_idempotency_window: Duration,
+}
+
+impl Default for ProtocolSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            default_deadline: Duration::from_secs(30),
+            deadline_margin: Duration::from_millis(250),
+            klarna_idempotency_window: Duration::from_secs(23 * 3600),
+        }
+    }
+}
+
+/// The answer of a mutating RPC: what was stored, and whether this is a replay of it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The stored response (a success payload, or an error status).
+    pub response: StoredResponse,
+    /// True when an earlier request under the same key produced it.
+    pub replayed: bool,
+}
+
+/// The work of one operation: state rules, the Klarna call, the encoded answer.
+pub type Work = BoxFuture<'static, Result<Encoded, GatewayError>>;
+
+/// Encodes the answer of a resent call (after a crash or an unknown outcome), where the work
+/// that first built it is gone.
+pub type ResendEncoder = Arc<dyn Fn(&Operation, &KlarnaCall, &Accepted) -> Vec<u8> + Send + Sync>;
+
+/// Finds the Klarna client of an account by name.
+pub type AccountLookup = Arc<dyn Fn(&str) -> Option<Arc<dyn KlarnaApi>> + Send + Sync>;
+
+/// Runs mutating operations exactly once.
+#[derive(Clone)]
+pub struct Protocol {
+    store: Arc<dyn OperationStore>,
+    settings: ProtocolSettings,
+    accounts: AccountLookup,
+    encode_resent: ResendEncoder,
+    /// Held by a reconciler pass, so passes never overlap.
+    reconciling: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocol")
+            .field("store", &self.store)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store failed: logged here with its cause; the caller gets `STORE_UNAVAILABLE`.
+fn store_unavailable(e: StoreError) -> GatewayError {
+    tracing::error!(error = %e, "operation store unavailable");
+    GatewayError::StoreUnavailable(e.to_string())
+}
+
+/// What a task does with the operation it holds.
+enum Job {
+    /// The first execution, under a fresh claim.
+    Work(Work),
+    /// A resend (or a match on the order) of an operation whose outcome is unknown.
+    Resend,
+}
+
+impl Protocol {
+    /// A protocol over `store`.
+    pub fn new(
+        store: Arc<dyn OperationStore>,
+        settings: ProtocolSettings,
+        accounts: AccountLookup,
+        encode_resent: ResendEncoder,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            accounts,
+            encode_resent,
+            reconciling: Arc::default(),
+        }
+    }
+
+    /// The store, for reads (ListOperations).
+    pub fn store(&self) -> &Arc<dyn OperationStore> {
+        &self.store
+    }
+
+    /// The protocol's timing.
+    pub fn settings(&self) -> &ProtocolSettings {
+        &self.settings
+    }
+
+    /// Runs `work` for `new` exactly once per operation id, answering within `deadline`
+    /// (minus the margin): a stored answer is replayed, a concurrent duplicate is told to
+    /// wait, another request under the same key is refused.
+    pub async fn execute(
+        &self,
+        new: NewOperation,
+        deadline: Option<Duration>,
+        work: Work,
+    ) -> Result<Answer, GatewayError> {
+        let deadline = deadline.unwrap_or(self.settings.default_deadline);
+        let started = tokio::time::Instant::now();
+        let answer_by = started + deadline.saturating_sub(self.settings.deadline_margin);
+        // Klarna attempts stop at the caller's deadline; later resolution is the reconciler's.
+        let klarna_deadline = started + deadline;
+        let now = OffsetDateTime::now_utc();
+        let operation_id = new.operation_id;
+        let fingerprint = new.fingerprint.clone();
+        let trace_id = new.trace_id.clone();
+        let holder = LeaseHolder::new();
+        let claim = self
+            .store
+            .claim(new, holder, now, self.settings.lease)
+            .await
+            .map_err(store_unavailable)?;
+        let receiver = match claim {
+            Claim::New(op) => self.spawn(op, holder, Job::Work(work), klarna_deadline, None),
+            Claim::Existing(op) if op.new.fingerprint != fingerprint => {
+                return Err(GatewayError::KeyReused {
+                    operation_id: op.new.operation_id.to_string(),
+                    idempotency_key: op.new.idempotency_key.to_string(),
+                });
+            }
+            Claim::Existing(op) if op.state.is_final() => return self.replay(op),
+            Claim::Existing(op) => {
+                // Unresolved (PENDING, or a dead holder's claim): settle it now, as the
+                // reconciler would, rather than make the caller wait for a pass.
+                let taken = self
+                    .store
+                    .take_over(
+                        operation_id,
+                        holder,
+                        now,
+                        self.settings.lease,
+                        trace_id.clone(),
+                    )
+                    .await
+                    .map_err(store_unavailable)?;
+                if !taken {
+                    return Err(in_use(&op, now));
+                }
+                self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
+            }
+        };
+        match tokio::time::timeout_at(answer_by, receiver).await {
+            Ok(Ok(result)) => result,
+            // The task ended without answering: only a panic does that. Its outcome, if any,
+            // is in the store or will be resolved; the caller retries with the same key.
+            Ok(Err(_)) => Err(GatewayError::Internal(format!(
+                "the task of operation {operation_id} failed"
+            ))),
+            Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
+        }
+    }
+
+    /// The stored answer of a final operation, as a replay. An answer whose body was purged
+    /// after the retention period is rebuilt from what is kept forever.
+    fn replay(&self, op: Operation) -> Result<Answer, GatewayError> {
+        let Some(mut response) = op.response.clone() else {
+            return Err(GatewayError::Internal(format!(
+                "operation {} is final without a stored answer",
+                op.new.operation_id
+            )));
+        };
+        if response.code == 0 && response.payload.is_empty() {
+            let call = KlarnaCall::from_json(&op.new.klarna_request).map_err(|e| {
+                GatewayError::Internal(format!(
+                    "the stored call of operation {} is unreadable: {e}",
+                    op.new.operation_id
+                ))
+            })?;
+            let accepted = Accepted {
+                refund_id: op.refund_id.clone(),
+                correlation_id: op.correlation_id.clone(),
+            };
+            response.payload = (self.encode_resent)(&op, &call, &accepted);
+        }
+        Ok(Answer {
+            response,
+            replayed: true,
+        })
+    }
+
+    /// Runs `job` for `op`, whose lease `holder` holds, in a task of its own.
+    fn spawn(
+        &self,
+        op: Operation,
+        holder: LeaseHolder,
+        job: Job,
+        klarna_deadline: tokio::time::Instant,
+        trace_id: Option<String>,
+    ) -> oneshot::Receiver<Result<Answer, GatewayError>> {
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        // The task owns the operation from here: it runs to the end even when the caller
+        // gives up, so the outcome is always recorded.
+        tokio::spawn(async move {
+            let answer = refund_gateway_klarna::with_deadline(
+                klarna_deadline,
+                this.run(op, holder, job, trace_id),
+            )
+            .await;
+            let _ = tx.send(answer);
+        });
+        rx
+    }
+
+    /// Runs `job` under the order lock, keeping `holder`'s lease alive meanwhile, and records
+    /// its outcome as `holder`.
+    async fn run(
+        &self,
+        op: Operation,
+        holder: LeaseHolder,
+        job: Job,
+        resend_trace_id: Option<String>,
+    ) -> Result<Answer, GatewayError> {
+        let id = op.new.operation_id;
+        let lock = match self
+            .store
+            .lock_order(&op.new.klarna_account, &op.new.order_id)
+            .await
+        {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Nothing was sent: give the key back rather than leave a claim whose state
+                // rules never ran for the reconciler to resend.
+                if matches!(job, Job::Work(_)) {
+                    let _ = self
+                        .store
+                        .abandon(
+                            id,
+                            holder,
+                            format!("order lock unavailable: {e}"),
+                            OffsetDateTime::now_utc(),
+                        )
+                        .await;
+                }
+                return Err(store_unavailable(e));
+            }
+        };
+        let renewal =
+            lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
+        let outcome = match job {
+            Job::Work(work) => {
+                let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
+                outcome::judge_work(id, api_of(&op), result, attempts, op.new.trace_id.clone())
+            }
+            Job::Resend => self.resend(&op, resend_trace_id).await,
+        };
+        renewal.abort();
+        let recorded = self.record(id, holder, outcome).await;
+        lock.release().await;
+        recorded
+    }
+
+    /// Records `outcome` as `holder`. When `holder` no longer held the lease (it stalled and
+    /// was taken over), the store ignored the record and the caller is answered from the
+    /// record that won.
+    async fn record(
+        &self,
+        id: OperationId,
+        holder: LeaseHolder,
+        outcome: Outcome,
+    ) -> Result<Answer, GatewayError> {
+        let now = OffsetDateTime::now_utc();
+        let (held, ours) = match outcome {
+            Outcome::Final(completion) => {
+                let response = completion.response.clone();
+                let held = self
+                    .store
+                    .finish(id, holder, completion, now)
+                    .await
+                    .map_err(store_unavailable)?;
+                (
+                    held,
+                    Ok(Answer {
+                        response,
+                        replayed: false,
+                    }),
+                )
+            }
+            Outcome::NothingHappened(error) => {
+                let held = self
+                    .store
+                    .abandon(id, holder, error.to_string(), now)
+                    .await
+                    .map_err(store_unavailable)?;
+                (held, Err(error))
+            }
+            Outcome::Unknown {
+                error,
+                correlation_id,
+                detail,
+            } => {
+                let held = self
+                    .store
+                    .mark_pending(id, holder, correlation_id, detail, now)
+                    .await
+                    .map_err(store_unavailable)?;
+                (held, Err(error))
+            }
+        };
+        if held {
+            return ours;
+        }
+        self.answer_from_store(id).await
+    }
+
+    /// The answer the stored record gives, for a gateway that lost its lease: the final
+    /// answer when the winner finished, else "pending" (the winner is still at it).
+    async fn answer_from_store(&self, id: OperationId) -> Result<Answer, GatewayError> {
+        tracing::warn!(operation_id = %id, "lease lost before recording: answering from the stored record");
+        match self.store.get(id).await.map_err(store_unavailable)? {
+            Some(op) if op.state.is_final() => self.replay(op).map(|a| Answer {
+                replayed: false,
+                ..a
+            }),
+            Some(op) => Err(in_use(&op, OffsetDateTime::now_utc())),
+            // Given back by the winner: nothing happened, the key is free again.
+            None => Err(pending(
+                id,
+                "the operation was given back by another holder",
+            )),
+        }
+    }
+}
+
+/// The Klarna API of a stored operation's call.
+fn api_of(op: &Operation) -> KlarnaApiKind {
+    KlarnaCall::from_json(&op.new.klarna_request)
+        .map(|call| call.api())
+        .unwrap_or(KlarnaApiKind::OrderManagement)
+}
+
+/// ABORTED `IDEMPOTENCY_KEY_IN_USE`, retry when the holder's lease runs out at the latest.
+fn in_use(op: &Operation, now: OffsetDateTime) -> GatewayError {
+    let retry_after = op
+        .lease_expires_at
+        .map(|t| (t - now).try_into().unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    GatewayError::KeyInUse {
+        operation_id: op.new.operation_id.to_string(),
+        retry_after,
+    }
+}
+
+/// UNAVAILABLE `OUTCOME_PENDING`: retry with the same key.
+pub fn pending(operation_id: OperationId, why: &str) -> GatewayError {
+    GatewayError::OutcomePending {
+        operation_id: operation_id.to_string(),
+        error: KlarnaError::NoAnswer(why.to_owned()),
+    }
+}

@@ -1,0 +1,125 @@
+//! The reconciler: at start and then periodically, takes over every unresolved operation
+//! (PENDING, or IN_FLIGHT whose holder is gone) and settles it by resending or by matching
+//! (see `resend.rs`). Operations are resolved `parallelism` at a time; one that fails is
+//! logged and left for the next pass, and never stops the others. Passes never overlap.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use refund_gateway_domain::{OperationState, StoreError};
+use time::OffsetDateTime;
+
+use super::Protocol;
+
+/// The most operations one pass takes on; the rest wait for the next pass.
+pub const PASS_LIMIT: u32 = 1000;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Operations found unresolved.
+    pub found: usize,
+    /// Operations brought to a final state.
+    pub settled: usize,
+    /// Operations whose resolution failed (store errors); retried next pass.
+    pub failed: usize,
+}
+
+/// Runs the reconciler: a pass at start and every `interval` after the previous one ended,
+/// until `stop`.
+pub async fn reconcile_forever(
+    protocol: Protocol,
+    interval: Duration,
+    parallelism: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    // A pass longer than the interval delays the next one rather than bunching them up.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = reconcile_once(&protocol, parallelism).await {
+            tracing::warn!(error = %e, "reconciler pass failed to list unresolved operations");
+        }
+    }
+}
+
+/// One reconciler pass over up to [`PASS_LIMIT`] unresolved operations, `parallelism` at a
+/// time. Waits for a pass already running to end first. Fails only when the unresolved
+/// operations cannot be listed.
+pub async fn reconcile_once(
+    protocol: &Protocol,
+    parallelism: usize,
+) -> Result<PassReport, StoreError> {
+    let _pass = protocol.reconciling.lock().await;
+    let unresolved = protocol
+        .store
+        .unresolved(OffsetDateTime::now_utc(), PASS_LIMIT)
+        .await?;
+    let mut report = PassReport {
+        found: unresolved.len(),
+        ..PassReport::default()
+    };
+    let mut results = futures::stream::iter(unresolved)
+        .map(|op| async move {
+            let id = op.new.operation_id;
+            (id, protocol.resolve(op).await)
+        })
+        .buffer_unordered(parallelism.max(1));
+    while let Some((id, result)) = results.next().await {
+        match result {
+            Ok(Some(state)) if state.is_final() => {
+                tracing::info!(operation_id = %id, state = %state, "reconciler settled an operation");
+                report.settled += 1;
+            }
+            Ok(Some(state)) => {
+                tracing::info!(operation_id = %id, state = %state, "reconciler: still unresolved");
+            }
+            // Someone else (a caller's retry, another replica) holds it now.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "reconciler could not resolve an operation; retried next pass");
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+impl Protocol {
+    /// Resolves one unresolved operation found by the reconciler: takes it over, then
+    /// resends or reads. Returns the state it ended in, if it took it.
+    pub async fn resolve(
+        &self,
+        op: refund_gateway_domain::Operation,
+    ) -> Result<Option<OperationState>, StoreError> {
+        let holder = refund_gateway_domain::LeaseHolder::new();
+        if !self
+            .store
+            .take_over(
+                op.new.operation_id,
+                holder,
+                OffsetDateTime::now_utc(),
+                self.settings.lease,
+                Some(super::RECONCILER.to_owned()),
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.default_deadline;
+        let id = op.new.operation_id;
+        let receiver = self.spawn(
+            op,
+            holder,
+            super::Job::Resend,
+            deadline,
+            Some(super::RECONCILER.to_owned()),
+        );
+        let _ = receiver.await;
+        Ok(self.store.get(id).await?.map(|o| o.state))
+    }
+}

@@ -1,0 +1,194 @@
+//! Settling an operation whose outcome is unknown: resend the stored call under the same
+//! Klarna key while Klarna still remembers the key; past that window, never resend (it could
+//! execute twice) but look for the refund on the order, matching on reference, amount and time.
+
+use std::time::Duration;
+
+use refund_gateway_domain::{Attempt, GatewayError, Operation, Refund};
+use time::OffsetDateTime;
+
+use super::Protocol;
+use super::call::{Accepted, KlarnaCall};
+use super::outcome::{Encoded, Outcome, judge_failure, review, succeeded, unknown};
+
+/// How far before the operation's creation a refund on the order may be dated and still be
+/// this operation's: Klarna's clock and ours differ by a little.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+impl Protocol {
+    /// Resends the stored call inside Klarna's idempotency window; past it, reads the order
+    /// instead, because a resend could then execute a second time.
+    pub(super) async fn resend(&self, op: &Operation, trace_id: Option<String>) -> Outcome {
+        let id = op.new.operation_id;
+        let call = match KlarnaCall::from_json(&op.new.klarna_request) {
+            Ok(call) => call,
+            Err(e) => return review(id, format!("stored Klarna call unreadable: {e}"), trace_id),
+        };
+        let Some(klarna) = (self.accounts)(&op.new.klarna_account) else {
+            return review(
+                id,
+                format!(
+                    "account {:?} is no longer configured",
+                    op.new.klarna_account
+                ),
+                trace_id,
+            );
+        };
+        let age: Duration = (OffsetDateTime::now_utc() - op.created_at)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if age < self.settings.klarna_idempotency_window {
+            let (result, attempts) =
+                refund_gateway_klarna::recording_attempts(call.send(klarna.as_ref(), &id)).await;
+            return match result {
+                Ok(accepted) => self.resent_success(
+                    op,
+                    &call,
+                    accepted,
+                    "resent under the same Klarna key; Klarna accepted",
+                    trace_id,
+                ),
+                Err(error) => {
+                    // The earlier send may have reached Klarna: that is why this is a resend.
+                    let history: Vec<Attempt> =
+                        std::iter::once(Attempt::NoAnswer).chain(attempts).collect();
+                    judge_failure(
+                        id,
+                        call.api(),
+                        &history,
+                        GatewayError::Klarna {
+                            error,
+                            resource: call.resource(),
+                        },
+                        trace_id,
+                        "resent under the same Klarna key; ",
+                    )
+                }
+            };
+        }
+        match &call {
+            KlarnaCall::CreateRefund { order_id, refund } => {
+                match klarna.get_order(order_id).await {
+                    Ok(order) => {
+                        let found = matching_refunds(
+                            &order.refunds,
+                            &refund.reference,
+                            refund.refunded_amount.minor_units(),
+                            op.created_at,
+                        );
+                        match found.as_slice() {
+                            [one] => self.resent_success(
+                                op,
+                                &call,
+                                Accepted {
+                                    refund_id: Some(one.refund_id.clone()),
+                                    correlation_id: None,
+                                },
+                                "past Klarna's idempotency window: found the refund on the order",
+                                trace_id,
+                            ),
+                            [] => review(
+                                id,
+                                "past Klarna's idempotency window and no matching refund on the order: not resent, to be checked".to_owned(),
+                                trace_id,
+                            ),
+                            several => review(
+                                id,
+                                format!(
+                                    "past Klarna's idempotency window and {} refunds match: to be checked",
+                                    several.len()
+                                ),
+                                trace_id,
+                            ),
+                        }
+                    }
+                    Err(e) => unknown(id, e.clone(), format!("reading the order failed: {e}")),
+                }
+            }
+            _ => review(
+                id,
+                "past Klarna's idempotency window; this operation cannot be matched on the order"
+                    .to_owned(),
+                trace_id,
+            ),
+        }
+    }
+
+    /// A success established without the original work: the answer is rebuilt from the stored
+    /// call and what Klarna said.
+    fn resent_success(
+        &self,
+        op: &Operation,
+        call: &KlarnaCall,
+        accepted: Accepted,
+        detail: &str,
+        trace_id: Option<String>,
+    ) -> Outcome {
+        let payload = (self.encode_resent)(op, call, &accepted);
+        succeeded(
+            Encoded {
+                payload,
+                refund_id: accepted.refund_id,
+                correlation_id: accepted.correlation_id,
+            },
+            detail,
+            trace_id,
+        )
+    }
+}
+
+/// The refunds of an order that can be this operation's: same reference and amount, made
+/// after the operation began (less the clock skew); a refund without a date may be.
+fn matching_refunds<'a>(
+    refunds: &'a [Refund],
+    reference: &str,
+    amount: i64,
+    created_at: OffsetDateTime,
+) -> Vec<&'a Refund> {
+    let since = created_at - CLOCK_SKEW;
+    refunds
+        .iter()
+        .filter(|r| {
+            r.reference == reference
+                && r.refunded_amount == amount
+                && r.refunded_at.is_none_or(|t| t >= since)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refund(id: &str, reference: &str, amount: i64, at: Option<OffsetDateTime>) -> Refund {
+        Refund {
+            refund_id: id.into(),
+            reference: reference.into(),
+            refunded_amount: amount,
+            refunded_at: at,
+            description: String::new(),
+            order_lines: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn matching_takes_reference_amount_and_the_windows_edges() {
+        let created = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let at_edge = created - CLOCK_SKEW;
+        let before_edge = at_edge - time::Duration::microseconds(1);
+        let refunds = [
+            refund("a", "R1", 100, Some(at_edge)),
+            refund("b", "R1", 100, Some(before_edge)),
+            refund("c", "R1", 200, Some(created)),
+            refund("d", "R2", 100, Some(created)),
+            refund("e", "R1", 100, None),
+        ];
+        let ids: Vec<_> = matching_refunds(&refunds, "R1", 100, created)
+            .iter()
+            .map(|r| r.refund_id.as_str())
+            .collect();
+        // At the edge counts, a microsecond before does not; a refund without a date may be it.
+        assert_eq!(ids, ["a", "e"]);
+        assert!(matching_refunds(&refunds, "R3", 100, created).is_empty());
+    }
+}
