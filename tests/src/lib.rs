@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use klarna_sim::{RunningSimulator, SimConfig};
 use refund_gateway::RunningGateway;
 use refund_gateway::config::{Account, Config, DEFAULT_ACCOUNT};
+use refund_gateway_domain::OperationStore;
 use refund_gateway_klarna::{BaseUrl, KlarnaCredentials};
 use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
-use secrecy::SecretString;
+use refund_gateway_store::DatabaseConfig;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -36,10 +38,24 @@ pub struct TestApp {
     /// `http://host:port` of the admin endpoint.
     pub admin_url: String,
     stop: Option<oneshot::Sender<()>>,
-    _data_dir: tempfile::TempDir,
+    /// `DATABASE_URL` of the gateway, `None` for its SQLite file.
+    database_url: Option<String>,
+    data_dir: tempfile::TempDir,
 }
 
 impl TestApp {
+    /// A second, independent connection to the gateway's operation store, as another process
+    /// would open it (for the purge and for seeding operations). Opening a second SQLite store
+    /// takes over the file's IN_FLIGHT claims, as a restarted gateway would: open it when
+    /// nothing is in flight.
+    pub async fn second_store(&self) -> anyhow::Result<Arc<dyn OperationStore>> {
+        let config = DatabaseConfig::from_url_or_data_dir(
+            self.database_url.as_deref(),
+            self.data_dir.path(),
+        )?;
+        Ok(refund_gateway_store::connect(&config).await?)
+    }
+
     /// Signals shutdown and waits until the gateway has drained.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -136,6 +152,11 @@ async fn start_gateway(
     sim: RunningSimulator,
     data_dir: tempfile::TempDir,
 ) -> anyhow::Result<TestApp> {
+    let database_url = config
+        .database_url
+        .as_ref()
+        .filter(|_| !config.settings.simulator)
+        .map(|url| url.expose_secret().to_owned());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let gateway = refund_gateway::start(listener, config, async move {
@@ -153,7 +174,8 @@ async fn start_gateway(
         grpc_url,
         admin_url,
         stop: Some(stop),
-        _data_dir: data_dir,
+        database_url,
+        data_dir,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The [`OperationStore`] port: the durable record of every mutating operation, which makes
-//! each one exactly-once (DESIGN §4), and its append-only audit trail. The store crate
+//! each one exactly-once (see `docs/architecture.md#exactly-once`), and its append-only audit trail. The store crate
 //! implements it on SQLite and PostgreSQL; the server drives the protocol through it.
 //!
 //! Lifecycle of an operation:
@@ -374,8 +374,11 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         page_token: Option<&str>,
     ) -> Result<OperationPage, StoreError>;
 
-    /// Deletes final operations last changed before `before`; audit events are kept. Returns
-    /// how many were deleted.
+    /// Drops the stored answer bodies (the payload) of SUCCEEDED and FAILED operations last
+    /// changed before `before`. Everything else stays forever: identity, fingerprint, state,
+    /// Klarna ids, the stored call, the answer's code and message, and the audit events; an
+    /// unresolved or REQUIRES_REVIEW operation is never touched. Returns how many answers
+    /// were dropped.
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Waits for, then holds, the exclusive right to operate on `order_id` of `account`.

@@ -212,7 +212,10 @@ pub struct Setting {
     pub description: &'static str,
     /// The values it accepts.
     pub allowed: Allowed,
+    /// Reads it from settings.
     value: fn(&Settings) -> Value,
+    /// Sets it in settings from text (an environment variable's value); ranges are checked
+    /// later, by [`Settings::validate`].
     parse: fn(&mut Settings, &str) -> Result<(), String>,
 }
 
@@ -318,9 +321,6 @@ where
     Ok(())
 }
 
-const MS: Unit = Unit::Millis;
-const SECS: Unit = Unit::Seconds;
-
 /// Every setting, in the order `--help` and the README list them.
 pub const SETTINGS: &[Setting] = &[
     Setting {
@@ -378,7 +378,7 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Range {
             min: 100,
             max: 600_000,
-            unit: MS,
+            unit: Unit::Millis,
         },
         value: |s| Value::Number(s.klarna_attempt_timeout_ms),
         parse: |s, t| set(&mut s.klarna_attempt_timeout_ms, t),
@@ -391,7 +391,7 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Range {
             min: 1,
             max: 3600,
-            unit: SECS,
+            unit: Unit::Seconds,
         },
         value: |s| Value::Number(s.lease_secs),
         parse: |s, t| set(&mut s.lease_secs, t),
@@ -404,7 +404,7 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Range {
             min: 100,
             max: 600_000,
-            unit: MS,
+            unit: Unit::Millis,
         },
         value: |s| Value::Number(s.default_deadline_ms),
         parse: |s, t| set(&mut s.default_deadline_ms, t),
@@ -418,7 +418,7 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Range {
             min: 60,
             max: 86_400,
-            unit: SECS,
+            unit: Unit::Seconds,
         },
         value: |s| Value::Number(s.klarna_idempotency_window_secs),
         parse: |s, t| set(&mut s.klarna_idempotency_window_secs, t),
@@ -431,7 +431,7 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Range {
             min: 10,
             max: 3_600_000,
-            unit: MS,
+            unit: Unit::Millis,
         },
         value: |s| Value::Number(s.reconcile_interval_ms),
         parse: |s, t| set(&mut s.reconcile_interval_ms, t),

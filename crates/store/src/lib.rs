@@ -1,7 +1,7 @@
 //! The refund gateway's durable operation store: the [`OperationStore`] port of
 //! `refund-gateway-domain` on SQLite (embedded, one process) and PostgreSQL (shared by
 //! replicas), both through sqlx with runtime-checked queries. It persists the exactly-once
-//! protocol of DESIGN §4: every claim is durable before Klarna is called, every outcome before
+//! protocol (see `docs/architecture.md#exactly-once`): every claim is durable before Klarna is called, every outcome before
 //! the caller is answered, and every state change appends an audit event in the same
 //! transaction.
 //!

@@ -6,7 +6,7 @@ mod suite;
 
 use std::sync::Arc;
 
-use refund_gateway_domain::{LeaseHolder, OperationStore, Rpc};
+use refund_gateway_domain::{LeaseHolder, OperationState, OperationStore, Rpc};
 use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use tempfile::TempDir;
 
@@ -60,6 +60,58 @@ async fn data_survives_reopening() {
     let store = connect(&DatabaseConfig::Sqlite { path }).await.unwrap();
     let read = store.get(new.operation_id).await.unwrap().unwrap();
     assert_eq!(read.new, new);
+}
+
+/// One process owns the file: a claim still IN_FLIGHT when the store opens is a dead
+/// process's, and is PENDING at once (with its event), whatever its lease says; final
+/// operations are left alone.
+#[tokio::test]
+async fn in_flight_claims_of_a_previous_process_are_pending_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let orphan = suite::new_op("pos", Rpc::RefundOrder, "orphan", "order-1");
+    let done = suite::new_op("pos", Rpc::RefundOrder, "done", "order-2");
+    let now = time::OffsetDateTime::now_utc();
+    let hour = std::time::Duration::from_secs(3600);
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.orphans_taken_over(), 0);
+        let holder = LeaseHolder::new();
+        store
+            .claim(orphan.clone(), holder, now, hour)
+            .await
+            .unwrap();
+        store.claim(done.clone(), holder, now, hour).await.unwrap();
+        let completion = refund_gateway_domain::Completion {
+            state: OperationState::Succeeded,
+            response: refund_gateway_domain::StoredResponse {
+                code: 0,
+                message: String::new(),
+                payload: vec![1],
+            },
+            refund_id: Some("r".into()),
+            correlation_id: None,
+            detail: "done".into(),
+            trace_id: None,
+        };
+        assert!(
+            store
+                .finish(done.operation_id, holder, completion, now)
+                .await
+                .unwrap()
+        );
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.orphans_taken_over(), 1);
+    let read = store.get(orphan.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, OperationState::Pending);
+    assert!(read.is_unresolved(now), "{read:?}");
+    let unresolved = store.unresolved(now, 10).await.unwrap();
+    assert_eq!(unresolved.len(), 1);
+    assert_eq!(
+        store.get(done.operation_id).await.unwrap().unwrap().state,
+        OperationState::Succeeded
+    );
 }
 
 /// Throughput of durable claim + finish pairs under 256 concurrent callers. Run with

@@ -623,6 +623,260 @@ async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
     app.shutdown().await
 }
 
+/// A 408 may come after Klarna acted: the outcome is unknown (PENDING), never a stored
+/// failure, and the retry under the same key makes the one refund.
+async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // Every attempt the adapter makes gets a 408.
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        100,
+        FaultKind::Status {
+            status: 408,
+            body: None,
+            retry_after_secs: None,
+        },
+    );
+    let status = app
+        .client
+        .refund_order(refund_request("timeout-408", &order.order_id, 700))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    app.sim.sim.clear_faults();
+    let done = app
+        .client
+        .refund_order(refund_request("timeout-408", &order.order_id, 700))
+        .await?
+        .into_inner();
+    assert!(!done.refund_id.is_empty());
+    assert_eq!(refunded(&app, &order.order_id), (700, 1));
+    app.shutdown().await
+}
+
+/// Once an attempt may have reached Klarna, a later 429 proves nothing: the operation stays
+/// PENDING (its key is not given back) and the retry finds the refund Klarna made.
+async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
+    fault_refunds(
+        &app.sim.sim,
+        &order.order_id,
+        100,
+        FaultKind::Status {
+            status: 429,
+            body: None,
+            retry_after_secs: None,
+        },
+    );
+    let status = app
+        .client
+        .refund_order(refund_request("drop-then-429", &order.order_id, 700))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    let ops = operations(
+        &app,
+        pb::ListOperationsRequest {
+            idempotency_key: "drop-then-429".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].state(), pb::OperationState::Pending);
+    app.sim.sim.clear_faults();
+    let done = app
+        .client
+        .refund_order(refund_request("drop-then-429", &order.order_id, 700))
+        .await?
+        .into_inner();
+    assert!(!done.refund_id.is_empty());
+    assert_eq!(refunded(&app, &order.order_id), (700, 1));
+    app.shutdown().await
+}
+
+/// Retention drops stored answer bodies, never an operation's identity: a retry long after
+/// is a replay of the outcome (success with its refund id, or the final error code), never a
+/// second execution.
+async fn a_retry_after_retention_is_a_replay_never_a_second_refund(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let mut app = spawn_app_with(db.options()).await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    let first = app
+        .client
+        .refund_order(refund_request("late-1", &order.order_id, 700))
+        .await?
+        .into_inner();
+    let refused = app
+        .client
+        .refund_order(refund_request("late-2", &order.order_id, 5_000))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&refused, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
+
+    let store = app.second_store().await?;
+    let purged = store
+        .purge(time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .await?;
+    assert_eq!(purged, 2);
+
+    let again = app
+        .client
+        .refund_order(refund_request("late-1", &order.order_id, 700))
+        .await?;
+    assert_eq!(
+        again
+            .metadata()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again = again.into_inner();
+    assert!(again.replayed);
+    assert_eq!(
+        pb::RefundOrderResponse {
+            replayed: false,
+            ..again
+        },
+        first
+    );
+    let refused_again = app
+        .client
+        .refund_order(refund_request("late-2", &order.order_id, 5_000))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_eq!(refused_again.code(), Code::FailedPrecondition);
+    assert_eq!(refused_again.message(), refused.message());
+    assert_eq!(
+        refused_again
+            .metadata()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(
+        refund_posts(&app, &order.order_id),
+        2,
+        "a purged key was executed again"
+    );
+    assert_eq!(refunded(&app, &order.order_id), (700, 1));
+    app.shutdown().await
+}
+
+/// The reconciler resolves many unresolved operations in one pass, several at a time, and
+/// one whose resend keeps failing does not stop the others.
+async fn the_reconciler_resolves_500_pending_operations_and_one_failure_stops_none(
+    db: Backend,
+) -> anyhow::Result<()> {
+    const ORDERS: usize = 50;
+    const PER_ORDER: usize = 10;
+    let app = spawn_app_with(AppOptions {
+        reconcile_interval_ms: Some(200),
+        ..db.options()
+    })
+    .await?;
+    let orders: Vec<_> = (0..ORDERS)
+        .map(|_| captured_order(&app.sim.sim, 10_000))
+        .collect();
+    let stuck = captured_order(&app.sim.sim, 10_000);
+    // Every refund POST fails with a 503 until cleared: all 500 end PENDING.
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: "/ordermanagement/v1/orders/*".into(),
+        times: u32::MAX,
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    });
+    let calls = orders.iter().enumerate().flat_map(|(o, order)| {
+        (0..PER_ORDER).map(move |i| (format!("many-{o}-{i}"), order.order_id.clone()))
+    });
+    let calls = calls.chain(std::iter::once((
+        "stuck".to_owned(),
+        stuck.order_id.clone(),
+    )));
+    let answers = join_all(calls.map(|(key, order_id)| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .refund_order(refund_request(&key, &order_id, 10))
+                .await
+        }
+    }))
+    .await;
+    for answer in answers {
+        let status = answer.err().ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    }
+    // Klarna recovers, except for one order.
+    app.sim.sim.clear_faults();
+    fault_refunds(
+        &app.sim.sim,
+        &stuck.order_id,
+        u32::MAX,
+        FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after_secs: None,
+        },
+    );
+    let started = std::time::Instant::now();
+    while orders
+        .iter()
+        .any(|o| refunded(&app, &o.order_id) != (10 * PER_ORDER as i64, PER_ORDER))
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the reconciler did not resolve every operation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (o, order) in orders.iter().enumerate() {
+        for i in 0..PER_ORDER {
+            let op = settled(&app, &format!("many-{o}-{i}")).await?;
+            assert_eq!(op.state(), pb::OperationState::Succeeded);
+        }
+        assert_eq!(
+            refunded(&app, &order.order_id),
+            (10 * PER_ORDER as i64, PER_ORDER)
+        );
+    }
+    let stuck_op = operations(
+        &app,
+        pb::ListOperationsRequest {
+            idempotency_key: "stuck".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(stuck_op.len(), 1);
+    assert!(
+        matches!(
+            stuck_op[0].state(),
+            pb::OperationState::Pending | pb::OperationState::InFlight
+        ),
+        "{:?}",
+        stuck_op[0].state()
+    );
+    assert_eq!(refunded(&app, &stuck.order_id), (0, 0));
+    app.shutdown().await
+}
+
 /// The store the gateway under test uses.
 #[derive(Debug, Clone)]
 enum Backend {
@@ -681,4 +935,8 @@ on_both_backends!(
     the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key,
     past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending,
     list_operations_filters_and_pages_the_audit_trail,
+    a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund,
+    a_429_after_a_possible_delivery_keeps_the_operation_pending,
+    a_retry_after_retention_is_a_replay_never_a_second_refund,
+    the_reconciler_resolves_500_pending_operations_and_one_failure_stops_none,
 );

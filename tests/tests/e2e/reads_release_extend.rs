@@ -214,3 +214,47 @@ async fn a_card_capture_has_no_extension_options() -> anyhow::Result<()> {
     assert_eq!(status.code(), Code::FailedPrecondition);
     app.shutdown().await
 }
+
+/// A read's Klarna calls (and their resends) are bounded by the caller's deadline: a Klarna
+/// that does not answer gives the caller UNAVAILABLE from the gateway before the deadline,
+/// not a deadline cut by the transport.
+#[tokio::test]
+async fn reads_answer_within_the_callers_deadline() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    app.sim.sim.inject_fault(klarna_sim::FaultSpec {
+        method: Some("GET".into()),
+        path: "/ordermanagement/v1/orders/*".into(),
+        times: 100,
+        kind: klarna_sim::FaultKind::Latency { millis: 20_000 },
+    });
+    let order_id = demo::SE_INVOICE_ORDER_ID.to_owned();
+    let capture_id = demo::SE_INVOICE_CAPTURE_ID.to_owned();
+    let mut order = tonic::Request::new(pb::GetOrderRequest {
+        order_id: order_id.clone(),
+        ..Default::default()
+    });
+    order.set_timeout(std::time::Duration::from_secs(1));
+    let mut options = tonic::Request::new(pb::GetExtendDueDateOptionsRequest {
+        order_id: order_id.clone(),
+        capture_id,
+        ..Default::default()
+    });
+    options.set_timeout(std::time::Duration::from_secs(1));
+    let mut refund = tonic::Request::new(pb::GetRefundRequest {
+        order_id,
+        refund_id: "7c2a9d4e-1b3f-4a5c-8d6e-0f1a2b3c4d5e".into(),
+        ..Default::default()
+    });
+    refund.set_timeout(std::time::Duration::from_secs(1));
+    let statuses = [
+        app.client.get_order(order).await.err(),
+        app.client.get_extend_due_date_options(options).await.err(),
+        app.client.get_refund(refund).await.err(),
+    ];
+    for status in statuses {
+        let status = status.ok_or_else(|| anyhow::anyhow!("answered"))?;
+        assert_reason(&status, Code::Unavailable, "KLARNA_NO_ANSWER");
+    }
+    app.shutdown().await
+}

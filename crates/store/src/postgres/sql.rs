@@ -110,8 +110,12 @@ static ABANDON: LazyLock<String> = LazyLock::new(|| {
     delete.to_owned() + &insert_event_from("deleted", "trace_id, state, NULL, $3, $2")
 });
 
-const PURGE: &str = "DELETE FROM operations \
-     WHERE state IN ('SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW') AND updated_at < $1";
+// Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
+// stays forever, so a late retry is a replay and never a second execution. REQUIRES_REVIEW
+// and unresolved operations keep everything.
+const PURGE: &str = "UPDATE operations SET response_payload = NULL \
+     WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < $1 \
+     AND response_payload IS NOT NULL";
 
 /// Session advisory lock of one order; waits. Held until unlocked or the session ends.
 pub(super) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";

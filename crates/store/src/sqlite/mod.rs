@@ -12,6 +12,9 @@
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: statement journals in memory (`temp_store`), a 32 MiB page cache, and a
 //!   checkpoint every 8000 WAL pages rather than 1000.
+//! - **Restart**: one process owns the file, so every IN_FLIGHT claim found when the store
+//!   opens is a dead process's; it becomes PENDING before the store is handed out, and the
+//!   first retry (or the reconciler) settles it without waiting for the dead claim's lease.
 //! - **Order locks** are in-process ([`order_locks`]): the file is not shared between
 //!   processes.
 
@@ -65,6 +68,7 @@ pub struct SqliteStore {
     writer: Writer,
     readers: SqlitePool,
     order_locks: OrderLocks,
+    orphans_taken_over: u64,
 }
 
 impl SqliteStore {
@@ -95,6 +99,9 @@ impl SqliteStore {
         MIGRATOR.run(&mut write).await.map_err(|e| {
             StoreError::Unavailable(format!("SQLite {} migration: {e}", path.display()))
         })?;
+        // Before anyone can claim: the claims still IN_FLIGHT are a dead process's.
+        let orphans_taken_over =
+            sql::take_over_orphans(&mut write, micros(OffsetDateTime::now_utc())).await?;
         let readers: SqlitePool = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options.read_only(true))
@@ -105,7 +112,14 @@ impl SqliteStore {
             writer: Writer::spawn(write),
             readers,
             order_locks: OrderLocks::default(),
+            orphans_taken_over,
         })
+    }
+
+    /// How many IN_FLIGHT operations of a previous process were made PENDING when the store
+    /// opened.
+    pub fn orphans_taken_over(&self) -> u64 {
+        self.orphans_taken_over
     }
 
     /// The database file.

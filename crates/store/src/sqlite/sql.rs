@@ -105,8 +105,19 @@ static ABANDON_EVENT: LazyLock<String> = LazyLock::new(|| {
 const ABANDON: &str = "DELETE FROM operations \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?2";
 
-const PURGE: &str = "DELETE FROM operations \
-     WHERE state IN ('SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW') AND updated_at < ?1";
+// Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
+// stays forever, so a late retry is a replay and never a second execution. REQUIRES_REVIEW
+// and unresolved operations keep everything. No event: not a state change.
+const PURGE: &str = "UPDATE operations SET response_payload = NULL \
+     WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < ?1 \
+     AND response_payload IS NOT NULL";
+
+// ?1 now. Every IN_FLIGHT claim found when the store opens belongs to a process that is gone
+// (one process owns the file): it becomes PENDING at once, for the reconciler or the caller's
+// retry, instead of waiting for its lease to run out.
+const ORPHANED: &str = "UPDATE operations SET state = 'PENDING', lease_expires_at = NULL, \
+     updated_at = ?1, event_detail = 'taken over at start: the process holding it is gone', \
+     event_trace_id = NULL WHERE state = 'IN_FLIGHT'";
 
 /// A claim as the writer holds it: the operation, its id as stored, and its instants.
 #[derive(Debug)]
@@ -332,6 +343,19 @@ pub(super) async fn abandon(
 pub(super) async fn purge(conn: &mut SqliteConnection, before: i64) -> Result<u64, StoreError> {
     Ok(sqlx::query(PURGE)
         .bind(before)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .rows_affected())
+}
+
+/// Marks every IN_FLIGHT operation PENDING (see [`ORPHANED`]); returns how many.
+pub(super) async fn take_over_orphans(
+    conn: &mut SqliteConnection,
+    now: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(ORPHANED)
+        .bind(now)
         .execute(&mut *conn)
         .await
         .map_err(db_error)?

@@ -34,7 +34,7 @@ macro_rules! all_cases {
             unresolved_oldest_first,
             list_filters,
             list_pagination,
-            purge_keeps_events,
+            purge_keeps_identity,
             lock_order_serializes_one_order,
             group_commit_64_claims,
             concurrent_mixed_writes,
@@ -805,50 +805,76 @@ pub async fn list_pagination(store: Store, _peer: Option<Store>) {
     ));
 }
 
-pub async fn purge_keeps_events(store: Store, _peer: Option<Store>) {
+/// Retention drops answer bodies only: every operation's identity, final state and Klarna ids
+/// stay, so a retry long after still finds the operation and can never execute it again, and
+/// nothing of an operation that is not final (or needs review) is touched.
+pub async fn purge_keeps_identity(store: Store, _peer: Option<Store>) {
     let old_done = op("old-done");
     let old_failed = op("old-failed");
+    let old_review = op("old-review");
     let new_done = op("new-done");
     let old_pending = op("old-pending");
     let old_flight = op("old-flight");
-    for new in [&old_done, &old_failed, &new_done, &old_pending, &old_flight] {
+    for new in [
+        &old_done,
+        &old_failed,
+        &old_review,
+        &new_done,
+        &old_pending,
+        &old_flight,
+    ] {
         claim_new(&store, new.clone(), t(0)).await;
     }
-    store
-        .finish(old_done.operation_id, A, completion(Succeeded), t(10))
-        .await
-        .unwrap();
-    store
-        .finish(old_failed.operation_id, A, completion(Failed), t(10))
-        .await
-        .unwrap();
-    store
-        .finish(new_done.operation_id, A, completion(Succeeded), t(1000))
-        .await
-        .unwrap();
+    for (new, state, at) in [
+        (&old_done, Succeeded, 10),
+        (&old_failed, Failed, 10),
+        (&old_review, RequiresReview, 10),
+        (&new_done, Succeeded, 1000),
+    ] {
+        assert!(
+            store
+                .finish(new.operation_id, A, completion(state), t(at))
+                .await
+                .unwrap()
+        );
+    }
     store
         .mark_pending(old_pending.operation_id, A, None, "timeout".into(), t(10))
         .await
         .unwrap();
+    let events_before = events_of(&store, &old_done).await;
 
     assert_eq!(store.purge(t(500)).await.unwrap(), 2);
-    assert_eq!(store.get(old_done.operation_id).await.unwrap(), None);
-    assert_eq!(store.get(old_failed.operation_id).await.unwrap(), None);
-    for kept in [&new_done, &old_pending, &old_flight] {
-        assert!(store.get(kept.operation_id).await.unwrap().is_some());
+    for (purged, state) in [(&old_done, Succeeded), (&old_failed, Failed)] {
+        let kept = store.get(purged.operation_id).await.unwrap().unwrap();
+        assert_eq!(kept.new, *purged);
+        assert_eq!(kept.state, state);
+        assert_eq!(kept.refund_id.as_deref(), Some("refund-1"));
+        assert_eq!(kept.correlation_id.as_deref(), Some("corr-1"));
+        let response = kept.response.unwrap();
+        assert_eq!(response.code, completion(state).response.code);
+        assert_eq!(response.message, "done");
+        assert!(response.payload.is_empty(), "{response:?}");
+    }
+    for untouched in [&old_review, &new_done] {
+        let kept = store.get(untouched.operation_id).await.unwrap().unwrap();
+        assert_eq!(kept.response.unwrap().payload, vec![0, 159, 146, 150, 255]);
+    }
+    for unresolved in [&old_pending, &old_flight] {
+        assert!(store.get(unresolved.operation_id).await.unwrap().is_some());
     }
     assert_eq!(store.purge(t(500)).await.unwrap(), 0);
 
-    // The events survived: claiming the purged key again shows both lifetimes.
-    claim_new(&store, old_done.clone(), t(2000)).await;
-    assert_eq!(
-        transitions(&events_of(&store, &old_done).await),
-        vec![
-            (None, Some(InFlight)),
-            (Some(InFlight), Some(Succeeded)),
-            (None, Some(InFlight))
-        ]
-    );
+    // A late retry finds the operation, final: no second claim, no new event.
+    match store
+        .claim(old_done.clone(), B, t(2000), LEASE)
+        .await
+        .unwrap()
+    {
+        Claim::Existing(op) => assert_eq!(op.state, Succeeded),
+        Claim::New(op) => panic!("a purged operation was claimed again: {op:?}"),
+    }
+    assert_eq!(events_of(&store, &old_done).await, events_before);
 }
 
 pub async fn lock_order_serializes_one_order(store: Store, peer: Option<Store>) {
