@@ -22,7 +22,9 @@ use refund_gateway_proto::v1::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{Client, GatewayProcess, POLL, WAIT_LIMIT, klarna_env, write_config};
+use common::{
+    Client, GatewayProcess, POLL, WAIT_LIMIT, klarna_env, write_config, write_config_with,
+};
 
 fn refunds_path(order_id: &str) -> String {
     format!("/ordermanagement/v1/orders/{order_id}/refunds")
@@ -236,6 +238,85 @@ async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_re
         );
     }
 
+    second.terminate_cleanly().await?;
+    Ok(())
+}
+
+/// After a SIGKILL the restarted gateway does not wait for the dead process's lease (30 s,
+/// the default): the claim it finds IN_FLIGHT is a dead process's, and the caller's first
+/// retry resolves to the one refund Klarna holds, never ABORTED `IDEMPOTENCY_KEY_IN_USE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_first_retry_resolves_without_waiting_for_the_dead_lease()
+-> anyhow::Result<()> {
+    const KEY: &str = "crash-2";
+    const AMOUNT: i64 = 1_500;
+
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let order_id = sim
+        .sim
+        .seed_order(OrderSeed {
+            order_amount: 10_000,
+            captures: vec![10_000],
+            ..Default::default()
+        })
+        .order_id;
+    let path = refunds_path(&order_id);
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: path.clone(),
+        times: 1,
+        kind: FaultKind::CommitThenHold { millis: 60_000 },
+    });
+    let work = tempfile::tempdir()?;
+    // The default lease: a take-over that waited for it would take 30 s.
+    let config = write_config_with(work.path(), &work.path().join("data"), "")?;
+    let env = klarna_env(&sim);
+    let request = RefundOrderRequest {
+        idempotency_key: KEY.into(),
+        order_id: order_id.clone(),
+        refunded_amount: AMOUNT,
+        ..Default::default()
+    };
+
+    let mut first = GatewayProcess::start("gateway (first run)", &config, &env).await?;
+    let caller = {
+        let mut client = first.client().await?;
+        let request = request.clone();
+        tokio::spawn(async move { client.refund_order(request).await })
+    };
+    let started = tokio::time::Instant::now();
+    while posts_to(&sim, &path).is_empty() {
+        ensure!(
+            started.elapsed() < WAIT_LIMIT,
+            "the refund POST never reached the simulator"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    first.signal("KILL")?;
+    first.wait_exit(WAIT_LIMIT).await?;
+    let _ = tokio::time::timeout(WAIT_LIMIT, caller).await?;
+    sim.sim.clear_faults();
+
+    let mut second = GatewayProcess::start("gateway (second run)", &config, &env).await?;
+    let mut client = second.client().await?;
+    // The first retry that reaches the restarted gateway.
+    let retried = client
+        .refund_order(request.clone())
+        .await
+        .map_err(|status| anyhow!("the first retry after restart failed: {status:?}"))?
+        .into_inner();
+    let (refunds, refunded_amount) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds.len() == 1 && refunded_amount == AMOUNT,
+        "expected exactly one refund of {AMOUNT}, found {refunds:?} ({refunded_amount})"
+    );
+    ensure!(
+        retried.refund_id == refunds[0],
+        "the retry answered refund {:?}, Klarna holds {:?}",
+        retried.refund_id,
+        refunds[0]
+    );
+    one_klarna_key(&posts_to(&sim, &path))?;
     second.terminate_cleanly().await?;
     Ok(())
 }

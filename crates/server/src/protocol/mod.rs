@@ -22,6 +22,7 @@ mod outcome;
 mod reconciler;
 mod resend;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use refund_gateway_domain::{
     Operation, OperationId, OperationStore, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use call::{Accepted, KlarnaCall};
 pub use outcome::Encoded;
@@ -97,6 +98,11 @@ pub struct Protocol {
     encode_resent: ResendEncoder,
     /// Held by a reconciler pass, so passes never overlap.
     reconciling: Arc<tokio::sync::Mutex<()>>,
+    /// Operations this process's reconciler is resolving, each with a signal that turns
+    /// `true` when it is done: a caller's retry that finds one waits for it rather than being
+    /// told the key is in use (after a restart, the reconciler's first pass and the callers'
+    /// first retries arrive together).
+    resolving: Arc<std::sync::Mutex<HashMap<OperationId, watch::Receiver<bool>>>>,
 }
 
 impl std::fmt::Debug for Protocol {
@@ -136,6 +142,7 @@ impl Protocol {
             accounts,
             encode_resent,
             reconciling: Arc::default(),
+            resolving: Arc::default(),
         }
     }
 
@@ -197,7 +204,7 @@ impl Protocol {
                     .await
                     .map_err(store_unavailable)?;
                 if !taken {
-                    return Err(in_use(&op, now));
+                    return self.after_resolution(op, answer_by).await;
                 }
                 self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
             }
@@ -210,6 +217,52 @@ impl Protocol {
                 "the task of operation {operation_id} failed"
             ))),
             Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
+        }
+    }
+
+    /// The answer for a caller whose operation another holder has: when this process's
+    /// reconciler is resolving it, the outcome it reaches (within the caller's time), else
+    /// `IDEMPOTENCY_KEY_IN_USE`.
+    async fn after_resolution(
+        &self,
+        op: Operation,
+        answer_by: tokio::time::Instant,
+    ) -> Result<Answer, GatewayError> {
+        let id = op.new.operation_id;
+        let signal = self
+            .resolving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        let Some(mut done) = signal else {
+            return Err(in_use(&op, OffsetDateTime::now_utc()));
+        };
+        // A closed channel means the resolution ended too: read the store either way.
+        if tokio::time::timeout_at(answer_by, done.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            return Err(pending(id, "the reconciler is still resolving it"));
+        }
+        match self.store.get(id).await.map_err(store_unavailable)? {
+            Some(op) if op.state.is_final() => self.replay(op),
+            Some(op) => Err(pending_or_in_use(&op)),
+            None => Err(pending(id, "the operation was given back; retry")),
+        }
+    }
+
+    /// Tracks a resolution by this process's reconciler until the returned guard is dropped.
+    fn track_resolution(&self, id: OperationId) -> ResolutionGuard {
+        let (tx, rx) = watch::channel(false);
+        self.resolving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, rx);
+        ResolutionGuard {
+            id,
+            done: tx,
+            resolving: self.resolving.clone(),
         }
     }
 
@@ -382,6 +435,36 @@ impl Protocol {
                 "the operation was given back by another holder",
             )),
         }
+    }
+}
+
+/// Ends the tracking of a resolution and wakes the callers waiting for it.
+struct ResolutionGuard {
+    id: OperationId,
+    done: watch::Sender<bool>,
+    resolving: Arc<std::sync::Mutex<HashMap<OperationId, watch::Receiver<bool>>>>,
+}
+
+impl Drop for ResolutionGuard {
+    fn drop(&mut self) {
+        self.resolving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+        let _ = self.done.send(true);
+    }
+}
+
+/// A caller's answer for an operation that is not final after a resolution: still pending,
+/// or held again by someone else.
+fn pending_or_in_use(op: &Operation) -> GatewayError {
+    if op.state == refund_gateway_domain::OperationState::Pending {
+        pending(
+            op.new.operation_id,
+            "the reconciler could not settle it yet",
+        )
+    } else {
+        in_use(op, OffsetDateTime::now_utc())
     }
 }
 

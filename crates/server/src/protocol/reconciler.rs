@@ -97,6 +97,8 @@ impl Protocol {
         op: refund_gateway_domain::Operation,
     ) -> Result<Option<OperationState>, StoreError> {
         let holder = refund_gateway_domain::LeaseHolder::new();
+        // Tracked before the take-over, so a caller that finds it taken finds the signal too.
+        let _tracked = self.track_resolution(op.new.operation_id);
         if !self
             .store
             .take_over(

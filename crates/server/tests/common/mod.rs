@@ -201,6 +201,20 @@ impl Drop for GatewayProcess {
 /// loopback port; the lease and the reconciler interval are short so a dead process's claim is
 /// taken over within about a second.
 pub fn write_config(dir: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    write_config_with(
+        dir,
+        data_dir,
+        "lease_secs = 1\nreconcile_interval_ms = 100\n",
+    )
+}
+
+/// Like [`write_config`], with the default lease and reconciler interval (30 s and 10 s)
+/// unless `extra` (TOML lines) sets them.
+pub fn write_config_with(
+    dir: &Path,
+    data_dir: &Path,
+    extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let data_dir = data_dir
         .to_str()
         .ok_or_else(|| anyhow!("data dir {} is not UTF-8", data_dir.display()))?;
@@ -210,8 +224,7 @@ pub fn write_config(dir: &Path, data_dir: &Path) -> anyhow::Result<std::path::Pa
         "listen = \"127.0.0.1:0\"\n\
          admin_listen = \"127.0.0.1:0\"\n\
          data_dir = \"{data_dir}\"\n\
-         lease_secs = 1\n\
-         reconcile_interval_ms = 100\n"
+         {extra}"
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, toml)?;
