@@ -100,6 +100,49 @@ mod tests {
         IdempotencyKey::parse(s).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The operation id is the Klarna idempotency key: if its derivation ever changed, a
+    /// retry that spans a deploy would reach Klarna under a new key and refund twice. These
+    /// ids were computed once and must never change.
+    #[test]
+    fn derivation_is_frozen() {
+        let cases = [
+            (
+                "anonymous",
+                Rpc::RefundOrder,
+                "demo-refund-1",
+                "23d0ebe8-ba7a-5662-aa89-b71533be519b",
+            ),
+            (
+                "anonymous",
+                Rpc::ReleaseAuthorization,
+                "demo-release-1",
+                "a7e43664-7f8e-52b0-b9ea-bc61d3123dc7",
+            ),
+            (
+                "anonymous",
+                Rpc::ExtendDueDate,
+                "demo-extend-1",
+                "52616bf3-c848-5cbb-bedd-4c72360cb55b",
+            ),
+            (
+                "pos",
+                Rpc::RefundOrder,
+                "9f1c-ümlaut-🙂",
+                "01d6dcf8-2caf-5705-9e4d-8e41904c13c6",
+            ),
+            (
+                "web-returns",
+                Rpc::RefundOrder,
+                "a",
+                "d5197738-a772-57ec-90ce-1861b292cf64",
+            ),
+        ];
+        for (caller, rpc, k, expected) in cases {
+            let id = OperationId::derive(&Caller::named(caller.to_owned()), rpc, &key(k));
+            assert_eq!(id.to_string(), expected, "({caller}, {rpc:?}, {k})");
+        }
+    }
+
     #[test]
     fn deterministic_and_scoped() {
         let a = OperationId::derive(&Caller::anonymous(), Rpc::RefundOrder, &key("k1"));
