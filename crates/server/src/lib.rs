@@ -317,7 +317,8 @@ pub async fn start(
     })
 }
 
-/// Deletes completed operations older than `retention`, hourly; audit events stay.
+/// Drops the stored answer bodies of operations final for longer than `retention`, hourly;
+/// their identity, outcome and audit events stay forever.
 async fn purge_forever(
     store: Arc<dyn refund_gateway_domain::OperationStore>,
     retention: Duration,
@@ -332,7 +333,10 @@ async fn purge_forever(
         let cut = time::OffsetDateTime::now_utc() - retention;
         match store.purge(cut).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "purged completed operations past retention"),
+            Ok(n) => tracing::info!(
+                answers_dropped = n,
+                "dropped the answer bodies of operations past retention"
+            ),
             Err(e) => tracing::warn!(error = %e, "purge failed"),
         }
     }

@@ -2,7 +2,9 @@
 //! [`GatewayError`] to a gRPC code with google.rpc details (the table is in
 //! `docs/architecture.md#errors`), and [`stored`] turns a stored answer back into the status it
 //! was. Messages and details carry Klarna's error code, messages and correlation id, and never
-//! a credential. A test fails if another module of the server builds a status itself.
+//! a credential. A test fails if another module of the server builds a status itself, and the
+//! tests of `readme` fail if the README's table of errors disagrees with what a caller gets
+//! for each answer of the domain's classification (`MUTATION_ROWS`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -293,7 +295,10 @@ fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetail
             error_info(&mut d, &code_or("TOO_MANY_REQUESTS"), metadata);
             Status::with_error_details(Code::ResourceExhausted, message, d)
         }
-        500..=599 => {
+        // 408 and 425 are Klarna (or a proxy) not taking the request now; like a 5xx, a
+        // later attempt may pass. A mutation never gets here on a 408 or a 5xx: its outcome
+        // is unknown and the caller gets OUTCOME_PENDING instead.
+        408 | 425 | 500..=599 => {
             d.set_retry_info(Some(r.retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
             error_info(&mut d, &code_or("KLARNA_UNAVAILABLE"), metadata);
             Status::with_error_details(Code::Unavailable, message, d)
@@ -327,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn table_of_design_section_5() {
+    fn table_of_errors() {
         let cases = [
             (
                 answered(400, Some("INVALID_ORDER_ID")),
@@ -375,6 +380,19 @@ mod tests {
                 Code::Unavailable,
                 "TEMPORARILY_UNAVAILABLE",
             ),
+            (answered(503, None), Code::Unavailable, "KLARNA_UNAVAILABLE"),
+            (answered(408, None), Code::Unavailable, "KLARNA_UNAVAILABLE"),
+            (
+                answered(408, Some("REQUEST_TIMEOUT")),
+                Code::Unavailable,
+                "REQUEST_TIMEOUT",
+            ),
+            (answered(425, None), Code::Unavailable, "KLARNA_UNAVAILABLE"),
+            (
+                answered(405, None),
+                Code::FailedPrecondition,
+                "KLARNA_REJECTED",
+            ),
         ];
         for (error, code, reason) in cases {
             let status = to_status(&error);
@@ -411,7 +429,12 @@ mod tests {
 
     #[test]
     fn rate_limits_and_unavailability_say_when_to_retry() {
-        for e in [answered(429, None), answered(503, None)] {
+        for e in [
+            answered(429, None),
+            answered(503, None),
+            answered(408, None),
+            answered(425, None),
+        ] {
             assert!(to_status(&e).get_error_details().retry_info().is_some());
         }
         assert!(
@@ -450,5 +473,456 @@ mod tests {
             Some("OUTCOME_PENDING")
         );
         assert!(details.retry_info().is_some());
+    }
+}
+
+/// The README's "Errors" table, held to the classification of Klarna's answers
+/// (`refund_gateway_domain::outcome`) and to [`to_status`]: for every attempt of
+/// [`MUTATION_ROWS`](refund_gateway_domain::outcome::MUTATION_ROWS), what a caller of a
+/// mutating RPC and of a read gets must be the one row naming it; the sentence on answers that
+/// are not stored must name exactly those that prove nothing happened.
+#[cfg(test)]
+mod readme {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use refund_gateway_domain::outcome::MUTATION_ROWS;
+    use refund_gateway_domain::{
+        Attempt, GatewayError, KlarnaApiKind, KlarnaError, KlarnaErrorResponse, Precondition,
+        PreconditionReason, ResourceRef, StoredResponse, Verdict, Violations, classify_mutation,
+    };
+    use tonic::{Code, Status};
+    use tonic_types::StatusExt;
+
+    use super::{stored, to_status};
+
+    const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+
+    /// A row whose situation starts with this is about the mutating RPCs only.
+    const MUTATIONS_ONLY: &str = "a refund, release or extension";
+    /// A row whose situation starts with this is about the reads only.
+    const READS_ONLY: &str = "a read";
+
+    /// An `error_code` Klarna might send: a row whose reason is Klarna's code must say so.
+    const KLARNA_CODE: &str = "SOME_KLARNA_CODE";
+
+    /// Answers the table names besides those of `MUTATION_ROWS`.
+    const OTHER_ATTEMPTS: [Attempt; 2] = [Attempt::Answered(405), Attempt::Answered(410)];
+
+    const APIS: [KlarnaApiKind; 2] = [KlarnaApiKind::OrderManagement, KlarnaApiKind::Payments];
+
+    /// One row of the table.
+    #[derive(Debug)]
+    struct Row {
+        situation: String,
+        code: String,
+        details: String,
+    }
+
+    fn errors_section() -> &'static str {
+        README
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_else(|| panic!("README has no Errors section"))
+    }
+
+    fn rows() -> Vec<Row> {
+        let cells: Vec<Vec<String>> = errors_section()
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .collect();
+        let header = &cells[0];
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .unwrap_or_else(|| panic!("README Errors table has no column {name:?}"))
+        };
+        let (situation, code, details) =
+            (column("situation"), column("gRPC code"), column("details"));
+        cells[2..]
+            .iter()
+            .map(|r| Row {
+                situation: r[situation].clone(),
+                code: r[code].clone(),
+                details: r[details].clone(),
+            })
+            .collect()
+    }
+
+    /// How the table names an attempt in a row's situation.
+    fn token(attempt: Attempt) -> String {
+        match attempt {
+            Attempt::Answered(500..=599) => "5xx".to_owned(),
+            Attempt::Answered(status) => status.to_string(),
+            Attempt::NoAnswer => "no answer".to_owned(),
+            Attempt::Unreadable => "unreadable".to_owned(),
+            Attempt::NotSent => "not sent".to_owned(),
+            Attempt::RefusedByRule => "state rule".to_owned(),
+        }
+    }
+
+    /// True when `text` contains `token` as a whole word (or words).
+    fn names(text: &str, token: &str) -> bool {
+        text.match_indices(token).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + token.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+    }
+
+    /// The one row among `rows` whose situation names `token`.
+    fn row_naming<'a>(rows: &[&'a Row], token: &str, what: &str) -> &'a Row {
+        let found: Vec<&Row> = rows
+            .iter()
+            .copied()
+            .filter(|r| names(&r.situation, token))
+            .collect();
+        assert!(
+            found.len() == 1,
+            "README Errors: exactly one row should name {token:?} for {what}, found {:?}",
+            found.iter().map(|r| &r.situation).collect::<Vec<_>>()
+        );
+        found[0]
+    }
+
+    fn code_name(code: Code) -> &'static str {
+        match code {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// The first `quoted` word of a cell.
+    fn first_quoted(cell: &str) -> Option<&str> {
+        cell.split('`').nth(1)
+    }
+
+    /// The google.rpc details `status` carries, by the name the table uses, and whether each
+    /// is there.
+    fn detail_kinds(status: &Status) -> [(&'static str, bool); 6] {
+        let d = status.get_error_details();
+        [
+            ("ErrorInfo", d.error_info().is_some()),
+            ("RetryInfo", d.retry_info().is_some()),
+            ("QuotaFailure", d.quota_failure().is_some()),
+            ("ResourceInfo", d.resource_info().is_some()),
+            ("PreconditionFailure", d.precondition_failure().is_some()),
+            ("BadRequest", d.bad_request().is_some()),
+        ]
+    }
+
+    /// Asserts that `row` documents `status`: the details it carries and its ErrorInfo
+    /// reason, and its code unless `code_checked` is false.
+    fn assert_documents(row: &Row, status: &Status, what: &str, code_checked: bool) {
+        if code_checked {
+            assert_eq!(
+                first_quoted(&row.code),
+                Some(code_name(status.code())),
+                "README Errors row {:?}: gRPC code of {what}",
+                row.situation
+            );
+        }
+        for (kind, present) in detail_kinds(status) {
+            assert_eq!(
+                row.details.contains(&format!("`{kind}`")),
+                present,
+                "README Errors row {:?}: {what} {} `{kind}`",
+                row.situation,
+                if present { "carries" } else { "does not carry" }
+            );
+        }
+        if let Some(info) = status.get_error_details().error_info() {
+            assert!(
+                row.details.contains(&format!("`{}`", info.reason)),
+                "README Errors row {:?}: the ErrorInfo reason of {what} is `{}`",
+                row.situation,
+                info.reason
+            );
+        }
+    }
+
+    /// Asserts that `row` documents what `error` becomes, with Klarna's `error_code` passed
+    /// on where `to_status` passes it on.
+    fn assert_documents_klarna(
+        row: &Row,
+        error: impl Fn(Option<&str>) -> GatewayError,
+        what: &str,
+    ) {
+        assert_documents(row, &to_status(&error(None)), what, true);
+        let with_code = to_status(&error(Some(KLARNA_CODE)));
+        let passed_on = with_code
+            .get_error_details()
+            .error_info()
+            .is_some_and(|i| i.reason == KLARNA_CODE);
+        if passed_on {
+            assert!(
+                row.details.contains("Klarna's `error_code`"),
+                "README Errors row {:?}: the reason of {what} is Klarna's `error_code`",
+                row.situation
+            );
+        }
+    }
+
+    fn klarna_error(attempt: Attempt, error_code: Option<&str>) -> KlarnaError {
+        match attempt {
+            Attempt::Answered(status) => KlarnaError::Answered(Box::new(KlarnaErrorResponse {
+                status,
+                error_code: error_code.map(str::to_owned),
+                messages: vec!["m".into()],
+                correlation_id: Some("corr-1".into()),
+                retry_after: None,
+            })),
+            Attempt::NoAnswer => KlarnaError::NoAnswer("timeout".into()),
+            Attempt::Unreadable => KlarnaError::BadResponse("no refund id".into()),
+            Attempt::NotSent => KlarnaError::NotSent("connection refused".into()),
+            Attempt::RefusedByRule => panic!("a state rule's refusal is not Klarna's"),
+        }
+    }
+
+    fn resource() -> ResourceRef {
+        ResourceRef::Refund {
+            order_id: "o".into(),
+            refund_id: "r".into(),
+        }
+    }
+
+    /// Every state rule; a new one fails to compile here until it is listed.
+    fn all_preconditions() -> [PreconditionReason; 3] {
+        let listed = |r: PreconditionReason| match r {
+            PreconditionReason::CurrencyMismatch
+            | PreconditionReason::ReturnFeeNotAllowed
+            | PreconditionReason::ExtensionNotOffered => r,
+        };
+        [
+            listed(PreconditionReason::CurrencyMismatch),
+            listed(PreconditionReason::ReturnFeeNotAllowed),
+            listed(PreconditionReason::ExtensionNotOffered),
+        ]
+    }
+
+    /// The attempts of `MUTATION_ROWS` and the others the table names.
+    fn attempts() -> Vec<Attempt> {
+        MUTATION_ROWS
+            .iter()
+            .map(|r| r.attempt)
+            .chain(OTHER_ATTEMPTS)
+            .collect()
+    }
+
+    /// What the caller of a mutating RPC whose only attempt was `attempt` gets, by the
+    /// verdict (`protocol/outcome.rs`): a refusal or a proof that nothing happened is the error
+    /// itself, an unknown outcome `OUTCOME_PENDING`; none for a success.
+    fn mutation_error(
+        api: KlarnaApiKind,
+        attempt: Attempt,
+        error_code: Option<&str>,
+    ) -> Option<GatewayError> {
+        let error = klarna_error(attempt, error_code);
+        match classify_mutation(api, &[attempt]) {
+            Verdict::Succeeded => None,
+            Verdict::Refused | Verdict::NothingHappened => Some(GatewayError::Klarna {
+                error,
+                resource: resource(),
+            }),
+            Verdict::Unknown => Some(GatewayError::OutcomePending {
+                operation_id: "op".into(),
+                error,
+            }),
+        }
+    }
+
+    #[test]
+    fn mutations_get_what_the_table_says() {
+        let rows = rows();
+        let applicable: Vec<&Row> = rows
+            .iter()
+            .filter(|r| !r.situation.starts_with(READS_ONLY))
+            .collect();
+        for api in APIS {
+            for attempt in attempts() {
+                let what = format!("a mutation ({api:?}) whose only attempt was {attempt:?}");
+                if attempt == Attempt::RefusedByRule {
+                    assert_eq!(classify_mutation(api, &[attempt]), Verdict::Refused);
+                    let row = row_naming(&applicable, &token(attempt), &what);
+                    for reason in all_preconditions() {
+                        let status = to_status(&GatewayError::Precondition(Precondition {
+                            reason,
+                            subject: "orders/o".into(),
+                            description: "d".into(),
+                        }));
+                        assert_documents(row, &status, &what, true);
+                    }
+                    continue;
+                }
+                if mutation_error(api, attempt, None).is_none() {
+                    continue;
+                }
+                let row = row_naming(&applicable, &token(attempt), &what);
+                assert_documents_klarna(
+                    row,
+                    |code| mutation_error(api, attempt, code).unwrap_or_else(|| unreachable!()),
+                    &what,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reads_get_what_the_table_says() {
+        let rows = rows();
+        let applicable: Vec<&Row> = rows
+            .iter()
+            .filter(|r| !r.situation.starts_with(MUTATIONS_ONLY))
+            .collect();
+        for attempt in attempts() {
+            if matches!(
+                attempt,
+                Attempt::RefusedByRule | Attempt::Answered(200..=299)
+            ) {
+                continue;
+            }
+            let what = format!("a read that got {attempt:?}");
+            let row = row_naming(&applicable, &token(attempt), &what);
+            assert_documents_klarna(
+                row,
+                |code| GatewayError::Klarna {
+                    error: klarna_error(attempt, code),
+                    resource: resource(),
+                },
+                &what,
+            );
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_errors_are_in_the_table() {
+        let rows = rows();
+        let mut violations = Violations::new();
+        violations.push("order_id", "bad");
+        let errors = [
+            GatewayError::InvalidArgument(violations),
+            GatewayError::KeyReused {
+                operation_id: "op".into(),
+                idempotency_key: "k".into(),
+            },
+            GatewayError::KeyInUse {
+                operation_id: "op".into(),
+                retry_after: Duration::from_secs(1),
+            },
+            GatewayError::StoreUnavailable("down".into()),
+            GatewayError::RequiresReview {
+                operation_id: "op".into(),
+                detail: "d".into(),
+            },
+            GatewayError::Internal("the task failed".into()),
+        ];
+        for error in errors {
+            let status = to_status(&error);
+            let key = match status.get_error_details().error_info() {
+                Some(info) => info.reason.clone(),
+                None => "BadRequest".to_owned(),
+            };
+            let found: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.details.contains(&format!("`{key}`")))
+                .collect();
+            assert!(
+                found.len() == 1,
+                "README Errors: exactly one row should document `{key}`, found {found:?}"
+            );
+            assert_documents(found[0], &status, &format!("{error:?}"), true);
+        }
+
+        // A stored refusal whose details are past retention keeps its code.
+        let status = stored(
+            StoredResponse {
+                code: Code::FailedPrecondition as i32,
+                message: "m".into(),
+                payload: Vec::new(),
+            },
+            true,
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default();
+        let found: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.details.contains(&format!("`{reason}`")))
+            .collect();
+        assert!(
+            found.len() == 1,
+            "README Errors: exactly one row should document `{reason}`, found {found:?}"
+        );
+        assert_eq!(found[0].code, "the stored code");
+        assert_documents(found[0], &status, "a replay past retention", false);
+    }
+
+    /// "Answers that prove nothing happened (…) are not stored": exactly the attempts whose
+    /// verdict as a first attempt is `NothingHappened`, and the README says that after an
+    /// attempt that may have reached Klarna they leave the operation pending.
+    #[test]
+    fn the_answers_not_stored_are_those_that_prove_nothing_happened() {
+        const LEAD: &str = "prove nothing happened (";
+        let paragraph = errors_section()
+            .split("\n\n")
+            .map(|p| p.replace('\n', " "))
+            .find(|p| p.contains(LEAD))
+            .unwrap_or_else(|| panic!("README Errors says nothing of answers that {LEAD}…)"));
+        let after = paragraph.split(LEAD).nth(1).unwrap_or_default().to_owned();
+        let (listed, rest) = after.split_once(')').unwrap_or((after.as_str(), ""));
+        let every: BTreeSet<String> = attempts().into_iter().map(token).collect();
+        let named: BTreeSet<&String> = every.iter().filter(|t| names(listed, t)).collect();
+        let nothing_happened: Vec<_> = MUTATION_ROWS
+            .iter()
+            .filter(|r| r.first == Verdict::NothingHappened)
+            .collect();
+        let expected: BTreeSet<String> =
+            nothing_happened.iter().map(|r| token(r.attempt)).collect();
+        assert_eq!(
+            named,
+            expected.iter().collect(),
+            "README Errors: the answers that prove nothing happened"
+        );
+        for r in nothing_happened {
+            assert_eq!(
+                r.after_possible_delivery,
+                Verdict::Unknown,
+                "{:?}",
+                r.attempt
+            );
+        }
+        assert!(
+            rest.contains("may have reached Klarna") && rest.contains("pending"),
+            "README Errors should say that after an attempt that may have reached Klarna these \
+             answers leave the operation pending: {rest:?}"
+        );
     }
 }

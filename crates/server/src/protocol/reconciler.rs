@@ -25,7 +25,7 @@ pub struct PassReport {
     pub failed: usize,
 }
 
-/// Runs the reconciler: a pass at start and every `interval` after the previous one ended,
+/// Runs the reconciler: a pass at start, then one every `interval` (later when a pass overran),
 /// until `stop`.
 pub async fn reconcile_forever(
     protocol: Protocol,

@@ -339,7 +339,7 @@ pub(super) async fn abandon(
     }
 }
 
-/// Deletes final operations changed before `before`.
+/// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).
 pub(super) async fn purge(conn: &mut SqliteConnection, before: i64) -> Result<u64, StoreError> {
     Ok(sqlx::query(PURGE)
         .bind(before)
