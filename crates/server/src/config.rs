@@ -1291,24 +1291,8 @@ mod tests {
     /// environment variable, default and range; the other rows name only [`VARIABLES`].
     #[test]
     fn readme_configuration_table_matches_the_settings() {
-        let readme = include_str!("../../../README.md");
-        let section = readme
-            .split("\n## Configuration")
-            .nth(1)
-            .and_then(|s| s.split("\n## ").next())
-            .unwrap_or_else(|| panic!("README has no Configuration section"));
-        let rows: Vec<Vec<String>> = section
-            .lines()
-            .skip_while(|l| !l.starts_with('|'))
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim()
-                    .trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().to_owned())
-                    .collect()
-            })
-            .collect();
+        let section = crate::readme::section("Configuration");
+        let rows = crate::readme::first_table(section);
         let header = &rows[0];
         let column = |name: &str| {
             header

@@ -26,6 +26,8 @@ pub mod gateway;
 pub mod grpc;
 pub mod middleware;
 pub mod protocol;
+#[cfg(test)]
+mod readme;
 pub mod status;
 pub mod telemetry;
 

@@ -496,8 +496,6 @@ mod readme {
 
     use super::{stored, to_status};
 
-    const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
-
     /// A row whose situation starts with this is about the mutating RPCs only.
     const MUTATIONS_ONLY: &str = "a refund, release or extension";
     /// A row whose situation starts with this is about the reads only.
@@ -520,26 +518,11 @@ mod readme {
     }
 
     fn errors_section() -> &'static str {
-        README
-            .split("\n## Errors\n")
-            .nth(1)
-            .and_then(|s| s.split("\n## ").next())
-            .unwrap_or_else(|| panic!("README has no Errors section"))
+        crate::readme::section("Errors")
     }
 
     fn rows() -> Vec<Row> {
-        let cells: Vec<Vec<String>> = errors_section()
-            .lines()
-            .skip_while(|l| !l.starts_with('|'))
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim()
-                    .trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().to_owned())
-                    .collect()
-            })
-            .collect();
+        let cells = crate::readme::first_table(errors_section());
         let header = &cells[0];
         let column = |name: &str| {
             header
