@@ -136,36 +136,7 @@ async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_re
     };
 
     // First life: the call reaches Klarna, which commits, and then the process is killed.
-    let mut first = GatewayProcess::start("gateway (first run)", &config, &env).await?;
-    let caller = {
-        let mut client = first.client().await?;
-        let request = request.clone();
-        tokio::spawn(async move { client.refund_order(request).await })
-    };
-    let started = tokio::time::Instant::now();
-    while posts_to(&sim, &path).is_empty() {
-        ensure!(
-            started.elapsed() < WAIT_LIMIT,
-            "the refund POST never reached the simulator"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    first.signal("KILL")?;
-    let (status, _) = first.wait_exit(WAIT_LIMIT).await?;
-    ensure!(
-        status.signal() == Some(9),
-        "expected death by SIGKILL, got {status:?}"
-    );
-    let answer = tokio::time::timeout(WAIT_LIMIT, caller).await??;
-    ensure!(
-        answer.is_err(),
-        "the killed gateway answered the held refund: {answer:?}"
-    );
-    let (refunds, _) = sim_refunds(&sim, &order_id)?;
-    ensure!(
-        refunds.len() == 1,
-        "Klarna should hold the committed refund: {refunds:?}"
-    );
+    kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config, &env, &request).await?;
     sim.sim.clear_faults();
 
     // Second life on the same data: the claim is IN_FLIGHT with an expired lease; the
@@ -242,6 +213,50 @@ async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_re
     Ok(())
 }
 
+/// First life of a crash test: starts the gateway, sends `request` (Klarna commits the refund
+/// and holds its answer), SIGKILLs the gateway while Klarna holds it, and checks that the
+/// caller got no answer and Klarna holds exactly one refund on `order_id`.
+async fn kill_while_klarna_holds_the_refund(
+    sim: &RunningSimulator,
+    order_id: &str,
+    path: &str,
+    config: &std::path::Path,
+    env: &[(&'static str, String)],
+    request: &RefundOrderRequest,
+) -> anyhow::Result<()> {
+    let mut first = GatewayProcess::start("gateway (first run)", config, env).await?;
+    let caller = {
+        let mut client = first.client().await?;
+        let request = request.clone();
+        tokio::spawn(async move { client.refund_order(request).await })
+    };
+    let started = tokio::time::Instant::now();
+    while posts_to(sim, path).is_empty() {
+        ensure!(
+            started.elapsed() < WAIT_LIMIT,
+            "the refund POST never reached the simulator"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    first.signal("KILL")?;
+    let (status, _) = first.wait_exit(WAIT_LIMIT).await?;
+    ensure!(
+        status.signal() == Some(9),
+        "expected death by SIGKILL, got {status:?}"
+    );
+    let answer = tokio::time::timeout(WAIT_LIMIT, caller).await??;
+    ensure!(
+        answer.is_err(),
+        "the killed gateway answered the held refund: {answer:?}"
+    );
+    let (refunds, _) = sim_refunds(sim, order_id)?;
+    ensure!(
+        refunds.len() == 1,
+        "Klarna should hold the committed refund: {refunds:?}"
+    );
+    Ok(())
+}
+
 /// After a SIGKILL the restarted gateway does not wait for the dead process's lease (30 s,
 /// the default): the claim it finds IN_FLIGHT is a dead process's, and the caller's first
 /// retry resolves to the one refund Klarna holds, never ABORTED `IDEMPOTENCY_KEY_IN_USE`.
@@ -278,23 +293,7 @@ async fn after_sigkill_the_first_retry_resolves_without_waiting_for_the_dead_lea
         ..Default::default()
     };
 
-    let mut first = GatewayProcess::start("gateway (first run)", &config, &env).await?;
-    let caller = {
-        let mut client = first.client().await?;
-        let request = request.clone();
-        tokio::spawn(async move { client.refund_order(request).await })
-    };
-    let started = tokio::time::Instant::now();
-    while posts_to(&sim, &path).is_empty() {
-        ensure!(
-            started.elapsed() < WAIT_LIMIT,
-            "the refund POST never reached the simulator"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    first.signal("KILL")?;
-    first.wait_exit(WAIT_LIMIT).await?;
-    let _ = tokio::time::timeout(WAIT_LIMIT, caller).await?;
+    kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config, &env, &request).await?;
     sim.sim.clear_faults();
 
     let mut second = GatewayProcess::start("gateway (second run)", &config, &env).await?;

@@ -204,7 +204,7 @@ impl Protocol {
                     .await
                     .map_err(store_unavailable)?;
                 if !taken {
-                    return self.after_resolution(op, answer_by).await;
+                    return self.after_resolution(&op, answer_by).await;
                 }
                 self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
             }
@@ -225,7 +225,7 @@ impl Protocol {
     /// `IDEMPOTENCY_KEY_IN_USE`.
     async fn after_resolution(
         &self,
-        op: Operation,
+        op: &Operation,
         answer_by: tokio::time::Instant,
     ) -> Result<Answer, GatewayError> {
         let id = op.new.operation_id;
@@ -235,19 +235,21 @@ impl Protocol {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&id)
             .cloned();
-        let Some(mut done) = signal else {
-            return Err(in_use(&op, OffsetDateTime::now_utc()));
-        };
-        // A closed channel means the resolution ended too: read the store either way.
-        if tokio::time::timeout_at(answer_by, done.wait_for(|d| *d))
-            .await
-            .is_err()
-        {
-            return Err(pending(id, "the reconciler is still resolving it"));
+        let waited = signal.is_some();
+        if let Some(mut done) = signal {
+            // A closed channel means the resolution ended too: read the store either way.
+            if tokio::time::timeout_at(answer_by, done.wait_for(|d| *d))
+                .await
+                .is_err()
+            {
+                return Err(pending(id, "the reconciler is still resolving it"));
+            }
         }
+        // Read again: the holder may have finished between the claim and the take-over.
         match self.store.get(id).await.map_err(store_unavailable)? {
-            Some(op) if op.state.is_final() => self.replay(op),
-            Some(op) => Err(pending_or_in_use(&op)),
+            Some(current) if current.state.is_final() => self.replay(current),
+            Some(current) if waited => Err(pending_or_in_use(&current)),
+            Some(current) => Err(in_use(&current, OffsetDateTime::now_utc())),
             None => Err(pending(id, "the operation was given back; retry")),
         }
     }
