@@ -100,13 +100,14 @@ async fn operation_by_key(client: &mut Client, key: &str) -> anyhow::Result<Vec<
         .operations)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_refund()
--> anyhow::Result<()> {
-    const KEY: &str = "crash-1";
-    const AMOUNT: i64 = 2_500;
-
-    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+/// Seeds a captured order whose next refund Klarna commits (remembering it under its key) and
+/// then holds the answer far longer than a test runs, so the gateway can be killed while it
+/// waits. Returns the order, its refunds path and the refund request under `key`.
+fn held_refund(
+    sim: &RunningSimulator,
+    key: &str,
+    amount: i64,
+) -> (String, String, RefundOrderRequest) {
     let order_id = sim
         .sim
         .seed_order(OrderSeed {
@@ -116,24 +117,33 @@ async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_re
         })
         .order_id;
     let path = refunds_path(&order_id);
-    // Klarna commits the refund and remembers it under the key, then keeps the answer far
-    // longer than the test runs: the gateway is killed while waiting for it.
     sim.sim.inject_fault(FaultSpec {
         method: Some("POST".into()),
         path: path.clone(),
         times: 1,
         kind: FaultKind::CommitThenHold { millis: 60_000 },
     });
+    let request = RefundOrderRequest {
+        idempotency_key: key.into(),
+        order_id: order_id.clone(),
+        refunded_amount: amount,
+        ..Default::default()
+    };
+    (order_id, path, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_refund()
+-> anyhow::Result<()> {
+    const KEY: &str = "crash-1";
+    const AMOUNT: i64 = 2_500;
+
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let (order_id, path, request) = held_refund(&sim, KEY, AMOUNT);
 
     let work = tempfile::tempdir()?;
     let config = write_config(work.path(), &work.path().join("data"))?;
     let env = klarna_env(&sim);
-    let request = RefundOrderRequest {
-        idempotency_key: KEY.into(),
-        order_id: order_id.clone(),
-        refunded_amount: AMOUNT,
-        ..Default::default()
-    };
 
     // First life: the call reaches Klarna, which commits, and then the process is killed.
     kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config, &env, &request).await?;
@@ -267,31 +277,11 @@ async fn after_sigkill_the_first_retry_resolves_without_waiting_for_the_dead_lea
     const AMOUNT: i64 = 1_500;
 
     let sim = klarna_sim::spawn(SimConfig::default()).await?;
-    let order_id = sim
-        .sim
-        .seed_order(OrderSeed {
-            order_amount: 10_000,
-            captures: vec![10_000],
-            ..Default::default()
-        })
-        .order_id;
-    let path = refunds_path(&order_id);
-    sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: path.clone(),
-        times: 1,
-        kind: FaultKind::CommitThenHold { millis: 60_000 },
-    });
+    let (order_id, path, request) = held_refund(&sim, KEY, AMOUNT);
     let work = tempfile::tempdir()?;
     // The default lease: a take-over that waited for it would take 30 s.
     let config = write_config_with(work.path(), &work.path().join("data"), "")?;
     let env = klarna_env(&sim);
-    let request = RefundOrderRequest {
-        idempotency_key: KEY.into(),
-        order_id: order_id.clone(),
-        refunded_amount: AMOUNT,
-        ..Default::default()
-    };
 
     kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config, &env, &request).await?;
     sim.sim.clear_faults();

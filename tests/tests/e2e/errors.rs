@@ -8,6 +8,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     assert_reason, bad_fields, captured_order, fault_refunds, klarna_calls, refund_request,
+    status_fault,
 };
 
 #[tokio::test]
@@ -193,16 +194,7 @@ async fn klarna_5xx_on_a_refund_is_pending_never_failed_and_a_retry_refunds_once
         },
     );
     // Every attempt of the first call fails (the adapter's own retries included).
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        9,
-        FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &order.order_id, 9, status_fault(503));
     let status = app
         .client
         .refund_order(refund_request("flaky", &order.order_id, 100))
@@ -307,16 +299,7 @@ async fn klarna_400_409_422_map_to_their_codes() -> anyhow::Result<()> {
         (409, Code::FailedPrecondition, "CONFLICT"),
         (413, Code::InvalidArgument, "REQUEST_TOO_LARGE"),
     ] {
-        fault_refunds(
-            &app.sim.sim,
-            &order.order_id,
-            1,
-            FaultKind::Status {
-                status: status_code,
-                body: None,
-                retry_after_secs: None,
-            },
-        );
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(status_code));
         let status = app
             .client
             .refund_order(refund_request(

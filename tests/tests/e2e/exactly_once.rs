@@ -10,7 +10,9 @@ use refund_gateway_tests::{AppOptions, TestApp, fresh_postgres_database, spawn_a
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{assert_reason, captured_order, fault_refunds, klarna_calls, refund_request};
+use crate::{
+    assert_reason, captured_order, fault_refunds, klarna_calls, refund_request, status_fault,
+};
 
 fn refund_posts(app: &TestApp, order_id: &str) -> usize {
     klarna_calls(&app.sim.sim)
@@ -222,16 +224,7 @@ async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key(
 ) -> anyhow::Result<()> {
     let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        2,
-        FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &order.order_id, 2, status_fault(503));
     let mut outcome = app
         .client
         .refund_order(refund_request("flaky-2", &order.order_id, 300))
@@ -586,16 +579,7 @@ async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
     let order = captured_order(&app.sim.sim, 10_000);
     // Klarna fails every attempt without refunding: the outcome is unknown to the gateway,
     // but nothing happened at Klarna.
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        10,
-        FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &order.order_id, 10, status_fault(503));
     let status = app
         .client
         .refund_order(refund_request("review-1", &order.order_id, 700))
@@ -623,6 +607,25 @@ async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
     app.shutdown().await
 }
 
+/// Clears Klarna's faults, retries `key` and expects the one refund of `amount` on the order.
+async fn the_retry_makes_the_one_refund(
+    app: TestApp,
+    key: &str,
+    order_id: &str,
+    amount: i64,
+) -> anyhow::Result<()> {
+    app.sim.sim.clear_faults();
+    let done = app
+        .client
+        .clone()
+        .refund_order(refund_request(key, order_id, amount))
+        .await?
+        .into_inner();
+    assert!(!done.refund_id.is_empty());
+    assert_eq!(refunded(&app, order_id), (amount, 1));
+    app.shutdown().await
+}
+
 /// A 408 may come after Klarna acted: the outcome is unknown (PENDING), never a stored
 /// failure, and the retry under the same key makes the one refund.
 async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
@@ -631,16 +634,7 @@ async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
     let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     // Every attempt the adapter makes gets a 408.
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        100,
-        FaultKind::Status {
-            status: 408,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(408));
     let status = app
         .client
         .refund_order(refund_request("timeout-408", &order.order_id, 700))
@@ -648,15 +642,7 @@ async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    app.sim.sim.clear_faults();
-    let done = app
-        .client
-        .refund_order(refund_request("timeout-408", &order.order_id, 700))
-        .await?
-        .into_inner();
-    assert!(!done.refund_id.is_empty());
-    assert_eq!(refunded(&app, &order.order_id), (700, 1));
-    app.shutdown().await
+    the_retry_makes_the_one_refund(app, "timeout-408", &order.order_id, 700).await
 }
 
 /// Once an attempt may have reached Klarna, a later 429 proves nothing: the operation stays
@@ -667,16 +653,7 @@ async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
     let mut app = spawn_app_with(db.options()).await?;
     let order = captured_order(&app.sim.sim, 10_000);
     fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        100,
-        FaultKind::Status {
-            status: 429,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(429));
     let status = app
         .client
         .refund_order(refund_request("drop-then-429", &order.order_id, 700))
@@ -694,15 +671,7 @@ async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
     .await?;
     assert_eq!(ops.len(), 1);
     assert_eq!(ops[0].state(), pb::OperationState::Pending);
-    app.sim.sim.clear_faults();
-    let done = app
-        .client
-        .refund_order(refund_request("drop-then-429", &order.order_id, 700))
-        .await?
-        .into_inner();
-    assert!(!done.refund_id.is_empty());
-    assert_eq!(refunded(&app, &order.order_id), (700, 1));
-    app.shutdown().await
+    the_retry_makes_the_one_refund(app, "drop-then-429", &order.order_id, 700).await
 }
 
 /// Retention drops stored answer bodies, never an operation's identity: a retry long after
@@ -797,11 +766,7 @@ async fn the_reconciler_resolves_500_pending_operations_and_one_failure_stops_no
         method: Some("POST".into()),
         path: "/ordermanagement/v1/orders/*".into(),
         times: u32::MAX,
-        kind: FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after_secs: None,
-        },
+        kind: status_fault(503),
     });
     let calls = orders.iter().enumerate().flat_map(|(o, order)| {
         (0..PER_ORDER).map(move |i| (format!("many-{o}-{i}"), order.order_id.clone()))
@@ -825,16 +790,7 @@ async fn the_reconciler_resolves_500_pending_operations_and_one_failure_stops_no
     }
     // Klarna recovers, except for one order.
     app.sim.sim.clear_faults();
-    fault_refunds(
-        &app.sim.sim,
-        &stuck.order_id,
-        u32::MAX,
-        FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after_secs: None,
-        },
-    );
+    fault_refunds(&app.sim.sim, &stuck.order_id, u32::MAX, status_fault(503));
     let started = std::time::Instant::now();
     while orders
         .iter()

@@ -81,6 +81,15 @@ pub fn fault_refunds(sim: &Simulator, order_id: &str, times: u32, kind: FaultKin
     });
 }
 
+/// A fault answering `status` with Klarna's usual error body and no `Retry-After`.
+pub fn status_fault(status: u16) -> FaultKind {
+    FaultKind::Status {
+        status,
+        body: None,
+        retry_after_secs: None,
+    }
+}
+
 /// Asserts `status` has `code` and ErrorInfo `reason` in domain `refundgateway`.
 #[track_caller]
 pub fn assert_reason(status: &tonic::Status, code: Code, reason: &str) {

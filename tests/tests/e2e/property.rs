@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use refund_gateway_tests::{AppOptions, fresh_postgres_database, spawn_app_with};
 use tonic::Code;
 
-use crate::{captured_order, refund_request};
+use crate::{captured_order, refund_request, status_fault};
 
 /// What Klarna does to the next refund attempts.
 #[derive(Debug, Clone)]
@@ -47,14 +47,7 @@ async fn run(steps: Vec<(usize, Fault)>, database_url: Option<String>) -> anyhow
         app.sim.sim.clear_faults();
         let kind = match fault {
             Fault::None => None,
-            Fault::Unavailable(n) => Some((
-                *n,
-                FaultKind::Status {
-                    status: 503,
-                    body: None,
-                    retry_after_secs: None,
-                },
-            )),
+            Fault::Unavailable(n) => Some((*n, status_fault(503))),
             Fault::CommitThenDrop(n) => Some((*n, FaultKind::CommitThenDrop)),
         };
         if let Some((times, kind)) = kind {
