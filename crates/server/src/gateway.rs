@@ -13,9 +13,8 @@ use refund_gateway_domain::{
     OrderQuery, Refund, RefundOrder, RefundQuery, ReleaseAuthorization, ResourceRef, Rpc,
     Violations, rules,
 };
-use sha2::{Digest, Sha256};
 
-use crate::protocol::KlarnaCall;
+use crate::protocol::{KlarnaCall, encoding};
 
 /// The configured Klarna accounts, by name.
 #[derive(Debug, Clone)]
@@ -114,28 +113,6 @@ fn klarna_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayErr
     move |error| GatewayError::Klarna { error, resource }
 }
 
-/// The fingerprint of an operation: SHA-256 over the resolved account, the RPC, the exact
-/// Klarna call and any expectation checked before it (the caller's currency). Another request
-/// under the same key differs in at least one of them.
-fn fingerprint(
-    rpc: Rpc,
-    account: &str,
-    call_json: &str,
-    expected_currency: Option<&str>,
-) -> String {
-    let mut hash = Sha256::new();
-    for part in [
-        rpc.as_str(),
-        account,
-        call_json,
-        expected_currency.unwrap_or(""),
-    ] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn new_operation(
     caller: &Caller,
@@ -148,20 +125,19 @@ fn new_operation(
     amount: Option<i64>,
     reference: Option<String>,
 ) -> NewOperation {
-    let call_json = call.to_json();
     NewOperation {
         operation_id: OperationId::derive(caller, rpc, key),
         caller: caller.clone(),
         rpc,
         idempotency_key: key.clone(),
-        fingerprint: fingerprint(rpc, account, &call_json, expected_currency),
+        fingerprint: encoding::fingerprint(rpc, account, call, expected_currency),
         klarna_account: account.to_owned(),
         order_id: call.order_id().to_string(),
         capture_id,
         amount,
         currency: expected_currency.map(str::to_owned),
         reference,
-        klarna_request: call_json,
+        klarna_request: encoding::encode_call(call),
         trace_id: None,
     }
 }

@@ -1,5 +1,7 @@
 //! The Klarna call of a mutating operation, stored with the claim so that whoever resolves the
-//! operation later (a retry after a crash, the reconciler) sends exactly the same call.
+//! operation later (a retry after a crash, the reconciler) sends exactly the same call. Its
+//! stored form is `encoding.rs`'s; the serde form derived here is version 0 of it, kept only so
+//! calls stored by the first releases stay readable.
 
 use refund_gateway_domain::{
     CaptureId, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaRefund, OperationId, OrderId,
@@ -111,17 +113,5 @@ impl KlarnaCall {
                 })
             }
         }
-    }
-
-    /// The stored form.
-    pub fn to_json(&self) -> String {
-        // Serializing these plain data types cannot fail: no maps with non-string keys, no
-        // custom serializers that error.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Reads the stored form back, validating every value again.
-    pub fn from_json(json: &str) -> Result<Self, String> {
-        serde_json::from_str(json).map_err(|e| e.to_string())
     }
 }

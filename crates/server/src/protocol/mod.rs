@@ -10,13 +10,15 @@
 //!
 //! # Layout
 //! - this module: [`Protocol`], claim and execute, recording an outcome as the lease holder.
-//! - `call.rs`: [`KlarnaCall`], the stored Klarna call of an operation.
+//! - `call.rs`: [`KlarnaCall`], the Klarna call of an operation.
+//! - [`encoding`]: the versioned stored form of the call, and the fingerprint.
 //! - `outcome.rs`: from a result and its logged attempts to the record of its verdict.
 //! - `resend.rs`: resending inside Klarna's idempotency window, matching on the order after.
 //! - `lease.rs`: lease renewal while work runs.
 //! - `reconciler.rs`: the background passes over unresolved operations.
 
 mod call;
+pub mod encoding;
 mod lease;
 mod outcome;
 mod reconciler;
@@ -172,7 +174,7 @@ impl Protocol {
         let klarna_deadline = started + deadline;
         let now = OffsetDateTime::now_utc();
         let operation_id = new.operation_id;
-        let fingerprint = new.fingerprint.clone();
+        let new_op = new.clone();
         let trace_id = new.trace_id.clone();
         let holder = LeaseHolder::new();
         let claim = self
@@ -182,7 +184,7 @@ impl Protocol {
             .map_err(store_unavailable)?;
         let receiver = match claim {
             Claim::New(op) => self.spawn(op, holder, Job::Work(work), klarna_deadline, None),
-            Claim::Existing(op) if op.new.fingerprint != fingerprint => {
+            Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
                 return Err(GatewayError::KeyReused {
                     operation_id: op.new.operation_id.to_string(),
                     idempotency_key: op.new.idempotency_key.to_string(),
@@ -278,11 +280,8 @@ impl Protocol {
             )));
         };
         if response.code == 0 && response.payload.is_empty() {
-            let call = KlarnaCall::from_json(&op.new.klarna_request).map_err(|e| {
-                GatewayError::Internal(format!(
-                    "the stored call of operation {} is unreadable: {e}",
-                    op.new.operation_id
-                ))
+            let call = encoding::decode_call(&op.new.klarna_request).map_err(|e| {
+                GatewayError::Internal(format!("operation {}: {e}", op.new.operation_id))
             })?;
             let accepted = Accepted {
                 refund_id: op.refund_id.clone(),
@@ -472,7 +471,7 @@ fn pending_or_in_use(op: &Operation) -> GatewayError {
 
 /// The Klarna API of a stored operation's call.
 fn api_of(op: &Operation) -> KlarnaApiKind {
-    KlarnaCall::from_json(&op.new.klarna_request)
+    encoding::decode_call(&op.new.klarna_request)
         .map(|call| call.api())
         .unwrap_or(KlarnaApiKind::OrderManagement)
 }

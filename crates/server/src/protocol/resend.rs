@@ -20,9 +20,9 @@ impl Protocol {
     /// instead, because a resend could then execute a second time.
     pub(super) async fn resend(&self, op: &Operation, trace_id: Option<String>) -> Outcome {
         let id = op.new.operation_id;
-        let call = match KlarnaCall::from_json(&op.new.klarna_request) {
+        let call = match super::encoding::decode_call(&op.new.klarna_request) {
             Ok(call) => call,
-            Err(e) => return review(id, format!("stored Klarna call unreadable: {e}"), trace_id),
+            Err(e) => return review(id, e.to_string(), trace_id),
         };
         let Some(klarna) = (self.accounts)(&op.new.klarna_account) else {
             return review(
