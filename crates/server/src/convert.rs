@@ -4,7 +4,8 @@
 use prost::Message;
 use refund_gateway_domain as domain;
 use refund_gateway_domain::{
-    AuditEvent, Operation, OperationFilter, OperationPage, OperationState, Violations,
+    AuditEvent, ExtendDueDateOption, Operation, OperationFilter, OperationPage, OperationState,
+    Violations,
 };
 use refund_gateway_domain::{
     ExtendDueDateDraft, LineTypeInput, OrderLineDraft, OrderLineType, RefundOrderDraft,
@@ -13,8 +14,8 @@ use refund_gateway_domain::{
 use refund_gateway_proto::v1 as pb;
 use time::OffsetDateTime;
 
-use crate::gateway::RefundOutcome;
-use crate::protocol::{Accepted, KlarnaCall};
+use crate::gateway::{ReceiptOutcome, RefundOutcome};
+use crate::protocol::{Accepted, Encoded, KlarnaCall};
 
 /// `RefundOrderRequest` -> draft.
 pub fn refund_order_draft(r: pb::RefundOrderRequest) -> RefundOrderDraft {
@@ -190,7 +191,7 @@ fn status(s: domain::OrderStatus) -> pb::OrderStatus {
 }
 
 /// A Klarna refund -> API message.
-pub fn refund(r: domain::Refund) -> pb::Refund {
+fn refund(r: domain::Refund) -> pb::Refund {
     pb::Refund {
         refund_id: r.refund_id,
         refunded_amount: r.refunded_amount,
@@ -202,7 +203,7 @@ pub fn refund(r: domain::Refund) -> pb::Refund {
 }
 
 /// A Klarna order -> API message.
-pub fn order(o: domain::Order) -> pb::Order {
+fn order(o: domain::Order) -> pb::Order {
     pb::Order {
         order_id: o.order_id,
         status: status(o.status).into(),
@@ -265,6 +266,69 @@ pub fn refund_response(
         reference: outcome.reference.clone(),
         validate_only,
         replayed: false,
+    }
+}
+
+/// The answer of GetOrder.
+pub fn get_order_response(o: domain::Order) -> pb::GetOrderResponse {
+    pb::GetOrderResponse {
+        order: Some(order(o)),
+    }
+}
+
+/// The answer of GetRefund.
+pub fn get_refund_response(r: domain::Refund) -> pb::GetRefundResponse {
+    pb::GetRefundResponse {
+        refund: Some(refund(r)),
+    }
+}
+
+/// The stored answer of a refund.
+pub fn refund_encoded(order_id: &str, amount: i64, outcome: RefundOutcome) -> Encoded {
+    Encoded {
+        payload: refund_response(order_id, amount, &outcome, false).encode_to_vec(),
+        refund_id: outcome.refund_id,
+        correlation_id: outcome.correlation_id,
+    }
+}
+
+/// The stored answer of a release.
+pub fn release_encoded(order_id: String, outcome: ReceiptOutcome) -> Encoded {
+    Encoded {
+        payload: pb::ReleaseAuthorizationResponse {
+            operation_id: outcome.operation_id.to_string(),
+            order_id,
+            correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+            replayed: false,
+        }
+        .encode_to_vec(),
+        refund_id: None,
+        correlation_id: outcome.correlation_id,
+    }
+}
+
+/// The stored answer of a due-date extension: the offer taken, with its fee and currency.
+pub fn extension_encoded(
+    order_id: String,
+    capture_id: String,
+    outcome: ReceiptOutcome,
+    option: ExtendDueDateOption,
+    currency: String,
+) -> Encoded {
+    Encoded {
+        payload: pb::ExtendDueDateResponse {
+            operation_id: outcome.operation_id.to_string(),
+            order_id,
+            capture_id,
+            number_of_days: option.number_of_days,
+            fee_amount: option.amount,
+            currency,
+            correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+            replayed: false,
+        }
+        .encode_to_vec(),
+        refund_id: None,
+        correlation_id: outcome.correlation_id,
     }
 }
 

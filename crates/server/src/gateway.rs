@@ -192,6 +192,14 @@ impl Gateway {
                 .send(klarna.as_ref(), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+            tracing::info!(
+                operation_id = %op,
+                order_id = %cmd.order_id,
+                refund_id = accepted.refund_id.as_deref().unwrap_or(""),
+                refunded_amount = cmd.refunded_amount.minor_units(),
+                correlation_id = accepted.correlation_id.as_deref().unwrap_or(""),
+                "refunded"
+            );
             Ok(RefundOutcome {
                 operation_id: op,
                 refund_id: accepted.refund_id,
@@ -251,6 +259,7 @@ impl Gateway {
                 .send(klarna.as_ref(), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+            tracing::info!(operation_id = %op, order_id = %cmd.order_id, "authorization released");
             Ok(ReceiptOutcome {
                 operation_id: op,
                 correlation_id: accepted.correlation_id,
@@ -307,6 +316,13 @@ impl Gateway {
                 .send(klarna.as_ref(), &op)
                 .await
                 .map_err(klarna_error(capture))?;
+            tracing::info!(
+                operation_id = %op,
+                order_id = %cmd.order_id,
+                capture_id = %cmd.capture_id,
+                number_of_days = option.number_of_days,
+                "due date extended"
+            );
             Ok((
                 ReceiptOutcome {
                     operation_id: op,

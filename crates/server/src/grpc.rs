@@ -16,7 +16,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Prepared};
 use crate::protocol::{Answer, Encoded, Protocol};
 use crate::status::{mark_replayed, stored, to_status};
 
@@ -148,6 +148,52 @@ fn answer<T: Message + Default>(
     Ok(response)
 }
 
+/// What every mutating call carries besides its message.
+struct CallContext {
+    caller: Caller,
+    deadline: Option<Duration>,
+    request_id: Option<String>,
+}
+
+impl CallContext {
+    fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            caller: caller(request),
+            deadline: grpc_timeout(request.metadata()),
+            request_id: request_id(request),
+        }
+    }
+}
+
+impl RefundGatewayApi {
+    /// The one path of every mutating RPC once its command is prepared: the work runs through
+    /// the exactly-once protocol, its outcome is encoded by `encode` (built in `convert`), and
+    /// the stored answer (or a replay of it) is decoded into the response.
+    async fn mutate<O, T>(
+        &self,
+        rpc: &'static str,
+        context: CallContext,
+        prepared: Prepared<
+            impl std::future::Future<Output = Result<O, GatewayError>> + Send + 'static,
+        >,
+        encode: impl FnOnce(O) -> Encoded + Send + 'static,
+        set_replayed: impl FnOnce(&mut T, bool),
+    ) -> Result<Response<T>, Status>
+    where
+        O: Send + 'static,
+        T: Message + Default,
+    {
+        let Prepared { mut new, work } = prepared;
+        new.trace_id = context.request_id;
+        let work = work
+            .inspect_err(move |e| log_failure(rpc, e))
+            .map_ok(encode)
+            .boxed();
+        let stored = self.protocol.execute(new, context.deadline, work).await;
+        answer(rpc, stored, set_replayed)
+    }
+}
+
 #[tonic::async_trait]
 impl RefundGatewayService for RefundGatewayApi {
     async fn refund_order(
@@ -155,54 +201,33 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
         const RPC: &str = "RefundOrder";
-        let caller = caller(&request);
-        let deadline = grpc_timeout(request.metadata());
-        let request_id = request_id(&request);
+        let context = CallContext::of(&request);
         let cmd = RefundOrder::validate(convert::refund_order_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
-        let order_id = cmd.order_id.to_string();
-        let amount = cmd.refunded_amount.minor_units();
         if cmd.validate_only {
+            let (order_id, amount) = (cmd.order_id.to_string(), cmd.refunded_amount.minor_units());
             let outcome = self
                 .gateway
-                .validate_refund(&caller, cmd)
+                .validate_refund(&context.caller, cmd)
                 .await
                 .map_err(|e| fail(RPC, e))?;
             return Ok(Response::new(convert::refund_response(
                 &order_id, amount, &outcome, true,
             )));
         }
-        let mut prepared = self
+        let (order_id, amount) = (cmd.order_id.to_string(), cmd.refunded_amount.minor_units());
+        let prepared = self
             .gateway
-            .refund_order(&caller, cmd)
+            .refund_order(&context.caller, cmd)
             .map_err(|e| fail(RPC, e))?;
-        prepared.new.trace_id = request_id;
-        let work = prepared
-            .work
-            .inspect_err(|e| log_failure(RPC, e))
-            .map_ok(move |outcome| {
-                if let Some(refund_id) = &outcome.refund_id {
-                    tracing::info!(
-                        operation_id = %outcome.operation_id,
-                        order_id = %order_id,
-                        refund_id = %refund_id,
-                        refunded_amount = amount,
-                        correlation_id = outcome.correlation_id.as_deref().unwrap_or(""),
-                        "refunded"
-                    );
-                }
-                Encoded {
-                    payload: convert::refund_response(&order_id, amount, &outcome, false)
-                        .encode_to_vec(),
-                    refund_id: outcome.refund_id,
-                    correlation_id: outcome.correlation_id,
-                }
-            })
-            .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await;
-        answer(RPC, stored, |m: &mut pb::RefundOrderResponse, r| {
-            m.replayed = r
-        })
+        self.mutate(
+            RPC,
+            context,
+            prepared,
+            move |outcome| convert::refund_encoded(&order_id, amount, outcome),
+            |m: &mut pb::RefundOrderResponse, r| m.replayed = r,
+        )
+        .await
     }
 
     async fn release_authorization(
@@ -210,41 +235,22 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::ReleaseAuthorizationRequest>,
     ) -> Result<Response<pb::ReleaseAuthorizationResponse>, Status> {
         const RPC: &str = "ReleaseAuthorization";
-        let caller = caller(&request);
-        let deadline = grpc_timeout(request.metadata());
-        let request_id = request_id(&request);
+        let context = CallContext::of(&request);
         let cmd = ReleaseAuthorization::validate(convert::release_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let order_id = cmd.order_id.to_string();
-        let mut prepared = self
+        let prepared = self
             .gateway
-            .release_authorization(&caller, cmd)
+            .release_authorization(&context.caller, cmd)
             .map_err(|e| fail(RPC, e))?;
-        prepared.new.trace_id = request_id;
-        let work = prepared
-            .work
-            .inspect_err(|e| log_failure(RPC, e))
-            .map_ok(move |outcome| {
-                tracing::info!(operation_id = %outcome.operation_id, order_id = %order_id, "authorization released");
-                Encoded {
-                    payload: pb::ReleaseAuthorizationResponse {
-                        operation_id: outcome.operation_id.to_string(),
-                        order_id,
-                        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
-                        replayed: false,
-                    }
-                    .encode_to_vec(),
-                    refund_id: None,
-                    correlation_id: outcome.correlation_id,
-                }
-            })
-            .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await;
-        answer(
+        self.mutate(
             RPC,
-            stored,
+            context,
+            prepared,
+            move |outcome| convert::release_encoded(order_id, outcome),
             |m: &mut pb::ReleaseAuthorizationResponse, r| m.replayed = r,
         )
+        .await
     }
 
     async fn get_extend_due_date_options(
@@ -267,49 +273,24 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::ExtendDueDateRequest>,
     ) -> Result<Response<pb::ExtendDueDateResponse>, Status> {
         const RPC: &str = "ExtendDueDate";
-        let caller = caller(&request);
-        let deadline = grpc_timeout(request.metadata());
-        let request_id = request_id(&request);
+        let context = CallContext::of(&request);
         let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
         let (order_id, capture_id) = (cmd.order_id.to_string(), cmd.capture_id.to_string());
-        let mut prepared = self
+        let prepared = self
             .gateway
-            .extend_due_date(&caller, cmd)
+            .extend_due_date(&context.caller, cmd)
             .map_err(|e| fail(RPC, e))?;
-        prepared.new.trace_id = request_id;
-        let work = prepared
-            .work
-            .inspect_err(|e| log_failure(RPC, e))
-            .map_ok(move |(outcome, option, currency)| {
-                tracing::info!(
-                    operation_id = %outcome.operation_id,
-                    order_id = %order_id,
-                    capture_id = %capture_id,
-                    number_of_days = option.number_of_days,
-                    "due date extended"
-                );
-                Encoded {
-                    payload: pb::ExtendDueDateResponse {
-                        operation_id: outcome.operation_id.to_string(),
-                        order_id,
-                        capture_id,
-                        number_of_days: option.number_of_days,
-                        fee_amount: option.amount,
-                        currency,
-                        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
-                        replayed: false,
-                    }
-                    .encode_to_vec(),
-                    refund_id: None,
-                    correlation_id: outcome.correlation_id,
-                }
-            })
-            .boxed();
-        let stored = self.protocol.execute(prepared.new, deadline, work).await;
-        answer(RPC, stored, |m: &mut pb::ExtendDueDateResponse, r| {
-            m.replayed = r
-        })
+        self.mutate(
+            RPC,
+            context,
+            prepared,
+            move |(outcome, option, currency)| {
+                convert::extension_encoded(order_id, capture_id, outcome, option, currency)
+            },
+            |m: &mut pb::ExtendDueDateResponse, r| m.replayed = r,
+        )
+        .await
     }
 
     async fn get_order(
@@ -324,9 +305,7 @@ impl RefundGatewayService for RefundGatewayApi {
             .read(&metadata, self.gateway.order(q))
             .await
             .map_err(|e| fail(RPC, e))?;
-        Ok(Response::new(pb::GetOrderResponse {
-            order: Some(convert::order(order)),
-        }))
+        Ok(Response::new(convert::get_order_response(order)))
     }
 
     async fn get_refund(
@@ -341,9 +320,7 @@ impl RefundGatewayService for RefundGatewayApi {
             .read(&metadata, self.gateway.refund(q))
             .await
             .map_err(|e| fail(RPC, e))?;
-        Ok(Response::new(pb::GetRefundResponse {
-            refund: Some(convert::refund(refund)),
-        }))
+        Ok(Response::new(convert::get_refund_response(refund)))
     }
 
     async fn list_operations(
