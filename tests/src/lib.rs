@@ -6,6 +6,13 @@
 //! # Layout
 //! - [`spawn_app`] / [`TestApp`]: a running gateway, its gRPC client and its simulator.
 //! - [`LogCapture`]: the process-wide JSON log sink of the test binary.
+//! - [`Backend`] / [`fresh_postgres_database`]: the store a gateway under test uses, and a
+//!   fresh PostgreSQL database (or a `SKIPPED (no PostgreSQL)` line when there is no server).
+//! - [`wait_until`]: waiting for a condition that cannot be awaited, re-checking it.
+
+mod wait;
+
+pub use wait::{POLL_INTERVAL, TimedOut, wait_until};
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -183,9 +190,29 @@ async fn start_gateway(
 /// as `postgres://postgres@127.0.0.1:5432/postgres`); the README's test command starts one.
 pub const TEST_DATABASE_URL: &str = "REFUND_GATEWAY_TEST_DATABASE_URL";
 
+/// The start of the line a PostgreSQL test writes to stderr when it is skipped for lack of a
+/// server; the README's test command counts these lines in its summary.
+pub const SKIPPED_NO_POSTGRES: &str = "SKIPPED (no PostgreSQL)";
+
+/// Says on stderr that the current test is skipped for lack of PostgreSQL:
+/// `SKIPPED (no PostgreSQL): <test name>`. libtest names the thread that runs a test after
+/// the test, so call this from the test's own thread (a test body, also under
+/// `#[tokio::test]`), not from a spawned task.
+pub fn report_skipped_for_lack_of_postgres() {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    // To the stderr handle itself, not through `eprintln!`: libtest swallows what a passing
+    // test prints with `eprintln!`, and this line must reach the test command's summary.
+    // One write of the whole line, so that it is not interleaved with other output.
+    let line = format!("{SKIPPED_NO_POSTGRES}: {test}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// A fresh, empty PostgreSQL database on the test server, created with `psql`, or `None` when
-/// no server is configured outside CI. Under `CI=true` a missing server is an error, so the
-/// PostgreSQL half of the suite can never be skipped silently.
+/// no server is configured outside CI: then the test must end at once, and a
+/// `SKIPPED (no PostgreSQL): <test name>` line on stderr says it did not run (libtest has no
+/// skipped state; the README's test command counts these lines). Under `CI=true` a missing
+/// server is an error, so the PostgreSQL half of the suite can never be skipped there.
 pub fn fresh_postgres_database() -> anyhow::Result<Option<String>> {
     let Some(admin) = std::env::var(TEST_DATABASE_URL)
         .ok()
@@ -196,7 +223,7 @@ pub fn fresh_postgres_database() -> anyhow::Result<Option<String>> {
                 "{TEST_DATABASE_URL} is not set; run the README's test command, which starts PostgreSQL"
             );
         }
-        eprintln!("{TEST_DATABASE_URL} not set: skipping the PostgreSQL run of this test");
+        report_skipped_for_lack_of_postgres();
         return Ok(None);
     };
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
@@ -210,6 +237,41 @@ pub fn fresh_postgres_database() -> anyhow::Result<Option<String>> {
         .rsplit_once('/')
         .ok_or_else(|| anyhow::anyhow!("{TEST_DATABASE_URL} has no database path"))?;
     Ok(Some(format!("{base}/{name}")))
+}
+
+/// The operation store of a gateway under test. A test on the backends takes one and runs
+/// once per variant (the end-to-end suite's `backend_test!` defines both runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in the gateway's temporary data directory (the default).
+    Sqlite,
+    /// A database of its own on the test PostgreSQL server: its URL.
+    Postgres(String),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database as a backend, or `None` when the test is skipped for lack
+    /// of a server (see [`fresh_postgres_database`], which has said so on stderr).
+    pub fn postgres() -> anyhow::Result<Option<Self>> {
+        Ok(fresh_postgres_database()?.map(Self::Postgres))
+    }
+
+    /// `DATABASE_URL` of the gateway: `None` for SQLite.
+    pub fn database_url(&self) -> Option<String> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres(url) => Some(url.clone()),
+        }
+    }
+
+    /// The default [`AppOptions`] on this backend; set other fields with
+    /// `AppOptions { reconcile_interval_ms: Some(50), ..db.options() }`.
+    pub fn options(&self) -> AppOptions {
+        AppOptions {
+            database_url: self.database_url(),
+            ..AppOptions::default()
+        }
+    }
 }
 
 /// Every log line the test process wrote, as the gateway's JSON formatter wrote it.

@@ -298,9 +298,9 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         lease: Duration,
     ) -> Result<Claim, StoreError>;
 
-    /// Takes over an unresolved operation (PENDING, or IN_FLIGHT with an expired lease):
-    /// IN_FLIGHT with a new lease held by `holder`. `false` when it is not unresolved
-    /// (anymore).
+    /// Takes over an unresolved operation (PENDING, or IN_FLIGHT whose holder is gone: its
+    /// lease expired, or the backend knows its holder's process ended): IN_FLIGHT with a new
+    /// lease held by `holder`. `false` when it is not unresolved (anymore).
     async fn take_over(
         &self,
         id: OperationId,
@@ -358,8 +358,8 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     /// The operation, if stored.
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError>;
 
-    /// Up to `limit` unresolved operations (PENDING, or IN_FLIGHT with a lease past `now`),
-    /// oldest first.
+    /// Up to `limit` unresolved operations (PENDING, or IN_FLIGHT whose holder is gone, as
+    /// for [`OperationStore::take_over`]), oldest first.
     async fn unresolved(
         &self,
         now: OffsetDateTime,

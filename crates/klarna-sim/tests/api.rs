@@ -510,15 +510,32 @@ async fn rate_limit_gives_429_only_when_configured() {
         )
         .await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // let the bucket refill
-    let executed = h
-        .refund(
-            &order.order_id,
-            &json!({"refunded_amount": 10}),
-            Some("rl-key"),
-        )
-        .await;
+    // The bucket refills on the real monotonic clock, which the simulator's settable clock
+    // does not drive: retry until the call is admitted. Every refusal until then is forgotten
+    // the same way, and the call that is admitted executes once.
+    let executed = wait_until(
+        "the rate limiter to admit the keyed call",
+        std::time::Duration::from_secs(10),
+        async || {
+            let response = h
+                .refund(
+                    &order.order_id,
+                    &json!({"refunded_amount": 10}),
+                    Some("rl-key"),
+                )
+                .await;
+            Ok::<_, TimedOut>(
+                (response.status() != StatusCode::TOO_MANY_REQUESTS).then_some(response),
+            )
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(executed.status(), StatusCode::CREATED);
+    assert_eq!(
+        h.sim().order_json(&order.order_id).unwrap()["refunded_amount"],
+        10
+    );
 }
 
 #[tokio::test]

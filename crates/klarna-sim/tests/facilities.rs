@@ -162,17 +162,12 @@ async fn commit_then_hold_commits_before_answering() {
             .unwrap()
     });
     // The refund is visible while the answer is still held.
-    loop {
+    wait_until("the refund to commit", Duration::from_secs(5), async || {
         let refunded = h.sim().order_json(&order.order_id).unwrap()["refunded_amount"].clone();
-        if refunded == 400 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "refund never committed"
-        );
-        tokio::task::yield_now().await;
-    }
+        Ok::<_, TimedOut>((refunded == 400).then_some(()))
+    })
+    .await
+    .unwrap();
     assert!(!request.is_finished(), "answer is held after the commit");
     let response = request.await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(1500));

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
@@ -23,7 +24,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use common::{
-    Client, GatewayProcess, POLL, WAIT_LIMIT, klarna_env, write_config, write_config_with,
+    Client, GatewayProcess, WAIT_LIMIT, klarna_env, wait_until, write_config, write_config_with,
 };
 
 fn refunds_path(order_id: &str) -> String {
@@ -153,29 +154,30 @@ async fn sigkill_while_klarna_holds_the_refund_then_restart_finds_exactly_one_re
     // reconciler resends under the same Klarna key and Klarna replays its 201.
     let mut second = GatewayProcess::start("gateway (second run)", &config, &env).await?;
     let mut client = second.client().await?;
-    let started = tokio::time::Instant::now();
-    let record = loop {
-        let records = operation_by_key(&mut client, KEY).await?;
-        ensure!(
-            records.len() <= 1,
-            "several operations for one key: {records:?}"
-        );
-        if let Some(record) = records.into_iter().next() {
+    let record = wait_until(
+        "the reconciler to settle the operation",
+        WAIT_LIMIT,
+        async || {
+            let records = operation_by_key(&mut client, KEY).await?;
+            ensure!(
+                records.len() <= 1,
+                "several operations for one key: {records:?}"
+            );
+            let Some(record) = records.into_iter().next() else {
+                return Ok(None);
+            };
             let state = record.state();
             if state == OperationState::Succeeded {
-                break record;
+                return Ok(Some(record));
             }
             ensure!(
                 matches!(state, OperationState::InFlight | OperationState::Pending),
                 "operation ended {state:?}, not SUCCEEDED: {record:?}"
             );
-        }
-        ensure!(
-            started.elapsed() < WAIT_LIMIT,
-            "the reconciler did not settle the operation within {WAIT_LIMIT:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    };
+            Ok(None)
+        },
+    )
+    .await?;
 
     // The caller's retry under the same key gets the settled outcome.
     let retried: RefundOrderResponse = client.refund_order(request.clone()).await?.into_inner();
@@ -240,14 +242,12 @@ async fn kill_while_klarna_holds_the_refund(
         let request = request.clone();
         tokio::spawn(async move { client.refund_order(request).await })
     };
-    let started = tokio::time::Instant::now();
-    while posts_to(sim, path).is_empty() {
-        ensure!(
-            started.elapsed() < WAIT_LIMIT,
-            "the refund POST never reached the simulator"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    wait_until(
+        "the refund POST to reach the simulator",
+        WAIT_LIMIT,
+        async || Ok::<_, anyhow::Error>((!posts_to(sim, path).is_empty()).then_some(())),
+    )
+    .await?;
     first.signal("KILL")?;
     let (status, _) = first.wait_exit(WAIT_LIMIT).await?;
     ensure!(
@@ -357,20 +357,7 @@ async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::
     const KEY: &str = "race-1";
     const AMOUNT: i64 = 4_000;
 
-    let Some(admin_url) = std::env::var("REFUND_GATEWAY_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "REFUND_GATEWAY_TEST_DATABASE_URL is not set; CI must run this test against \
-                 PostgreSQL (source scripts/postgres.sh && start_test_postgres)"
-            );
-        }
-        eprintln!(
-            "note: REFUND_GATEWAY_TEST_DATABASE_URL is not set; skipping the two-replica \
-             PostgreSQL test (source scripts/postgres.sh && start_test_postgres)"
-        );
+    let Some(admin_url) = postgres_admin_url() else {
         return Ok(());
     };
 
@@ -436,13 +423,7 @@ async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::
         first_a.ok().map(tonic::Response::into_inner),
         first_b.ok().map(tonic::Response::into_inner),
     ];
-    let started = tokio::time::Instant::now();
-    while answers.iter().any(Option::is_none) {
-        ensure!(
-            started.elapsed() < WAIT_LIMIT,
-            "both gateways did not answer OK within {WAIT_LIMIT:?}: {answers:?}"
-        );
-        tokio::time::sleep(POLL).await;
+    wait_until("both gateways to answer OK", WAIT_LIMIT, async || {
         for (answer, client) in answers.iter_mut().zip([&mut client_a, &mut client_b]) {
             if answer.is_some() {
                 continue;
@@ -455,7 +436,9 @@ async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::
                 Err(status) => bail!("retry failed: {status:?}"),
             }
         }
-    }
+        Ok(answers.iter().all(Option::is_some).then_some(()))
+    })
+    .await?;
     let [Some(answer_a), Some(answer_b)] = answers else {
         bail!("loop ended without both answers");
     };
@@ -496,6 +479,159 @@ async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::
     let (stop_a, stop_b) = tokio::join!(a.terminate_cleanly(), b.terminate_cleanly());
     stop_a?;
     stop_b?;
+    // Best effort: the server is a throwaway one anyway.
+    let _ = psql(&admin_url, &format!("DROP DATABASE IF EXISTS {database}"));
+    Ok(())
+}
+
+/// The admin URL of the test PostgreSQL server, or `None` (after printing the line the README's
+/// test command counts as a skipped test) when there is none; under `CI=true` there must be.
+fn postgres_admin_url() -> Option<String> {
+    if let Some(url) = std::env::var("REFUND_GATEWAY_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return Some(url);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "REFUND_GATEWAY_TEST_DATABASE_URL is not set; CI must run this test against \
+             PostgreSQL (source scripts/postgres.sh && start_test_postgres)"
+        );
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a PostgreSQL process test");
+    // To the stderr handle itself, which libtest does not capture, in one write so that the
+    // line is not interleaved with other output.
+    let line = format!("SKIPPED (no PostgreSQL): {test}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    None
+}
+
+/// The value psql prints for one query (unaligned, tuples only).
+fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
+    let run = |program: &str| {
+        Command::new(program)
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-At", "-c", sql])
+            .output()
+    };
+    let out = match run("psql") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/bin/psql"),
+        other => other,
+    }
+    .context("running psql")?;
+    ensure!(
+        out.status.success(),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Two gateways share one PostgreSQL database, with the default 30 s lease. Gateway A is
+/// SIGKILLed while Klarna holds a refund it sent; its claim is IN_FLIGHT with most of its lease
+/// left. PostgreSQL ends A's sessions with the process, which ends A's replica liveness lock:
+/// the caller's first retry on gateway B, running all along, takes the operation over at once
+/// (never ABORTED `IDEMPOTENCY_KEY_IN_USE`), takes A's order lock, resends under the same
+/// Klarna key and answers the one refund Klarna holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_the_first_retry_on_b_resolves_a_sigkilled_refund()
+-> anyhow::Result<()> {
+    const KEY: &str = "replica-crash-1";
+    const AMOUNT: i64 = 2_000;
+    // The lease the gateways run with (the default, as `write_config_with` leaves it).
+    const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    let Some(admin_url) = postgres_admin_url() else {
+        return Ok(());
+    };
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let (order_id, path, request) = held_refund(&sim, KEY, AMOUNT);
+    // The order id is a fresh UUID v4: it names this run's database too.
+    let database = format!("t_{}", order_id.replace('-', ""));
+    psql(&admin_url, &format!("CREATE DATABASE {database}"))?;
+    let database_url = with_database(&admin_url, &database)?;
+    let live_replicas = || {
+        psql_value(
+            &database_url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    };
+
+    let mut env = klarna_env(&sim);
+    env.push(("DATABASE_URL", database_url.clone()));
+    let dir_a = tempfile::tempdir()?;
+    let dir_b = tempfile::tempdir()?;
+    let config_a = write_config_with(dir_a.path(), &dir_a.path().join("data"), "")?;
+    let config_b = write_config_with(dir_b.path(), &dir_b.path().join("data"), "")?;
+    let mut b = GatewayProcess::start("gateway B", &config_b, &env).await?;
+    let mut client_b = b.client().await?;
+
+    // Gateway A claims the operation (its lease runs out 30 s after this at the earliest), is
+    // killed while Klarna holds the committed refund, and its caller gets no answer.
+    let claimed = tokio::time::Instant::now();
+    kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config_a, &env, &request).await?;
+    sim.sim.clear_faults();
+    let records = operation_by_key(&mut client_b, KEY).await?;
+    ensure!(
+        records.len() == 1 && records[0].state() == OperationState::InFlight,
+        "A's claim should be IN_FLIGHT: {records:?}"
+    );
+
+    // PostgreSQL notices the dead process's closed connections at once; only B's liveness
+    // lock is left.
+    wait_until(
+        "PostgreSQL to end gateway A's sessions",
+        WAIT_LIMIT,
+        async || Ok::<_, anyhow::Error>((live_replicas()? == "1").then_some(())),
+    )
+    .await?;
+
+    // The caller's first retry, on gateway B.
+    let retried = client_b
+        .refund_order(request.clone())
+        .await
+        .map_err(|status| anyhow!("the first retry on gateway B failed: {status:?}"))?
+        .into_inner();
+    ensure!(
+        claimed.elapsed() < LEASE,
+        "answered {:?} after A's claim: that is the lease's expiry, not A's death",
+        claimed.elapsed()
+    );
+    let (refunds, refunded_amount) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds.len() == 1 && refunded_amount == AMOUNT,
+        "expected exactly one refund of {AMOUNT}, found {refunds:?} ({refunded_amount})"
+    );
+    ensure!(
+        retried.refund_id == refunds[0],
+        "the retry answered refund {:?}, Klarna holds {:?}",
+        retried.refund_id,
+        refunds[0]
+    );
+    let posts = posts_to(&sim, &path);
+    ensure!(
+        posts.len() >= 2,
+        "expected A's POST and B's resend, got {}: {posts:?}",
+        posts.len()
+    );
+    let klarna_key = one_klarna_key(&posts)?;
+    ensure!(
+        klarna_key == retried.operation_id,
+        "Klarna key {klarna_key} is not the operation id {}",
+        retried.operation_id
+    );
+    let records = operation_by_key(&mut client_b, KEY).await?;
+    ensure!(
+        records.len() == 1
+            && records[0].state() == OperationState::Succeeded
+            && records[0].refund_id == refunds[0],
+        "expected one SUCCEEDED operation with Klarna's refund id: {records:?}"
+    );
+
+    b.terminate_cleanly().await?;
     // Best effort: the server is a throwaway one anyway.
     let _ = psql(&admin_url, &format!("DROP DATABASE IF EXISTS {database}"));
     Ok(())

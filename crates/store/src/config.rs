@@ -23,7 +23,8 @@ pub enum DatabaseConfig {
     Postgres {
         /// `postgres://user:password@host:port/db?...`; a secret, never printed.
         url: SecretString,
-        /// Size of the connection pool. Each held order lock pins one connection.
+        /// Size of the connection pool (order locks hold none; liveness and lock notifications
+        /// use two connections of their own).
         max_connections: u32,
     },
 }

@@ -19,8 +19,9 @@
 //! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,
 //!   one transaction, one fsync; claims and finishes in bulk statements, audit events by
 //!   triggers), a pool of readers, in-process order locks. Its writes are in `sqlite::sql`.
-//! - [`postgres`]: [`PostgresStore`]: a pool, one transaction per write, order locks as
-//!   session advisory locks. Its writes are in `postgres::sql`.
+//! - [`postgres`]: [`PostgresStore`]: a pool, one transaction per write, replica liveness
+//!   (one session advisory lock per replica, so a dead replica's claims are free at once) and
+//!   order locks as lease rows. Its writes are in `postgres::sql`.
 //! - `migrations/sqlite`, `migrations/postgres` (files, embedded at build time): the schema.
 
 pub mod config;

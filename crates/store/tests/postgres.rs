@@ -10,10 +10,15 @@ mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use refund_gateway_domain::{OperationStore, StoreError};
+use refund_gateway_domain::{
+    Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationId, OperationState,
+    OperationStore, Rpc, StoreError,
+};
+use refund_gateway_store::postgres::DEFAULT_ORDER_LOCK_LEASE;
 use refund_gateway_store::{DatabaseConfig, PostgresStore, connect};
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
+use time::OffsetDateTime;
 
 const URL_VAR: &str = "REFUND_GATEWAY_TEST_DATABASE_URL";
 
@@ -27,9 +32,14 @@ fn admin_url() -> Option<String> {
              server and sets {URL_VAR})"
         ),
         _ => {
-            eprintln!(
-                "skipping: {URL_VAR} is not set (source scripts/postgres.sh && start_test_postgres)"
-            );
+            use std::io::Write as _;
+            // The line the README's test command counts as a skipped test (libtest has no
+            // skipped state), written to the stderr handle itself, which libtest does not
+            // capture; libtest names the test's thread after the test.
+            let thread = std::thread::current();
+            let test = thread.name().unwrap_or("<unnamed test>");
+            let line = format!("SKIPPED (no PostgreSQL): {test}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
@@ -87,76 +97,550 @@ macro_rules! on_postgres {
 
 suite::all_cases!(on_postgres);
 
-/// Two pools (two replicas): the second locker is seen waiting inside PostgreSQL before the
-/// first releases, and gets the lock only after.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A bound on waits for something that should happen "at once": far below every lease, so
+/// reaching it means a lease, not liveness, would have freed it.
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+/// The URL of a fresh database, or `None` when the tests are skipped.
+async fn fresh_url() -> Option<String> {
+    Some(fresh_database(&admin_url()?).await)
+}
+
+/// A replica on `url` with a pool of `max_connections`.
+async fn replica(url: &str, max_connections: u32) -> PostgresStore {
+    PostgresStore::connect(&SecretString::from(url.to_owned()), max_connections)
+        .await
+        .unwrap()
+}
+
+/// A refund operation under `key` on `order`.
+fn operation(key: &str, order: &str) -> NewOperation {
+    let caller = Caller::named("pos");
+    let key = IdempotencyKey::parse(key).unwrap();
+    NewOperation {
+        operation_id: OperationId::derive(&caller, Rpc::RefundOrder, &key),
+        caller,
+        rpc: Rpc::RefundOrder,
+        idempotency_key: key,
+        fingerprint: format!("fp-{order}"),
+        klarna_account: "eu".to_owned(),
+        order_id: order.to_owned(),
+        capture_id: None,
+        amount: Some(100),
+        currency: Some("EUR".to_owned()),
+        reference: None,
+        klarna_request: "{}".to_owned(),
+        trace_id: None,
+    }
+}
+
+/// Claims `op` for `holder`, which must be new.
+async fn claim(store: &PostgresStore, op: &NewOperation, holder: LeaseHolder, now: OffsetDateTime) {
+    match store.claim(op.clone(), holder, now, LEASE).await.unwrap() {
+        Claim::New(_) => {}
+        Claim::Existing(existing) => panic!("expected a new claim, found {existing:?}"),
+    }
+}
+
+/// The ids among `store`'s unresolved operations at the real now.
+async fn unresolved_ids(store: &PostgresStore) -> Vec<OperationId> {
+    store
+        .unresolved(OffsetDateTime::now_utc(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|op| op.new.operation_id)
+        .collect()
+}
+
+/// Polls `condition` until it holds; fails after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The backend pid holding the advisory lock of `key` in `url`'s database, if any.
+async fn lock_holder_pid(url: &str, key: i64) -> Option<i32> {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let pid = sqlx::query_scalar::<_, i32>(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid::bigint = (($1 >> 32) & 4294967295) AND objid::bigint = ($1 & 4294967295)",
+    )
+    .bind(key)
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    pid
+}
+
+/// The replica recorded on an operation.
+async fn lease_replica(store: &PostgresStore, id: OperationId) -> Option<i64> {
+    sqlx::query_scalar("SELECT lease_replica FROM operations WHERE operation_id = $1")
+        .bind(id.to_string())
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// (replica, expires_at, the database's now) of the lease of an order, if taken.
+async fn order_lease(store: &PostgresStore, order: &str) -> Option<(i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT replica, expires_at, \
+           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint \
+         FROM resource_leases \
+         WHERE klarna_account = 'eu' AND resource_kind = 'order' AND resource_id = $1",
+    )
+    .bind(order)
+    .fetch_optional(store.pool())
+    .await
+    .unwrap()
+}
+
+const HOLDER_A: LeaseHolder = LeaseHolder::from_uuid(uuid::Uuid::from_u128(0xA));
+const HOLDER_B: LeaseHolder = LeaseHolder::from_uuid(uuid::Uuid::from_u128(0xB));
+
+/// A replica that is gone (its store dropped, so its session ended) leaves claims that another
+/// replica finds unresolved and takes over at once, long before their leases expire; claims
+/// without a replica (made before the migration) still wait for expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advisory_lock_serializes_across_pools() {
-    let Some(admin) = admin_url() else { return };
-    let url = SecretString::from(fresh_database(&admin).await);
-    let one = PostgresStore::connect(&url, 4).await.unwrap();
-    let two = PostgresStore::connect(&url, 4).await.unwrap();
+async fn a_gone_replicas_claims_are_free_before_their_leases_expire() {
+    let Some(url) = fresh_url().await else { return };
+    let (a, b) = (replica(&url, 4).await, replica(&url, 4).await);
+    assert_ne!(a.replica(), b.replica());
+    assert!(a.replica() >= 0 && a.is_live());
+    let now = OffsetDateTime::now_utc();
+    let op = operation("gone-1", "order-1");
+    let legacy = operation("legacy-1", "order-2");
+    claim(&a, &op, HOLDER_A, now).await;
+    claim(&a, &legacy, HOLDER_A, now).await;
+    assert_eq!(lease_replica(&a, op.operation_id).await, Some(a.replica()));
+    // As claimed before migration 0003: no replica recorded.
+    sqlx::query("UPDATE operations SET lease_replica = NULL WHERE operation_id = $1")
+        .bind(legacy.operation_id.to_string())
+        .execute(b.pool())
+        .await
+        .unwrap();
+
+    // While A is alive, nothing of it is unresolved and B cannot take it over.
+    assert!(unresolved_ids(&b).await.is_empty());
+    assert!(
+        !b.take_over(
+            op.operation_id,
+            HOLDER_B,
+            OffsetDateTime::now_utc(),
+            LEASE,
+            None
+        )
+        .await
+        .unwrap()
+    );
+
+    let a_key = a.replica();
+    drop(a);
+    eventually(AT_ONCE, "A's liveness lock ends with its store", || async {
+        lock_holder_pid(&url, a_key).await.is_none()
+    })
+    .await;
+    let seen = OffsetDateTime::now_utc();
+    assert_eq!(unresolved_ids(&b).await, vec![op.operation_id]);
+    let stored = b.get(op.operation_id).await.unwrap().unwrap();
+    assert!(
+        stored.lease_expires_at.unwrap() > seen + Duration::from_secs(20),
+        "the lease must be far from expiry: {stored:?}"
+    );
+    assert!(
+        b.take_over(op.operation_id, HOLDER_B, seen, LEASE, Some("t-b".into()))
+            .await
+            .unwrap()
+    );
+    let taken = b.get(op.operation_id).await.unwrap().unwrap();
+    assert_eq!(taken.state, OperationState::InFlight);
+    assert_eq!(taken.lease_holder, Some(HOLDER_B));
+    assert_eq!(lease_replica(&b, op.operation_id).await, Some(b.replica()));
+    // Now B's, and B is alive: not unresolved, not taken over again.
+    assert!(!unresolved_ids(&b).await.contains(&op.operation_id));
+    let c = replica(&url, 2).await;
+    assert!(
+        !c.take_over(
+            op.operation_id,
+            HOLDER_A,
+            OffsetDateTime::now_utc(),
+            LEASE,
+            None
+        )
+        .await
+        .unwrap()
+    );
+
+    // The claim without a replica keeps the lease-expiry rule.
+    assert!(
+        !b.take_over(
+            legacy.operation_id,
+            HOLDER_B,
+            OffsetDateTime::now_utc(),
+            LEASE,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        b.take_over(legacy.operation_id, HOLDER_B, now + LEASE, LEASE, None)
+            .await
+            .unwrap()
+    );
+}
+
+/// A live replica's claims are only taken over once their leases expire; its late record is
+/// then ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replicas_claims_wait_for_lease_expiry() {
+    let Some(url) = fresh_url().await else { return };
+    let (a, b) = (replica(&url, 4).await, replica(&url, 4).await);
+    let now = OffsetDateTime::now_utc();
+    let op = operation("live-1", "order-1");
+    claim(&a, &op, HOLDER_A, now).await;
+    let almost = now + Duration::from_secs(29);
+    assert!(
+        !b.take_over(op.operation_id, HOLDER_B, almost, LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert!(b.unresolved(almost, 10).await.unwrap().is_empty());
+    let expired = now + LEASE;
+    assert_eq!(b.unresolved(expired, 10).await.unwrap().len(), 1);
+    assert!(
+        b.take_over(op.operation_id, HOLDER_B, expired, LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.mark_pending(op.operation_id, HOLDER_A, None, "late".into(), expired)
+            .await
+            .unwrap()
+    );
+    assert_eq!(lease_replica(&b, op.operation_id).await, Some(b.replica()));
+    // The replica goes with the lease.
+    assert!(
+        b.mark_pending(op.operation_id, HOLDER_B, None, "unknown".into(), expired)
+            .await
+            .unwrap()
+    );
+    assert_eq!(lease_replica(&b, op.operation_id).await, None);
+    assert!(a.is_live() && b.is_live());
+}
+
+/// Ending a replica's liveness session from outside (an administrator, a network cut) frees
+/// its claims at once; the store keeps working, takes its lock on the same key again, and its
+/// claims are protected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_liveness_session_frees_claims_and_comes_back() {
+    let Some(url) = fresh_url().await else { return };
+    let (a, b) = (replica(&url, 4).await, replica(&url, 4).await);
+    let op = operation("terminated-1", "order-1");
+    claim(&a, &op, HOLDER_A, OffsetDateTime::now_utc()).await;
+    let pid = lock_holder_pid(&url, a.replica()).await.unwrap();
+
+    let mut admin = PgConnection::connect(&url).await.unwrap();
+    // With a timeout, pg_terminate_backend returns once the backend is gone, locks released.
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    // At once: A notices the loss only at its next check, and reconnects a second later.
+    assert!(
+        b.take_over(
+            op.operation_id,
+            HOLDER_B,
+            OffsetDateTime::now_utc(),
+            LEASE,
+            None
+        )
+        .await
+        .unwrap(),
+        "a claim of a replica whose session ended must be free at once"
+    );
+
+    // A comes back on the same key, in a new session.
+    eventually(
+        Duration::from_secs(30),
+        "A takes its liveness lock again",
+        || async {
+            lock_holder_pid(&url, a.replica())
+                .await
+                .is_some_and(|new_pid| new_pid != pid)
+        },
+    )
+    .await;
+    eventually(AT_ONCE, "A reports itself live", || async { a.is_live() }).await;
+    // Its late record of the taken-over operation is ignored...
+    assert!(
+        !a.mark_pending(
+            op.operation_id,
+            HOLDER_A,
+            None,
+            "late".into(),
+            OffsetDateTime::now_utc()
+        )
+        .await
+        .unwrap()
+    );
+    // ...and its new claims are protected again.
+    let again = operation("terminated-2", "order-1");
+    claim(&a, &again, HOLDER_A, OffsetDateTime::now_utc()).await;
+    assert!(
+        !b.take_over(
+            again.operation_id,
+            HOLDER_B,
+            OffsetDateTime::now_utc(),
+            LEASE,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    admin.close().await.unwrap();
+}
+
+/// Liveness is read correctly for every key, negative ones and ones with both halves in use
+/// included: while a session holds the key's lock, the claim is held; once it ends, it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_reads_every_key() {
+    let Some(url) = fresh_url().await else { return };
+    let (a, b) = (replica(&url, 4).await, replica(&url, 4).await);
+    let keys = [-1, i64::MIN, -123_456_789_012, (1 << 32) + 5, i64::MAX, 7];
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    let mut ops = Vec::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        let op = operation(&format!("key-{i}"), "order-1");
+        claim(&a, &op, HOLDER_A, OffsetDateTime::now_utc()).await;
+        sqlx::query("UPDATE operations SET lease_replica = $2 WHERE operation_id = $1")
+            .bind(op.operation_id.to_string())
+            .bind(key)
+            .execute(a.pool())
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        ops.push(op.operation_id);
+    }
+    // A lock on a neighbouring key keeps nothing alive.
+    let unrelated = operation("key-unrelated", "order-1");
+    claim(&a, &unrelated, HOLDER_A, OffsetDateTime::now_utc()).await;
+    sqlx::query("UPDATE operations SET lease_replica = -2 WHERE operation_id = $1")
+        .bind(unrelated.operation_id.to_string())
+        .execute(a.pool())
+        .await
+        .unwrap();
+
+    assert_eq!(unresolved_ids(&b).await, vec![unrelated.operation_id]);
+    for id in &ops {
+        assert!(
+            !b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None)
+                .await
+                .unwrap()
+        );
+    }
+    holder.close().await.unwrap();
+    eventually(AT_ONCE, "the keys' session ends", || async {
+        unresolved_ids(&b).await.len() == keys.len() + 1
+    })
+    .await;
+    for id in &ops {
+        assert!(
+            b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+/// Two replicas: the second locker waits while the first holds the order, and gets it only
+/// after the release (woken by its notification); released locks leave no row behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_locks_serialize_across_replicas() {
+    let Some(url) = fresh_url().await else { return };
+    let (one, two) = (replica(&url, 4).await, replica(&url, 4).await);
     let log = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
 
     let held = one.lock_order("eu", "order-1").await.unwrap();
     log.lock().unwrap().push("one locked");
     let waiter = {
-        let log = log.clone();
+        let (log, two) = (log.clone(), two.clone());
         tokio::spawn(async move {
             let lock = two.lock_order("eu", "order-1").await.unwrap();
             log.lock().unwrap().push("two locked");
             lock.release().await;
         })
     };
-    // Observe, not time: wait until PostgreSQL shows the second session waiting.
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(one.pool())
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // Long enough for several of the waiter's tries.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiter.is_finished());
+    assert_eq!(
+        order_lease(&one, "order-1").await.map(|(r, _, _)| r),
+        Some(one.replica())
+    );
     log.lock().unwrap().push("one releases");
+    let released = tokio::time::Instant::now();
     held.release().await;
-    waiter.await.unwrap();
+    tokio::time::timeout(AT_ONCE, waiter)
+        .await
+        .expect("the waiter must get the released lock")
+        .unwrap();
+    // At once: the release's notification wakes the waiter (at worst, its next try does).
+    assert!(released.elapsed() < Duration::from_secs(2));
     assert_eq!(
         *log.lock().unwrap(),
         vec!["one locked", "one releases", "two locked"]
     );
-
-    // Released locks leave no advisory lock behind, and released connections are reused.
-    let remaining: i64 =
-        // pg_locks spans the whole server: count only this test's database, since other tests
-        // run beside this one in databases of their own.
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-            .fetch_one(one.pool())
-            .await
-            .unwrap();
-    assert_eq!(remaining, 0);
+    assert_eq!(order_lease(&one, "order-1").await, None);
 }
 
-/// A guard dropped without release closes its session, which ends the lock.
+/// A replica whose session dies while it holds an order lock loses it at once: the waiting
+/// replica gets it long before the lease would expire, and the dead holder's late release
+/// does not free the new holder's lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_advisory_lock_dies_with_its_session() {
-    let Some(admin) = admin_url() else { return };
-    let url = SecretString::from(fresh_database(&admin).await);
-    let one = PostgresStore::connect(&url, 2).await.unwrap();
-    let two = PostgresStore::connect(&url, 2).await.unwrap();
-    let lock = one.lock_order("eu", "order-9").await.unwrap();
-    drop(lock);
-    let again = tokio::time::timeout(Duration::from_secs(30), two.lock_order("eu", "order-9"))
+async fn a_gone_replicas_order_lock_is_free_at_once() {
+    let Some(url) = fresh_url().await else { return };
+    let (a, b) = (replica(&url, 4).await, replica(&url, 4).await);
+    let held = a.lock_order("eu", "order-x").await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock_order("eu", "order-x").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a live holder's lock must not be taken"
+    );
+
+    // A's store goes away (its liveness session ends); the lock guard lingers, still
+    // renewing, as a stalled process's would.
+    let died = tokio::time::Instant::now();
+    drop(a);
+    let taken = tokio::time::timeout(AT_ONCE, waiter)
         .await
-        .expect("the dropped lock must end with its connection")
+        .expect("a gone replica's order lock must be free at once")
         .unwrap();
-    again.release().await;
+    assert!(died.elapsed() < DEFAULT_ORDER_LOCK_LEASE);
+    let (replica_now, expires_at, db_now) = order_lease(&b, "order-x").await.unwrap();
+    assert_eq!(replica_now, b.replica());
+    assert!(expires_at > db_now);
+    // The old guard's release is a no-op: the lease is B's now.
+    held.release().await;
+    assert_eq!(
+        order_lease(&b, "order-x").await.map(|(r, _, _)| r),
+        Some(b.replica())
+    );
+    taken.release().await;
+    assert_eq!(order_lease(&b, "order-x").await, None);
+}
+
+/// A live holder keeps its lock for many lease lengths (it renews), and a dropped lock is
+/// released without waiting for expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_order_locks_are_renewed_and_dropped_ones_released() {
+    let Some(url) = fresh_url().await else { return };
+    let short = Duration::from_millis(600);
+    let a = replica(&url, 4).await.with_order_lock_lease(short);
+    let b = replica(&url, 4).await.with_order_lock_lease(short);
+    let held = a.lock_order("eu", "order-r").await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock_order("eu", "order-r").await.unwrap() })
+    };
+    tokio::time::sleep(short * 4).await;
+    assert!(!waiter.is_finished(), "a renewed lock must not expire");
+    let (holder, expires_at, db_now) = order_lease(&a, "order-r").await.unwrap();
+    assert_eq!(holder, a.replica());
+    assert!(expires_at > db_now);
+
+    drop(held);
+    let relocked = tokio::time::timeout(AT_ONCE, waiter)
+        .await
+        .expect("a dropped lock must be released")
+        .unwrap();
+    relocked.release().await;
+}
+
+/// Holding order locks holds no pool connection: with a pool of two, ten orders are locked at
+/// once, and the holders still write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_locks_hold_no_connection() {
+    let Some(url) = fresh_url().await else { return };
+    let store = replica(&url, 2).await;
+    let locks = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_join_all((0..10).map(|i| {
+            let store = store.clone();
+            async move { store.lock_order("eu", &format!("order-{i}")).await.unwrap() }
+        })),
+    )
+    .await
+    .expect("ten locks on a pool of two");
+    assert!(store.pool().size() <= 2);
+    // sqlx returns a connection to the pool from a task of its own, just after its statement.
+    eventually(
+        AT_ONCE,
+        "every pool connection idle while ten locks are held",
+        || async { store.pool().num_idle() == store.pool().size() as usize },
+    )
+    .await;
+    for i in 0..10 {
+        let op = operation(&format!("held-{i}"), &format!("order-{i}"));
+        claim(&store, &op, HOLDER_A, OffsetDateTime::now_utc()).await;
+        assert!(
+            store
+                .mark_pending(
+                    op.operation_id,
+                    HOLDER_A,
+                    None,
+                    "x".into(),
+                    OffsetDateTime::now_utc()
+                )
+                .await
+                .unwrap()
+        );
+    }
+    for lock in locks {
+        lock.release().await;
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_leases")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
 }
 
 /// Connection errors never show the password.

@@ -6,7 +6,9 @@ mod suite;
 
 use std::sync::Arc;
 
-use refund_gateway_domain::{LeaseHolder, OperationState, OperationStore, Rpc};
+use refund_gateway_domain::{
+    Claim, Completion, LeaseHolder, OperationState, OperationStore, Rpc, StoredResponse,
+};
 use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use tempfile::TempDir;
 
@@ -172,4 +174,157 @@ async fn throughput_claim_and_finish() {
         stats.transactions,
         stats.requests as f64 / stats.transactions.max(1) as f64
     );
+}
+
+/// Runs `writes` at once while another connection holds the database's write lock, which it
+/// releases only once every write has been handed to the store (each has been polled once; a
+/// store call queues its write for the writer then). So the writer waits (`busy_timeout`) in
+/// the transaction of whatever it took first while all the others queue behind it: the group
+/// is certain, not a matter of timing.
+async fn sent_together<F>(path: &std::path::Path, writes: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use sqlx::Connection;
+    use std::task::Poll;
+
+    let mut lock_holder = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(path),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock_holder)
+        .await
+        .unwrap();
+    let (sent, mut all_sent) = tokio::sync::mpsc::unbounded_channel();
+    let tasks: Vec<_> = writes
+        .into_iter()
+        .map(|write| {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut write = Box::pin(write);
+                let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+                sent.send(()).unwrap();
+                match first {
+                    Poll::Ready(output) => output,
+                    Poll::Pending => write.await,
+                }
+            })
+        })
+        .collect();
+    for _ in 0..tasks.len() {
+        all_sent.recv().await.unwrap();
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock_holder)
+        .await
+        .unwrap();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
+}
+
+/// Group commit, read from the writer's counters: 64 claims sent together are committed in
+/// fewer transactions than there are claims, and so are their 64 finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_of_64_claims_and_64_finishes_shows_in_the_writer_counters() {
+    const OPS: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let sqlite = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let store: Arc<dyn OperationStore> = sqlite.clone();
+    let holder = LeaseHolder::new();
+    let ops: Vec<_> = (0..OPS)
+        .map(|i| suite::new_op("pos", Rpc::RefundOrder, &format!("group-{i}"), "order-1"))
+        .collect();
+
+    let before = sqlite.writer_stats();
+    let claims = ops
+        .iter()
+        .map(|op| {
+            let (store, op) = (store.clone(), op.clone());
+            async move {
+                store
+                    .claim(op, holder, suite::t(0), std::time::Duration::from_secs(30))
+                    .await
+            }
+        })
+        .collect();
+    for claim in sent_together(&path, claims).await {
+        assert!(matches!(claim.unwrap(), Claim::New(_)));
+    }
+    let claimed = sqlite.writer_stats();
+    assert_eq!(claimed.requests - before.requests, OPS, "{claimed:?}");
+    let transactions = claimed.transactions - before.transactions;
+    assert!(
+        transactions < OPS,
+        "{OPS} claims took {transactions} transactions: {before:?} -> {claimed:?}"
+    );
+
+    let finishes = ops
+        .iter()
+        .map(|op| {
+            let (store, id) = (store.clone(), op.operation_id);
+            async move {
+                let done = Completion {
+                    state: OperationState::Succeeded,
+                    response: StoredResponse::default(),
+                    refund_id: None,
+                    correlation_id: None,
+                    detail: "ok".into(),
+                    trace_id: None,
+                };
+                store.finish(id, holder, done, suite::t(1)).await
+            }
+        })
+        .collect();
+    for finished in sent_together(&path, finishes).await {
+        assert!(finished.unwrap(), "the holder's finish was not recorded");
+    }
+    let finished = sqlite.writer_stats();
+    assert_eq!(finished.requests - claimed.requests, OPS, "{finished:?}");
+    let transactions = finished.transactions - claimed.transactions;
+    assert!(
+        transactions < OPS,
+        "{OPS} finishes took {transactions} transactions: {claimed:?} -> {finished:?}"
+    );
+    for op in &ops {
+        let stored = store.get(op.operation_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, OperationState::Succeeded);
+    }
+}
+
+/// Every case of the contract suite is in its list (`suite::all_cases!`), which both backends
+/// expand: a case written but not listed would silently run nowhere.
+#[test]
+fn every_case_of_the_suite_is_listed() {
+    let source = include_str!("suite/mod.rs");
+    let (list, _) = source
+        .split_once("pub(crate) use all_cases;")
+        .expect("the all_cases! list");
+    let listed: std::collections::BTreeSet<&str> = list
+        .lines()
+        .filter_map(|line| line.trim().strip_suffix(','))
+        .filter(|name| {
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    let cases: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub async fn "))
+        .filter(|rest| rest.contains("(store: Store"))
+        .filter_map(|rest| rest.split('(').next())
+        .collect();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        assert!(
+            listed.contains(case),
+            "suite case {case} is not in all_cases!"
+        );
+    }
 }

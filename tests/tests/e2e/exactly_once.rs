@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use klarna_sim::{FaultKind, FaultSpec};
 use refund_gateway_proto::v1 as pb;
-use refund_gateway_tests::{AppOptions, TestApp, fresh_postgres_database, spawn_app_with};
+use refund_gateway_tests::{AppOptions, TestApp, spawn_app_with, wait_until};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -42,569 +42,607 @@ async fn operations(
         .operations)
 }
 
-/// Waits (bounded) until the operation under `key` reaches a final state.
+/// The operation under `key` once it has reached a final state (the caller's own call, or the
+/// reconciler in the background, settles it), re-checked with `ListOperations`.
 async fn settled(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord> {
-    let started = std::time::Instant::now();
-    loop {
+    wait_until(
+        &format!("operation {key} to settle"),
+        Duration::from_secs(30),
+        async || {
+            let ops = operations(
+                app,
+                pb::ListOperationsRequest {
+                    idempotency_key: key.into(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(ops.into_iter().find(|o| {
+                matches!(
+                    o.state(),
+                    pb::OperationState::Succeeded
+                        | pb::OperationState::Failed
+                        | pb::OperationState::RequiresReview
+                )
+            }))
+        },
+    )
+    .await
+}
+
+backend_test! {
+    async fn a_replay_returns_the_identical_answer_and_says_so(db: Backend) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        let first = app
+            .client
+            .refund_order(refund_request("replay-1", &order.order_id, 700))
+            .await?;
+        assert!(first.metadata().get("idempotent-replayed").is_none());
+        let first = first.into_inner();
+        assert!(!first.replayed);
+        let second = app
+            .client
+            .refund_order(refund_request("replay-1", &order.order_id, 700))
+            .await?;
+        assert_eq!(
+            second
+                .metadata()
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        let second = second.into_inner();
+        assert!(second.replayed);
+        assert_eq!(
+            pb::RefundOrderResponse {
+                replayed: false,
+                ..second
+            },
+            first
+        );
+        assert_eq!(
+            refund_posts(&app, &order.order_id),
+            1,
+            "the replay reached Klarna"
+        );
+        assert_eq!(refunded(&app, &order.order_id), (700, 1));
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn a_failed_operation_is_replayed_as_the_same_failure(db: Backend) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 100);
+        let first = app
+            .client
+            .refund_order(refund_request("over-1", &order.order_id, 500))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&first, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
+        let again = app
+            .client
+            .refund_order(refund_request("over-1", &order.order_id, 500))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_eq!(again.code(), first.code());
+        assert_eq!(again.message(), first.message());
+        assert_eq!(again.details(), first.details());
+        assert_eq!(
+            again
+                .metadata()
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert_eq!(refund_posts(&app, &order.order_id), 1);
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn another_request_under_a_used_key_is_refused(db: Backend) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        app.client
+            .refund_order(refund_request("reuse-1", &order.order_id, 100))
+            .await?;
+        let status = app
+            .client
+            .refund_order(refund_request("reuse-1", &order.order_id, 200))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a different request under a used key was accepted"))?;
+        assert_reason(&status, Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED");
+        assert_eq!(refunded(&app, &order.order_id), (100, 1));
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn eight_concurrent_calls_with_one_key_make_one_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        // Hold Klarna's answer so the calls overlap while the first is in flight.
+        fault_refunds(
+            &app.sim.sim,
+            &order.order_id,
+            1,
+            FaultKind::CommitThenHold { millis: 300 },
+        );
+        let calls = (0..8).map(|_| {
+            let mut client = app.client.clone();
+            let req = refund_request("concurrent-1", &order.order_id, 250);
+            async move { client.refund_order(req).await }
+        });
+        let results = join_all(calls).await;
+        let mut refund_ids = Vec::new();
+        for r in &results {
+            match r {
+                Ok(resp) => refund_ids.push(resp.get_ref().refund_id.clone()),
+                Err(status) => assert_reason(status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
+            }
+        }
+        assert!(!refund_ids.is_empty(), "{results:?}");
+        refund_ids.dedup();
+        assert_eq!(refund_ids.len(), 1, "{refund_ids:?}");
+        assert_eq!(refunded(&app, &order.order_id), (250, 1));
+        Ok(())
+    }
+}
+
+backend_test! {
+    async fn concurrent_refunds_with_different_keys_on_one_order_all_land(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        let calls = (0..10).map(|i| {
+            let mut client = app.client.clone();
+            let req = refund_request(&format!("many-{i}"), &order.order_id, 100 + i);
+            async move { client.refund_order(req).await }
+        });
+        for r in join_all(calls).await {
+            r?;
+        }
+        let expected: i64 = (0..10).map(|i| 100 + i).sum();
+        assert_eq!(refunded(&app, &order.order_id), (expected, 10));
         let ops = operations(
-            app,
+            &app,
             pb::ListOperationsRequest {
-                idempotency_key: key.into(),
+                order_id: order.order_id.clone(),
                 ..Default::default()
             },
         )
         .await?;
-        if let Some(op) = ops.into_iter().find(|o| {
-            matches!(
-                o.state(),
-                pb::OperationState::Succeeded
-                    | pb::OperationState::Failed
-                    | pb::OperationState::RequiresReview
-            )
-        }) {
-            return Ok(op);
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "operation {key} never settled"
+        assert_eq!(ops.len(), 10);
+        assert!(
+            ops.iter()
+                .all(|o| o.state() == pb::OperationState::Succeeded)
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
     }
 }
 
-async fn a_replay_returns_the_identical_answer_and_says_so(db: Backend) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    let first = app
-        .client
-        .refund_order(refund_request("replay-1", &order.order_id, 700))
-        .await?;
-    assert!(first.metadata().get("idempotent-replayed").is_none());
-    let first = first.into_inner();
-    assert!(!first.replayed);
-    let second = app
-        .client
-        .refund_order(refund_request("replay-1", &order.order_id, 700))
-        .await?;
-    assert_eq!(
-        second
-            .metadata()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok()),
-        Some("true")
-    );
-    let second = second.into_inner();
-    assert!(second.replayed);
-    assert_eq!(
-        pb::RefundOrderResponse {
-            replayed: false,
-            ..second
-        },
-        first
-    );
-    assert_eq!(
-        refund_posts(&app, &order.order_id),
-        1,
-        "the replay reached Klarna"
-    );
-    assert_eq!(refunded(&app, &order.order_id), (700, 1));
-    app.shutdown().await
-}
-
-async fn a_failed_operation_is_replayed_as_the_same_failure(db: Backend) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 100);
-    let first = app
-        .client
-        .refund_order(refund_request("over-1", &order.order_id, 500))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&first, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
-    let again = app
-        .client
-        .refund_order(refund_request("over-1", &order.order_id, 500))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_eq!(again.code(), first.code());
-    assert_eq!(again.message(), first.message());
-    assert_eq!(again.details(), first.details());
-    assert_eq!(
-        again
-            .metadata()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok()),
-        Some("true")
-    );
-    assert_eq!(refund_posts(&app, &order.order_id), 1);
-    app.shutdown().await
-}
-
-async fn another_request_under_a_used_key_is_refused(db: Backend) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    app.client
-        .refund_order(refund_request("reuse-1", &order.order_id, 100))
-        .await?;
-    let status = app
-        .client
-        .refund_order(refund_request("reuse-1", &order.order_id, 200))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a different request under a used key was accepted"))?;
-    assert_reason(&status, Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(refunded(&app, &order.order_id), (100, 1));
-    app.shutdown().await
-}
-
-async fn eight_concurrent_calls_with_one_key_make_one_refund(db: Backend) -> anyhow::Result<()> {
-    let app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    // Hold Klarna's answer so the calls overlap while the first is in flight.
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        1,
-        FaultKind::CommitThenHold { millis: 300 },
-    );
-    let calls = (0..8).map(|_| {
-        let mut client = app.client.clone();
-        let req = refund_request("concurrent-1", &order.order_id, 250);
-        async move { client.refund_order(req).await }
-    });
-    let results = join_all(calls).await;
-    let mut refund_ids = Vec::new();
-    for r in &results {
-        match r {
-            Ok(resp) => refund_ids.push(resp.get_ref().refund_id.clone()),
-            Err(status) => assert_reason(status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
-        }
-    }
-    assert!(!refund_ids.is_empty(), "{results:?}");
-    refund_ids.dedup();
-    assert_eq!(refund_ids.len(), 1, "{refund_ids:?}");
-    assert_eq!(refunded(&app, &order.order_id), (250, 1));
-    Ok(())
-}
-
-async fn concurrent_refunds_with_different_keys_on_one_order_all_land(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    let calls = (0..10).map(|i| {
-        let mut client = app.client.clone();
-        let req = refund_request(&format!("many-{i}"), &order.order_id, 100 + i);
-        async move { client.refund_order(req).await }
-    });
-    for r in join_all(calls).await {
-        r?;
-    }
-    let expected: i64 = (0..10).map(|i| 100 + i).sum();
-    assert_eq!(refunded(&app, &order.order_id), (expected, 10));
-    let ops = operations(
-        &app,
-        pb::ListOperationsRequest {
-            order_id: order.order_id.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert_eq!(ops.len(), 10);
-    assert!(
-        ops.iter()
-            .all(|o| o.state() == pb::OperationState::Succeeded)
-    );
-    Ok(())
-}
-
-async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    fault_refunds(&app.sim.sim, &order.order_id, 2, status_fault(503));
-    let mut outcome = app
-        .client
-        .refund_order(refund_request("flaky-2", &order.order_id, 300))
-        .await;
-    // Whether the adapter's retries absorbed the 503s or the caller retries, the same key
-    // leads to one refund.
-    for _ in 0..3 {
-        if outcome.is_ok() {
-            break;
-        }
-        outcome = app
+backend_test! {
+    async fn klarna_5xx_twice_then_success_is_one_refund_under_one_key(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 2, status_fault(503));
+        let mut outcome = app
             .client
             .refund_order(refund_request("flaky-2", &order.order_id, 300))
             .await;
-    }
-    let resp = outcome?.into_inner();
-    assert!(!resp.refund_id.is_empty());
-    let keys: std::collections::BTreeSet<String> = klarna_calls(&app.sim.sim)
-        .iter()
-        .filter(|r| r.method == "POST")
-        .filter_map(|r| r.header("klarna-idempotency-key").map(str::to_owned))
-        .collect();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(refunded(&app, &order.order_id), (300, 1));
-    app.shutdown().await
-}
-
-async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(AppOptions {
-        reconcile_interval_ms: Some(50),
-        ..db.options()
-    })
-    .await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    // Klarna commits every attempt of the first call but the connection drops each time, so
-    // the caller's call ends with an unknown outcome.
-    fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
-    let status = app
-        .client
-        .refund_order(refund_request("pending-1", &order.order_id, 400))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a dropped answer was reported as success"))?;
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    app.sim.sim.clear_faults();
-    let op = settled(&app, "pending-1").await?;
-    assert_eq!(op.state(), pb::OperationState::Succeeded);
-    assert_eq!(refunded(&app, &order.order_id), (400, 1));
-    let committed = app.sim.sim.order_json(&order.order_id).unwrap_or_default();
-    assert_eq!(
-        op.refund_id,
-        committed["refunds"][0]["refund_id"]
-            .as_str()
-            .unwrap_or_default()
-    );
-    // The caller's retry gets the settled answer.
-    let retry = app
-        .client
-        .refund_order(refund_request("pending-1", &order.order_id, 400))
-        .await?
-        .into_inner();
-    assert_eq!(retry.refund_id, op.refund_id);
-    assert!(retry.replayed);
-    let states: Vec<_> = op.events.iter().map(|e| e.state_after()).collect();
-    assert!(states.contains(&pb::OperationState::Pending), "{states:?}");
-    app.shutdown().await
-}
-
-async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(AppOptions {
-        reconcile_interval_ms: Some(50),
-        idempotency_window_secs: Some(0),
-        ..db.options()
-    })
-    .await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
-    let mut req = refund_request("late-1", &order.order_id, 600);
-    req.reference = "RMA-LATE-1".into();
-    let status = app
-        .client
-        .refund_order(req)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    let posts_before = refund_posts(&app, &order.order_id);
-    app.sim.sim.clear_faults();
-    // Klarna has forgotten the key: a resend now would refund twice.
-    app.sim.sim.advance_clock(Duration::from_secs(25 * 3600));
-    let op = settled(&app, "late-1").await?;
-    assert_eq!(op.state(), pb::OperationState::Succeeded);
-    assert_eq!(
-        refund_posts(&app, &order.order_id),
-        posts_before,
-        "the reconciler resent"
-    );
-    assert_eq!(refunded(&app, &order.order_id), (600, 1));
-    app.shutdown().await
-}
-
-async fn list_operations_filters_and_pages_the_audit_trail(db: Backend) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 1_000);
-    for i in 0..5 {
-        app.client
-            .refund_order(refund_request(&format!("audit-{i}"), &order.order_id, 10))
-            .await?;
-    }
-    assert!(
-        app.client
-            .refund_order(refund_request("audit-over", &order.order_id, 5_000))
-            .await
-            .is_err()
-    );
-    let all = operations(
-        &app,
-        pb::ListOperationsRequest {
-            order_id: order.order_id.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert_eq!(all.len(), 6);
-    let failed = operations(
-        &app,
-        pb::ListOperationsRequest {
-            order_id: order.order_id.clone(),
-            state: pb::OperationState::Failed.into(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].idempotency_key, "audit-over");
-    assert!(!failed[0].correlation_id.is_empty());
-    let ok = &all
-        .iter()
-        .find(|o| o.idempotency_key == "audit-0")
-        .ok_or_else(|| anyhow::anyhow!("missing"))?;
-    assert_eq!(ok.rpc, "RefundOrder");
-    assert_eq!(ok.caller, "anonymous");
-    assert_eq!(ok.amount, 10);
-    assert!(!ok.refund_id.is_empty());
-    assert!(
-        ok.events
+        // Whether the adapter's retries absorbed the 503s or the caller retries, the same key
+        // leads to one refund.
+        for _ in 0..3 {
+            if outcome.is_ok() {
+                break;
+            }
+            outcome = app
+                .client
+                .refund_order(refund_request("flaky-2", &order.order_id, 300))
+                .await;
+        }
+        let resp = outcome?.into_inner();
+        assert!(!resp.refund_id.is_empty());
+        let keys: std::collections::BTreeSet<String> = klarna_calls(&app.sim.sim)
             .iter()
-            .all(|e| !e.trace_id.is_empty() && e.at.is_some()),
-        "{:?}",
-        ok.events
-    );
-    let transitions: Vec<_> = ok
-        .events
-        .iter()
-        .map(|e| (e.state_before(), e.state_after()))
-        .collect();
-    assert_eq!(
-        transitions,
-        [
-            (
-                pb::OperationState::Unspecified,
-                pb::OperationState::InFlight
-            ),
-            (pb::OperationState::InFlight, pb::OperationState::Succeeded)
-        ]
-    );
+            .filter(|r| r.method == "POST")
+            .filter_map(|r| r.header("klarna-idempotency-key").map(str::to_owned))
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert_eq!(refunded(&app, &order.order_id), (300, 1));
+        app.shutdown().await
+    }
+}
 
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = app
+backend_test! {
+    async fn the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            reconcile_interval_ms: Some(50),
+            ..db.options()
+        })
+        .await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        // Klarna commits every attempt of the first call but the connection drops each time, so
+        // the caller's call ends with an unknown outcome.
+        fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
+        let status = app
             .client
-            .list_operations(pb::ListOperationsRequest {
-                order_id: order.order_id.clone(),
-                page_size: 4,
-                page_token: token.clone(),
-                ..Default::default()
-            })
+            .refund_order(refund_request("pending-1", &order.order_id, 400))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a dropped answer was reported as success"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        app.sim.sim.clear_faults();
+        let op = settled(&app, "pending-1").await?;
+        assert_eq!(op.state(), pb::OperationState::Succeeded);
+        assert_eq!(refunded(&app, &order.order_id), (400, 1));
+        let committed = app.sim.sim.order_json(&order.order_id).unwrap_or_default();
+        assert_eq!(
+            op.refund_id,
+            committed["refunds"][0]["refund_id"]
+                .as_str()
+                .unwrap_or_default()
+        );
+        // The caller's retry gets the settled answer.
+        let retry = app
+            .client
+            .refund_order(refund_request("pending-1", &order.order_id, 400))
             .await?
             .into_inner();
-        seen.extend(page.operations.into_iter().map(|o| o.operation_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
+        assert_eq!(retry.refund_id, op.refund_id);
+        assert!(retry.replayed);
+        let states: Vec<_> = op.events.iter().map(|e| e.state_after()).collect();
+        assert!(states.contains(&pb::OperationState::Pending), "{states:?}");
+        app.shutdown().await
     }
-    assert_eq!(seen.len(), 6);
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), 6, "pages overlapped");
+}
 
-    let status = app
-        .client
-        .list_operations(pb::ListOperationsRequest {
-            page_token: "garbage".into(),
-            page_size: 900,
-            ..Default::default()
+backend_test! {
+    async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            reconcile_interval_ms: Some(50),
+            idempotency_window_secs: Some(0),
+            ..db.options()
         })
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    app.shutdown().await
-}
-
-async fn more_concurrent_operations_than_store_connections_all_complete(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let app = spawn_app_with(db.options()).await?;
-    // Each operation holds its order's lock across a slow Klarna call; there are more of them
-    // than the PostgreSQL pool has connections, and each still needs the store to finish.
-    let orders: Vec<_> = (0..48)
-        .map(|_| captured_order(&app.sim.sim, 1_000))
-        .collect();
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: "/ordermanagement/v1/orders/*".into(),
-        times: 48,
-        kind: FaultKind::CommitThenHold { millis: 300 },
-    });
-    let calls = orders.iter().enumerate().map(|(i, order)| {
-        let mut client = app.client.clone();
-        let req = refund_request(&format!("wide-{i}"), &order.order_id, 10);
-        async move { client.refund_order(req).await }
-    });
-    for result in join_all(calls).await {
-        result?;
-    }
-    for order in &orders {
-        assert_eq!(refunded(&app, &order.order_id), (10, 1));
-    }
-    Ok(())
-}
-
-async fn a_slow_operation_keeps_its_lease_and_a_duplicate_waits(db: Backend) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(AppOptions {
-        lease_secs: Some(1),
-        reconcile_interval_ms: Some(50),
-        ..db.options()
-    })
-    .await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    // Klarna takes three leases' time to answer; the lease must be renewed meanwhile, or the
-    // reconciler or the duplicate below would take the operation over and resend it.
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        1,
-        FaultKind::CommitThenHold { millis: 3_000 },
-    );
-    let mut first_client = app.client.clone();
-    let first_req = refund_request("slow-lease", &order.order_id, 90);
-    let first = tokio::spawn(async move { first_client.refund_order(first_req).await });
-    // Wait until Klarna has the refund, then past the first lease's end.
-    let started = std::time::Instant::now();
-    while refund_posts(&app, &order.order_id) == 0 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "the refund never reached Klarna"
+        .await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 10, FaultKind::CommitThenDrop);
+        let mut req = refund_request("late-1", &order.order_id, 600);
+        req.reference = "RMA-LATE-1".into();
+        let status = app
+            .client
+            .refund_order(req)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        let posts_before = refund_posts(&app, &order.order_id);
+        app.sim.sim.clear_faults();
+        // Klarna has forgotten the key: a resend now would refund twice.
+        app.sim.sim.advance_clock(Duration::from_secs(25 * 3600));
+        let op = settled(&app, "late-1").await?;
+        assert_eq!(op.state(), pb::OperationState::Succeeded);
+        assert_eq!(
+            refund_posts(&app, &order.order_id),
+            posts_before,
+            "the reconciler resent"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(refunded(&app, &order.order_id), (600, 1));
+        app.shutdown().await
     }
-    let ops = operations(
-        &app,
-        pb::ListOperationsRequest {
-            idempotency_key: "slow-lease".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    anyhow::ensure!(ops.len() == 1, "{ops:?}");
-    let claimed = ops[0]
-        .created_at
-        .ok_or_else(|| anyhow::anyhow!("no created_at"))?;
-    loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
-        if now >= claimed.seconds + 2 {
-            break;
+}
+
+backend_test! {
+    async fn list_operations_filters_and_pages_the_audit_trail(db: Backend) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 1_000);
+        for i in 0..5 {
+            app.client
+                .refund_order(refund_request(&format!("audit-{i}"), &order.order_id, 10))
+                .await?;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            app.client
+                .refund_order(refund_request("audit-over", &order.order_id, 5_000))
+                .await
+                .is_err()
+        );
+        let all = operations(
+            &app,
+            pb::ListOperationsRequest {
+                order_id: order.order_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(all.len(), 6);
+        let failed = operations(
+            &app,
+            pb::ListOperationsRequest {
+                order_id: order.order_id.clone(),
+                state: pb::OperationState::Failed.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].idempotency_key, "audit-over");
+        assert!(!failed[0].correlation_id.is_empty());
+        let ok = &all
+            .iter()
+            .find(|o| o.idempotency_key == "audit-0")
+            .ok_or_else(|| anyhow::anyhow!("missing"))?;
+        assert_eq!(ok.rpc, "RefundOrder");
+        assert_eq!(ok.caller, "anonymous");
+        assert_eq!(ok.amount, 10);
+        assert!(!ok.refund_id.is_empty());
+        assert!(
+            ok.events
+                .iter()
+                .all(|e| !e.trace_id.is_empty() && e.at.is_some()),
+            "{:?}",
+            ok.events
+        );
+        let transitions: Vec<_> = ok
+            .events
+            .iter()
+            .map(|e| (e.state_before(), e.state_after()))
+            .collect();
+        assert_eq!(
+            transitions,
+            [
+                (
+                    pb::OperationState::Unspecified,
+                    pb::OperationState::InFlight
+                ),
+                (pb::OperationState::InFlight, pb::OperationState::Succeeded)
+            ]
+        );
+
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = app
+                .client
+                .list_operations(pb::ListOperationsRequest {
+                    order_id: order.order_id.clone(),
+                    page_size: 4,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            seen.extend(page.operations.into_iter().map(|o| o.operation_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 6);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 6, "pages overlapped");
+
+        let status = app
+            .client
+            .list_operations(pb::ListOperationsRequest {
+                page_token: "garbage".into(),
+                page_size: 900,
+                ..Default::default()
+            })
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        app.shutdown().await
     }
-    let duplicate = app
-        .client
-        .refund_order(refund_request("slow-lease", &order.order_id, 90))
-        .await;
-    match duplicate {
-        Err(status) => assert_reason(&status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
-        Ok(resp) => anyhow::bail!("the duplicate did not wait for the lease holder: {resp:?}"),
-    }
-    let first = first.await??.into_inner();
-    assert!(!first.replayed);
-    assert_eq!(
-        refund_posts(&app, &order.order_id),
-        1,
-        "the operation was resent while its holder lived"
-    );
-    assert_eq!(refunded(&app, &order.order_id), (90, 1));
-    app.shutdown().await
 }
 
-async fn a_callers_deadline_answers_pending_and_the_operation_still_completes(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    fault_refunds(
-        &app.sim.sim,
-        &order.order_id,
-        1,
-        FaultKind::CommitThenHold { millis: 1_500 },
-    );
-    let mut req = tonic::Request::new(refund_request("deadline-1", &order.order_id, 55));
-    req.set_timeout(Duration::from_millis(700));
-    let status = app
-        .client
-        .refund_order(req)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("answered within the deadline"))?;
-    // The gateway answered before tonic's deadline, and said how to go on.
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    assert!(status.get_error_details().retry_info().is_some());
-    // The Klarna call outlived the caller and its outcome was recorded.
-    let op = settled(&app, "deadline-1").await?;
-    assert_eq!(op.state(), pb::OperationState::Succeeded);
-    let retry = app
-        .client
-        .refund_order(refund_request("deadline-1", &order.order_id, 55))
-        .await?
-        .into_inner();
-    assert!(retry.replayed);
-    assert_eq!(retry.refund_id, op.refund_id);
-    assert_eq!(refunded(&app, &order.order_id), (55, 1));
-    app.shutdown().await
+backend_test! {
+    async fn more_concurrent_operations_than_store_connections_all_complete(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let app = spawn_app_with(db.options()).await?;
+        // Each operation holds its order's lock across a slow Klarna call; there are more of them
+        // than the PostgreSQL pool has connections, and each still needs the store to finish.
+        let orders: Vec<_> = (0..48)
+            .map(|_| captured_order(&app.sim.sim, 1_000))
+            .collect();
+        app.sim.sim.inject_fault(FaultSpec {
+            method: Some("POST".into()),
+            path: "/ordermanagement/v1/orders/*".into(),
+            times: 48,
+            kind: FaultKind::CommitThenHold { millis: 300 },
+        });
+        let calls = orders.iter().enumerate().map(|(i, order)| {
+            let mut client = app.client.clone();
+            let req = refund_request(&format!("wide-{i}"), &order.order_id, 10);
+            async move { client.refund_order(req).await }
+        });
+        for result in join_all(calls).await {
+            result?;
+        }
+        for order in &orders {
+            assert_eq!(refunded(&app, &order.order_id), (10, 1));
+        }
+        Ok(())
+    }
 }
 
-async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(AppOptions {
-        reconcile_interval_ms: Some(50),
-        idempotency_window_secs: Some(0),
-        ..db.options()
-    })
-    .await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    // Klarna fails every attempt without refunding: the outcome is unknown to the gateway,
-    // but nothing happened at Klarna.
-    fault_refunds(&app.sim.sim, &order.order_id, 10, status_fault(503));
-    let status = app
-        .client
-        .refund_order(refund_request("review-1", &order.order_id, 700))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    app.sim.sim.clear_faults();
-    // Past Klarna's window no refund matches: resending could refund twice if Klarna had
-    // made one under another reference, so a person decides.
-    let op = settled(&app, "review-1").await?;
-    assert_eq!(op.state(), pb::OperationState::RequiresReview);
-    assert_eq!(
-        refunded(&app, &order.order_id),
-        (0, 0),
-        "the reconciler resent past the window"
-    );
-    let status = app
-        .client
-        .refund_order(refund_request("review-1", &order.order_id, 700))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&status, Code::Internal, "REQUIRES_REVIEW");
-    app.shutdown().await
+backend_test! {
+    async fn a_slow_operation_keeps_its_lease_and_a_duplicate_waits(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            lease_secs: Some(1),
+            reconcile_interval_ms: Some(50),
+            ..db.options()
+        })
+        .await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        // Klarna takes three leases' time to answer; the lease must be renewed meanwhile, or the
+        // reconciler or the duplicate below would take the operation over and resend it.
+        fault_refunds(
+            &app.sim.sim,
+            &order.order_id,
+            1,
+            FaultKind::CommitThenHold { millis: 3_000 },
+        );
+        let mut first_client = app.client.clone();
+        let first_req = refund_request("slow-lease", &order.order_id, 90);
+        let first = tokio::spawn(async move { first_client.refund_order(first_req).await });
+        // Wait until Klarna has the refund (the simulator logs it before holding the answer),
+        // then past the first lease's end.
+        wait_until(
+            "the refund to reach Klarna",
+            Duration::from_secs(10),
+            async || {
+                Ok::<_, anyhow::Error>((refund_posts(&app, &order.order_id) > 0).then_some(()))
+            },
+        )
+        .await?;
+        let ops = operations(
+            &app,
+            pb::ListOperationsRequest {
+                idempotency_key: "slow-lease".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        anyhow::ensure!(ops.len() == 1, "{ops:?}");
+        let claimed = ops[0]
+            .created_at
+            .ok_or_else(|| anyhow::anyhow!("no created_at"))?;
+        // The lease is the gateway's and runs on the wall clock, which a test cannot move (the
+        // simulator's clock is Klarna's only): that the first lease has run out is itself the
+        // condition, read on the clock the gateway reads. Half a lease later, a lease that was
+        // not renewed would have been taken over by the reconciler (every 50 ms) or the
+        // duplicate; Klarna still holds its answer for 1.5 s more.
+        let claimed_at =
+            std::time::UNIX_EPOCH + Duration::new(claimed.seconds as u64, claimed.nanos as u32);
+        let first_lease_over = claimed_at + Duration::from_millis(1_500);
+        wait_until(
+            "the first lease to run out",
+            Duration::from_secs(10),
+            async || {
+                Ok::<_, anyhow::Error>(
+                    (std::time::SystemTime::now() >= first_lease_over).then_some(()),
+                )
+            },
+        )
+        .await?;
+        let duplicate = app
+            .client
+            .refund_order(refund_request("slow-lease", &order.order_id, 90))
+            .await;
+        match duplicate {
+            Err(status) => assert_reason(&status, Code::Aborted, "IDEMPOTENCY_KEY_IN_USE"),
+            Ok(resp) => anyhow::bail!("the duplicate did not wait for the lease holder: {resp:?}"),
+        }
+        let first = first.await??.into_inner();
+        assert!(!first.replayed);
+        assert_eq!(
+            refund_posts(&app, &order.order_id),
+            1,
+            "the operation was resent while its holder lived"
+        );
+        assert_eq!(refunded(&app, &order.order_id), (90, 1));
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn a_callers_deadline_answers_pending_and_the_operation_still_completes(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(
+            &app.sim.sim,
+            &order.order_id,
+            1,
+            FaultKind::CommitThenHold { millis: 1_500 },
+        );
+        let mut req = tonic::Request::new(refund_request("deadline-1", &order.order_id, 55));
+        req.set_timeout(Duration::from_millis(700));
+        let status = app
+            .client
+            .refund_order(req)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("answered within the deadline"))?;
+        // The gateway answered before tonic's deadline, and said how to go on.
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        assert!(status.get_error_details().retry_info().is_some());
+        // The Klarna call outlived the caller and its outcome was recorded.
+        let op = settled(&app, "deadline-1").await?;
+        assert_eq!(op.state(), pb::OperationState::Succeeded);
+        let retry = app
+            .client
+            .refund_order(refund_request("deadline-1", &order.order_id, 55))
+            .await?
+            .into_inner();
+        assert!(retry.replayed);
+        assert_eq!(retry.refund_id, op.refund_id);
+        assert_eq!(refunded(&app, &order.order_id), (55, 1));
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn past_the_window_with_no_matching_refund_the_operation_requires_review(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            reconcile_interval_ms: Some(50),
+            idempotency_window_secs: Some(0),
+            ..db.options()
+        })
+        .await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        // Klarna fails every attempt without refunding: the outcome is unknown to the gateway,
+        // but nothing happened at Klarna.
+        fault_refunds(&app.sim.sim, &order.order_id, 10, status_fault(503));
+        let status = app
+            .client
+            .refund_order(refund_request("review-1", &order.order_id, 700))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        app.sim.sim.clear_faults();
+        // Past Klarna's window no refund matches: resending could refund twice if Klarna had
+        // made one under another reference, so a person decides.
+        let op = settled(&app, "review-1").await?;
+        assert_eq!(op.state(), pb::OperationState::RequiresReview);
+        assert_eq!(
+            refunded(&app, &order.order_id),
+            (0, 0),
+            "the reconciler resent past the window"
+        );
+        let status = app
+            .client
+            .refund_order(refund_request("review-1", &order.order_id, 700))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Internal, "REQUIRES_REVIEW");
+        app.shutdown().await
+    }
 }
 
 /// Clears Klarna's faults, retries `key` and expects the one refund of `amount` on the order.
@@ -626,273 +664,219 @@ async fn the_retry_makes_the_one_refund(
     app.shutdown().await
 }
 
-/// A 408 may come after Klarna acted: the outcome is unknown (PENDING), never a stored
-/// failure, and the retry under the same key makes the one refund.
-async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    // Every attempt the adapter makes gets a 408.
-    fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(408));
-    let status = app
-        .client
-        .refund_order(refund_request("timeout-408", &order.order_id, 700))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    the_retry_makes_the_one_refund(app, "timeout-408", &order.order_id, 700).await
-}
-
-/// Once an attempt may have reached Klarna, a later 429 proves nothing: the operation stays
-/// PENDING (its key is not given back) and the retry finds the refund Klarna made.
-async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 10_000);
-    fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
-    fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(429));
-    let status = app
-        .client
-        .refund_order(refund_request("drop-then-429", &order.order_id, 700))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-    let ops = operations(
-        &app,
-        pb::ListOperationsRequest {
-            idempotency_key: "drop-then-429".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert_eq!(ops.len(), 1);
-    assert_eq!(ops[0].state(), pb::OperationState::Pending);
-    the_retry_makes_the_one_refund(app, "drop-then-429", &order.order_id, 700).await
-}
-
-/// Retention drops stored answer bodies, never an operation's identity: a retry long after
-/// is a replay of the outcome (success with its refund id, or the final error code), never a
-/// second execution.
-async fn a_retry_after_retention_is_a_replay_never_a_second_refund(
-    db: Backend,
-) -> anyhow::Result<()> {
-    let mut app = spawn_app_with(db.options()).await?;
-    let order = captured_order(&app.sim.sim, 1_000);
-    let first = app
-        .client
-        .refund_order(refund_request("late-1", &order.order_id, 700))
-        .await?
-        .into_inner();
-    let refused = app
-        .client
-        .refund_order(refund_request("late-2", &order.order_id, 5_000))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_reason(&refused, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
-
-    let store = app.second_store().await?;
-    let purged = store
-        .purge(time::OffsetDateTime::now_utc() + time::Duration::days(1))
-        .await?;
-    assert_eq!(purged, 2);
-
-    let again = app
-        .client
-        .refund_order(refund_request("late-1", &order.order_id, 700))
-        .await?;
-    assert_eq!(
-        again
-            .metadata()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok()),
-        Some("true")
-    );
-    let again = again.into_inner();
-    assert!(again.replayed);
-    assert_eq!(
-        pb::RefundOrderResponse {
-            replayed: false,
-            ..again
-        },
-        first
-    );
-    let refused_again = app
-        .client
-        .refund_order(refund_request("late-2", &order.order_id, 5_000))
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-    assert_eq!(refused_again.code(), Code::FailedPrecondition);
-    assert_eq!(refused_again.message(), refused.message());
-    assert_eq!(
-        refused_again
-            .metadata()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok()),
-        Some("true")
-    );
-    assert_eq!(
-        refund_posts(&app, &order.order_id),
-        2,
-        "a purged key was executed again"
-    );
-    assert_eq!(refunded(&app, &order.order_id), (700, 1));
-    app.shutdown().await
-}
-
-/// The reconciler resolves many unresolved operations in one pass, several at a time, and
-/// one whose resend keeps failing does not stop the others.
-async fn the_reconciler_resolves_500_pending_operations_and_one_failure_stops_none(
-    db: Backend,
-) -> anyhow::Result<()> {
-    const ORDERS: usize = 50;
-    const PER_ORDER: usize = 10;
-    let app = spawn_app_with(AppOptions {
-        reconcile_interval_ms: Some(200),
-        ..db.options()
-    })
-    .await?;
-    let orders: Vec<_> = (0..ORDERS)
-        .map(|_| captured_order(&app.sim.sim, 10_000))
-        .collect();
-    let stuck = captured_order(&app.sim.sim, 10_000);
-    // Every refund POST fails with a 503 until cleared: all 500 end PENDING.
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("POST".into()),
-        path: "/ordermanagement/v1/orders/*".into(),
-        times: u32::MAX,
-        kind: status_fault(503),
-    });
-    let calls = orders.iter().enumerate().flat_map(|(o, order)| {
-        (0..PER_ORDER).map(move |i| (format!("many-{o}-{i}"), order.order_id.clone()))
-    });
-    let calls = calls.chain(std::iter::once((
-        "stuck".to_owned(),
-        stuck.order_id.clone(),
-    )));
-    let answers = join_all(calls.map(|(key, order_id)| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .refund_order(refund_request(&key, &order_id, 10))
-                .await
-        }
-    }))
-    .await;
-    for answer in answers {
-        let status = answer.err().ok_or_else(|| anyhow::anyhow!("accepted"))?;
+backend_test! {
+    /// A 408 may come after Klarna acted: the outcome is unknown (PENDING), never a stored
+    /// failure, and the retry under the same key makes the one refund.
+    async fn a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        // Every attempt the adapter makes gets a 408.
+        fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(408));
+        let status = app
+            .client
+            .refund_order(refund_request("timeout-408", &order.order_id, 700))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
         assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        the_retry_makes_the_one_refund(app, "timeout-408", &order.order_id, 700).await
     }
-    // Klarna recovers, except for one order.
-    app.sim.sim.clear_faults();
-    fault_refunds(&app.sim.sim, &stuck.order_id, u32::MAX, status_fault(503));
-    let started = std::time::Instant::now();
-    while orders
-        .iter()
-        .any(|o| refunded(&app, &o.order_id) != (10 * PER_ORDER as i64, PER_ORDER))
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "the reconciler did not resolve every operation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (o, order) in orders.iter().enumerate() {
-        for i in 0..PER_ORDER {
-            let op = settled(&app, &format!("many-{o}-{i}")).await?;
-            assert_eq!(op.state(), pb::OperationState::Succeeded);
-        }
-        assert_eq!(
-            refunded(&app, &order.order_id),
-            (10 * PER_ORDER as i64, PER_ORDER)
-        );
-    }
-    let stuck_op = operations(
-        &app,
-        pb::ListOperationsRequest {
-            idempotency_key: "stuck".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert_eq!(stuck_op.len(), 1);
-    assert!(
-        matches!(
-            stuck_op[0].state(),
-            pb::OperationState::Pending | pb::OperationState::InFlight
-        ),
-        "{:?}",
-        stuck_op[0].state()
-    );
-    assert_eq!(refunded(&app, &stuck.order_id), (0, 0));
-    app.shutdown().await
 }
 
-/// The store the gateway under test uses.
-#[derive(Debug, Clone)]
-enum Backend {
-    Sqlite,
-    Postgres(String),
-}
-
-impl Backend {
-    fn options(&self) -> AppOptions {
-        match self {
-            Self::Sqlite => AppOptions::default(),
-            Self::Postgres(url) => AppOptions {
-                database_url: Some(url.clone()),
-                ..AppOptions::default()
+backend_test! {
+    /// Once an attempt may have reached Klarna, a later 429 proves nothing: the operation stays
+    /// PENDING (its key is not given back) and the retry finds the refund Klarna made.
+    async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
+        fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(429));
+        let status = app
+            .client
+            .refund_order(refund_request("drop-then-429", &order.order_id, 700))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        let ops = operations(
+            &app,
+            pb::ListOperationsRequest {
+                idempotency_key: "drop-then-429".into(),
+                ..Default::default()
             },
-        }
+        )
+        .await?;
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].state(), pb::OperationState::Pending);
+        the_retry_makes_the_one_refund(app, "drop-then-429", &order.order_id, 700).await
     }
 }
 
-/// Runs each protocol test once on SQLite and once on a fresh PostgreSQL database.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    match super::fresh_postgres_database()? {
-                        Some(url) => super::$name(super::Backend::Postgres(url)).await,
-                        None => Ok(()),
-                    }
-                }
-            )*
-        }
-    };
+backend_test! {
+    /// Retention drops stored answer bodies, never an operation's identity: a retry long after
+    /// is a replay of the outcome (success with its refund id, or the final error code), never a
+    /// second execution.
+    async fn a_retry_after_retention_is_a_replay_never_a_second_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 1_000);
+        let first = app
+            .client
+            .refund_order(refund_request("late-1", &order.order_id, 700))
+            .await?
+            .into_inner();
+        let refused = app
+            .client
+            .refund_order(refund_request("late-2", &order.order_id, 5_000))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&refused, Code::FailedPrecondition, "REFUND_NOT_ALLOWED");
+
+        let store = app.second_store().await?;
+        let purged = store
+            .purge(time::OffsetDateTime::now_utc() + time::Duration::days(1))
+            .await?;
+        assert_eq!(purged, 2);
+
+        let again = app
+            .client
+            .refund_order(refund_request("late-1", &order.order_id, 700))
+            .await?;
+        assert_eq!(
+            again
+                .metadata()
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        let again = again.into_inner();
+        assert!(again.replayed);
+        assert_eq!(
+            pb::RefundOrderResponse {
+                replayed: false,
+                ..again
+            },
+            first
+        );
+        let refused_again = app
+            .client
+            .refund_order(refund_request("late-2", &order.order_id, 5_000))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_eq!(refused_again.code(), Code::FailedPrecondition);
+        assert_eq!(refused_again.message(), refused.message());
+        assert_eq!(
+            refused_again
+                .metadata()
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert_eq!(
+            refund_posts(&app, &order.order_id),
+            2,
+            "a purged key was executed again"
+        );
+        assert_eq!(refunded(&app, &order.order_id), (700, 1));
+        app.shutdown().await
+    }
 }
 
-on_both_backends!(
-    past_the_window_with_no_matching_refund_the_operation_requires_review,
-    a_slow_operation_keeps_its_lease_and_a_duplicate_waits,
-    a_callers_deadline_answers_pending_and_the_operation_still_completes,
-    more_concurrent_operations_than_store_connections_all_complete,
-    a_replay_returns_the_identical_answer_and_says_so,
-    a_failed_operation_is_replayed_as_the_same_failure,
-    another_request_under_a_used_key_is_refused,
-    eight_concurrent_calls_with_one_key_make_one_refund,
-    concurrent_refunds_with_different_keys_on_one_order_all_land,
-    klarna_5xx_twice_then_success_is_one_refund_under_one_key,
-    the_reconciler_settles_a_pending_refund_by_resending_under_the_same_key,
-    past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending,
-    list_operations_filters_and_pages_the_audit_trail,
-    a_408_leaves_the_outcome_unknown_and_the_retry_makes_the_one_refund,
-    a_429_after_a_possible_delivery_keeps_the_operation_pending,
-    a_retry_after_retention_is_a_replay_never_a_second_refund,
-    the_reconciler_resolves_500_pending_operations_and_one_failure_stops_none,
-);
+backend_test! {
+    /// The reconciler resolves many unresolved operations in one pass, several at a time, and
+    /// one whose resend keeps failing does not stop the others.
+    async fn the_reconciler_resolves_500_pending_operations_and_one_failure_stops_none(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        const ORDERS: usize = 50;
+        const PER_ORDER: usize = 10;
+        let app = spawn_app_with(AppOptions {
+            reconcile_interval_ms: Some(200),
+            ..db.options()
+        })
+        .await?;
+        let orders: Vec<_> = (0..ORDERS)
+            .map(|_| captured_order(&app.sim.sim, 10_000))
+            .collect();
+        let stuck = captured_order(&app.sim.sim, 10_000);
+        // Every refund POST fails with a 503 until cleared: all 500 end PENDING.
+        app.sim.sim.inject_fault(FaultSpec {
+            method: Some("POST".into()),
+            path: "/ordermanagement/v1/orders/*".into(),
+            times: u32::MAX,
+            kind: status_fault(503),
+        });
+        let calls = orders.iter().enumerate().flat_map(|(o, order)| {
+            (0..PER_ORDER).map(move |i| (format!("many-{o}-{i}"), order.order_id.clone()))
+        });
+        let calls = calls.chain(std::iter::once((
+            "stuck".to_owned(),
+            stuck.order_id.clone(),
+        )));
+        let answers = join_all(calls.map(|(key, order_id)| {
+            let mut client = app.client.clone();
+            async move {
+                client
+                    .refund_order(refund_request(&key, &order_id, 10))
+                    .await
+            }
+        }))
+        .await;
+        for answer in answers {
+            let status = answer.err().ok_or_else(|| anyhow::anyhow!("accepted"))?;
+            assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        }
+        // Klarna recovers, except for one order.
+        app.sim.sim.clear_faults();
+        fault_refunds(&app.sim.sim, &stuck.order_id, u32::MAX, status_fault(503));
+        wait_until(
+            "the reconciler to resolve every operation",
+            Duration::from_secs(120),
+            async || {
+                Ok::<_, anyhow::Error>(
+                    orders
+                        .iter()
+                        .all(|o| refunded(&app, &o.order_id) == (10 * PER_ORDER as i64, PER_ORDER))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        for (o, order) in orders.iter().enumerate() {
+            for i in 0..PER_ORDER {
+                let op = settled(&app, &format!("many-{o}-{i}")).await?;
+                assert_eq!(op.state(), pb::OperationState::Succeeded);
+            }
+            assert_eq!(
+                refunded(&app, &order.order_id),
+                (10 * PER_ORDER as i64, PER_ORDER)
+            );
+        }
+        let stuck_op = operations(
+            &app,
+            pb::ListOperationsRequest {
+                idempotency_key: "stuck".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(stuck_op.len(), 1);
+        assert!(
+            matches!(
+                stuck_op[0].state(),
+                pb::OperationState::Pending | pb::OperationState::InFlight
+            ),
+            "{:?}",
+            stuck_op[0].state()
+        );
+        assert_eq!(refunded(&app, &stuck.order_id), (0, 0));
+        app.shutdown().await
+    }
+}

@@ -1,6 +1,79 @@
 //! End-to-end tests: the real gateway stack on port 0 against the Klarna simulator over HTTP.
 //! Each test starts its own simulator and gateway, so tests run in parallel without sharing
-//! state. Nothing sleeps to synchronise: tests await answers and read the simulator's log.
+//! state. Nothing sleeps to synchronise: tests await answers, and what cannot be awaited (the
+//! simulator's request log, an operation the reconciler settles) is re-checked by
+//! `refund_gateway_tests::wait_until` until it holds.
+//!
+//! A test that must hold on every store backend is written once inside [`backend_test!`],
+//! which runs it on SQLite and on a fresh PostgreSQL database.
+
+/// Defines a test that runs on every store backend, so no backend can be forgotten for it:
+///
+/// ```text
+/// backend_test! {
+///     /// What it shows.
+///     async fn name(db: Backend) -> anyhow::Result<()> { ... }
+/// }
+/// ```
+///
+/// becomes a module `name` holding the function as written and two tests calling it,
+/// `name::sqlite` (with `Backend::Sqlite`) and `name::postgres` (with a fresh database on the
+/// test server; without a server, outside CI, it says `SKIPPED (no PostgreSQL): …` on stderr
+/// and returns). The function sees its file's items through `use super::*`. A plain `fn`
+/// (for a test that builds its own runtime, like the property test) becomes two `#[test]`s
+/// instead of `#[tokio::test]`s.
+macro_rules! backend_test {
+    (
+        $(#[$meta:meta])*
+        async fn $name:ident($db:ident: Backend $(,)?) -> anyhow::Result<()> $body:block
+    ) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn $name($db: ::refund_gateway_tests::Backend) -> ::anyhow::Result<()> $body
+
+            #[tokio::test]
+            async fn sqlite() -> ::anyhow::Result<()> {
+                $name(::refund_gateway_tests::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() -> ::anyhow::Result<()> {
+                match ::refund_gateway_tests::Backend::postgres()? {
+                    Some(db) => $name(db).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        fn $name:ident($db:ident: Backend $(,)?) -> anyhow::Result<()> $body:block
+    ) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            fn $name($db: ::refund_gateway_tests::Backend) -> ::anyhow::Result<()> $body
+
+            #[test]
+            fn sqlite() -> ::anyhow::Result<()> {
+                $name(::refund_gateway_tests::Backend::Sqlite)
+            }
+
+            #[test]
+            fn postgres() -> ::anyhow::Result<()> {
+                match ::refund_gateway_tests::Backend::postgres()? {
+                    Some(db) => $name(db),
+                    None => Ok(()),
+                }
+            }
+        }
+    };
+}
 
 mod admin_health_reflection;
 mod demo_mode;

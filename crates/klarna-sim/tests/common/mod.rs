@@ -3,6 +3,14 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+// The test suite's one bounded wait on a condition (`refund_gateway_tests::wait_until`),
+// included from its source: that crate depends on this one, so this one cannot depend on it.
+#[path = "../../../../tests/src/wait.rs"]
+mod wait;
+
+#[allow(unused_imports)] // not every test binary waits
+pub use wait::{TimedOut, wait_until};
+
 use klarna_sim::{OrderSeed, RunningSimulator, SeededOrder, SimConfig, spawn};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;

@@ -21,8 +21,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_refund-gateway");
 /// Upper bound of every wait on a condition; reaching it fails the test.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
-/// How often a condition is polled.
-pub const POLL: Duration = Duration::from_millis(10);
+// The test suite's one bounded wait on a condition (`refund_gateway_tests::wait_until`),
+// included from its source: that crate depends on this one, so this one cannot depend on it.
+#[path = "../../../../tests/src/wait.rs"]
+mod wait;
+
+#[allow(unused_imports)] // not every test binary waits
+pub use wait::wait_until;
 
 /// The gateway's gRPC client.
 pub type Client = RefundGatewayServiceClient<Channel>;

@@ -5,14 +5,43 @@
 //!   its own group commit across sessions. No transaction stays open between round trips.
 //! - **Claims** use `INSERT … ON CONFLICT DO NOTHING`: among concurrent claims of one id, in
 //!   any number of processes, exactly one inserts.
-//! - **Order locks** are session advisory locks (`pg_advisory_lock`) on a connection taken
-//!   from the pool and held by the guard, so they serialize replicas without a transaction.
-//!   A guard dropped without `release` closes its connection instead of returning it, so the
-//!   lock dies with the session and a locked connection never goes back to the pool.
+//! - **Replica liveness** (`liveness`): each store is a replica with a random key, alive while
+//!   a session of its own holds a session advisory lock on that key. A claim and a take-over
+//!   record the replica in `lease_replica` (finishing or marking pending clears it with the
+//!   lease); an IN_FLIGHT operation is unresolved (taken over by
+//!   [`OperationStore::take_over`], listed by [`OperationStore::unresolved`]) when its lease
+//!   has expired **or** its replica is gone, so a dead process's claims are free as soon as
+//!   PostgreSQL ends its session. Claims without a replica (made before migration 0003, or by
+//!   an older gateway) are free at lease expiry only. If the liveness session breaks while the
+//!   process lives, the store keeps working and takes the lock again; meanwhile other replicas
+//!   may take its work over, which the lease holder checks make safe.
+//! - **Order locks** are rows of `resource_leases` (`lease`), taken with one statement, held
+//!   without a connection, renewed every third of their lease (30 s by default) while held,
+//!   released with a `DELETE` and a `NOTIFY` that wakes the waiters. A lock whose replica is
+//!   gone is free at once; one that stopped being renewed (a stalled holder, a release that
+//!   failed) at its expiry. No pool connection is held across a Klarna call, so the pool does
+//!   not bound how many orders are locked at once.
+//!
+//! Connections: the pool (`max_connections`), plus two sessions of the store's own, outside
+//! the pool: the liveness session and the listener of release notifications. Both must be
+//! real sessions (a pooler in transaction mode would break the advisory lock and `LISTEN`).
+//!
+//! During a rolling upgrade from a gateway that predates migration 0003, the old replicas'
+//! order locks (session advisory locks) and the new lease rows do not exclude each other:
+//! orders are serialized within each version, and each operation stays exactly-once (claims
+//! are shared), but two operations on one order may run at once across versions until the old
+//! replicas are gone.
+//!
+//! # Layout
+//! - this module: [`PostgresStore`], connecting, the port.
+//! - `sql.rs`: every statement, and the liveness test they share.
+//! - `liveness.rs`: the replica key and the session that holds its lock.
+//! - `lease.rs`: resource leases (order locks): taking, waiting, renewing, releasing.
 
+mod lease;
+mod liveness;
 mod sql;
 
-use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +52,15 @@ use refund_gateway_domain::{
     OperationPage, OperationStore, OrderLock, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
-use sqlx::pool::PoolConnection;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DatabaseConfig;
 use crate::read;
-use crate::row::{check_final, db_error, holder_text, id_text, lease_end, micros};
+use crate::row::{check_final, holder_text, id_text, lease_end, micros};
+
+pub use lease::{DEFAULT_LEASE as DEFAULT_ORDER_LOCK_LEASE, PostgresResourceLock};
 
 /// Embedded PostgreSQL migrations. sqlx takes an advisory lock while migrating, so replicas
 /// starting together migrate once.
@@ -42,30 +70,30 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 /// unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The [`OperationStore`] on PostgreSQL, safe to share between processes. See the module
-/// docs; the semantics of each method are those documented on `SqliteStore`'s
-/// implementation.
+/// The [`OperationStore`] on PostgreSQL, safe to share between processes: one replica. See
+/// the module docs; the semantics of each method are those documented on `SqliteStore`'s
+/// implementation, except that a gone replica's IN_FLIGHT operations count as unresolved
+/// before their leases expire. Clones are the same replica; dropping the last one ends its
+/// liveness session.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// Permits to hold an order lock. An order lock keeps a pool connection for its whole
-    /// Klarna call, and its holder still needs another connection to record the outcome: with
-    /// as many holders as connections, every holder would wait for a connection none of them
-    /// gives back. Fewer permits than connections keeps some free for short statements.
-    lock_slots: Arc<Semaphore>,
+    replica: Arc<Replica>,
+    /// How long an order lock lasts without renewal.
+    lock_lease: Duration,
 }
 
-/// Order-lock permits for a pool of `max_connections`: all but a reserve of a quarter (at
-/// least two) of the connections, and at least one.
-fn lock_slots(max_connections: u32) -> Arc<Semaphore> {
-    let max = max_connections.max(1) as usize;
-    let reserve = (max / 4).max(2);
-    Arc::new(Semaphore::new(max.saturating_sub(reserve).max(1)))
+/// What a store keeps for its life, outside the pool.
+#[derive(Debug)]
+struct Replica {
+    liveness: liveness::Liveness,
+    releases: lease::Releases,
 }
 
 impl PostgresStore {
-    /// Connects a pool of up to `max_connections` (at least 1) to `url` and runs the
-    /// migrations. Error messages never contain the URL's password.
+    /// Connects a pool of up to `max_connections` (at least 1) to `url`, runs the migrations
+    /// and starts the replica (see [`Self::from_pool`]). Error messages never contain the
+    /// URL's password.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         let unavailable = |what: &str, e: String| {
             StoreError::Unavailable(DatabaseConfig::redact(
@@ -85,13 +113,35 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| unavailable("migration", e.to_string()))?;
-        Ok(Self::from_pool(pool))
+        Self::from_pool(pool).await.map_err(|e| match e {
+            StoreError::Unavailable(m) => unavailable("replica liveness", m),
+            other => other,
+        })
     }
 
     /// A store on an existing pool (its migrations must have run: see [`Self::migrate`]).
-    pub fn from_pool(pool: PgPool) -> Self {
-        let lock_slots = lock_slots(pool.options().get_max_connections());
-        Self { pool, lock_slots }
+    /// Opens, with the pool's connect options, the store's own two sessions: the liveness
+    /// session, on which it takes the advisory lock of a fresh replica key before returning,
+    /// and the listener of lease releases. Must be called inside a tokio runtime, whose tasks
+    /// keep both sessions.
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        let options = (*pool.connect_options()).clone();
+        let liveness = liveness::Liveness::start(options.clone()).await?;
+        let releases = lease::Releases::start(options);
+        Ok(Self {
+            pool,
+            replica: Arc::new(Replica { liveness, releases }),
+            lock_lease: lease::DEFAULT_LEASE,
+        })
+    }
+
+    /// This store with order locks that last `lease` without renewal (default
+    /// [`DEFAULT_ORDER_LOCK_LEASE`], bounded to between 0.3 s and a day). Held locks are
+    /// renewed every third of it; it only matters for a holder that is alive but stalled, since
+    /// a gone replica's locks are free at once.
+    pub fn with_order_lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease::bounded_lease(lease);
+        self
     }
 
     /// Runs the embedded migrations on `pool`.
@@ -106,73 +156,17 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
 
-/// The advisory lock key of (`account`, `order_id`): the first 8 bytes of SHA-256 over both,
-/// length-prefixed, so it is the same in every process and version (unlike Rust's randomly
-/// seeded hasher). Two orders colliding only serialize needlessly.
-pub fn order_lock_key(account: &str, order_id: &str) -> i64 {
-    let mut hasher = Sha256::new();
-    hasher.update(b"refund-gateway order lock\0");
-    for part in [account, order_id] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
+    /// This replica's key: the key of its liveness lock, recorded in `lease_replica` and
+    /// `resource_leases.replica`.
+    pub fn replica(&self) -> i64 {
+        self.replica.liveness.replica()
     }
-    let digest = hasher.finalize();
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(key)
-}
 
-/// A held PostgreSQL order lock: a session advisory lock on the connection it holds.
-pub struct PostgresOrderLock {
-    key: i64,
-    conn: Option<PoolConnection<Postgres>>,
-    // Released after the connection (fields drop in order), so a new holder never finds the
-    // pool emptier than the reserve.
-    _slot: OwnedSemaphorePermit,
-}
-
-impl fmt::Debug for PostgresOrderLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresOrderLock")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for PostgresOrderLock {
-    fn drop(&mut self) {
-        // Still holding the connection: not released (dropped, or the lock wait cancelled).
-        // Close it rather than pool it; the session, and with it the lock, ends.
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-        }
-    }
-}
-
-#[async_trait]
-impl OrderLock for PostgresOrderLock {
-    async fn release(mut self: Box<Self>) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let unlocked = sqlx::query_scalar::<_, bool>(sql::ADVISORY_UNLOCK)
-            .bind(self.key)
-            .fetch_one(&mut *conn)
-            .await;
-        match unlocked {
-            // Unlocked: the connection is clean and goes back to the pool.
-            Ok(true) => drop(conn),
-            other => {
-                tracing::warn!(
-                    key = self.key,
-                    result = ?other.map_err(|e| e.to_string()),
-                    "advisory unlock failed; closing the connection to end the lock"
-                );
-                conn.close_on_drop();
-            }
-        }
+    /// True while this replica's liveness lock is held, as far as its last check (every few
+    /// seconds) knows. While false, other replicas may take over its operations and locks.
+    pub fn is_live(&self) -> bool {
+        self.replica.liveness.is_held()
     }
 }
 
@@ -186,7 +180,15 @@ impl OperationStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let now = micros(now);
-        sql::claim(&self.pool, &op, holder, now, lease_end(now, lease)).await
+        sql::claim(
+            &self.pool,
+            &op,
+            holder,
+            self.replica(),
+            now,
+            lease_end(now, lease),
+        )
+        .await
     }
 
     async fn take_over(
@@ -202,6 +204,7 @@ impl OperationStore for PostgresStore {
             &self.pool,
             &id_text(id),
             &holder_text(holder),
+            self.replica(),
             now,
             lease_end(now, lease),
             trace_id.as_deref(),
@@ -288,7 +291,7 @@ impl OperationStore for PostgresStore {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
-        read::unresolved(&self.pool, micros(now), limit).await
+        sql::unresolved(&self.pool, micros(now), limit).await
     }
 
     async fn list(
@@ -304,49 +307,20 @@ impl OperationStore for PostgresStore {
         sql::purge(&self.pool, micros(before)).await
     }
 
-    /// Waits for a lock slot (see `lock_slots`), takes a connection from the pool and waits
-    /// on `pg_advisory_lock` with it.
+    /// Takes the order's lease in `resource_leases` (kind `order`), waiting while another
+    /// holder, alive and renewing, has it. Holds no connection while held.
     async fn lock_order(
         &self,
         account: &str,
         order_id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
-        let key = order_lock_key(account, order_id);
-        let slot = self
-            .lock_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("order locks closed".to_owned()))?;
-        let conn = self.pool.acquire().await.map_err(db_error)?;
-        // The guard owns the connection before the wait, so a cancelled or failed wait closes
-        // it instead of pooling a connection that may still get the lock.
-        let mut lock = PostgresOrderLock {
-            key,
-            conn: Some(conn),
-            _slot: slot,
+        let taker = lease::Taker {
+            pool: &self.pool,
+            releases: &self.replica.releases,
+            replica: self.replica(),
+            lease: self.lock_lease,
         };
-        if let Some(conn) = lock.conn.as_mut() {
-            sqlx::query(sql::ADVISORY_LOCK)
-                .bind(key)
-                .execute(&mut **conn)
-                .await
-                .map_err(db_error)?;
-        }
+        let lock = lease::take(taker, account, lease::ORDER, order_id).await?;
         Ok(Box::new(lock))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_keys_are_stable_and_distinct() {
-        assert_eq!(order_lock_key("a", "o"), order_lock_key("a", "o"));
-        assert_ne!(order_lock_key("a", "o"), order_lock_key("b", "o"));
-        assert_ne!(order_lock_key("ab", "c"), order_lock_key("a", "bc"));
-        // Pinned: changing it would let old and new replicas lock different keys.
-        assert_eq!(order_lock_key("eu", "o-1"), 1_893_115_072_546_835_547);
     }
 }

@@ -1,5 +1,6 @@
-//! The SQL statements of the PostgreSQL store's writes, and the functions that run them (the
-//! reads are shared with SQLite: `crate::read`).
+//! The SQL statements of the PostgreSQL store and the functions that run them. The reads are
+//! shared with SQLite (`crate::read`), except [`unresolved`], which also asks PostgreSQL which
+//! replicas are alive.
 //!
 //! Each write is one statement, so it is atomic and durable on its own (autocommit), with no
 //! transaction left open between round trips. A transition locks the row in a CTE
@@ -8,30 +9,66 @@
 //! lock, re-checks the condition on the new row version, and finds nothing to do — so the
 //! event exists exactly when the row changed. The statement's row count is the number of
 //! events appended.
+//!
+//! **Replica liveness.** A replica is alive while a granted advisory lock on its key exists in
+//! this database ([`LIVE_REPLICAS`]); [`replica_gone`] is the SQL test every statement uses,
+//! for operations (`lease_replica`) and resource leases (`replica`) alike.
 
 use std::sync::LazyLock;
 
-use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, StoreError};
+use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError};
 use sqlx::{PgPool, Postgres};
 
 use crate::read;
 use crate::row::{
-    bind_claim, claimed_operation, db_error, holder_text, id_text, insert_event_from,
+    OPERATION_COLUMNS, OperationRow, bind_claim, claimed_operation, db_error, holder_text, id_text,
+    insert_event_from,
 };
+
+/// The replica keys alive in this database, each as its (high half, low half): the granted
+/// advisory locks on a bigint key, which PostgreSQL shows with the key's halves as unsigned
+/// 32-bit `classid` and `objid` and with `objsubid` 1. Advisory locks belong to one database,
+/// and `pg_locks` shows those of every database on the server.
+const LIVE_REPLICAS: &str = "SELECT classid::bigint, objid::bigint FROM pg_locks \
+     WHERE locktype = 'advisory' AND objsubid = 1 AND granted \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+/// SQL that is true when the BIGINT expression `replica` names a replica that is not alive:
+/// its session, and with it its advisory lock, has ended. False for NULL (no replica
+/// recorded). The key is split into the halves `pg_locks` shows rather than the halves joined
+/// back, which works for negative keys too: `>>` on a BIGINT keeps the sign, and the mask
+/// leaves the high half as the unsigned value `classid` holds. PostgreSQL runs the uncorrelated
+/// `NOT IN` once per statement, as a hashed subplan.
+fn replica_gone(replica: &str) -> String {
+    format!(
+        "({replica} IS NOT NULL AND ((({replica} >> 32) & 4294967295), \
+         ({replica} & 4294967295)) NOT IN ({LIVE_REPLICAS}))"
+    )
+}
+
+/// An IN_FLIGHT operation that nobody holds any more: no lease end, a lease end at or before
+/// `now` (an SQL expression), or a claiming replica that is gone.
+fn unheld(now: &str) -> String {
+    format!(
+        "lease_expires_at IS NULL OR lease_expires_at <= {now} OR {}",
+        replica_gone("lease_replica")
+    )
+}
 
 /// Claims before giving up when the row keeps vanishing between insert and read (each
 /// vanishing needs a concurrent abandon).
 const CLAIM_ATTEMPTS: usize = 8;
 
 // The values of `bind_claim`: $1 … $13 the operation, $14 lease holder, $15 lease end,
-// $16 now.
+// $16 now; then $17 the claiming replica.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     let insert = "WITH inserted AS ( \
        INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
          klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
-         trace_id, state, lease_holder, lease_expires_at, created_at, updated_at) \
+         trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
+         lease_replica) \
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, \
-         $16, $16) \
+         $16, $16, $17) \
        ON CONFLICT (operation_id) DO NOTHING \
        RETURNING * ) ";
     insert.to_owned()
@@ -58,15 +95,28 @@ fn transition(condition: &str, set: &str, trace: &str, detail: &str, at: &str) -
         )
 }
 
-// $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder.
+// $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder, $6 its replica.
 static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
     transition(
-        "state = 'PENDING' OR (state = 'IN_FLIGHT' \
-           AND (lease_expires_at IS NULL OR lease_expires_at <= $3))",
-        "state = 'IN_FLIGHT', lease_expires_at = $2, lease_holder = $5, updated_at = $3",
+        &format!(
+            "state = 'PENDING' OR (state = 'IN_FLIGHT' AND ({}))",
+            unheld("$3")
+        ),
+        "state = 'IN_FLIGHT', lease_expires_at = $2, lease_holder = $5, lease_replica = $6, \
+         updated_at = $3",
         "COALESCE($4, trace_id)",
         "'taken over'",
         "$3",
+    )
+});
+
+// $1 now, $2 limit.
+static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
+         OR (state = 'IN_FLIGHT' AND ({})) \
+         ORDER BY created_at, operation_id LIMIT $2",
+        unheld("$1")
     )
 });
 
@@ -75,11 +125,12 @@ const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = $2 \
      WHERE operation_id = $1 AND state = 'IN_FLIGHT' AND lease_holder = $3";
 
 // $1 id, $2 state, $3 now, $4 refund id, $5 correlation id, $6 code, $7 message, $8 payload,
-// $9 trace id, $10 detail, $11 lease holder.
+// $9 trace id, $10 detail, $11 lease holder. The replica goes with the lease (see
+// MARK_PENDING).
 static FINISH: LazyLock<String> = LazyLock::new(|| {
     transition(
         "state = 'IN_FLIGHT' AND lease_holder = $11",
-        "state = $2, lease_expires_at = NULL, updated_at = $3, \
+        "state = $2, lease_expires_at = NULL, lease_replica = NULL, updated_at = $3, \
          refund_id = COALESCE($4, o.refund_id), correlation_id = COALESCE($5, o.correlation_id), \
          response_code = $6, response_message = $7, response_payload = $8",
         "COALESCE($9, trace_id)",
@@ -88,11 +139,13 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// $1 id, $2 now, $3 correlation id, $4 detail, $5 lease holder.
+// $1 id, $2 now, $3 correlation id, $4 detail, $5 lease holder. The replica goes with the
+// lease: a gateway that predates `lease_replica` and takes the operation over next leaves the
+// column as it finds it, and NULL keeps that gateway's claim on the lease-expiry rule.
 static MARK_PENDING: LazyLock<String> = LazyLock::new(|| {
     transition(
         "state = 'IN_FLIGHT' AND lease_holder = $5",
-        "state = 'PENDING', lease_expires_at = NULL, updated_at = $2, \
+        "state = 'PENDING', lease_expires_at = NULL, lease_replica = NULL, updated_at = $2, \
          correlation_id = COALESCE($3, o.correlation_id)",
         "trace_id",
         "$4",
@@ -117,10 +170,50 @@ const PURGE: &str = "UPDATE operations SET response_payload = NULL \
      WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < $1 \
      AND response_payload IS NOT NULL";
 
-/// Session advisory lock of one order; waits. Held until unlocked or the session ends.
-pub(super) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
-/// Releases it; true when this session held it.
-pub(super) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+/// Takes the session advisory lock of a replica key if nobody holds it; true when taken.
+pub(super) const TRY_LOCK_REPLICA: &str = "SELECT pg_try_advisory_lock($1)";
+
+/// Now, in microseconds since the Unix epoch, on the database's clock: resource leases are
+/// written and checked against this one clock, whatever the replicas' clocks say.
+const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
+/// The channel on which a released resource lease is announced; the payload is the
+/// resource's tag (`super::lease::resource_tag`).
+pub(super) const RELEASED_CHANNEL: &str = "refund_gateway_resource_released";
+
+// $1 account, $2 kind, $3 id, $4 replica, $5 holder, $6 lease length (µs). Inserts the lease,
+// or overwrites one that has expired or whose replica is gone; ON CONFLICT locks the existing
+// row and evaluates the condition on its latest version, so of concurrent takers exactly one
+// gets a row back.
+static TAKE_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO resource_leases AS l \
+           (klarna_account, resource_kind, resource_id, replica, holder, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, {DB_NOW} + $6) \
+         ON CONFLICT (klarna_account, resource_kind, resource_id) DO UPDATE \
+           SET replica = EXCLUDED.replica, holder = EXCLUDED.holder, \
+             expires_at = EXCLUDED.expires_at \
+           WHERE l.expires_at <= {DB_NOW} OR {} \
+         RETURNING holder",
+        replica_gone("l.replica")
+    )
+});
+
+// $1 account, $2 kind, $3 id, $4 holder, $5 lease length (µs).
+static RENEW_RESOURCE_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE resource_leases SET expires_at = {DB_NOW} + $5 \
+         WHERE klarna_account = $1 AND resource_kind = $2 AND resource_id = $3 AND holder = $4"
+    )
+});
+
+// $1 account, $2 kind, $3 id, $4 holder, $5 channel, $6 payload. The notification is sent
+// when the deletion commits, and only if there was one.
+const RELEASE_LEASE: &str = "WITH released AS ( \
+       DELETE FROM resource_leases \
+       WHERE klarna_account = $1 AND resource_kind = $2 AND resource_id = $3 AND holder = $4 \
+       RETURNING 1 ) \
+     SELECT pg_notify($5, $6) FROM released";
 
 /// Inserts `op` as IN_FLIGHT held by `holder` with its "claimed" event, or reads the stored
 /// one.
@@ -128,6 +221,7 @@ pub(super) async fn claim(
     pool: &PgPool,
     op: &NewOperation,
     holder: LeaseHolder,
+    replica: i64,
     now: i64,
     lease_until: i64,
 ) -> Result<Claim, StoreError> {
@@ -141,7 +235,8 @@ pub(super) async fn claim(
             &holder_id,
             lease_until,
             now,
-        );
+        )
+        .bind(replica);
         let inserted = query.execute(pool).await.map_err(db_error)?.rows_affected();
         if inserted == 1 {
             return Ok(Claim::New(claimed_operation(
@@ -170,11 +265,13 @@ async fn changed_one(
     Ok(query.execute(pool).await.map_err(db_error)?.rows_affected() == 1)
 }
 
-/// PENDING or lease-expired IN_FLIGHT -> IN_FLIGHT held by `holder` until `lease_until`.
+/// PENDING, or IN_FLIGHT with an expired lease or a gone replica -> IN_FLIGHT held by
+/// `holder` of `replica` until `lease_until`.
 pub(super) async fn take_over(
     pool: &PgPool,
     id: &str,
     holder: &str,
+    replica: i64,
     now: i64,
     lease_until: i64,
     trace_id: Option<&str>,
@@ -184,8 +281,27 @@ pub(super) async fn take_over(
         .bind(lease_until)
         .bind(now)
         .bind(trace_id)
-        .bind(holder);
+        .bind(holder)
+        .bind(replica);
     changed_one(query, pool).await
+}
+
+/// Up to `limit` unresolved operations, oldest created first: PENDING, or IN_FLIGHT with an
+/// expired lease or a gone replica.
+pub(super) async fn unresolved(
+    pool: &PgPool,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<Operation>, StoreError> {
+    sqlx::query_as::<Postgres, OperationRow>(UNRESOLVED.as_str())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(OperationRow::into_operation)
+        .collect()
 }
 
 /// Extends the lease of an IN_FLIGHT operation held by `holder`; no event (not a state
@@ -268,4 +384,75 @@ pub(super) async fn purge(pool: &PgPool, before: i64) -> Result<u64, StoreError>
         .await
         .map_err(db_error)?
         .rows_affected())
+}
+
+/// One resource lease as the statements name it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeaseKey<'a> {
+    /// The Klarna account.
+    pub(super) account: &'a str,
+    /// `order` (later also `transaction`).
+    pub(super) kind: &'a str,
+    /// The resource's id.
+    pub(super) id: &'a str,
+}
+
+/// Takes the lease of `key` for `holder` of `replica` for `lease_micros`, if it is free;
+/// true when taken.
+pub(super) async fn take_lease(
+    pool: &PgPool,
+    key: LeaseKey<'_>,
+    replica: i64,
+    holder: &str,
+    lease_micros: i64,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query_scalar::<_, String>(TAKE_LEASE.as_str())
+        .bind(key.account)
+        .bind(key.kind)
+        .bind(key.id)
+        .bind(replica)
+        .bind(holder)
+        .bind(lease_micros)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(taken.is_some())
+}
+
+/// Extends the lease of `key` held by `holder` to `lease_micros` from now; false when
+/// `holder` does not hold it (any more).
+pub(super) async fn renew_resource_lease(
+    pool: &PgPool,
+    key: LeaseKey<'_>,
+    holder: &str,
+    lease_micros: i64,
+) -> Result<bool, StoreError> {
+    let query = sqlx::query(RENEW_RESOURCE_LEASE.as_str())
+        .bind(key.account)
+        .bind(key.kind)
+        .bind(key.id)
+        .bind(holder)
+        .bind(lease_micros);
+    changed_one(query, pool).await
+}
+
+/// Deletes the lease of `key` if `holder` holds it, and then announces `tag` on
+/// [`RELEASED_CHANNEL`]; true when it was held.
+pub(super) async fn release_lease(
+    pool: &PgPool,
+    key: LeaseKey<'_>,
+    holder: &str,
+    tag: &str,
+) -> Result<bool, StoreError> {
+    let rows = sqlx::query(RELEASE_LEASE)
+        .bind(key.account)
+        .bind(key.kind)
+        .bind(key.id)
+        .bind(holder)
+        .bind(RELEASED_CHANNEL)
+        .bind(tag)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(!rows.is_empty())
 }
