@@ -47,7 +47,7 @@ pub use klarna::{
     KlarnaApi, KlarnaError, KlarnaErrorResponse, KlarnaReceipt, KlarnaRefund, RefundCreated,
 };
 pub use money::{Amount, CountryCode, Currency};
-pub use operation::{Caller, OperationId, Rpc};
+pub use operation::{Caller, OperationId, ResourceKind, Rpc};
 pub use order::{Capture, ExtendDueDateOption, ExtendDueDateOptions, Order, OrderStatus, Refund};
 pub use order_line::{
     LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,

@@ -39,6 +39,33 @@ impl fmt::Display for Caller {
     }
 }
 
+/// The kind of Klarna resource an operation acts on. Operations on one resource (account,
+/// kind, id) are serialized, so state rules read and the mutation sent see the same state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    /// An Order Management order.
+    Order,
+    /// A payment transaction of the partner Payments API.
+    Transaction,
+}
+
+impl ResourceKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Transaction => "transaction",
+        }
+    }
+
+    /// The kind stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Order, Self::Transaction]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 /// The mutating RPCs; part of an operation's identity, so the same key used for two different
 /// RPCs names two operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ids::IdempotencyKey;
-use crate::operation::{Caller, OperationId, Rpc};
+use crate::operation::{Caller, OperationId, ResourceKind, Rpc};
 
 /// Where an operation is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,8 +138,13 @@ pub struct NewOperation {
     pub fingerprint: String,
     /// The Klarna account (resolved name).
     pub klarna_account: String,
-    /// The order.
+    /// The order the operation belongs to.
     pub order_id: String,
+    /// The kind of the resource it acts on; with the account and `resource_id`, what its
+    /// operations are serialized on.
+    pub resource_kind: ResourceKind,
+    /// The resource it acts on (the order id, for an order).
+    pub resource_id: String,
     /// The capture, for capture-level operations.
     pub capture_id: Option<String>,
     /// Amount in minor units, for money movements.
@@ -276,7 +281,7 @@ pub enum StoreError {
     InvalidPageToken,
 }
 
-/// Exclusive right to operate on one order, held across the Klarna call. Dropping it without
+/// Exclusive right to operate on one resource, held across the Klarna call. Dropping it without
 /// [`OrderLock::release`] releases it too, possibly later.
 #[async_trait]
 pub trait OrderLock: Send + fmt::Debug {
@@ -381,10 +386,22 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     /// were dropped.
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
-    /// Waits for, then holds, the exclusive right to operate on `order_id` of `account`.
+    /// Waits for, then holds, the exclusive right to operate on the resource (`kind`, `id`)
+    /// of `account`.
+    async fn lock_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Box<dyn OrderLock>, StoreError>;
+
+    /// [`OperationStore::lock_resource`] of an order.
     async fn lock_order(
         &self,
         account: &str,
         order_id: &str,
-    ) -> Result<Box<dyn OrderLock>, StoreError>;
+    ) -> Result<Box<dyn OrderLock>, StoreError> {
+        self.lock_resource(account, ResourceKind::Order, order_id)
+            .await
+    }
 }

@@ -125,6 +125,7 @@ fn new_operation(
     amount: Option<i64>,
     reference: Option<String>,
 ) -> NewOperation {
+    let (resource_kind, resource_id) = call.serialized_on();
     NewOperation {
         operation_id: OperationId::derive(caller, rpc, key),
         caller: caller.clone(),
@@ -133,6 +134,8 @@ fn new_operation(
         fingerprint: encoding::fingerprint(rpc, account, call, expected_currency),
         klarna_account: account.to_owned(),
         order_id: call.order_id().to_string(),
+        resource_kind,
+        resource_id,
         capture_id,
         amount,
         currency: expected_currency.map(str::to_owned),

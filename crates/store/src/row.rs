@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use refund_gateway_domain::{
     AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationState, Rpc, StoreError, StoredResponse,
+    OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse,
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -154,13 +154,17 @@ pub(crate) struct OperationRow {
     response_code: Option<i32>,
     response_message: Option<String>,
     response_payload: Option<Vec<u8>>,
+    resource_kind: String,
+    /// `NULL` in rows written by releases before resources existed: the order's id then.
+    resource_id: Option<String>,
 }
 
 /// The columns of [`OperationRow`], in order, for `SELECT`.
 pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempotency_key, \
      fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
      klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, updated_at, \
-     refund_id, correlation_id, response_code, response_message, response_payload";
+     refund_id, correlation_id, response_code, response_message, response_payload, \
+     resource_kind, resource_id";
 
 impl OperationRow {
     /// The operation id as stored (for joining events).
@@ -192,6 +196,10 @@ impl OperationRow {
                 idempotency_key,
                 fingerprint: self.fingerprint,
                 klarna_account: self.klarna_account,
+                resource_kind: ResourceKind::parse(&self.resource_kind).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown resource kind {:?}", self.resource_kind))
+                })?,
+                resource_id: self.resource_id.unwrap_or_else(|| self.order_id.clone()),
                 order_id: self.order_id,
                 capture_id: self.capture_id,
                 amount: self.amount,
@@ -214,7 +222,8 @@ impl OperationRow {
 
 /// `query` with the values of a claim bound in the order both backends' claim statements take
 /// them: id, caller, rpc, key, fingerprint, account, order, capture, amount, currency,
-/// reference, Klarna request, trace id, lease holder, lease end, now.
+/// reference, Klarna request, trace id, lease holder, lease end, now, resource kind, resource
+/// id.
 pub(crate) fn bind_claim<'q, 'a, DB>(
     query: Query<'q, DB, DB::Arguments>,
     id: &'a str,
@@ -247,6 +256,8 @@ where
         .bind(holder)
         .bind(lease_until)
         .bind(now)
+        .bind(op.resource_kind.as_str())
+        .bind(op.resource_id.as_str())
 }
 
 /// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's

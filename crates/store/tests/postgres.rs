@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use refund_gateway_domain::{
     Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationId, OperationState,
-    OperationStore, Rpc, StoreError,
+    OperationStore, ResourceKind, Rpc, StoreError,
 };
 use refund_gateway_store::postgres::DEFAULT_ORDER_LOCK_LEASE;
 use refund_gateway_store::{DatabaseConfig, PostgresStore, connect};
@@ -127,6 +127,8 @@ fn operation(key: &str, order: &str) -> NewOperation {
         fingerprint: format!("fp-{order}"),
         klarna_account: "eu".to_owned(),
         order_id: order.to_owned(),
+        resource_kind: ResourceKind::Order,
+        resource_id: order.to_owned(),
         capture_id: None,
         amount: Some(100),
         currency: Some("EUR".to_owned()),

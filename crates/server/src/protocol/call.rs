@@ -5,7 +5,7 @@
 
 use refund_gateway_domain::{
     CaptureId, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaRefund, OperationId, OrderId,
-    ResourceRef,
+    ResourceKind, ResourceRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,11 @@ impl KlarnaCall {
                 capture_id: capture_id.to_string(),
             },
         }
+    }
+
+    /// The resource the call acts on, which its operations are serialized on.
+    pub fn serialized_on(&self) -> (ResourceKind, String) {
+        (ResourceKind::Order, self.order_id().to_string())
     }
 
     /// The Klarna API the call goes to.

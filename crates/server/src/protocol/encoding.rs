@@ -500,6 +500,8 @@ mod tests {
             fingerprint: fingerprint(rpc, "default", call, currency),
             klarna_account: "default".into(),
             order_id: ORDER.into(),
+            resource_kind: refund_gateway_domain::ResourceKind::Order,
+            resource_id: ORDER.into(),
             capture_id: None,
             amount: None,
             currency: currency.map(str::to_owned),

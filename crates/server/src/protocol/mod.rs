@@ -331,7 +331,11 @@ impl Protocol {
         let id = op.new.operation_id;
         let lock = match self
             .store
-            .lock_order(&op.new.klarna_account, &op.new.order_id)
+            .lock_resource(
+                &op.new.klarna_account,
+                op.new.resource_kind,
+                &op.new.resource_id,
+            )
             .await
         {
             Ok(lock) => lock,

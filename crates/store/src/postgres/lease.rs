@@ -29,9 +29,6 @@ use tokio::task::JoinHandle;
 
 use super::sql::{self, LeaseKey};
 
-/// The resource kind of an order's lease.
-pub(super) const ORDER: &str = "order";
-
 /// How long a resource lease lasts without renewal; renewed every third of it while held.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
@@ -355,6 +352,8 @@ impl OrderLock for PostgresResourceLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ORDER: &str = "order";
 
     #[test]
     fn tags_are_stable_and_distinct() {

@@ -49,7 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, StoreError,
+    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -307,12 +307,13 @@ impl OperationStore for PostgresStore {
         sql::purge(&self.pool, micros(before)).await
     }
 
-    /// Takes the order's lease in `resource_leases` (kind `order`), waiting while another
-    /// holder, alive and renewing, has it. Holds no connection while held.
-    async fn lock_order(
+    /// Takes the resource's lease in `resource_leases`, waiting while another holder, alive
+    /// and renewing, has it. Holds no connection while held.
+    async fn lock_resource(
         &self,
         account: &str,
-        order_id: &str,
+        kind: ResourceKind,
+        id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
         let taker = lease::Taker {
             pool: &self.pool,
@@ -320,7 +321,7 @@ impl OperationStore for PostgresStore {
             replica: self.replica(),
             lease: self.lock_lease,
         };
-        let lock = lease::take(taker, account, lease::ORDER, order_id).await?;
+        let lock = lease::take(taker, account, kind.as_str(), id).await?;
         Ok(Box::new(lock))
     }
 }

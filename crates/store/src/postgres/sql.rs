@@ -60,15 +60,15 @@ fn unheld(now: &str) -> String {
 const CLAIM_ATTEMPTS: usize = 8;
 
 // The values of `bind_claim`: $1 … $13 the operation, $14 lease holder, $15 lease end,
-// $16 now; then $17 the claiming replica.
+// $16 now, $17 resource kind, $18 resource id; then $19 the claiming replica.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     let insert = "WITH inserted AS ( \
        INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
          klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
          trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
-         lease_replica) \
+         resource_kind, resource_id, lease_replica) \
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, \
-         $16, $16, $17) \
+         $16, $16, $17, $18, $19) \
        ON CONFLICT (operation_id) DO NOTHING \
        RETURNING * ) ";
     insert.to_owned()

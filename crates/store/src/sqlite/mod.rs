@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, StoreError,
+    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError,
 };
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
@@ -324,11 +324,12 @@ impl OperationStore for SqliteStore {
         }
     }
 
-    async fn lock_order(
+    async fn lock_resource(
         &self,
         account: &str,
-        order_id: &str,
+        kind: ResourceKind,
+        id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
-        Ok(Box::new(self.order_locks.lock(account, order_id).await))
+        Ok(Box::new(self.order_locks.lock(account, kind, id).await))
     }
 }

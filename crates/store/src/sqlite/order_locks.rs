@@ -1,5 +1,5 @@
-//! In-process order locks for the SQLite store: one `tokio::sync::Mutex` per (account, order)
-//! in use, created on demand and removed when nobody holds or waits for it. Enough because an
+//! In-process resource locks for the SQLite store: one `tokio::sync::Mutex` per (account,
+//! resource kind, resource id) in use, created on demand and removed when nobody holds or waits for it. Enough because an
 //! SQLite store is used by one process only.
 
 use std::collections::HashMap;
@@ -7,10 +7,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use refund_gateway_domain::OrderLock;
+use refund_gateway_domain::{OrderLock, ResourceKind};
 use tokio::sync::OwnedMutexGuard;
 
-type Key = (String, String);
+type Key = (String, ResourceKind, String);
 type Locks = Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// The order locks of one store.
@@ -26,9 +26,14 @@ fn locked(locks: &Locks) -> MutexGuard<'_, HashMap<Key, Arc<tokio::sync::Mutex<(
 }
 
 impl OrderLocks {
-    /// Waits for, then holds, the lock of (`account`, `order_id`).
-    pub(super) async fn lock(&self, account: &str, order_id: &str) -> SqliteOrderLock {
-        let key = (account.to_owned(), order_id.to_owned());
+    /// Waits for, then holds, the lock of (`account`, `kind`, `id`).
+    pub(super) async fn lock(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> SqliteOrderLock {
+        let key = (account.to_owned(), kind, id.to_owned());
         let mutex = locked(&self.locks).entry(key.clone()).or_default().clone();
         // The guard exists before the wait, so a cancelled wait still tidies the map.
         let mut lock = SqliteOrderLock {
@@ -60,7 +65,8 @@ impl fmt::Debug for SqliteOrderLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteOrderLock")
             .field("account", &self.key.0)
-            .field("order_id", &self.key.1)
+            .field("kind", &self.key.1)
+            .field("id", &self.key.2)
             .field("held", &self.held.is_some())
             .finish()
     }
@@ -94,12 +100,12 @@ mod tests {
     #[tokio::test]
     async fn entries_are_removed_when_unused() {
         let locks = OrderLocks::default();
-        let a = locks.lock("acct", "o1").await;
-        let b = locks.lock("acct", "o2").await;
+        let a = locks.lock("acct", ResourceKind::Order, "o1").await;
+        let b = locks.lock("acct", ResourceKind::Order, "o2").await;
         assert_eq!(locks.entries(), 2);
         let waiter = {
             let locks = locks.clone();
-            tokio::spawn(async move { locks.lock("acct", "o1").await })
+            tokio::spawn(async move { locks.lock("acct", ResourceKind::Order, "o1").await })
         };
         drop(a);
         let c = waiter.await.unwrap_or_else(|e| panic!("{e}"));

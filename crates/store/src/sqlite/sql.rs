@@ -24,7 +24,7 @@ use crate::row::{OperationRow, bind_claim, claimed_operation, db_error, insert_e
 const CHUNK_ROWS: [usize; 5] = [1, 4, 16, 64, 256];
 
 /// Values per row of [`CLAIM_MANY`].
-const CLAIM_VALUES: usize = 16;
+const CLAIM_VALUES: usize = 18;
 
 /// Values per row of [`FINISH_MANY`].
 const FINISH_VALUES: usize = 11;
@@ -37,7 +37,8 @@ fn values_rows(rows: usize, columns: usize) -> String {
 
 /// Inserts each non-NULL row as IN_FLIGHT (the trigger adds its "claimed" event); returns the
 /// ids inserted. Row: id, caller, rpc, key, fingerprint, account, order, capture, amount,
-/// currency, reference, Klarna request, trace id, lease holder, lease end, now. WHERE also
+/// currency, reference, Klarna request, trace id, lease holder, lease end, now, resource kind,
+/// resource id. WHERE also
 /// resolves the
 /// parsing ambiguity of `INSERT … SELECT … ON CONFLICT`.
 static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
@@ -45,10 +46,11 @@ static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
         format!(
             "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
              klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
-             trace_id, state, lease_holder, lease_expires_at, created_at, updated_at) \
+             trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
+             resource_kind, resource_id) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, \
              column9, column10, column11, column12, column13, 'IN_FLIGHT', column14, column15, \
-             column16, column16 FROM (VALUES {}) WHERE column1 IS NOT NULL \
+             column16, column16, column17, column18 FROM (VALUES {}) WHERE column1 IS NOT NULL \
              ON CONFLICT (operation_id) DO NOTHING RETURNING operation_id",
             values_rows(rows, CLAIM_VALUES)
         )

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use refund_gateway_domain::{
     AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
-    OperationFilter, OperationId, OperationState, OperationStore, Rpc, StoreError, StoredResponse,
+    OperationFilter, OperationId, OperationState, OperationStore, ResourceKind, Rpc, StoreError,
+    StoredResponse,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -71,6 +72,8 @@ pub fn new_op(caller: &str, rpc: Rpc, key: &str, order: &str) -> NewOperation {
         fingerprint: format!("fp-{order}"),
         klarna_account: "eu".to_owned(),
         order_id: order.to_owned(),
+        resource_kind: ResourceKind::Order,
+        resource_id: order.to_owned(),
         capture_id: Some("cap-1".to_owned()),
         amount: Some(12_345),
         currency: Some("EUR".to_owned()),
@@ -189,6 +192,19 @@ pub async fn fields_round_trip(store: Store, _peer: Option<Store>) {
     };
     let claimed = claim_new(&store, bare.clone(), t(1)).await;
     assert_eq!(store.get(bare.operation_id).await.unwrap(), Some(claimed));
+
+    // An operation on another kind of resource keeps its kind and id.
+    let transaction = NewOperation {
+        resource_kind: ResourceKind::Transaction,
+        resource_id: "tx-1".to_owned(),
+        ..new_op("pos", Rpc::RefundOrder, "transaction", "order-2")
+    };
+    let claimed = claim_new(&store, transaction.clone(), t(1)).await;
+    assert_eq!(claimed.new, transaction);
+    assert_eq!(
+        store.get(transaction.operation_id).await.unwrap(),
+        Some(claimed)
+    );
 
     // The response, with bytes that are not UTF-8, and the Klarna ids.
     let done = completion(Failed);
@@ -907,6 +923,15 @@ pub async fn lock_order_serializes_one_order(store: Store, peer: Option<Store>) 
             .expect("a different order must not wait")
             .unwrap();
     different.release().await;
+    // Nor is another kind of resource with the same id.
+    let transaction = tokio::time::timeout(
+        Duration::from_secs(30),
+        other.lock_resource("eu", ResourceKind::Transaction, "order-1"),
+    )
+    .await
+    .expect("a transaction with the order's id must not wait")
+    .unwrap();
+    transaction.release().await;
     let same_order_other_account = other.lock_order("us", "order-1").await.unwrap();
     drop(same_order_other_account);
 
