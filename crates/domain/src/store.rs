@@ -180,6 +180,9 @@ pub struct Operation {
     pub correlation_id: Option<String>,
     /// The answer, once final.
     pub response: Option<StoredResponse>,
+    /// What the answer needs beyond the call and Klarna's ids, kept by `mark_pending` (the
+    /// server's encoding; opaque to the store).
+    pub answer_context: Option<String>,
 }
 
 impl Operation {
@@ -336,7 +339,8 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown. Only when the operation is
+    /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown; `answer_context`, when given, is kept
+    /// for whoever settles it. Only when the operation is
     /// IN_FLIGHT and held by `holder`; otherwise it does nothing, records no event and
     /// returns `false`.
     async fn mark_pending(
@@ -345,6 +349,7 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
+        answer_context: Option<String>,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 

@@ -15,7 +15,7 @@ use refund_gateway_proto::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::gateway::{ReceiptOutcome, RefundOutcome};
-use crate::protocol::{Accepted, Encoded, KlarnaCall};
+use crate::protocol::{Accepted, Encoded, KlarnaCall, encoding};
 
 /// `RefundOrderRequest` -> draft.
 pub fn refund_order_draft(r: pb::RefundOrderRequest) -> RefundOrderDraft {
@@ -333,9 +333,13 @@ pub fn extension_encoded(
 }
 
 /// The encoded answer of a call that was resent (after a crash or an unknown outcome), built
-/// from what was stored. An extension resolved this way does not know the fee it was offered;
-/// its answer carries 0 and no currency.
+/// from what was stored: the call, Klarna's ids, and the answer context the first execution
+/// left (an extension's fee; 0 and no currency if none was stored, as by older releases).
 pub fn encode_resent(op: &Operation, call: &KlarnaCall, accepted: &Accepted) -> Vec<u8> {
+    let fee = op
+        .answer_context
+        .as_deref()
+        .and_then(encoding::decode_extension_fee);
     let operation_id = op.new.operation_id.to_string();
     let correlation_id = accepted.correlation_id.clone().unwrap_or_default();
     match call {
@@ -368,8 +372,8 @@ pub fn encode_resent(op: &Operation, call: &KlarnaCall, accepted: &Accepted) -> 
             order_id: order_id.to_string(),
             capture_id: capture_id.to_string(),
             number_of_days: *number_of_days,
-            fee_amount: 0,
-            currency: String::new(),
+            fee_amount: fee.as_ref().map_or(0, |f| f.0),
+            currency: fee.map(|f| f.1).unwrap_or_default(),
             correlation_id,
             replayed: false,
         }

@@ -14,7 +14,7 @@ use refund_gateway_domain::{
     Violations, rules,
 };
 
-use crate::protocol::{KlarnaCall, encoding};
+use crate::protocol::{AnswerContext, KlarnaCall, encoding};
 
 /// The configured Klarna accounts, by name.
 #[derive(Debug, Clone)]
@@ -99,6 +99,8 @@ pub struct Prepared<W> {
     pub new: NewOperation,
     /// State rules and the Klarna call.
     pub work: W,
+    /// What the work leaves for its answer.
+    pub context: AnswerContext,
 }
 
 /// The use cases.
@@ -210,7 +212,11 @@ impl Gateway {
                 reference,
             })
         };
-        Ok(Prepared { new, work })
+        Ok(Prepared {
+            new,
+            work,
+            context: AnswerContext::default(),
+        })
     }
 
     /// Checks a refund (`validate_only`): every rule, reading the order if a rule needs it,
@@ -268,7 +274,11 @@ impl Gateway {
                 correlation_id: accepted.correlation_id,
             })
         };
-        Ok(Prepared { new, work })
+        Ok(Prepared {
+            new,
+            work,
+            context: AnswerContext::default(),
+        })
     }
 
     /// Prepares a due-date extension: the work refuses days Klarna did not offer without
@@ -305,6 +315,8 @@ impl Gateway {
             None,
         );
         let op = new.operation_id;
+        let context = AnswerContext::default();
+        let answer_context = context.clone();
         let work = async move {
             let capture = ResourceRef::Capture {
                 order_id: cmd.order_id.to_string(),
@@ -315,6 +327,10 @@ impl Gateway {
                 .await
                 .map_err(klarna_error(capture.clone()))?;
             let option = rules::check_extension_offered(&cmd, &offered)?;
+            answer_context.set(encoding::encode_extension_fee(
+                option.amount,
+                &offered.currency,
+            ));
             let accepted = call
                 .send(klarna.as_ref(), &op)
                 .await
@@ -335,7 +351,7 @@ impl Gateway {
                 offered.currency,
             ))
         };
-        Ok(Prepared { new, work })
+        Ok(Prepared { new, work, context })
     }
 
     /// Lists the due-date extensions offered for a capture.

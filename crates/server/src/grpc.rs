@@ -183,13 +183,20 @@ impl RefundGatewayApi {
         O: Send + 'static,
         T: Message + Default,
     {
-        let Prepared { mut new, work } = prepared;
+        let Prepared {
+            mut new,
+            work,
+            context: answer_context,
+        } = prepared;
         new.trace_id = context.request_id;
         let work = work
             .inspect_err(move |e| log_failure(rpc, e))
             .map_ok(encode)
             .boxed();
-        let stored = self.protocol.execute(new, context.deadline, work).await;
+        let stored = self
+            .protocol
+            .execute(new, context.deadline, work, answer_context)
+            .await;
         answer(rpc, stored, set_replayed)
     }
 }

@@ -154,6 +154,7 @@ pub(crate) struct OperationRow {
     response_code: Option<i32>,
     response_message: Option<String>,
     response_payload: Option<Vec<u8>>,
+    answer_context: Option<String>,
     resource_kind: String,
     /// `NULL` in rows written by releases before resources existed: the order's id then.
     resource_id: Option<String>,
@@ -164,7 +165,7 @@ pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempoten
      fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
      klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, updated_at, \
      refund_id, correlation_id, response_code, response_message, response_payload, \
-     resource_kind, resource_id";
+     answer_context, resource_kind, resource_id";
 
 impl OperationRow {
     /// The operation id as stored (for joining events).
@@ -216,6 +217,7 @@ impl OperationRow {
             refund_id: self.refund_id,
             correlation_id: self.correlation_id,
             response,
+            answer_context: self.answer_context,
         })
     }
 }
@@ -354,6 +356,7 @@ pub(crate) fn claimed_operation(
         refund_id: None,
         correlation_id: None,
         response: None,
+        answer_context: None,
     })
 }
 

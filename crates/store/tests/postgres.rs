@@ -328,16 +328,30 @@ async fn a_live_replicas_claims_wait_for_lease_expiry() {
             .unwrap()
     );
     assert!(
-        !a.mark_pending(op.operation_id, HOLDER_A, None, "late".into(), expired)
-            .await
-            .unwrap()
+        !a.mark_pending(
+            op.operation_id,
+            HOLDER_A,
+            None,
+            "late".into(),
+            None,
+            expired
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(lease_replica(&b, op.operation_id).await, Some(b.replica()));
     // The replica goes with the lease.
     assert!(
-        b.mark_pending(op.operation_id, HOLDER_B, None, "unknown".into(), expired)
-            .await
-            .unwrap()
+        b.mark_pending(
+            op.operation_id,
+            HOLDER_B,
+            None,
+            "unknown".into(),
+            None,
+            expired
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(lease_replica(&b, op.operation_id).await, None);
     assert!(a.is_live() && b.is_live());
@@ -395,6 +409,7 @@ async fn a_terminated_liveness_session_frees_claims_and_comes_back() {
             HOLDER_A,
             None,
             "late".into(),
+            None,
             OffsetDateTime::now_utc()
         )
         .await
@@ -614,6 +629,7 @@ async fn order_locks_hold_no_connection() {
                     HOLDER_A,
                     None,
                     "x".into(),
+                    None,
                     OffsetDateTime::now_utc()
                 )
                 .await

@@ -258,3 +258,59 @@ async fn reads_answer_within_the_callers_deadline() -> anyhow::Result<()> {
     }
     app.shutdown().await
 }
+
+/// An extension whose outcome was unknown, settled later by a resend, answers with the fee of
+/// the offer it took (kept with the operation when it went PENDING), not 0.
+#[tokio::test]
+async fn an_extension_settled_after_an_unknown_outcome_answers_its_fee() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    let offer = app
+        .client
+        .get_extend_due_date_options(pb::GetExtendDueDateOptionsRequest {
+            order_id: demo::SE_INVOICE_ORDER_ID.into(),
+            capture_id: demo::SE_INVOICE_CAPTURE_ID.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .options[0];
+    assert!(offer.amount > 0, "the demo offer has a fee");
+    let path = format!(
+        "/ordermanagement/v1/orders/{}/captures/{}/extend-due-date",
+        demo::SE_INVOICE_ORDER_ID,
+        demo::SE_INVOICE_CAPTURE_ID
+    );
+    // Klarna extends, the answer is lost, and every resend of this call fails: unknown.
+    for (times, kind) in [
+        (1, klarna_sim::FaultKind::CommitThenDrop),
+        (100, crate::status_fault(503)),
+    ] {
+        app.sim.sim.inject_fault(klarna_sim::FaultSpec {
+            method: Some("PATCH".into()),
+            path: path.clone(),
+            times,
+            kind,
+        });
+    }
+    let request = pb::ExtendDueDateRequest {
+        idempotency_key: "extend-unknown".into(),
+        order_id: demo::SE_INVOICE_ORDER_ID.into(),
+        capture_id: demo::SE_INVOICE_CAPTURE_ID.into(),
+        number_of_days: offer.number_of_days,
+        ..Default::default()
+    };
+    let status = app
+        .client
+        .extend_due_date(request.clone())
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("extended"))?;
+    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+    app.sim.sim.clear_faults();
+    let resp = app.client.extend_due_date(request).await?.into_inner();
+    assert_eq!(resp.number_of_days, offer.number_of_days);
+    assert_eq!(resp.fee_amount, offer.amount);
+    assert_eq!(resp.currency, "SEK");
+    app.shutdown().await
+}

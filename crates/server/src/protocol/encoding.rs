@@ -98,6 +98,41 @@ pub fn same_request(stored: &str, new: &NewOperation) -> bool {
         )
 }
 
+/// The answer context of a due-date extension: the fee of the offer taken (version 1).
+pub fn encode_extension_fee(amount: i64, currency: &str) -> String {
+    let context = ContextV1 {
+        v: VERSION,
+        extension_fee: Some(FeeV1 {
+            amount,
+            currency: currency.to_owned(),
+        }),
+    };
+    serde_json::to_string(&context).unwrap_or_default()
+}
+
+/// The fee of a due-date extension in a stored answer context, if it holds one.
+pub fn decode_extension_fee(context: &str) -> Option<(i64, String)> {
+    let context: ContextV1 = serde_json::from_str(context).ok()?;
+    (context.v == VERSION)
+        .then_some(context.extension_fee)
+        .flatten()
+        .map(|fee| (fee.amount, fee.currency))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextV1 {
+    v: u32,
+    extension_fee: Option<FeeV1>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeV1 {
+    amount: i64,
+    currency: String,
+}
+
 /// Version 0 of the stored call: the serde form of the domain types in the first releases.
 fn v0_call(call: &KlarnaCall) -> String {
     serde_json::to_string(call).unwrap_or_default()
@@ -473,6 +508,21 @@ mod tests {
         };
         assert_eq!(refund.order_lines, vec![fee_line()]);
         assert_eq!(refund.refunded_amount.minor_units(), 4_000);
+    }
+
+    #[test]
+    fn the_extension_fee_is_frozen_in_version_1() {
+        let stored = encode_extension_fee(495, "SEK");
+        assert_eq!(
+            stored,
+            r#"{"v":1,"extension_fee":{"amount":495,"currency":"SEK"}}"#
+        );
+        assert_eq!(decode_extension_fee(&stored), Some((495, "SEK".to_owned())));
+        assert_eq!(decode_extension_fee("{}"), None);
+        assert_eq!(
+            decode_extension_fee(r#"{"v":2,"extension_fee":null}"#),
+            None
+        );
     }
 
     #[test]

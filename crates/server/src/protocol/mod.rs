@@ -84,6 +84,29 @@ pub struct Answer {
 /// The work of one operation: state rules, the Klarna call, the encoded answer.
 pub type Work = BoxFuture<'static, Result<Encoded, GatewayError>>;
 
+/// Where the work leaves what its answer needs beyond the call and Klarna's ids (the fee of a
+/// due-date extension, read before sending), in [`encoding`]'s form. If the outcome turns out
+/// unknown it is kept with the operation, so whoever settles it later answers in full.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerContext(Arc<std::sync::Mutex<Option<String>>>);
+
+impl AnswerContext {
+    /// Leaves `context` for the answer.
+    pub fn set(&self, context: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(context);
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// Encodes the answer of a resent call (after a crash or an unknown outcome), where the work
 /// that first built it is gone.
 pub type ResendEncoder = Arc<dyn Fn(&Operation, &KlarnaCall, &Accepted) -> Vec<u8> + Send + Sync>;
@@ -124,8 +147,8 @@ fn store_unavailable(e: StoreError) -> GatewayError {
 
 /// What a task does with the operation it holds.
 enum Job {
-    /// The first execution, under a fresh claim.
-    Work(Work),
+    /// The first execution, under a fresh claim, and what it leaves for its answer.
+    Work(Work, AnswerContext),
     /// A resend (or a match on the order) of an operation whose outcome is unknown.
     Resend,
 }
@@ -166,6 +189,7 @@ impl Protocol {
         new: NewOperation,
         deadline: Option<Duration>,
         work: Work,
+        context: AnswerContext,
     ) -> Result<Answer, GatewayError> {
         let deadline = deadline.unwrap_or(self.settings.default_deadline);
         let started = tokio::time::Instant::now();
@@ -183,7 +207,9 @@ impl Protocol {
             .await
             .map_err(store_unavailable)?;
         let receiver = match claim {
-            Claim::New(op) => self.spawn(op, holder, Job::Work(work), klarna_deadline, None),
+            Claim::New(op) => {
+                self.spawn(op, holder, Job::Work(work, context), klarna_deadline, None)
+            }
             Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
                 return Err(GatewayError::KeyReused {
                     operation_id: op.new.operation_id.to_string(),
@@ -342,7 +368,7 @@ impl Protocol {
             Err(e) => {
                 // Nothing was sent: give the key back rather than leave a claim whose state
                 // rules never ran for the reconciler to resend.
-                if matches!(job, Job::Work(_)) {
+                if matches!(job, Job::Work(..)) {
                     let _ = self
                         .store
                         .abandon(
@@ -358,27 +384,31 @@ impl Protocol {
         };
         let renewal =
             lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
-        let outcome = match job {
-            Job::Work(work) => {
+        let (outcome, context) = match job {
+            Job::Work(work, context) => {
                 let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
-                outcome::judge_work(id, api_of(&op), result, attempts, op.new.trace_id.clone())
+                let outcome =
+                    outcome::judge_work(id, api_of(&op), result, attempts, op.new.trace_id.clone());
+                (outcome, context.take())
             }
-            Job::Resend => self.resend(&op, resend_trace_id).await,
+            // The context the first execution left is stored already.
+            Job::Resend => (self.resend(&op, resend_trace_id).await, None),
         };
         renewal.abort();
-        let recorded = self.record(id, holder, outcome).await;
+        let recorded = self.record(id, holder, outcome, context).await;
         lock.release().await;
         recorded
     }
 
-    /// Records `outcome` as `holder`. When `holder` no longer held the lease (it stalled and
-    /// was taken over), the store ignored the record and the caller is answered from the
-    /// record that won.
+    /// Records `outcome` as `holder`, with the answer's `context` when the outcome is unknown.
+    /// When `holder` no longer held the lease (it stalled and was taken over), the store
+    /// ignored the record and the caller is answered from the record that won.
     async fn record(
         &self,
         id: OperationId,
         holder: LeaseHolder,
         outcome: Outcome,
+        context: Option<String>,
     ) -> Result<Answer, GatewayError> {
         let now = OffsetDateTime::now_utc();
         let (held, ours) = match outcome {
@@ -412,7 +442,7 @@ impl Protocol {
             } => {
                 let held = self
                     .store
-                    .mark_pending(id, holder, correlation_id, detail, now)
+                    .mark_pending(id, holder, correlation_id, detail, context, now)
                     .await
                     .map_err(store_unavailable)?;
                 (held, Err(error))

@@ -252,6 +252,7 @@ impl OperationStore for PostgresStore {
         holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
+        answer_context: Option<String>,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         sql::mark_pending(
@@ -260,6 +261,7 @@ impl OperationStore for PostgresStore {
             &holder_text(holder),
             correlation_id.as_deref(),
             &detail,
+            answer_context.as_deref(),
             micros(now),
         )
         .await

@@ -139,14 +139,16 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// $1 id, $2 now, $3 correlation id, $4 detail, $5 lease holder. The replica goes with the
+// $1 id, $2 now, $3 correlation id, $4 detail, $5 lease holder, $6 answer context. The
+// replica goes with the
 // lease: a gateway that predates `lease_replica` and takes the operation over next leaves the
 // column as it finds it, and NULL keeps that gateway's claim on the lease-expiry rule.
 static MARK_PENDING: LazyLock<String> = LazyLock::new(|| {
     transition(
         "state = 'IN_FLIGHT' AND lease_holder = $5",
         "state = 'PENDING', lease_expires_at = NULL, lease_replica = NULL, updated_at = $2, \
-         correlation_id = COALESCE($3, o.correlation_id)",
+         correlation_id = COALESCE($3, o.correlation_id), \
+         answer_context = COALESCE($6, o.answer_context)",
         "trace_id",
         "$4",
         "$2",
@@ -349,6 +351,7 @@ pub(super) async fn mark_pending(
     holder: &str,
     correlation_id: Option<&str>,
     detail: &str,
+    answer_context: Option<&str>,
     now: i64,
 ) -> Result<bool, StoreError> {
     let query = sqlx::query(MARK_PENDING.as_str())
@@ -356,7 +359,8 @@ pub(super) async fn mark_pending(
         .bind(now)
         .bind(correlation_id)
         .bind(detail)
-        .bind(holder);
+        .bind(holder)
+        .bind(answer_context);
     changed_one(query, pool).await
 }
 

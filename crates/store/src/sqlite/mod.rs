@@ -262,6 +262,7 @@ impl OperationStore for SqliteStore {
         holder: LeaseHolder,
         correlation_id: Option<String>,
         detail: String,
+        answer_context: Option<String>,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         self.changed(WriteOp::MarkPending {
@@ -269,6 +270,7 @@ impl OperationStore for SqliteStore {
             holder: holder_text(holder),
             correlation_id,
             detail,
+            answer_context,
             now: micros(now),
         })
         .await

@@ -88,11 +88,11 @@ const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expire
 const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = ?2 \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?3";
 
-// ?1 id, ?2 now, ?3 correlation id, ?4 detail, ?5 lease holder.
+// ?1 id, ?2 now, ?3 correlation id, ?4 detail, ?5 lease holder, ?6 answer context.
 const MARK_PENDING: &str = "UPDATE operations SET state = 'PENDING', lease_expires_at = NULL, \
      updated_at = ?2, correlation_id = COALESCE(?3, correlation_id), event_detail = ?4, \
-     event_trace_id = NULL WHERE operation_id = ?1 AND state = 'IN_FLIGHT' \
-     AND lease_holder = ?5";
+     event_trace_id = NULL, answer_context = COALESCE(?6, answer_context) \
+     WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?5";
 
 // ?1 id, ?2 detail, ?3 at, ?4 lease holder. Written here, not by a trigger: purge deletes
 // rows too.
@@ -295,6 +295,7 @@ pub(super) async fn mark_pending(
     holder: &str,
     correlation_id: Option<&str>,
     detail: &str,
+    answer_context: Option<&str>,
     now: i64,
 ) -> Result<bool, StoreError> {
     let query = sqlx::query(MARK_PENDING)
@@ -302,7 +303,8 @@ pub(super) async fn mark_pending(
         .bind(now)
         .bind(correlation_id)
         .bind(detail)
-        .bind(holder);
+        .bind(holder)
+        .bind(answer_context);
     changed_one(query, conn).await
 }
 

@@ -68,6 +68,7 @@ pub(super) enum WriteOp {
         holder: String,
         correlation_id: Option<String>,
         detail: String,
+        answer_context: Option<String>,
         now: i64,
     },
     Abandon {
@@ -365,9 +366,19 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
             holder,
             correlation_id,
             detail,
+            answer_context,
             now,
         } => Outcome::Changed(
-            sql::mark_pending(conn, id, holder, correlation_id.as_deref(), detail, *now).await?,
+            sql::mark_pending(
+                conn,
+                id,
+                holder,
+                correlation_id.as_deref(),
+                detail,
+                answer_context.as_deref(),
+                *now,
+            )
+            .await?,
         ),
         WriteOp::Abandon {
             id,

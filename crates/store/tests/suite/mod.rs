@@ -36,6 +36,7 @@ macro_rules! all_cases {
             list_filters,
             list_pagination,
             purge_keeps_identity,
+            answer_context_survives_a_resend,
             lock_order_serializes_one_order,
             group_commit_64_claims,
             concurrent_mixed_writes,
@@ -301,7 +302,7 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     let pending = op("pending");
     claim_new(&store, pending.clone(), t(0)).await;
     store
-        .mark_pending(pending.operation_id, A, None, "timeout".into(), t(1))
+        .mark_pending(pending.operation_id, A, None, "timeout".into(), None, t(1))
         .await
         .unwrap();
     assert!(
@@ -389,7 +390,7 @@ pub async fn renew_lease(store: Store, _peer: Option<Store>) {
     );
 
     store
-        .mark_pending(new.operation_id, A, None, "unknown".into(), t(41))
+        .mark_pending(new.operation_id, A, None, "unknown".into(), None, t(41))
         .await
         .unwrap();
     assert!(
@@ -415,6 +416,7 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
             A,
             Some("corr-0".into()),
             "timeout".into(),
+            Some("context-0".into()),
             t(1),
         )
         .await
@@ -423,10 +425,11 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     assert_eq!(read.state, Pending);
     assert_eq!(read.lease_expires_at, None);
     assert_eq!(read.correlation_id.as_deref(), Some("corr-0"));
+    assert_eq!(read.answer_context.as_deref(), Some("context-0"));
     assert!(read.is_unresolved(t(1)));
     // Not IN_FLIGHT any more: a second mark changes nothing.
     store
-        .mark_pending(new.operation_id, A, None, "again".into(), t(2))
+        .mark_pending(new.operation_id, A, None, "again".into(), None, t(2))
         .await
         .unwrap();
 
@@ -467,7 +470,7 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
         .await
         .unwrap();
     store
-        .mark_pending(new.operation_id, B, None, "late".into(), t(5))
+        .mark_pending(new.operation_id, B, None, "late".into(), None, t(5))
         .await
         .unwrap();
     store
@@ -542,7 +545,7 @@ pub async fn only_the_holder_acts(store: Store, peer: Option<Store>) {
         .await
         .unwrap();
     store
-        .mark_pending(new.operation_id, A, None, "stale".into(), t(34))
+        .mark_pending(new.operation_id, A, None, "stale".into(), None, t(34))
         .await
         .unwrap();
     store
@@ -608,7 +611,7 @@ pub async fn abandon_frees_the_key(store: Store, _peer: Option<Store>) {
 
     // A PENDING operation is not abandoned: Klarna may have acted.
     store
-        .mark_pending(new.operation_id, A, None, "timeout".into(), t(3))
+        .mark_pending(new.operation_id, A, None, "timeout".into(), None, t(3))
         .await
         .unwrap();
     store
@@ -631,7 +634,7 @@ pub async fn unresolved_oldest_first(store: Store, _peer: Option<Store>) {
     claim_new(&store, live.clone(), t(50)).await;
     claim_new(&store, done.clone(), t(2)).await;
     store
-        .mark_pending(pending.operation_id, A, None, "timeout".into(), t(3))
+        .mark_pending(pending.operation_id, A, None, "timeout".into(), None, t(3))
         .await
         .unwrap();
     store
@@ -821,6 +824,41 @@ pub async fn list_pagination(store: Store, _peer: Option<Store>) {
     ));
 }
 
+/// The answer context kept when an operation went PENDING survives a take-over and a resend
+/// that marks it pending again without one.
+pub async fn answer_context_survives_a_resend(store: Store, _peer: Option<Store>) {
+    let new = op("context");
+    claim_new(&store, new.clone(), t(0)).await;
+    let pending = |holder, context: Option<&str>, at| {
+        let store = store.clone();
+        let context = context.map(str::to_owned);
+        async move {
+            store
+                .mark_pending(
+                    new.operation_id,
+                    holder,
+                    None,
+                    "unknown".into(),
+                    context,
+                    t(at),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(pending(A, Some("fee"), 1).await);
+    assert!(
+        store
+            .take_over(new.operation_id, B, t(2), LEASE, None)
+            .await
+            .unwrap()
+    );
+    assert!(pending(B, None, 3).await);
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Pending);
+    assert_eq!(read.answer_context.as_deref(), Some("fee"));
+}
+
 /// Retention drops answer bodies only: every operation's identity, final state and Klarna ids
 /// stay, so a retry long after still finds the operation and can never execute it again, and
 /// nothing of an operation that is not final (or needs review) is touched.
@@ -855,7 +893,14 @@ pub async fn purge_keeps_identity(store: Store, _peer: Option<Store>) {
         );
     }
     store
-        .mark_pending(old_pending.operation_id, A, None, "timeout".into(), t(10))
+        .mark_pending(
+            old_pending.operation_id,
+            A,
+            None,
+            "timeout".into(),
+            None,
+            t(10),
+        )
         .await
         .unwrap();
     let events_before = events_of(&store, &old_done).await;
