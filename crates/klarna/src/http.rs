@@ -4,9 +4,8 @@
 //! ```text
 //! Retry             resends when safe, within the call's deadline (retry.rs)
 //!  └ AttemptTrace   one CLIENT span per attempt, counting resends
-//!     └ (later: per-Klarna-account rate limit)
-//!        └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
-//!           └ HttpService   reqwest: pooled, rustls, its own retries off
+//!     └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
+//!        └ HttpService   reqwest: pooled, rustls, its own retries off
 //! ```
 //!
 //! Every layer speaks [`KlarnaError`] (only `NotSent`, `NoAnswer`, `BadResponse`; a Klarna
@@ -65,15 +64,13 @@ pub(crate) fn outbound_stack(
 ) -> OutboundService {
     let stack = ServiceBuilder::new()
         // Outermost: a resend goes through everything below again, so that each attempt gets
-        // its own span (and resend count), its own permit and its own timeout. tower's Retry
+        // its own span (and resend count) and its own timeout. tower's Retry
         // calls its service for the first attempt and a copy of it, taken just after, for the
         // resends: the trace below counts 0, 1, 2, … as long as each call starts from a fresh
         // copy of the stack, which the client's per-call clone guarantees.
         .layer(RetryLayer::new(policy))
         // Outermost of one attempt: its span covers everything the attempt does, including
-        // running out of time, and records the answer's status and correlation id. A
-        // per-account rate limit goes directly below it, so that waiting for a permit shows
-        // inside the attempt's span but does not eat its timeout.
+        // running out of time, and records the answer's status and correlation id.
         .layer(AttemptTraceLayer)
         // Innermost limit, so that it bounds one attempt, not a call with its resends; it
         // covers reading the body because HttpService reads it in full.

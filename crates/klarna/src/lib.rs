@@ -32,7 +32,7 @@
 //!   deadline: [`with_deadline`], [`current_deadline`].
 //! - `http.rs`: [`HttpService`] (reqwest as a tower service), [`AttemptTraceLayer`], the
 //!   deadline-aware per-attempt timeout, and the outbound stack ([`OutboundService`]):
-//!   retry -> attempt trace -> (per-account rate limit, later) -> attempt timeout -> reqwest.
+//!   retry -> attempt trace -> attempt timeout -> reqwest.
 //! - `attempts.rs`: the attempt log of mutating calls ([`recording_attempts`]), from which
 //!   the domain judges an operation's outcome.
 //! - `client.rs`: [`KlarnaClient`]: builds requests, sends them through the stack, reads the

@@ -530,3 +530,124 @@ pub fn pending(operation_id: OperationId, why: &str) -> GatewayError {
         error: KlarnaError::NoAnswer(why.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use refund_gateway_domain::{
+        Caller, Completion, IdempotencyKey, OperationState, ResourceKind, Rpc, StoredResponse,
+    };
+
+    use super::*;
+
+    fn release(key: &str) -> NewOperation {
+        let caller = Caller::anonymous();
+        let key = IdempotencyKey::parse(key).unwrap_or_else(|e| panic!("{e}"));
+        let call = KlarnaCall::ReleaseRemainingAuthorization {
+            order_id: refund_gateway_domain::OrderId::parse("7b2e9d40-5a1c-4f83-b6e2-9d0c4a7f3e22")
+                .unwrap_or_else(|e| panic!("{e}")),
+        };
+        NewOperation {
+            operation_id: OperationId::derive(&caller, Rpc::ReleaseAuthorization, &key),
+            caller,
+            rpc: Rpc::ReleaseAuthorization,
+            idempotency_key: key,
+            fingerprint: encoding::fingerprint(Rpc::ReleaseAuthorization, "default", &call, None),
+            klarna_account: "default".into(),
+            order_id: call.order_id().to_string(),
+            resource_kind: ResourceKind::Order,
+            resource_id: call.order_id().to_string(),
+            capture_id: None,
+            amount: None,
+            currency: None,
+            reference: None,
+            klarna_request: encoding::encode_call(&call),
+            trace_id: None,
+        }
+    }
+
+    fn completion(state: OperationState, payload: &[u8]) -> Completion {
+        Completion {
+            state,
+            response: StoredResponse {
+                code: if state == OperationState::Succeeded {
+                    0
+                } else {
+                    9
+                },
+                message: String::new(),
+                payload: payload.to_vec(),
+            },
+            refund_id: None,
+            correlation_id: None,
+            detail: "test".into(),
+            trace_id: None,
+        }
+    }
+
+    /// A gateway that stalled past its lease, and was taken over by another that finished the
+    /// operation, answers its caller from the record that won, not from its own view.
+    #[tokio::test]
+    async fn a_holder_that_lost_its_lease_answers_from_the_winning_record() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store: Arc<dyn OperationStore> = Arc::new(
+            refund_gateway_store::SqliteStore::open(&dir.path().join("x.sqlite3"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let protocol = Protocol::new(
+            store.clone(),
+            ProtocolSettings::default(),
+            Arc::new(|_: &str| None),
+            Arc::new(|_: &Operation, _: &KlarnaCall, _: &Accepted| Vec::new()),
+        );
+        let new = release("stalled");
+        let id = new.operation_id;
+        let (stalled, winner) = (LeaseHolder::new(), LeaseHolder::new());
+        let now = OffsetDateTime::now_utc();
+        store
+            .claim(new, stalled, now, Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            store
+                .take_over(id, winner, now, Duration::from_secs(30), None)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            store
+                .finish(
+                    id,
+                    winner,
+                    completion(OperationState::Succeeded, b"won"),
+                    now
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+
+        // The stalled holder believes Klarna refused it.
+        let own = outcome::Outcome::Final(completion(OperationState::Failed, b"mine"));
+        let answer = protocol
+            .record(id, stalled, own, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.response.code, 0);
+        assert_eq!(answer.response.payload, b"won");
+
+        // Nor can it turn the finished operation back into a pending one.
+        let unknown = outcome::unknown(id, KlarnaError::NoAnswer("reset".into()), "late".into());
+        let answer = protocol
+            .record(id, stalled, unknown, Some("context".into()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.response.payload, b"won");
+        let stored = store
+            .get(id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("gone"));
+        assert_eq!(stored.state, OperationState::Succeeded);
+        assert_eq!(stored.answer_context, None);
+    }
+}
