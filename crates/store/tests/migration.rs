@@ -194,9 +194,7 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_at_the_previous_version_migrates_and_reads_back() {
-    let Some(admin) =
-        support::admin_url("migration::postgres_at_the_previous_version_migrates_and_reads_back")
-    else {
+    let Some(admin) = support::admin_url() else {
         return;
     };
     let url = support::fresh_database(&admin).await;

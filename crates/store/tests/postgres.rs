@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod suite;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,58 +21,7 @@ use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
 
-const URL_VAR: &str = "REFUND_GATEWAY_TEST_DATABASE_URL";
-
-/// The admin URL, or `None` (after saying so) when the tests should be skipped.
-fn admin_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "{URL_VAR} is not set, and CI=true requires the PostgreSQL tests: run \
-             `source scripts/postgres.sh && start_test_postgres` first (it starts a throwaway \
-             server and sets {URL_VAR})"
-        ),
-        _ => {
-            use std::io::Write as _;
-            // The line the README's test command counts as a skipped test (libtest has no
-            // skipped state), written to the stderr handle itself, which libtest does not
-            // capture; libtest names the test's thread after the test.
-            let thread = std::thread::current();
-            let test = thread.name().unwrap_or("<unnamed test>");
-            let line = format!("SKIPPED (no PostgreSQL): {test}\n");
-            let _ = std::io::stderr().write_all(line.as_bytes());
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap();
-    let mut out = format!("{scheme}://{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// A fresh, empty database on the test server, and its URL.
-async fn fresh_database(admin: &str) -> String {
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    with_database(admin, &name)
-}
+use support::{admin_url, eventually, fresh_database, with_database};
 
 /// A store on a fresh database (opened the way the server opens it) and a peer: a second
 /// store with its own pool on the same database, standing in for another replica.
@@ -155,19 +105,6 @@ async fn unresolved_ids(store: &PostgresStore) -> Vec<OperationId> {
         .into_iter()
         .map(|op| op.new.operation_id)
         .collect()
-}
-
-/// Polls `condition` until it holds; fails after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = tokio::time::Instant::now();
-    while !condition().await {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The backend pid holding the advisory lock of `key` in `url`'s database, if any.
@@ -506,7 +443,8 @@ async fn order_locks_serialize_across_replicas() {
             lock.release().await;
         })
     };
-    // Long enough for several of the waiter's tries.
+    // A window for the waiter to (wrongly) get the lock: several of its tries. Nothing happens
+    // in it to wait for; what is checked is that nothing does.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiter.is_finished());
     assert_eq!(
@@ -541,6 +479,8 @@ async fn a_gone_replicas_order_lock_is_free_at_once() {
         let b = b.clone();
         tokio::spawn(async move { b.lock_order("eu", "order-x").await.unwrap() })
     };
+    // A window for the waiter to (wrongly) take a live holder's lock: nothing happens in it to
+    // wait for; what is checked is that nothing does.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
         !waiter.is_finished(),
@@ -582,7 +522,18 @@ async fn live_order_locks_are_renewed_and_dropped_ones_released() {
         let b = b.clone();
         tokio::spawn(async move { b.lock_order("eu", "order-r").await.unwrap() })
     };
-    tokio::time::sleep(short * 4).await;
+    // Past the end of the first lease, on the clock leases are judged by (the database's): had
+    // it not been renewed, the waiter could take it from here on.
+    let (_, first_end, _) = order_lease(&a, "order-r").await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the database clock passes two lease lengths after the first lease's end",
+        || async {
+            let (_, _, db_now) = order_lease(&a, "order-r").await.unwrap();
+            db_now > first_end + 2 * i64::try_from(short.as_micros()).unwrap()
+        },
+    )
+    .await;
     assert!(!waiter.is_finished(), "a renewed lock must not expire");
     let (holder, expires_at, db_now) = order_lease(&a, "order-r").await.unwrap();
     assert_eq!(holder, a.replica());
