@@ -85,22 +85,7 @@ backend_test! {
             .client
             .refund_order(refund_request("replay-1", &order.order_id, 700))
             .await?;
-        assert_eq!(
-            second
-                .metadata()
-                .get("idempotent-replayed")
-                .and_then(|v| v.to_str().ok()),
-            Some("true")
-        );
-        let second = second.into_inner();
-        assert!(second.replayed);
-        assert_eq!(
-            pb::RefundOrderResponse {
-                replayed: false,
-                ..second
-            },
-            first
-        );
+        assert_replay_of(second, &first);
         assert_eq!(
             refund_posts(&app, &order.order_id),
             1,
@@ -645,6 +630,31 @@ backend_test! {
     }
 }
 
+/// Asserts that `again` replays `first`: marked as a replay in its metadata and its message,
+/// identical otherwise.
+#[track_caller]
+fn assert_replay_of(
+    again: tonic::Response<pb::RefundOrderResponse>,
+    first: &pb::RefundOrderResponse,
+) {
+    assert_eq!(
+        again
+            .metadata()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again = again.into_inner();
+    assert!(again.replayed);
+    assert_eq!(
+        pb::RefundOrderResponse {
+            replayed: false,
+            ..again
+        },
+        *first
+    );
+}
+
 /// Clears Klarna's faults, retries `key` and expects the one refund of `amount` on the order.
 async fn the_retry_makes_the_one_refund(
     app: TestApp,
@@ -748,22 +758,7 @@ backend_test! {
             .client
             .refund_order(refund_request("late-1", &order.order_id, 700))
             .await?;
-        assert_eq!(
-            again
-                .metadata()
-                .get("idempotent-replayed")
-                .and_then(|v| v.to_str().ok()),
-            Some("true")
-        );
-        let again = again.into_inner();
-        assert!(again.replayed);
-        assert_eq!(
-            pb::RefundOrderResponse {
-                replayed: false,
-                ..again
-            },
-            first
-        );
+        assert_replay_of(again, &first);
         let refused_again = app
             .client
             .refund_order(refund_request("late-2", &order.order_id, 5_000))
