@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use klarna_sim::{RunningSimulator, SimConfig};
 use refund_gateway::RunningGateway;
-use refund_gateway::config::{Account, Config, DEFAULT_ACCOUNT};
+use refund_gateway::config::{
+    Account, AccountApi, Config, DEFAULT_ACCOUNT, PARTNER_ACCOUNT, PartnerAccount, WebhookKey,
+};
 use refund_gateway_domain::OperationStore;
 use refund_gateway_klarna::{BaseUrl, KlarnaCredentials};
 use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
@@ -44,6 +46,8 @@ pub struct TestApp {
     pub grpc_url: String,
     /// `http://host:port` of the admin endpoint.
     pub admin_url: String,
+    /// `http://host:port/webhooks/klarna`, where the gateway receives Klarna's webhooks.
+    pub webhook_url: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     /// `DATABASE_URL` of the gateway, `None` for its SQLite file.
     database_url: Option<String>,
@@ -96,6 +100,22 @@ pub struct AppOptions {
     pub database_url: Option<String>,
     /// Lease of a claimed operation in seconds (default: the gateway's 30 s).
     pub lease_secs: Option<u64>,
+    /// How the simulator delivers refund webhooks to the gateway (default: at once).
+    pub webhook_mode: klarna_sim::WebhookMode,
+    /// The partner account's mutual TLS: the client identity (certificate chain and key, PEM)
+    /// and the CA that signed the simulator's certificate.
+    pub partner_tls: Option<PartnerTls>,
+    /// Webhook signing keys (id, secret) the gateway holds besides the simulator's.
+    pub extra_webhook_keys: Vec<(String, String)>,
+}
+
+/// The partner account's side of mutual TLS with the simulator.
+#[derive(Debug, Clone)]
+pub struct PartnerTls {
+    /// Client certificate chain and private key, PEM; `None` to connect without one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// The CA that signed the simulator's server certificate, PEM.
+    pub ca_pem: Vec<u8>,
 }
 
 /// Starts a simulator and a gateway whose `default` account points at it.
@@ -133,15 +153,51 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
         .klarna_url
         .clone()
         .unwrap_or_else(|| sim.base_url.clone());
-    config.accounts = vec![Account {
-        name: DEFAULT_ACCOUNT.to_owned(),
-        base_url: BaseUrl::parse(&url)?,
-        credentials: KlarnaCredentials {
-            username,
-            password: SecretString::from(password),
+    let partner_tls = options.partner_tls.clone();
+    config.accounts = vec![
+        Account {
+            name: DEFAULT_ACCOUNT.to_owned(),
+            base_url: BaseUrl::parse(&url)?,
+            api: AccountApi::OrderManagement(KlarnaCredentials {
+                username,
+                password: SecretString::from(password),
+            }),
         },
-    }];
-    start_gateway(config, sim, data_dir).await
+        Account {
+            name: PARTNER_ACCOUNT.to_owned(),
+            base_url: BaseUrl::parse(&url)?,
+            api: AccountApi::Partner(PartnerAccount {
+                api_key: SecretString::from(sim.partner_api_key().to_owned()),
+                partner_account_id: sim.partner_account_id().to_owned(),
+                path_prefix: format!("/v2/accounts/{}", sim.partner_account_id()),
+                on_behalf_of: None,
+                client_identity: partner_tls
+                    .as_ref()
+                    .and_then(|tls| tls.client.clone())
+                    .map(|(cert, key)| refund_gateway_klarna::ClientIdentity::from_pem(cert, key)),
+                extra_roots: partner_tls.iter().map(|tls| tls.ca_pem.clone()).collect(),
+                live: false,
+            }),
+        },
+    ];
+    config.webhook_keys = std::iter::once((
+        klarna_sim::DEFAULT_SIGNING_KEY_ID.to_owned(),
+        klarna_sim::DEFAULT_WEBHOOK_SECRET.to_owned(),
+    ))
+    .chain(options.extra_webhook_keys.iter().cloned())
+    .map(|(id, secret)| WebhookKey {
+        id: Some(id),
+        secret: SecretString::from(secret),
+    })
+    .collect();
+    let app = start_gateway(config, sim, data_dir).await?;
+    if let Some(webhook_url) = &app.webhook_url {
+        app.sim.sim.set_webhook_target(klarna_sim::WebhookTarget {
+            mode: options.webhook_mode,
+            ..klarna_sim::WebhookTarget::new(webhook_url.clone())
+        });
+    }
+    Ok(app)
 }
 
 /// Starts the gateway in `--simulator` mode (its own in-process simulator with demo orders).
@@ -172,6 +228,9 @@ async fn start_gateway(
     .await?;
     let grpc_url = format!("http://{}", gateway.grpc_addr);
     let admin_url = format!("http://{}", gateway.admin_addr);
+    let webhook_url = gateway
+        .webhook_addr
+        .map(|a| format!("http://{a}{}", refund_gateway::webhooks::WEBHOOK_PATH));
     let channel = Channel::from_shared(grpc_url.clone())?.connect().await?;
     Ok(TestApp {
         client: RefundGatewayServiceClient::new(channel.clone()),
@@ -180,6 +239,7 @@ async fn start_gateway(
         sim,
         grpc_url,
         admin_url,
+        webhook_url,
         stop: Some(stop),
         database_url,
         data_dir,

@@ -5,6 +5,7 @@
 use crate::ids::{CaptureId, IdempotencyKey, OrderId, RefundId};
 use crate::money::{Amount, Currency};
 use crate::order_line::{OrderLine, OrderLineDraft};
+use crate::payments::{LineItem, LineItemDraft, PaymentCaptureId, PaymentTransactionId};
 use crate::validation::Violations;
 
 /// Klarna's limit on order lines per refund.
@@ -331,9 +332,335 @@ impl ExtendDueDateOptionsQuery {
     }
 }
 
+/// Longest list of line items in one transaction refund (as for order lines).
+pub const MAX_LINE_ITEMS: usize = 1000;
+
+/// `RefundCapture` as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundCaptureDraft {
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Account name; empty for the only partner account.
+    pub klarna_account: String,
+    /// The transaction the capture belongs to.
+    pub payment_transaction_id: String,
+    /// The capture.
+    pub payment_capture_id: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// The transaction's currency.
+    pub currency: String,
+    /// Settlement reference.
+    pub reference: String,
+    /// Text for the customer.
+    pub description: String,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// A valid refund of one payment capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundCapture {
+    /// The caller's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// Account name; `None` for the only partner account.
+    pub klarna_account: Option<String>,
+    /// The transaction, as the caller named it: it scopes limits, serialization and audit.
+    pub transaction_id: PaymentTransactionId,
+    /// The capture refunded.
+    pub capture_id: PaymentCaptureId,
+    /// The amount.
+    pub amount: Amount,
+    /// The currency, which must be the transaction's.
+    pub currency: Currency,
+    /// The caller's settlement reference.
+    pub reference: Option<String>,
+    /// Text for the customer.
+    pub description: Option<String>,
+    /// Check only; send nothing.
+    pub validate_only: bool,
+}
+
+impl RefundCapture {
+    /// Checks the key, both KRNs, the amount, the currency and the text lengths.
+    pub fn validate(d: RefundCaptureDraft) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let key = v.check("idempotency_key", IdempotencyKey::parse(&d.idempotency_key));
+        let transaction_id = v.check(
+            "payment_transaction_id",
+            PaymentTransactionId::parse(&d.payment_transaction_id),
+        );
+        let capture_id = v.check(
+            "payment_capture_id",
+            PaymentCaptureId::parse(&d.payment_capture_id),
+        );
+        let amount = v.check("amount", Amount::parse(d.amount));
+        let currency = v.check("currency", Currency::parse(&d.currency));
+        let reference = optional_text(&mut v, "reference", d.reference);
+        let description = optional_text(&mut v, "description", d.description);
+        match (key, transaction_id, capture_id, amount, currency) {
+            (
+                Some(idempotency_key),
+                Some(transaction_id),
+                Some(capture_id),
+                Some(amount),
+                Some(currency),
+            ) if v.is_empty() => Ok(Self {
+                idempotency_key,
+                klarna_account: account(d.klarna_account),
+                transaction_id,
+                capture_id,
+                amount,
+                currency,
+                reference,
+                description,
+                validate_only: d.validate_only,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+/// `RefundTransaction` as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundTransactionDraft {
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// Account name; empty for the only partner account.
+    pub klarna_account: String,
+    /// The transaction.
+    pub payment_transaction_id: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// The transaction's currency.
+    pub currency: String,
+    /// The refunded line items.
+    pub line_items: Vec<LineItemDraft>,
+    /// Settlement reference.
+    pub reference: String,
+    /// Text for the customer.
+    pub description: String,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// A valid refund of a payment transaction, allocated by Klarna across its captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundTransaction {
+    /// The caller's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// Account name; `None` for the only partner account.
+    pub klarna_account: Option<String>,
+    /// The transaction.
+    pub transaction_id: PaymentTransactionId,
+    /// The amount: the sum of the line items' totals.
+    pub amount: Amount,
+    /// The currency, which must be the transaction's.
+    pub currency: Currency,
+    /// At least one line item.
+    pub line_items: Vec<LineItem>,
+    /// The caller's settlement reference.
+    pub reference: Option<String>,
+    /// Text for the customer.
+    pub description: Option<String>,
+    /// Check only; send nothing.
+    pub validate_only: bool,
+}
+
+impl RefundTransaction {
+    /// Checks the key, the KRN, the amount, the currency, the text lengths, each line item,
+    /// and that there is at least one and their totals sum exactly to `amount`.
+    pub fn validate(d: RefundTransactionDraft) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let key = v.check("idempotency_key", IdempotencyKey::parse(&d.idempotency_key));
+        let transaction_id = v.check(
+            "payment_transaction_id",
+            PaymentTransactionId::parse(&d.payment_transaction_id),
+        );
+        let amount = v.check("amount", Amount::parse(d.amount));
+        let currency = v.check("currency", Currency::parse(&d.currency));
+        let reference = optional_text(&mut v, "reference", d.reference);
+        let description = optional_text(&mut v, "description", d.description);
+        if d.line_items.is_empty() {
+            v.push(
+                "line_items",
+                "is required: at least one line item, which Klarna allocates across the captures",
+            );
+        }
+        if d.line_items.len() > MAX_LINE_ITEMS {
+            v.push(
+                "line_items",
+                format!(
+                    "must have at most {MAX_LINE_ITEMS} items, got {}",
+                    d.line_items.len()
+                ),
+            );
+        }
+        let mut items = Vec::with_capacity(d.line_items.len());
+        for (i, item) in d.line_items.into_iter().enumerate() {
+            match LineItem::parse(item) {
+                Ok(item) => items.push(item),
+                Err(bad) => v.extend_nested(&format!("line_items[{i}]"), bad),
+            }
+        }
+        if !items.is_empty() && v.is_empty() {
+            // Each total is a checked product of two i64s and at most 1000 of them are
+            // summed, so i128 cannot overflow.
+            let sum: i128 = items.iter().map(|i| i128::from(i.total_amount)).sum();
+            if sum != i128::from(d.amount) {
+                v.push(
+                    "line_items",
+                    format!(
+                        "the line items' total_amount must sum exactly to amount ({}), got {sum}",
+                        d.amount
+                    ),
+                );
+            }
+        }
+        match (key, transaction_id, amount, currency) {
+            (Some(idempotency_key), Some(transaction_id), Some(amount), Some(currency))
+                if v.is_empty() =>
+            {
+                Ok(Self {
+                    idempotency_key,
+                    klarna_account: account(d.klarna_account),
+                    transaction_id,
+                    amount,
+                    currency,
+                    line_items: items,
+                    reference,
+                    description,
+                    validate_only: d.validate_only,
+                })
+            }
+            _ => Err(v),
+        }
+    }
+}
+
+/// A valid `GetTransaction`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionQuery {
+    /// Account name; `None` for the only partner account.
+    pub klarna_account: Option<String>,
+    /// The transaction.
+    pub transaction_id: PaymentTransactionId,
+}
+
+impl TransactionQuery {
+    /// Checks the KRN.
+    pub fn validate(klarna_account: String, transaction_id: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        match v.check(
+            "payment_transaction_id",
+            PaymentTransactionId::parse(transaction_id),
+        ) {
+            Some(transaction_id) => Ok(Self {
+                klarna_account: account(klarna_account),
+                transaction_id,
+            }),
+            None => Err(v),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TRANSACTION: &str = "krn:payment:eu1:transaction:6b1f3c2e-0d4a-4b8e-9f1a-2c3d4e5f6a70";
+
+    fn item(total: i64) -> LineItemDraft {
+        LineItemDraft {
+            name: "Shoes".into(),
+            quantity: 1,
+            unit_price: total,
+            total_amount: total,
+            ..Default::default()
+        }
+    }
+
+    fn transaction_refund() -> RefundTransactionDraft {
+        RefundTransactionDraft {
+            idempotency_key: "k".into(),
+            payment_transaction_id: TRANSACTION.into(),
+            amount: 5000,
+            currency: "sek".into(),
+            line_items: vec![item(2000), item(3000)],
+            ..Default::default()
+        }
+    }
+
+    fn fields(v: Violations) -> Vec<String> {
+        v.as_slice().iter().map(|f| f.field.clone()).collect()
+    }
+
+    #[test]
+    fn a_transaction_refund_needs_line_items_that_sum_to_the_amount() {
+        let ok =
+            RefundTransaction::validate(transaction_refund()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ok.currency.as_str(), "SEK");
+        let none = RefundTransaction::validate(RefundTransactionDraft {
+            line_items: vec![],
+            ..transaction_refund()
+        });
+        assert_eq!(none.err().map(fields), Some(vec!["line_items".to_owned()]));
+        let off = RefundTransaction::validate(RefundTransactionDraft {
+            amount: 5001,
+            ..transaction_refund()
+        });
+        assert_eq!(off.err().map(fields), Some(vec!["line_items".to_owned()]));
+        let bad_item = RefundTransaction::validate(RefundTransactionDraft {
+            line_items: vec![
+                item(5000),
+                LineItemDraft {
+                    quantity: 0,
+                    ..item(0)
+                },
+            ],
+            ..transaction_refund()
+        });
+        assert_eq!(
+            bad_item.err().map(fields),
+            Some(vec!["line_items[1].quantity".to_owned()])
+        );
+    }
+
+    #[test]
+    fn partner_refunds_report_every_bad_field() {
+        let bad = RefundCapture::validate(RefundCaptureDraft {
+            payment_transaction_id: "krn:a/b".into(),
+            payment_capture_id: "capture-1".into(),
+            currency: "kr".into(),
+            reference: "r".repeat(256),
+            ..Default::default()
+        });
+        assert_eq!(
+            bad.err().map(fields),
+            Some(
+                [
+                    "idempotency_key",
+                    "payment_transaction_id",
+                    "payment_capture_id",
+                    "amount",
+                    "currency",
+                    "reference"
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            )
+        );
+        let ok = RefundCapture::validate(RefundCaptureDraft {
+            idempotency_key: "k".into(),
+            payment_transaction_id: TRANSACTION.into(),
+            payment_capture_id: format!("{TRANSACTION}:capture:1"),
+            amount: 1,
+            currency: "EUR".into(),
+            ..Default::default()
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(TransactionQuery::validate(String::new(), "krn:x?y").is_err());
+    }
     use crate::order_line::{LineTypeInput, OrderLineType};
     use proptest::prelude::*;
 

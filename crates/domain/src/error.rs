@@ -16,6 +16,16 @@ pub enum PreconditionReason {
     ReturnFeeNotAllowed,
     /// A due-date extension Klarna did not offer.
     ExtensionNotOffered,
+    /// A refund on a transaction Klarna reports CLOSED.
+    TransactionClosed,
+    /// A refund beyond what the transaction has captured and not yet refunded.
+    AmountNotRefundable,
+    /// The 201st refund on a transaction.
+    TransactionRefundLimit,
+    /// The 501st operation on a transaction.
+    TransactionOperationLimit,
+    /// An RPC sent to an account of the other kind (Order Management vs partner).
+    WrongAccountKind,
 }
 
 impl PreconditionReason {
@@ -25,6 +35,11 @@ impl PreconditionReason {
             Self::CurrencyMismatch => "CURRENCY_MISMATCH",
             Self::ReturnFeeNotAllowed => "RETURN_FEE_NOT_ALLOWED",
             Self::ExtensionNotOffered => "EXTENSION_NOT_OFFERED",
+            Self::TransactionClosed => "TRANSACTION_CLOSED",
+            Self::AmountNotRefundable => "AMOUNT_NOT_REFUNDABLE",
+            Self::TransactionRefundLimit => "TRANSACTION_REFUND_LIMIT",
+            Self::TransactionOperationLimit => "TRANSACTION_OPERATION_LIMIT",
+            Self::WrongAccountKind => "WRONG_ACCOUNT_KIND",
         }
     }
 }
@@ -60,6 +75,15 @@ pub enum ResourceRef {
         /// The refund.
         refund_id: String,
     },
+    /// A payment transaction (partner Payments API).
+    Transaction(String),
+    /// A capture of a payment transaction.
+    PaymentCapture {
+        /// The transaction, as the caller named it.
+        transaction_id: String,
+        /// The capture.
+        capture_id: String,
+    },
 }
 
 impl ResourceRef {
@@ -69,6 +93,8 @@ impl ResourceRef {
             Self::Order(_) => "klarna.order",
             Self::Capture { .. } => "klarna.capture",
             Self::Refund { .. } => "klarna.refund",
+            Self::Transaction(_) => "klarna.payment_transaction",
+            Self::PaymentCapture { .. } => "klarna.payment_capture",
         }
     }
 
@@ -84,16 +110,25 @@ impl ResourceRef {
                 order_id,
                 refund_id,
             } => format!("orders/{order_id}/refunds/{refund_id}"),
+            Self::Transaction(t) => format!("payment/transactions/{t}"),
+            Self::PaymentCapture {
+                transaction_id,
+                capture_id,
+            } => format!("payment/transactions/{transaction_id}/captures/{capture_id}"),
         }
     }
 
-    /// The order this resource belongs to.
+    /// The order or transaction this resource belongs to.
     pub fn order(&self) -> ResourceRef {
         match self {
             Self::Order(o) => Self::Order(o.clone()),
             Self::Capture { order_id, .. } | Self::Refund { order_id, .. } => {
                 Self::Order(order_id.clone())
             }
+            Self::Transaction(t)
+            | Self::PaymentCapture {
+                transaction_id: t, ..
+            } => Self::Transaction(t.clone()),
         }
     }
 }

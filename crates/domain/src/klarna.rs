@@ -10,6 +10,7 @@ use crate::money::Amount;
 use crate::operation::OperationId;
 use crate::order::{ExtendDueDateOptions, Order, Refund};
 use crate::order_line::OrderLine;
+use crate::outcome::KlarnaApiKind;
 
 /// The refund as sent to Klarna.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,6 +100,24 @@ pub struct KlarnaErrorResponse {
     pub correlation_id: Option<String>,
     /// `Retry-After`, when Klarna sent one (429, 503).
     pub retry_after: Option<Duration>,
+    /// The API that answered.
+    pub api: KlarnaApiKind,
+    /// True when the body held Klarna's error object (an `error_code`, or the Payments API's
+    /// `error_id`). The Payments API's DDoS protection answers 403 without one.
+    pub error_object: bool,
+    /// The Payments API's `error_type` (`INPUT_ERROR`, `ACCESS_ERROR`, …).
+    pub error_type: Option<String>,
+    /// The Payments API's per-field errors (`errors[]`).
+    pub field_errors: Vec<KlarnaFieldError>,
+}
+
+/// One entry of the Payments API's `errors[]`: a request parameter Klarna refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KlarnaFieldError {
+    /// Klarna's name of the parameter, e.g. `line_items[1].total_amount`.
+    pub parameter: String,
+    /// Why.
+    pub message: String,
 }
 
 /// Why a Klarna call did not succeed, classified by what it proves about the outcome.
@@ -140,7 +159,10 @@ impl KlarnaError {
     /// verdict is [`crate::outcome::classify_mutation`]'s.
     pub fn outcome_unknown(&self) -> bool {
         crate::outcome::classify_mutation(
-            crate::outcome::KlarnaApiKind::OrderManagement,
+            match self {
+                Self::Answered(r) => r.api,
+                _ => KlarnaApiKind::OrderManagement,
+            },
             &[crate::outcome::Attempt::of_error(self)],
         ) == crate::outcome::Verdict::Unknown
     }

@@ -12,12 +12,15 @@
 //!   [`IdempotencyKey`].
 //! - [`order_line`]: [`OrderLine`] and its parts, checked against Klarna's limits.
 //! - [`command`]: the validated requests ([`RefundOrder`], [`ReleaseAuthorization`],
-//!   [`ExtendDueDate`], the reads) and the drafts they are validated from.
+//!   [`ExtendDueDate`], the partner [`RefundCapture`] and [`RefundTransaction`], the reads)
+//!   and the drafts they are validated from.
 //! - [`order`]: what Klarna reports about an order, its captures and refunds.
 //! - [`rules`]: the state rules that need Klarna's view of the order (currency, return fee,
 //!   offered due-date extensions).
 //! - [`operation`]: operation identity: [`Caller`], [`Rpc`], [`OperationId`].
 //! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
+//! - [`payments`]: the partner Payments API: KRN ids ([`PaymentTransactionId`],
+//!   [`PaymentCaptureId`]), [`LineItem`], [`PaymentTransaction`] and the [`PaymentsApi`] port.
 //! - [`outcome`]: what a Klarna result proves: [`classify_mutation`] over an operation's
 //!   attempts (succeeded, refused, unknown, nothing happened) and [`classify_read`]; the only
 //!   place that decides it.
@@ -33,18 +36,21 @@ pub mod operation;
 pub mod order;
 pub mod order_line;
 pub mod outcome;
+pub mod payments;
 pub mod rules;
 pub mod store;
 pub mod validation;
 
 pub use command::{
-    ExtendDueDate, ExtendDueDateDraft, ExtendDueDateOptionsQuery, OrderQuery, RefundOrder,
-    RefundOrderDraft, RefundQuery, ReleaseAuthorization, ReleaseAuthorizationDraft,
+    ExtendDueDate, ExtendDueDateDraft, ExtendDueDateOptionsQuery, OrderQuery, RefundCapture,
+    RefundCaptureDraft, RefundOrder, RefundOrderDraft, RefundQuery, RefundTransaction,
+    RefundTransactionDraft, ReleaseAuthorization, ReleaseAuthorizationDraft, TransactionQuery,
 };
 pub use error::{GatewayError, Precondition, PreconditionReason, ResourceRef};
 pub use ids::{CaptureId, IdempotencyKey, OrderId, RefundId};
 pub use klarna::{
-    KlarnaApi, KlarnaError, KlarnaErrorResponse, KlarnaReceipt, KlarnaRefund, RefundCreated,
+    KlarnaApi, KlarnaError, KlarnaErrorResponse, KlarnaFieldError, KlarnaReceipt, KlarnaRefund,
+    RefundCreated,
 };
 pub use money::{Amount, CountryCode, Currency};
 pub use operation::{Caller, OperationId, ResourceKind, Rpc};
@@ -54,8 +60,13 @@ pub use order_line::{
     SubscriptionDraft, SubscriptionInterval,
 };
 pub use outcome::{Attempt, KlarnaApiKind, ReadVerdict, Verdict, classify_mutation, classify_read};
+pub use payments::{
+    LineItem, LineItemDraft, PartnerRefund, PartnerRefundCreated, PaymentCapture, PaymentCaptureId,
+    PaymentRefund, PaymentTransaction, PaymentTransactionId, PaymentsApi, TransactionState,
+};
 pub use store::{
     AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationPage, OperationState, OperationStore, OrderLock, StoreError, StoredResponse,
+    WebhookEvent,
 };
 pub use validation::{FieldViolation, Violations};

@@ -57,8 +57,23 @@ impl fmt::Display for Amount {
 }
 
 /// An ISO 4217 currency code, held upper case (Klarna's case varies; comparisons must not).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Deserializing validates too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Currency(String);
+
+impl TryFrom<String> for Currency {
+    type Error = InvalidValue;
+    fn try_from(code: String) -> Result<Self, InvalidValue> {
+        Self::parse(&code)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.0
+    }
+}
 
 impl Currency {
     /// Accepts three ASCII letters in any case.

@@ -76,6 +76,10 @@ pub enum Rpc {
     ReleaseAuthorization,
     /// `ExtendDueDate`
     ExtendDueDate,
+    /// `RefundCapture` (partner Payments API)
+    RefundCapture,
+    /// `RefundTransaction` (partner Payments API)
+    RefundTransaction,
 }
 
 impl Rpc {
@@ -85,6 +89,8 @@ impl Rpc {
             Self::RefundOrder => "RefundOrder",
             Self::ReleaseAuthorization => "ReleaseAuthorization",
             Self::ExtendDueDate => "ExtendDueDate",
+            Self::RefundCapture => "RefundCapture",
+            Self::RefundTransaction => "RefundTransaction",
         }
     }
 }

@@ -14,12 +14,17 @@
 //! | 2xx whose body or id cannot be read            | `Unknown`         | `Unknown`                     |
 //! | 400, 413, 422                                  | `Refused`         | `Refused`                     |
 //! | 403, 404, 409 (and any other 4xx not listed)   | `Refused`         | `Refused`                     |
+//! | Payments API: 403 without an error object      | `NothingHappened` | `Unknown`                     |
 //! | 408                                            | `Unknown`         | `Unknown`                     |
 //! | 401, 425, 429                                  | `NothingHappened` | `Unknown`                     |
 //! | 5xx, or any status this table does not know    | `Unknown`         | `Unknown`                     |
 //! | sent, no answer (timeout, reset, cut body)     | `Unknown`         | `Unknown`                     |
 //! | not sent                                       | `NothingHappened` | `Unknown`                     |
 //! | refused by a state rule before sending         | `Refused`         | `Unknown`                     |
+//!
+//! The Payments API's DDoS protection answers 403 with no error object: that is not Klarna's
+//! refusal, and proves only that the API never saw the request. From Order Management the
+//! same answer is a refusal like any other 403.
 //!
 //! [`MUTATION_ROWS`] is that table as data; the tests check the function against it row by
 //! row, and the server checks its error table (and the README's) against it.
@@ -29,9 +34,10 @@ use crate::klarna::KlarnaError;
 /// Which Klarna API a call goes to. The partner Payments API answers some refusals
 /// differently from Order Management; the verdict takes the API so that difference has one
 /// place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum KlarnaApiKind {
     /// Order Management (`/ordermanagement/v1/…`).
+    #[default]
     OrderManagement,
     /// The partner Payments API (payment transactions).
     Payments,
@@ -47,6 +53,8 @@ pub enum Attempt {
     NoAnswer,
     /// Klarna answered this status. A 2xx here means the answer was read.
     Answered(u16),
+    /// Klarna answered 403 with no error object in the body.
+    ForbiddenWithoutError,
     /// Klarna answered success, but the body or the id in it could not be read.
     Unreadable,
     /// Not sent: a state rule of ours refused it, from Klarna's or our own records.
@@ -57,6 +65,9 @@ impl Attempt {
     /// The attempt a failed call ended with.
     pub fn of_error(error: &KlarnaError) -> Self {
         match error {
+            KlarnaError::Answered(r) if r.status == 403 && !r.error_object => {
+                Self::ForbiddenWithoutError
+            }
             KlarnaError::Answered(r) => Self::Answered(r.status),
             KlarnaError::NotSent(_) => Self::NotSent,
             KlarnaError::NoAnswer(_) => Self::NoAnswer,
@@ -67,7 +78,8 @@ impl Attempt {
     /// True when Klarna may have executed this attempt without the gateway knowing its
     /// answer: whatever comes after it cannot prove that nothing happened.
     pub fn may_have_taken_effect(self) -> bool {
-        classify_one(self) == Verdict::Unknown
+        // The verdict on an attempt that may have taken effect is the same from both APIs.
+        classify_one(KlarnaApiKind::OrderManagement, self) == Verdict::Unknown
     }
 }
 
@@ -85,8 +97,12 @@ pub enum Verdict {
 }
 
 /// The verdict on one attempt taken alone, as if it were the first.
-fn classify_one(attempt: Attempt) -> Verdict {
+fn classify_one(api: KlarnaApiKind, attempt: Attempt) -> Verdict {
     match attempt {
+        Attempt::ForbiddenWithoutError => match api {
+            KlarnaApiKind::OrderManagement => Verdict::Refused,
+            KlarnaApiKind::Payments => Verdict::NothingHappened,
+        },
         Attempt::NotSent => Verdict::NothingHappened,
         Attempt::NoAnswer | Attempt::Unreadable => Verdict::Unknown,
         Attempt::RefusedByRule => Verdict::Refused,
@@ -104,12 +120,10 @@ fn classify_one(attempt: Attempt) -> Verdict {
 /// The verdict on a mutation from its attempts, oldest first (see the module docs). No
 /// attempt at all means nothing was sent.
 pub fn classify_mutation(api: KlarnaApiKind, attempts: &[Attempt]) -> Verdict {
-    // Both APIs answer alike for every row above; the partner API's differences belong here.
-    let _ = api;
     let Some((&last, earlier)) = attempts.split_last() else {
         return Verdict::NothingHappened;
     };
-    let verdict = classify_one(last);
+    let verdict = classify_one(api, last);
     let possibly_received_before = earlier.iter().any(|a| a.may_have_taken_effect());
     match verdict {
         Verdict::NothingHappened if possibly_received_before => Verdict::Unknown,
@@ -133,10 +147,19 @@ pub enum ReadVerdict {
     Unavailable,
 }
 
-/// The verdict on a failed read (a GET): 4xx other than 401, 408, 425 and 429 is Klarna's
-/// answer about its records; everything else may pass.
+/// The verdict on a failed read (a GET): 4xx other than 401, 408, 425 and 429 (and the
+/// Payments API's 403 without an error object) is Klarna's answer about its records;
+/// everything else may pass.
 pub fn classify_read(error: &KlarnaError) -> ReadVerdict {
+    let api = match error {
+        KlarnaError::Answered(r) => r.api,
+        _ => KlarnaApiKind::OrderManagement,
+    };
     match Attempt::of_error(error) {
+        Attempt::ForbiddenWithoutError if api == KlarnaApiKind::Payments => {
+            ReadVerdict::Unavailable
+        }
+        Attempt::ForbiddenWithoutError => ReadVerdict::Refused,
         Attempt::Answered(401 | 408 | 425 | 429) => ReadVerdict::Unavailable,
         Attempt::Answered(400..=499) => ReadVerdict::Refused,
         _ => ReadVerdict::Unavailable,
@@ -147,6 +170,8 @@ pub fn classify_read(error: &KlarnaError) -> ReadVerdict {
 /// verdict after an attempt that may have reached Klarna.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MutationRow {
+    /// The API the row is about; `None` for both.
+    pub api: Option<KlarnaApiKind>,
     /// The last attempt.
     pub attempt: Attempt,
     /// The verdict when it is the only attempt.
@@ -157,6 +182,7 @@ pub struct MutationRow {
 
 const fn row(attempt: Attempt, first: Verdict, after_possible_delivery: Verdict) -> MutationRow {
     MutationRow {
+        api: None,
         attempt,
         first,
         after_possible_delivery,
@@ -178,6 +204,14 @@ pub const MUTATION_ROWS: &[MutationRow] = {
         row(Answered(403), Refused, Refused),
         row(Answered(404), Refused, Refused),
         row(Answered(409), Refused, Refused),
+        MutationRow {
+            api: Some(KlarnaApiKind::OrderManagement),
+            ..row(ForbiddenWithoutError, Refused, Refused)
+        },
+        MutationRow {
+            api: Some(KlarnaApiKind::Payments),
+            ..row(ForbiddenWithoutError, NothingHappened, Unknown)
+        },
         row(Answered(408), Unknown, Unknown),
         row(Answered(401), NothingHappened, Unknown),
         row(Answered(425), NothingHappened, Unknown),
@@ -197,6 +231,12 @@ mod tests {
     use super::*;
 
     const APIS: [KlarnaApiKind; 2] = [KlarnaApiKind::OrderManagement, KlarnaApiKind::Payments];
+
+    fn rows_of(api: KlarnaApiKind) -> impl Iterator<Item = &'static MutationRow> {
+        MUTATION_ROWS
+            .iter()
+            .filter(move |r| r.api.is_none_or(|a| a == api))
+    }
 
     /// Every attempt that may have reached Klarna, as an earlier attempt.
     const POSSIBLY_RECEIVED: [Attempt; 5] = [
@@ -218,7 +258,7 @@ mod tests {
     #[test]
     fn every_row_as_a_first_attempt() {
         for api in APIS {
-            for r in MUTATION_ROWS {
+            for r in rows_of(api) {
                 assert_eq!(
                     classify_mutation(api, &[r.attempt]),
                     r.first,
@@ -233,7 +273,7 @@ mod tests {
     fn every_row_after_an_attempt_that_may_have_taken_effect() {
         for api in APIS {
             for earlier in POSSIBLY_RECEIVED {
-                for r in MUTATION_ROWS {
+                for r in rows_of(api) {
                     assert_eq!(
                         classify_mutation(api, &[earlier, r.attempt]),
                         r.after_possible_delivery,
@@ -254,14 +294,16 @@ mod tests {
 
     #[test]
     fn attempts_that_prove_nothing_do_not_change_the_last_verdict() {
-        for earlier in NOT_RECEIVED {
-            for r in MUTATION_ROWS {
-                assert_eq!(
-                    classify_mutation(KlarnaApiKind::OrderManagement, &[earlier, r.attempt]),
-                    r.first,
-                    "{earlier:?} then {:?}",
-                    r.attempt
-                );
+        for api in APIS {
+            for earlier in NOT_RECEIVED {
+                for r in rows_of(api) {
+                    assert_eq!(
+                        classify_mutation(api, &[earlier, r.attempt]),
+                        r.first,
+                        "{api:?} {earlier:?} then {:?}",
+                        r.attempt
+                    );
+                }
             }
         }
     }
@@ -288,6 +330,27 @@ mod tests {
         for status in [401, 408, 425, 429, 500, 503] {
             assert_eq!(classify_read(&answered(status)), ReadVerdict::Unavailable);
         }
+        let shielded = KlarnaError::Answered(Box::new(crate::klarna::KlarnaErrorResponse {
+            status: 403,
+            api: KlarnaApiKind::Payments,
+            ..Default::default()
+        }));
+        assert_eq!(classify_read(&shielded), ReadVerdict::Unavailable);
+        assert_eq!(
+            classify_mutation(KlarnaApiKind::Payments, &[Attempt::of_error(&shielded)]),
+            Verdict::NothingHappened
+        );
+        let refused = KlarnaError::Answered(Box::new(crate::klarna::KlarnaErrorResponse {
+            status: 403,
+            api: KlarnaApiKind::Payments,
+            error_object: true,
+            ..Default::default()
+        }));
+        assert_eq!(classify_read(&refused), ReadVerdict::Refused);
+        assert_eq!(
+            classify_mutation(KlarnaApiKind::Payments, &[Attempt::of_error(&refused)]),
+            Verdict::Refused
+        );
         for e in [
             KlarnaError::NotSent("x".into()),
             KlarnaError::NoAnswer("x".into()),

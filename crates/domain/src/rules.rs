@@ -1,9 +1,22 @@
 //! State rules: checks that need Klarna's view of the order, run after validation and before
 //! anything is sent. A refusal here is final for the request (FAILED_PRECONDITION).
 
+use std::collections::HashSet;
+
 use crate::command::{ExtendDueDate, RefundOrder};
 use crate::error::{Precondition, PreconditionReason};
+use crate::money::{Amount, Currency};
+use crate::operation::{OperationId, Rpc};
 use crate::order::{ExtendDueDateOption, ExtendDueDateOptions, Order};
+use crate::payments::{
+    PaymentCaptureId, PaymentTransaction, PaymentTransactionId, TransactionState,
+};
+use crate::store::{Operation, OperationState};
+
+/// Klarna's limit on refunds per payment transaction.
+pub const MAX_REFUNDS_PER_TRANSACTION: usize = 200;
+/// Klarna's limit on operations (captures and refunds) per payment transaction.
+pub const MAX_OPERATIONS_PER_TRANSACTION: usize = 500;
 
 /// Purchase countries where Klarna accepts return fees (see docs/klarna.md#return-fees).
 pub const RETURN_FEE_COUNTRIES: [&str; 15] = [
@@ -56,6 +69,130 @@ fn check_return_fee(cmd: &RefundOrder, order: &Order) -> Result<(), Precondition
     }
 }
 
+/// A partner refund, as its state rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct PartnerRefundRequest<'a> {
+    /// The transaction.
+    pub transaction_id: &'a PaymentTransactionId,
+    /// The capture, for a capture refund.
+    pub capture_id: Option<&'a PaymentCaptureId>,
+    /// The amount.
+    pub amount: Amount,
+    /// The currency.
+    pub currency: &'a Currency,
+}
+
+/// The gateway's own refunds on a transaction that Klarna's lists do not show (yet): every
+/// partner refund operation other than `current` that may have created a refund (any state
+/// but FAILED) and whose refund id is unknown or not among the refunds Klarna lists. With
+/// Klarna's own count they make the number the limits apply to, so refunds in flight count.
+pub fn unlisted_own_refunds(
+    own: &[Operation],
+    current: OperationId,
+    transaction: &PaymentTransaction,
+) -> usize {
+    let listed: HashSet<&str> = transaction
+        .refunds
+        .iter()
+        .map(|r| r.payment_refund_id.as_str())
+        .collect();
+    own.iter()
+        .filter(|op| op.new.operation_id != current)
+        .filter(|op| matches!(op.new.rpc, Rpc::RefundCapture | Rpc::RefundTransaction))
+        .filter(|op| op.state != OperationState::Failed)
+        .filter(|op| {
+            op.refund_id
+                .as_deref()
+                .is_none_or(|id| !listed.contains(id))
+        })
+        .count()
+}
+
+/// Checks a partner refund against the transaction Klarna reports and the gateway's own
+/// refunds Klarna does not list yet: not CLOSED, within the limits of 200 refunds and 500
+/// operations, in the transaction's currency, and within what is captured and not yet
+/// refunded (of the transaction, and of the capture when Klarna states its refunded amount).
+pub fn check_partner_refund(
+    request: PartnerRefundRequest<'_>,
+    transaction: &PaymentTransaction,
+    own_unlisted_refunds: usize,
+) -> Result<(), Precondition> {
+    let refuse = |reason, description: String| Precondition {
+        reason,
+        subject: format!("payment/transactions/{}", request.transaction_id),
+        description,
+    };
+    if transaction.state == TransactionState::Closed {
+        return Err(refuse(
+            PreconditionReason::TransactionClosed,
+            "the transaction is CLOSED: Klarna allows no further operation on it, refunds included"
+                .to_owned(),
+        ));
+    }
+    let refunds = transaction.refunds.len() + own_unlisted_refunds;
+    if refunds >= MAX_REFUNDS_PER_TRANSACTION {
+        return Err(refuse(
+            PreconditionReason::TransactionRefundLimit,
+            format!(
+                "the transaction has {refunds} refunds; Klarna allows at most \
+                 {MAX_REFUNDS_PER_TRANSACTION}"
+            ),
+        ));
+    }
+    let operations = transaction.captures.len() + refunds;
+    if operations >= MAX_OPERATIONS_PER_TRANSACTION {
+        return Err(refuse(
+            PreconditionReason::TransactionOperationLimit,
+            format!(
+                "the transaction has {operations} operations; Klarna allows at most \
+                 {MAX_OPERATIONS_PER_TRANSACTION}"
+            ),
+        ));
+    }
+    if !request
+        .currency
+        .as_str()
+        .eq_ignore_ascii_case(&transaction.currency)
+    {
+        return Err(refuse(
+            PreconditionReason::CurrencyMismatch,
+            format!(
+                "the refund is in {} but the transaction is in {}",
+                request.currency,
+                transaction.currency.to_ascii_uppercase()
+            ),
+        ));
+    }
+    let amount = request.amount.minor_units();
+    let refundable = transaction.refundable();
+    if amount > refundable {
+        return Err(refuse(
+            PreconditionReason::AmountNotRefundable,
+            format!(
+                "the refund of {amount} exceeds what the transaction has captured and not \
+                 refunded ({refundable})"
+            ),
+        ));
+    }
+    if let Some(capture_id) = request.capture_id
+        && let Some(capture) = transaction
+            .captures
+            .iter()
+            .find(|c| c.payment_capture_id == capture_id.as_str())
+        && let Some(refunded) = capture.refunded_amount
+        && amount > capture.amount - refunded
+    {
+        return Err(refuse(
+            PreconditionReason::AmountNotRefundable,
+            format!(
+                "the refund of {amount} exceeds what capture {capture_id} has not refunded ({})",
+                capture.amount - refunded
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Finds the offered option for the requested number of days, or refuses without sending.
 pub fn check_extension_offered(
     cmd: &ExtendDueDate,
@@ -93,6 +230,117 @@ mod tests {
     use proptest::prelude::*;
 
     const ORDER: &str = "4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64";
+
+    mod partner {
+        use super::super::*;
+        use crate::payments::{PaymentCapture, PaymentRefund};
+
+        const T: &str = "krn:payment:eu1:transaction:1";
+
+        fn transaction(refunds: usize, captures: usize) -> PaymentTransaction {
+            PaymentTransaction {
+                payment_transaction_id: T.into(),
+                state: TransactionState::Authorized,
+                currency: "sek".into(),
+                amount: 100_000,
+                captured_amount: Some(100_000),
+                refunded_amount: Some(refunds as i64),
+                captures: (0..captures)
+                    .map(|i| PaymentCapture {
+                        payment_capture_id: format!("{T}:capture:{i}"),
+                        amount: 100_000 / captures as i64,
+                        refunded_amount: Some(0),
+                        created_at: None,
+                    })
+                    .collect(),
+                refunds: (0..refunds)
+                    .map(|i| PaymentRefund {
+                        payment_refund_id: format!("{T}:refund:{i}"),
+                        payment_capture_id: None,
+                        amount: 1,
+                        reference: None,
+                        created_at: None,
+                    })
+                    .collect(),
+            }
+        }
+
+        fn check(
+            t: &PaymentTransaction,
+            amount: i64,
+            currency: &str,
+            capture: Option<&str>,
+            own: usize,
+        ) -> Result<(), PreconditionReason> {
+            let id =
+                PaymentTransactionId::parse(T).map_err(|_| PreconditionReason::WrongAccountKind)?;
+            let capture =
+                capture.map(|c| PaymentCaptureId::parse(c).unwrap_or_else(|e| panic!("{e}")));
+            let currency = Currency::parse(currency).unwrap_or_else(|e| panic!("{e}"));
+            check_partner_refund(
+                PartnerRefundRequest {
+                    transaction_id: &id,
+                    capture_id: capture.as_ref(),
+                    amount: Amount::parse(amount).unwrap_or_else(|e| panic!("{e}")),
+                    currency: &currency,
+                },
+                t,
+                own,
+            )
+            .map_err(|p| p.reason)
+        }
+
+        #[test]
+        fn the_two_hundred_and_first_refund_is_refused() {
+            assert_eq!(check(&transaction(199, 1), 10, "SEK", None, 0), Ok(()));
+            assert_eq!(
+                check(&transaction(200, 1), 10, "SEK", None, 0),
+                Err(PreconditionReason::TransactionRefundLimit)
+            );
+            // Refunds of the gateway that Klarna does not list yet count too.
+            assert_eq!(
+                check(&transaction(195, 1), 10, "SEK", None, 5),
+                Err(PreconditionReason::TransactionRefundLimit)
+            );
+        }
+
+        #[test]
+        fn the_five_hundred_and_first_operation_is_refused() {
+            assert_eq!(check(&transaction(100, 399), 10, "SEK", None, 0), Ok(()));
+            assert_eq!(
+                check(&transaction(100, 400), 10, "SEK", None, 0),
+                Err(PreconditionReason::TransactionOperationLimit)
+            );
+        }
+
+        #[test]
+        fn closed_currency_and_amount() {
+            let mut closed = transaction(0, 1);
+            closed.state = TransactionState::Closed;
+            assert_eq!(
+                check(&closed, 10, "SEK", None, 0),
+                Err(PreconditionReason::TransactionClosed)
+            );
+            assert_eq!(
+                check(&transaction(0, 1), 10, "EUR", None, 0),
+                Err(PreconditionReason::CurrencyMismatch)
+            );
+            assert_eq!(check(&transaction(0, 1), 100_000, "SEK", None, 0), Ok(()));
+            assert_eq!(
+                check(&transaction(1, 1), 100_000, "SEK", None, 0),
+                Err(PreconditionReason::AmountNotRefundable)
+            );
+            let two = transaction(0, 2);
+            let first = format!("{T}:capture:0");
+            assert_eq!(check(&two, 50_000, "SEK", Some(&first), 0), Ok(()));
+            assert_eq!(
+                check(&two, 50_001, "SEK", Some(&first), 0),
+                Err(PreconditionReason::AmountNotRefundable)
+            );
+            // A capture Klarna does not list is Klarna's to judge.
+            assert_eq!(check(&two, 50_001, "SEK", Some("krn:other"), 0), Ok(()));
+        }
+    }
 
     fn order(country: &str, amount: i64, captures: &[i64]) -> Order {
         Order {

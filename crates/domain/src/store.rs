@@ -231,6 +231,8 @@ pub struct AuditEvent {
 pub struct OperationFilter {
     /// Only this order.
     pub order_id: Option<String>,
+    /// Only operations on this payment transaction (resource kind `transaction`).
+    pub payment_transaction_id: Option<String>,
     /// Only this caller.
     pub caller: Option<String>,
     /// Only this idempotency key.
@@ -267,6 +269,31 @@ pub struct Completion {
     pub detail: String,
     /// Trace id of whoever finished it.
     pub trace_id: Option<String>,
+}
+
+/// A webhook delivery from Klarna, recorded once per `event_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// Klarna's event id; a redelivery carries the same one.
+    pub event_id: String,
+    /// Klarna's event type, e.g. `payment.transaction.refunded`.
+    pub event_type: String,
+    /// The configured account it was delivered for.
+    pub klarna_account: String,
+    /// The operation it concerns, when the gateway matched one.
+    pub operation_id: Option<OperationId>,
+    /// The payment transaction it is about, when it names one.
+    pub payment_transaction_id: Option<String>,
+    /// Klarna's refund id, for refund events.
+    pub refund_id: Option<String>,
+    /// Klarna's correlation id of the event.
+    pub correlation_id: Option<String>,
+    /// The event's payload as received (JSON).
+    pub payload: String,
+    /// When Klarna says it happened, as Klarna wrote it.
+    pub occurred_at: Option<String>,
+    /// When the gateway received it.
+    pub received_at: OffsetDateTime,
 }
 
 /// Why the store failed. Never an answer about the operation: callers treat it as "the store
@@ -399,6 +426,25 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         kind: ResourceKind,
         id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError>;
+
+    /// Every operation on the resource (`kind`, `id`) of `account`, oldest first, whatever
+    /// its state. Partner limits count them; webhooks are matched against them.
+    async fn resource_operations(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Vec<Operation>, StoreError>;
+
+    /// Records a webhook delivery once: `true` when `event.event_id` was new. When the event
+    /// names an operation, an audit event (no state change, `detail` as given, the event's
+    /// refund and correlation ids) is appended to it in the same transaction. A duplicate
+    /// writes nothing and returns `false`.
+    async fn record_webhook(&self, event: WebhookEvent, detail: String)
+    -> Result<bool, StoreError>;
+
+    /// The recorded webhook events that concern operation `id`, oldest first.
+    async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError>;
 
     /// [`OperationStore::lock_resource`] of an order.
     async fn lock_order(

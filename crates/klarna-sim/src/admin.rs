@@ -5,7 +5,16 @@
 //! |---|---|---|
 //! | `POST /__admin/orders` | [`crate::OrderSeed`] JSON | 200 [`crate::SeededOrder`] JSON; 422 if the seed is inconsistent |
 //! | `GET /__admin/orders/{id}` | | 200 order JSON as `GET order` returns it; 404 |
-//! | `POST /__admin/demo` | | 200 `[SeededOrder]` of the demo orders |
+//! | `POST /__admin/demo` | | 200 `[SeededOrder]` of the demo orders (the demo transactions are seeded too) |
+//! | `POST /__admin/transactions` | [`crate::TransactionSeed`] JSON | 200 transaction JSON as `GET transaction` returns it; 422 if the seed is inconsistent |
+//! | `GET /__admin/transactions/{id}` | | 200 transaction JSON; 404 |
+//! | `POST /__admin/transactions/{id}/state` | `{"state": "CLOSED"}` (any [`crate::TransactionState`]) | 200 transaction JSON; 404 |
+//! | `POST /__admin/webhooks` | [`crate::WebhookTarget`] JSON `{url, signing_key_id?, secret?, mode?}` | 204; 400 if `url` is not a URL |
+//! | `GET /__admin/webhooks` | | 200 `{"target": WebhookTarget or null, "queued": N}` |
+//! | `DELETE /__admin/webhooks` | | 204 (no target: later events are dropped) |
+//! | `POST /__admin/webhooks/flush` | | 200 `{"flushed": N}`: deliveries started for the queued events |
+//! | `GET /__admin/webhooks/events` | | 200 `[WebhookEvent]` (exact body and headers), oldest first |
+//! | `GET /__admin/webhooks/deliveries` | | 200 `[WebhookDelivery]`, in the order the attempts ended |
 //! | `GET /__admin/requests` | | 200 `[LoggedRequest]`, oldest first |
 //! | `DELETE /__admin/requests` | | 204 |
 //! | `POST /__admin/faults` | [`crate::FaultSpec`] JSON | 204 |
@@ -13,8 +22,8 @@
 //! | `POST /__admin/clock` | `{"advance_secs": N}` | 200 `{"now": "<RFC 3339>"}` |
 //! | `GET /__admin/clock` | | 200 `{"now": "<RFC 3339>"}` |
 //!
-//! Errors use the Klarna error body (400 `BAD_VALUE` for unreadable JSON, 404 `NOT_FOUND`,
-//! 405 `METHOD_NOT_ALLOWED`).
+//! Ids in paths are percent-decoded. Errors use the Order Management error body (400
+//! `BAD_VALUE` for unreadable JSON, 404 `NOT_FOUND`, 405 `METHOD_NOT_ALLOWED`).
 
 use std::time::Duration;
 
@@ -23,12 +32,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::faults::FaultSpec;
+use crate::faults::{FaultSpec, decode_path};
 use crate::model::format_timestamp;
+use crate::payments::TransactionState;
 use crate::response::{ApiError, SimResponse};
 use crate::seed::OrderSeed;
 use crate::server::{BodyError, read_body};
 use crate::simulator::Simulator;
+use crate::transaction_seed::TransactionSeed;
+use crate::webhooks::WebhookTarget;
 
 /// Prefix of every admin route.
 pub(crate) const PREFIX: &str = "/__admin/";
@@ -39,6 +51,57 @@ const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Deserialize)]
 struct ClockAdvance {
     advance_secs: u64,
+}
+
+#[derive(Deserialize)]
+struct StateChange {
+    state: TransactionState,
+}
+
+fn no_such_transaction(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("Payment transaction {id} cannot be found"),
+    )
+}
+
+/// The transaction routes: `transactions/{id}` and `transactions/{id}/state`.
+fn transaction_route(
+    sim: &Simulator,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+) -> Option<Result<SimResponse, ApiError>> {
+    let (id, state) = match rest.split_once('/') {
+        Some((id, "state")) => (id, true),
+        Some(_) => return None,
+        None => (rest, false),
+    };
+    let id = decode_path(id);
+    if id.is_empty() {
+        return None;
+    }
+    Some(match (method.clone(), state) {
+        (Method::GET, false) => sim
+            .transaction_json(&id)
+            .map(|json| SimResponse::json(StatusCode::OK, &json))
+            .ok_or_else(|| no_such_transaction(&id)),
+        (Method::POST, true) => parse::<StateChange>(body).and_then(|change| {
+            sim.set_transaction_state(&id, change.state)
+                .map(|json| SimResponse::json(StatusCode::OK, &json))
+                .ok_or_else(|| no_such_transaction(&id))
+        }),
+        _ => Err(method_not_allowed(method, rest)),
+    })
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("Method {method} is not allowed on {path}"),
+    )
 }
 
 /// Handles one admin call.
@@ -96,6 +159,57 @@ fn respond(
             Ok(SimResponse::json(StatusCode::OK, &order))
         }
         (Method::POST, "demo") => Ok(SimResponse::json(StatusCode::OK, &sim.seed_demo_orders())),
+        (Method::POST, "transactions") => {
+            let seed: TransactionSeed = parse(body)?;
+            let seeded = sim.try_seed_transaction(seed).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "UNPROCESSABLE_ENTITY",
+                    e.to_string(),
+                )
+            })?;
+            let json = sim
+                .transaction_json(&seeded.payment_transaction_id)
+                .ok_or_else(|| ApiError::internal("the seeded transaction cannot be found"))?;
+            Ok(SimResponse::json(StatusCode::OK, &json))
+        }
+        (_, route) if route.starts_with("transactions/") => {
+            transaction_route(sim, method, route.trim_start_matches("transactions/"), body)
+                .unwrap_or_else(|| Err(not_found(path)))
+        }
+        (Method::POST, "webhooks") => {
+            let target: WebhookTarget = parse(body)?;
+            if let Err(e) = reqwest::Url::parse(&target.url) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_VALUE",
+                    format!("url {:?} is not a URL: {e}", target.url),
+                ));
+            }
+            sim.set_webhook_target(target);
+            Ok(SimResponse::empty(StatusCode::NO_CONTENT))
+        }
+        (Method::GET, "webhooks") => Ok(SimResponse::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "target": sim.webhook_target(),
+                "queued": sim.queued_webhooks(),
+            }),
+        )),
+        (Method::DELETE, "webhooks") => {
+            sim.clear_webhook_target();
+            Ok(SimResponse::empty(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "webhooks/flush") => Ok(SimResponse::json(
+            StatusCode::OK,
+            &serde_json::json!({ "flushed": sim.flush_webhooks() }),
+        )),
+        (Method::GET, "webhooks/events") => {
+            Ok(SimResponse::json(StatusCode::OK, &sim.webhook_events()))
+        }
+        (Method::GET, "webhooks/deliveries") => {
+            Ok(SimResponse::json(StatusCode::OK, &sim.webhook_deliveries()))
+        }
         (Method::GET, "requests") => Ok(SimResponse::json(StatusCode::OK, &sim.requests())),
         (Method::DELETE, "requests") => {
             sim.clear_requests();
@@ -125,17 +239,29 @@ fn respond(
             clock(sim)
         }
         (Method::GET, "clock") => clock(sim),
-        (_, "orders" | "demo" | "requests" | "faults" | "clock") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            format!("Method {method} is not allowed on {path}"),
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("No admin resource at {path}"),
-        )),
+        (
+            _,
+            "orders"
+            | "demo"
+            | "requests"
+            | "faults"
+            | "clock"
+            | "transactions"
+            | "webhooks"
+            | "webhooks/flush"
+            | "webhooks/events"
+            | "webhooks/deliveries",
+        ) => Err(method_not_allowed(method, path)),
+        _ => Err(not_found(path)),
     }
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("No admin resource at {path}"),
+    )
 }
 
 fn clock(sim: &Simulator) -> Result<SimResponse, ApiError> {

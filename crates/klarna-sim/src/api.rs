@@ -1,34 +1,43 @@
-//! The Klarna API pipeline: for each call under `/ordermanagement/v1/orders/`, in this order,
+//! The Klarna request pipeline, shared by both APIs (Order Management under
+//! `/ordermanagement/v1/orders/` and anything else outside `/__admin/`, the partner Payments
+//! API under `/v2`), and Order Management's routing. For each call, in this order:
 //!
 //! 1. read the body (at most 1 MiB is kept; larger bodies are drained and refused),
-//! 2. Basic auth → 401 `UNAUTHORIZED`,
-//! 3. rate limit → 429 `TOO_MANY_REQUESTS` (with `Retry-After: 1`),
-//! 4. body size → 413 `REQUEST_TOO_LARGE`,
+//! 2. auth → 401 (Order Management: Basic username:password; partner: `Basic <api key>`),
+//! 3. rate limit → 429 (with `Retry-After: 1`; one bucket for both APIs),
+//! 4. body size → 413,
 //! 5. injected fault (a status answers here; latency waits, then goes on),
-//! 6. on POST/PATCH, `Klarna-Idempotency-Key` check → 400 `BAD_VALUE` if not 1-255 visible
-//!    ASCII characters,
+//! 6. header checks → 400: Order Management checks `Klarna-Idempotency-Key` on POST/PATCH
+//!    when present; the partner API checks `Partner-Correlation-Id`, `Klarna-Partner-Account`
+//!    and requires the key on POST (see `partner.rs`),
 //! 7. under the state lock: replay of a stored response for the key, or route, validate and
 //!    execute, and store the response under the key if [storable](crate::idempotency),
-//! 8. log, then hold or drop the answer if a commit-then-* fault applies.
+//! 8. log; for an executed partner refund, emit its webhook event (never for a replay); then
+//!    hold or drop the answer if a commit-then-* fault applies.
 //!
-//! None of steps 2-6 is stored under the key, so neither a 401, a 429, a 413 nor a fault is
+//! Errors of steps 2-6 have the body of the API called (Order Management's or the partner
+//! one). None of them is stored under the key, so neither a 401, a 429, a 413 nor a fault is
 //! ever replayed. Route parsing and body validation happen before taking the lock; only the
-//! look-up, the operation and the store run under it.
+//! look-up, the operation and the store run under it. A valid `Partner-Correlation-Id` is
+//! echoed on every partner answer except a fault's raw body.
 
 use bytes::Bytes;
 use http::header::{HOST, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
+use time::OffsetDateTime;
 
 use crate::faults::FaultKind;
 use crate::idempotency::{self, MAX_KEY_LEN};
+use crate::partner;
 use crate::request_log::LoggedRequest;
-use crate::response::{ApiError, SimResponse, default_error_code};
+use crate::response::{ApiError, PartnerError, SimResponse, default_error_code};
 use crate::schema;
 use crate::server::{BodyError, read_body};
 use crate::simulator::Shared;
-use crate::state::Command;
+use crate::state::{Command, Store};
+use crate::webhooks::RefundEvent;
 
 /// Largest request body accepted (Klarna: 1 MB).
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -47,8 +56,142 @@ pub(crate) enum Outcome {
     Drop,
 }
 
-/// Handles one Klarna call.
+/// Which Klarna API a call is for: it decides the credential and the error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OrderManagement,
+    Partner,
+}
+
+impl Api {
+    fn of(path: &str) -> Self {
+        if partner::is_partner_path(path) {
+            Self::Partner
+        } else {
+            Self::OrderManagement
+        }
+    }
+
+    fn authorized(self, shared: &Shared, headers: &HeaderMap) -> bool {
+        match self {
+            Self::OrderManagement => shared.auth.check(headers),
+            Self::Partner => shared.partner_auth.check(headers),
+        }
+    }
+
+    fn unauthorized(self) -> SimResponse {
+        let response: SimResponse = match self {
+            Self::OrderManagement => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "Invalid or missing credentials.",
+            )
+            .into(),
+            Self::Partner => PartnerError::unauthorized().into(),
+        };
+        response.with_header(WWW_AUTHENTICATE, "Basic realm=\"Klarna\"")
+    }
+
+    fn rate_limited(self) -> SimResponse {
+        match self {
+            Self::OrderManagement => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                "Too many requests. Rate limit exceeded.",
+            )
+            .with_retry_after(Some(1))
+            .into(),
+            Self::Partner => PartnerError::rate_limited().into(),
+        }
+    }
+
+    fn too_large(self) -> SimResponse {
+        match self {
+            Self::OrderManagement => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("Request body exceeds the maximum size of {MAX_BODY_BYTES} bytes."),
+            )
+            .into(),
+            Self::Partner => PartnerError::too_large(MAX_BODY_BYTES).into(),
+        }
+    }
+
+    /// The default body of an injected status.
+    fn injected(self, status: StatusCode) -> SimResponse {
+        match self {
+            Self::OrderManagement => ApiError::new(
+                status,
+                default_error_code(status),
+                format!("Injected fault: HTTP {}", status.as_u16()),
+            )
+            .into(),
+            Self::Partner => PartnerError::injected(status).into(),
+        }
+    }
+}
+
+/// The result of steps 6 and 7.
+#[derive(Debug)]
+pub(crate) struct Executed {
+    pub(crate) response: SimResponse,
+    /// The answer was replayed from the idempotency memory.
+    pub(crate) replayed: bool,
+    /// A partner refund was executed (not replayed): its webhook event.
+    pub(crate) event: Option<RefundEvent>,
+}
+
+impl Executed {
+    /// An answer given before anything was looked up or executed.
+    pub(crate) fn answer(response: SimResponse) -> Self {
+        Self {
+            response,
+            replayed: false,
+            event: None,
+        }
+    }
+}
+
+/// Step 7: under the state lock, replays the response stored for `scoped_key`, or runs the
+/// operation and stores its response under the key if storable. `scoped_key` is the
+/// idempotency key already scoped by credential; `None` runs the operation unkeyed.
+pub(crate) fn run_once(
+    shared: &Shared,
+    scoped_key: Option<String>,
+    run: impl FnOnce(&mut Store, OffsetDateTime) -> (SimResponse, Option<RefundEvent>),
+) -> Executed {
+    let mut store = shared.store();
+    // Read under the lock so that idempotency entries are stored in time order.
+    let now = shared.clock.now();
+    let Some(scoped) = scoped_key else {
+        let (response, event) = run(&mut store, now);
+        return Executed {
+            response,
+            replayed: false,
+            event,
+        };
+    };
+    if let Some(stored) = store.idempotency.get(&scoped, now) {
+        return Executed {
+            response: stored.clone(),
+            replayed: true,
+            event: None,
+        };
+    }
+    let (response, event) = run(&mut store, now);
+    if idempotency::is_storable(response.status) {
+        store.idempotency.insert(&scoped, response.clone(), now);
+    }
+    Executed {
+        response,
+        replayed: false,
+        event,
+    }
+}
+
+/// Handles one Klarna call (of either API).
 pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Outcome {
+    let api = Api::of(parts.uri.path());
     let body = match read_body(body, MAX_BODY_BYTES).await {
         Ok(body) => Some(body),
         Err(BodyError::TooLarge) => None,
@@ -57,29 +200,20 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
     };
     let mut fault: Option<&'static str> = None;
     let mut after_commit: Option<FaultKind> = None;
+    let mut raw_fault_body = false;
     let mut replayed = false;
-    let response = 'answer: {
-        if !shared.auth.check(&parts.headers) {
-            break 'answer unauthorized();
+    let mut event = None;
+    let mut response = 'answer: {
+        if !api.authorized(shared, &parts.headers) {
+            break 'answer api.unauthorized();
         }
         if let Some(limiter) = &shared.rate_limiter
             && !limiter.try_acquire()
         {
-            break 'answer ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_REQUESTS",
-                "Too many requests. Rate limit exceeded.",
-            )
-            .with_retry_after(Some(1))
-            .into();
+            break 'answer api.rate_limited();
         }
         let Some(body) = &body else {
-            break 'answer ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "REQUEST_TOO_LARGE",
-                format!("Request body exceeds the maximum size of {MAX_BODY_BYTES} bytes."),
-            )
-            .into();
+            break 'answer api.too_large();
         };
         if let Some(kind) = shared.faults.take(parts.method.as_str(), parts.uri.path()) {
             fault = Some(kind.name());
@@ -88,17 +222,30 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
                     status,
                     body,
                     retry_after_secs,
-                } => break 'answer fault_response(status, body, retry_after_secs),
+                } => {
+                    raw_fault_body = body.is_some();
+                    break 'answer fault_response(api, status, body, retry_after_secs);
+                }
                 FaultKind::Latency { millis } => {
                     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
                 }
                 hold_or_drop => after_commit = Some(hold_or_drop),
             }
         }
-        let (response, was_replayed) = execute(shared, &parts, body);
-        replayed = was_replayed;
-        response
+        let executed = match api {
+            Api::OrderManagement => execute(shared, &parts, body),
+            Api::Partner => partner::execute(shared, &parts, body),
+        };
+        replayed = executed.replayed;
+        event = executed.event;
+        executed.response
     };
+    if api == Api::Partner
+        && !raw_fault_body
+        && let Some(correlation_id) = partner::echoed_correlation_id(&parts.headers)
+    {
+        response = response.with_header(partner::CORRELATION_ID, correlation_id);
+    }
 
     if shared.log.enabled() {
         shared.log.push(log_entry(
@@ -110,6 +257,9 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
             fault,
         ));
     }
+    if let Some(event) = event {
+        shared.webhooks.emit_refunded(&event);
+    }
     match after_commit {
         Some(FaultKind::CommitThenDrop) => Outcome::Drop,
         Some(FaultKind::CommitThenHold { millis }) => {
@@ -120,18 +270,16 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
     }
 }
 
-fn unauthorized() -> SimResponse {
-    SimResponse::from(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHORIZED",
-        "Invalid or missing credentials.",
-    ))
-    .with_header(WWW_AUTHENTICATE, "Basic realm=\"Klarna\"")
-}
-
-fn fault_response(status: u16, body: Option<String>, retry_after_secs: Option<u64>) -> SimResponse {
+fn fault_response(
+    api: Api,
+    status: u16,
+    body: Option<String>,
+    retry_after_secs: Option<u64>,
+) -> SimResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = match body {
+        // What Klarna's DDoS protection sends: a bare status, no error object.
+        Some(body) if body.is_empty() => SimResponse::empty(status),
         Some(body) if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok() => {
             SimResponse::json_bytes(status, body.into_bytes())
         }
@@ -143,12 +291,7 @@ fn fault_response(status: u16, body: Option<String>, retry_after_secs: Option<u6
             )],
             body: Bytes::from(body),
         },
-        None => ApiError::new(
-            status,
-            default_error_code(status),
-            format!("Injected fault: HTTP {}", status.as_u16()),
-        )
-        .into(),
+        None => api.injected(status),
     };
     if let Some(secs) = retry_after_secs {
         response.headers.retain(|(name, _)| name != RETRY_AFTER);
@@ -178,30 +321,19 @@ fn idempotency_key<'a>(
     }
 }
 
-/// Steps 6 and 7: returns the answer and whether it was replayed.
-fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> (SimResponse, bool) {
+/// Steps 6 and 7 for Order Management.
+fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> Executed {
     let key = match idempotency_key(&parts.method, &parts.headers) {
         Ok(key) => key,
-        Err(error) => return (error.into(), false),
+        Err(error) => return Executed::answer(error.into()),
     };
     let command = route(&parts.method, parts.uri.path(), body);
     let host = host(parts);
-    let mut store = shared.store();
-    // Read under the lock so that idempotency entries are stored in time order.
-    let now = shared.clock.now();
-    let Some(key) = key else {
-        return (store.execute(command, now, host), false);
-    };
     // Keys are scoped per API username; '\n' cannot occur in a header value.
-    let scoped = format!("{}\n{key}", shared.config.username);
-    if let Some(stored) = store.idempotency.get(&scoped, now) {
-        return (stored.clone(), true);
-    }
-    let response = store.execute(command, now, host);
-    if idempotency::is_storable(response.status) {
-        store.idempotency.insert(&scoped, response.clone(), now);
-    }
-    (response, false)
+    let scoped = key.map(|key| format!("{}\n{key}", shared.config.username));
+    run_once(shared, scoped, |store, now| {
+        (store.execute(command, now, host), None)
+    })
 }
 
 /// The host the client addressed (`:authority` in HTTP/2, `Host` in HTTP/1.1).

@@ -1,4 +1,5 @@
-//! HTTP Basic authentication of Klarna calls against the configured API credential.
+//! Authentication of Klarna calls: HTTP Basic with the configured API username and password
+//! (Order Management), and the partner API key sent as is after `Basic ` (Payments API).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -47,6 +48,33 @@ impl BasicAuth {
     }
 }
 
+/// The one partner API key the simulator accepts, sent as `Authorization: Basic <key>`: the key
+/// itself, not base64 of `key:` (Klarna's partner docs show the key after `Basic `).
+#[derive(Debug, Clone)]
+pub(crate) struct ApiKeyAuth {
+    key: String,
+}
+
+impl ApiKeyAuth {
+    pub(crate) fn new(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+        }
+    }
+
+    /// Whether the request carries the configured key (scheme case-insensitive, the key
+    /// compared exactly).
+    pub(crate) fn check(&self, headers: &HeaderMap) -> bool {
+        let Some(text) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, key)) = text.trim().split_once(' ') else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("basic") && !self.key.is_empty() && key.trim() == self.key
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +98,21 @@ mod tests {
             STANDARD.encode("user:wrong")
         ))));
         assert!(!auth.check(&headers("Basic !!!")));
+        assert!(!auth.check(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn api_key_is_the_raw_key_after_basic() {
+        let auth = ApiKeyAuth::new("klarna_test_api_abc");
+        assert!(auth.check(&headers("Basic klarna_test_api_abc")));
+        assert!(auth.check(&headers("basic  klarna_test_api_abc")));
+        assert!(!auth.check(&headers(&format!(
+            "Basic {}",
+            STANDARD.encode("klarna_test_api_abc:")
+        ))));
+        assert!(!auth.check(&headers("Bearer klarna_test_api_abc")));
+        assert!(!auth.check(&headers("Basic klarna_test_api_abd")));
+        assert!(!auth.check(&headers("Basic")));
         assert!(!auth.check(&HeaderMap::new()));
     }
 }

@@ -1,6 +1,8 @@
-//! Fixed demo orders, seeded by [`Simulator::seed_demo_orders`](crate::Simulator::seed_demo_orders),
-//! `POST /__admin/demo` or `klarna-sim --demo`. Their ids never change, so demos, docs and
-//! tests can name them.
+//! Fixed demo data, seeded by [`Simulator::seed_demo_orders`](crate::Simulator::seed_demo_orders)
+//! (orders and transactions), `POST /__admin/demo` or `klarna-sim --demo`. Ids never change, so
+//! demos, docs and tests can name them.
+//!
+//! # Orders (Order Management)
 //!
 //! | order | what it is | what it shows |
 //! |---|---|---|
@@ -10,10 +12,129 @@
 //! | [`GB_CARD_ORDER_ID`] | GB/GBP `CARD`, 5 000 fully captured ([`GB_CARD_CAPTURE_ID`]) | no due-date extension (403), no return fee (GB not eligible) |
 //! | [`NO_TWO_CAPTURES_ORDER_ID`] | NO/NOK `INVOICE`, 50 000 captured as 30 000 ([`NO_FIRST_CAPTURE_ID`]) + 20 000 ([`NO_SECOND_CAPTURE_ID`]) | return fee refused: more than one capture |
 //!
-//! Seeding again resets these orders to this initial state.
+//! # Payment transactions (partner Payments API)
+//! All in SEK, for the partner account [`crate::DEFAULT_PARTNER_ACCOUNT_ID`]; capture ids
+//! follow `{transaction}:capture:{n}`.
+//!
+//! | transaction | what it is | what it shows |
+//! |---|---|---|
+//! | [`CAPTURED_TRANSACTION_ID`] | `AUTHORIZED`, 10 000 fully captured as 6 000 ([`CAPTURED_FIRST_CAPTURE_ID`]) + 4 000 ([`CAPTURED_SECOND_CAPTURE_ID`]) | refund a capture, and refund the transaction (allocated oldest capture first) both work |
+//! | [`CLOSED_TRANSACTION_ID`] | `CLOSED`, 5 000 fully captured ([`CLOSED_CAPTURE_ID`]) | refund → 403 "Transaction is closed…" |
+//! | [`LIMIT_TRANSACTION_ID`] | `COMPLETED`, 50 000 captured ([`LIMIT_CAPTURE_ID`]), 199 refunds of 1 already made | one more refund works, the next → 403 "Maximum number of refunds (200) reached…" |
+//! | [`UNCAPTURED_TRANSACTION_ID`] | `AUTHORIZED`, 15 000, nothing captured | refund → 403 "Transaction has no captures…" |
+//!
+//! Seeding again resets these orders and transactions to this initial state.
 
 use crate::model::{OrderLine, OrderLineType};
+use crate::payments::{LineItem, TransactionState};
 use crate::seed::OrderSeed;
+use crate::transaction_seed::{CaptureSeed, TransactionSeed};
+
+/// `AUTHORIZED` SEK transaction, 10 000 fully captured in two captures.
+pub const CAPTURED_TRANSACTION_ID: &str =
+    "krn:payment:eu1:transaction:3d6f8a1b-2c4e-4f7a-9b5d-8e1c2a3b4d61";
+/// First capture (6 000) of [`CAPTURED_TRANSACTION_ID`].
+pub const CAPTURED_FIRST_CAPTURE_ID: &str =
+    "krn:payment:eu1:transaction:3d6f8a1b-2c4e-4f7a-9b5d-8e1c2a3b4d61:capture:1";
+/// Second capture (4 000) of [`CAPTURED_TRANSACTION_ID`].
+pub const CAPTURED_SECOND_CAPTURE_ID: &str =
+    "krn:payment:eu1:transaction:3d6f8a1b-2c4e-4f7a-9b5d-8e1c2a3b4d61:capture:2";
+/// `CLOSED` SEK transaction, 5 000 captured: every refund is refused.
+pub const CLOSED_TRANSACTION_ID: &str =
+    "krn:payment:eu1:transaction:7a2c9e4f-5b1d-4c8e-a3f6-1d9b7e5c3a72";
+/// The capture of [`CLOSED_TRANSACTION_ID`].
+pub const CLOSED_CAPTURE_ID: &str =
+    "krn:payment:eu1:transaction:7a2c9e4f-5b1d-4c8e-a3f6-1d9b7e5c3a72:capture:1";
+/// `COMPLETED` SEK transaction, 50 000 captured, 199 refunds made: one more refund is allowed.
+pub const LIMIT_TRANSACTION_ID: &str =
+    "krn:payment:eu1:transaction:1f4b7d2e-8a3c-4e6b-b5d9-2c7e4a1f8b83";
+/// The capture of [`LIMIT_TRANSACTION_ID`].
+pub const LIMIT_CAPTURE_ID: &str =
+    "krn:payment:eu1:transaction:1f4b7d2e-8a3c-4e6b-b5d9-2c7e4a1f8b83:capture:1";
+/// Refunds already made on [`LIMIT_TRANSACTION_ID`].
+pub const LIMIT_PRIOR_REFUNDS: u32 = 199;
+/// `AUTHORIZED` SEK transaction, 15 000, nothing captured.
+pub const UNCAPTURED_TRANSACTION_ID: &str =
+    "krn:payment:eu1:transaction:9c5e1a3d-4f2b-4a7c-8d6e-3b8f5c2d9e94";
+
+/// All demo transaction ids, in the order [`transaction_seeds`] lists them.
+pub const TRANSACTION_IDS: [&str; 4] = [
+    CAPTURED_TRANSACTION_ID,
+    CLOSED_TRANSACTION_ID,
+    LIMIT_TRANSACTION_ID,
+    UNCAPTURED_TRANSACTION_ID,
+];
+
+/// The demo transactions as seeds (fixed ids, line items that add up to the amount).
+pub fn transaction_seeds() -> Vec<TransactionSeed> {
+    let transaction =
+        |id: &str, state, amount, captures: &[(i64, &str)], line_items| TransactionSeed {
+            payment_transaction_id: Some(id.to_owned()),
+            currency: Some("SEK".to_owned()),
+            amount,
+            state: Some(state),
+            line_items: Some(line_items),
+            captures: captures
+                .iter()
+                .map(|&(amount, id)| CaptureSeed::with_id(amount, id))
+                .collect(),
+            prior_refunds: 0,
+            other_operations: 0,
+        };
+    vec![
+        transaction(
+            CAPTURED_TRANSACTION_ID,
+            TransactionState::Authorized,
+            10_000,
+            &[
+                (6_000, CAPTURED_FIRST_CAPTURE_ID),
+                (4_000, CAPTURED_SECOND_CAPTURE_ID),
+            ],
+            vec![
+                LineItem::new("Linen shirt", 1, 6_000)
+                    .with_tax(2_500, 1_200)
+                    .with_reference("SHIRT-LIN-M")
+                    .with_type("PHYSICAL"),
+                LineItem::new("Wool scarf", 2, 2_000)
+                    .with_tax(2_500, 800)
+                    .with_reference("SCARF-WOOL")
+                    .with_type("PHYSICAL"),
+            ],
+        ),
+        transaction(
+            CLOSED_TRANSACTION_ID,
+            TransactionState::Closed,
+            5_000,
+            &[(5_000, CLOSED_CAPTURE_ID)],
+            vec![
+                LineItem::new("Ceramic mug", 2, 2_500)
+                    .with_tax(2_500, 1_000)
+                    .with_reference("MUG-CER-WH"),
+            ],
+        ),
+        TransactionSeed {
+            prior_refunds: LIMIT_PRIOR_REFUNDS,
+            ..transaction(
+                LIMIT_TRANSACTION_ID,
+                TransactionState::Completed,
+                50_000,
+                &[(50_000, LIMIT_CAPTURE_ID)],
+                vec![
+                    LineItem::new("Gift cards", 50, 1_000)
+                        .with_reference("GIFT-100")
+                        .with_type("GIFT_CARD"),
+                ],
+            )
+        },
+        transaction(
+            UNCAPTURED_TRANSACTION_ID,
+            TransactionState::Authorized,
+            15_000,
+            &[],
+            vec![LineItem::new("Desk lamp", 1, 15_000).with_reference("LAMP-DSK-01")],
+        ),
+    ]
+}
 
 /// SE/SEK invoice order, 10 000 fully captured in one capture.
 pub const SE_INVOICE_ORDER_ID: &str = "4f3c2a71-8d5e-4b6a-9c1f-2e7d8a9b0c11";
@@ -147,6 +268,42 @@ pub fn seeds() -> Vec<OrderSeed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demo_transactions_are_consistent() {
+        let now = time::OffsetDateTime::now_utc();
+        let seeds = transaction_seeds();
+        assert_eq!(seeds.len(), TRANSACTION_IDS.len());
+        for (seed, id) in seeds.into_iter().zip(TRANSACTION_IDS) {
+            assert_eq!(seed.payment_transaction_id.as_deref(), Some(id));
+            let lines: i64 = seed
+                .line_items
+                .iter()
+                .flatten()
+                .map(|l| l.total_amount)
+                .sum();
+            assert_eq!(lines, seed.amount, "{id}");
+            // The fixed capture ids are the ones the simulator would generate.
+            let given: Vec<String> = seed
+                .captures
+                .iter()
+                .filter_map(|c| c.payment_capture_id.clone())
+                .collect();
+            let (_, seeded) = crate::transaction_seed::build_transaction(
+                TransactionSeed {
+                    captures: seed
+                        .captures
+                        .iter()
+                        .map(|c| CaptureSeed::new(c.amount))
+                        .collect(),
+                    ..seed.clone()
+                },
+                now,
+            )
+            .unwrap();
+            assert_eq!(seeded.payment_capture_ids, given, "{id}");
+        }
+    }
 
     #[test]
     fn demo_lines_add_up_and_ids_are_uuids() {

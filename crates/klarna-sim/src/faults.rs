@@ -1,12 +1,15 @@
 //! Injected faults: for the next N Klarna calls matching a method and path, answer with a
 //! status, add latency, or commit the operation and then hold or drop the answer.
 //!
-//! Faults only apply to the Klarna API, never to `/__admin/`. A fault's answer is never stored
-//! in the idempotency memory, so a replay never returns a fault.
+//! Faults apply to both Klarna APIs (Order Management and the partner Payments API), never to
+//! `/__admin/`. A fault's answer is never stored in the idempotency memory, so a replay never
+//! returns a fault.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
 /// What to inject for matching requests.
@@ -18,9 +21,12 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
     /// Answer with `status` without executing anything. `body` is sent as is (JSON content
-    /// type if it parses as JSON, else text); without it the body is a Klarna error body with
-    /// the code usual for that status (`TEMPORARILY_UNAVAILABLE` for 502-504,
-    /// `INTERNAL_SERVER_ERROR` for 500, ...). `retry_after_secs` sets `Retry-After`. A status
+    /// type if it parses as JSON, else text); `Some("")` sends an empty body without any
+    /// content type, as Klarna's DDoS protection does with its bare 403. Without `body` the
+    /// answer is the error body of the API called, with the code usual for that status: Order
+    /// Management's (`TEMPORARILY_UNAVAILABLE` for 502-504, `INTERNAL_SERVER_ERROR` for 500,
+    /// ...) or the partner API's (`TECHNICAL_ERROR`/`INTERNAL_ERROR` for 5xx, `ACCESS_ERROR`/
+    /// `OPERATION_FORBIDDEN` for 403, ...). `retry_after_secs` sets `Retry-After`. A status
     /// that is not a valid HTTP status becomes 500.
     Status {
         /// HTTP status to answer with.
@@ -68,7 +74,9 @@ pub struct FaultSpec {
     #[serde(default)]
     pub method: Option<String>,
     /// Request path (without query) to match exactly, or a prefix when it ends with `*`
-    /// (`/ordermanagement/v1/orders/*` matches every order call).
+    /// (`/ordermanagement/v1/orders/*` matches every order call). It matches the path as
+    /// received and also percent-decoded (both sides), so a partner path naming a KRN matches
+    /// whether the client sent its `:` as is or as `%3A`.
     pub path: String,
     /// How many matching calls get the fault (0 arms nothing). Defaults to 1 in JSON.
     #[serde(default = "one")]
@@ -81,18 +89,35 @@ fn one() -> u32 {
     1
 }
 
+/// The path percent-decoded (invalid UTF-8 replaced), or as is when there is nothing to decode.
+pub(crate) fn decode_path(path: &str) -> Cow<'_, str> {
+    percent_decode_str(path).decode_utf8_lossy()
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == pattern,
+    }
+}
+
 impl FaultSpec {
-    fn matches(&self, method: &str, path: &str) -> bool {
+    /// `decoded_pattern` is `self.path` percent-decoded, `decoded` the request path decoded.
+    fn matches(&self, decoded_pattern: &str, method: &str, path: &str, decoded: &str) -> bool {
         let method_ok = self
             .method
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case(method));
-        let path_ok = match self.path.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.path,
-        };
-        method_ok && path_ok
+        method_ok && (path_matches(&self.path, path) || path_matches(decoded_pattern, decoded))
     }
+}
+
+/// One armed fault: the spec, its path decoded once, and how many uses are left.
+#[derive(Debug)]
+struct Armed {
+    spec: FaultSpec,
+    decoded_path: String,
+    left: u32,
 }
 
 /// Armed faults, first armed first matched.
@@ -101,7 +126,7 @@ pub(crate) struct FaultTable {
     /// Number of armed faults, read without the lock so that the common no-fault case costs
     /// one atomic load.
     armed: AtomicUsize,
-    faults: Mutex<Vec<(FaultSpec, u32)>>,
+    faults: Mutex<Vec<Armed>>,
 }
 
 impl FaultTable {
@@ -110,8 +135,11 @@ impl FaultTable {
             return;
         }
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let times = spec.times;
-        faults.push((spec, times));
+        faults.push(Armed {
+            decoded_path: decode_path(&spec.path).into_owned(),
+            left: spec.times,
+            spec,
+        });
         self.armed.store(faults.len(), Ordering::Release);
     }
 
@@ -126,14 +154,17 @@ impl FaultTable {
         if self.armed.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let decoded = decode_path(path);
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let index = faults
-            .iter()
-            .position(|(spec, _)| spec.matches(method, path))?;
-        let (spec, left) = &mut faults[index];
-        let kind = spec.kind.clone();
-        *left -= 1;
-        if *left == 0 {
+        let index = faults.iter().position(|armed| {
+            armed
+                .spec
+                .matches(&armed.decoded_path, method, path, &decoded)
+        })?;
+        let armed = &mut faults[index];
+        let kind = armed.spec.kind.clone();
+        armed.left -= 1;
+        if armed.left == 0 {
             faults.remove(index);
         }
         self.armed.store(faults.len(), Ordering::Release);
@@ -154,13 +185,32 @@ mod tests {
         }
     }
 
+    fn matches(spec: &FaultSpec, method: &str, path: &str) -> bool {
+        spec.matches(&decode_path(&spec.path), method, path, &decode_path(path))
+    }
+
     #[test]
     fn matches_exact_prefix_and_method() {
-        assert!(spec(None, "/a/b", 1).matches("GET", "/a/b"));
-        assert!(!spec(None, "/a/b", 1).matches("GET", "/a/bc"));
-        assert!(spec(None, "/a/*", 1).matches("POST", "/a/bc"));
-        assert!(spec(Some("post"), "/a/*", 1).matches("POST", "/a/bc"));
-        assert!(!spec(Some("GET"), "/a/*", 1).matches("POST", "/a/bc"));
+        assert!(matches(&spec(None, "/a/b", 1), "GET", "/a/b"));
+        assert!(!matches(&spec(None, "/a/b", 1), "GET", "/a/bc"));
+        assert!(matches(&spec(None, "/a/*", 1), "POST", "/a/bc"));
+        assert!(matches(&spec(Some("post"), "/a/*", 1), "POST", "/a/bc"));
+        assert!(!matches(&spec(Some("GET"), "/a/*", 1), "POST", "/a/bc"));
+    }
+
+    #[test]
+    fn matches_encoded_and_plain_colons_alike() {
+        let plain = "/v2/payment/captures/krn:payment:eu1:transaction:t:capture:1/refunds";
+        let encoded =
+            "/v2/payment/captures/krn%3Apayment%3Aeu1%3Atransaction%3At%3Acapture%3A1/refunds";
+        assert!(matches(&spec(None, plain, 1), "POST", encoded));
+        assert!(matches(&spec(None, encoded, 1), "POST", plain));
+        assert!(matches(&spec(None, plain, 1), "POST", plain));
+        assert!(!matches(
+            &spec(None, plain, 1),
+            "POST",
+            "/v2/payment/captures/x/refunds"
+        ));
     }
 
     #[test]

@@ -33,7 +33,7 @@ struct Entry {
     response: SimResponse,
 }
 
-/// Key (already scoped by API username) to first response.
+/// Key (already scoped by API credential: username, or partner API key) to first response.
 #[derive(Debug, Default)]
 pub(crate) struct IdempotencyStore {
     entries: HashMap<Arc<str>, Entry>,

@@ -1,6 +1,7 @@
-//! The HTTP server: a hyper-util accept loop serving HTTP/1.1 and cleartext HTTP/2 (prior
-//! knowledge) on one listener, graceful shutdown, and the commit-then-drop fault, which
-//! closes the TCP connection before any response header is written.
+//! The HTTP server: a hyper-util accept loop serving HTTP/1.1 and HTTP/2 on one listener
+//! (cleartext with prior knowledge, or over TLS, optionally mutual, when configured), graceful
+//! shutdown, and the commit-then-drop fault, which closes the TCP connection before any
+//! response header is written.
 //!
 //! `axum::serve` cannot drop a connection from a handler; here each connection task selects
 //! between serving the connection and a per-connection "drop" signal raised by the handler,
@@ -22,17 +23,22 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, Outcome};
 use crate::simulator::{SimConfig, Simulator};
+use crate::tls::{self, TlsConfig};
 use crate::{admin, response::SimResponse};
 
 /// How long shutdown waits for open connections (held answers included).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bodies beyond this are not even drained: the connection is refused outright.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
@@ -115,6 +121,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let acceptor = sim.config().tls.as_ref().map(tls::acceptor).transpose()?;
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
@@ -137,44 +144,72 @@ pub(crate) async fn serve(
         };
         // Small request/response exchanges: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
-
-        let kill = Arc::new(Notify::new());
-        let service = {
-            let sim = sim.clone();
-            let kill = Arc::clone(&kill);
-            service_fn(move |request: Request<Incoming>| {
-                let sim = sim.clone();
-                let kill = Arc::clone(&kill);
-                async move {
-                    match dispatch(&sim, request).await {
-                        Outcome::Respond(response) => Ok::<Response<Full<Bytes>>, DroppedByFault>(
-                            SimResponse::into_http(response),
-                        ),
-                        Outcome::Drop => {
-                            kill.notify_one();
-                            Err(DroppedByFault)
-                        }
-                    }
-                }
-            })
-        };
+        let sim = sim.clone();
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let connection = watcher.watch(connection);
-            tokio::select! {
-                // Errors here are the client's or the fault's doing; nothing to report.
-                _ = connection => {}
-                // Dropping the connection future closes the socket, unanswered.
-                () = kill.notified() => {}
+        match &acceptor {
+            None => {
+                tokio::spawn(serve_connection(sim, builder, watcher, stream));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                // The handshake runs in the connection's task, so a slow or silent client
+                // never holds up the accept loop.
+                // A failed handshake (no or a wrong client certificate) or a timeout ends
+                // here: the client has already been told, or there is nobody to tell.
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_connection(sim, builder, watcher, tls).await;
+                    }
+                });
+            }
+        }
     }
 
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
+}
+
+/// Serves one connection (plain TCP or TLS) until it ends, the client goes away, or a
+/// commit-then-drop fault closes it.
+async fn serve_connection<I>(
+    sim: Simulator,
+    builder: Arc<Builder<TokioExecutor>>,
+    watcher: Watcher,
+    io: I,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let kill = Arc::new(Notify::new());
+    let service = {
+        let kill = Arc::clone(&kill);
+        service_fn(move |request: Request<Incoming>| {
+            let sim = sim.clone();
+            let kill = Arc::clone(&kill);
+            async move {
+                match dispatch(&sim, request).await {
+                    Outcome::Respond(response) => Ok::<Response<Full<Bytes>>, DroppedByFault>(
+                        SimResponse::into_http(response),
+                    ),
+                    Outcome::Drop => {
+                        kill.notify_one();
+                        Err(DroppedByFault)
+                    }
+                }
+            }
+        })
+    };
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = watcher.watch(connection);
+    tokio::select! {
+        // Errors here are the client's or the fault's doing; nothing to report.
+        _ = connection => {}
+        // Dropping the connection future closes the socket, unanswered.
+        () = kill.notified() => {}
+    }
 }
 
 /// A simulator serving on `127.0.0.1` on a free port, started by [`spawn`].
@@ -184,7 +219,8 @@ pub(crate) async fn serve(
 pub struct RunningSimulator {
     /// Handle to the simulator's state and test facilities.
     pub sim: Simulator,
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    /// `http://127.0.0.1:PORT` (`https://` when [`SimConfig::tls`] is set), without a
+    /// trailing slash.
     pub base_url: String,
     /// The bound address.
     pub addr: SocketAddr,
@@ -201,6 +237,31 @@ impl RunningSimulator {
     /// The configured API password (for Basic auth).
     pub fn password(&self) -> &str {
         &self.sim.config().password
+    }
+
+    /// The configured partner API key (`Authorization: Basic <key>` on `/v2` calls).
+    pub fn partner_api_key(&self) -> &str {
+        &self.sim.config().partner_api_key
+    }
+
+    /// The configured partner account id.
+    pub fn partner_account_id(&self) -> &str {
+        &self.sim.config().partner_account_id
+    }
+
+    /// The prefix of partner calls for the configured account:
+    /// `{base_url}/v2/accounts/{partner_account_id}`.
+    pub fn partner_base_url(&self) -> String {
+        format!(
+            "{}/v2/accounts/{}",
+            self.base_url,
+            self.partner_account_id()
+        )
+    }
+
+    /// The TLS configuration served (certificate chain, client CA), if any.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.sim.config().tls.as_ref()
     }
 
     /// Stops accepting, waits for open connections (at most 5 s) and returns the server's
@@ -224,9 +285,18 @@ impl Drop for RunningSimulator {
     }
 }
 
-/// Starts a simulator with `config` on `127.0.0.1:0` (no orders seeded) in a background task
-/// of the current Tokio runtime.
+/// Starts a simulator with `config` on `127.0.0.1:0` (nothing seeded) in a background task
+/// of the current Tokio runtime. An unusable [`SimConfig::tls`] is an `InvalidInput` error.
 pub async fn spawn(config: SimConfig) -> io::Result<RunningSimulator> {
+    // Checked here so that a bad configuration fails the caller, not the background task.
+    if let Some(tls) = &config.tls {
+        tls::acceptor(tls)?;
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let sim = Simulator::new(config);
@@ -237,7 +307,7 @@ pub async fn spawn(config: SimConfig) -> io::Result<RunningSimulator> {
     }));
     Ok(RunningSimulator {
         sim,
-        base_url: format!("http://{addr}"),
+        base_url: format!("{scheme}://{addr}"),
         addr,
         stop: Some(stop),
         task: Some(task),

@@ -6,14 +6,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::auth::BasicAuth;
+use crate::auth::{ApiKeyAuth, BasicAuth};
 use crate::clock::Clock;
 use crate::demo;
 use crate::faults::{FaultSpec, FaultTable};
+use crate::payments::TransactionState;
 use crate::rate_limit::RateLimiter;
 use crate::request_log::{LoggedRequest, RequestLog};
 use crate::seed::{self, OrderSeed, SeedError, SeededOrder};
 use crate::state::Store;
+use crate::tls::TlsConfig;
+use crate::transaction_seed::{self, SeededTransaction, TransactionSeed, TransactionSeedError};
+use crate::webhooks::{self, WebhookDelivery, WebhookEvent, WebhookTarget, Webhooks};
+
+/// The partner account the simulator serves by default (a fixed demo KRN).
+pub const DEFAULT_PARTNER_ACCOUNT_ID: &str =
+    "krn:partner:global:account:live:8c1f0f3e-6d4b-4c1e-9a8e-2f5b7d9e1a34";
+/// The partner API key the simulator accepts by default (a fixed demo value).
+pub const DEFAULT_PARTNER_API_KEY: &str = "klarna_test_api_c2ltdWxhdG9yLWRlbW8ta2V5LTFmM2E5YzA";
 
 /// How the simulator behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,16 +37,37 @@ pub struct SimConfig {
     pub rate_limit_per_second: Option<u32>,
     /// How many Klarna calls the request log keeps (oldest dropped first); 0 disables the log.
     pub request_log_capacity: usize,
+    /// The one partner account served under `/v2/accounts/{partner_account_id}/…` (another
+    /// account there is a 403), and the `subject_account_id`/`recipient_account_id` of
+    /// webhook events.
+    pub partner_account_id: String,
+    /// The only partner API key accepted (`Authorization: Basic <key>` on `/v2` calls).
+    pub partner_api_key: String,
+    /// Where webhook events go; `None`: events are recorded as undeliverable and dropped.
+    /// Can be changed at runtime ([`Simulator::set_webhook_target`]).
+    pub webhook: Option<WebhookTarget>,
+    /// Delays before the retries of an unacknowledged webhook delivery (one retry per entry).
+    pub webhook_retry_schedule: Vec<std::time::Duration>,
+    /// Serve HTTPS (and require client certificates when it has a client CA) instead of
+    /// plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for SimConfig {
-    /// `sim-user` / `sim-password`, no rate limit, a log of 10 000 calls.
+    /// `sim-user` / `sim-password`, no rate limit, a log of 10 000 calls, partner account
+    /// [`DEFAULT_PARTNER_ACCOUNT_ID`] with key [`DEFAULT_PARTNER_API_KEY`], no webhook target,
+    /// [`webhooks::default_retry_schedule`] (50 ms, 200 ms, 1 s, 2 s, 5 s, 10 s), plain HTTP.
     fn default() -> Self {
         Self {
             username: "sim-user".to_owned(),
             password: "sim-password".to_owned(),
             rate_limit_per_second: None,
             request_log_capacity: 10_000,
+            partner_account_id: DEFAULT_PARTNER_ACCOUNT_ID.to_owned(),
+            partner_api_key: DEFAULT_PARTNER_API_KEY.to_owned(),
+            webhook: None,
+            webhook_retry_schedule: webhooks::default_retry_schedule(),
+            tls: None,
         }
     }
 }
@@ -46,11 +77,13 @@ impl Default for SimConfig {
 pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     pub(crate) auth: BasicAuth,
+    pub(crate) partner_auth: ApiKeyAuth,
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) store: Mutex<Store>,
     pub(crate) faults: FaultTable,
     pub(crate) log: RequestLog,
-    pub(crate) clock: Clock,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) webhooks: Arc<Webhooks>,
 }
 
 impl Shared {
@@ -61,9 +94,11 @@ impl Shared {
     }
 }
 
-/// A Klarna Order Management simulator: in-memory orders, the HTTP API, and test facilities.
+/// A Klarna simulator: in-memory orders (Order Management) and payment transactions (partner
+/// Payments API), the HTTP APIs, webhooks, and test facilities.
 ///
-/// Cloning is cheap; all clones share the same orders, log, faults and clock. Serve it with
+/// Cloning is cheap; all clones share the same data, log, faults, webhooks and clock. Serve it
+/// with
 /// [`Simulator::serve`] or start one on a free port with [`crate::spawn`].
 #[derive(Clone)]
 pub struct Simulator {
@@ -80,15 +115,23 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
-    /// A simulator without orders.
+    /// A simulator without orders or transactions.
     pub fn new(config: SimConfig) -> Self {
+        let clock = Arc::new(Clock::default());
         let shared = Shared {
             auth: BasicAuth::new(&config.username, &config.password),
+            partner_auth: ApiKeyAuth::new(&config.partner_api_key),
             rate_limiter: config.rate_limit_per_second.and_then(RateLimiter::new),
             store: Mutex::new(Store::default()),
             faults: FaultTable::default(),
             log: RequestLog::new(config.request_log_capacity),
-            clock: Clock::default(),
+            webhooks: Arc::new(Webhooks::new(
+                &config.partner_account_id,
+                config.webhook.clone(),
+                config.webhook_retry_schedule.clone(),
+                Arc::clone(&clock),
+            )),
+            clock,
             config,
         };
         Self {
@@ -118,12 +161,105 @@ impl Simulator {
         Ok(seeded)
     }
 
-    /// Seeds (or resets) the fixed demo orders of [`crate::demo`] and returns their ids.
+    /// Seeds (or resets) the fixed demo data of [`crate::demo`]: the demo orders, whose ids it
+    /// returns, and the demo payment transactions (see [`Simulator::seed_demo_transactions`]).
     pub fn seed_demo_orders(&self) -> Vec<SeededOrder> {
+        self.seed_demo_transactions();
         demo::seeds()
             .into_iter()
             .filter_map(|seed| self.try_seed_order(seed).ok())
             .collect()
+    }
+
+    /// Seeds (or resets) only the fixed demo payment transactions of [`crate::demo`] and
+    /// returns their ids.
+    pub fn seed_demo_transactions(&self) -> Vec<SeededTransaction> {
+        demo::transaction_seeds()
+            .into_iter()
+            .filter_map(|seed| self.try_seed_transaction(seed).ok())
+            .collect()
+    }
+
+    /// Creates (or replaces) a payment transaction as described; see [`TransactionSeed`].
+    ///
+    /// # Panics
+    /// If the seed is inconsistent (see [`TransactionSeedError`]); use
+    /// [`Simulator::try_seed_transaction`] to get the error instead.
+    pub fn seed_transaction(&self, seed: TransactionSeed) -> SeededTransaction {
+        self.try_seed_transaction(seed)
+            .unwrap_or_else(|e| panic!("invalid TransactionSeed: {e}"))
+    }
+
+    /// Creates (or replaces) a payment transaction as described, or says why the seed is
+    /// inconsistent (including a capture id another transaction already uses).
+    pub fn try_seed_transaction(
+        &self,
+        seed: TransactionSeed,
+    ) -> Result<SeededTransaction, TransactionSeedError> {
+        let (transaction, seeded) = transaction_seed::build_transaction(seed, self.now())?;
+        self.shared
+            .store()
+            .payments
+            .insert(transaction)
+            .map_err(|taken| TransactionSeedError::InvalidCaptureId(taken.0))?;
+        Ok(seeded)
+    }
+
+    /// What `GET …/payment/transactions/{id}` would return for this id, or `None` if there is
+    /// no such transaction.
+    pub fn transaction_json(&self, payment_transaction_id: &str) -> Option<serde_json::Value> {
+        let store = self.shared.store();
+        let transaction = store.payments.get(payment_transaction_id)?;
+        serde_json::to_value(transaction.view()).ok()
+    }
+
+    /// Sets a transaction's state (e.g. `CLOSED` to see refunds refused) and returns its new
+    /// JSON, or `None` if there is no such transaction.
+    pub fn set_transaction_state(
+        &self,
+        payment_transaction_id: &str,
+        state: TransactionState,
+    ) -> Option<serde_json::Value> {
+        let mut store = self.shared.store();
+        let transaction = store.payments.set_state(payment_transaction_id, state)?;
+        serde_json::to_value(transaction.view()).ok()
+    }
+
+    /// Sends later webhook events to `target` (events already emitted keep their target).
+    pub fn set_webhook_target(&self, target: WebhookTarget) {
+        self.shared.webhooks.set_target(Some(target));
+    }
+
+    /// Removes the webhook target: later events are recorded as undeliverable and dropped.
+    pub fn clear_webhook_target(&self) {
+        self.shared.webhooks.set_target(None);
+    }
+
+    /// The current webhook target.
+    pub fn webhook_target(&self) -> Option<WebhookTarget> {
+        self.shared.webhooks.target()
+    }
+
+    /// Starts delivering the events queued in [`crate::WebhookMode::Manual`] (each in its own
+    /// background task, with retries) and returns how many were started. Must be called
+    /// within a Tokio runtime; outside one nothing starts and the events stay queued.
+    pub fn flush_webhooks(&self) -> usize {
+        self.shared.webhooks.flush()
+    }
+
+    /// How many events wait for [`Simulator::flush_webhooks`].
+    pub fn queued_webhooks(&self) -> usize {
+        self.shared.webhooks.queued()
+    }
+
+    /// Every webhook event emitted (the last 10 000), oldest first: exact body and headers.
+    pub fn webhook_events(&self) -> Vec<WebhookEvent> {
+        self.shared.webhooks.events()
+    }
+
+    /// Every webhook delivery attempt (the last 10 000), in the order they ended.
+    pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
+        self.shared.webhooks.deliveries()
     }
 
     /// The logged Klarna calls, oldest first.
@@ -166,9 +302,11 @@ impl Simulator {
         serde_json::to_value(order.view()).ok()
     }
 
-    /// Serves the Klarna API and the admin API on `listener` (HTTP/1.1 and cleartext HTTP/2
-    /// with prior knowledge) until `shutdown` completes; then stops accepting, lets open
-    /// connections finish (at most 5 s) and returns.
+    /// Serves the Klarna APIs and the admin API on `listener` (HTTP/1.1 and HTTP/2: cleartext
+    /// with prior knowledge, or over TLS when [`SimConfig::tls`] is set) until `shutdown`
+    /// completes; then stops accepting, lets open connections finish (at most 5 s) and
+    /// returns. An unusable [`SimConfig::tls`] is an `InvalidInput` error before anything is
+    /// served.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,

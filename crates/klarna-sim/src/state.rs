@@ -1,5 +1,6 @@
-//! The simulator's data (orders, idempotency memory) and Klarna's business rules for each
-//! operation.
+//! The simulator's data (orders, payment transactions, idempotency memory) and Klarna's
+//! Order Management business rules for each operation (the partner API's rules are in
+//! `payments.rs`).
 //!
 //! Everything here is synchronous and runs under the one state mutex, which is what makes a
 //! keyed request execute at most once: the idempotency look-up, the operation and the storing
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::idempotency::IdempotencyStore;
 use crate::model::{Capture, DueDateExtension, Lifecycle, Order, OrderLineType, Refund};
+use crate::payments::Payments;
 use crate::response::{ApiError, SimResponse};
 use crate::schema::{CaptureRequest, RefundRequest};
 
@@ -73,10 +75,11 @@ pub(crate) enum Command {
     },
 }
 
-/// Orders by id, and the idempotency memory.
+/// Orders by id, payment transactions, and the idempotency memory of both APIs.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
     pub(crate) orders: HashMap<Uuid, Order>,
+    pub(crate) payments: Payments,
     pub(crate) idempotency: IdempotencyStore,
 }
 

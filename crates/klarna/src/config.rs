@@ -1,13 +1,19 @@
 //! Where and as whom the adapter talks to Klarna: region, environment, base URL, credentials,
-//! timeouts and resending ([`RetryConfig`]). Everything is checked once, when the client is built, so a bad setting stops
-//! the gateway at start-up rather than at its first refund.
+//! timeouts and resending ([`TransportConfig`], [`RetryConfig`]), for Order Management
+//! ([`KlarnaClientConfig`]) and for the partner Payments API ([`PaymentsClientConfig`]: API
+//! key, path prefix, partner account, client certificate). Everything is checked once, when
+//! the client is built, so a bad setting stops the gateway at start-up rather than at its
+//! first refund.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use percent_encoding::percent_decode_str;
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use url::{Host, Url};
 
 /// A Klarna region; each has its own Order Management host (see docs/klarna.md#base-urls).
@@ -102,6 +108,21 @@ pub fn regional_base_url(region: Region, environment: Environment) -> BaseUrl {
     // The six hosts above are literals; `regional_urls_are_valid_base_urls` parses every one.
     #[allow(clippy::expect_used)]
     let url = url.expect("the regional Klarna URLs are valid");
+    BaseUrl(url)
+}
+
+/// The partner Payments API's base URL in `environment` (see docs/klarna.md#partner-payments):
+/// one global host, `https://api-global.klarna.com`, and `https://api-global.test.klarna.com`
+/// for tests (Klarna's test environment, which Order Management calls the playground).
+pub fn payments_base_url(environment: Environment) -> BaseUrl {
+    let host = match environment {
+        Environment::Live => "api-global.klarna.com",
+        Environment::Playground => "api-global.test.klarna.com",
+    };
+    let url = Url::parse(&format!("https://{host}/"));
+    // Both hosts are literals; `payments_urls_are_valid_base_urls` parses them.
+    #[allow(clippy::expect_used)]
+    let url = url.expect("the Payments API URLs are valid");
     BaseUrl(url)
 }
 
@@ -236,7 +257,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// When and how often a Klarna call is resent (see docs/klarna.md#retries); which outcomes are
 /// safe to resend is fixed, see [`crate::RetryPolicy`]. One retry budget is shared by every
-/// call of one [`crate::KlarnaClient`], i.e. per Klarna account.
+/// call of one client ([`crate::KlarnaClient`], [`crate::PaymentsClient`]), i.e. per Klarna
+/// account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per call, the first included; 1 turns resending off. Default 4.
@@ -313,19 +335,17 @@ impl RetryConfig {
     }
 }
 
-/// Everything [`crate::KlarnaClient::new`] needs for one Klarna merchant account.
-#[derive(Debug, Clone)]
-pub struct KlarnaClientConfig {
-    /// Where Klarna is: [`regional_base_url`], or a simulator's loopback URL.
-    pub base_url: BaseUrl,
-    /// Basic credentials of the merchant account.
-    pub credentials: KlarnaCredentials,
+/// How calls to one Klarna API are made: timeouts, resending, the default deadline and the
+/// `User-Agent` suffix. Shared by [`KlarnaClientConfig`] and [`PaymentsClientConfig`], and
+/// checked by [`TransportConfig::validate`] when a client is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportConfig {
     /// Limit on one attempt, from sending the request to reading the whole answer; an attempt
     /// that runs out ends as [`refund_gateway_domain::KlarnaError::NoAnswer`]. Default 10 s.
     /// Keep it above `connect_timeout`, so that a slow connect is reported as never sent.
     pub attempt_timeout: Duration,
-    /// Limit on establishing a connection; running out means the request was never sent.
-    /// Default 3 s.
+    /// Limit on establishing a connection (TCP and TLS); running out means the request was
+    /// never sent. Default 3 s.
     pub connect_timeout: Duration,
     /// Appended to the `User-Agent` after a space, e.g. `refund-gateway/1.2.0 (eu-live)`.
     pub user_agent_suffix: Option<String>,
@@ -336,13 +356,10 @@ pub struct KlarnaClientConfig {
     pub default_deadline: Duration,
 }
 
-impl KlarnaClientConfig {
-    /// A configuration with the default timeouts, deadline and retry settings, and no
-    /// `User-Agent` suffix.
-    pub fn new(base_url: BaseUrl, credentials: KlarnaCredentials) -> Self {
+impl Default for TransportConfig {
+    /// The default timeouts, deadline and retry settings, and no `User-Agent` suffix.
+    fn default() -> Self {
         Self {
-            base_url,
-            credentials,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             user_agent_suffix: None,
@@ -350,6 +367,272 @@ impl KlarnaClientConfig {
             default_deadline: DEFAULT_DEADLINE,
         }
     }
+}
+
+impl TransportConfig {
+    /// Fails on a zero timeout or default deadline, or retry settings out of range (see
+    /// [`RetryConfig::validate`]). The `User-Agent` suffix is checked when the header is built.
+    pub fn validate(&self) -> Result<(), KlarnaConfigError> {
+        if self.attempt_timeout.is_zero() {
+            return Err(KlarnaConfigError::ZeroTimeout("attempt_timeout"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(KlarnaConfigError::ZeroTimeout("connect_timeout"));
+        }
+        if self.default_deadline.is_zero() {
+            return Err(KlarnaConfigError::ZeroTimeout("default_deadline"));
+        }
+        self.retry.validate()
+    }
+}
+
+/// Everything [`crate::KlarnaClient::new`] needs for one Klarna merchant account.
+#[derive(Debug, Clone)]
+pub struct KlarnaClientConfig {
+    /// Where Klarna is: [`regional_base_url`], or a simulator's loopback URL.
+    pub base_url: BaseUrl,
+    /// Basic credentials of the merchant account.
+    pub credentials: KlarnaCredentials,
+    /// Timeouts, resending, default deadline, `User-Agent` suffix.
+    pub transport: TransportConfig,
+}
+
+impl KlarnaClientConfig {
+    /// A configuration with the default [`TransportConfig`].
+    pub fn new(base_url: BaseUrl, credentials: KlarnaCredentials) -> Self {
+        Self {
+            base_url,
+            credentials,
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// A client certificate for mutual TLS, which Klarna requires of acquiring partners: a PEM
+/// certificate chain (leaf first, then any intermediates) and the leaf's PEM private key
+/// (PKCS #8 `PRIVATE KEY`, PKCS #1 `RSA PRIVATE KEY` or SEC1 `EC PRIVATE KEY`, unencrypted).
+/// The key is a secret: `Debug` never shows it, and errors about it never quote it. Checked
+/// when the client is built ([`crate::PaymentsClient::new`]).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// PEM certificates, leaf first.
+    pub certificate_chain: Vec<u8>,
+    /// The leaf certificate's PEM private key.
+    pub private_key: SecretSlice<u8>,
+}
+
+impl ClientIdentity {
+    /// An identity from a PEM certificate chain and a PEM private key.
+    pub fn from_pem(
+        certificate_chain: impl Into<Vec<u8>>,
+        private_key: impl Into<SecretSlice<u8>>,
+    ) -> Self {
+        Self {
+            certificate_chain: certificate_chain.into(),
+            private_key: private_key.into(),
+        }
+    }
+
+    /// Checks both halves and builds reqwest's identity. The chain must hold at least one
+    /// certificate and no private key; the key PEM exactly one private key and nothing else.
+    /// Whether the key belongs to the leaf is checked when the TLS client is built.
+    pub(crate) fn to_reqwest(&self) -> Result<reqwest::Identity, KlarnaConfigError> {
+        let invalid = KlarnaConfigError::InvalidClientIdentity;
+        let chain = pem_sections(&self.certificate_chain)
+            .map_err(|()| invalid("the certificate chain is not valid PEM"))?;
+        if chain.iter().any(|kind| is_private_key(*kind)) {
+            return Err(invalid(
+                "the certificate chain holds a private key: give it as the private key",
+            ));
+        }
+        if !chain.contains(&SectionKind::Certificate) {
+            return Err(invalid("the certificate chain holds no PEM certificate"));
+        }
+        if chain.iter().any(|kind| *kind != SectionKind::Certificate) {
+            return Err(invalid(
+                "the certificate chain holds PEM sections other than certificates",
+            ));
+        }
+        let key = pem_sections(self.private_key.expose_secret())
+            .map_err(|()| invalid("the private key is not valid PEM"))?;
+        match key.as_slice() {
+            [kind] if is_private_key(*kind) => {}
+            [] => {
+                return Err(invalid(
+                    "no private key found: expected one unencrypted PEM private key \
+                     (PKCS #8, PKCS #1 or SEC1)",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "the private key PEM must hold exactly one private key and nothing else",
+                ));
+            }
+        }
+        // reqwest takes certificates and key as one PEM; the joined copy holds the key, so it
+        // is wiped when dropped.
+        let mut pem = Zeroizing::new(Vec::with_capacity(
+            self.certificate_chain.len() + self.private_key.expose_secret().len() + 1,
+        ));
+        pem.extend_from_slice(&self.certificate_chain);
+        pem.push(b'\n');
+        pem.extend_from_slice(self.private_key.expose_secret());
+        // reqwest's messages here are fixed texts; none quotes the input.
+        reqwest::Identity::from_pem(&pem)
+            .map_err(|_| invalid("the certificate chain and private key cannot be read"))
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field(
+                "certificate_chain",
+                &format_args!("{} bytes of PEM", self.certificate_chain.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kinds of the PEM sections in `pem`, in order (sections of kinds rustls does not know,
+/// such as an encrypted key, are skipped). `Err` when the PEM is malformed; the parser's
+/// error is dropped because it may quote a line of the input, which may be key material.
+fn pem_sections(pem: &[u8]) -> Result<Vec<SectionKind>, ()> {
+    <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(pem)
+        .map(|section| {
+            section.map(|(kind, der)| {
+                // The DER of a key section is key material: wiped, not just dropped.
+                drop(Zeroizing::new(der));
+                kind
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|_| ())
+}
+
+fn is_private_key(kind: SectionKind) -> bool {
+    matches!(
+        kind,
+        SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+    )
+}
+
+/// Certificates from a PEM bundle, for the trust store; at least one.
+pub(crate) fn root_certificates(
+    index: usize,
+    pem: &[u8],
+) -> Result<Vec<reqwest::Certificate>, KlarnaConfigError> {
+    let invalid = |reason| KlarnaConfigError::InvalidRootCertificate { index, reason };
+    let kinds = pem_sections(pem).map_err(|()| invalid("not valid PEM"))?;
+    if kinds.iter().any(|kind| is_private_key(*kind)) {
+        return Err(invalid("holds a private key"));
+    }
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(pem).map_err(|_| invalid("not valid PEM"))?;
+    if certificates.is_empty() {
+        return Err(invalid("holds no PEM certificate"));
+    }
+    Ok(certificates)
+}
+
+/// Everything [`crate::PaymentsClient::new`] needs for one partner account of Klarna's
+/// partner Payments API (see docs/klarna.md#partner-payments). `Debug` never shows the API
+/// key or the private key.
+#[derive(Clone)]
+pub struct PaymentsClientConfig {
+    /// [`payments_base_url`], or an override (a simulator's loopback URL, a proxy).
+    pub base_url: BaseUrl,
+    /// The API key exactly as Klarna issued it (`klarna_live_api_…`, `klarna_test_api_…`):
+    /// sent as `Authorization: Basic <api key>`. Visible ASCII without spaces.
+    pub api_key: SecretString,
+    /// Path before `/payment/…`: `/v2/accounts/{partner_account_id}` for an acquiring partner
+    /// (the id filled in), `/v2` for a direct integration. Starts with `/`; no `?` or `#`, no
+    /// whitespace, no `.` or `..` segment. Each segment is percent-decoded, then percent-encoded
+    /// when a URL is built, so a KRN's `:` and an already encoded `%3A` both work.
+    pub path_prefix: String,
+    /// The account acted for, sent as `Klarna-Partner-Account`; `None` sends no such header.
+    pub on_behalf_of: Option<String>,
+    /// The client certificate for mutual TLS; required by Klarna for acquiring partners.
+    pub client_identity: Option<ClientIdentity>,
+    /// PEM certificates trusted in addition to the system's roots (a test CA, a private
+    /// deployment's CA).
+    pub extra_root_certificates: Vec<Vec<u8>>,
+    /// Timeouts, resending, default deadline, `User-Agent` suffix.
+    pub transport: TransportConfig,
+}
+
+impl PaymentsClientConfig {
+    /// A configuration without partner account header, client certificate or extra roots,
+    /// with the default [`TransportConfig`].
+    pub fn new(
+        base_url: BaseUrl,
+        api_key: impl Into<SecretString>,
+        path_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            base_url,
+            api_key: api_key.into(),
+            path_prefix: path_prefix.into(),
+            on_behalf_of: None,
+            client_identity: None,
+            extra_root_certificates: Vec::new(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for PaymentsClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentsClientConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key", &"(not shown)")
+            .field("path_prefix", &self.path_prefix)
+            .field("on_behalf_of", &self.on_behalf_of)
+            .field("client_identity", &self.client_identity)
+            .field(
+                "extra_root_certificates",
+                &format_args!("{} PEM bundle(s)", self.extra_root_certificates.len()),
+            )
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+/// The segments of a Payments API path prefix (see [`PaymentsClientConfig::path_prefix`]),
+/// percent-decoded; empty segments (`//`, a trailing `/`) are dropped.
+pub(crate) fn path_prefix_segments(prefix: &str) -> Result<Vec<String>, KlarnaConfigError> {
+    let invalid = |reason| KlarnaConfigError::InvalidPathPrefix {
+        prefix: prefix.to_owned(),
+        reason,
+    };
+    if !prefix.starts_with('/') {
+        return Err(invalid("must start with '/'"));
+    }
+    if prefix.contains(['?', '#']) {
+        return Err(invalid("must not contain '?' or '#'"));
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain whitespace or control characters"));
+    }
+    prefix
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            let decoded = percent_decode_str(segment)
+                .decode_utf8()
+                .map_err(|_| invalid("a percent-encoded segment is not UTF-8"))?;
+            if decoded.chars().any(char::is_control) {
+                return Err(invalid(
+                    "a percent-encoded segment holds control characters",
+                ));
+            }
+            // `url` drops such segments when extending a path: refused rather than skipped.
+            if matches!(decoded.as_ref(), "." | "..") {
+                return Err(invalid("must not contain '.' or '..' segments"));
+            }
+            Ok(decoded.into_owned())
+        })
+        .collect()
 }
 
 /// A Klarna setting that cannot work. Messages never contain a credential.
@@ -381,9 +664,35 @@ pub enum KlarnaConfigError {
     /// A [`RetryConfig`] setting is out of range.
     #[error("invalid Klarna retry setting: {0}")]
     InvalidRetry(&'static str),
-    /// The HTTP client could not be built (TLS set-up).
+    /// The HTTP client could not be built (TLS set-up, e.g. a private key that does not
+    /// belong to the certificate).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// The Payments API key cannot be sent as `Authorization: Basic <api key>`.
+    #[error("invalid Klarna API key: {0}")]
+    InvalidApiKey(&'static str),
+    /// The Payments API path prefix breaks a rule of [`PaymentsClientConfig::path_prefix`].
+    #[error("invalid Klarna Payments path prefix {prefix:?}: {reason}")]
+    InvalidPathPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The partner account acted for cannot be sent as `Klarna-Partner-Account`.
+    #[error("invalid Klarna partner account (on_behalf_of): {0}")]
+    InvalidPartnerAccount(&'static str),
+    /// The client certificate or its private key cannot be used.
+    #[error("invalid client certificate for mutual TLS: {0}")]
+    InvalidClientIdentity(&'static str),
+    /// An extra root certificate cannot be used.
+    #[error("invalid extra root certificate #{index}: {reason}")]
+    InvalidRootCertificate {
+        /// Its position in `extra_root_certificates`, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 #[cfg(test)]
@@ -531,10 +840,201 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("PK12345"), "{shown}");
         assert!(shown.contains("api.playground.klarna.com"), "{shown}");
-        assert_eq!(config.attempt_timeout, Duration::from_secs(10));
-        assert_eq!(config.connect_timeout, Duration::from_secs(3));
-        assert_eq!(config.default_deadline, Duration::from_secs(30));
-        assert_eq!(config.retry, RetryConfig::default());
+        assert_eq!(config.transport.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(config.transport.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.transport.default_deadline, Duration::from_secs(30));
+        assert_eq!(config.transport.retry, RetryConfig::default());
+        assert_eq!(config.transport.user_agent_suffix, None);
+    }
+
+    #[test]
+    fn transport_settings_are_validated_once() {
+        assert_eq!(TransportConfig::default().validate(), Ok(()));
+        for (field, config) in [
+            (
+                "attempt_timeout",
+                TransportConfig {
+                    attempt_timeout: Duration::ZERO,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "connect_timeout",
+                TransportConfig {
+                    connect_timeout: Duration::ZERO,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "default_deadline",
+                TransportConfig {
+                    default_deadline: Duration::ZERO,
+                    ..TransportConfig::default()
+                },
+            ),
+        ] {
+            assert_eq!(
+                config.validate(),
+                Err(KlarnaConfigError::ZeroTimeout(field))
+            );
+        }
+        let bad_retry = TransportConfig {
+            retry: RetryConfig {
+                max_attempts: 0,
+                ..RetryConfig::default()
+            },
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            bad_retry.validate(),
+            Err(KlarnaConfigError::InvalidRetry(_))
+        ));
+    }
+
+    #[test]
+    fn payments_urls_are_valid_base_urls() {
+        for (env, want) in [
+            (Environment::Live, "https://api-global.klarna.com"),
+            (
+                Environment::Playground,
+                "https://api-global.test.klarna.com",
+            ),
+        ] {
+            let url = payments_base_url(env);
+            assert_eq!(url.as_str(), want);
+            assert_eq!(BaseUrl::parse(want), Ok(url));
+        }
+    }
+
+    #[test]
+    fn path_prefixes_are_split_and_decoded() {
+        let ok = |p: &str| path_prefix_segments(p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok("/v2"), ["v2"]);
+        assert_eq!(ok("/v2/"), ["v2"]);
+        assert_eq!(ok("/"), Vec::<String>::new());
+        assert_eq!(
+            ok("/v2/accounts/krn:partner:global:account:test:1"),
+            ["v2", "accounts", "krn:partner:global:account:test:1"]
+        );
+        assert_eq!(
+            ok("/v2/accounts/krn%3Apartner%3Aa%2Fb"),
+            ["v2", "accounts", "krn:partner:a/b"]
+        );
+        for bad in [
+            "",
+            "v2",
+            "/v2?x=1",
+            "/v2#top",
+            "/v2/a b",
+            "/v2/\tx",
+            "/v2/../admin",
+            "/v2/./x",
+            "/v2/%2E%2E",
+            "/v2/%00",
+            "/v2/%FF",
+        ] {
+            assert!(
+                matches!(
+                    path_prefix_segments(bad),
+                    Err(KlarnaConfigError::InvalidPathPrefix { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_identities_are_checked_without_echoing_the_key() {
+        let (cert, key_text) = testing::self_signed();
+        let (cert, key) = (cert.into_bytes(), key_text.clone().into_bytes());
+        let key_line = testing::key_line(&key_text);
+        assert!(key_line.len() > 20);
+        assert!(
+            ClientIdentity::from_pem(cert.clone(), key.clone())
+                .to_reqwest()
+                .is_ok()
+        );
+        // A combined file given as the chain carries the key where it does not belong.
+        let mut both = cert.clone();
+        both.extend_from_slice(&key);
+        let cases = [
+            (cert.clone(), Vec::new()),
+            (cert.clone(), cert.clone()),
+            (Vec::new(), key.clone()),
+            (b"garbage".to_vec(), key.clone()),
+            (both.clone(), key.clone()),
+            (cert.clone(), both),
+            (key.clone(), key.clone()),
+            (
+                cert.clone(),
+                b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n".to_vec(),
+            ),
+            (
+                cert.clone(),
+                key_text
+                    .replace("-----END PRIVATE KEY-----", "")
+                    .into_bytes(),
+            ),
+        ];
+        for (i, (chain, private_key)) in cases.into_iter().enumerate() {
+            let identity = ClientIdentity::from_pem(chain, private_key);
+            let shown = format!("{identity:?}");
+            assert!(!shown.contains(&key_line), "{shown}");
+            let e = identity.to_reqwest().err();
+            let text = format!(
+                "{e:?} {}",
+                e.as_ref().map(ToString::to_string).unwrap_or_default()
+            );
+            assert!(
+                matches!(e, Some(KlarnaConfigError::InvalidClientIdentity(_))),
+                "case {i}: {text}"
+            );
+            assert!(!text.contains(&key_line), "case {i}: {text}");
+            assert!(!text.contains("PRIVATE KEY-----"), "case {i}: {text}");
+        }
+    }
+
+    #[test]
+    fn root_certificates_need_a_certificate() {
+        let (ca, key) = testing::self_signed();
+        let (other, _) = testing::self_signed();
+        let certs = root_certificates(0, ca.as_bytes());
+        assert_eq!(certs.map(|c| c.len()), Ok(1));
+        let bundle = format!("{ca}{other}");
+        assert_eq!(
+            root_certificates(0, bundle.as_bytes()).map(|c| c.len()),
+            Ok(2)
+        );
+        for (pem, reason) in [
+            (b"garbage".to_vec(), "holds no PEM certificate"),
+            (Vec::new(), "holds no PEM certificate"),
+            (key.into_bytes(), "holds a private key"),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n".to_vec(),
+                "not valid PEM",
+            ),
+        ] {
+            assert_eq!(
+                root_certificates(3, &pem).err(),
+                Some(KlarnaConfigError::InvalidRootCertificate { index: 3, reason })
+            );
+        }
+    }
+
+    #[test]
+    fn payments_config_debug_hides_secrets() {
+        let mut config = PaymentsClientConfig::new(
+            payments_base_url(Environment::Playground),
+            "klarna_test_api_c2VjcmV0",
+            "/v2",
+        );
+        let (cert, key) = testing::self_signed();
+        let key_line = testing::key_line(&key);
+        config.client_identity = Some(ClientIdentity::from_pem(cert, key.into_bytes()));
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(!shown.contains(&key_line), "{shown}");
+        assert!(shown.contains("api-global.test.klarna.com"), "{shown}");
     }
 
     #[test]
@@ -588,5 +1088,26 @@ mod tests {
                 "{config:?}"
             );
         }
+    }
+}
+
+/// Throwaway certificates for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A fresh self-signed certificate and its PKCS #8 key, both PEM.
+    pub(crate) fn self_signed() -> (String, String) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["partner.test".to_owned()])
+                .unwrap_or_else(|e| panic!("{e}"));
+        (cert.pem(), signing_key.serialize_pem())
+    }
+
+    /// A line of the key's base64 body: what must never show up in output.
+    pub(crate) fn key_line(key_pem: &str) -> String {
+        let line = key_pem
+            .lines()
+            .find(|l| !l.starts_with("-----") && l.len() > 20)
+            .unwrap_or_else(|| panic!("no key body in {} bytes", key_pem.len()));
+        line.to_owned()
     }
 }

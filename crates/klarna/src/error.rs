@@ -1,5 +1,6 @@
-//! Turning what went wrong into a [`KlarnaError`]: Klarna's error answers (any body, or none)
-//! and transport failures, classified by what they prove about the request's fate.
+//! Turning what went wrong into a [`KlarnaError`]: Klarna's error answers (any body, or none;
+//! Order Management's shape and the Payments API's) and transport failures, classified by what
+//! they prove about the request's fate.
 //!
 //! The one question that matters for a payment is whether Klarna may have acted. A failure to
 //! connect proves it did not ([`KlarnaError::NotSent`]); anything after the request may have
@@ -8,21 +9,28 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use refund_gateway_domain::{KlarnaError, KlarnaErrorResponse};
+use refund_gateway_domain::{KlarnaError, KlarnaErrorResponse, KlarnaFieldError};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
-use crate::contract::{CORRELATION_ID_HEADERS, MAX_TEXT_MESSAGE_CHARS};
+use crate::contract::MAX_TEXT_MESSAGE_CHARS;
 
-/// Klarna's error answer: `status` with `headers` and `body`, which may be Klarna's JSON
-/// (`error_code`, `error_messages` or a singular `error_message`, `correlation_id`), other
-/// JSON, text, or nothing.
+/// Klarna's error answer: `status` with `headers` and `body`, which may be Order Management's
+/// JSON (`error_code`, `error_messages` or a singular `error_message`, `correlation_id`), the
+/// Payments API's (`error_id`, `error_type`, `error_code`, `error_message`, `errors[]` of
+/// `{parameter, error_message}`), other JSON, text, or nothing. The correlation id is the
+/// body's `correlation_id`, else its `error_id` (what Klarna support looks up for the Payments
+/// API), else the first of `correlation_headers` present. `error_object` is set when the body
+/// is a JSON object with an `error_code` or an `error_id`: a 403 without one is the Payments
+/// API's DDoS protection, not Klarna's refusal. `api` is left at its default, for the caller
+/// to set.
 pub(crate) fn error_response(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    correlation_headers: &[&str],
 ) -> KlarnaErrorResponse {
     let mut response = KlarnaErrorResponse {
         status: status.as_u16(),
@@ -32,8 +40,11 @@ pub(crate) fn error_response(
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(fields)) => {
             response.error_code = fields.get("error_code").and_then(text);
+            let error_id = fields.get("error_id").and_then(text);
+            response.error_object = response.error_code.is_some() || error_id.is_some();
             let messages = fields.get("error_messages").into_iter().chain(
-                // Some Klarna services send one message under the singular name.
+                // Some Klarna services, the Payments API among them, send one message under
+                // the singular name.
                 fields.get("error_message"),
             );
             for value in messages {
@@ -44,15 +55,33 @@ pub(crate) fn error_response(
                     other => response.messages.extend(text(other)),
                 }
             }
-            response.correlation_id = fields.get("correlation_id").and_then(text);
+            response.correlation_id = fields.get("correlation_id").and_then(text).or(error_id);
+            response.error_type = fields.get("error_type").and_then(text);
+            if let Some(serde_json::Value::Array(errors)) = fields.get("errors") {
+                response.field_errors = errors.iter().filter_map(field_error).collect();
+            }
         }
         // JSON, but not Klarna's object: keep it as text, it may still explain something.
         Ok(_) | Err(_) => response.messages.extend(body_text(body)),
     }
     if response.correlation_id.is_none() {
-        response.correlation_id = correlation_id(headers);
+        response.correlation_id = correlation_id(headers, correlation_headers);
     }
     response
+}
+
+/// One entry of the Payments API's `errors[]`; an entry with neither a parameter nor a
+/// message says nothing and is dropped.
+fn field_error(value: &serde_json::Value) -> Option<KlarnaFieldError> {
+    let parameter = value.get("parameter").and_then(text);
+    let message = value.get("error_message").and_then(text);
+    if parameter.is_none() && message.is_none() {
+        return None;
+    }
+    Some(KlarnaFieldError {
+        parameter: parameter.unwrap_or_default(),
+        message: message.unwrap_or_default(),
+    })
 }
 
 /// A JSON scalar as text; `null`, empty strings, objects and arrays give nothing.
@@ -85,9 +114,10 @@ fn body_text(body: &[u8]) -> Option<String> {
     Some(kept)
 }
 
-/// Klarna's correlation id from the first header of [`CORRELATION_ID_HEADERS`] present.
-pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
-    CORRELATION_ID_HEADERS
+/// A correlation id from the first of `names` present (and not blank), e.g. Order
+/// Management's [`CORRELATION_ID_HEADERS`](crate::contract::CORRELATION_ID_HEADERS).
+pub(crate) fn correlation_id(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+    names
         .iter()
         .filter_map(|name| headers.get(*name))
         .filter_map(|v| v.to_str().ok())
@@ -138,6 +168,7 @@ pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::CORRELATION_ID_HEADERS;
     use reqwest::header::HeaderValue;
     use time::macros::datetime;
 
@@ -155,7 +186,7 @@ mod tests {
             );
         }
         let status = StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}"));
-        error_response(status, &map, body)
+        error_response(status, &map, body, &CORRELATION_ID_HEADERS)
     }
 
     #[test]
@@ -195,7 +226,113 @@ mod tests {
                 "{file}"
             );
             assert_eq!(r.retry_after, None);
+            assert!(r.error_object, "{file}");
+            assert_eq!(r.error_type, None, "{file}");
+            assert!(r.field_errors.is_empty(), "{file}");
         }
+    }
+
+    #[test]
+    fn partner_error_body_parses() {
+        let body = br#"{
+            "error_id": "d7b6e2f0-6a7c-4c1e-9a53-0b1f2a3c4d5e",
+            "error_type": "INPUT_ERROR",
+            "error_code": "VALIDATION_ERROR",
+            "error_message": "The request is invalid.",
+            "doc_url": "https://docs.klarna.com/errors",
+            "errors": [
+                {"parameter": "line_items[1].total_amount", "error_message": "must be quantity x unit_price", "doc_url": "x"},
+                {"parameter": "currency", "error_message": null},
+                {"doc_url": "nothing else"},
+                "not an object",
+                {"error_message": "no parameter"}
+            ],
+            "future_field": {"a": 1}
+        }"#;
+        let r = parse(400, &[("partner-correlation-id", "abc123")], body);
+        assert_eq!(r.status, 400);
+        assert!(r.error_object);
+        assert_eq!(r.error_code.as_deref(), Some("VALIDATION_ERROR"));
+        assert_eq!(r.error_type.as_deref(), Some("INPUT_ERROR"));
+        assert_eq!(r.messages, ["The request is invalid."]);
+        assert_eq!(
+            r.correlation_id.as_deref(),
+            Some("d7b6e2f0-6a7c-4c1e-9a53-0b1f2a3c4d5e")
+        );
+        assert_eq!(
+            r.field_errors,
+            [
+                KlarnaFieldError {
+                    parameter: "line_items[1].total_amount".into(),
+                    message: "must be quantity x unit_price".into(),
+                },
+                KlarnaFieldError {
+                    parameter: "currency".into(),
+                    message: String::new(),
+                },
+                KlarnaFieldError {
+                    parameter: String::new(),
+                    message: "no parameter".into(),
+                },
+            ]
+        );
+        // The defaults stay for the client to set.
+        assert_eq!(r.api, refund_gateway_domain::KlarnaApiKind::OrderManagement);
+    }
+
+    #[test]
+    fn a_body_correlation_id_wins_over_the_error_id() {
+        let r = parse(
+            404,
+            &[],
+            br#"{"error_id": "e-1", "correlation_id": "c-1", "error_code": "NOT_FOUND"}"#,
+        );
+        assert_eq!(r.correlation_id.as_deref(), Some("c-1"));
+        let r = parse(403, &[], br#"{"error_id": "e-2"}"#);
+        assert!(r.error_object, "an error_id alone is an error object");
+        assert_eq!(r.error_code, None);
+        assert_eq!(r.correlation_id.as_deref(), Some("e-2"));
+    }
+
+    #[test]
+    fn forbidden_without_an_error_object() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"<html><body><h1>403 Forbidden</h1></body></html>",
+            b"Forbidden",
+            br#"{}"#,
+            br#"{"message": "Forbidden"}"#,
+            br#"{"error_code": null, "error_id": "", "error_message": "blocked"}"#,
+            br#"["error_code"]"#,
+        ];
+        for body in cases {
+            let r = parse(403, &[], body);
+            assert_eq!(r.status, 403);
+            assert!(!r.error_object, "{}", String::from_utf8_lossy(body));
+            assert_eq!(r.error_code, None);
+        }
+        let r = parse(
+            403,
+            &[],
+            br#"{"error_code": "OPERATION_FORBIDDEN", "error_id": "x"}"#,
+        );
+        assert!(r.error_object);
+        let binary = parse(403, &[], &[0xff, 0xfe, 0x00]);
+        assert!(!binary.error_object);
+        assert!(binary.messages.is_empty());
+    }
+
+    #[test]
+    fn correlation_headers_are_the_callers_choice() {
+        let mut map = HeaderMap::new();
+        map.insert("partner-correlation-id", HeaderValue::from_static("p1"));
+        map.insert("klarna-correlation-id", HeaderValue::from_static("k1"));
+        let names = ["partner-correlation-id", "klarna-correlation-id"];
+        let r = error_response(StatusCode::FORBIDDEN, &map, b"", &names);
+        assert_eq!(r.correlation_id.as_deref(), Some("p1"));
+        let r = error_response(StatusCode::FORBIDDEN, &map, b"", &CORRELATION_ID_HEADERS);
+        assert_eq!(r.correlation_id.as_deref(), Some("k1"));
+        assert_eq!(correlation_id(&map, &[]), None);
     }
 
     #[test]

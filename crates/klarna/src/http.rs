@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::contract::MAX_RESPONSE_BYTES;
+use crate::contract::{CORRELATION_ID_HEADERS, MAX_RESPONSE_BYTES};
 use crate::error::{correlation_id, error_response, transport_error};
 use crate::retry::{RetryPolicy, current_deadline};
 
@@ -36,23 +36,40 @@ pub type OutboundService = BoxCloneSyncService<reqwest::Request, reqwest::Respon
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The reqwest client the stack ends in: pooled connections, rustls, a connect timeout,
-/// no redirects (a 3xx is an answer to classify, not an invitation to resend a refund
-/// elsewhere), and none of reqwest's own retries (resending is the retry layer's decision,
-/// made with the idempotency key in view).
+/// TLS settings beyond rustls' defaults.
+#[derive(Default)]
+pub(crate) struct Tls {
+    /// Client certificate and key for mutual TLS.
+    pub(crate) identity: Option<reqwest::Identity>,
+    /// Roots trusted in addition to the system's.
+    pub(crate) extra_roots: Vec<reqwest::Certificate>,
+}
+
+/// The reqwest client the stack ends in: pooled connections, rustls (with `tls`), a connect
+/// timeout, no redirects (a 3xx is an answer to classify, not an invitation to resend a
+/// refund elsewhere), and none of reqwest's own retries (resending is the retry layer's
+/// decision, made with the idempotency key in view).
 pub(crate) fn reqwest_client(
     connect_timeout: Duration,
     user_agent: HeaderValue,
+    tls: Tls,
 ) -> Result<reqwest::Client, reqwest::Error> {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(user_agent)
         .default_headers(headers)
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never())
-        .build()
+        .retry(reqwest::retry::never());
+    if let Some(identity) = tls.identity {
+        builder = builder.identity(identity);
+    }
+    if !tls.extra_roots.is_empty() {
+        // Merged with the system's roots, not instead of them.
+        builder = builder.tls_certs_merge(tls.extra_roots);
+    }
+    builder.build()
 }
 
 /// Builds the stack over `client`: calls resent by `policy`, each attempt limited to
@@ -316,7 +333,7 @@ async fn record_answer(
         span.record("otel.status_code", "ERROR");
         span.record("error.type", status.as_str());
     }
-    if let Some(id) = correlation_id(response.headers()) {
+    if let Some(id) = correlation_id(response.headers(), &CORRELATION_ID_HEADERS) {
         span.record("klarna.correlation_id", id.as_str());
         return Ok(response);
     }
@@ -324,7 +341,12 @@ async fn record_answer(
         return Ok(response);
     }
     let whole = read_whole(response).await?;
-    let answer = error_response(status, whole.headers(), whole.body());
+    let answer = error_response(
+        status,
+        whole.headers(),
+        whole.body(),
+        &CORRELATION_ID_HEADERS,
+    );
     if let Some(id) = &answer.correlation_id {
         span.record("klarna.correlation_id", id.as_str());
     }

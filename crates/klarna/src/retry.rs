@@ -37,8 +37,9 @@
 //! = `status_5xx`, `status_408`, `status_429`, `no_answer` or `not_sent`.
 //!
 //! The deadline of a call is a task-local set by [`with_deadline`], so that the domain's
-//! `KlarnaApi` port needs no deadline parameter (and no tokio). [`crate::KlarnaClient`] reads
-//! it for each call (falling back to `now + default_deadline`) and scopes it around the whole
+//! `KlarnaApi` and `PaymentsApi` ports need no deadline parameter (and no tokio). Both clients
+//! ([`crate::KlarnaClient`], [`crate::PaymentsClient`], through `transport.rs`) read it for
+//! each call (falling back to `now + default_deadline`) and scopes it around the whole
 //! stack; the policy and the per-attempt timeout read it from there with
 //! [`current_deadline`]. Both read it while being polled by the caller's task, which is where
 //! tower's retry and timeout futures run.
@@ -72,8 +73,8 @@ tokio::task_local! {
     static DEADLINE: Instant;
 }
 
-/// Runs `f` with `deadline` as the deadline of every Klarna call [`crate::KlarnaClient`] makes
-/// inside it: no attempt, and no wait between attempts, ends after it. A deadline never
+/// Runs `f` with `deadline` as the deadline of every Klarna call made inside it (by
+/// [`crate::KlarnaClient`] or [`crate::PaymentsClient`]): no attempt, and no wait between attempts, ends after it. A deadline never
 /// extends an enclosing one: nested scopes keep the earlier of the two. Calls outside any
 /// scope get `now + default_deadline` each.
 ///

@@ -149,7 +149,7 @@ fn non_empty(s: Option<&str>) -> Option<&str> {
 // Answers
 
 /// A list that may be missing, `null`, or hold `null` entries (skipped).
-fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -521,7 +521,7 @@ fn client(server: &MockServer) -> KlarnaClient {
         BaseUrl::parse(&server.uri()).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new("PK_openapi_test", "not-a-secret"),
     );
-    config.retry = RetryConfig::no_retries();
+    config.transport.retry = RetryConfig::no_retries();
     KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -34,7 +34,7 @@ fn client(sim: &RunningSimulator) -> KlarnaClient {
         BaseUrl::parse(&sim.base_url).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new(sim.username(), sim.password()),
     );
-    config.retry = fast_retries();
+    config.transport.retry = fast_retries();
     KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -37,15 +37,15 @@ fn client(sim: &RunningSimulator) -> KlarnaClient {
 /// A client making one attempt per call, so that a test sees how one answer is classified.
 fn client_without_retries(sim: &RunningSimulator) -> KlarnaClient {
     let mut config = config(sim, sim.password());
-    config.retry = RetryConfig::no_retries();
+    config.transport.retry = RetryConfig::no_retries();
     KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One attempt per call, limited to `attempt_timeout`.
 fn client_with_timeout(sim: &RunningSimulator, attempt_timeout: Duration) -> KlarnaClient {
     let mut config = config(sim, sim.password());
-    config.attempt_timeout = attempt_timeout;
-    config.retry = RetryConfig::no_retries();
+    config.transport.attempt_timeout = attempt_timeout;
+    config.transport.retry = RetryConfig::no_retries();
     KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -230,7 +230,7 @@ async fn every_request_carries_credentials_agent_and_accept() {
 async fn user_agent_suffix_is_appended() {
     let sim = sim().await;
     let mut config = config(&sim, sim.password());
-    config.user_agent_suffix = Some("eu-playground".into());
+    config.transport.user_agent_suffix = Some("eu-playground".into());
     let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
     let (order, _) = seed(&sim, 100, vec![]);
     klarna
@@ -633,7 +633,7 @@ async fn closed_port_is_not_sent() {
         BaseUrl::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new("user", "s3cret-pw"),
     );
-    config.retry = RetryConfig::no_retries();
+    config.transport.retry = RetryConfig::no_retries();
     let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
     let order = order_id(&uuid::Uuid::new_v4().to_string());
     let error = klarna

@@ -328,7 +328,7 @@ async fn each_resend_gets_its_own_span_and_count() {
         BaseUrl::parse(&sim.base_url).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new(sim.username(), sim.password()),
     );
-    config.retry = retry_config(Duration::from_millis(4));
+    config.transport.retry = retry_config(Duration::from_millis(4));
     let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
     let seeded = sim.sim.seed_order(OrderSeed {
         order_amount: 1_000,
@@ -399,7 +399,7 @@ async fn a_closed_port_is_retried_then_not_sent() {
         BaseUrl::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")),
         KlarnaCredentials::new("user", "s3cret-pw"),
     );
-    config.retry = retry_config(Duration::from_millis(10));
+    config.transport.retry = retry_config(Duration::from_millis(10));
     let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
     let order = OrderId::parse(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|e| panic!("{e}"));
 

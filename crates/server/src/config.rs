@@ -18,12 +18,19 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use refund_gateway_klarna::{BaseUrl, Environment, KlarnaCredentials, Region, regional_base_url};
+use refund_gateway_klarna::{
+    BaseUrl, ClientIdentity, Environment, KlarnaCredentials, Region, regional_base_url,
+};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// The account name used when credentials come from `KLARNA_*` environment variables.
 pub const DEFAULT_ACCOUNT: &str = "default";
+/// The partner account made from `KLARNA_PARTNER_*` environment variables.
+pub const PARTNER_ACCOUNT: &str = "partner";
+/// Klarna's live partner Payments API: the only base URL whose account is live (webhooks
+/// that say `live` are accepted only for such an account).
+pub const LIVE_PARTNER_URL: &str = "https://api-global.klarna.com";
 
 /// Why the configuration cannot be used. Messages name the setting or variable to fix and
 /// never contain a secret.
@@ -90,8 +97,12 @@ pub struct Settings {
     pub retention_days: u64,
     /// Log format: `json` (default) or `text`.
     pub log_format: LogFormat,
+    /// Where Klarna's webhooks arrive (`POST /webhooks/klarna`); `None`: no listener.
+    pub webhook_listen: Option<SocketAddr>,
     /// Klarna accounts by name.
     pub accounts: BTreeMap<String, AccountSettings>,
+    /// Keys Klarna signs webhooks with, by id; several at once while keys rotate.
+    pub webhook_signing_keys: Vec<WebhookKeySettings>,
 }
 
 impl Default for Settings {
@@ -109,7 +120,9 @@ impl Default for Settings {
             reconcile_parallelism: 8,
             retention_days: 30,
             log_format: LogFormat::Json,
+            webhook_listen: None,
             accounts: BTreeMap::new(),
+            webhook_signing_keys: Vec::new(),
         }
     }
 }
@@ -362,6 +375,24 @@ pub const SETTINGS: &[Setting] = &[
         parse: |s, t| set(&mut s.simulator, t),
     },
     Setting {
+        key: "webhook_listen",
+        flag: Some("--webhook-listen"),
+        env: Some("REFUND_GATEWAY_WEBHOOK_LISTEN"),
+        description: "Listen address for Klarna's webhooks (POST /webhooks/klarna), the one \
+                      port exposed to Klarna; off unless set (127.0.0.1:9465 with --simulator)",
+        allowed: Allowed::Form("host:port, or off"),
+        value: |s| {
+            Value::Text(
+                s.webhook_listen
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            )
+        },
+        parse: |s, t| {
+            s.webhook_listen = t.parse::<AddressOrOff>().map_err(|e| e.to_string())?.0;
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_format",
         flag: Some("--log-format"),
         env: Some("REFUND_GATEWAY_LOG_FORMAT"),
@@ -497,6 +528,37 @@ pub const VARIABLES: &[Variable] = &[
         description: "API password of the account `default`",
     },
     Variable {
+        name: "KLARNA_PARTNER_API_URL",
+        description: "Base URL of the partner account `partner` (Payments API)",
+    },
+    Variable {
+        name: "KLARNA_PARTNER_API_KEY",
+        description: "API key of the account `partner`, sent as the Basic credential",
+    },
+    Variable {
+        name: "KLARNA_PARTNER_ACCOUNT_ID",
+        description: "Partner account id of the account `partner` (paths under \
+                      /v2/accounts/{id})",
+    },
+    Variable {
+        name: "KLARNA_PARTNER_CLIENT_CERT_FILE",
+        description: "PEM client certificate of the account `partner` for mutual TLS (with \
+                      KLARNA_PARTNER_CLIENT_KEY_FILE)",
+    },
+    Variable {
+        name: "KLARNA_PARTNER_CLIENT_KEY_FILE",
+        description: "PEM private key of that client certificate",
+    },
+    Variable {
+        name: "KLARNA_PARTNER_CA_FILE",
+        description: "PEM certificates of a private CA the account `partner` trusts",
+    },
+    Variable {
+        name: "KLARNA_WEBHOOK_SECRET",
+        description: "Webhook signing secret accepted for any Klarna-Signing-Key-Id (or \
+                      [[webhook_signing_keys]] in the --config file, by id)",
+    },
+    Variable {
         name: "DATABASE_URL",
         description: "PostgreSQL operation store (postgres://...), shared by replicas; unset: \
                       SQLite file refund-gateway.sqlite3 in the data directory",
@@ -530,8 +592,25 @@ pub struct Cli {
     admin_listen: Option<SocketAddr>,
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "HOST:PORT")]
+    webhook_listen: Option<AddressOrOff>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct AddressOrOff(Option<SocketAddr>);
+
+impl FromStr for AddressOrOff {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self(None)),
+            s => s.parse().map(|a| Self(Some(a))),
+        }
+    }
 }
 
 impl Cli {
@@ -554,6 +633,9 @@ impl Cli {
         }
         if let Some(f) = self.log_format {
             settings.log_format = f;
+        }
+        if let Some(AddressOrOff(a)) = self.webhook_listen {
+            settings.webhook_listen = a;
         }
         settings.simulator |= self.simulator;
     }
@@ -611,10 +693,38 @@ fn after_help() -> String {
     help
 }
 
-/// One Klarna account in the file. Either `api_url`, or `region` + `environment`.
+/// One webhook signing key in the file: Klarna's key id and where its secret is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookKeySettings {
+    /// Klarna's `Klarna-Signing-Key-Id`, e.g. `krn:partner:global:notification:signing-key:…`.
+    pub id: String,
+    /// Environment variable holding the secret.
+    pub secret_env: Option<String>,
+    /// File holding the secret.
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The API an account speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    /// Klarna Order Management (the default).
+    #[default]
+    OrderManagement,
+    /// Klarna's partner Payments API.
+    Partner,
+}
+
+/// One Klarna account in the file. Order Management: either `api_url`, or `region` +
+/// `environment`, and username and password. Partner (`kind = "partner"`): `api_url`, the API
+/// key, `partner_account_id`, and optionally `path_prefix`, `on_behalf_of` and a client
+/// certificate for mutual TLS.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountSettings {
+    /// `order_management` (default) or `partner`.
+    pub kind: AccountKind,
     /// Base URL override (https, or http on loopback only).
     pub api_url: Option<String>,
     /// `eu`, `na` or `oc`.
@@ -629,6 +739,23 @@ pub struct AccountSettings {
     pub password_env: Option<String>,
     /// File holding the API password.
     pub password_file: Option<PathBuf>,
+    /// Partner: environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Partner: file holding the API key.
+    pub api_key_file: Option<PathBuf>,
+    /// Partner: the partner account id (a KRN) that paths are under.
+    pub partner_account_id: Option<String>,
+    /// Partner: the path before `/payment/…`; default `/v2/accounts/{partner_account_id}`
+    /// (acquiring partners), `/v2` for a direct integration.
+    pub path_prefix: Option<String>,
+    /// Partner: the account acted for, sent as `Klarna-Partner-Account`.
+    pub on_behalf_of: Option<String>,
+    /// Partner: PEM client certificate (chain) for mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// Partner: PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+    /// Partner: PEM certificates of a private CA to trust besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A Klarna account ready to use.
@@ -638,8 +765,46 @@ pub struct Account {
     pub name: String,
     /// Where its API lives.
     pub base_url: BaseUrl,
-    /// Its credentials.
-    pub credentials: KlarnaCredentials,
+    /// What it speaks, with its credentials.
+    pub api: AccountApi,
+}
+
+/// The API of an account, with what it needs.
+#[derive(Debug)]
+pub enum AccountApi {
+    /// Order Management, with its credentials.
+    OrderManagement(KlarnaCredentials),
+    /// The partner Payments API.
+    Partner(PartnerAccount),
+}
+
+/// A partner account of the Payments API, resolved.
+#[derive(Debug)]
+pub struct PartnerAccount {
+    /// The API key, sent as the Basic credential.
+    pub api_key: SecretString,
+    /// The partner account id, matched against webhooks' account ids.
+    pub partner_account_id: String,
+    /// The path before `/payment/…`.
+    pub path_prefix: String,
+    /// `Klarna-Partner-Account`, when acting for another account.
+    pub on_behalf_of: Option<String>,
+    /// Mutual TLS: the PEM certificate chain and private key.
+    pub client_identity: Option<ClientIdentity>,
+    /// Extra PEM root certificates to trust (a private or test CA), from
+    /// `KLARNA_PARTNER_CA_FILE`.
+    pub extra_roots: Vec<Vec<u8>>,
+    /// True only for Klarna's live partner URL.
+    pub live: bool,
+}
+
+/// A webhook signing key: its id (`None`: any id, from `KLARNA_WEBHOOK_SECRET`) and secret.
+#[derive(Debug, Clone)]
+pub struct WebhookKey {
+    /// Klarna's key id, or `None` for a secret accepted under any id.
+    pub id: Option<String>,
+    /// The secret, as Klarna issued it.
+    pub secret: SecretString,
 }
 
 /// The configuration `run` takes: settings plus resolved accounts and database.
@@ -649,23 +814,27 @@ pub struct Config {
     pub settings: Settings,
     /// Resolved accounts (empty with `simulator`, which brings its own).
     pub accounts: Vec<Account>,
+    /// Webhook signing keys (the simulator brings its own).
+    pub webhook_keys: Vec<WebhookKey>,
     /// `DATABASE_URL` (PostgreSQL); `None` for the embedded SQLite file under `data_dir`.
     pub database_url: Option<SecretString>,
 }
 
 impl Config {
     /// Settings for tests and the demo: defaults with the in-process simulator on, listening
-    /// on loopback port 0.
+    /// (gRPC, admin and webhooks) on loopback port 0.
     pub fn for_simulator(data_dir: &Path) -> Self {
         Self {
             settings: Settings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                webhook_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 data_dir: data_dir.to_path_buf(),
                 simulator: true,
                 ..Settings::default()
             },
             accounts: Vec::new(),
+            webhook_keys: Vec::new(),
             database_url: None,
         }
     }
@@ -745,6 +914,11 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
     if from_env && !settings.accounts.contains_key(DEFAULT_ACCOUNT) {
         accounts.push(env_account(env)?);
     }
+    let partner_from_env = PARTNER_VARIABLES.iter().any(|v| env.var(v).is_some());
+    if partner_from_env && !settings.accounts.contains_key(PARTNER_ACCOUNT) {
+        accounts.push(env_partner_account(env)?);
+    }
+    let webhook_keys = webhook_keys(&settings, env)?;
     if accounts.is_empty() && !settings.simulator {
         return Err(ConfigError::MissingCredentials(
             "KLARNA_USERNAME, KLARNA_PASSWORD and KLARNA_API_URL (or KLARNA_REGION + KLARNA_ENVIRONMENT)"
@@ -755,8 +929,90 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
     Ok(Config {
         settings,
         accounts,
+        webhook_keys,
         database_url,
     })
+}
+
+/// The variables that make the partner account `partner`.
+const PARTNER_VARIABLES: [&str; 6] = [
+    "KLARNA_PARTNER_API_URL",
+    "KLARNA_PARTNER_API_KEY",
+    "KLARNA_PARTNER_ACCOUNT_ID",
+    "KLARNA_PARTNER_CLIENT_CERT_FILE",
+    "KLARNA_PARTNER_CLIENT_KEY_FILE",
+    "KLARNA_PARTNER_CA_FILE",
+];
+
+fn env_partner_account(env: &dyn Environ) -> Result<Account, ConfigError> {
+    let missing: Vec<&str> = PARTNER_VARIABLES[..3]
+        .iter()
+        .copied()
+        .filter(|v| env.var(v).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConfigError::MissingCredentials(missing.join(", ")));
+    }
+    let settings = AccountSettings {
+        kind: AccountKind::Partner,
+        api_url: env.var("KLARNA_PARTNER_API_URL"),
+        api_key_env: Some("KLARNA_PARTNER_API_KEY".to_owned()),
+        partner_account_id: env.var("KLARNA_PARTNER_ACCOUNT_ID"),
+        client_cert_file: env
+            .var("KLARNA_PARTNER_CLIENT_CERT_FILE")
+            .map(PathBuf::from),
+        client_key_file: env.var("KLARNA_PARTNER_CLIENT_KEY_FILE").map(PathBuf::from),
+        ca_file: env.var("KLARNA_PARTNER_CA_FILE").map(PathBuf::from),
+        ..AccountSettings::default()
+    };
+    resolve_account(PARTNER_ACCOUNT, &settings, env)
+}
+
+/// The webhook signing keys: each `[[webhook_signing_keys]]`, and `KLARNA_WEBHOOK_SECRET` for
+/// any key id.
+fn webhook_keys(settings: &Settings, env: &dyn Environ) -> Result<Vec<WebhookKey>, ConfigError> {
+    let mut keys = Vec::new();
+    for key in &settings.webhook_signing_keys {
+        let problem = |problem: String| {
+            ConfigError::Load(format!("webhook signing key {:?}: {problem}", key.id))
+        };
+        if key.id.trim().is_empty() {
+            return Err(problem("id is required".into()));
+        }
+        let secret =
+            read_secret("secret", &key.secret_env, &key.secret_file, env).map_err(problem)?;
+        keys.push(WebhookKey {
+            id: Some(key.id.clone()),
+            secret: SecretString::from(secret),
+        });
+    }
+    if let Some(secret) = env.var("KLARNA_WEBHOOK_SECRET") {
+        keys.push(WebhookKey {
+            id: None,
+            secret: SecretString::from(secret),
+        });
+    }
+    Ok(keys)
+}
+
+/// A secret from the environment variable `var` or the file `file` (trailing line break
+/// dropped); exactly one of them must be given. The error names the setting, never the value.
+fn read_secret(
+    what: &str,
+    var: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &dyn Environ,
+) -> Result<String, String> {
+    match (var, file) {
+        (Some(var), None) => env
+            .var(var)
+            .ok_or_else(|| format!("{what}_env names {var}, which is not set")),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("{what}_file {}: {e}", file.display())),
+        (Some(_), Some(_)) => Err(format!("set {what}_env or {what}_file, not both")),
+        (None, None) => Err(format!("{what}_env or {what}_file is required")),
+    }
 }
 
 fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
@@ -788,10 +1044,10 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
         (Some(username), Some(password)) => Ok(Account {
             name: DEFAULT_ACCOUNT.to_owned(),
             base_url,
-            credentials: KlarnaCredentials {
+            api: AccountApi::OrderManagement(KlarnaCredentials {
                 username,
                 password: SecretString::from(password),
-            },
+            }),
         }),
         _ => Err(ConfigError::MissingCredentials(
             "KLARNA_USERNAME, KLARNA_PASSWORD".into(),
@@ -832,21 +1088,27 @@ fn resolve_account(
         account: name.to_owned(),
         problem,
     };
-    let secret = |what: &str,
-                  var: &Option<String>,
-                  file: &Option<PathBuf>|
-     -> Result<String, ConfigError> {
-        match (var, file) {
-            (Some(var), None) => env
-                .var(var)
-                .ok_or_else(|| problem(format!("{what}_env names {var}, which is not set"))),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                .map_err(|e| problem(format!("{what}_file {}: {e}", file.display()))),
-            (Some(_), Some(_)) => Err(problem(format!("set {what}_env or {what}_file, not both"))),
-            (None, None) => Err(problem(format!("{what}_env or {what}_file is required"))),
-        }
+    let secret = |what: &str, var: &Option<String>, file: &Option<PathBuf>| {
+        read_secret(what, var, file, env).map_err(&problem)
     };
+    if account.kind == AccountKind::Partner {
+        return resolve_partner(name, account, env);
+    }
+    let partner_only = [
+        ("api_key_env", account.api_key_env.is_some()),
+        ("api_key_file", account.api_key_file.is_some()),
+        ("partner_account_id", account.partner_account_id.is_some()),
+        ("path_prefix", account.path_prefix.is_some()),
+        ("on_behalf_of", account.on_behalf_of.is_some()),
+        ("client_cert_file", account.client_cert_file.is_some()),
+        ("client_key_file", account.client_key_file.is_some()),
+        ("ca_file", account.ca_file.is_some()),
+    ];
+    if let Some((key, _)) = partner_only.iter().find(|(_, set)| *set) {
+        return Err(problem(format!(
+            "{key} is for partner accounts; set kind = \"partner\" or remove it"
+        )));
+    }
     let username = secret("username", &account.username_env, &account.username_file)?;
     let password = secret("password", &account.password_env, &account.password_file)?;
     Ok(Account {
@@ -857,10 +1119,93 @@ fn resolve_account(
             account.region.clone(),
             account.environment.clone(),
         )?,
-        credentials: KlarnaCredentials {
+        api: AccountApi::OrderManagement(KlarnaCredentials {
             username,
             password: SecretString::from(password),
-        },
+        }),
+    })
+}
+
+/// A partner account: `api_url`, the API key, `partner_account_id`; mutual TLS only with
+/// both the certificate and the key.
+fn resolve_partner(
+    name: &str,
+    account: &AccountSettings,
+    env: &dyn Environ,
+) -> Result<Account, ConfigError> {
+    let problem = |problem: String| ConfigError::Account {
+        account: name.to_owned(),
+        problem,
+    };
+    let om_only = [
+        ("region", account.region.is_some()),
+        ("environment", account.environment.is_some()),
+        ("username_env", account.username_env.is_some()),
+        ("username_file", account.username_file.is_some()),
+        ("password_env", account.password_env.is_some()),
+        ("password_file", account.password_file.is_some()),
+    ];
+    if let Some((key, _)) = om_only.iter().find(|(_, set)| *set) {
+        return Err(problem(format!(
+            "{key} is for Order Management accounts; a partner account takes api_url and \
+             api_key_env or api_key_file"
+        )));
+    }
+    let api_url = account.api_url.clone().ok_or_else(|| {
+        problem(format!(
+            "api_url is required for a partner account ({LIVE_PARTNER_URL}, or Klarna's test URL)"
+        ))
+    })?;
+    let base_url = BaseUrl::parse(&api_url).map_err(|e| problem(format!("api_url: {e}")))?;
+    let api_key = read_secret("api_key", &account.api_key_env, &account.api_key_file, env)
+        .map_err(&problem)?;
+    let partner_account_id = account
+        .partner_account_id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| problem("partner_account_id is required".into()))?;
+    let path_prefix = account
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| format!("/v2/accounts/{partner_account_id}"));
+    let read_file = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| problem(format!("{what} {}: {e}", path.display())))
+    };
+    let client_identity = match (&account.client_cert_file, &account.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = read_file("client_cert_file", cert)?;
+            let key = read_file("client_key_file", key)?;
+            Some(ClientIdentity::from_pem(cert, key))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(problem(
+                "client_cert_file is set without client_key_file: mutual TLS needs both".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(problem(
+                "client_key_file is set without client_cert_file: mutual TLS needs both".into(),
+            ));
+        }
+    };
+    let extra_roots = match &account.ca_file {
+        Some(path) => vec![read_file("ca_file", path)?],
+        None => Vec::new(),
+    };
+    let live = base_url.as_str().trim_end_matches('/') == LIVE_PARTNER_URL;
+    Ok(Account {
+        name: name.to_owned(),
+        base_url,
+        api: AccountApi::Partner(PartnerAccount {
+            api_key: SecretString::from(api_key),
+            partner_account_id,
+            path_prefix,
+            on_behalf_of: account.on_behalf_of.clone(),
+            client_identity,
+            extra_roots,
+            live,
+        }),
     })
 }
 
@@ -1166,7 +1511,7 @@ mod tests {
     }
 
     /// Each definition reads and writes the field its key names, and every field but the
-    /// accounts has a definition.
+    /// accounts and webhook signing keys (tables of their own) has a definition.
     #[test]
     fn every_field_has_one_definition_bound_to_it() {
         let field = |settings: &Settings, key: &str| match serde_json::to_value(settings)
@@ -1174,6 +1519,8 @@ mod tests {
             .get(key)
         {
             Some(serde_json::Value::String(s)) => s.clone(),
+            // An optional address that is not set is `off`.
+            Some(serde_json::Value::Null) => "off".to_owned(),
             Some(other) => other.to_string(),
             None => panic!("no field {key}"),
         };
@@ -1182,6 +1529,7 @@ mod tests {
             ("admin_listen", "10.0.0.1:2"),
             ("data_dir", "/srv/elsewhere"),
             ("simulator", "true"),
+            ("webhook_listen", "10.0.0.1:3"),
             ("log_format", "text"),
         ];
         for setting in SETTINGS {
@@ -1206,7 +1554,12 @@ mod tests {
         let json = serde_json::to_value(Settings::default()).unwrap_or_else(|e| panic!("{e}"));
         let mut fields: Vec<_> = json
             .as_object()
-            .map(|o| o.keys().filter(|k| *k != "accounts").cloned().collect())
+            .map(|o| {
+                o.keys()
+                    .filter(|k| *k != "accounts" && *k != "webhook_signing_keys")
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         let mut keys: Vec<_> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
         fields.sort();

@@ -8,14 +8,138 @@ use refund_gateway_domain::{
     Violations,
 };
 use refund_gateway_domain::{
-    ExtendDueDateDraft, LineTypeInput, OrderLineDraft, OrderLineType, RefundOrderDraft,
-    ReleaseAuthorizationDraft, SubscriptionDraft, SubscriptionInterval,
+    ExtendDueDateDraft, LineItemDraft, LineTypeInput, OrderLineDraft, OrderLineType,
+    RefundCaptureDraft, RefundOrderDraft, RefundTransactionDraft, ReleaseAuthorizationDraft,
+    ResourceKind, SubscriptionDraft, SubscriptionInterval,
 };
 use refund_gateway_proto::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::gateway::{ReceiptOutcome, RefundOutcome};
 use crate::protocol::{Accepted, Encoded, KlarnaCall, encoding};
+
+/// `RefundCaptureRequest` -> draft.
+pub fn refund_capture_draft(r: pb::RefundCaptureRequest) -> RefundCaptureDraft {
+    RefundCaptureDraft {
+        idempotency_key: r.idempotency_key,
+        klarna_account: r.klarna_account,
+        payment_transaction_id: r.payment_transaction_id,
+        payment_capture_id: r.payment_capture_id,
+        amount: r.amount,
+        currency: r.currency,
+        reference: r.reference,
+        description: r.description,
+        validate_only: r.validate_only,
+    }
+}
+
+/// `RefundTransactionRequest` -> draft.
+pub fn refund_transaction_draft(r: pb::RefundTransactionRequest) -> RefundTransactionDraft {
+    RefundTransactionDraft {
+        idempotency_key: r.idempotency_key,
+        klarna_account: r.klarna_account,
+        payment_transaction_id: r.payment_transaction_id,
+        amount: r.amount,
+        currency: r.currency,
+        line_items: r
+            .line_items
+            .into_iter()
+            .map(|i| LineItemDraft {
+                name: i.name,
+                quantity: i.quantity,
+                unit_price: i.unit_price,
+                total_amount: i.total_amount,
+                total_tax_amount: i.total_tax_amount,
+                tax_rate: i.tax_rate,
+                reference: i.reference,
+                item_type: i.r#type,
+            })
+            .collect(),
+        reference: r.reference,
+        description: r.description,
+        validate_only: r.validate_only,
+    }
+}
+
+/// The answer of RefundCapture.
+pub fn capture_refund_response(
+    call: &domain::RefundCapture,
+    outcome: &RefundOutcome,
+) -> pb::RefundCaptureResponse {
+    pb::RefundCaptureResponse {
+        operation_id: outcome.operation_id.to_string(),
+        payment_refund_id: outcome.refund_id.clone().unwrap_or_default(),
+        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+        payment_transaction_id: call.transaction_id.to_string(),
+        payment_capture_id: call.capture_id.to_string(),
+        amount: call.amount.minor_units(),
+        currency: call.currency.to_string(),
+        reference: outcome.reference.clone(),
+        validate_only: call.validate_only,
+        replayed: false,
+    }
+}
+
+/// The answer of RefundTransaction.
+pub fn transaction_refund_response(
+    call: &domain::RefundTransaction,
+    outcome: &RefundOutcome,
+) -> pb::RefundTransactionResponse {
+    pb::RefundTransactionResponse {
+        operation_id: outcome.operation_id.to_string(),
+        payment_refund_id: outcome.refund_id.clone().unwrap_or_default(),
+        correlation_id: outcome.correlation_id.clone().unwrap_or_default(),
+        payment_transaction_id: call.transaction_id.to_string(),
+        amount: call.amount.minor_units(),
+        currency: call.currency.to_string(),
+        reference: outcome.reference.clone(),
+        validate_only: call.validate_only,
+        replayed: false,
+    }
+}
+
+/// A partner refund's answer, encoded for the store.
+pub fn partner_refund_encoded(payload: impl Message, outcome: RefundOutcome) -> Encoded {
+    Encoded {
+        payload: payload.encode_to_vec(),
+        refund_id: outcome.refund_id,
+        correlation_id: outcome.correlation_id,
+    }
+}
+
+/// The answer of GetTransaction.
+pub fn get_transaction_response(t: domain::PaymentTransaction) -> pb::GetTransactionResponse {
+    pb::GetTransactionResponse {
+        state: t.state.as_str().to_owned(),
+        captured_amount: t.captured(),
+        refunded_amount: t.refunded(),
+        refundable_amount: t.refundable(),
+        payment_transaction_id: t.payment_transaction_id,
+        currency: t.currency,
+        authorized_amount: t.amount,
+        captures: t
+            .captures
+            .into_iter()
+            .map(|c| pb::PaymentCapture {
+                payment_capture_id: c.payment_capture_id,
+                amount: c.amount,
+                refunded_amount: c.refunded_amount,
+                created_at: c.created_at.unwrap_or_default(),
+            })
+            .collect(),
+        refunds: t
+            .refunds
+            .into_iter()
+            .map(|r| pb::PaymentRefund {
+                payment_refund_id: r.payment_refund_id,
+                payment_capture_id: r.payment_capture_id.unwrap_or_default(),
+                amount: r.amount,
+                reference: r.reference.unwrap_or_default(),
+                created_at: r.created_at.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
 
 /// `RefundOrderRequest` -> draft.
 pub fn refund_order_draft(r: pb::RefundOrderRequest) -> RefundOrderDraft {
@@ -378,6 +502,38 @@ pub fn encode_resent(op: &Operation, call: &KlarnaCall, accepted: &Accepted) -> 
             replayed: false,
         }
         .encode_to_vec(),
+        KlarnaCall::RefundCapture {
+            transaction_id,
+            capture_id,
+            refund,
+        } => pb::RefundCaptureResponse {
+            operation_id,
+            payment_refund_id: accepted.refund_id.clone().unwrap_or_default(),
+            correlation_id,
+            payment_transaction_id: transaction_id.to_string(),
+            payment_capture_id: capture_id.to_string(),
+            amount: refund.amount.minor_units(),
+            currency: refund.currency.to_string(),
+            reference: refund.reference.clone(),
+            validate_only: false,
+            replayed: false,
+        }
+        .encode_to_vec(),
+        KlarnaCall::RefundTransaction {
+            transaction_id,
+            refund,
+        } => pb::RefundTransactionResponse {
+            operation_id,
+            payment_refund_id: accepted.refund_id.clone().unwrap_or_default(),
+            correlation_id,
+            payment_transaction_id: transaction_id.to_string(),
+            amount: refund.amount.minor_units(),
+            currency: refund.currency.to_string(),
+            reference: refund.reference.clone(),
+            validate_only: false,
+            replayed: false,
+        }
+        .encode_to_vec(),
     }
 }
 
@@ -442,6 +598,7 @@ pub fn operation_filter(
     let non_empty = |s: String| if s.is_empty() { None } else { Some(s) };
     let filter = OperationFilter {
         order_id: non_empty(r.order_id),
+        payment_transaction_id: non_empty(r.payment_transaction_id),
         caller: non_empty(r.caller),
         idempotency_key: non_empty(r.idempotency_key),
         state,
@@ -486,6 +643,11 @@ pub fn operation_page(page: OperationPage) -> pb::ListOperationsResponse {
                 created_at: timestamp(Some(op.created_at)),
                 updated_at: timestamp(Some(op.updated_at)),
                 events: events.into_iter().map(event).collect(),
+                payment_transaction_id: if op.new.resource_kind == ResourceKind::Transaction {
+                    op.new.resource_id
+                } else {
+                    String::new()
+                },
             })
             .collect(),
         next_page_token: page.next_page_token.unwrap_or_default(),

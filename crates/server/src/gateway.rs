@@ -9,64 +9,155 @@ use std::sync::Arc;
 
 use refund_gateway_domain::{
     Caller, ExtendDueDate, ExtendDueDateOption, ExtendDueDateOptions, ExtendDueDateOptionsQuery,
-    GatewayError, KlarnaApi, KlarnaError, KlarnaRefund, NewOperation, OperationId, Order,
-    OrderQuery, Refund, RefundOrder, RefundQuery, ReleaseAuthorization, ResourceRef, Rpc,
-    Violations, rules,
+    GatewayError, IdempotencyKey, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaRefund,
+    NewOperation, OperationId, OperationStore, Order, OrderQuery, PartnerRefund,
+    PaymentTransaction, PaymentsApi, Precondition, PreconditionReason, Refund, RefundCapture,
+    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, ResourceKind, ResourceRef,
+    Rpc, TransactionQuery, Violations, rules,
 };
 
 use crate::protocol::{AnswerContext, KlarnaCall, encoding};
 
+/// One configured Klarna account: an Order Management merchant account or a partner
+/// account of the Payments API.
+#[derive(Debug, Clone)]
+pub enum KlarnaAccount {
+    /// Order Management (`kind = "order_management"`, the default).
+    OrderManagement(Arc<dyn KlarnaApi>),
+    /// The partner Payments API (`kind = "partner"`).
+    Partner(Arc<dyn PaymentsApi>),
+}
+
+impl KlarnaAccount {
+    /// The API the account speaks.
+    pub fn api(&self) -> KlarnaApiKind {
+        match self {
+            Self::OrderManagement(_) => KlarnaApiKind::OrderManagement,
+            Self::Partner(_) => KlarnaApiKind::Payments,
+        }
+    }
+}
+
+/// The name of an account kind, as the configuration spells it.
+fn kind_name(api: KlarnaApiKind) -> &'static str {
+    match api {
+        KlarnaApiKind::OrderManagement => "order_management",
+        KlarnaApiKind::Payments => "partner",
+    }
+}
+
 /// The configured Klarna accounts, by name.
 #[derive(Debug, Clone)]
 pub struct Accounts {
-    by_name: BTreeMap<String, Arc<dyn KlarnaApi>>,
+    by_name: BTreeMap<String, KlarnaAccount>,
 }
 
 impl Accounts {
-    /// Accounts from (name, client) pairs.
-    pub fn new(accounts: impl IntoIterator<Item = (String, Arc<dyn KlarnaApi>)>) -> Self {
+    /// Accounts from (name, account) pairs.
+    pub fn new(accounts: impl IntoIterator<Item = (String, KlarnaAccount)>) -> Self {
         Self {
             by_name: accounts.into_iter().collect(),
         }
     }
 
-    /// The account a request names; an empty name means the only account, when there is
-    /// exactly one.
-    pub fn resolve(&self, name: Option<&str>) -> Result<(&str, &Arc<dyn KlarnaApi>), GatewayError> {
-        let found = match name {
-            Some(name) => self.by_name.get_key_value(name),
-            None if self.by_name.len() == 1 => self.by_name.iter().next(),
-            None => {
-                return Err(Violations::single(
+    /// The account a request names, which must speak `api`; no name means the only account
+    /// of that kind, when there is exactly one. An account of the other kind is refused
+    /// (`WRONG_ACCOUNT_KIND`) before anything is sent.
+    pub fn resolve(
+        &self,
+        name: Option<&str>,
+        api: KlarnaApiKind,
+    ) -> Result<(&str, &KlarnaAccount), GatewayError> {
+        let Some(name) = name else {
+            let mut of_kind = self.by_name.iter().filter(|(_, a)| a.api() == api);
+            return match (of_kind.next(), of_kind.next()) {
+                (Some((n, a)), None) => Ok((n.as_str(), a)),
+                (None, _) => Err(Violations::single(
                     "klarna_account",
                     format!(
-                        "is required: the gateway has several accounts ({})",
+                        "no {} account is configured; configured: {}",
+                        kind_name(api),
                         self.names().join(", ")
                     ),
                 )
-                .into());
-            }
+                .into()),
+                (Some(_), Some(_)) => Err(Violations::single(
+                    "klarna_account",
+                    format!(
+                        "is required: the gateway has several {} accounts ({})",
+                        kind_name(api),
+                        self.names_of(api).join(", ")
+                    ),
+                )
+                .into()),
+            };
         };
-        found.map(|(n, c)| (n.as_str(), c)).ok_or_else(|| {
-            Violations::single(
+        let Some((name, account)) = self.by_name.get_key_value(name) else {
+            return Err(Violations::single(
                 "klarna_account",
                 format!(
-                    "unknown account {:?}; configured: {}",
-                    name.unwrap_or_default(),
+                    "unknown account {name:?}; configured: {}",
                     self.names().join(", ")
                 ),
             )
-            .into()
-        })
+            .into());
+        };
+        if account.api() != api {
+            return Err(Precondition {
+                reason: PreconditionReason::WrongAccountKind,
+                subject: format!("accounts/{name}"),
+                description: format!(
+                    "account {name:?} is a {} account; this RPC needs a {} account",
+                    kind_name(account.api()),
+                    kind_name(api)
+                ),
+            }
+            .into());
+        }
+        Ok((name.as_str(), account))
     }
 
-    /// The client of account `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn KlarnaApi>> {
+    /// The Order Management client of the account a request names (see [`Self::resolve`]).
+    pub fn order_management(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(&str, &Arc<dyn KlarnaApi>), GatewayError> {
+        match self.resolve(name, KlarnaApiKind::OrderManagement)? {
+            (name, KlarnaAccount::OrderManagement(client)) => Ok((name, client)),
+            (name, KlarnaAccount::Partner(_)) => Err(GatewayError::Internal(format!(
+                "account {name} changed kind"
+            ))),
+        }
+    }
+
+    /// The Payments API client of the partner account a request names.
+    pub fn partner(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(&str, &Arc<dyn PaymentsApi>), GatewayError> {
+        match self.resolve(name, KlarnaApiKind::Payments)? {
+            (name, KlarnaAccount::Partner(client)) => Ok((name, client)),
+            (name, KlarnaAccount::OrderManagement(_)) => Err(GatewayError::Internal(format!(
+                "account {name} changed kind"
+            ))),
+        }
+    }
+
+    /// The account `name`.
+    pub fn get(&self, name: &str) -> Option<KlarnaAccount> {
         self.by_name.get(name).cloned()
     }
 
     fn names(&self) -> Vec<&str> {
         self.by_name.keys().map(String::as_str).collect()
+    }
+
+    fn names_of(&self, api: KlarnaApiKind) -> Vec<&str> {
+        self.by_name
+            .iter()
+            .filter(|(_, a)| a.api() == api)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 }
 
@@ -107,6 +198,8 @@ pub struct Prepared<W> {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     accounts: Accounts,
+    /// Read by the partner limits, which count the gateway's own operations on a transaction.
+    store: Arc<dyn OperationStore>,
 }
 
 /// A failed Klarna call about `resource`. What a failed mutation proves (final, unknown, or
@@ -119,7 +212,7 @@ fn klarna_error(resource: ResourceRef) -> impl FnOnce(KlarnaError) -> GatewayErr
 fn new_operation(
     caller: &Caller,
     rpc: Rpc,
-    key: &refund_gateway_domain::IdempotencyKey,
+    key: &IdempotencyKey,
     account: &str,
     call: &KlarnaCall,
     expected_currency: Option<&str>,
@@ -135,7 +228,7 @@ fn new_operation(
         idempotency_key: key.clone(),
         fingerprint: encoding::fingerprint(rpc, account, call, expected_currency),
         klarna_account: account.to_owned(),
-        order_id: call.order_id().to_string(),
+        order_id: call.order_id().map(ToString::to_string).unwrap_or_default(),
         resource_kind,
         resource_id,
         capture_id,
@@ -148,9 +241,9 @@ fn new_operation(
 }
 
 impl Gateway {
-    /// A gateway over `accounts`.
-    pub fn new(accounts: Accounts) -> Self {
-        Self { accounts }
+    /// A gateway over `accounts`, reading its own operations from `store`.
+    pub fn new(accounts: Accounts, store: Arc<dyn OperationStore>) -> Self {
+        Self { accounts, store }
     }
 
     /// The accounts.
@@ -167,7 +260,9 @@ impl Gateway {
         Prepared<impl Future<Output = Result<RefundOutcome, GatewayError>> + Send + 'static>,
         GatewayError,
     > {
-        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let (account, klarna) = self
+            .accounts
+            .order_management(cmd.klarna_account.as_deref())?;
         let (account, klarna) = (account.to_owned(), klarna.clone());
         let op = OperationId::derive(caller, Rpc::RefundOrder, &cmd.idempotency_key);
         let reference = cmd.reference.clone().unwrap_or_else(|| op.to_string());
@@ -194,7 +289,7 @@ impl Gateway {
         let work = async move {
             check_refund_rules(klarna.as_ref(), &cmd).await?;
             let accepted = call
-                .send(klarna.as_ref(), &op)
+                .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
             tracing::info!(
@@ -226,7 +321,9 @@ impl Gateway {
         caller: &Caller,
         cmd: RefundOrder,
     ) -> Result<RefundOutcome, GatewayError> {
-        let (_, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let (_, klarna) = self
+            .accounts
+            .order_management(cmd.klarna_account.as_deref())?;
         let op = OperationId::derive(caller, Rpc::RefundOrder, &cmd.idempotency_key);
         check_refund_rules(klarna.as_ref(), &cmd).await?;
         Ok(RefundOutcome {
@@ -246,7 +343,9 @@ impl Gateway {
         Prepared<impl Future<Output = Result<ReceiptOutcome, GatewayError>> + Send + 'static>,
         GatewayError,
     > {
-        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let (account, klarna) = self
+            .accounts
+            .order_management(cmd.klarna_account.as_deref())?;
         let klarna = klarna.clone();
         let call = KlarnaCall::ReleaseRemainingAuthorization {
             order_id: cmd.order_id.clone(),
@@ -265,7 +364,7 @@ impl Gateway {
         let op = new.operation_id;
         let work = async move {
             let accepted = call
-                .send(klarna.as_ref(), &op)
+                .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
             tracing::info!(operation_id = %op, order_id = %cmd.order_id, "authorization released");
@@ -296,7 +395,9 @@ impl Gateway {
         >,
         GatewayError,
     > {
-        let (account, klarna) = self.accounts.resolve(cmd.klarna_account.as_deref())?;
+        let (account, klarna) = self
+            .accounts
+            .order_management(cmd.klarna_account.as_deref())?;
         let klarna = klarna.clone();
         let call = KlarnaCall::ExtendDueDate {
             order_id: cmd.order_id.clone(),
@@ -332,7 +433,7 @@ impl Gateway {
                 &offered.currency,
             ));
             let accepted = call
-                .send(klarna.as_ref(), &op)
+                .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(capture))?;
             tracing::info!(
@@ -359,7 +460,9 @@ impl Gateway {
         &self,
         q: ExtendDueDateOptionsQuery,
     ) -> Result<ExtendDueDateOptions, GatewayError> {
-        let (_, klarna) = self.accounts.resolve(q.klarna_account.as_deref())?;
+        let (_, klarna) = self
+            .accounts
+            .order_management(q.klarna_account.as_deref())?;
         klarna
             .get_extend_due_date_options(&q.order_id, &q.capture_id)
             .await
@@ -371,7 +474,9 @@ impl Gateway {
 
     /// Reads an order.
     pub async fn order(&self, q: OrderQuery) -> Result<Order, GatewayError> {
-        let (_, klarna) = self.accounts.resolve(q.klarna_account.as_deref())?;
+        let (_, klarna) = self
+            .accounts
+            .order_management(q.klarna_account.as_deref())?;
         klarna
             .get_order(&q.order_id)
             .await
@@ -380,7 +485,9 @@ impl Gateway {
 
     /// Reads a refund.
     pub async fn refund(&self, q: RefundQuery) -> Result<Refund, GatewayError> {
-        let (_, klarna) = self.accounts.resolve(q.klarna_account.as_deref())?;
+        let (_, klarna) = self
+            .accounts
+            .order_management(q.klarna_account.as_deref())?;
         klarna
             .get_refund(&q.order_id, &q.refund_id)
             .await
@@ -389,6 +496,278 @@ impl Gateway {
                 refund_id: q.refund_id.to_string(),
             }))
     }
+}
+
+/// A partner refund (capture or transaction), as the shared part of both use cases sees it.
+struct PartnerRefundCommand {
+    rpc: Rpc,
+    key: IdempotencyKey,
+    account: Option<String>,
+    transaction_id: refund_gateway_domain::PaymentTransactionId,
+    capture_id: Option<refund_gateway_domain::PaymentCaptureId>,
+    refund: PartnerRefund,
+}
+
+impl Gateway {
+    /// Prepares a refund of one payment capture: its identity, and work that reads the
+    /// transaction, checks the partner rules and sends it.
+    pub fn refund_capture(
+        &self,
+        caller: &Caller,
+        cmd: RefundCapture,
+    ) -> Result<
+        Prepared<impl Future<Output = Result<RefundOutcome, GatewayError>> + Send + 'static>,
+        GatewayError,
+    > {
+        let op = OperationId::derive(caller, Rpc::RefundCapture, &cmd.idempotency_key);
+        self.partner_refund(
+            caller,
+            PartnerRefundCommand {
+                rpc: Rpc::RefundCapture,
+                refund: capture_refund(&cmd, op),
+                key: cmd.idempotency_key,
+                account: cmd.klarna_account,
+                transaction_id: cmd.transaction_id,
+                capture_id: Some(cmd.capture_id),
+            },
+        )
+    }
+
+    /// Prepares a refund of a payment transaction by line items.
+    pub fn refund_transaction(
+        &self,
+        caller: &Caller,
+        cmd: RefundTransaction,
+    ) -> Result<
+        Prepared<impl Future<Output = Result<RefundOutcome, GatewayError>> + Send + 'static>,
+        GatewayError,
+    > {
+        let op = OperationId::derive(caller, Rpc::RefundTransaction, &cmd.idempotency_key);
+        self.partner_refund(
+            caller,
+            PartnerRefundCommand {
+                rpc: Rpc::RefundTransaction,
+                refund: transaction_refund(&cmd, op),
+                key: cmd.idempotency_key,
+                account: cmd.klarna_account,
+                transaction_id: cmd.transaction_id,
+                capture_id: None,
+            },
+        )
+    }
+
+    /// Checks a capture refund (`validate_only`): every rule, reading the transaction, and
+    /// sends nothing.
+    pub async fn validate_capture_refund(
+        &self,
+        caller: &Caller,
+        cmd: RefundCapture,
+    ) -> Result<RefundOutcome, GatewayError> {
+        let op = OperationId::derive(caller, Rpc::RefundCapture, &cmd.idempotency_key);
+        let refund = capture_refund(&cmd, op);
+        self.validate_partner_refund(
+            op,
+            cmd.klarna_account.as_deref(),
+            &cmd.transaction_id,
+            Some(&cmd.capture_id),
+            refund,
+        )
+        .await
+    }
+
+    /// Checks a transaction refund (`validate_only`) and sends nothing.
+    pub async fn validate_transaction_refund(
+        &self,
+        caller: &Caller,
+        cmd: RefundTransaction,
+    ) -> Result<RefundOutcome, GatewayError> {
+        let op = OperationId::derive(caller, Rpc::RefundTransaction, &cmd.idempotency_key);
+        let refund = transaction_refund(&cmd, op);
+        self.validate_partner_refund(
+            op,
+            cmd.klarna_account.as_deref(),
+            &cmd.transaction_id,
+            None,
+            refund,
+        )
+        .await
+    }
+
+    /// Reads a payment transaction.
+    pub async fn transaction(
+        &self,
+        q: TransactionQuery,
+    ) -> Result<PaymentTransaction, GatewayError> {
+        let (_, payments) = self.accounts.partner(q.klarna_account.as_deref())?;
+        payments
+            .get_transaction(&q.transaction_id)
+            .await
+            .map_err(klarna_error(ResourceRef::Transaction(
+                q.transaction_id.to_string(),
+            )))
+    }
+
+    async fn validate_partner_refund(
+        &self,
+        op: OperationId,
+        account: Option<&str>,
+        transaction_id: &refund_gateway_domain::PaymentTransactionId,
+        capture_id: Option<&refund_gateway_domain::PaymentCaptureId>,
+        refund: PartnerRefund,
+    ) -> Result<RefundOutcome, GatewayError> {
+        let (account, payments) = self.accounts.partner(account)?;
+        check_partner_rules(
+            payments.as_ref(),
+            self.store.as_ref(),
+            account,
+            op,
+            transaction_id,
+            capture_id,
+            &refund,
+        )
+        .await?;
+        Ok(RefundOutcome {
+            operation_id: op,
+            refund_id: None,
+            correlation_id: None,
+            reference: refund.reference,
+        })
+    }
+
+    fn partner_refund(
+        &self,
+        caller: &Caller,
+        cmd: PartnerRefundCommand,
+    ) -> Result<
+        Prepared<impl Future<Output = Result<RefundOutcome, GatewayError>> + Send + 'static>,
+        GatewayError,
+    > {
+        let (account, payments) = self.accounts.partner(cmd.account.as_deref())?;
+        let (account, payments) = (account.to_owned(), payments.clone());
+        let klarna = KlarnaAccount::Partner(payments.clone());
+        let store = self.store.clone();
+        let op = OperationId::derive(caller, cmd.rpc, &cmd.key);
+        let reference = cmd.refund.reference.clone();
+        let amount = cmd.refund.amount.minor_units();
+        let currency = cmd.refund.currency.to_string();
+        let transaction_id = cmd.transaction_id;
+        let capture_id = cmd.capture_id;
+        let call = match &capture_id {
+            Some(capture_id) => KlarnaCall::RefundCapture {
+                transaction_id: transaction_id.clone(),
+                capture_id: capture_id.clone(),
+                refund: cmd.refund.clone(),
+            },
+            None => KlarnaCall::RefundTransaction {
+                transaction_id: transaction_id.clone(),
+                refund: cmd.refund.clone(),
+            },
+        };
+        let new = new_operation(
+            caller,
+            cmd.rpc,
+            &cmd.key,
+            &account,
+            &call,
+            Some(&currency),
+            capture_id.as_ref().map(ToString::to_string),
+            Some(amount),
+            Some(reference.clone()),
+        );
+        let refund = cmd.refund;
+        let work = async move {
+            check_partner_rules(
+                payments.as_ref(),
+                store.as_ref(),
+                &account,
+                op,
+                &transaction_id,
+                capture_id.as_ref(),
+                &refund,
+            )
+            .await?;
+            let accepted = call
+                .send(&klarna, &op)
+                .await
+                .map_err(klarna_error(call.resource()))?;
+            tracing::info!(
+                operation_id = %op,
+                payment_transaction_id = %transaction_id,
+                payment_refund_id = accepted.refund_id.as_deref().unwrap_or(""),
+                amount,
+                correlation_id = accepted.correlation_id.as_deref().unwrap_or(""),
+                "partner refund made"
+            );
+            Ok(RefundOutcome {
+                operation_id: op,
+                refund_id: accepted.refund_id,
+                correlation_id: accepted.correlation_id,
+                reference,
+            })
+        };
+        Ok(Prepared {
+            new,
+            work,
+            context: AnswerContext::default(),
+        })
+    }
+}
+
+/// The refund a `RefundCapture` sends: the caller's reference, else the operation id.
+fn capture_refund(cmd: &RefundCapture, op: OperationId) -> PartnerRefund {
+    PartnerRefund {
+        amount: cmd.amount,
+        currency: cmd.currency.clone(),
+        reference: cmd.reference.clone().unwrap_or_else(|| op.to_string()),
+        description: cmd.description.clone(),
+        line_items: Vec::new(),
+    }
+}
+
+/// The refund a `RefundTransaction` sends.
+fn transaction_refund(cmd: &RefundTransaction, op: OperationId) -> PartnerRefund {
+    PartnerRefund {
+        amount: cmd.amount,
+        currency: cmd.currency.clone(),
+        reference: cmd.reference.clone().unwrap_or_else(|| op.to_string()),
+        description: cmd.description.clone(),
+        line_items: cmd.line_items.clone(),
+    }
+}
+
+/// The partner refund's state rules: reads the transaction and the gateway's own operations
+/// on it (this one, `op`, excluded), then checks them.
+async fn check_partner_rules(
+    payments: &dyn PaymentsApi,
+    store: &dyn OperationStore,
+    account: &str,
+    op: OperationId,
+    transaction_id: &refund_gateway_domain::PaymentTransactionId,
+    capture_id: Option<&refund_gateway_domain::PaymentCaptureId>,
+    refund: &PartnerRefund,
+) -> Result<(), GatewayError> {
+    let transaction = payments
+        .get_transaction(transaction_id)
+        .await
+        .map_err(klarna_error(ResourceRef::Transaction(
+            transaction_id.to_string(),
+        )))?;
+    let own = store
+        .resource_operations(account, ResourceKind::Transaction, transaction_id.as_str())
+        .await
+        .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+    let unlisted = rules::unlisted_own_refunds(&own, op, &transaction);
+    rules::check_partner_refund(
+        rules::PartnerRefundRequest {
+            transaction_id,
+            capture_id,
+            amount: refund.amount,
+            currency: &refund.currency,
+        },
+        &transaction,
+        unlisted,
+    )?;
+    Ok(())
 }
 
 /// The refund's state rules, reading the order only when a rule needs it.

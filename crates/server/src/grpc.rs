@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::{FutureExt, TryFutureExt};
 use prost::Message;
 use refund_gateway_domain::{
-    Caller, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, OrderQuery, RefundOrder,
-    RefundQuery, ReleaseAuthorization,
+    Caller, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, OrderQuery, RefundCapture,
+    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
@@ -328,6 +328,100 @@ impl RefundGatewayService for RefundGatewayApi {
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::get_refund_response(refund)))
+    }
+
+    async fn refund_capture(
+        &self,
+        request: Request<pb::RefundCaptureRequest>,
+    ) -> Result<Response<pb::RefundCaptureResponse>, Status> {
+        const RPC: &str = "RefundCapture";
+        let context = CallContext::of(&request);
+        let cmd = RefundCapture::validate(convert::refund_capture_draft(request.into_inner()))
+            .map_err(|v| fail(RPC, v.into()))?;
+        let answer = cmd.clone();
+        if cmd.validate_only {
+            let outcome = self
+                .gateway
+                .validate_capture_refund(&context.caller, cmd)
+                .await
+                .map_err(|e| fail(RPC, e))?;
+            return Ok(Response::new(convert::capture_refund_response(
+                &answer, &outcome,
+            )));
+        }
+        let prepared = self
+            .gateway
+            .refund_capture(&context.caller, cmd)
+            .map_err(|e| fail(RPC, e))?;
+        self.mutate(
+            RPC,
+            context,
+            prepared,
+            move |outcome| {
+                convert::partner_refund_encoded(
+                    convert::capture_refund_response(&answer, &outcome),
+                    outcome,
+                )
+            },
+            |m: &mut pb::RefundCaptureResponse, r| m.replayed = r,
+        )
+        .await
+    }
+
+    async fn refund_transaction(
+        &self,
+        request: Request<pb::RefundTransactionRequest>,
+    ) -> Result<Response<pb::RefundTransactionResponse>, Status> {
+        const RPC: &str = "RefundTransaction";
+        let context = CallContext::of(&request);
+        let cmd =
+            RefundTransaction::validate(convert::refund_transaction_draft(request.into_inner()))
+                .map_err(|v| fail(RPC, v.into()))?;
+        let answer = cmd.clone();
+        if cmd.validate_only {
+            let outcome = self
+                .gateway
+                .validate_transaction_refund(&context.caller, cmd)
+                .await
+                .map_err(|e| fail(RPC, e))?;
+            return Ok(Response::new(convert::transaction_refund_response(
+                &answer, &outcome,
+            )));
+        }
+        let prepared = self
+            .gateway
+            .refund_transaction(&context.caller, cmd)
+            .map_err(|e| fail(RPC, e))?;
+        self.mutate(
+            RPC,
+            context,
+            prepared,
+            move |outcome| {
+                convert::partner_refund_encoded(
+                    convert::transaction_refund_response(&answer, &outcome),
+                    outcome,
+                )
+            },
+            |m: &mut pb::RefundTransactionResponse, r| m.replayed = r,
+        )
+        .await
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        const RPC: &str = "GetTransaction";
+        let (metadata, _, r) = request.into_parts();
+        let q = TransactionQuery::validate(r.klarna_account, &r.payment_transaction_id)
+            .map_err(|v| fail(RPC, v.into()))?;
+        let transaction = self
+            .read(&metadata, self.gateway.transaction(q))
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        Ok(Response::new(convert::get_transaction_response(
+            transaction,
+        )))
     }
 
     async fn list_operations(

@@ -16,6 +16,7 @@
 //! - [`middleware`]: the RPC span and metrics of the inbound stack.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`telemetry`]: log set-up (JSON or text) and the metrics recorder.
+//! - [`webhooks`]: the receiver of Klarna's webhooks, on its own listener.
 //! - [`demo`]: `--simulator`: the in-process Klarna simulator with its demo orders.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod protocol;
 mod readme;
 pub mod status;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,8 +39,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use refund_gateway_domain::KlarnaApi;
-use refund_gateway_klarna::{KlarnaClient, KlarnaClientConfig};
+use refund_gateway_klarna::{
+    KlarnaClient, KlarnaClientConfig, PaymentsClient, PaymentsClientConfig,
+};
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -47,8 +50,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
-use crate::gateway::{Accounts, Gateway};
+use crate::config::{AccountApi, Config};
+use crate::gateway::{Accounts, Gateway, KlarnaAccount};
 use crate::grpc::RefundGatewayApi;
 use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
 use crate::protocol::{Protocol, ProtocolSettings};
@@ -98,10 +101,13 @@ pub struct RunningGateway {
     pub grpc_addr: SocketAddr,
     /// The admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The webhook listener's address, when it listens.
+    pub webhook_addr: Option<SocketAddr>,
     /// The in-process simulator, with `--simulator`.
     pub simulator: Option<demo::DemoSimulator>,
     grpc: JoinHandle<Result<(), ServerError>>,
     admin: JoinHandle<Result<(), ServerError>>,
+    webhooks: Option<JoinHandle<Result<(), ServerError>>>,
     background: Vec<JoinHandle<()>>,
     // The demo's operations live in a directory that dies with the process.
     _demo_data: Option<tempfile::TempDir>,
@@ -113,13 +119,17 @@ impl RunningGateway {
     pub async fn wait(self) -> Result<(), ServerError> {
         let grpc = self.grpc.await?;
         let admin = self.admin.await?;
+        let webhooks = match self.webhooks {
+            Some(task) => task.await?,
+            None => Ok(()),
+        };
         for task in self.background {
             task.await?;
         }
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
-        grpc.and(admin)
+        grpc.and(admin).and(webhooks)
     }
 }
 
@@ -144,24 +154,51 @@ pub async fn start(
         let sim = demo::DemoSimulator::start()
             .await
             .map_err(io_error("starting the Klarna simulator"))?;
-        let accounts = vec![sim.account().map_err(io_error("simulator account"))?];
+        let accounts = sim.accounts().map_err(io_error("simulator accounts"))?;
         (Some(sim), accounts)
     } else {
         (None, config.accounts)
     };
-    let mut clients: Vec<(String, Arc<dyn KlarnaApi>)> = Vec::new();
+    let mut clients: Vec<(String, KlarnaAccount)> = Vec::new();
+    let mut webhook_accounts = Vec::new();
     for account in accounts {
-        let mut client_config = KlarnaClientConfig::new(account.base_url, account.credentials);
-        client_config.attempt_timeout = attempt_timeout;
-        let client = KlarnaClient::new(client_config).map_err(|e| ServerError::Account {
-            account: account.name.clone(),
+        let name = account.name;
+        let refused = |e: refund_gateway_klarna::KlarnaConfigError| ServerError::Account {
+            account: name.clone(),
             message: e.to_string(),
-        })?;
-        tracing::info!(account = %account.name, "Klarna account configured");
-        clients.push((account.name, Arc::new(client)));
+        };
+        let client = match account.api {
+            AccountApi::OrderManagement(credentials) => {
+                let mut client_config = KlarnaClientConfig::new(account.base_url, credentials);
+                client_config.transport.attempt_timeout = attempt_timeout;
+                KlarnaAccount::OrderManagement(Arc::new(
+                    KlarnaClient::new(client_config).map_err(refused)?,
+                ))
+            }
+            AccountApi::Partner(partner) => {
+                webhook_accounts.push(webhooks::WebhookAccount {
+                    name: name.clone(),
+                    partner_account_id: partner.partner_account_id,
+                    live: partner.live,
+                });
+                let mut client_config = PaymentsClientConfig::new(
+                    account.base_url,
+                    partner.api_key,
+                    partner.path_prefix,
+                );
+                client_config.on_behalf_of = partner.on_behalf_of;
+                client_config.client_identity = partner.client_identity;
+                client_config.extra_root_certificates = partner.extra_roots;
+                client_config.transport.attempt_timeout = attempt_timeout;
+                KlarnaAccount::Partner(Arc::new(
+                    PaymentsClient::new(client_config).map_err(refused)?,
+                ))
+            }
+        };
+        tracing::info!(account = %name, kind = ?client.api(), "Klarna account configured");
+        clients.push((name, client));
     }
     let accounts = Accounts::new(clients);
-    let gateway = Gateway::new(accounts.clone());
 
     // The demo keeps its operations apart from any real store, in a directory removed at exit,
     // so a restart never replays answers about simulator orders that no longer exist.
@@ -182,6 +219,7 @@ pub async fn start(
         data_dir,
     )?;
     let store = refund_gateway_store::connect(&database).await?;
+    let gateway = Gateway::new(accounts.clone(), store.clone());
     let settings = &config.settings;
     let protocol = Protocol::new(
         store,
@@ -229,6 +267,38 @@ pub async fn start(
     let admin_addr = admin_listener
         .local_addr()
         .map_err(io_error("reading the admin address"))?;
+    // The one port exposed to Klarna: its own listener, never the admin port.
+    let webhook_listen = config
+        .settings
+        .webhook_listen
+        .or_else(|| simulator.as_ref().map(|_| demo::WEBHOOK_LISTEN));
+    let webhook_listener = match webhook_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error(format!("binding the webhook address {addr}")))?,
+        ),
+        None => None,
+    };
+    let webhook_addr = match &webhook_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(io_error("reading the webhook address"))?,
+        ),
+        None => None,
+    };
+    let mut webhook_keys: Vec<webhooks::SigningKey> = config
+        .webhook_keys
+        .iter()
+        .map(|k| webhooks::SigningKey {
+            id: k.id.clone(),
+            secret: k.secret.clone(),
+        })
+        .collect();
+    if let (Some(sim), Some(addr)) = (&simulator, webhook_addr) {
+        webhook_keys.push(sim.signing_key());
+        sim.deliver_webhooks_to(addr);
+    }
 
     // One shutdown signal fans out to the gRPC server and the admin endpoint.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -290,7 +360,8 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RefundGatewayServiceServer::new(RefundGatewayApi::new(
-            gateway, protocol,
+            gateway,
+            protocol.clone(),
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
     let grpc = tokio::spawn(async move { grpc_server.await.map_err(ServerError::from) });
@@ -299,6 +370,23 @@ pub async fn start(
         ready,
         metrics: telemetry::metrics_handle(),
     });
+    let webhooks = match webhook_listener {
+        Some(listener) => {
+            let router = webhooks::router(webhooks::WebhookReceiver {
+                keys: Arc::new(webhook_keys),
+                accounts: Arc::new(webhook_accounts),
+                protocol: protocol.clone(),
+            });
+            let rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await
+                    .map_err(io_error("webhook listener"))
+            }))
+        }
+        None => None,
+    };
     let admin_rx = stop_rx;
     let admin = tokio::spawn(async move {
         axum::serve(admin_listener, admin_router)
@@ -307,13 +395,15 @@ pub async fn start(
             .map_err(io_error("admin endpoint"))
     });
 
-    tracing::info!(%grpc_addr, %admin_addr, "refund gateway listening");
+    tracing::info!(%grpc_addr, %admin_addr, webhook_addr = ?webhook_addr, "refund gateway listening");
     Ok(RunningGateway {
         grpc_addr,
         admin_addr,
+        webhook_addr,
         simulator,
         grpc,
         admin,
+        webhooks,
         background,
         _demo_data: demo_data,
     })

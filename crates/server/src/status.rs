@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    GatewayError, KlarnaError, KlarnaErrorResponse, ResourceRef, StoredResponse,
+    GatewayError, KlarnaApiKind, KlarnaError, KlarnaErrorResponse, ResourceRef, StoredResponse,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -244,6 +244,9 @@ fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetail
     let code_or = |fallback: &str| r.error_code.clone().unwrap_or_else(|| fallback.to_owned());
     match r.status {
         400 | 413 | 422 => {
+            for field in &r.field_errors {
+                d.add_bad_request_violation(field.parameter.clone(), field.message.clone());
+            }
             error_info(&mut d, &code_or("KLARNA_BAD_REQUEST"), metadata);
             Status::with_error_details(Code::InvalidArgument, message, d)
         }
@@ -261,8 +264,23 @@ fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetail
                 d,
             )
         }
+        403 if r.api == KlarnaApiKind::Payments && !r.error_object => {
+            // Klarna's DDoS protection, in front of the Payments API: the API never saw the
+            // request, so nothing happened and the same key may be sent again.
+            d.set_retry_info(Some(r.retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
+            error_info(&mut d, "KLARNA_BLOCKED", metadata);
+            Status::with_error_details(
+                Code::Unavailable,
+                format!(
+                    "{message}: Klarna's edge refused the request before its API saw it; \
+                     nothing happened, retry with the same idempotency key"
+                ),
+                d,
+            )
+        }
         403 => {
-            let reason = code_or("KLARNA_FORBIDDEN");
+            let reason = refund_gateway_klarna::partner_limit_reason(r)
+                .map_or_else(|| code_or("KLARNA_FORBIDDEN"), str::to_owned);
             d.add_precondition_failure_violation(
                 reason.clone(),
                 resource.name(),
@@ -322,7 +340,8 @@ mod tests {
                 error_code: code.map(str::to_owned),
                 messages: vec!["m".into()],
                 correlation_id: Some("corr-1".into()),
-                retry_after: None,
+                error_object: true,
+                ..KlarnaErrorResponse::default()
             })),
             resource: ResourceRef::Refund {
                 order_id: "o".into(),
@@ -542,9 +561,13 @@ mod readme {
             .collect()
     }
 
-    /// How the table names an attempt in a row's situation.
-    fn token(attempt: Attempt) -> String {
+    /// How the table names an attempt of `api` in a row's situation.
+    fn token(api: KlarnaApiKind, attempt: Attempt) -> String {
         match attempt {
+            Attempt::ForbiddenWithoutError => match api {
+                KlarnaApiKind::OrderManagement => "403".to_owned(),
+                KlarnaApiKind::Payments => "DDoS protection".to_owned(),
+            },
             Attempt::Answered(500..=599) => "5xx".to_owned(),
             Attempt::Answered(status) => status.to_string(),
             Attempt::NoAnswer => "no answer".to_owned(),
@@ -671,15 +694,28 @@ mod readme {
         }
     }
 
-    fn klarna_error(attempt: Attempt, error_code: Option<&str>) -> KlarnaError {
-        match attempt {
-            Attempt::Answered(status) => KlarnaError::Answered(Box::new(KlarnaErrorResponse {
+    fn klarna_error(api: KlarnaApiKind, attempt: Attempt, error_code: Option<&str>) -> KlarnaError {
+        let answered = |status, error_object| {
+            KlarnaError::Answered(Box::new(KlarnaErrorResponse {
                 status,
                 error_code: error_code.map(str::to_owned),
                 messages: vec!["m".into()],
                 correlation_id: Some("corr-1".into()),
-                retry_after: None,
-            })),
+                api,
+                error_object,
+                ..KlarnaErrorResponse::default()
+            }))
+        };
+        match attempt {
+            Attempt::Answered(status) => answered(status, true),
+            // Klarna's code would make it an error object: this answer has none.
+            Attempt::ForbiddenWithoutError => {
+                KlarnaError::Answered(Box::new(KlarnaErrorResponse {
+                    status: 403,
+                    api,
+                    ..KlarnaErrorResponse::default()
+                }))
+            }
             Attempt::NoAnswer => KlarnaError::NoAnswer("timeout".into()),
             Attempt::Unreadable => KlarnaError::BadResponse("no refund id".into()),
             Attempt::NotSent => KlarnaError::NotSent("connection refused".into()),
@@ -695,16 +731,26 @@ mod readme {
     }
 
     /// Every state rule; a new one fails to compile here until it is listed.
-    fn all_preconditions() -> [PreconditionReason; 3] {
+    fn all_preconditions() -> [PreconditionReason; 8] {
         let listed = |r: PreconditionReason| match r {
             PreconditionReason::CurrencyMismatch
             | PreconditionReason::ReturnFeeNotAllowed
-            | PreconditionReason::ExtensionNotOffered => r,
+            | PreconditionReason::ExtensionNotOffered
+            | PreconditionReason::TransactionClosed
+            | PreconditionReason::AmountNotRefundable
+            | PreconditionReason::TransactionRefundLimit
+            | PreconditionReason::TransactionOperationLimit
+            | PreconditionReason::WrongAccountKind => r,
         };
         [
             listed(PreconditionReason::CurrencyMismatch),
             listed(PreconditionReason::ReturnFeeNotAllowed),
             listed(PreconditionReason::ExtensionNotOffered),
+            listed(PreconditionReason::TransactionClosed),
+            listed(PreconditionReason::AmountNotRefundable),
+            listed(PreconditionReason::TransactionRefundLimit),
+            listed(PreconditionReason::TransactionOperationLimit),
+            listed(PreconditionReason::WrongAccountKind),
         ]
     }
 
@@ -725,7 +771,7 @@ mod readme {
         attempt: Attempt,
         error_code: Option<&str>,
     ) -> Option<GatewayError> {
-        let error = klarna_error(attempt, error_code);
+        let error = klarna_error(api, attempt, error_code);
         match classify_mutation(api, &[attempt]) {
             Verdict::Succeeded => None,
             Verdict::Refused | Verdict::NothingHappened => Some(GatewayError::Klarna {
@@ -751,7 +797,7 @@ mod readme {
                 let what = format!("a mutation ({api:?}) whose only attempt was {attempt:?}");
                 if attempt == Attempt::RefusedByRule {
                     assert_eq!(classify_mutation(api, &[attempt]), Verdict::Refused);
-                    let row = row_naming(&applicable, &token(attempt), &what);
+                    let row = row_naming(&applicable, &token(api, attempt), &what);
                     for reason in all_preconditions() {
                         let status = to_status(&GatewayError::Precondition(Precondition {
                             reason,
@@ -765,7 +811,7 @@ mod readme {
                 if mutation_error(api, attempt, None).is_none() {
                     continue;
                 }
-                let row = row_naming(&applicable, &token(attempt), &what);
+                let row = row_naming(&applicable, &token(api, attempt), &what);
                 assert_documents_klarna(
                     row,
                     |code| mutation_error(api, attempt, code).unwrap_or_else(|| unreachable!()),
@@ -782,23 +828,25 @@ mod readme {
             .iter()
             .filter(|r| !r.situation.starts_with(MUTATIONS_ONLY))
             .collect();
-        for attempt in attempts() {
-            if matches!(
-                attempt,
-                Attempt::RefusedByRule | Attempt::Answered(200..=299)
-            ) {
-                continue;
+        for api in APIS {
+            for attempt in attempts() {
+                if matches!(
+                    attempt,
+                    Attempt::RefusedByRule | Attempt::Answered(200..=299)
+                ) {
+                    continue;
+                }
+                let what = format!("a read ({api:?}) that got {attempt:?}");
+                let row = row_naming(&applicable, &token(api, attempt), &what);
+                assert_documents_klarna(
+                    row,
+                    |code| GatewayError::Klarna {
+                        error: klarna_error(api, attempt, code),
+                        resource: resource(),
+                    },
+                    &what,
+                );
             }
-            let what = format!("a read that got {attempt:?}");
-            let row = row_naming(&applicable, &token(attempt), &what);
-            assert_documents_klarna(
-                row,
-                |code| GatewayError::Klarna {
-                    error: klarna_error(attempt, code),
-                    resource: resource(),
-                },
-                &what,
-            );
         }
     }
 
@@ -881,14 +929,19 @@ mod readme {
             .unwrap_or_else(|| panic!("README Errors says nothing of answers that {LEAD}…)"));
         let after = paragraph.split(LEAD).nth(1).unwrap_or_default().to_owned();
         let (listed, rest) = after.split_once(')').unwrap_or((after.as_str(), ""));
-        let every: BTreeSet<String> = attempts().into_iter().map(token).collect();
+        let every: BTreeSet<String> = APIS
+            .iter()
+            .flat_map(|&api| attempts().into_iter().map(move |a| token(api, a)))
+            .collect();
         let named: BTreeSet<&String> = every.iter().filter(|t| names(listed, t)).collect();
         let nothing_happened: Vec<_> = MUTATION_ROWS
             .iter()
             .filter(|r| r.first == Verdict::NothingHappened)
             .collect();
-        let expected: BTreeSet<String> =
-            nothing_happened.iter().map(|r| token(r.attempt)).collect();
+        let expected: BTreeSet<String> = nothing_happened
+            .iter()
+            .map(|r| token(r.api.unwrap_or(KlarnaApiKind::OrderManagement), r.attempt))
+            .collect();
         assert_eq!(
             named,
             expected.iter().collect(),

@@ -14,8 +14,8 @@
 //! - `row`: what both backends share: row structs and their decoding into domain values, the
 //!   timestamp encoding (integer microseconds since the Unix epoch) and the RPC names.
 //! - `page`: page sizes and the opaque keyset page tokens of [`OperationStore::list`].
-//! - `read`: the reads (`get`, `unresolved`, `list` with its events), one portable SQL text
-//!   each, run by both backends on their pools.
+//! - `read`: the reads (`get`, `unresolved`, `list` with its events, `resource_operations`,
+//!   `webhook_events`), one portable SQL text each, run by both backends on their pools.
 //! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,
 //!   one transaction, one fsync; claims and finishes in bulk statements, audit events by
 //!   triggers), a pool of readers, in-process order locks. Its writes are in `sqlite::sql`.

@@ -71,6 +71,14 @@ fn filter_hash(filter: &OperationFilter) -> [u8; 8] {
             None => hasher.update([0]),
         }
     }
+    // Hashed after the rest and only when set, so the tokens of filters without it, issued
+    // before the field existed, stay valid; the fields above delimit themselves, so the
+    // suffix cannot make two filters hash the same input.
+    if let Some(transaction) = &filter.payment_transaction_id {
+        hasher.update([2]);
+        hasher.update((transaction.len() as u64).to_be_bytes());
+        hasher.update(transaction.as_bytes());
+    }
     let digest = hasher.finalize();
     let mut out = [0u8; 8];
     out.copy_from_slice(&digest[..8]);
@@ -151,6 +159,13 @@ mod tests {
     }
 
     #[test]
+    fn filters_without_a_transaction_hash_as_before_it_existed() {
+        // The input before `payment_transaction_id`: six absent fields, one byte each.
+        let before: [u8; 32] = Sha256::digest([0u8; 6]).into();
+        assert_eq!(filter_hash(&OperationFilter::default())[..], before[..8]);
+    }
+
+    #[test]
     fn tokens_round_trip_and_bind_to_the_filter() {
         let cursor = Cursor {
             created_at: -5,
@@ -178,6 +193,14 @@ mod tests {
                 "{bad}"
             );
         }
+        let by_transaction = OperationFilter {
+            payment_transaction_id: Some("tx-1".to_owned()),
+            ..filter.clone()
+        };
+        assert!(matches!(
+            decode(&token, &by_transaction),
+            Err(StoreError::InvalidPageToken)
+        ));
         let multibyte = "é".repeat(TOKEN_BYTES);
         assert!(matches!(
             decode(&multibyte, &filter),

@@ -1,17 +1,27 @@
-//! The reads, the same on both backends: one operation, the unresolved ones, and pages of
+//! The reads, the same on both backends: one operation, the unresolved ones, pages of
 //! [`OperationStore::list`](refund_gateway_domain::OperationStore::list) with their audit
-//! events. The SQL is portable (`$n` parameters work on SQLite too) and runs on any sqlx pool:
-//! SQLite's pool of read-only connections, or PostgreSQL's pool.
+//! events, the operations on one resource, and the webhook events of one operation. The SQL
+//! is portable (`$n` parameters work on SQLite too) and runs on any sqlx pool: SQLite's pool
+//! of read-only connections, or PostgreSQL's pool.
 
 use std::sync::LazyLock;
 
-use refund_gateway_domain::{Operation, OperationFilter, OperationPage, StoreError};
+use refund_gateway_domain::{
+    Operation, OperationFilter, OperationId, OperationPage, ResourceKind, StoreError, WebhookEvent,
+};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
 use crate::page::{self, Cursor};
 use crate::row::{
-    EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, assemble_page, db_error, micros,
+    EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, WEBHOOK_COLUMNS, WebhookRow,
+    assemble_page, db_error, id_text, micros,
 };
+
+/// The id of the resource an operation acts on, as SQL: rows written by a release that
+/// predates resources have no `resource_id` and act on their order. The expression of the
+/// `operations_by_resource` index (migration 0005), written identically so that it serves
+/// every query on it.
+const RESOURCE_ID: &str = "COALESCE(resource_id, order_id)";
 
 /// One operation by id.
 pub(crate) static SELECT_OPERATION: LazyLock<String> =
@@ -22,6 +32,23 @@ static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
         "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
          OR (state = 'IN_FLIGHT' AND (lease_expires_at IS NULL OR lease_expires_at <= $1)) \
          ORDER BY created_at, operation_id LIMIT $2"
+    )
+});
+
+// $1 account, $2 resource kind, $3 resource id. Served by `operations_by_resource`.
+static RESOURCE_OPERATIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations \
+         WHERE klarna_account = $1 AND resource_kind = $2 AND {RESOURCE_ID} = $3 \
+         ORDER BY created_at, operation_id"
+    )
+});
+
+// $1 operation id. Served by `webhook_events_by_operation`.
+static WEBHOOK_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhook_events WHERE operation_id = $1 \
+         ORDER BY received_at, event_id"
     )
 });
 
@@ -64,6 +91,55 @@ where
         .map_err(db_error)?
         .into_iter()
         .map(OperationRow::into_operation)
+        .collect()
+}
+
+/// Every operation on the resource (`kind`, `id`) of `account`, oldest created first (then
+/// by id), in any state.
+pub(crate) async fn resource_operations<DB>(
+    pool: &Pool<DB>,
+    account: &str,
+    kind: ResourceKind,
+    id: &str,
+) -> Result<Vec<Operation>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    OperationRow: for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, OperationRow>(RESOURCE_OPERATIONS.as_str())
+        .bind(account.to_owned())
+        .bind(kind.as_str().to_owned())
+        .bind(id.to_owned())
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(OperationRow::into_operation)
+        .collect()
+}
+
+/// The webhook events recorded for operation `id`, oldest received first (then by event id).
+pub(crate) async fn webhook_events<DB>(
+    pool: &Pool<DB>,
+    id: OperationId,
+) -> Result<Vec<WebhookEvent>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    WebhookRow: for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, WebhookRow>(WEBHOOK_EVENTS.as_str())
+        .bind(id_text(id))
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(|row| row.into_event_of(id))
         .collect()
 }
 
@@ -121,6 +197,15 @@ where
     ));
     if let Some(order_id) = &filter.order_id {
         query.push(" AND order_id = ").push_bind(order_id.clone());
+    }
+    if let Some(transaction) = &filter.payment_transaction_id {
+        // A transaction's resource id is never NULL (only releases that know resources act
+        // on transactions), so this is `resource_id = …`, written as the index's expression.
+        query
+            .push(format!(
+                " AND resource_kind = 'transaction' AND {RESOURCE_ID} = "
+            ))
+            .push_bind(transaction.clone());
     }
     if let Some(caller) = &filter.caller {
         query.push(" AND caller = ").push_bind(caller.clone());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use refund_gateway_domain::{
     AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse,
+    OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse, WebhookEvent,
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -38,17 +38,23 @@ pub(crate) fn check_final(completion: &Completion) -> Result<(), StoreError> {
 }
 
 /// Every RPC, to read [`Rpc`] back from its stored name.
-const RPCS: [Rpc; 3] = [
+const RPCS: [Rpc; 5] = [
     Rpc::RefundOrder,
     Rpc::ReleaseAuthorization,
     Rpc::ExtendDueDate,
+    Rpc::RefundCapture,
+    Rpc::RefundTransaction,
 ];
 
 // Fails to compile when `Rpc` gains a variant, as a reminder to add it to `RPCS`.
 #[allow(dead_code)]
 fn rpcs_is_exhaustive(rpc: Rpc) {
     match rpc {
-        Rpc::RefundOrder | Rpc::ReleaseAuthorization | Rpc::ExtendDueDate => {}
+        Rpc::RefundOrder
+        | Rpc::ReleaseAuthorization
+        | Rpc::ExtendDueDate
+        | Rpc::RefundCapture
+        | Rpc::RefundTransaction => {}
     }
 }
 
@@ -314,6 +320,79 @@ impl EventRow {
             at: from_micros(self.at)?,
         })
     }
+}
+
+/// A `webhook_events` row as selected by both backends (columns in [`WEBHOOK_COLUMNS`]).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct WebhookRow {
+    event_id: String,
+    event_type: String,
+    klarna_account: String,
+    operation_id: Option<String>,
+    payment_transaction_id: Option<String>,
+    refund_id: Option<String>,
+    correlation_id: Option<String>,
+    payload: String,
+    occurred_at: Option<String>,
+    received_at: i64,
+}
+
+/// The columns of [`WebhookRow`], in order, for `SELECT`.
+pub(crate) const WEBHOOK_COLUMNS: &str = "event_id, event_type, klarna_account, operation_id, \
+     payment_transaction_id, refund_id, correlation_id, payload, occurred_at, received_at";
+
+impl WebhookRow {
+    /// The domain event of a row selected as concerning operation `id`. An [`OperationId`]
+    /// cannot be built from its stored text, only derived, so the id asked for is the way
+    /// back; a row that names another operation is [`StoreError::Corrupt`].
+    pub(crate) fn into_event_of(self, id: OperationId) -> Result<WebhookEvent, StoreError> {
+        if self.operation_id.as_deref() != Some(id_text(id).as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "webhook event {:?} names operation {:?}, not {id}",
+                self.event_id, self.operation_id
+            )));
+        }
+        Ok(WebhookEvent {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            klarna_account: self.klarna_account,
+            operation_id: Some(id),
+            payment_transaction_id: self.payment_transaction_id,
+            refund_id: self.refund_id,
+            correlation_id: self.correlation_id,
+            payload: self.payload,
+            occurred_at: self.occurred_at,
+            received_at: from_micros(self.received_at)?,
+        })
+    }
+}
+
+/// `query` with the values of a webhook event bound in the order both backends' statements
+/// take them: event id, type, account, operation id, payment transaction id, refund id,
+/// correlation id, payload, occurred at, received at (microseconds).
+pub(crate) fn bind_webhook<'q, 'a, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    event: &'a WebhookEvent,
+    operation_id: Option<&'a str>,
+    received_at: i64,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    query
+        .bind(event.event_id.as_str())
+        .bind(event.event_type.as_str())
+        .bind(event.klarna_account.as_str())
+        .bind(operation_id)
+        .bind(event.payment_transaction_id.as_deref())
+        .bind(event.refund_id.as_deref())
+        .bind(event.correlation_id.as_deref())
+        .bind(event.payload.as_str())
+        .bind(event.occurred_at.as_deref())
+        .bind(received_at)
 }
 
 /// Pairs each operation of a page with its events. `events` must be ordered oldest first

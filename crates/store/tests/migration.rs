@@ -1,7 +1,8 @@
-//! Schema changes are expand/contract: a database created and filled at the previous schema
+//! Schema changes are expand/contract: a database created and filled at an earlier schema
 //! version migrates to the current one, and every operation reads back as it was written, on
-//! both backends. The rows are written with the previous version's columns only, as a release
-//! of that version wrote them.
+//! both backends. The rows are written with that version's columns only, as a release of that
+//! version wrote them. Two starting points: the previous version (the one before the current),
+//! and version 1, before operations acted on resources.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,18 +10,40 @@ mod support;
 
 use refund_gateway_domain::{
     Caller, IdempotencyKey, LeaseHolder, OperationFilter, OperationId, OperationState,
-    OperationStore, ResourceKind, Rpc, StoredResponse,
+    OperationStore, ResourceKind, Rpc, StoredResponse, WebhookEvent,
 };
 use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
+use time::OffsetDateTime;
 
-/// The schema version the rows are written at: the one before the current.
-const PREVIOUS: i64 = 1;
+/// The schema version before the current one (0005, webhook events). SQLite has no 0003, but
+/// both backends number their migrations alike.
+const PREVIOUS: i64 = 4;
+
+/// The schema version before operations acted on resources (0002).
+const BEFORE_RESOURCES: i64 = 1;
 
 /// A micros timestamp in the future (2100-01-01), for a lease still running.
 const FAR_FUTURE: i64 = 4_102_444_800_000_000;
 
-/// One row as the previous release wrote it.
+/// A new migration moves [`PREVIOUS`] (and the rows written at it) along, on both backends.
+#[test]
+fn previous_is_the_version_before_the_current() {
+    for migrator in [
+        sqlx::migrate!("migrations/sqlite"),
+        sqlx::migrate!("migrations/postgres"),
+    ] {
+        let mut versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        versions.sort_unstable();
+        assert_eq!(
+            versions.iter().rev().nth(1),
+            Some(&PREVIOUS),
+            "{versions:?}"
+        );
+    }
+}
+
+/// One row as a release of version 1 wrote it.
 struct OldRow {
     key: &'static str,
     rpc: Rpc,
@@ -91,7 +114,7 @@ fn id_of(row: &OldRow) -> OperationId {
     )
 }
 
-/// The previous release's INSERT (the columns of version 1 only).
+/// The INSERT of a release of version 1 (its columns only).
 const INSERT_V1: &str = "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, \
      fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
      klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, updated_at, \
@@ -171,6 +194,221 @@ async fn every_operation_reads_back(store: &dyn OperationStore, in_flight_after:
     assert_eq!(page.operations.len(), rows.len());
 }
 
+/// A row written after the migration by a replica of version 1 still running (a rolling
+/// upgrade): it has no resource id, and is found among the operations on its order.
+const LATE_KEY: &str = "written-late";
+
+fn late_row() -> OldRow {
+    OldRow {
+        key: LATE_KEY,
+        rpc: Rpc::RefundOrder,
+        state: OperationState::Pending,
+        order_id: "4f3c2a71-8d5e-4b6a-9c1f-2e7d8a9b0c11",
+        klarna_request: "{}",
+        fingerprint: "fp",
+        response: None,
+        refund_id: None,
+    }
+}
+
+/// The operations on the order of the version-1 refunds, the late row among them.
+async fn late_row_acts_on_its_order(store: &dyn OperationStore) {
+    let order = late_row().order_id;
+    let found = store
+        .resource_operations("eu", ResourceKind::Order, order)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = found
+        .iter()
+        .map(|o| o.new.idempotency_key.as_str())
+        .collect();
+    // All created at the same instant: by id.
+    let mut expected: Vec<(String, &str)> = rows()
+        .iter()
+        .chain([&late_row()])
+        .filter(|r| r.order_id == order)
+        .map(|r| (id_of(r).to_string(), r.key))
+        .collect();
+    expected.sort();
+    let expected: Vec<&str> = expected.into_iter().map(|(_, key)| key).collect();
+    assert_eq!(keys, expected);
+    let late = found
+        .iter()
+        .find(|o| o.new.idempotency_key.as_str() == LATE_KEY)
+        .unwrap();
+    assert_eq!(
+        (late.new.resource_kind, late.new.resource_id.as_str()),
+        (ResourceKind::Order, order)
+    );
+}
+
+/// One row as a release of the previous version wrote it.
+struct PreviousRow {
+    key: &'static str,
+    rpc: Rpc,
+    state: OperationState,
+    resource_kind: ResourceKind,
+    resource_id: &'static str,
+    answer_context: Option<&'static str>,
+    created_at: i64,
+}
+
+const PREVIOUS_ORDER: &str = "9c4d1e2f-3a5b-4c6d-8e7f-0a1b2c3d4e5f";
+
+fn previous_rows() -> Vec<PreviousRow> {
+    vec![
+        PreviousRow {
+            key: "tx-refund-1",
+            rpc: Rpc::RefundTransaction,
+            state: OperationState::Succeeded,
+            resource_kind: ResourceKind::Transaction,
+            resource_id: "tx-7",
+            answer_context: None,
+            created_at: 1000,
+        },
+        PreviousRow {
+            key: "order-refund",
+            rpc: Rpc::RefundOrder,
+            state: OperationState::Failed,
+            resource_kind: ResourceKind::Order,
+            resource_id: PREVIOUS_ORDER,
+            answer_context: None,
+            created_at: 1500,
+        },
+        PreviousRow {
+            key: "tx-refund-2",
+            rpc: Rpc::RefundTransaction,
+            state: OperationState::Pending,
+            resource_kind: ResourceKind::Transaction,
+            resource_id: "tx-7",
+            answer_context: Some("context-4"),
+            created_at: 2000,
+        },
+    ]
+}
+
+fn previous_id(row: &PreviousRow) -> OperationId {
+    OperationId::derive(
+        &Caller::named("pos"),
+        row.rpc,
+        &IdempotencyKey::parse(row.key).unwrap(),
+    )
+}
+
+/// The INSERT of a release of the previous version (its columns only).
+const INSERT_PREVIOUS: &str = "INSERT INTO operations (operation_id, caller, rpc, \
+     idempotency_key, fingerprint, klarna_account, order_id, capture_id, amount, currency, \
+     reference, klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, \
+     updated_at, refund_id, correlation_id, response_code, response_message, response_payload, \
+     resource_kind, resource_id, answer_context) \
+     VALUES ($1, 'pos', $2, $3, 'fp', 'eu', $4, NULL, 4000, 'SEK', NULL, '{}', 'trace-4', $5, \
+     NULL, NULL, $6, $6, NULL, NULL, NULL, NULL, NULL, $7, $8, $9)";
+
+/// Binds `row` to [`INSERT_PREVIOUS`].
+macro_rules! bind_previous_row {
+    ($row:expr) => {{
+        let row = $row;
+        sqlx::query(INSERT_PREVIOUS)
+            .bind(previous_id(row).to_string())
+            .bind(row.rpc.as_str())
+            .bind(row.key)
+            .bind(PREVIOUS_ORDER)
+            .bind(row.state.as_str())
+            .bind(row.created_at)
+            .bind(row.resource_kind.as_str())
+            .bind(row.resource_id)
+            .bind(row.answer_context)
+    }};
+}
+
+/// Every row of the previous version reads back, is found on its resource, and takes
+/// webhooks.
+async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
+    let rows = previous_rows();
+    for row in &rows {
+        let op = store.get(previous_id(row)).await.unwrap().unwrap();
+        assert_eq!(op.new.idempotency_key.as_str(), row.key);
+        assert_eq!(op.new.rpc, row.rpc);
+        assert_eq!(op.new.order_id, PREVIOUS_ORDER);
+        assert_eq!(
+            (op.new.resource_kind, op.new.resource_id.as_str()),
+            (row.resource_kind, row.resource_id)
+        );
+        assert_eq!(op.state, row.state);
+        assert_eq!(op.answer_context.as_deref(), row.answer_context);
+        assert_eq!(op.new.trace_id.as_deref(), Some("trace-4"));
+    }
+    let keys = |ops: Vec<refund_gateway_domain::Operation>| -> Vec<String> {
+        ops.into_iter()
+            .map(|o| o.new.idempotency_key.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        keys(
+            store
+                .resource_operations("eu", ResourceKind::Transaction, "tx-7")
+                .await
+                .unwrap()
+        ),
+        vec!["tx-refund-1", "tx-refund-2"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .resource_operations("eu", ResourceKind::Order, PREVIOUS_ORDER)
+                .await
+                .unwrap()
+        ),
+        vec!["order-refund"]
+    );
+    let by_transaction = OperationFilter {
+        payment_transaction_id: Some("tx-7".to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&by_transaction, 10, None).await.unwrap();
+    assert_eq!(
+        keys(page.operations.into_iter().map(|(o, _)| o).collect()),
+        vec!["tx-refund-2", "tx-refund-1"]
+    );
+
+    let refunded = previous_id(&rows[0]);
+    let event = WebhookEvent {
+        event_id: "evt-after-migration".to_owned(),
+        event_type: "payment.transaction.refunded".to_owned(),
+        klarna_account: "eu".to_owned(),
+        operation_id: Some(refunded),
+        payment_transaction_id: Some("tx-7".to_owned()),
+        refund_id: Some("refund-7".to_owned()),
+        correlation_id: None,
+        payload: "{}".to_owned(),
+        occurred_at: None,
+        received_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+    };
+    assert!(
+        store
+            .record_webhook(event.clone(), "webhook".to_owned())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.webhook_events(refunded).await.unwrap(), vec![event]);
+    let filter = OperationFilter {
+        idempotency_key: Some("tx-refund-1".to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let (_, events) = &page.operations[0];
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.state_before, last.state_after, last.detail.as_str()),
+        (
+            Some(OperationState::Succeeded),
+            Some(OperationState::Succeeded),
+            "webhook"
+        )
+    );
+    assert_eq!(last.refund_id.as_deref(), Some("refund-7"));
+}
+
 #[tokio::test]
 async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,14 +420,13 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
             .run_to(PREVIOUS, &mut conn)
             .await
             .unwrap();
-        for row in &rows() {
-            bind_row!(row).execute(&mut conn).await.unwrap();
+        for row in &previous_rows() {
+            bind_previous_row!(row).execute(&mut conn).await.unwrap();
         }
         conn.close().await.unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
-    // One process owns the file: the previous process's claim is taken over at open.
-    every_operation_reads_back(&store, OperationState::Pending).await;
+    previous_rows_read_back_and_take_webhooks(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,6 +441,54 @@ async fn postgres_at_the_previous_version_migrates_and_reads_back() {
             .run_to(PREVIOUS, &mut conn)
             .await
             .unwrap();
+        for row in &previous_rows() {
+            bind_previous_row!(row).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let config =
+        DatabaseConfig::from_url_or_data_dir(Some(&url), std::path::Path::new(".")).unwrap();
+    let store = connect(&config).await.unwrap();
+    previous_rows_read_back_and_take_webhooks(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_before_resources_migrates_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::migrate!("migrations/sqlite")
+            .run_to(BEFORE_RESOURCES, &mut conn)
+            .await
+            .unwrap();
+        for row in &rows() {
+            bind_row!(row).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    // One process owns the file: the previous process's claim is taken over at open.
+    every_operation_reads_back(&store, OperationState::Pending).await;
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    bind_row!(&late_row()).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    late_row_acts_on_its_order(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_before_resources_migrates_and_reads_back() {
+    let Some(admin) = support::admin_url() else {
+        return;
+    };
+    let url = support::fresh_database(&admin).await;
+    {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::migrate!("migrations/postgres")
+            .run_to(BEFORE_RESOURCES, &mut conn)
+            .await
+            .unwrap();
         for row in &rows() {
             bind_row!(row).execute(&mut conn).await.unwrap();
         }
@@ -214,4 +499,8 @@ async fn postgres_at_the_previous_version_migrates_and_reads_back() {
     let store = connect(&config).await.unwrap();
     // Replicas share the database: a claim with a running lease and no replica recorded stays.
     every_operation_reads_back(store.as_ref(), OperationState::InFlight).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    bind_row!(&late_row()).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    late_row_acts_on_its_order(store.as_ref()).await;
 }

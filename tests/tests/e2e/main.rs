@@ -81,9 +81,11 @@ mod errors;
 mod exactly_once;
 mod grpcurl;
 mod logs;
+mod partner;
 mod property;
 mod reads_release_extend;
 mod refund;
+mod webhooks;
 
 use klarna_sim::{FaultKind, FaultSpec, LoggedRequest, OrderSeed, SeededOrder, Simulator};
 use refund_gateway_proto::v1 as pb;

@@ -4,10 +4,12 @@
 //! calls stored by the first releases stay readable.
 
 use refund_gateway_domain::{
-    CaptureId, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaRefund, OperationId, OrderId,
-    ResourceKind, ResourceRef,
+    CaptureId, KlarnaApiKind, KlarnaError, KlarnaRefund, OperationId, OrderId, PartnerRefund,
+    PaymentCaptureId, PaymentTransactionId, PaymentsApi, ResourceKind, ResourceRef,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::gateway::KlarnaAccount;
 
 /// A mutating Klarna call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,22 @@ pub enum KlarnaCall {
         /// Days.
         number_of_days: i32,
     },
+    /// Payments API: `POST …/payment/captures/{capture_id}/refunds`.
+    RefundCapture {
+        /// The transaction, as the caller named it (serialization, limits, audit).
+        transaction_id: PaymentTransactionId,
+        /// The capture refunded.
+        capture_id: PaymentCaptureId,
+        /// The refund.
+        refund: PartnerRefund,
+    },
+    /// Payments API: `POST …/payment/transactions/{transaction_id}/refunds`.
+    RefundTransaction {
+        /// The transaction.
+        transaction_id: PaymentTransactionId,
+        /// The refund, with its line items.
+        refund: PartnerRefund,
+    },
 }
 
 /// What Klarna said when a call worked.
@@ -46,12 +64,22 @@ pub struct Accepted {
 }
 
 impl KlarnaCall {
-    /// The order the call is about.
-    pub fn order_id(&self) -> &OrderId {
+    /// The order the call is about; `None` for partner calls.
+    pub fn order_id(&self) -> Option<&OrderId> {
         match self {
             Self::CreateRefund { order_id, .. }
             | Self::ReleaseRemainingAuthorization { order_id }
-            | Self::ExtendDueDate { order_id, .. } => order_id,
+            | Self::ExtendDueDate { order_id, .. } => Some(order_id),
+            Self::RefundCapture { .. } | Self::RefundTransaction { .. } => None,
+        }
+    }
+
+    /// The payment transaction the call is about; `None` for Order Management calls.
+    pub fn transaction_id(&self) -> Option<&PaymentTransactionId> {
+        match self {
+            Self::RefundCapture { transaction_id, .. }
+            | Self::RefundTransaction { transaction_id, .. } => Some(transaction_id),
+            _ => None,
         }
     }
 
@@ -70,25 +98,56 @@ impl KlarnaCall {
                 order_id: order_id.to_string(),
                 capture_id: capture_id.to_string(),
             },
+            Self::RefundCapture {
+                transaction_id,
+                capture_id,
+                ..
+            } => ResourceRef::PaymentCapture {
+                transaction_id: transaction_id.to_string(),
+                capture_id: capture_id.to_string(),
+            },
+            Self::RefundTransaction { transaction_id, .. } => {
+                ResourceRef::Transaction(transaction_id.to_string())
+            }
         }
     }
 
     /// The resource the call acts on, which its operations are serialized on.
     pub fn serialized_on(&self) -> (ResourceKind, String) {
-        (ResourceKind::Order, self.order_id().to_string())
+        match (self.order_id(), self.transaction_id()) {
+            (Some(order_id), _) => (ResourceKind::Order, order_id.to_string()),
+            (None, Some(transaction_id)) => (ResourceKind::Transaction, transaction_id.to_string()),
+            // Every call is about an order or a transaction.
+            (None, None) => (ResourceKind::Order, String::new()),
+        }
     }
 
     /// The Klarna API the call goes to.
     pub fn api(&self) -> KlarnaApiKind {
-        KlarnaApiKind::OrderManagement
+        match self {
+            Self::RefundCapture { .. } | Self::RefundTransaction { .. } => KlarnaApiKind::Payments,
+            _ => KlarnaApiKind::OrderManagement,
+        }
     }
 
-    /// Sends the call under the operation's Klarna idempotency key.
+    /// Sends the call under the operation's Klarna idempotency key, to `account`, which must
+    /// speak the call's API (an account reconfigured to another kind is not sent to).
     pub async fn send(
         &self,
-        klarna: &dyn KlarnaApi,
+        account: &KlarnaAccount,
         op: &OperationId,
     ) -> Result<Accepted, KlarnaError> {
+        let klarna = match (account, self.api()) {
+            (KlarnaAccount::OrderManagement(klarna), KlarnaApiKind::OrderManagement) => klarna,
+            (KlarnaAccount::Partner(payments), KlarnaApiKind::Payments) => {
+                return self.send_to_partner(payments.as_ref(), op).await;
+            }
+            _ => {
+                return Err(KlarnaError::NotSent(
+                    "the account is configured for the other Klarna API".to_owned(),
+                ));
+            }
+        };
         match self {
             Self::CreateRefund { order_id, refund } => {
                 let created = klarna.create_refund(order_id, refund, op).await?;
@@ -117,6 +176,38 @@ impl KlarnaCall {
                     correlation_id: receipt.correlation_id,
                 })
             }
+            Self::RefundCapture { .. } | Self::RefundTransaction { .. } => Err(
+                KlarnaError::NotSent("a partner call to an Order Management account".to_owned()),
+            ),
         }
+    }
+
+    async fn send_to_partner(
+        &self,
+        payments: &dyn PaymentsApi,
+        op: &OperationId,
+    ) -> Result<Accepted, KlarnaError> {
+        let created = match self {
+            Self::RefundCapture {
+                capture_id, refund, ..
+            } => payments.refund_capture(capture_id, refund, op).await?,
+            Self::RefundTransaction {
+                transaction_id,
+                refund,
+            } => {
+                payments
+                    .refund_transaction(transaction_id, refund, op)
+                    .await?
+            }
+            _ => {
+                return Err(KlarnaError::NotSent(
+                    "an Order Management call to a partner account".to_owned(),
+                ));
+            }
+        };
+        Ok(Accepted {
+            refund_id: Some(created.payment_refund_id),
+            correlation_id: created.correlation_id,
+        })
     }
 }

@@ -17,8 +17,9 @@
 //! an accidental change fails them. A deliberate change is a new version, never an edit.
 
 use refund_gateway_domain::{
-    Amount, CaptureId, KlarnaRefund, LineTypeInput, NewOperation, OrderId, OrderLine,
-    OrderLineDraft, OrderLineType, ProductIdentifiers, Rpc, SubscriptionDraft,
+    Amount, CaptureId, Currency, KlarnaRefund, LineItem, LineItemDraft, LineTypeInput,
+    NewOperation, OrderId, OrderLine, OrderLineDraft, OrderLineType, PartnerRefund,
+    PaymentCaptureId, PaymentTransactionId, ProductIdentifiers, Rpc, SubscriptionDraft,
     SubscriptionInterval, Violations,
 };
 use serde::{Deserialize, Serialize};
@@ -173,6 +174,92 @@ enum CallV1 {
         capture_id: String,
         number_of_days: i32,
     },
+    RefundCapture {
+        payment_transaction_id: String,
+        payment_capture_id: String,
+        refund: PartnerRefundV1,
+    },
+    RefundTransaction {
+        payment_transaction_id: String,
+        refund: PartnerRefundV1,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartnerRefundV1 {
+    amount: i64,
+    currency: String,
+    reference: String,
+    description: Option<String>,
+    line_items: Vec<LineItemV1>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineItemV1 {
+    name: String,
+    quantity: i64,
+    unit_price: i64,
+    total_amount: i64,
+    total_tax_amount: Option<i64>,
+    tax_rate: Option<i64>,
+    reference: Option<String>,
+    r#type: Option<String>,
+}
+
+impl From<&PartnerRefund> for PartnerRefundV1 {
+    fn from(r: &PartnerRefund) -> Self {
+        Self {
+            amount: r.amount.minor_units(),
+            currency: r.currency.to_string(),
+            reference: r.reference.clone(),
+            description: r.description.clone(),
+            line_items: r
+                .line_items
+                .iter()
+                .map(|i| LineItemV1 {
+                    name: i.name.clone(),
+                    quantity: i.quantity,
+                    unit_price: i.unit_price,
+                    total_amount: i.total_amount,
+                    total_tax_amount: i.total_tax_amount,
+                    tax_rate: i.tax_rate,
+                    reference: i.reference.clone(),
+                    r#type: i.item_type.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PartnerRefundV1 {
+    /// The domain refund, every value validated again.
+    fn into_refund(self) -> Result<PartnerRefund, Unreadable> {
+        let invalid = |what: &str, e: &dyn std::fmt::Display| Unreadable(format!("{what}: {e}"));
+        let mut line_items = Vec::with_capacity(self.line_items.len());
+        for (i, item) in self.line_items.into_iter().enumerate() {
+            let item = LineItem::parse(LineItemDraft {
+                name: item.name,
+                quantity: item.quantity,
+                unit_price: item.unit_price,
+                total_amount: item.total_amount,
+                total_tax_amount: item.total_tax_amount,
+                tax_rate: item.tax_rate,
+                reference: item.reference.unwrap_or_default(),
+                item_type: item.r#type.unwrap_or_default(),
+            })
+            .map_err(|e| invalid(&format!("line_items[{i}]"), &e))?;
+            line_items.push(item);
+        }
+        Ok(PartnerRefund {
+            amount: Amount::parse(self.amount).map_err(|e| invalid("amount", &e))?,
+            currency: Currency::parse(&self.currency).map_err(|e| invalid("currency", &e))?,
+            reference: self.reference,
+            description: self.description,
+            line_items,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -240,6 +327,22 @@ impl From<&KlarnaCall> for CallV1 {
                 capture_id: capture_id.to_string(),
                 number_of_days: *number_of_days,
             },
+            KlarnaCall::RefundCapture {
+                transaction_id,
+                capture_id,
+                refund,
+            } => Self::RefundCapture {
+                payment_transaction_id: transaction_id.to_string(),
+                payment_capture_id: capture_id.to_string(),
+                refund: PartnerRefundV1::from(refund),
+            },
+            KlarnaCall::RefundTransaction {
+                transaction_id,
+                refund,
+            } => Self::RefundTransaction {
+                payment_transaction_id: transaction_id.to_string(),
+                refund: PartnerRefundV1::from(refund),
+            },
         }
     }
 }
@@ -282,6 +385,9 @@ impl CallV1 {
     fn into_call(self) -> Result<KlarnaCall, Unreadable> {
         let invalid = |what: &str, e: &dyn std::fmt::Display| Unreadable(format!("{what}: {e}"));
         let order = |id: &str| OrderId::parse(id).map_err(|e| invalid("order_id", &e));
+        let transaction = |id: &str| {
+            PaymentTransactionId::parse(id).map_err(|e| invalid("payment_transaction_id", &e))
+        };
         Ok(match self {
             Self::CreateRefund {
                 order_id,
@@ -327,6 +433,23 @@ impl CallV1 {
                 order_id: order(&order_id)?,
                 capture_id: CaptureId::parse(&capture_id).map_err(|e| invalid("capture_id", &e))?,
                 number_of_days,
+            },
+            Self::RefundCapture {
+                payment_transaction_id,
+                payment_capture_id,
+                refund,
+            } => KlarnaCall::RefundCapture {
+                transaction_id: transaction(&payment_transaction_id)?,
+                capture_id: PaymentCaptureId::parse(&payment_capture_id)
+                    .map_err(|e| invalid("payment_capture_id", &e))?,
+                refund: refund.into_refund()?,
+            },
+            Self::RefundTransaction {
+                payment_transaction_id,
+                refund,
+            } => KlarnaCall::RefundTransaction {
+                transaction_id: transaction(&payment_transaction_id)?,
+                refund: refund.into_refund()?,
             },
         })
     }
@@ -473,6 +596,60 @@ mod tests {
         }
     }
 
+    const TRANSACTION: &str = "krn:payment:eu1:transaction:6b1f3c2e-0d4a-4b8e-9f1a-2c3d4e5f6a70";
+
+    fn partner_refund(line_items: Vec<LineItem>) -> PartnerRefund {
+        PartnerRefund {
+            amount: Amount::parse(5_000).unwrap_or_else(|e| panic!("{e}")),
+            currency: Currency::parse("SEK").unwrap_or_else(|e| panic!("{e}")),
+            reference: "RMA-2001".into(),
+            description: None,
+            line_items,
+        }
+    }
+
+    fn capture_refund() -> KlarnaCall {
+        KlarnaCall::RefundCapture {
+            transaction_id: PaymentTransactionId::parse(TRANSACTION)
+                .unwrap_or_else(|e| panic!("{e}")),
+            capture_id: PaymentCaptureId::parse(&format!("{TRANSACTION}:capture:1"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            refund: partner_refund(vec![]),
+        }
+    }
+
+    fn transaction_refund() -> KlarnaCall {
+        KlarnaCall::RefundTransaction {
+            transaction_id: PaymentTransactionId::parse(TRANSACTION)
+                .unwrap_or_else(|e| panic!("{e}")),
+            refund: partner_refund(vec![
+                LineItem {
+                    name: "Shoes".into(),
+                    quantity: 1,
+                    unit_price: 4_000,
+                    total_amount: 4_000,
+                    total_tax_amount: Some(800),
+                    tax_rate: Some(2_500),
+                    reference: Some("SKU-9".into()),
+                    item_type: Some("physical".into()),
+                },
+                LineItem {
+                    name: "Shipping".into(),
+                    quantity: 1,
+                    unit_price: 1_000,
+                    total_amount: 1_000,
+                    total_tax_amount: None,
+                    tax_rate: None,
+                    reference: None,
+                    item_type: None,
+                },
+            ]),
+        }
+    }
+
+    const CAPTURE_REFUND_V1: &str = r#"{"v":1,"call":{"kind":"refund_capture","payment_transaction_id":"krn:payment:eu1:transaction:6b1f3c2e-0d4a-4b8e-9f1a-2c3d4e5f6a70","payment_capture_id":"krn:payment:eu1:transaction:6b1f3c2e-0d4a-4b8e-9f1a-2c3d4e5f6a70:capture:1","refund":{"amount":5000,"currency":"SEK","reference":"RMA-2001","description":null,"line_items":[]}}}"#;
+    const TRANSACTION_REFUND_V1: &str = r#"{"v":1,"call":{"kind":"refund_transaction","payment_transaction_id":"krn:payment:eu1:transaction:6b1f3c2e-0d4a-4b8e-9f1a-2c3d4e5f6a70","refund":{"amount":5000,"currency":"SEK","reference":"RMA-2001","description":null,"line_items":[{"name":"Shoes","quantity":1,"unit_price":4000,"total_amount":4000,"total_tax_amount":800,"tax_rate":2500,"reference":"SKU-9","type":"physical"},{"name":"Shipping","quantity":1,"unit_price":1000,"total_amount":1000,"total_tax_amount":null,"tax_rate":null,"reference":null,"type":null}]}}}"#;
+
     /// Version 1 as written by this release; a change here breaks every stored call.
     const REFUND_V1: &str = r#"{"v":1,"call":{"kind":"create_refund","order_id":"4f3c2a71-8d5e-4b6a-9c1f-2e7d8a9b0c11","refunded_amount":4000,"description":"Returned one shirt","reference":"RMA-1001","order_lines":[{"type":"physical","name":"Shirt","quantity":2,"quantity_unit":"pcs","unit_price":2500,"total_amount":4500,"total_discount_amount":500,"tax_rate":2500,"total_tax_amount":900,"reference":"SKU-1","merchant_data":"{\"a\":1}","product_url":"https://shop.example/shirt","image_url":"https://shop.example/shirt.png","product_identifiers":{"brand":"Brand","category_path":"Clothes > Shirts","global_trade_item_number":"7350000000000","manufacturer_part_number":"MPN-1","color":"blue","size":"M"},"subscription":{"name":"Monthly shirts","interval":"MONTH","interval_count":1}},{"type":"return_fee","name":"Return fee","quantity":1,"quantity_unit":null,"unit_price":-500,"total_amount":-500,"total_discount_amount":0,"tax_rate":0,"total_tax_amount":0,"reference":null,"merchant_data":null,"product_url":null,"image_url":null,"product_identifiers":null,"subscription":null}]}}"#;
     const RELEASE_V1: &str = r#"{"v":1,"call":{"kind":"release_remaining_authorization","order_id":"4f3c2a71-8d5e-4b6a-9c1f-2e7d8a9b0c11"}}"#;
@@ -488,6 +665,8 @@ mod tests {
         assert_eq!(encode_call(&refund()), REFUND_V1);
         assert_eq!(encode_call(&release()), RELEASE_V1);
         assert_eq!(encode_call(&extend()), EXTEND_V1);
+        assert_eq!(encode_call(&capture_refund()), CAPTURE_REFUND_V1);
+        assert_eq!(encode_call(&transaction_refund()), TRANSACTION_REFUND_V1);
     }
 
     #[test]
@@ -496,6 +675,8 @@ mod tests {
             (REFUND_V1, refund()),
             (RELEASE_V1, release()),
             (EXTEND_V1, extend()),
+            (CAPTURE_REFUND_V1, capture_refund()),
+            (TRANSACTION_REFUND_V1, transaction_refund()),
             (RELEASE_V0, release()),
             (EXTEND_V0, extend()),
         ] {
@@ -532,6 +713,9 @@ mod tests {
             REFUND_V1.replace("\"type\":\"physical\"", "\"type\":\"teleport\""),
             REFUND_V1.replace("\"total_amount\":4500", "\"total_amount\":4501"),
             EXTEND_V1.replace("a1c9e5d2", "not-a-uuid"),
+            CAPTURE_REFUND_V1.replace("krn:payment:eu1:transaction:6b1f", "krn:a/b"),
+            CAPTURE_REFUND_V1.replace("\"currency\":\"SEK\"", "\"currency\":\"SE\""),
+            TRANSACTION_REFUND_V1.replace("\"total_amount\":4000", "\"total_amount\":4001"),
             RELEASE_V1.replace("\"v\":1", "\"v\":2"),
             RELEASE_V1.replace("}}", ",\"extra\":1}}"),
         ] {
@@ -581,6 +765,18 @@ mod tests {
                 Rpc::ExtendDueDate,
                 None,
                 "v1:004f6e76d112129073ef51a0fbe73920bda394c39d87f98fc66b6ea95f9c300d",
+            ),
+            (
+                capture_refund(),
+                Rpc::RefundCapture,
+                Some("SEK"),
+                "v1:2e2ce01d6fe20dc519f66e652e7a952f7a24c51fd984e1c006a2af4f4f57db10",
+            ),
+            (
+                transaction_refund(),
+                Rpc::RefundTransaction,
+                Some("SEK"),
+                "v1:9da7fd357c3b36dfd1465d4c87b4e23fc274428e9b55bfe9f53f313855e559db",
             ),
         ];
         for (call, rpc, currency, expected) in cases {

@@ -30,13 +30,15 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
-    Claim, GatewayError, KlarnaApi, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation,
-    Operation, OperationId, OperationStore, StoreError, StoredResponse,
+    Claim, GatewayError, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation, Operation,
+    OperationId, OperationStore, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
 pub use call::{Accepted, KlarnaCall};
+
+use crate::gateway::KlarnaAccount;
 pub use outcome::Encoded;
 pub use reconciler::{PASS_LIMIT, PassReport, reconcile_forever, reconcile_once};
 
@@ -111,8 +113,8 @@ impl AnswerContext {
 /// that first built it is gone.
 pub type ResendEncoder = Arc<dyn Fn(&Operation, &KlarnaCall, &Accepted) -> Vec<u8> + Send + Sync>;
 
-/// Finds the Klarna client of an account by name.
-pub type AccountLookup = Arc<dyn Fn(&str) -> Option<Arc<dyn KlarnaApi>> + Send + Sync>;
+/// Finds a configured Klarna account by name.
+pub type AccountLookup = Arc<dyn Fn(&str) -> Option<KlarnaAccount> + Send + Sync>;
 
 /// Runs mutating operations exactly once.
 #[derive(Clone)]
@@ -539,11 +541,13 @@ mod tests {
 
     use super::*;
 
+    const ORDER: &str = "7b2e9d40-5a1c-4f83-b6e2-9d0c4a7f3e22";
+
     fn release(key: &str) -> NewOperation {
         let caller = Caller::anonymous();
         let key = IdempotencyKey::parse(key).unwrap_or_else(|e| panic!("{e}"));
         let call = KlarnaCall::ReleaseRemainingAuthorization {
-            order_id: refund_gateway_domain::OrderId::parse("7b2e9d40-5a1c-4f83-b6e2-9d0c4a7f3e22")
+            order_id: refund_gateway_domain::OrderId::parse(ORDER)
                 .unwrap_or_else(|e| panic!("{e}")),
         };
         NewOperation {
@@ -553,9 +557,9 @@ mod tests {
             idempotency_key: key,
             fingerprint: encoding::fingerprint(Rpc::ReleaseAuthorization, "default", &call, None),
             klarna_account: "default".into(),
-            order_id: call.order_id().to_string(),
+            order_id: ORDER.to_owned(),
             resource_kind: ResourceKind::Order,
-            resource_id: call.order_id().to_string(),
+            resource_id: ORDER.to_owned(),
             capture_id: None,
             amount: None,
             currency: None,

@@ -1,15 +1,19 @@
 //! Settling an operation whose outcome is unknown: resend the stored call under the same
 //! Klarna key while Klarna still remembers the key; past that window, never resend (it could
 //! execute twice) but look for the refund on the order, matching on reference, amount and time.
+//! A partner refund is settled first by Klarna's `payment.transaction.refunded` webhook when
+//! one was recorded for it; past the window without one it needs review, since Klarna says
+//! not to confirm operations by reading the transaction.
 
 use std::time::Duration;
 
-use refund_gateway_domain::{Attempt, GatewayError, Operation, Refund};
+use refund_gateway_domain::{Attempt, GatewayError, KlarnaApiKind, KlarnaError, Operation, Refund};
 use time::OffsetDateTime;
 
 use super::Protocol;
 use super::call::{Accepted, KlarnaCall};
 use super::outcome::{Encoded, Outcome, judge_failure, review, succeeded, unknown};
+use crate::gateway::KlarnaAccount;
 
 /// How far before the operation's creation a refund on the order may be dated and still be
 /// this operation's: Klarna's clock and ours differ by a little.
@@ -37,9 +41,40 @@ impl Protocol {
         let age: Duration = (OffsetDateTime::now_utc() - op.created_at)
             .try_into()
             .unwrap_or(Duration::ZERO);
-        if age < self.settings.klarna_idempotency_window {
+        let inside_window = age < self.settings.klarna_idempotency_window;
+        if call.api() == KlarnaApiKind::Payments {
+            match self.store.webhook_events(id).await {
+                Ok(events) => {
+                    if let Some(event) = events.iter().rev().find(|e| e.refund_id.is_some()) {
+                        return self.resent_success(
+                            op,
+                            &call,
+                            Accepted {
+                                refund_id: event.refund_id.clone(),
+                                correlation_id: event.correlation_id.clone(),
+                            },
+                            &format!(
+                                "settled by Klarna's {} webhook (event {})",
+                                event.event_type, event.event_id
+                            ),
+                            trace_id,
+                        );
+                    }
+                }
+                // Inside the window a resend settles it anyway; past it, wait for the store.
+                Err(e) if !inside_window => {
+                    return unknown(
+                        id,
+                        KlarnaError::NotSent(format!("reading the recorded webhooks failed: {e}")),
+                        format!("reading the recorded webhooks failed: {e}"),
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        if inside_window {
             let (result, attempts) =
-                refund_gateway_klarna::recording_attempts(call.send(klarna.as_ref(), &id)).await;
+                refund_gateway_klarna::recording_attempts(call.send(&klarna, &id)).await;
             return match result {
                 Ok(accepted) => self.resent_success(
                     op,
@@ -66,17 +101,19 @@ impl Protocol {
                 }
             };
         }
-        match &call {
-            KlarnaCall::CreateRefund { order_id, refund } => {
-                match klarna.get_order(order_id).await {
-                    Ok(order) => {
-                        let found = matching_refunds(
-                            &order.refunds,
-                            &refund.reference,
-                            refund.refunded_amount.minor_units(),
-                            op.created_at,
-                        );
-                        match found.as_slice() {
+        match (&call, &klarna) {
+            (
+                KlarnaCall::CreateRefund { order_id, refund },
+                KlarnaAccount::OrderManagement(klarna),
+            ) => match klarna.get_order(order_id).await {
+                Ok(order) => {
+                    let found = matching_refunds(
+                        &order.refunds,
+                        &refund.reference,
+                        refund.refunded_amount.minor_units(),
+                        op.created_at,
+                    );
+                    match found.as_slice() {
                             [one] => self.resent_success(
                                 op,
                                 &call,
@@ -101,10 +138,17 @@ impl Protocol {
                                 trace_id,
                             ),
                         }
-                    }
-                    Err(e) => unknown(id, e.clone(), format!("reading the order failed: {e}")),
                 }
-            }
+                Err(e) => unknown(id, e.clone(), format!("reading the order failed: {e}")),
+            },
+            (KlarnaCall::RefundCapture { .. } | KlarnaCall::RefundTransaction { .. }, _) => review(
+                id,
+                "past Klarna's idempotency window and no payment.transaction.refunded webhook \
+                 settled it: not resent, and Klarna says not to confirm it by reading the \
+                 transaction; to be checked"
+                    .to_owned(),
+                trace_id,
+            ),
             _ => review(
                 id,
                 "past Klarna's idempotency window; this operation cannot be matched on the order"

@@ -49,7 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError,
+    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -325,5 +325,35 @@ impl OperationStore for PostgresStore {
         };
         let lock = lease::take(taker, account, kind.as_str(), id).await?;
         Ok(Box::new(lock))
+    }
+
+    async fn resource_operations(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Vec<Operation>, StoreError> {
+        read::resource_operations(&self.pool, account, kind, id).await
+    }
+
+    /// One statement: replicas recording the same event id at once wait for each other, and
+    /// exactly one records it.
+    async fn record_webhook(
+        &self,
+        event: WebhookEvent,
+        detail: String,
+    ) -> Result<bool, StoreError> {
+        sql::record_webhook(
+            &self.pool,
+            &event,
+            event.operation_id.map(id_text).as_deref(),
+            micros(event.received_at),
+            &detail,
+        )
+        .await
+    }
+
+    async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError> {
+        read::webhook_events(&self.pool, id).await
     }
 }

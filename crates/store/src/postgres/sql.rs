@@ -8,7 +8,8 @@
 //! event from the updated row in the same statement: a concurrent transition waits for the
 //! lock, re-checks the condition on the new row version, and finds nothing to do — so the
 //! event exists exactly when the row changed. The statement's row count is the number of
-//! events appended.
+//! events appended. Recording a webhook is one statement too: the insert, and the audit event
+//! of the operation it names.
 //!
 //! **Replica liveness.** A replica is alive while a granted advisory lock on its key exists in
 //! this database ([`LIVE_REPLICAS`]); [`replica_gone`] is the SQL test every statement uses,
@@ -16,13 +17,15 @@
 
 use std::sync::LazyLock;
 
-use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError};
-use sqlx::{PgPool, Postgres};
+use refund_gateway_domain::{
+    Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
+};
+use sqlx::{PgPool, Postgres, Row};
 
 use crate::read;
 use crate::row::{
-    OPERATION_COLUMNS, OperationRow, bind_claim, claimed_operation, db_error, holder_text, id_text,
-    insert_event_from,
+    OPERATION_COLUMNS, OperationRow, bind_claim, bind_webhook, claimed_operation, db_error,
+    holder_text, id_text, insert_event_from,
 };
 
 /// The replica keys alive in this database, each as its (high half, low half): the granted
@@ -163,6 +166,31 @@ static ABANDON: LazyLock<String> = LazyLock::new(|| {
        WHERE operation_id = $1 AND state = 'IN_FLIGHT' AND lease_holder = $4 \
        RETURNING * ) ";
     delete.to_owned() + &insert_event_from("deleted", "trace_id, state, NULL, $3, $2")
+});
+
+// The values of `bind_webhook`: $1 event id, $2 type, $3 account, $4 operation id, $5 payment
+// transaction id, $6 refund id, $7 correlation id, $8 payload, $9 occurred at, $10 received
+// at; then $11 the detail. Returns how many webhooks were recorded (0: a known event id, which
+// inserts nothing and so appends nothing; concurrent inserts of one id wait for each other).
+// The operation's row is locked FOR SHARE, so a concurrent transition either waits for this
+// statement or has committed and is the state read: the event's "no change" is the state
+// current when it is appended. An operation that does not exist gets no event.
+static RECORD_WEBHOOK: LazyLock<String> = LazyLock::new(|| {
+    let record = "WITH recorded AS ( \
+       INSERT INTO webhook_events (event_id, event_type, klarna_account, operation_id, \
+         payment_transaction_id, refund_id, correlation_id, payload, occurred_at, received_at) \
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+       ON CONFLICT (event_id) DO NOTHING \
+       RETURNING operation_id ), \
+     target AS ( \
+       SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
+         amount, currency, $6 AS refund_id, $7 AS correlation_id, state \
+       FROM operations WHERE operation_id IN (SELECT operation_id FROM recorded) FOR SHARE ), \
+     appended AS ( ";
+    format!(
+        "{record}{} ) SELECT count(*) FROM recorded",
+        insert_event_from("target", "NULL, state, state, $11, $10")
+    )
 });
 
 // Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
@@ -380,7 +408,28 @@ pub(super) async fn abandon(
     changed_one(query, pool).await
 }
 
-/// Deletes final operations changed before `before`.
+/// Records `event` unless its event id is known, with the audit event of the operation it
+/// names, if that exists; true when recorded. `operation_id` and `received_at` are the
+/// event's, as stored.
+pub(super) async fn record_webhook(
+    pool: &PgPool,
+    event: &WebhookEvent,
+    operation_id: Option<&str>,
+    received_at: i64,
+    detail: &str,
+) -> Result<bool, StoreError> {
+    let query = bind_webhook(
+        sqlx::query(RECORD_WEBHOOK.as_str()),
+        event,
+        operation_id,
+        received_at,
+    );
+    let row = query.bind(detail).fetch_one(pool).await.map_err(db_error)?;
+    let recorded: i64 = row.try_get(0).map_err(db_error)?;
+    Ok(recorded == 1)
+}
+
+/// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before`.
 pub(super) async fn purge(pool: &PgPool, before: i64) -> Result<u64, StoreError> {
     Ok(sqlx::query(PURGE)
         .bind(before)

@@ -6,8 +6,9 @@
 //!   group, claims and finishes run as bulk statements (one per kind, up to 256 operations
 //!   each), and audit events are appended by triggers: the writer's cost is per statement, a
 //!   round trip to sqlx's SQLite thread each, so statements per operation set its throughput.
-//! - **Reads** (`get`, `unresolved`, `list`) use a small pool of read-only connections; WAL
-//!   lets them run beside the writer and see everything committed.
+//! - **Reads** (`get`, `unresolved`, `list`, `resource_operations`, `webhook_events`) use a
+//!   small pool of read-only connections; WAL lets them run beside the writer and see
+//!   everything committed.
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: statement journals in memory (`temp_store`), a 32 MiB page cache, and a
@@ -28,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError,
+    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
 };
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
@@ -179,6 +180,15 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 ///   (`mark_pending` and `abandon` take none).
 /// - `unresolved` orders by `created_at` (then id): the oldest is nearest Klarna's 24 h
 ///   idempotency window.
+/// - `resource_operations` orders by `created_at` (then id), in any state; an operation
+///   written before resources existed acts on its order.
+/// - `record_webhook` inserts the event unless its event id is known (then it writes nothing
+///   and returns `false`; among concurrent records of one event id exactly one is `true`).
+///   When the event names an operation that exists, it appends, in the same transaction, an
+///   event with no state change (state before = after = the current state), the webhook's
+///   refund and correlation ids, no trace id, the detail given, at the instant received. An
+///   event naming an unknown operation is recorded without one.
+/// - `webhook_events` orders by the instant received (then event id).
 /// - Timestamps are kept in whole microseconds (UTC); finer precision is truncated toward
 ///   the past, so ordering is preserved.
 #[async_trait]
@@ -333,5 +343,32 @@ impl OperationStore for SqliteStore {
         id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
         Ok(Box::new(self.order_locks.lock(account, kind, id).await))
+    }
+
+    async fn resource_operations(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Vec<Operation>, StoreError> {
+        read::resource_operations(&self.readers, account, kind, id).await
+    }
+
+    async fn record_webhook(
+        &self,
+        event: WebhookEvent,
+        detail: String,
+    ) -> Result<bool, StoreError> {
+        self.changed(WriteOp::RecordWebhook {
+            operation_id: event.operation_id.map(id_text),
+            received_at: micros(event.received_at),
+            event,
+            detail,
+        })
+        .await
+    }
+
+    async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError> {
+        read::webhook_events(&self.readers, id).await
     }
 }

@@ -13,12 +13,16 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError};
+use refund_gateway_domain::{
+    Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
+};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection};
 
 use crate::read::SELECT_OPERATION;
-use crate::row::{OperationRow, bind_claim, claimed_operation, db_error, insert_event_from};
+use crate::row::{
+    OperationRow, bind_claim, bind_webhook, claimed_operation, db_error, insert_event_from,
+};
 
 /// Rows of the bulk statements; a chunk of operations is padded up to the next size.
 const CHUNK_ROWS: [usize; 5] = [1, 4, 16, 64, 256];
@@ -106,6 +110,26 @@ static ABANDON_EVENT: LazyLock<String> = LazyLock::new(|| {
 // ?1 id, ?2 lease holder.
 const ABANDON: &str = "DELETE FROM operations \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?2";
+
+// The values of `bind_webhook`: ?1 event id, ?2 type, ?3 account, ?4 operation id, ?5 payment
+// transaction id, ?6 refund id, ?7 correlation id, ?8 payload, ?9 occurred at, ?10 received
+// at. A known event id inserts nothing.
+const RECORD_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, event_type, klarna_account, \
+     operation_id, payment_transaction_id, refund_id, correlation_id, payload, occurred_at, \
+     received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (event_id) DO NOTHING";
+
+// ?1 operation id, ?2 refund id, ?3 correlation id, ?4 detail, ?5 at. No state change: the
+// operation's state before and after, the webhook's Klarna ids, no trace id. Written here,
+// not by a trigger, as the operation row does not change.
+static WEBHOOK_EVENT: LazyLock<String> = LazyLock::new(|| {
+    insert_event_from(
+        "(SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
+           capture_id, amount, currency, ?2 AS refund_id, ?3 AS correlation_id, state \
+         FROM operations WHERE operation_id = ?1)",
+        "NULL, state, state, ?4, ?5",
+    )
+});
 
 // Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
 // stays forever, so a late retry is a replay and never a second execution. REQUIRES_REVIEW
@@ -341,6 +365,39 @@ pub(super) async fn abandon(
             "operation {id}: {events} events for {changed} deleted rows"
         )))
     }
+}
+
+/// Records `event` unless its event id is known, and then appends an audit event to the
+/// operation it names, if that exists; true when recorded. `operation_id` and `received_at`
+/// are the event's, as stored.
+pub(super) async fn record_webhook(
+    conn: &mut SqliteConnection,
+    event: &WebhookEvent,
+    operation_id: Option<&str>,
+    received_at: i64,
+    detail: &str,
+) -> Result<bool, StoreError> {
+    let query = bind_webhook(
+        sqlx::query(RECORD_WEBHOOK),
+        event,
+        operation_id,
+        received_at,
+    );
+    if !changed_one(query, &mut *conn).await? {
+        return Ok(false);
+    }
+    if let Some(id) = operation_id {
+        sqlx::query(WEBHOOK_EVENT.as_str())
+            .bind(id)
+            .bind(event.refund_id.as_deref())
+            .bind(event.correlation_id.as_deref())
+            .bind(detail)
+            .bind(received_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(true)
 }
 
 /// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).

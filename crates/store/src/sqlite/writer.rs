@@ -18,7 +18,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, StoreError};
+use refund_gateway_domain::{
+    Claim, Completion, LeaseHolder, NewOperation, StoreError, WebhookEvent,
+};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -77,6 +79,14 @@ pub(super) enum WriteOp {
         detail: String,
         now: i64,
     },
+    RecordWebhook {
+        event: WebhookEvent,
+        /// `event.operation_id` as stored.
+        operation_id: Option<String>,
+        /// `event.received_at` in microseconds.
+        received_at: i64,
+        detail: String,
+    },
     Purge {
         before: i64,
     },
@@ -88,7 +98,7 @@ pub(super) enum WriteOp {
 pub(super) enum Outcome {
     // Boxed: a claim is large, and outcomes move through channels.
     Claim(Box<Claim>),
-    /// Whether the row changed (take-over, renewal, transitions).
+    /// Whether the row changed (take-over, renewal, transitions) or was inserted (webhooks).
     Changed(bool),
     Purged(u64),
     Durability {
@@ -386,6 +396,14 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
             detail,
             now,
         } => Outcome::Changed(sql::abandon(conn, id, holder, detail, *now).await?),
+        WriteOp::RecordWebhook {
+            event,
+            operation_id,
+            received_at,
+            detail,
+        } => Outcome::Changed(
+            sql::record_webhook(conn, event, operation_id.as_deref(), *received_at, detail).await?,
+        ),
         WriteOp::Purge { before } => Outcome::Purged(sql::purge(conn, *before).await?),
         WriteOp::Durability => {
             let (journal_mode, synchronous) = sql::durability(conn).await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use refund_gateway_domain::{
     AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
     OperationFilter, OperationId, OperationState, OperationStore, ResourceKind, Rpc, StoreError,
-    StoredResponse,
+    StoredResponse, WebhookEvent,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -35,6 +35,9 @@ macro_rules! all_cases {
             unresolved_oldest_first,
             list_filters,
             list_pagination,
+            resource_operations_lists_one_resource,
+            webhook_recorded_once,
+            concurrent_webhook_records_once,
             purge_keeps_identity,
             answer_context_survives_a_resend,
             lock_order_serializes_one_order,
@@ -739,6 +742,64 @@ pub async fn list_filters(store: Store, _peer: Option<Store>) {
     assert!(page.operations.is_empty());
     assert_eq!(page.next_page_token, None);
 
+    // Operations on payment transactions: only those on the transaction named, in any
+    // account; an order whose id is the transaction's is not one.
+    let e = on_transaction(
+        new_op("alice", Rpc::RefundTransaction, "k-e", "order-t"),
+        "eu",
+        "tx-1",
+    );
+    let f = on_transaction(
+        new_op("bob", Rpc::RefundTransaction, "k-f", "order-t"),
+        "eu",
+        "tx-2",
+    );
+    let g = on_transaction(
+        new_op("bob", Rpc::RefundTransaction, "k-g", "order-u"),
+        "us",
+        "tx-1",
+    );
+    let h = new_op("alice", Rpc::RefundOrder, "k-h", "tx-1");
+    for (i, op) in [&e, &f, &g, &h].into_iter().enumerate() {
+        claim_new(&store, op.clone(), t(40 + i as i64 * 10)).await;
+    }
+    let by_transaction = OperationFilter {
+        payment_transaction_id: Some("tx-1".into()),
+        ..all.clone()
+    };
+    assert_eq!(
+        list(by_transaction.clone()).await,
+        vec![g.operation_id, e.operation_id]
+    );
+    let by_transaction_and_caller = OperationFilter {
+        caller: Some("alice".into()),
+        ..by_transaction.clone()
+    };
+    assert_eq!(list(by_transaction_and_caller).await, vec![e.operation_id]);
+    let other_transaction = OperationFilter {
+        payment_transaction_id: Some("tx-2".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(other_transaction.clone()).await, vec![f.operation_id]);
+    let unknown_transaction = OperationFilter {
+        payment_transaction_id: Some("order-x".into()),
+        ..all.clone()
+    };
+    assert!(list(unknown_transaction).await.is_empty());
+    // Pages under the filter; its token is bound to the transaction named.
+    let first = store.list(&by_transaction, 1, None).await.unwrap();
+    assert_eq!(ids(&first.operations), vec![g.operation_id]);
+    let token = first.next_page_token.unwrap();
+    let second = store.list(&by_transaction, 1, Some(&token)).await.unwrap();
+    assert_eq!(ids(&second.operations), vec![e.operation_id]);
+    assert_eq!(second.next_page_token, None);
+    for other in [&all, &other_transaction] {
+        assert!(matches!(
+            store.list(other, 1, Some(&token)).await,
+            Err(StoreError::InvalidPageToken)
+        ));
+    }
+
     // Each operation comes with its events, oldest first.
     let page = store.list(&all, 10, None).await.unwrap();
     for (operation, events) in &page.operations {
@@ -753,6 +814,16 @@ pub async fn list_filters(store: Store, _peer: Option<Store>) {
                 .iter()
                 .all(|e| e.operation_id == operation.new.operation_id)
         );
+    }
+}
+
+/// `new` acting on payment transaction `transaction` of `account`.
+fn on_transaction(new: NewOperation, account: &str, transaction: &str) -> NewOperation {
+    NewOperation {
+        klarna_account: account.to_owned(),
+        resource_kind: ResourceKind::Transaction,
+        resource_id: transaction.to_owned(),
+        ..new
     }
 }
 
@@ -822,6 +893,356 @@ pub async fn list_pagination(store: Store, _peer: Option<Store>) {
         store.list(&other_filter, 3, Some(&token)).await,
         Err(StoreError::InvalidPageToken)
     ));
+}
+
+/// Every operation on one resource of one account, oldest first, in any state; other
+/// accounts, kinds and ids are someone else's.
+pub async fn resource_operations_lists_one_resource(store: Store, _peer: Option<Store>) {
+    let on = |key: &str, account: &str, kind: ResourceKind, id: &str| NewOperation {
+        klarna_account: account.to_owned(),
+        resource_kind: kind,
+        resource_id: id.to_owned(),
+        ..new_op("pos", Rpc::RefundOrder, key, "order-r")
+    };
+    use ResourceKind::{Order, Transaction};
+    // Created out of claim order, two at the same instant (then ordered by id).
+    let late = on("r-late", "eu", Order, "order-r");
+    let first = on("r-first", "eu", Order, "order-r");
+    let tie_a = on("r-tie-a", "eu", Order, "order-r");
+    let tie_b = on("r-tie-b", "eu", Order, "order-r");
+    let failed = on("r-failed", "eu", Order, "order-r");
+    let review = on("r-review", "eu", Order, "order-r");
+    let abandoned = on("r-abandoned", "eu", Order, "order-r");
+    let others = [
+        on("x-account", "us", Order, "order-r"),
+        on("x-kind", "eu", Transaction, "order-r"),
+        on("x-id", "eu", Order, "order-s"),
+        // Of the order "order-r" too, but acting on one of its transactions.
+        on("x-transaction", "eu", Transaction, "tx-9"),
+    ];
+    claim_new(&store, late.clone(), t(50)).await;
+    claim_new(&store, first.clone(), t(0)).await;
+    claim_new(&store, tie_a.clone(), t(10)).await;
+    claim_new(&store, tie_b.clone(), t(10)).await;
+    claim_new(&store, failed.clone(), t(20)).await;
+    claim_new(&store, review.clone(), t(30)).await;
+    claim_new(&store, abandoned.clone(), t(40)).await;
+    for other in &others {
+        claim_new(&store, other.clone(), t(5)).await;
+    }
+    for (new, state) in [
+        (&first, Succeeded),
+        (&failed, Failed),
+        (&review, RequiresReview),
+    ] {
+        assert!(
+            store
+                .finish(new.operation_id, A, completion(state), t(60))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .mark_pending(tie_a.operation_id, A, None, "timeout".into(), None, t(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .abandon(abandoned.operation_id, A, "unreachable".into(), t(60))
+            .await
+            .unwrap()
+    );
+
+    // Oldest created first, ties by id; the abandoned one is gone.
+    let mut expected = [
+        (50, late.operation_id, InFlight),
+        (0, first.operation_id, Succeeded),
+        (10, tie_a.operation_id, Pending),
+        (10, tie_b.operation_id, InFlight),
+        (20, failed.operation_id, Failed),
+        (30, review.operation_id, RequiresReview),
+    ];
+    expected.sort_by_key(|(created, id, _)| (*created, id.to_string()));
+    let found = store
+        .resource_operations("eu", Order, "order-r")
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|o| (o.new.operation_id, o.state))
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|(_, id, state)| (*id, *state))
+            .collect::<Vec<_>>()
+    );
+    // Each as stored.
+    for operation in &found {
+        let stored = store.get(operation.new.operation_id).await.unwrap();
+        assert_eq!(stored.as_ref(), Some(operation));
+    }
+
+    for (other, account, kind, id) in [
+        (&others[0], "us", Order, "order-r"),
+        (&others[1], "eu", Transaction, "order-r"),
+        (&others[2], "eu", Order, "order-s"),
+        (&others[3], "eu", Transaction, "tx-9"),
+    ] {
+        let found = store.resource_operations(account, kind, id).await.unwrap();
+        assert_eq!(
+            found.iter().map(|o| o.new.operation_id).collect::<Vec<_>>(),
+            vec![other.operation_id],
+            "{account} {kind:?} {id}"
+        );
+    }
+    for (account, kind, id) in [
+        ("eu", Order, "order-none"),
+        ("eu", Transaction, "tx-1"),
+        ("other", Order, "order-r"),
+    ] {
+        assert!(
+            store
+                .resource_operations(account, kind, id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// A webhook delivery `event_id` about `operation`, received at `received`.
+fn webhook(
+    event_id: &str,
+    operation: Option<OperationId>,
+    received: OffsetDateTime,
+) -> WebhookEvent {
+    WebhookEvent {
+        event_id: event_id.to_owned(),
+        event_type: "payment.transaction.refunded".to_owned(),
+        klarna_account: "eu".to_owned(),
+        operation_id: operation,
+        payment_transaction_id: Some("tx-1".to_owned()),
+        refund_id: Some(format!("refund-{event_id}")),
+        correlation_id: Some(format!("corr-{event_id}")),
+        payload: format!(r#"{{"event_id":"{event_id}","note":"ünïcode ✓"}}"#),
+        occurred_at: Some("2026-03-01T11:59:59.5+01:00".to_owned()),
+        received_at: received,
+    }
+}
+
+/// `event` as it reads back: its instant in whole microseconds.
+fn stored(event: &WebhookEvent) -> WebhookEvent {
+    WebhookEvent {
+        received_at: at_micros(event.received_at),
+        ..event.clone()
+    }
+}
+
+/// Each webhook event id is recorded once; one that names an operation appends one audit
+/// event to it (no state change, the webhook's Klarna ids), and the operation's webhooks read
+/// back oldest first.
+pub async fn webhook_recorded_once(store: Store, _peer: Option<Store>) {
+    let done = op("webhook-done");
+    claim_new(&store, done.clone(), t(0)).await;
+    assert!(
+        store
+            .finish(done.operation_id, A, completion(Succeeded), t(1))
+            .await
+            .unwrap()
+    );
+    let done_before = store.get(done.operation_id).await.unwrap().unwrap();
+
+    let first = webhook("evt-1", Some(done.operation_id), t(10));
+    assert!(
+        store
+            .record_webhook(first.clone(), "webhook payment.transaction.refunded".into())
+            .await
+            .unwrap()
+    );
+    let events = events_of(&store, &done).await;
+    assert_eq!(
+        transitions(&events),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(Succeeded)),
+            (Some(Succeeded), Some(Succeeded))
+        ]
+    );
+    assert_eq!(
+        events[2],
+        AuditEvent {
+            operation_id: done.operation_id,
+            state_before: Some(Succeeded),
+            state_after: Some(Succeeded),
+            refund_id: Some("refund-evt-1".into()),
+            correlation_id: Some("corr-evt-1".into()),
+            trace_id: None,
+            detail: "webhook payment.transaction.refunded".into(),
+            at: at_micros(t(10)),
+        }
+    );
+    assert_eq!(
+        store.get(done.operation_id).await.unwrap().unwrap(),
+        done_before,
+        "a webhook does not change the operation"
+    );
+
+    // A redelivery (even with another body and instant) writes nothing.
+    let again = WebhookEvent {
+        payload: "{}".into(),
+        refund_id: None,
+        received_at: t(11),
+        ..first.clone()
+    };
+    assert!(
+        !store
+            .record_webhook(again, "redelivered".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(events_of(&store, &done).await, events);
+    assert_eq!(
+        store.webhook_events(done.operation_id).await.unwrap(),
+        vec![stored(&first)]
+    );
+
+    // Oldest received first, then by event id; without Klarna ids, the event has none.
+    let earlier = WebhookEvent {
+        payment_transaction_id: None,
+        refund_id: None,
+        correlation_id: None,
+        occurred_at: None,
+        ..webhook("evt-9", Some(done.operation_id), t(5))
+    };
+    let same_instant = webhook("evt-2", Some(done.operation_id), t(10));
+    for event in [&same_instant, &earlier] {
+        assert!(
+            store
+                .record_webhook(event.clone(), format!("webhook {}", event.event_id))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store.webhook_events(done.operation_id).await.unwrap(),
+        vec![stored(&earlier), stored(&first), stored(&same_instant)]
+    );
+    let events = events_of(&store, &done).await;
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert_eq!(
+        (
+            events[4].refund_id.as_deref(),
+            events[4].correlation_id.as_deref()
+        ),
+        (None, None)
+    );
+    assert_eq!(events[4].detail, "webhook evt-9");
+
+    // On an operation in flight: the event says IN_FLIGHT, and the lease is untouched.
+    let flying = op("webhook-flying");
+    let claimed = claim_new(&store, flying.clone(), t(0)).await;
+    assert!(
+        store
+            .record_webhook(
+                webhook("evt-3", Some(flying.operation_id), t(2)),
+                "w".into()
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        transitions(&events_of(&store, &flying).await),
+        vec![(None, Some(InFlight)), (Some(InFlight), Some(InFlight))]
+    );
+    assert_eq!(store.get(flying.operation_id).await.unwrap(), Some(claimed));
+
+    // An operation the store does not know: recorded, no event, once.
+    let unknown = op("webhook-unknown").operation_id;
+    let orphan = webhook("evt-4", Some(unknown), t(20));
+    assert!(
+        store
+            .record_webhook(orphan.clone(), "w".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_webhook(orphan.clone(), "w".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(unknown).await.unwrap(), None);
+    assert_eq!(
+        store.webhook_events(unknown).await.unwrap(),
+        vec![stored(&orphan)]
+    );
+
+    // No operation: recorded once, returned for none.
+    let unmatched = webhook("evt-5", None, t(30));
+    assert!(
+        store
+            .record_webhook(unmatched.clone(), "w".into())
+            .await
+            .unwrap()
+    );
+    assert!(!store.record_webhook(unmatched, "w".into()).await.unwrap());
+    assert_eq!(
+        store.webhook_events(done.operation_id).await.unwrap().len(),
+        3
+    );
+    assert_eq!(store.webhook_events(unknown).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .webhook_events(flying.operation_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .webhook_events(op("webhook-none").operation_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Concurrent deliveries of one event (from two replicas, where the backend has them): exactly
+/// one is recorded, with one audit event.
+pub async fn concurrent_webhook_records_once(store: Store, peer: Option<Store>) {
+    let new = op("webhook-race");
+    claim_new(&store, new.clone(), t(0)).await;
+    let event = webhook("evt-race", Some(new.operation_id), t(1));
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = match (&peer, i % 2) {
+            (Some(peer), 1) => peer.clone(),
+            _ => store.clone(),
+        };
+        let (event, barrier) = (event.clone(), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store
+                .record_webhook(event, format!("delivery {i}"))
+                .await
+                .unwrap()
+        });
+    }
+    let recorded = tasks.join_all().await;
+    assert_eq!(recorded.iter().filter(|r| **r).count(), 1, "{recorded:?}");
+    assert_eq!(
+        store.webhook_events(new.operation_id).await.unwrap(),
+        vec![stored(&event)]
+    );
+    assert_eq!(
+        transitions(&events_of(&store, &new).await),
+        vec![(None, Some(InFlight)), (Some(InFlight), Some(InFlight))]
+    );
 }
 
 /// The answer context kept when an operation went PENDING survives a take-over and a resend
