@@ -1324,6 +1324,145 @@ mod tests {
         );
     }
 
+    fn partner_error(toml: &str, env: &[(&'static str, &'static str)]) -> String {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+        let env = vars(env);
+        load_settings(Some(&file), &env)
+            .and_then(|s| resolve(s, &env))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn partner_accounts_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cert = dir.path().join("client.pem");
+        let key = dir.path().join("client.key");
+        std::fs::write(&cert, "CERT").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key, "KEY-SECRET").unwrap_or_else(|e| panic!("{e}"));
+        let toml = format!(
+            "[accounts.acquirer]\nkind = \"partner\"\napi_url = \"https://api-global.klarna.com\"\n\
+             api_key_env = \"ACQ_KEY\"\npartner_account_id = \"krn:partner:global:account:live:1\"\n\
+             client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+             [accounts.direct]\nkind = \"partner\"\napi_url = \"https://api-global.test.klarna.com\"\n\
+             api_key_env = \"DIRECT_KEY\"\npartner_account_id = \"krn:partner:global:account:test:2\"\n\
+             path_prefix = \"/v2\"\non_behalf_of = \"krn:partner:global:account:test:3\"\n\
+             [[webhook_signing_keys]]\nid = \"krn:partner:global:notification:signing-key:1\"\n\
+             secret_env = \"HOOK_SECRET\"\n",
+            cert.display(),
+            key.display()
+        );
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+        let env = vars(&[
+            ("ACQ_KEY", "klarna_live_api_acq-secret"),
+            ("DIRECT_KEY", "klarna_test_api_direct-secret"),
+            ("HOOK_SECRET", "hook-secret"),
+            ("KLARNA_WEBHOOK_SECRET", "any-id-secret"),
+            ("KLARNA_PARTNER_API_URL", "http://127.0.0.1:9"),
+            ("KLARNA_PARTNER_API_KEY", "klarna_test_api_env-secret"),
+            (
+                "KLARNA_PARTNER_ACCOUNT_ID",
+                "krn:partner:global:account:test:4",
+            ),
+        ]);
+        let settings = load_settings(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = resolve(settings, &env).unwrap_or_else(|e| panic!("{e}"));
+        let partner = |name: &str| {
+            cfg.accounts
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| match &a.api {
+                    AccountApi::Partner(p) => Some(p),
+                    AccountApi::OrderManagement(_) => None,
+                })
+                .unwrap_or_else(|| panic!("no partner account {name}"))
+        };
+        let acquirer = partner("acquirer");
+        assert_eq!(
+            acquirer.path_prefix,
+            "/v2/accounts/krn:partner:global:account:live:1"
+        );
+        assert!(acquirer.live && acquirer.client_identity.is_some());
+        let direct = partner("direct");
+        assert_eq!(direct.path_prefix, "/v2");
+        assert_eq!(
+            direct.on_behalf_of.as_deref(),
+            Some("krn:partner:global:account:test:3")
+        );
+        assert!(!direct.live && direct.client_identity.is_none());
+        let from_env = partner(PARTNER_ACCOUNT);
+        assert_eq!(
+            from_env.partner_account_id,
+            "krn:partner:global:account:test:4"
+        );
+        let ids: Vec<_> = cfg.webhook_keys.iter().map(|k| k.id.as_deref()).collect();
+        assert_eq!(
+            ids,
+            [Some("krn:partner:global:notification:signing-key:1"), None]
+        );
+        let debug = format!("{cfg:?}");
+        for secret in [
+            "acq-secret",
+            "direct-secret",
+            "env-secret",
+            "hook-secret",
+            "any-id-secret",
+            "KEY-SECRET",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
+    fn a_partner_account_is_refused_when_it_is_incomplete_or_mixed() {
+        let base = "[accounts.p]\nkind = \"partner\"\napi_url = \"https://api-global.klarna.com\"\n\
+                    api_key_env = \"K\"\npartner_account_id = \"krn:x\"\n";
+        let env = [("K", "klarna_live_api_k")];
+        assert_eq!(partner_error(base, &env), "");
+        let cases = [
+            (
+                format!("{base}client_cert_file = \"/c.pem\"\n"),
+                "client_key_file",
+            ),
+            (
+                format!("{base}client_key_file = \"/c.key\"\n"),
+                "client_cert_file",
+            ),
+            (
+                format!("{base}region = \"eu\"\n"),
+                "region is for Order Management",
+            ),
+            (
+                base.replace("partner_account_id = \"krn:x\"\n", ""),
+                "partner_account_id is required",
+            ),
+            (
+                base.replace("api_url = \"https://api-global.klarna.com\"\n", ""),
+                "api_url is required",
+            ),
+            (
+                "[accounts.om]\nregion = \"eu\"\nenvironment = \"live\"\nusername_env = \"K\"\n\
+                 password_env = \"K\"\nclient_cert_file = \"/c.pem\"\n"
+                    .to_owned(),
+                "client_cert_file is for partner accounts",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let error = partner_error(&toml, &env);
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+        let missing = partner_error("", &[("KLARNA_PARTNER_API_KEY", "k")]);
+        assert!(
+            missing.contains("KLARNA_PARTNER_API_URL")
+                && missing.contains("KLARNA_PARTNER_ACCOUNT_ID"),
+            "{missing}"
+        );
+    }
+
     #[test]
     fn a_missing_secret_variable_is_named() {
         let mut settings = Settings::default();

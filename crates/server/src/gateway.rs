@@ -38,11 +38,11 @@ impl KlarnaAccount {
     }
 }
 
-/// The name of an account kind, as the configuration spells it.
+/// An account kind in words.
 fn kind_name(api: KlarnaApiKind) -> &'static str {
     match api {
-        KlarnaApiKind::OrderManagement => "order_management",
-        KlarnaApiKind::Payments => "partner",
+        KlarnaApiKind::OrderManagement => "Order Management",
+        KlarnaApiKind::Payments => "partner (Payments API)",
     }
 }
 
@@ -107,7 +107,7 @@ impl Accounts {
                 reason: PreconditionReason::WrongAccountKind,
                 subject: format!("accounts/{name}"),
                 description: format!(
-                    "account {name:?} is a {} account; this RPC needs a {} account",
+                    "account {name:?} is an account of kind {}; this RPC needs one of kind {}",
                     kind_name(account.api()),
                     kind_name(api)
                 ),

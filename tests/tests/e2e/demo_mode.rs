@@ -69,3 +69,112 @@ async fn demo_orders_refund_as_the_readme_shows() -> anyhow::Result<()> {
     );
     app.shutdown().await
 }
+
+/// The README's partner walkthrough: the demo transactions refund, refuse and reach their
+/// limit as it shows, and the demo simulator's signed webhook lands in the audit trail.
+#[tokio::test]
+async fn demo_transactions_refund_as_the_readme_shows() -> anyhow::Result<()> {
+    let mut app = spawn_demo_app().await?;
+    let capture = |key: &str, transaction: &str, capture: &str, amount| pb::RefundCaptureRequest {
+        idempotency_key: key.into(),
+        payment_transaction_id: transaction.into(),
+        payment_capture_id: capture.into(),
+        amount,
+        currency: "SEK".into(),
+        ..Default::default()
+    };
+    let made = app
+        .client
+        .refund_capture(capture(
+            "readme-capture-1",
+            demo::CAPTURED_TRANSACTION_ID,
+            demo::CAPTURED_SECOND_CAPTURE_ID,
+            1_500,
+        ))
+        .await?
+        .into_inner();
+    assert!(!made.payment_refund_id.is_empty());
+    let by_items = app
+        .client
+        .refund_transaction(pb::RefundTransactionRequest {
+            idempotency_key: "readme-transaction-1".into(),
+            payment_transaction_id: demo::CAPTURED_TRANSACTION_ID.into(),
+            amount: 2_000,
+            currency: "SEK".into(),
+            line_items: vec![pb::LineItem {
+                name: "Sneakers".into(),
+                quantity: 1,
+                unit_price: 2_000,
+                total_amount: 2_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(!by_items.payment_refund_id.is_empty());
+    let transaction = app
+        .client
+        .get_transaction(pb::GetTransactionRequest {
+            payment_transaction_id: demo::CAPTURED_TRANSACTION_ID.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(transaction.refunded_amount, 3_500);
+    let closed = app
+        .client
+        .refund_capture(capture(
+            "readme-closed-1",
+            demo::CLOSED_TRANSACTION_ID,
+            demo::CLOSED_CAPTURE_ID,
+            100,
+        ))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("refund on a closed transaction accepted"))?;
+    assert_reason(&closed, Code::FailedPrecondition, "TRANSACTION_CLOSED");
+    app.client
+        .refund_capture(capture(
+            "readme-limit-200",
+            demo::LIMIT_TRANSACTION_ID,
+            demo::LIMIT_CAPTURE_ID,
+            100,
+        ))
+        .await?;
+    let limit = app
+        .client
+        .refund_capture(capture(
+            "readme-limit-201",
+            demo::LIMIT_TRANSACTION_ID,
+            demo::LIMIT_CAPTURE_ID,
+            100,
+        ))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the 201st refund was accepted"))?;
+    assert_reason(&limit, Code::FailedPrecondition, "TRANSACTION_REFUND_LIMIT");
+    refund_gateway_tests::wait_until(
+        "the demo webhook in the audit trail",
+        std::time::Duration::from_secs(30),
+        async || {
+            let listed = app
+                .client
+                .list_operations(pb::ListOperationsRequest {
+                    payment_transaction_id: demo::CAPTURED_TRANSACTION_ID.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let webhooks = listed
+                .operations
+                .iter()
+                .flat_map(|op| &op.events)
+                .filter(|e| e.detail.contains("payment.transaction.refunded"))
+                .count();
+            Ok::<_, anyhow::Error>((webhooks == 2).then_some(()))
+        },
+    )
+    .await?;
+    app.shutdown().await
+}

@@ -180,12 +180,15 @@ backend_test! {
 
 backend_test! {
     /// A partner refund whose answer was lost stays PENDING until Klarna's webhook says it
-    /// was made: then it is settled at once, with Klarna's refund id, without a resend.
+    /// was made: then it is settled at once, with Klarna's refund id, without a resend, even
+    /// past Klarna's idempotency window.
     async fn a_pending_partner_refund_is_settled_by_its_webhook(db: Backend) -> anyhow::Result<()> {
         let mut app = spawn_app_with(AppOptions {
             webhook_mode: WebhookMode::Manual,
-            // The reconciler stays out of it: only the webhook can settle the refund.
+            // The reconciler stays out of it, and past Klarna's window (0 here) nothing may
+            // be resent: only the webhook can settle the refund.
             reconcile_interval_ms: Some(3_600_000),
+            idempotency_window_secs: Some(0),
             ..db.options()
         })
         .await?;
@@ -233,6 +236,54 @@ backend_test! {
             .into_inner();
         assert!(replay.replayed);
         assert_eq!(replay.payment_refund_id, op.refund_id);
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    /// Past Klarna's window, a partner refund no webhook settled is not resent and not
+    /// confirmed by reading the transaction (Klarna advises against it): it needs review.
+    async fn past_the_window_without_a_webhook_a_partner_refund_needs_review(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            webhook_mode: WebhookMode::Manual,
+            reconcile_interval_ms: Some(50),
+            idempotency_window_secs: Some(0),
+            ..db.options()
+        })
+        .await?;
+        let (transaction, capture) = seeded(&app);
+        app.sim.sim.inject_fault(FaultSpec {
+            method: Some("POST".into()),
+            path: format!(
+                "/v2/accounts/{}/payment/captures/{capture}/refunds",
+                app.sim.partner_account_id()
+            ),
+            times: 100,
+            kind: FaultKind::CommitThenDrop,
+        });
+        let pending = app
+            .client
+            .refund_capture(capture_refund("w-review", &transaction, &capture))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("answered although every answer was dropped"));
+        assert_reason(&pending, Code::Unavailable, "OUTCOME_PENDING");
+        let calls_before = klarna_calls(&app.sim.sim).len();
+        let op = wait_until("the reconciler to give up", Duration::from_secs(30), async || {
+            let op = operation(&mut app, &transaction).await?;
+            Ok::<_, anyhow::Error>(
+                (op.state == pb::OperationState::RequiresReview as i32).then_some(op),
+            )
+        })
+        .await?;
+        assert!(
+            op.events.iter().any(|e| e.detail.contains("no payment.transaction.refunded webhook")),
+            "{:?}",
+            op.events
+        );
+        assert_eq!(klarna_calls(&app.sim.sim).len(), calls_before, "resent or read");
         app.shutdown().await
     }
 }
