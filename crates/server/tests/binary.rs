@@ -55,6 +55,30 @@ fn a_missing_password_is_named_and_no_secret_is_echoed() {
 }
 
 #[test]
+fn a_partner_client_certificate_without_its_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.path().join("client.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = gateway()
+        .env("KLARNA_PARTNER_API_URL", "https://api-global.test.klarna.com")
+        .env("KLARNA_PARTNER_API_KEY", "klarna_test_api_partner-key-x2")
+        .env("KLARNA_PARTNER_ACCOUNT_ID", "krn:partner:global:account:test:1")
+        .env("KLARNA_PARTNER_CLIENT_CERT_FILE", &cert)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("client_key_file") && stderr.contains("mutual TLS needs both"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("partner-key-x2"), "{stderr}");
+}
+
+#[test]
 fn help_documents_every_option() {
     let out = gateway()
         .arg("--help")
