@@ -60,9 +60,15 @@ fn a_partner_client_certificate_without_its_key_is_refused_at_start() {
     let cert = dir.path().join("client.pem");
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap_or_else(|e| panic!("{e}"));
     let out = gateway()
-        .env("KLARNA_PARTNER_API_URL", "https://api-global.test.klarna.com")
+        .env(
+            "KLARNA_PARTNER_API_URL",
+            "https://api-global.test.klarna.com",
+        )
         .env("KLARNA_PARTNER_API_KEY", "klarna_test_api_partner-key-x2")
-        .env("KLARNA_PARTNER_ACCOUNT_ID", "krn:partner:global:account:test:1")
+        .env(
+            "KLARNA_PARTNER_ACCOUNT_ID",
+            "krn:partner:global:account:test:1",
+        )
         .env("KLARNA_PARTNER_CLIENT_CERT_FILE", &cert)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -140,7 +146,8 @@ async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow:
     std::fs::write(
         &config,
         format!(
-            "simulator = true\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n",
+            "simulator = true\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             webhook_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n",
             data_dir.to_string_lossy()
         ),
     )?;

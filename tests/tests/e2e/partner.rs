@@ -604,3 +604,69 @@ async fn mutual_tls_with_a_test_ca() -> anyhow::Result<()> {
     assert!(refunds_at_klarna(&app.sim, &transaction).is_empty());
     app.shutdown().await
 }
+
+#[tokio::test]
+async fn unknown_transactions_and_klarnas_rate_limit() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    let unknown = "krn:payment:eu1:transaction:00000000-0000-4000-8000-000000000000";
+    let missing = app
+        .client
+        .get_transaction(pb::GetTransactionRequest {
+            payment_transaction_id: unknown.into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an unknown transaction was found"));
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let details = missing.get_error_details();
+    let resource = details.resource_info().cloned();
+    assert_eq!(
+        resource.map(|r| (r.resource_type, r.resource_name)),
+        Some((
+            "klarna.payment_transaction".to_owned(),
+            format!("payment/transactions/{unknown}")
+        ))
+    );
+    let refused = app
+        .client
+        .refund_capture(capture_refund(
+            "nf-1",
+            unknown,
+            &format!("{unknown}:capture:1"),
+            100,
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refunded an unknown transaction"));
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+
+    // Klarna's 429 on every attempt proves nothing happened: RESOURCE_EXHAUSTED, key usable.
+    let (transaction, captures) = seed(&app.sim.sim, &[5000], 0);
+    fault_capture_refunds(
+        &app,
+        &captures[0],
+        10,
+        FaultKind::Status {
+            status: 429,
+            body: None,
+            retry_after_secs: None,
+        },
+    );
+    let limited = app
+        .client
+        .refund_capture(capture_refund("rl-1", &transaction, &captures[0], 100))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("not rate limited"));
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    app.sim.sim.clear_faults();
+    let made = app
+        .client
+        .refund_capture(capture_refund("rl-1", &transaction, &captures[0], 100))
+        .await?
+        .into_inner();
+    assert!(!made.replayed);
+    assert_eq!(refunds_at_klarna(&app.sim, &transaction).len(), 1);
+    app.shutdown().await
+}
