@@ -27,16 +27,19 @@ fn canonical_uuid(value: &str, what: &str) -> Result<String, InvalidValue> {
         })
 }
 
-macro_rules! klarna_uuid_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+/// A validated id newtype: `parse` runs `$check` (text -> canonical text) once, and serde
+/// validates again on the way in, so a held id is always valid. `$what` says what `parse`
+/// accepts, for its docs.
+macro_rules! validated_id {
+    ($(#[$doc:meta])* $name:ident, $check:expr, $what:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl TryFrom<String> for $name {
-            type Error = InvalidValue;
-            fn try_from(value: String) -> Result<Self, InvalidValue> {
+            type Error = $crate::validation::InvalidValue;
+            fn try_from(value: String) -> Result<Self, $crate::validation::InvalidValue> {
                 Self::parse(&value)
             }
         }
@@ -48,22 +51,35 @@ macro_rules! klarna_uuid_id {
         }
 
         impl $name {
-            /// Accepts a hyphenated UUID in any case; holds it lower case.
-            pub fn parse(value: &str) -> Result<Self, InvalidValue> {
-                canonical_uuid(value, $what).map(Self)
+            #[doc = $what]
+            pub fn parse(value: &str) -> Result<Self, $crate::validation::InvalidValue> {
+                let check: fn(&str) -> Result<String, $crate::validation::InvalidValue> = $check;
+                check(value).map(Self)
             }
 
-            /// The canonical lower-case id.
+            /// The id, in its canonical form.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
+    };
+}
+pub(crate) use validated_id;
+
+macro_rules! klarna_uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        validated_id!(
+            $(#[$doc])*
+            $name,
+            |value| canonical_uuid(value, $what),
+            "Accepts a hyphenated UUID in any case; holds it lower case."
+        );
     };
 }
 

@@ -45,42 +45,12 @@ fn check_krn(value: &str, example: &str) -> Result<(), InvalidValue> {
 
 macro_rules! krn_id {
     ($(#[$doc:meta])* $name:ident, $example:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl TryFrom<String> for $name {
-            type Error = InvalidValue;
-            fn try_from(value: String) -> Result<Self, InvalidValue> {
-                Self::parse(&value)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl $name {
-            /// Accepts a KRN of the shape the module docs describe, exactly as given (KRNs
-            /// are case-sensitive and opaque).
-            pub fn parse(value: &str) -> Result<Self, InvalidValue> {
-                check_krn(value, $example).map(|()| Self(value.to_owned()))
-            }
-
-            /// The KRN.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
+        crate::ids::validated_id!(
+            $(#[$doc])*
+            $name,
+            |value| check_krn(value, $example).map(|()| value.to_owned()),
+            "Accepts a KRN of the shape the module docs describe, exactly as given (KRNs are case-sensitive and opaque)."
+        );
     };
 }
 

@@ -713,26 +713,47 @@ impl Gateway {
     }
 }
 
-/// The refund a `RefundCapture` sends: the caller's reference, else the operation id.
-fn capture_refund(cmd: &RefundCapture, op: OperationId) -> PartnerRefund {
+/// The refund a partner refund request sends: `payment_refund_reference` is the caller's
+/// reference, else the operation id.
+fn sent_refund(
+    op: OperationId,
+    amount: refund_gateway_domain::Amount,
+    currency: &refund_gateway_domain::Currency,
+    reference: Option<&String>,
+    description: Option<&String>,
+    line_items: Vec<refund_gateway_domain::LineItem>,
+) -> PartnerRefund {
     PartnerRefund {
-        amount: cmd.amount,
-        currency: cmd.currency.clone(),
-        reference: cmd.reference.clone().unwrap_or_else(|| op.to_string()),
-        description: cmd.description.clone(),
-        line_items: Vec::new(),
+        amount,
+        currency: currency.clone(),
+        reference: reference.cloned().unwrap_or_else(|| op.to_string()),
+        description: description.cloned(),
+        line_items,
     }
+}
+
+/// The refund a `RefundCapture` sends.
+fn capture_refund(cmd: &RefundCapture, op: OperationId) -> PartnerRefund {
+    sent_refund(
+        op,
+        cmd.amount,
+        &cmd.currency,
+        cmd.reference.as_ref(),
+        cmd.description.as_ref(),
+        Vec::new(),
+    )
 }
 
 /// The refund a `RefundTransaction` sends.
 fn transaction_refund(cmd: &RefundTransaction, op: OperationId) -> PartnerRefund {
-    PartnerRefund {
-        amount: cmd.amount,
-        currency: cmd.currency.clone(),
-        reference: cmd.reference.clone().unwrap_or_else(|| op.to_string()),
-        description: cmd.description.clone(),
-        line_items: cmd.line_items.clone(),
-    }
+    sent_refund(
+        op,
+        cmd.amount,
+        &cmd.currency,
+        cmd.reference.as_ref(),
+        cmd.description.as_ref(),
+        cmd.line_items.clone(),
+    )
 }
 
 /// The partner refund's state rules: reads the transaction and the gateway's own operations

@@ -1,7 +1,8 @@
 //! `refund-gateway`: the gRPC refund gateway for Klarna. Internal services call it to refund
-//! Klarna orders, release authorizations and extend due dates; it validates every request
-//! before Klarna sees it, sends each money movement under a deterministic Klarna idempotency
-//! key, and explains every refusal with google.rpc error details.
+//! Klarna orders, captures and partner payment transactions, release authorizations and
+//! extend due dates; it validates every request before Klarna sees it, sends each money
+//! movement under a deterministic Klarna idempotency key, and explains every refusal with
+//! google.rpc error details. Klarna's webhooks arrive on a listener of their own.
 //!
 //! [`run`] is the whole server: `main` calls it with the configured listener, and the tests
 //! call [`start`] (what `run` is made of) with a port-0 listener, so both run the same stack.
