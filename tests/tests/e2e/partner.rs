@@ -670,3 +670,27 @@ async fn unknown_transactions_and_klarnas_rate_limit() -> anyhow::Result<()> {
     assert_eq!(refunds_at_klarna(&app.sim, &transaction).len(), 1);
     app.shutdown().await
 }
+
+backend_test! {
+    /// Operations on one transaction are serialized: ten concurrent refunds on a transaction
+    /// five refunds short of Klarna's limit make five refunds, and the gateway refuses the
+    /// other five itself (its count includes its own refunds), so Klarna sees only five.
+    async fn refunds_on_one_transaction_are_serialized(db: Backend) -> anyhow::Result<()> {
+        let app = spawn_app_with(db.options()).await?;
+        let (transaction, captures) = seed(&app.sim.sim, &[50_000], 195);
+        let calls = (0..10).map(|i| {
+            let mut client = app.client.clone();
+            let request = capture_refund(&format!("serial-{i}"), &transaction, &captures[0], 10);
+            async move { client.refund_capture(request).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let made = results.iter().filter(|r| r.is_ok()).count();
+        for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_reason(refused, Code::FailedPrecondition, "TRANSACTION_REFUND_LIMIT");
+        }
+        assert_eq!(made, 5);
+        assert_eq!(refund_posts(&app.sim).len(), 5);
+        assert_eq!(refunds_at_klarna(&app.sim, &transaction).len(), 200);
+        app.shutdown().await
+    }
+}
