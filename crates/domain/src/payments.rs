@@ -282,10 +282,12 @@ pub struct PaymentTransaction {
 }
 
 impl PaymentTransaction {
-    /// Captured so far: Klarna's figure, else the sum of the listed captures.
-    pub fn captured(&self) -> i64 {
-        self.captured_amount
-            .unwrap_or_else(|| self.captures.iter().map(|c| c.amount).sum())
+    /// Captured so far: Klarna's figure, else the sum of the captures it lists; `None` when
+    /// the read shows neither (a rule must not refuse on a figure Klarna did not give).
+    pub fn captured(&self) -> Option<i64> {
+        self.captured_amount.or_else(|| {
+            (!self.captures.is_empty()).then(|| self.captures.iter().map(|c| c.amount).sum())
+        })
     }
 
     /// Refunded so far: Klarna's figure, else the sum of the listed refunds.
@@ -294,9 +296,10 @@ impl PaymentTransaction {
             .unwrap_or_else(|| self.refunds.iter().map(|r| r.amount).sum())
     }
 
-    /// What may still be refunded: captured minus refunded, never below zero.
-    pub fn refundable(&self) -> i64 {
-        (self.captured() - self.refunded()).max(0)
+    /// What may still be refunded: captured minus refunded, never below zero; `None` when the
+    /// captured amount is unknown.
+    pub fn refundable(&self) -> Option<i64> {
+        self.captured().map(|c| (c - self.refunded()).max(0))
     }
 }
 
@@ -438,10 +441,13 @@ mod tests {
         assert_eq!(t.state, TransactionState::Authorized);
         assert_eq!(
             (t.captured(), t.refunded(), t.refundable()),
-            (6000, 7000, 0)
+            (Some(6000), 7000, Some(0))
         );
         t.captured_amount = Some(9000);
-        assert_eq!(t.refundable(), 2000);
+        assert_eq!(t.refundable(), Some(2000));
+        t.captured_amount = None;
+        t.captures.clear();
+        assert_eq!((t.captured(), t.refundable()), (None, None));
         assert_eq!(TransactionState::parse("Weird").as_str(), "Weird");
     }
 }

@@ -111,7 +111,8 @@ pub fn unlisted_own_refunds(
 /// Checks a partner refund against the transaction Klarna reports and the gateway's own
 /// refunds Klarna does not list yet: not CLOSED, within the limits of 200 refunds and 500
 /// operations, in the transaction's currency, and within what is captured and not yet
-/// refunded (of the transaction, and of the capture when Klarna states its refunded amount).
+/// refunded where the read shows it (of the transaction, and of the capture when Klarna
+/// states its refunded amount); what the read does not show is Klarna's to judge.
 pub fn check_partner_refund(
     request: PartnerRefundRequest<'_>,
     transaction: &PaymentTransaction,
@@ -164,8 +165,9 @@ pub fn check_partner_refund(
         ));
     }
     let amount = request.amount.minor_units();
-    let refundable = transaction.refundable();
-    if amount > refundable {
+    if let Some(refundable) = transaction.refundable()
+        && amount > refundable
+    {
         return Err(refuse(
             PreconditionReason::AmountNotRefundable,
             format!(
@@ -339,6 +341,10 @@ mod tests {
             );
             // A capture Klarna does not list is Klarna's to judge.
             assert_eq!(check(&two, 50_001, "SEK", Some("krn:other"), 0), Ok(()));
+            // So is an amount when the read shows nothing captured.
+            let mut silent = transaction(0, 0);
+            silent.captured_amount = None;
+            assert_eq!(check(&silent, 200_000, "SEK", None, 0), Ok(()));
         }
     }
 

@@ -361,7 +361,7 @@ async fn a_transaction_is_read() {
     assert_eq!(t.amount, 10000);
     assert_eq!(t.captured_amount, Some(6000));
     assert_eq!(t.refunded_amount, Some(1000));
-    assert_eq!(t.refundable(), 5000);
+    assert_eq!(t.refundable(), Some(5000));
     assert_eq!(t.captures.len(), 1);
     assert_eq!(t.captures[0].payment_capture_id, CAPTURE);
     assert_eq!(t.captures[0].refunded_amount, Some(1000));
@@ -414,7 +414,7 @@ async fn a_bare_transaction_leaves_amounts_to_be_derived() {
     assert_eq!(t.state, TransactionState::Completed);
     assert_eq!(t.captured_amount, None);
     assert_eq!(t.refunded_amount, None);
-    assert_eq!(t.captured(), 3000);
+    assert_eq!(t.captured(), Some(3000));
     assert_eq!(t.refunded(), 0);
     assert!(t.refunds.is_empty());
 }

@@ -150,7 +150,7 @@ backend_test! {
             })
             .await?
             .into_inner();
-        assert_eq!((t.captured_amount, t.refunded_amount, t.refundable_amount), (10_000, 2500, 7500));
+        assert_eq!((t.captured_amount, t.refunded_amount, t.refundable_amount), (Some(10_000), 2500, Some(7500)));
         assert_eq!(t.state, "AUTHORIZED");
         assert_eq!(t.refunds.len(), 1);
 
