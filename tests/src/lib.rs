@@ -48,6 +48,8 @@ pub struct TestApp {
     pub admin_url: String,
     /// `http://host:port/webhooks/klarna`, where the gateway receives Klarna's webhooks.
     pub webhook_url: Option<String>,
+    /// The callers file, when authentication is on.
+    pub callers_file: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     /// `DATABASE_URL` of the gateway, `None` for its SQLite file.
     database_url: Option<String>,
@@ -107,6 +109,8 @@ pub struct AppOptions {
     pub partner_tls: Option<PartnerTls>,
     /// Webhook signing keys (id, secret) the gateway holds besides the simulator's.
     pub extra_webhook_keys: Vec<(String, String)>,
+    /// A callers file (TOML): authentication on. Without it every caller is `anonymous`.
+    pub callers: Option<String>,
 }
 
 /// The partner account's side of mutual TLS with the simulator.
@@ -190,6 +194,11 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
         secret: SecretString::from(secret),
     })
     .collect();
+    if let Some(callers) = &options.callers {
+        let path = data_dir.path().join("callers.toml");
+        std::fs::write(&path, callers)?;
+        config.auth = refund_gateway::config::AuthSetup::CallersFile(path);
+    }
     let app = start_gateway(config, sim, data_dir).await?;
     if let Some(webhook_url) = &app.webhook_url {
         app.sim.sim.set_webhook_target(klarna_sim::WebhookTarget {
@@ -220,6 +229,7 @@ async fn start_gateway(
         .as_ref()
         .filter(|_| !config.settings.simulator)
         .map(|url| url.expose_secret().to_owned());
+    let config_auth = config.auth.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let gateway = refund_gateway::start(listener, config, async move {
@@ -231,6 +241,10 @@ async fn start_gateway(
     let webhook_url = gateway
         .webhook_addr
         .map(|a| format!("http://{a}{}", refund_gateway::webhooks::WEBHOOK_PATH));
+    let callers_file = match &config_auth {
+        refund_gateway::config::AuthSetup::CallersFile(path) => Some(path.clone()),
+        refund_gateway::config::AuthSetup::None => None,
+    };
     let channel = Channel::from_shared(grpc_url.clone())?.connect().await?;
     Ok(TestApp {
         client: RefundGatewayServiceClient::new(channel.clone()),
@@ -240,6 +254,7 @@ async fn start_gateway(
         grpc_url,
         admin_url,
         webhook_url,
+        callers_file,
         stop: Some(stop),
         database_url,
         data_dir,

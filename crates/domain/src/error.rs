@@ -184,6 +184,47 @@ pub enum GatewayError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The call did not prove who is calling (no, a malformed or an unknown token). Says what
+    /// was wrong with the call, never which callers exist.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this; nothing was stored or sent.
+    #[error("permission denied ({reason}): {description}")]
+    PermissionDenied {
+        /// The rule (`RPC_NOT_PERMITTED`, `ACCOUNT_NOT_PERMITTED`, …).
+        reason: &'static str,
+        /// What was refused, in words.
+        description: String,
+    },
+    /// The caller's own rate limit is spent; nothing was stored or sent.
+    #[error("caller {caller} is over its rate limit")]
+    CallerRateLimited {
+        /// The caller.
+        caller: String,
+        /// When a call would be let in again.
+        retry_after: Duration,
+    },
+    /// The gateway is at its limit of concurrent calls and sheds this one at once.
+    #[error("the gateway is at its limit of {limit} concurrent calls")]
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
+    /// The caller's deadline leaves too little time to attempt the mutation safely; nothing
+    /// was stored or sent.
+    #[error("the deadline ({remaining:?}) is shorter than the {minimum:?} a mutation needs")]
+    DeadlineTooShort {
+        /// What the caller left.
+        remaining: Duration,
+        /// What a mutation needs.
+        minimum: Duration,
+    },
+    /// The request message is larger than the gateway decodes.
+    #[error("the request message is larger than {limit} bytes")]
+    MessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The operation store cannot be reached; nothing was decided.
     #[error("operation store unavailable: {0}")]
     StoreUnavailable(String),

@@ -129,6 +129,10 @@ pub enum KlarnaError {
     /// The request provably never reached Klarna (connection refused, DNS, TLS handshake).
     #[error("Klarna unreachable, request not sent: {0}")]
     NotSent(String),
+    /// Not sent: the account's outbound rate limit (Klarna's quota) would have held the
+    /// attempt past the call's deadline. A permit is expected after the duration given.
+    #[error("Klarna's quota for this account is used up: not sent; a permit in {0:?}")]
+    Throttled(Duration),
     /// The request may have reached Klarna but no answer came (timeout, reset, cut body).
     #[error("no answer from Klarna: {0}")]
     NoAnswer(String),

@@ -69,7 +69,7 @@ impl Attempt {
                 Self::ForbiddenWithoutError
             }
             KlarnaError::Answered(r) => Self::Answered(r.status),
-            KlarnaError::NotSent(_) => Self::NotSent,
+            KlarnaError::NotSent(_) | KlarnaError::Throttled(_) => Self::NotSent,
             KlarnaError::NoAnswer(_) => Self::NoAnswer,
             KlarnaError::BadResponse(_) => Self::Unreadable,
         }

@@ -20,6 +20,7 @@ use secrecy::zeroize::Zeroize;
 use crate::config::{BaseUrl, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials};
 use crate::contract::{self, CAPTURES, CORRELATION_ID_HEADERS, ORDERS_PATH, REFUNDS};
 use crate::http::Tls;
+use crate::limit::OutboundLimiter;
 use crate::transport::{Api, Call, Transport};
 use crate::wire::{
     ExtendDueDateOptionsWire, ExtendDueDateRequest, OrderWire, RefundRequest, RefundWire,
@@ -42,8 +43,9 @@ impl fmt::Debug for KlarnaClient {
 
 impl KlarnaClient {
     /// Checks `config` and builds the client: the Basic credential is encoded once here, the
-    /// connection pool, the retry budget (shared by every call of this client) and the
-    /// outbound stack are created. Fails on settings [`crate::TransportConfig::validate`]
+    /// connection pool, the retry budget and the outbound rate limiter (both shared by every
+    /// call of this client) and the outbound stack are created; nothing connects yet. Fails on
+    /// settings [`crate::TransportConfig::validate`]
     /// refuses, credentials that cannot be sent as Basic credentials, or a `User-Agent`
     /// suffix that is not a header value.
     pub fn new(config: KlarnaClientConfig) -> Result<Self, KlarnaConfigError> {
@@ -64,6 +66,14 @@ impl KlarnaClient {
     /// Where this client sends its requests.
     pub fn base_url(&self) -> &BaseUrl {
         self.transport.base_url()
+    }
+
+    /// The account's outbound rate limiter ([`crate::TransportConfig::rate_limit`]), shared
+    /// by every call of this client; `None` when the limit is off. Its
+    /// [`degraded`](OutboundLimiter::degraded) says when a shared limit has fallen back to
+    /// this replica's share.
+    pub fn outbound_limiter(&self) -> Option<&OutboundLimiter> {
+        self.transport.limiter()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Where and as whom the adapter talks to Klarna: region, environment, base URL, credentials,
-//! timeouts and resending ([`TransportConfig`], [`RetryConfig`]), for Order Management
+//! timeouts, resending and the outbound rate limit ([`TransportConfig`], [`RetryConfig`],
+//! [`OutboundRateLimit`], [`SharedLimit`]), for Order Management
 //! ([`KlarnaClientConfig`]) and for the partner Payments API ([`PaymentsClientConfig`]: API
 //! key, path prefix, partner account, client certificate). Everything is checked once, when
 //! the client is built, so a bad setting stops the gateway at start-up rather than at its
@@ -335,9 +336,10 @@ impl RetryConfig {
     }
 }
 
-/// How calls to one Klarna API are made: timeouts, resending, the default deadline and the
-/// `User-Agent` suffix. Shared by [`KlarnaClientConfig`] and [`PaymentsClientConfig`], and
-/// checked by [`TransportConfig::validate`] when a client is built.
+/// How calls to one Klarna API are made: timeouts, resending, the default deadline, the
+/// outbound rate limit and the `User-Agent` suffix. Shared by [`KlarnaClientConfig`] and
+/// [`PaymentsClientConfig`], and checked by [`TransportConfig::validate`] when a client is
+/// built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportConfig {
     /// Limit on one attempt, from sending the request to reading the whole answer; an attempt
@@ -354,6 +356,9 @@ pub struct TransportConfig {
     /// Time a whole call may take, resends and waits included, when the caller set no
     /// deadline with [`crate::with_deadline`]. Default 30 s.
     pub default_deadline: Duration,
+    /// The account's outbound rate limit: one permit per attempt, resends included. `None`
+    /// (the default) sends without one.
+    pub rate_limit: Option<OutboundRateLimit>,
 }
 
 impl Default for TransportConfig {
@@ -365,13 +370,15 @@ impl Default for TransportConfig {
             user_agent_suffix: None,
             retry: RetryConfig::default(),
             default_deadline: DEFAULT_DEADLINE,
+            rate_limit: None,
         }
     }
 }
 
 impl TransportConfig {
-    /// Fails on a zero timeout or default deadline, or retry settings out of range (see
-    /// [`RetryConfig::validate`]). The `User-Agent` suffix is checked when the header is built.
+    /// Fails on a zero timeout or default deadline, retry settings out of range (see
+    /// [`RetryConfig::validate`]) or a rate limit [`OutboundRateLimit::validate`] refuses. The
+    /// `User-Agent` suffix is checked when the header is built.
     pub fn validate(&self) -> Result<(), KlarnaConfigError> {
         if self.attempt_timeout.is_zero() {
             return Err(KlarnaConfigError::ZeroTimeout("attempt_timeout"));
@@ -382,7 +389,187 @@ impl TransportConfig {
         if self.default_deadline.is_zero() {
             return Err(KlarnaConfigError::ZeroTimeout("default_deadline"));
         }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
+        }
         self.retry.validate()
+    }
+}
+
+/// Klarna's request quota per merchant in production (see docs/klarna.md#rate-limits).
+pub const KLARNA_LIVE_REQUESTS_PER_SECOND: u32 = 200;
+/// Klarna's request quota per merchant in the playground.
+pub const KLARNA_PLAYGROUND_REQUESTS_PER_SECOND: u32 = 50;
+/// How long the shared limit waits for Redis before using the local fallback, by default.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// Largest rate and burst accepted: beyond it a permit's interval is below a microsecond.
+const MAX_RATE: u32 = 1_000_000;
+/// Longest Redis key name accepted (the name also labels a metric and log events).
+const MAX_KEY_LEN: usize = 200;
+
+/// The outbound rate limit of one Klarna account (see docs/klarna.md#outbound-rate-limit):
+/// every attempt, resends included, takes a permit. Permits come at `requests_per_second`
+/// with up to `burst` at once (GCRA: over any window of `t` seconds at most
+/// `requests_per_second * t + burst` attempts start). An attempt waits for its permit when it
+/// comes before the call's deadline, and is otherwise refused at once, unsent, as
+/// [`refund_gateway_domain::KlarnaError::Throttled`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRateLimit {
+    /// Sustained permits per second; at least 1.
+    pub requests_per_second: u32,
+    /// Permits available at once after a quiet spell; at least 1. [`OutboundRateLimit::new`]
+    /// sets it to `requests_per_second`, one second's worth.
+    pub burst: u32,
+    /// Shares the limit with every replica through Redis; `None` limits this process alone.
+    pub shared: Option<SharedLimit>,
+}
+
+impl OutboundRateLimit {
+    /// `requests_per_second` with a burst of one second's worth, local to this process.
+    pub fn new(requests_per_second: u32) -> Self {
+        Self {
+            requests_per_second,
+            burst: requests_per_second,
+            shared: None,
+        }
+    }
+
+    /// Klarna's quota per merchant: 200 requests per second live, 50 in the playground.
+    pub fn klarna_default(environment: Environment) -> Self {
+        Self::new(match environment {
+            Environment::Live => KLARNA_LIVE_REQUESTS_PER_SECOND,
+            Environment::Playground => KLARNA_PLAYGROUND_REQUESTS_PER_SECOND,
+        })
+    }
+
+    /// The same limit shared by every replica through the Redis at `redis_url`, under
+    /// `key` (the account's name), with the default fallback and timeout of
+    /// [`SharedLimit::new`].
+    pub fn shared_through(
+        mut self,
+        redis_url: impl Into<SecretString>,
+        key: impl Into<String>,
+    ) -> Self {
+        self.shared = Some(SharedLimit::new(redis_url, key, self.requests_per_second));
+        self
+    }
+
+    /// Fails unless the rate, the burst and a fallback rate are between 1 and 1,000,000 (the
+    /// fallback no more than the rate), the Redis timeout is above zero, the key is 1 to 200
+    /// characters without whitespace or control characters, and the Redis URL is one the
+    /// client can use (`redis://`, `redis+unix://` or `unix://`; no TLS). A refused URL is
+    /// never quoted: it may hold a password.
+    pub fn validate(&self) -> Result<(), KlarnaConfigError> {
+        let invalid = KlarnaConfigError::InvalidRateLimit;
+        if !(1..=MAX_RATE).contains(&self.requests_per_second) {
+            return Err(invalid("requests_per_second must be between 1 and 1000000"));
+        }
+        if !(1..=MAX_RATE).contains(&self.burst) {
+            return Err(invalid("burst must be between 1 and 1000000"));
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if shared.fallback_requests_per_second == 0 {
+            return Err(invalid("fallback_requests_per_second must be at least 1"));
+        }
+        if shared.fallback_requests_per_second > self.requests_per_second {
+            return Err(invalid(
+                "fallback_requests_per_second must not exceed requests_per_second",
+            ));
+        }
+        if shared.timeout.is_zero() {
+            return Err(invalid("the Redis timeout must be greater than zero"));
+        }
+        if shared.key.is_empty() || shared.key.len() > MAX_KEY_LEN {
+            return Err(invalid("the shared limit's key must be 1 to 200 bytes"));
+        }
+        if shared
+            .key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "the shared limit's key must not contain whitespace or control characters",
+            ));
+        }
+        shared.redis_client().map(drop)
+    }
+}
+
+/// Where and under which name replicas share an [`OutboundRateLimit`]: a Redis server and the
+/// account's key. `Debug` never shows the URL (it may hold a password).
+#[derive(Clone)]
+pub struct SharedLimit {
+    /// `redis://[user:password@]host[:port][/db]`; a secret, since it may hold a password.
+    pub redis_url: SecretString,
+    /// The account's name, e.g. `eu-live`: replicas limiting the same Klarna account use the
+    /// same key. Stored in Redis as `refund-gateway:klarna-quota:{key}`.
+    pub key: String,
+    /// The rate this replica allows itself while Redis cannot be reached: its share of the
+    /// quota, so that calls go on without exceeding it much. Default a quarter of the quota,
+    /// at least 1.
+    pub fallback_requests_per_second: u32,
+    /// How long a permit may take to come from Redis before the local fallback decides.
+    /// Default 50 ms ([`DEFAULT_REDIS_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl SharedLimit {
+    /// Shares a quota of `requests_per_second` under `key`, falling back to a quarter of it
+    /// (at least 1) when Redis does not answer within [`DEFAULT_REDIS_TIMEOUT`].
+    pub fn new(
+        redis_url: impl Into<SecretString>,
+        key: impl Into<String>,
+        requests_per_second: u32,
+    ) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            key: key.into(),
+            fallback_requests_per_second: (requests_per_second / 4).max(1),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+
+    /// The Redis key holding the account's state.
+    pub fn redis_key(&self) -> String {
+        format!("refund-gateway:klarna-quota:{}", self.key)
+    }
+
+    /// The Redis client for `redis_url`: parsed only, nothing is connected.
+    pub(crate) fn redis_client(&self) -> Result<redis::Client, KlarnaConfigError> {
+        // redis' messages may quote the URL, and with it a password: never passed on.
+        redis::Client::open(self.redis_url.expose_secret()).map_err(|_| {
+            KlarnaConfigError::InvalidRateLimit(
+                "the Redis URL cannot be used (expected redis://host:port, or a unix socket; \
+                 TLS is not supported)",
+            )
+        })
+    }
+}
+
+impl PartialEq for SharedLimit {
+    fn eq(&self, other: &Self) -> bool {
+        self.redis_url.expose_secret() == other.redis_url.expose_secret()
+            && self.key == other.key
+            && self.fallback_requests_per_second == other.fallback_requests_per_second
+            && self.timeout == other.timeout
+    }
+}
+
+impl Eq for SharedLimit {}
+
+impl fmt::Debug for SharedLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedLimit")
+            .field("redis_url", &"(not shown)")
+            .field("key", &self.key)
+            .field(
+                "fallback_requests_per_second",
+                &self.fallback_requests_per_second,
+            )
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -393,7 +580,7 @@ pub struct KlarnaClientConfig {
     pub base_url: BaseUrl,
     /// Basic credentials of the merchant account.
     pub credentials: KlarnaCredentials,
-    /// Timeouts, resending, default deadline, `User-Agent` suffix.
+    /// Timeouts, resending, default deadline, outbound rate limit, `User-Agent` suffix.
     pub transport: TransportConfig,
 }
 
@@ -557,7 +744,7 @@ pub struct PaymentsClientConfig {
     /// PEM certificates trusted in addition to the system's roots (a test CA, a private
     /// deployment's CA).
     pub extra_root_certificates: Vec<Vec<u8>>,
-    /// Timeouts, resending, default deadline, `User-Agent` suffix.
+    /// Timeouts, resending, default deadline, outbound rate limit, `User-Agent` suffix.
     pub transport: TransportConfig,
 }
 
@@ -664,6 +851,9 @@ pub enum KlarnaConfigError {
     /// A [`RetryConfig`] setting is out of range.
     #[error("invalid Klarna retry setting: {0}")]
     InvalidRetry(&'static str),
+    /// An [`OutboundRateLimit`] setting cannot work.
+    #[error("invalid Klarna outbound rate limit: {0}")]
+    InvalidRateLimit(&'static str),
     /// The HTTP client could not be built (TLS set-up, e.g. a private key that does not
     /// belong to the certificate).
     #[error("cannot build the HTTP client: {0}")]
@@ -889,6 +1079,91 @@ mod tests {
             bad_retry.validate(),
             Err(KlarnaConfigError::InvalidRetry(_))
         ));
+    }
+
+    #[test]
+    fn rate_limit_defaults() {
+        assert_eq!(TransportConfig::default().rate_limit, None);
+        let live = OutboundRateLimit::klarna_default(Environment::Live);
+        assert_eq!(
+            (live.requests_per_second, live.burst, live.shared),
+            (200, 200, None)
+        );
+        let playground = OutboundRateLimit::klarna_default(Environment::Playground);
+        assert_eq!((playground.requests_per_second, playground.burst), (50, 50));
+        let shared = OutboundRateLimit::new(50).shared_through("redis://127.0.0.1:6379", "eu-1");
+        let limit = shared.shared.as_ref().map(|s| {
+            (
+                s.key.as_str(),
+                s.redis_key(),
+                s.fallback_requests_per_second,
+                s.timeout,
+            )
+        });
+        assert_eq!(
+            limit,
+            Some((
+                "eu-1",
+                "refund-gateway:klarna-quota:eu-1".to_owned(),
+                12,
+                Duration::from_millis(50)
+            ))
+        );
+        assert_eq!(shared.validate(), Ok(()));
+        for rate in [1, 2, 3] {
+            let fallback = SharedLimit::new("redis://r", "k", rate).fallback_requests_per_second;
+            assert_eq!(fallback, 1);
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_validated_without_quoting_the_url() {
+        let ok = || OutboundRateLimit::new(10).shared_through("redis://127.0.0.1:6379/2", "eu");
+        let with_shared = |f: fn(&mut SharedLimit)| {
+            let mut limit = ok();
+            if let Some(shared) = limit.shared.as_mut() {
+                f(shared);
+            }
+            limit
+        };
+        let bad = [
+            OutboundRateLimit::new(0),
+            OutboundRateLimit::new(1_000_001),
+            OutboundRateLimit {
+                burst: 0,
+                ..OutboundRateLimit::new(10)
+            },
+            with_shared(|s| s.fallback_requests_per_second = 0),
+            with_shared(|s| s.fallback_requests_per_second = 11),
+            with_shared(|s| s.timeout = Duration::ZERO),
+            with_shared(|s| s.key = String::new()),
+            with_shared(|s| s.key = "eu live".to_owned()),
+            with_shared(|s| s.key = "x".repeat(201)),
+            with_shared(|s| s.redis_url = "http://user:hunter2@redis:6379".into()),
+            with_shared(|s| s.redis_url = "rediss://user:hunter2@redis:6379".into()),
+            with_shared(|s| s.redis_url = "not a url hunter2".into()),
+        ];
+        for limit in bad {
+            let e = limit.validate().err();
+            let shown = format!(
+                "{e:?} {}",
+                e.as_ref().map(ToString::to_string).unwrap_or_default()
+            );
+            assert!(
+                matches!(e, Some(KlarnaConfigError::InvalidRateLimit(_))),
+                "{limit:?}: {shown}"
+            );
+            assert!(!shown.contains("hunter2"), "{shown}");
+            let transport = TransportConfig {
+                rate_limit: Some(limit),
+                ..TransportConfig::default()
+            };
+            assert_eq!(transport.validate().err(), e);
+        }
+        assert_eq!(ok().validate(), Ok(()));
+        assert_eq!(OutboundRateLimit::new(1_000_000).validate(), Ok(()));
+        let unix = with_shared(|s| s.redis_url = "unix:///run/redis.sock".into());
+        assert_eq!(unix.validate(), Ok(()));
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! ```text
 //! Retry             resends when safe, within the call's deadline (retry.rs)
 //!  └ AttemptTrace   one CLIENT span per attempt, counting resends
-//!     └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
-//!        └ HttpService   reqwest: pooled, rustls, its own retries off
+//!     └ OutboundLimit   one permit of the account's rate limit per attempt (limit.rs; optional)
+//!        └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
+//!           └ HttpService   reqwest: pooled, rustls, its own retries off
 //! ```
 //!
-//! Every layer speaks [`KlarnaError`] (only `NotSent`, `NoAnswer`, `BadResponse`; a Klarna
-//! error status is a response here, classified later), so the retry policy above
+//! Every layer speaks [`KlarnaError`] (only `NotSent`, `Throttled`, `NoAnswer`, `BadResponse`;
+//! a Klarna error status is a response here, classified later), so the retry policy above
 //! [`AttemptTraceLayer`] decides from the error or the status alone whether resending is safe.
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use tracing::field::Empty;
 
 use crate::contract::{CORRELATION_ID_HEADERS, MAX_RESPONSE_BYTES};
 use crate::error::{correlation_id, error_response, transport_error};
+use crate::limit::{OutboundLimitLayer, OutboundLimiter};
 use crate::retry::{RetryPolicy, current_deadline};
 
 /// The whole outbound stack, boxed: `Clone + Send + Sync`, so a client can clone it per call.
@@ -72,23 +74,30 @@ pub(crate) fn reqwest_client(
     builder.build()
 }
 
-/// Builds the stack over `client`: calls resent by `policy`, each attempt limited to
-/// `attempt_timeout` and to the call's deadline.
+/// Builds the stack over `client`: calls resent by `policy`, each attempt taking a permit
+/// from `limiter` (when there is one) and limited to `attempt_timeout` and to the call's
+/// deadline.
 pub(crate) fn outbound_stack(
     client: reqwest::Client,
     attempt_timeout: Duration,
     policy: RetryPolicy,
+    limiter: Option<OutboundLimiter>,
 ) -> OutboundService {
     let stack = ServiceBuilder::new()
         // Outermost: a resend goes through everything below again, so that each attempt gets
-        // its own span (and resend count) and its own timeout. tower's Retry
+        // its own span (and resend count), its own permit and its own timeout. tower's Retry
         // calls its service for the first attempt and a copy of it, taken just after, for the
         // resends: the trace below counts 0, 1, 2, … as long as each call starts from a fresh
         // copy of the stack, which the client's per-call clone guarantees.
         .layer(RetryLayer::new(policy))
         // Outermost of one attempt: its span covers everything the attempt does, including
-        // running out of time, and records the answer's status and correlation id.
+        // waiting for its permit or being refused one, and running out of time, and records
+        // the answer's status and correlation id.
         .layer(AttemptTraceLayer)
+        // Below the retry, so that every attempt takes a permit (Klarna counts each request
+        // against the quota); above the timeout, so that waiting for a permit does not eat
+        // into the attempt's own time (the wait is bounded by the call's deadline instead).
+        .option_layer(limiter.map(OutboundLimitLayer::new))
         // Innermost limit, so that it bounds one attempt, not a call with its resends; it
         // covers reading the body because HttpService reads it in full.
         .layer(AttemptTimeoutLayer { attempt_timeout })
@@ -357,6 +366,7 @@ fn error_type(error: &KlarnaError) -> &'static str {
     match error {
         KlarnaError::Answered(_) => "answered",
         KlarnaError::NotSent(_) => "not_sent",
+        KlarnaError::Throttled(_) => "throttled",
         KlarnaError::NoAnswer(_) => "no_answer",
         KlarnaError::BadResponse(_) => "bad_response",
     }

@@ -14,19 +14,24 @@
 //! [`KlarnaError::Answered`](refund_gateway_domain::KlarnaError::Answered) (Klarna said no,
 //! with its `error_code`, its correlation id, and for the Payments API its `error_type`, its
 //! per-field errors and whether an error object came at all), `NotSent` (provably never
-//! left), `NoAnswer` (may or may not have happened), `BadResponse` (a success we cannot read).
+//! left), `Throttled` (held back, unsent, by the account's outbound rate limit), `NoAnswer`
+//! (may or may not have happened), `BadResponse` (a success we cannot read).
 //!
 //! Both clients send through one kind of tower stack (`http.rs`): resending when it is safe
 //! (`retry.rs`: a request that never left, or a GET or keyed POST/PATCH after a 5xx, 429 or no
 //! answer; with backoff, `Retry-After`, a retry budget and an attempt cap), a span per
-//! attempt, a per-attempt timeout, and reqwest with its own retries off. Every call is bounded
-//! by a deadline: the caller's, set with [`with_deadline`], else
-//! [`TransportConfig::default_deadline`] from the start of the call.
+//! attempt, optionally the account's outbound rate limit (`limit.rs`: one permit per attempt,
+//! waited for within the deadline, else
+//! [`KlarnaError::Throttled`](refund_gateway_domain::KlarnaError::Throttled); local, or shared
+//! by the replicas through Redis), a per-attempt timeout, and reqwest with its own retries
+//! off. Every call is bounded by a deadline: the caller's, set with
+//! [`with_deadline`], else [`TransportConfig::default_deadline`] from the start of the call.
 //!
 //! # Layout
 //! - `config.rs`: [`Region`], [`Environment`], [`regional_base_url`], [`payments_base_url`],
 //!   [`BaseUrl`] (https, or http on loopback only), [`KlarnaCredentials`] (never printed),
-//!   [`TransportConfig`] (timeouts, resending, deadline, `User-Agent` suffix; shared),
+//!   [`TransportConfig`] (timeouts, resending, deadline, rate limit, `User-Agent` suffix;
+//!   shared), [`OutboundRateLimit`] and [`SharedLimit`] (the Redis URL never printed),
 //!   [`KlarnaClientConfig`], [`PaymentsClientConfig`] (API key, path prefix, partner account,
 //!   [`ClientIdentity`], extra roots; secrets never printed), [`RetryConfig`],
 //!   [`KlarnaConfigError`].
@@ -46,9 +51,13 @@
 //! - `retry.rs`: [`RetryPolicy`] (which outcomes are resent, backoff with full jitter,
 //!   `Retry-After`, the retry budget, the `klarna_retries_total` counter) and the call
 //!   deadline: [`with_deadline`], [`current_deadline`].
+//! - `limit.rs`: the outbound rate limit of one account: [`OutboundLimiter`] (GCRA with
+//!   reserved permits, in this process or in Redis through one Lua script, with a local
+//!   fallback while Redis is unreachable, reported by [`OutboundLimiter::degraded`]; the
+//!   `klarna_outbound_throttled_total` counter) and [`OutboundLimitLayer`].
 //! - `http.rs`: [`HttpService`] (reqwest as a tower service, with the TLS settings), the
 //!   [`AttemptTraceLayer`], the deadline-aware per-attempt timeout, and the outbound stack
-//!   ([`OutboundService`]): retry -> attempt trace -> attempt timeout -> reqwest.
+//!   ([`OutboundService`]): retry -> attempt trace -> rate limit -> attempt timeout -> reqwest.
 //! - `attempts.rs`: the attempt log of mutating calls ([`recording_attempts`]), from which
 //!   the domain judges an operation's outcome.
 //! - `transport.rs`: the call machinery both clients share: one API's stack, authorization
@@ -65,6 +74,7 @@ mod config;
 mod contract;
 mod error;
 mod http;
+mod limit;
 mod partner_contract;
 mod payments;
 mod retry;
@@ -77,9 +87,12 @@ pub use attempts::recording_attempts;
 pub use client::KlarnaClient;
 pub use config::{
     BaseUrl, ClientIdentity, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
-    Environment, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials, PaymentsClientConfig,
-    Region, RetryConfig, TransportConfig, payments_base_url, regional_base_url,
+    DEFAULT_REDIS_TIMEOUT, Environment, KLARNA_LIVE_REQUESTS_PER_SECOND,
+    KLARNA_PLAYGROUND_REQUESTS_PER_SECOND, KlarnaClientConfig, KlarnaConfigError,
+    KlarnaCredentials, OutboundRateLimit, PaymentsClientConfig, Region, RetryConfig, SharedLimit,
+    TransportConfig, payments_base_url, regional_base_url,
 };
+pub use limit::{OutboundLimit, OutboundLimitLayer, OutboundLimiter, THROTTLED_METRIC};
 pub use partner_contract::{REFUNDED_EVENT_TYPE, partner_limit_reason};
 pub use payments::PaymentsClient;
 pub use retry::{MIN_ATTEMPT_TIME, RETRIES_METRIC, RetryPolicy, current_deadline, with_deadline};

@@ -20,6 +20,7 @@ use crate::config::{
     BaseUrl, KlarnaConfigError, PaymentsClientConfig, path_prefix_segments, root_certificates,
 };
 use crate::http::Tls;
+use crate::limit::OutboundLimiter;
 use crate::partner_contract::{
     self, CAPTURES_PATH, CaptureRefundRequest, PARTNER_ACCOUNT_HEADER,
     PARTNER_CORRELATION_ID_HEADER, REFUNDS, TRANSACTIONS_PATH, TransactionRefundRequest,
@@ -45,7 +46,8 @@ impl fmt::Debug for PaymentsClient {
 impl PaymentsClient {
     /// Checks `config` and builds the client: the `Authorization` value is built once, the
     /// client certificate and extra roots are loaded into rustls, and the connection pool,
-    /// retry budget and outbound stack are created. Fails, without quoting any key, on an API
+    /// retry budget, outbound rate limiter and outbound stack are created (nothing connects
+    /// yet). Fails, without quoting any key, on an API
     /// key that is empty or holds anything but visible ASCII, a path prefix or partner account
     /// that breaks its rules, a client certificate or root that cannot be read (or a key that
     /// does not belong to the certificate), or settings [`crate::TransportConfig::validate`]
@@ -87,6 +89,14 @@ impl PaymentsClient {
     /// Where this client sends its requests.
     pub fn base_url(&self) -> &BaseUrl {
         self.transport.base_url()
+    }
+
+    /// The account's outbound rate limiter ([`crate::TransportConfig::rate_limit`]), shared
+    /// by every call of this client; `None` when the limit is off. Its
+    /// [`degraded`](OutboundLimiter::degraded) says when a shared limit has fallen back to
+    /// this replica's share.
+    pub fn outbound_limiter(&self) -> Option<&OutboundLimiter> {
+        self.transport.limiter()
     }
 
     /// Sends a refund `call` and reads the created refund's id.

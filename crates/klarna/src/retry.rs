@@ -316,6 +316,8 @@ fn classify(result: &Result<reqwest::Response, KlarnaError>) -> Option<(Reason, 
             by_status(answer.status).map(|reason| (reason, answer.retry_after))
         }
         Err(KlarnaError::NotSent(_)) => Some((Reason::NotSent, None)),
+        // The account's own limit refused to wait past the deadline: a resend would too.
+        Err(KlarnaError::Throttled(_)) => None,
         Err(KlarnaError::NoAnswer(_)) => Some((Reason::NoAnswer, None)),
         // Klarna acted, and a resend under the same key replays the same answer.
         Err(KlarnaError::BadResponse(_)) => None,

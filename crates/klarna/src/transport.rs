@@ -1,5 +1,6 @@
 //! [`Transport`]: the call machinery both Klarna clients share. It owns one API's outbound
-//! stack (retry, attempt trace, attempt timeout, reqwest), its authorization header, the
+//! stack (retry, attempt trace, rate limit, attempt timeout, reqwest) and the account's
+//! [`OutboundLimiter`] in it, its authorization header, the
 //! headers sent on every request, how its URLs are built (base URL, then a fixed prefix, then
 //! the call's segments, each percent-encoded) and which API it is. For each call it applies
 //! the deadline, sends the request through the stack, turns a non-2xx answer into
@@ -24,6 +25,7 @@ use crate::config::{BaseUrl, KlarnaConfigError, TransportConfig};
 use crate::contract::IDEMPOTENCY_KEY_HEADER;
 use crate::error::{correlation_id, error_response};
 use crate::http::{OutboundService, Tls, outbound_stack, read_whole, reqwest_client};
+use crate::limit::OutboundLimiter;
 use crate::retry::{RetryPolicy, current_deadline, with_deadline};
 
 /// The `User-Agent` of every request, following Klarna's SDK convention:
@@ -62,6 +64,8 @@ pub(crate) struct Api {
 pub(crate) struct Transport {
     inner: Arc<Inner>,
     outbound: OutboundService,
+    /// The account's rate limit, also inside `outbound`; kept to report its state.
+    limiter: Option<OutboundLimiter>,
 }
 
 struct Inner {
@@ -93,18 +97,25 @@ impl fmt::Debug for Transport {
             .field("default_deadline", &inner.default_deadline)
             .field("max_attempts", &inner.max_attempts)
             .field("user_agent", &inner.user_agent)
+            .field("rate_limit", &self.limiter)
             .finish_non_exhaustive()
     }
 }
 
 impl Transport {
-    /// Checks `config` and builds the connection pool, the retry budget (shared by every call
-    /// of this transport) and the outbound stack. Fails on settings [`TransportConfig::validate`]
+    /// Checks `config` and builds the connection pool, the retry budget and the rate limiter
+    /// (both shared by every call of this transport, i.e. of one account) and the outbound
+    /// stack. Nothing connects yet. Fails on settings [`TransportConfig::validate`]
     /// refuses, a `User-Agent` suffix that is not a header value, or TLS settings rustls
     /// refuses (such as a private key that does not belong to the certificate).
     pub(crate) fn new(api: Api, config: &TransportConfig) -> Result<Self, KlarnaConfigError> {
         config.validate()?;
         let policy = RetryPolicy::new(&config.retry)?;
+        let limiter = config
+            .rate_limit
+            .as_ref()
+            .map(OutboundLimiter::new)
+            .transpose()?;
         let agent = user_agent(config.user_agent_suffix.as_deref());
         let agent_header = HeaderValue::from_str(&agent).map_err(|_| {
             KlarnaConfigError::InvalidUserAgent("must be visible ASCII text without line breaks")
@@ -126,8 +137,14 @@ impl Transport {
                 max_attempts: config.retry.max_attempts,
                 user_agent: agent,
             }),
-            outbound: outbound_stack(client, config.attempt_timeout, policy),
+            outbound: outbound_stack(client, config.attempt_timeout, policy, limiter.clone()),
+            limiter,
         })
+    }
+
+    /// The account's outbound rate limiter, if it has one.
+    pub(crate) fn limiter(&self) -> Option<&OutboundLimiter> {
+        self.limiter.as_ref()
     }
 
     /// Where this transport sends its requests.
@@ -450,6 +467,43 @@ mod tests {
         let t = transport("http://127.0.0.1:9/proxy", &[]);
         let url = t.url(&["payment"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(url.as_str(), "http://127.0.0.1:9/proxy/payment");
+    }
+
+    #[test]
+    fn the_rate_limiter_is_built_once_without_connecting() {
+        let api = Api {
+            kind: KlarnaApiKind::OrderManagement,
+            base_url: BaseUrl::parse("http://127.0.0.1:9").unwrap_or_else(|e| panic!("{e}")),
+            prefix: Vec::new(),
+            authorization: HeaderValue::from_static("Basic x"),
+            headers: HeaderMap::new(),
+            correlation_headers: &[],
+            tls: Tls::default(),
+        };
+        // Outside any runtime, with nothing listening: a shared limit connects on first use.
+        let config = TransportConfig {
+            rate_limit: Some(
+                crate::OutboundRateLimit::new(50).shared_through("redis://127.0.0.1:9", "eu-1"),
+            ),
+            ..TransportConfig::default()
+        };
+        let transport = Transport::new(api, &config).unwrap_or_else(|e| panic!("{e}"));
+        let limiter = transport.limiter().map(|l| format!("{l:?}"));
+        assert!(
+            limiter
+                .as_deref()
+                .is_some_and(|l| l.contains("klarna-quota:eu-1")),
+            "{limiter:?}"
+        );
+        assert_eq!(
+            transport.limiter().and_then(OutboundLimiter::degraded),
+            None
+        );
+        assert!(
+            self::transport("http://127.0.0.1:9", &[])
+                .limiter()
+                .is_none()
+        );
     }
 
     #[test]

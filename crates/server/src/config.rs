@@ -55,6 +55,9 @@ pub enum ConfigError {
          the --config file), or run with --simulator for a demo against the built-in Klarna simulator"
     )]
     MissingCredentials(String),
+    /// Authentication is configured in a way that would expose the gateway.
+    #[error("authentication: {0}")]
+    Auth(String),
     /// An account is configured wrongly.
     #[error("account {account:?}: {problem}")]
     Account {
@@ -93,12 +96,22 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// How many unresolved operations the reconciler resolves at once.
     pub reconcile_parallelism: usize,
+    /// The most `refundgateway.*` calls served at once, server-wide; beyond it, calls are shed.
+    pub max_concurrent_rpcs: usize,
+    /// The shortest deadline a money movement is attempted with, in milliseconds.
+    pub min_deadline_ms: u64,
+    /// The largest request message decoded, in bytes.
+    pub max_message_bytes: usize,
     /// How long completed operations are kept, in days (audit events are kept forever).
     pub retention_days: u64,
     /// Log format: `json` (default) or `text`.
     pub log_format: LogFormat,
     /// Where Klarna's webhooks arrive (`POST /webhooks/klarna`); `None`: no listener.
     pub webhook_listen: Option<SocketAddr>,
+    /// How callers authenticate: bearer tokens of the callers file, or (loopback only) not.
+    pub auth: AuthMode,
+    /// The callers file (TOML, `[[caller]]` tables).
+    pub callers_file: Option<PathBuf>,
     /// Klarna accounts by name.
     pub accounts: BTreeMap<String, AccountSettings>,
     /// Keys Klarna signs webhooks with, by id; several at once while keys rotate.
@@ -118,9 +131,14 @@ impl Default for Settings {
             klarna_idempotency_window_secs: 23 * 3600,
             reconcile_interval_ms: 10_000,
             reconcile_parallelism: 8,
+            max_concurrent_rpcs: 2048,
+            min_deadline_ms: 200,
+            max_message_bytes: 4 * 1024 * 1024,
             retention_days: 30,
             log_format: LogFormat::Json,
             webhook_listen: None,
+            auth: AuthMode::Callers,
+            callers_file: None,
             accounts: BTreeMap::new(),
             webhook_signing_keys: Vec::new(),
         }
@@ -166,6 +184,11 @@ impl Settings {
         Duration::from_secs(self.klarna_idempotency_window_secs)
     }
 
+    /// The shortest deadline a money movement is attempted with (`min_deadline_ms`).
+    pub fn min_deadline(&self) -> Duration {
+        Duration::from_millis(self.min_deadline_ms)
+    }
+
     /// How often the reconciler looks for unresolved operations (`reconcile_interval_ms`).
     pub fn reconcile_interval(&self) -> Duration {
         Duration::from_millis(self.reconcile_interval_ms)
@@ -175,6 +198,38 @@ impl Settings {
     pub fn retention(&self) -> Duration {
         // Saturating so that a hand-built, unvalidated value cannot overflow here.
         Duration::from_secs(self.retention_days.saturating_mul(86_400))
+    }
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Bearer tokens of the callers file (the default).
+    Callers,
+    /// None: every caller is `anonymous` with every permission. Development only, and only
+    /// when every listen address is loopback.
+    None,
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Callers => "callers",
+            Self::None => "none",
+        })
+    }
+}
+
+impl FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "callers" => Ok(Self::Callers),
+            "none" => Ok(Self::None),
+            _ => Err("expected callers or none".into()),
+        }
     }
 }
 
@@ -393,6 +448,37 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "auth",
+        flag: Some("--auth"),
+        env: Some("REFUND_GATEWAY_AUTH"),
+        description: "How callers authenticate: bearer tokens of the callers file, or none \
+                      (development only: every caller is anonymous with every permission; \
+                      allowed only when every listen address is loopback; --simulator without a \
+                      callers file implies it)",
+        allowed: Allowed::Form("callers or none"),
+        value: |s| Value::Text(s.auth.to_string()),
+        parse: |s, t| set(&mut s.auth, t),
+    },
+    Setting {
+        key: "callers_file",
+        flag: Some("--callers-file"),
+        env: Some("REFUND_GATEWAY_CALLERS_FILE"),
+        description: "The callers file: one [[caller]] table per calling service (token hash, \
+                      RPCs, Klarna accounts, caps); re-read on SIGHUP and when it changes",
+        allowed: Allowed::Form("a TOML file"),
+        value: |s| {
+            Value::Text(
+                s.callers_file
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+            )
+        },
+        parse: |s, t| {
+            s.callers_file = Some(PathBuf::from(t));
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_format",
         flag: Some("--log-format"),
         env: Some("REFUND_GATEWAY_LOG_FORMAT"),
@@ -479,6 +565,47 @@ pub const SETTINGS: &[Setting] = &[
         },
         value: |s| Value::Number(u64::try_from(s.reconcile_parallelism).unwrap_or(u64::MAX)),
         parse: |s, t| set(&mut s.reconcile_parallelism, t),
+    },
+    Setting {
+        key: "max_concurrent_rpcs",
+        flag: None,
+        env: None,
+        description: "The most refundgateway calls served at once, server-wide; one more is \
+                      refused at once (RESOURCE_EXHAUSTED OVERLOADED), health checks excepted",
+        allowed: Allowed::Range {
+            min: 1,
+            max: 1_000_000,
+            unit: Unit::Count,
+        },
+        value: |s| Value::Number(u64::try_from(s.max_concurrent_rpcs).unwrap_or(u64::MAX)),
+        parse: |s, t| set(&mut s.max_concurrent_rpcs, t),
+    },
+    Setting {
+        key: "min_deadline_ms",
+        flag: None,
+        env: None,
+        description: "The shortest caller deadline a money movement is attempted with; a \
+                      shorter one is refused before anything is stored (DEADLINE_EXCEEDED)",
+        allowed: Allowed::Range {
+            min: 10,
+            max: 60_000,
+            unit: Unit::Millis,
+        },
+        value: |s| Value::Number(s.min_deadline_ms),
+        parse: |s, t| set(&mut s.min_deadline_ms, t),
+    },
+    Setting {
+        key: "max_message_bytes",
+        flag: None,
+        env: None,
+        description: "The largest request message decoded (RESOURCE_EXHAUSTED above it)",
+        allowed: Allowed::Range {
+            min: 1024,
+            max: 64 * 1024 * 1024,
+            unit: Unit::Count,
+        },
+        value: |s| Value::Number(u64::try_from(s.max_message_bytes).unwrap_or(u64::MAX)),
+        parse: |s, t| set(&mut s.max_message_bytes, t),
     },
     Setting {
         key: "retention_days",
@@ -596,6 +723,10 @@ pub struct Cli {
     webhook_listen: Option<AddressOrOff>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    #[arg(long, value_enum)]
+    auth: Option<AuthMode>,
+    #[arg(long, value_name = "PATH")]
+    callers_file: Option<PathBuf>,
 }
 
 /// A listen address, or `off`.
@@ -636,6 +767,12 @@ impl Cli {
         }
         if let Some(AddressOrOff(a)) = self.webhook_listen {
             settings.webhook_listen = a;
+        }
+        if let Some(a) = self.auth {
+            settings.auth = a;
+        }
+        if let Some(f) = &self.callers_file {
+            settings.callers_file = Some(f.clone());
         }
         settings.simulator |= self.simulator;
     }
@@ -816,6 +953,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// Webhook signing keys (the simulator brings its own).
     pub webhook_keys: Vec<WebhookKey>,
+    /// How callers authenticate.
+    pub auth: AuthSetup,
     /// `DATABASE_URL` (PostgreSQL); `None` for the embedded SQLite file under `data_dir`.
     pub database_url: Option<SecretString>,
 }
@@ -835,6 +974,7 @@ impl Config {
             },
             accounts: Vec::new(),
             webhook_keys: Vec::new(),
+            auth: AuthSetup::None,
             database_url: None,
         }
     }
@@ -925,13 +1065,61 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
                 .into(),
         ));
     }
+    let auth = auth_setup(&settings)?;
     let database_url = env.var("DATABASE_URL").map(SecretString::from);
     Ok(Config {
         settings,
         accounts,
         webhook_keys,
+        auth,
         database_url,
     })
+}
+
+/// How callers authenticate, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSetup {
+    /// Off: every caller is `anonymous`, with every permission (loopback only).
+    None,
+    /// Bearer tokens of this callers file.
+    CallersFile(PathBuf),
+}
+
+/// Authentication as the settings ask, refused when it would expose the gateway: `none` only
+/// when every listen address is loopback; otherwise a callers file is required. `--simulator`
+/// without a callers file means `none` (on loopback).
+fn auth_setup(settings: &Settings) -> Result<AuthSetup, ConfigError> {
+    if settings.auth == AuthMode::Callers
+        && let Some(file) = &settings.callers_file
+    {
+        return Ok(AuthSetup::CallersFile(file.clone()));
+    }
+    if settings.auth == AuthMode::Callers && !settings.simulator {
+        return Err(ConfigError::Auth(
+            "no callers file: set REFUND_GATEWAY_CALLERS_FILE (or callers_file, --callers-file); \
+             REFUND_GATEWAY_AUTH=none turns authentication off, for development on loopback only"
+                .into(),
+        ));
+    }
+    let exposed: Vec<String> = [
+        ("listen", Some(settings.listen)),
+        ("admin_listen", Some(settings.admin_listen)),
+        ("webhook_listen", settings.webhook_listen),
+    ]
+    .into_iter()
+    .filter_map(|(key, addr)| {
+        addr.filter(|a| !a.ip().is_loopback())
+            .map(|a| format!("{key} = {a}"))
+    })
+    .collect();
+    if !exposed.is_empty() {
+        return Err(ConfigError::Auth(format!(
+            "authentication is off (REFUND_GATEWAY_AUTH=none or --simulator without a callers \
+             file), which is allowed only when every listen address is loopback; not loopback: {}",
+            exposed.join(", ")
+        )));
+    }
+    Ok(AuthSetup::None)
 }
 
 /// The variables that make the partner account `partner`.
@@ -1224,6 +1412,14 @@ mod tests {
         Vars(pairs.iter().copied().collect())
     }
 
+    /// Settings of a development gateway on loopback: authentication off.
+    fn dev() -> Settings {
+        Settings {
+            auth: AuthMode::None,
+            ..Settings::default()
+        }
+    }
+
     #[test]
     fn without_credentials_names_the_missing_variables() {
         let err = resolve(Settings::default(), &vars(&[]))
@@ -1259,7 +1455,7 @@ mod tests {
     #[test]
     fn env_account_from_region() {
         let cfg = resolve(
-            Settings::default(),
+            dev(),
             &vars(&[
                 ("KLARNA_USERNAME", "user"),
                 ("KLARNA_PASSWORD", "hunter2-secret"),
@@ -1306,6 +1502,7 @@ mod tests {
             ("OC_USER", "oc"),
             ("OC_PW", "oc-pw"),
             ("REFUND_GATEWAY_ADMIN_LISTEN", "127.0.0.1:7000"),
+            ("REFUND_GATEWAY_AUTH", "none"),
         ]);
         let settings = load_settings(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(settings.listen.port(), 6000);
@@ -1328,7 +1525,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("gw.toml");
         std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
-        let env = vars(env);
+        let env = Vars(
+            env.iter()
+                .copied()
+                .chain([("REFUND_GATEWAY_AUTH", "none")])
+                .collect(),
+        );
         load_settings(Some(&file), &env)
             .and_then(|s| resolve(s, &env))
             .err()
@@ -1368,6 +1570,7 @@ mod tests {
                 "KLARNA_PARTNER_ACCOUNT_ID",
                 "krn:partner:global:account:test:4",
             ),
+            ("REFUND_GATEWAY_AUTH", "none"),
         ]);
         let settings = load_settings(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
         let cfg = resolve(settings, &env).unwrap_or_else(|e| panic!("{e}"));
@@ -1669,6 +1872,8 @@ mod tests {
             ("data_dir", "/srv/elsewhere"),
             ("simulator", "true"),
             ("webhook_listen", "10.0.0.1:3"),
+            ("auth", "none"),
+            ("callers_file", "/etc/refund-gateway/callers.toml"),
             ("log_format", "text"),
         ];
         for setting in SETTINGS {

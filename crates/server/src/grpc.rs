@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use futures::{FutureExt, TryFutureExt};
 use prost::Message;
+use std::sync::Arc;
+
 use refund_gateway_domain::{
-    Caller, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, OrderQuery, RefundCapture,
-    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
+    Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, KlarnaApiKind,
+    OrderQuery, RefundCapture, RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization,
+    TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{AuthenticatedCaller, CallerGrant};
 use crate::convert;
 use crate::gateway::{Gateway, Prepared};
 use crate::protocol::{Answer, Encoded, Protocol};
@@ -51,9 +55,21 @@ impl RefundGatewayApi {
     }
 }
 
-/// The calling service. Authentication does not exist yet, so every caller is anonymous.
-fn caller<T>(_request: &Request<T>) -> Caller {
-    Caller::anonymous()
+/// The caller the authentication layer identified, if it may call `rpc`. A request that
+/// did not pass the layer (it always does in the served stack) is not let in.
+fn authorize<T>(rpc: &'static str, request: &Request<T>) -> Result<Arc<CallerGrant>, Status> {
+    let grant = request
+        .extensions()
+        .get::<AuthenticatedCaller>()
+        .map(|c| c.0.clone())
+        .ok_or_else(|| {
+            fail(
+                rpc,
+                GatewayError::Unauthenticated("the call was not authenticated".to_owned()),
+            )
+        })?;
+    grant.check_rpc(rpc).map_err(|e| fail(rpc, e))?;
+    Ok(grant)
 }
 
 /// The request id the inbound stack gave this call; recorded as the trace id of the
@@ -113,6 +129,15 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
         GatewayError::KeyReused { .. } | GatewayError::KeyInUse { .. } => {
             tracing::info!(rpc, error = %error, "request refused by the idempotency rules")
         }
+        GatewayError::Unauthenticated(_) | GatewayError::PermissionDenied { .. } => {
+            tracing::info!(rpc, error = %error, "request refused by the caller's grants")
+        }
+        GatewayError::CallerRateLimited { .. }
+        | GatewayError::Overloaded { .. }
+        | GatewayError::DeadlineTooShort { .. }
+        | GatewayError::MessageTooLarge { .. } => {
+            tracing::info!(rpc, error = %error, "request refused by the gateway's limits")
+        }
         GatewayError::StoreUnavailable(_)
         | GatewayError::RequiresReview { .. }
         | GatewayError::Internal(_) => tracing::error!(rpc, error = %error, "request failed"),
@@ -150,22 +175,82 @@ fn answer<T: Message + Default>(
 
 /// What every mutating call carries besides its message.
 struct CallContext {
+    /// What the caller may do.
+    grant: Arc<CallerGrant>,
+    /// The identity its operations are scoped to.
     caller: Caller,
     deadline: Option<Duration>,
     request_id: Option<String>,
 }
 
 impl CallContext {
-    fn of<T>(request: &Request<T>) -> Self {
-        Self {
-            caller: caller(request),
+    /// The context of a call of `rpc`, refused when its caller may not call it.
+    fn of<T>(rpc: &'static str, request: &Request<T>) -> Result<Self, Status> {
+        let grant = authorize(rpc, request)?;
+        Ok(Self {
+            caller: grant.scope(),
+            grant,
             deadline: grpc_timeout(request.metadata()),
             request_id: request_id(request),
-        }
+        })
     }
 }
 
 impl RefundGatewayApi {
+    /// Refuses the call unless `grant` may use the Klarna account the request resolves to
+    /// (its `klarna_account`, or the only account of the RPC's kind). A name that does not
+    /// resolve is left for the use case to refuse with its own error.
+    fn check_account(
+        &self,
+        rpc: &'static str,
+        grant: &CallerGrant,
+        name: Option<&str>,
+        api: KlarnaApiKind,
+    ) -> Result<(), Status> {
+        match self.gateway.accounts().resolve(name, api) {
+            Ok((resolved, _)) => grant.check_account(resolved).map_err(|e| fail(rpc, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Refuses a refund above the caller's cap, judged in the order's currency: the request's,
+    /// else the order's, read from Klarna (only for a capped caller).
+    async fn check_order_refund_amount(
+        &self,
+        rpc: &'static str,
+        grant: &CallerGrant,
+        cmd: &RefundOrder,
+        metadata: &MetadataMap,
+    ) -> Result<(), Status> {
+        if !grant.has_amount_caps() {
+            return Ok(());
+        }
+        let currency = match &cmd.currency {
+            Some(currency) => currency.clone(),
+            None => {
+                let order = self
+                    .read(
+                        metadata,
+                        self.gateway.order(OrderQuery {
+                            klarna_account: cmd.klarna_account.clone(),
+                            order_id: cmd.order_id.clone(),
+                        }),
+                    )
+                    .await
+                    .map_err(|e| fail(rpc, e))?;
+                Currency::parse(&order.currency).map_err(|e| {
+                    fail(
+                        rpc,
+                        GatewayError::Internal(format!("the order's currency is unreadable: {e}")),
+                    )
+                })?
+            }
+        };
+        grant
+            .check_amount(cmd.refunded_amount.minor_units(), &currency)
+            .map_err(|e| fail(rpc, e))
+    }
+
     /// The one path of every mutating RPC once its command is prepared: the work runs through
     /// the exactly-once protocol, its outcome is encoded by `encode` (built in `convert`), and
     /// the stored answer (or a replay of it) is decoded into the response.
@@ -183,6 +268,13 @@ impl RefundGatewayApi {
         O: Send + 'static,
         T: Message + Default,
     {
+        let minimum = self.protocol.settings().min_deadline;
+        if let Some(remaining) = context.deadline.filter(|d| *d < minimum) {
+            return Err(fail(
+                rpc,
+                GatewayError::DeadlineTooShort { remaining, minimum },
+            ));
+        }
         let Prepared {
             mut new,
             work,
@@ -208,9 +300,19 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
         const RPC: &str = "RefundOrder";
-        let context = CallContext::of(&request);
+        let context = CallContext::of(RPC, &request)?;
+        let metadata = request.metadata().clone();
         let cmd = RefundOrder::validate(convert::refund_order_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
+        let grant = &context.grant;
+        self.check_account(
+            RPC,
+            grant,
+            cmd.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
+        self.check_order_refund_amount(RPC, grant, &cmd, &metadata)
+            .await?;
         if cmd.validate_only {
             let (order_id, amount) = (cmd.order_id.to_string(), cmd.refunded_amount.minor_units());
             let outcome = self
@@ -242,9 +344,15 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::ReleaseAuthorizationRequest>,
     ) -> Result<Response<pb::ReleaseAuthorizationResponse>, Status> {
         const RPC: &str = "ReleaseAuthorization";
-        let context = CallContext::of(&request);
+        let context = CallContext::of(RPC, &request)?;
         let cmd = ReleaseAuthorization::validate(convert::release_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &context.grant,
+            cmd.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
         let order_id = cmd.order_id.to_string();
         let prepared = self
             .gateway
@@ -265,9 +373,16 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetExtendDueDateOptionsRequest>,
     ) -> Result<Response<pb::GetExtendDueDateOptionsResponse>, Status> {
         const RPC: &str = "GetExtendDueDateOptions";
+        let grant = authorize(RPC, &request)?;
         let (metadata, _, r) = request.into_parts();
         let q = ExtendDueDateOptionsQuery::validate(r.klarna_account, &r.order_id, &r.capture_id)
             .map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &grant,
+            q.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
         let options = self
             .read(&metadata, self.gateway.extend_due_date_options(q))
             .await
@@ -280,9 +395,15 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::ExtendDueDateRequest>,
     ) -> Result<Response<pb::ExtendDueDateResponse>, Status> {
         const RPC: &str = "ExtendDueDate";
-        let context = CallContext::of(&request);
+        let context = CallContext::of(RPC, &request)?;
         let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &context.grant,
+            cmd.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
         let (order_id, capture_id) = (cmd.order_id.to_string(), cmd.capture_id.to_string());
         let prepared = self
             .gateway
@@ -305,9 +426,16 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         const RPC: &str = "GetOrder";
+        let grant = authorize(RPC, &request)?;
         let (metadata, _, r) = request.into_parts();
         let q =
             OrderQuery::validate(r.klarna_account, &r.order_id).map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &grant,
+            q.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
         let order = self
             .read(&metadata, self.gateway.order(q))
             .await
@@ -320,9 +448,16 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetRefundRequest>,
     ) -> Result<Response<pb::GetRefundResponse>, Status> {
         const RPC: &str = "GetRefund";
+        let grant = authorize(RPC, &request)?;
         let (metadata, _, r) = request.into_parts();
         let q = RefundQuery::validate(r.klarna_account, &r.order_id, &r.refund_id)
             .map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &grant,
+            q.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
         let refund = self
             .read(&metadata, self.gateway.refund(q))
             .await
@@ -335,9 +470,19 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::RefundCaptureRequest>,
     ) -> Result<Response<pb::RefundCaptureResponse>, Status> {
         const RPC: &str = "RefundCapture";
-        let context = CallContext::of(&request);
+        let context = CallContext::of(RPC, &request)?;
         let cmd = RefundCapture::validate(convert::refund_capture_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
+        let grant = &context.grant;
+        self.check_account(
+            RPC,
+            grant,
+            cmd.klarna_account.as_deref(),
+            KlarnaApiKind::Payments,
+        )?;
+        grant
+            .check_amount(cmd.amount.minor_units(), &cmd.currency)
+            .map_err(|e| fail(RPC, e))?;
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
@@ -373,10 +518,20 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::RefundTransactionRequest>,
     ) -> Result<Response<pb::RefundTransactionResponse>, Status> {
         const RPC: &str = "RefundTransaction";
-        let context = CallContext::of(&request);
+        let context = CallContext::of(RPC, &request)?;
         let cmd =
             RefundTransaction::validate(convert::refund_transaction_draft(request.into_inner()))
                 .map_err(|v| fail(RPC, v.into()))?;
+        let grant = &context.grant;
+        self.check_account(
+            RPC,
+            grant,
+            cmd.klarna_account.as_deref(),
+            KlarnaApiKind::Payments,
+        )?;
+        grant
+            .check_amount(cmd.amount.minor_units(), &cmd.currency)
+            .map_err(|e| fail(RPC, e))?;
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
@@ -412,9 +567,16 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         const RPC: &str = "GetTransaction";
+        let grant = authorize(RPC, &request)?;
         let (metadata, _, r) = request.into_parts();
         let q = TransactionQuery::validate(r.klarna_account, &r.payment_transaction_id)
             .map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &grant,
+            q.klarna_account.as_deref(),
+            KlarnaApiKind::Payments,
+        )?;
         let transaction = self
             .read(&metadata, self.gateway.transaction(q))
             .await
@@ -429,8 +591,13 @@ impl RefundGatewayService for RefundGatewayApi {
         request: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
         const RPC: &str = "ListOperations";
-        let (filter, page_size, page_token) =
+        let grant = authorize(RPC, &request)?;
+        let (mut filter, page_size, page_token) =
             convert::operation_filter(request.into_inner()).map_err(|v| fail(RPC, v.into()))?;
+        // A caller without `*` for RPCs sees its own operations only, whatever it asks for.
+        if !grant.sees_all_operations() {
+            filter.caller = Some(grant.scope().to_string());
+        }
         let page = self
             .protocol
             .store()

@@ -9,23 +9,29 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the TOML file, environment and flags; accounts and secrets.
+//! - [`auth`]: the callers file, bearer-token authentication (a layer of the inbound stack)
+//!   and the grants the service checks.
 //! - [`convert`]: the one place API messages become domain values and back.
 //! - [`gateway`]: the use cases, free of gRPC: state rules, then the Klarna call.
 //! - [`protocol`]: the exactly-once protocol: claim, replay, leases, outcomes, reconciler.
 //! - [`grpc`]: the tonic service implementing `RefundGatewayService`.
 //! - [`status`]: the one mapping from domain errors to gRPC statuses with details.
 //! - [`middleware`]: the RPC span and metrics of the inbound stack.
+//! - [`inbound`]: the protective layers of the inbound stack: per-caller rate limit, load
+//!   shedding, the message size answer.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`telemetry`]: log set-up (JSON or text) and the metrics recorder.
 //! - [`webhooks`]: the receiver of Klarna's webhooks, on its own listener.
 //! - [`demo`]: `--simulator`: the in-process Klarna simulator with its demo orders.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod gateway;
 pub mod grpc;
+pub mod inbound;
 pub mod middleware;
 pub mod protocol;
 #[cfg(test)]
@@ -51,7 +57,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::{AccountApi, Config};
+use crate::config::{AccountApi, AuthSetup, Config};
 use crate::gateway::{Accounts, Gateway, KlarnaAccount};
 use crate::grpc::RefundGatewayApi;
 use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
@@ -85,6 +91,9 @@ pub enum ServerError {
     /// The operation store could not be opened.
     #[error("operation store: {0}")]
     Store(#[from] refund_gateway_domain::StoreError),
+    /// The callers file cannot be used.
+    #[error("{0}")]
+    Callers(#[from] auth::CallersError),
     /// A server task panicked.
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -228,6 +237,7 @@ pub async fn start(
             lease: settings.lease(),
             default_deadline: settings.default_deadline(),
             klarna_idempotency_window: settings.klarna_idempotency_window(),
+            min_deadline: settings.min_deadline(),
             ..ProtocolSettings::default()
         },
         {
@@ -259,6 +269,26 @@ pub async fn start(
     let grpc_addr = listener
         .local_addr()
         .map_err(io_error("reading the gRPC address"))?;
+    let (authentication, callers) = match &config.auth {
+        AuthSetup::None => {
+            tracing::warn!(
+                "authentication is OFF: every caller is anonymous with every permission \
+                 (development only; every listen address is loopback)"
+            );
+            (auth::Authentication::None, None)
+        }
+        AuthSetup::CallersFile(path) => {
+            let registry = Arc::new(auth::CallerRegistry::open(path)?);
+            tracing::info!(
+                callers = registry.current().len(),
+                "callers file loaded; every refundgateway call needs a bearer token"
+            );
+            (
+                auth::Authentication::Callers(registry.clone()),
+                Some(registry),
+            )
+        }
+    };
     let admin_listener = TcpListener::bind(config.settings.admin_listen)
         .await
         .map_err(io_error(format!(
@@ -339,9 +369,20 @@ pub async fn start(
                 .on_failure(RpcFailure),
         )
         // Echo the id to the caller from inside the span, so the echo belongs to the call.
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // Who is calling, inside the span (so a refusal is logged and traced with its call) and
+        // before anything that spends work or quota on the call.
+        .layer(auth::AuthLayer::new(authentication))
+        // Each caller's rate, keyed by the identity just established: one caller's flood is
+        // refused before it takes a slot from the others.
+        .layer(inbound::CallerRateLimitLayer::default())
+        // The server-wide concurrency limit after the per-caller one, so a flooding caller's
+        // refused calls never hold a slot; beyond it calls are shed at once, not queued.
+        .layer(inbound::ShedLayer::new(settings.max_concurrent_rpcs))
+        // Innermost: tonic's answer to an oversized message becomes RESOURCE_EXHAUSTED.
+        .layer(inbound::MessageSizeLayer::new(settings.max_message_bytes));
 
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(protocol::reconcile_forever(
             protocol.clone(),
             settings.reconcile_interval(),
@@ -354,16 +395,19 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ];
+    if let Some(registry) = callers {
+        background.push(tokio::spawn(registry.watch(stop_rx.clone())));
+    }
 
     let grpc_server = tonic::transport::Server::builder()
         .layer(inbound)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RefundGatewayServiceServer::new(RefundGatewayApi::new(
-            gateway,
-            protocol.clone(),
-        )))
+        .add_service(
+            RefundGatewayServiceServer::new(RefundGatewayApi::new(gateway, protocol.clone()))
+                .max_decoding_message_size(settings.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
     let grpc = tokio::spawn(async move { grpc_server.await.map_err(ServerError::from) });
 

@@ -39,6 +39,7 @@ impl<B> MakeSpan<B> for RpcSpan {
             rpc.service = %service,
             rpc.method = %method,
             request_id = %request_id,
+            caller = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
         )
     }

@@ -144,6 +144,46 @@ pub fn to_status(error: &GatewayError) -> Status {
                 d,
             )
         }
+        GatewayError::Unauthenticated(why) => {
+            error_info(&mut d, "UNAUTHENTICATED", HashMap::new());
+            Status::with_error_details(
+                Code::Unauthenticated,
+                format!("{why}; send authorization: Bearer <token>"),
+                d,
+            )
+        }
+        GatewayError::PermissionDenied {
+            reason,
+            description,
+        } => {
+            error_info(&mut d, reason, HashMap::new());
+            Status::with_error_details(Code::PermissionDenied, description.clone(), d)
+        }
+        GatewayError::CallerRateLimited {
+            caller,
+            retry_after,
+        } => {
+            d.add_quota_failure_violation(
+                format!("callers/{caller}"),
+                "the caller's requests per second in the callers file",
+            );
+            d.set_retry_info(Some(*retry_after));
+            error_info(&mut d, "CALLER_RATE_LIMITED", HashMap::new());
+            Status::with_error_details(Code::ResourceExhausted, error.to_string(), d)
+        }
+        GatewayError::Overloaded { .. } => {
+            d.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            error_info(&mut d, "OVERLOADED", HashMap::new());
+            Status::with_error_details(Code::ResourceExhausted, error.to_string(), d)
+        }
+        GatewayError::DeadlineTooShort { .. } => {
+            error_info(&mut d, "DEADLINE_TOO_SHORT", HashMap::new());
+            Status::with_error_details(Code::DeadlineExceeded, error.to_string(), d)
+        }
+        GatewayError::MessageTooLarge { .. } => {
+            error_info(&mut d, "MESSAGE_TOO_LARGE", HashMap::new());
+            Status::with_error_details(Code::ResourceExhausted, error.to_string(), d)
+        }
         GatewayError::StoreUnavailable(_) => {
             // The cause is logged where it happened; the caller learns only what to do.
             error_info(&mut d, "STORE_UNAVAILABLE", HashMap::new());
@@ -220,6 +260,14 @@ pub fn stored(response: StoredResponse, replayed: bool) -> Status {
     status
 }
 
+/// True when `headers` carry tonic's refusal of a request message above its decoding limit
+/// (OUT_OF_RANGE), which the gateway answers as RESOURCE_EXHAUSTED `MESSAGE_TOO_LARGE`.
+pub fn is_message_too_large(headers: &http::HeaderMap) -> bool {
+    Status::from_header_map(headers).is_some_and(|s| {
+        s.code() == Code::OutOfRange && s.message().contains("message length too large")
+    })
+}
+
 /// Marks an answer as a replay of a stored one.
 pub fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
     metadata.insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
@@ -228,6 +276,15 @@ pub fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
 fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetails) -> Status {
     let r = match error {
         KlarnaError::Answered(r) => r,
+        KlarnaError::Throttled(retry_after) => {
+            d.add_quota_failure_violation(
+                "klarna_account_rate_limit",
+                "the gateway's limit of requests to Klarna for this account (Klarna's quota)",
+            );
+            d.set_retry_info(Some(*retry_after));
+            error_info(&mut d, "KLARNA_QUOTA_EXHAUSTED", HashMap::new());
+            return Status::with_error_details(Code::ResourceExhausted, error.to_string(), d);
+        }
         KlarnaError::NotSent(_) | KlarnaError::NoAnswer(_) | KlarnaError::BadResponse(_) => {
             let reason = match error {
                 KlarnaError::NotSent(_) => "KLARNA_UNREACHABLE",
@@ -866,6 +923,37 @@ mod readme {
                 retry_after: Duration::from_secs(1),
             },
             GatewayError::StoreUnavailable("down".into()),
+            GatewayError::Unauthenticated("no token".into()),
+            GatewayError::CallerRateLimited {
+                caller: "till".into(),
+                retry_after: Duration::from_millis(200),
+            },
+            GatewayError::Overloaded { limit: 2048 },
+            GatewayError::DeadlineTooShort {
+                remaining: Duration::from_millis(50),
+                minimum: Duration::from_millis(200),
+            },
+            GatewayError::MessageTooLarge { limit: 4 << 20 },
+            GatewayError::PermissionDenied {
+                reason: "RPC_NOT_PERMITTED",
+                description: "d".into(),
+            },
+            GatewayError::PermissionDenied {
+                reason: "ACCOUNT_NOT_PERMITTED",
+                description: "d".into(),
+            },
+            GatewayError::PermissionDenied {
+                reason: "AMOUNT_OVER_CALLER_LIMIT",
+                description: "d".into(),
+            },
+            GatewayError::PermissionDenied {
+                reason: "CURRENCY_NOT_PERMITTED",
+                description: "d".into(),
+            },
+            GatewayError::Klarna {
+                error: KlarnaError::Throttled(Duration::from_millis(250)),
+                resource: resource(),
+            },
             GatewayError::RequiresReview {
                 operation_id: "op".into(),
                 detail: "d".into(),

@@ -85,6 +85,35 @@ fn a_partner_client_certificate_without_its_key_is_refused_at_start() {
 }
 
 #[test]
+fn authentication_is_required_and_off_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = gateway();
+        cmd.env("KLARNA_API_URL", "http://127.0.0.1:9")
+            .env("KLARNA_USERNAME", "u")
+            .env("KLARNA_PASSWORD", "p")
+            .arg("--data-dir")
+            .arg(dir.path());
+        for (name, value) in extra {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let without = run(&[]);
+    assert!(without.contains("REFUND_GATEWAY_CALLERS_FILE"), "{without}");
+    let exposed = run(&[
+        ("REFUND_GATEWAY_AUTH", "none"),
+        ("REFUND_GATEWAY_LISTEN", "0.0.0.0:0"),
+    ]);
+    assert!(
+        exposed.contains("loopback") && exposed.contains("listen = 0.0.0.0:0"),
+        "{exposed}"
+    );
+}
+
+#[test]
 fn help_documents_every_option() {
     let out = gateway()
         .arg("--help")

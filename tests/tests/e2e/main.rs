@@ -76,6 +76,7 @@ macro_rules! backend_test {
 }
 
 mod admin_health_reflection;
+mod auth;
 mod demo_mode;
 mod errors;
 mod exactly_once;

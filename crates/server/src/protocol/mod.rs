@@ -61,6 +61,9 @@ pub struct ProtocolSettings {
     /// How long Klarna remembers an idempotency key; resends are safe only inside it. Klarna
     /// says 24 h; the default keeps an hour of margin.
     pub klarna_idempotency_window: Duration,
+    /// The shortest caller deadline a mutation is attempted with: below it there is no time
+    /// to claim, call Klarna and record, so the call is refused before anything is stored.
+    pub min_deadline: Duration,
 }
 
 impl Default for ProtocolSettings {
@@ -70,6 +73,7 @@ impl Default for ProtocolSettings {
             default_deadline: Duration::from_secs(30),
             deadline_margin: Duration::from_millis(250),
             klarna_idempotency_window: Duration::from_secs(23 * 3600),
+            min_deadline: Duration::from_millis(200),
         }
     }
 }

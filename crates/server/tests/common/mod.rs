@@ -203,8 +203,9 @@ impl Drop for GatewayProcess {
 }
 
 /// Writes a gateway configuration into `dir` and returns its path. Both listeners take a free
-/// loopback port; the lease and the reconciler interval are short so a dead process's claim is
-/// taken over within about a second.
+/// loopback port, and authentication is off (allowed on loopback only); the lease and the
+/// reconciler interval are short so a dead process's claim is taken over within about a
+/// second.
 pub fn write_config(dir: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     write_config_with(
         dir,
@@ -228,6 +229,7 @@ pub fn write_config_with(
     let toml = format!(
         "listen = \"127.0.0.1:0\"\n\
          admin_listen = \"127.0.0.1:0\"\n\
+         auth = \"none\"\n\
          data_dir = \"{data_dir}\"\n\
          {extra}"
     );

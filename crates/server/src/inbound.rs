@@ -1,0 +1,256 @@
+//! The protective layers of the inbound stack (see `docs/architecture.md#middleware`): the
+//! per-caller rate limit, the server-wide concurrency limit with load shedding, and the
+//! answer to a request larger than the gateway decodes. Each refuses with a status built by
+//! `crate::status`, at once, and only `refundgateway.*` calls: health checks and reflection
+//! keep answering under a flood.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{Request, Response};
+use refund_gateway_domain::GatewayError;
+use tokio::sync::Semaphore;
+
+use crate::auth::AuthenticatedCaller;
+use crate::status::to_status;
+
+/// The package whose calls the layers guard.
+const GUARDED_PREFIX: &str = "/refundgateway.";
+
+fn guarded<B>(request: &Request<B>) -> bool {
+    request.uri().path().starts_with(GUARDED_PREFIX)
+}
+
+/// An immediate refusal.
+fn refuse<ResBody: Default + Send + 'static, E: Send + 'static>(
+    error: &GatewayError,
+) -> BoxFuture<'static, Result<Response<ResBody>, E>> {
+    let response = to_status(error).into_http();
+    Box::pin(async move { Ok(response) })
+}
+
+/// Limits each authenticated caller to its `requests_per_second` (burst: its `burst`, else
+/// one second's worth), each caller with its own bucket, so one caller's flood never limits
+/// another. Callers without a rate are not limited.
+#[derive(Debug, Clone, Default)]
+pub struct CallerRateLimitLayer {
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+/// A caller's bucket, with the rate (per second, burst) it was made for.
+type Bucket = ((u32, u32), Arc<DefaultDirectRateLimiter>);
+
+impl CallerRateLimitLayer {
+    /// The bucket of `name` at `rate`; a changed rate (a reloaded callers file) starts a new one.
+    fn bucket(&self, name: &str, rate: (u32, u32)) -> Arc<DefaultDirectRateLimiter> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((r, bucket)) = buckets.get(name)
+            && *r == rate
+        {
+            return bucket.clone();
+        }
+        let per_second = NonZeroU32::new(rate.0).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(rate.1).unwrap_or(per_second);
+        let bucket = Arc::new(RateLimiter::direct(
+            Quota::per_second(per_second).allow_burst(burst),
+        ));
+        buckets.insert(name.to_owned(), (rate, bucket.clone()));
+        bucket
+    }
+}
+
+impl<S> tower::Layer<S> for CallerRateLimitLayer {
+    type Service = CallerRateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallerRateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// [`CallerRateLimitLayer`]'s service.
+#[derive(Debug, Clone)]
+pub struct CallerRateLimit<S> {
+    inner: S,
+    layer: CallerRateLimitLayer,
+}
+
+impl<S, B, ResBody> tower::Service<Request<B>> for CallerRateLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let caller = request
+            .extensions()
+            .get::<AuthenticatedCaller>()
+            .map(|c| c.0.clone());
+        if let Some(caller) = caller.filter(|_| guarded(&request))
+            && let Some(rate) = caller.rate()
+            && let Err(not_until) = self.layer.bucket(caller.name(), rate).check()
+        {
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!("rpc_caller_rate_limited_total", "caller" => caller.name().to_owned())
+                .increment(1);
+            return refuse(&GatewayError::CallerRateLimited {
+                caller: caller.name().to_owned(),
+                retry_after,
+            });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// At most `limit` `refundgateway.*` calls at once across the whole server (not per
+/// connection); one more is refused at once rather than queued, so a flood cannot grow an
+/// unbounded queue or starve the health checks.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl ShedLayer {
+    /// A server-wide limit of `limit` concurrent calls.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// [`ShedLayer`]'s service.
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, B, ResBody> tower::Service<Request<B>> for Shed<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !guarded(&request) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            metrics::counter!("rpc_load_shed_total").increment(1);
+            return refuse(&GatewayError::Overloaded {
+                limit: self.layer.limit,
+            });
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+/// Answers a request larger than `max_message_bytes` with RESOURCE_EXHAUSTED, the gRPC
+/// convention, where tonic's decoder says OUT_OF_RANGE.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageSizeLayer {
+    limit: usize,
+}
+
+impl MessageSizeLayer {
+    /// Requests above `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for MessageSizeLayer {
+    type Service = MessageSize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageSize {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// [`MessageSizeLayer`]'s service.
+#[derive(Debug, Clone)]
+pub struct MessageSize<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S, B, ResBody> tower::Service<Request<B>> for MessageSize<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let limit = self.limit;
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            if crate::status::is_message_too_large(response.headers()) {
+                return Ok(to_status(&GatewayError::MessageTooLarge { limit }).into_http());
+            }
+            Ok(response)
+        })
+    }
+}

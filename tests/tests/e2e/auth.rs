@@ -1,0 +1,271 @@
+//! Callers: bearer-token authentication in the inbound stack, and the grants the service
+//! checks (RPCs, Klarna accounts, amount caps, the operations a caller sees). Refused calls
+//! send nothing to Klarna and store nothing.
+
+use std::time::Duration;
+
+use refund_gateway_tests::{AppOptions, TestApp, spawn_app_with, wait_until};
+use sha2::{Digest, Sha256};
+use tonic::Request;
+
+use super::*;
+
+const TILL: &str = "till-token-6f1c2a57";
+const OPS: &str = "ops-token-3c1e4e0b";
+const PARTNER: &str = "partner-token-9d42";
+
+fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A point of sale (refunds up to 500 SEK on `default`), operations (everything), and a
+/// partner service (partner refunds only).
+fn callers() -> String {
+    format!(
+        "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{}\"\nrpcs = [\"RefundOrder\", \"GetOrder\", \"ListOperations\"]\n\
+         klarna_accounts = [\"default\"]\nmax_amount = {{ SEK = 50000 }}\n\n\
+         [[caller]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n\n\
+         [[caller]]\nname = \"partner-service\"\ntoken_sha256 = \"{}\"\nrpcs = [\"RefundCapture\", \"RefundOrder\"]\n\
+         klarna_accounts = [\"partner\"]\n",
+        hash(TILL),
+        hash(OPS),
+        hash(PARTNER)
+    )
+}
+
+async fn app() -> anyhow::Result<TestApp> {
+    spawn_app_with(AppOptions {
+        callers: Some(callers()),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// `message` with `authorization: Bearer <token>`.
+fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+#[tokio::test]
+async fn a_call_without_a_valid_token_is_unauthenticated() -> anyhow::Result<()> {
+    let mut app = app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    let request = || refund_request("auth-1", &order.order_id, 100);
+    let mut refusals = vec![app.client.refund_order(request()).await.err()];
+    refusals.push(
+        app.client
+            .refund_order(bearer("not-a-token", request()))
+            .await
+            .err(),
+    );
+    let mut basic = Request::new(request());
+    basic
+        .metadata_mut()
+        .insert("authorization", format!("Basic {TILL}").parse()?);
+    refusals.push(app.client.refund_order(basic).await.err());
+    refusals.push(
+        app.client
+            .refund_order(bearer(&format!("{TILL}x"), request()))
+            .await
+            .err(),
+    );
+    for refused in refusals {
+        let refused = refused.unwrap_or_else(|| panic!("let in"));
+        assert_reason(&refused, Code::Unauthenticated, "UNAUTHENTICATED");
+        for name in ["till", "ops", "partner-service"] {
+            assert!(!refused.message().contains(name), "{refused:?}");
+        }
+    }
+    assert!(klarna_calls(&app.sim.sim).is_empty());
+
+    // Health and reflection need no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    let made = app
+        .client
+        .refund_order(bearer(TILL, request()))
+        .await?
+        .into_inner();
+    assert!(!made.refund_id.is_empty());
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn grants_refuse_before_anything_is_sent_or_stored() -> anyhow::Result<()> {
+    let mut app = app().await?;
+    let order = captured_order(&app.sim.sim, 100_000);
+    let refused = app
+        .client
+        .release_authorization(bearer(
+            TILL,
+            pb::ReleaseAuthorizationRequest {
+                idempotency_key: "g-1".into(),
+                order_id: order.order_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("released"));
+    assert_reason(&refused, Code::PermissionDenied, "RPC_NOT_PERMITTED");
+
+    let refused = app
+        .client
+        .refund_order(bearer(PARTNER, refund_request("g-2", &order.order_id, 100)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refunded on an account not granted"));
+    assert_reason(&refused, Code::PermissionDenied, "ACCOUNT_NOT_PERMITTED");
+
+    // The cap is judged in the order's currency, read from Klarna when the request names none.
+    let refused = app
+        .client
+        .refund_order(bearer(TILL, refund_request("g-3", &order.order_id, 50_001)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refunded above the cap"));
+    assert_reason(&refused, Code::PermissionDenied, "AMOUNT_OVER_CALLER_LIMIT");
+    let eur = app.sim.sim.seed_order(OrderSeed {
+        order_amount: 1000,
+        captures: vec![1000],
+        purchase_currency: Some("EUR".into()),
+        purchase_country: Some("DE".into()),
+        ..Default::default()
+    });
+    let refused = app
+        .client
+        .refund_order(bearer(TILL, refund_request("g-4", &eur.order_id, 10)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refunded in a currency not granted"));
+    assert_reason(&refused, Code::PermissionDenied, "CURRENCY_NOT_PERMITTED");
+
+    assert!(
+        klarna_calls(&app.sim.sim).iter().all(|r| r.method == "GET"),
+        "only reads were sent"
+    );
+    let stored = app
+        .client
+        .list_operations(bearer(OPS, pb::ListOperationsRequest::default()))
+        .await?
+        .into_inner();
+    assert!(stored.operations.is_empty(), "{:?}", stored.operations);
+    // Within the cap it works, and a retry of a refused key is a fresh request.
+    app.client
+        .refund_order(bearer(TILL, refund_request("g-3", &order.order_id, 50_000)))
+        .await?;
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn each_caller_sees_its_own_operations_and_operators_see_all() -> anyhow::Result<()> {
+    let mut app = app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    app.client
+        .refund_order(bearer(TILL, refund_request("mine-1", &order.order_id, 100)))
+        .await?;
+    app.client
+        .refund_order(bearer(
+            OPS,
+            refund_request("theirs-1", &order.order_id, 100),
+        ))
+        .await?;
+    let client = app.client.clone();
+    let listed = |token: &'static str, caller: &str| {
+        let mut client = client.clone();
+        let filter = pb::ListOperationsRequest {
+            caller: caller.into(),
+            ..Default::default()
+        };
+        async move {
+            client
+                .list_operations(bearer(token, filter))
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .operations
+                        .into_iter()
+                        .map(|o| (o.caller, o.idempotency_key))
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    assert_eq!(
+        listed(TILL, "").await?,
+        [("till".to_owned(), "mine-1".to_owned())]
+    );
+    assert_eq!(
+        listed(TILL, "ops").await?,
+        [("till".to_owned(), "mine-1".to_owned())]
+    );
+    assert_eq!(listed(OPS, "").await?.len(), 2);
+    // The same key under two callers is two operations: the caller scopes the key.
+    app.client
+        .refund_order(bearer(OPS, refund_request("mine-1", &order.order_id, 100)))
+        .await?;
+    assert_eq!(listed(OPS, "").await?.len(), 3);
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn a_caller_removed_from_the_file_is_refused_and_a_bad_file_changes_nothing()
+-> anyhow::Result<()> {
+    let mut app = app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    let path = app
+        .callers_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no callers file"))?;
+    // A file that does not parse is refused; the callers in force stay.
+    std::fs::write(&path, "[[caller]]\nname = 42\n")?;
+    app.client
+        .refund_order(bearer(TILL, refund_request("r-1", &order.order_id, 100)))
+        .await?;
+    let without_till: String = callers()
+        .split("\n\n")
+        .filter(|t| !t.contains("name = \"till\""))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    std::fs::write(&path, without_till)?;
+    let client = app.client.clone();
+    let order_id = order.order_id.clone();
+    wait_until(
+        "the removed caller to be refused",
+        Duration::from_secs(30),
+        async || {
+            let mut client = client.clone();
+            let refused = client
+                .get_order(bearer(
+                    TILL,
+                    pb::GetOrderRequest {
+                        order_id: order_id.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .err();
+            Ok::<_, anyhow::Error>(refused.filter(|s| s.code() == Code::Unauthenticated))
+        },
+    )
+    .await?;
+    app.client
+        .get_order(bearer(
+            OPS,
+            pb::GetOrderRequest {
+                order_id: order.order_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await?;
+    app.shutdown().await
+}
