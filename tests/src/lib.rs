@@ -9,7 +9,9 @@
 //! - [`Backend`] / [`fresh_postgres_database`]: the store a gateway under test uses, and a
 //!   fresh PostgreSQL database (or a `SKIPPED (no PostgreSQL)` line when there is no server).
 //! - [`wait_until`]: waiting for a condition that cannot be awaited, re-checking it.
+//! - [`redis::RedisServer`]: a throwaway `redis-server` for the shared outbound limit.
 
+pub mod redis;
 mod wait;
 
 pub use wait::{POLL_INTERVAL, TimedOut, wait_until};
@@ -111,6 +113,16 @@ pub struct AppOptions {
     pub extra_webhook_keys: Vec<(String, String)>,
     /// A callers file (TOML): authentication on. Without it every caller is `anonymous`.
     pub callers: Option<String>,
+    /// `max_concurrent_rpcs` (default: the gateway's 2048).
+    pub max_concurrent_rpcs: Option<usize>,
+    /// `min_deadline_ms` (default: the gateway's 200).
+    pub min_deadline_ms: Option<u64>,
+    /// `max_message_bytes` (default: the gateway's 4 MiB).
+    pub max_message_bytes: Option<usize>,
+    /// Klarna requests per second of both accounts (the outbound limit; default off).
+    pub klarna_requests_per_second: Option<u32>,
+    /// `REDIS_URL`: the outbound limit shared through this Redis.
+    pub redis_url: Option<String>,
 }
 
 /// The partner account's side of mutual TLS with the simulator.
@@ -152,15 +164,34 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     if let Some(secs) = options.lease_secs {
         config.settings.lease_secs = secs;
     }
+    if let Some(n) = options.max_concurrent_rpcs {
+        config.settings.max_concurrent_rpcs = n;
+    }
+    if let Some(ms) = options.min_deadline_ms {
+        config.settings.min_deadline_ms = ms;
+    }
+    if let Some(n) = options.max_message_bytes {
+        config.settings.max_message_bytes = n;
+    }
     config.database_url = options.database_url.clone().map(SecretString::from);
     let url = options
         .klarna_url
         .clone()
         .unwrap_or_else(|| sim.base_url.clone());
     let partner_tls = options.partner_tls.clone();
+    let rate_limit = |account: &str| {
+        options.klarna_requests_per_second.map(|rps| {
+            let limit = refund_gateway_klarna::OutboundRateLimit::new(rps);
+            match &options.redis_url {
+                Some(url) => limit.shared_through(SecretString::from(url.clone()), account),
+                None => limit,
+            }
+        })
+    };
     config.accounts = vec![
         Account {
             name: DEFAULT_ACCOUNT.to_owned(),
+            rate_limit: rate_limit(DEFAULT_ACCOUNT),
             base_url: BaseUrl::parse(&url)?,
             api: AccountApi::OrderManagement(KlarnaCredentials {
                 username,
@@ -169,6 +200,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
         },
         Account {
             name: PARTNER_ACCOUNT.to_owned(),
+            rate_limit: rate_limit(PARTNER_ACCOUNT),
             base_url: BaseUrl::parse(&url)?,
             api: AccountApi::Partner(PartnerAccount {
                 api_key: SecretString::from(sim.partner_api_key().to_owned()),

@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint for operators and orchestrators: `/healthz` (the process is up),
-//! `/readyz` (it accepts RPCs; 503 once shutdown began) and `/metrics` (Prometheus text).
+//! `/readyz` (it accepts RPCs; 503 once shutdown began; says when an outbound limit runs on
+//! its local fallback because Redis is unreachable) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,12 +10,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use refund_gateway_klarna::OutboundLimiter;
 
 /// What the admin endpoint reports on.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     /// True while the gateway accepts RPCs.
     pub ready: Arc<AtomicBool>,
+    /// The accounts' outbound limits, for their degraded state.
+    pub limiters: Arc<Vec<OutboundLimiter>>,
     /// Renders the metrics, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -28,12 +32,20 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    if !state.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
     }
+    // Still ready: a degraded limit keeps serving, at each replica's local share.
+    let mut body = "ready\n".to_owned();
+    for detail in state.limiters.iter().filter_map(OutboundLimiter::degraded) {
+        body.push_str(&detail);
+        body.push('\n');
+    }
+    (StatusCode::OK, body)
 }
 
 async fn metrics(State(state): State<AdminState>) -> (StatusCode, String) {

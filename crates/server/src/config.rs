@@ -19,7 +19,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use refund_gateway_klarna::{
-    BaseUrl, ClientIdentity, Environment, KlarnaCredentials, Region, regional_base_url,
+    BaseUrl, ClientIdentity, Environment, KlarnaCredentials, OutboundRateLimit, Region,
+    regional_base_url,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -686,6 +687,11 @@ pub const VARIABLES: &[Variable] = &[
                       [[webhook_signing_keys]] in the --config file, by id)",
     },
     Variable {
+        name: "REDIS_URL",
+        description: "Redis (redis://...) through which every replica shares each account's \
+                      limit of requests to Klarna; unset: each replica limits alone",
+    },
+    Variable {
         name: "DATABASE_URL",
         description: "PostgreSQL operation store (postgres://...), shared by replicas; unset: \
                       SQLite file refund-gateway.sqlite3 in the data directory",
@@ -893,6 +899,15 @@ pub struct AccountSettings {
     pub client_key_file: Option<PathBuf>,
     /// Partner: PEM certificates of a private CA to trust besides the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Requests per second sent to Klarna for this account (Klarna's quota is per merchant);
+    /// default 200 on Klarna's live hosts, 50 on the playground and test hosts, and no limit
+    /// on any other URL (the simulator) unless set.
+    pub requests_per_second: Option<u32>,
+    /// Burst of that limit; default one second's worth.
+    pub burst: Option<u32>,
+    /// Each replica's share when the Redis that shares the limit is unreachable; default a
+    /// quarter of the limit.
+    pub fallback_requests_per_second: Option<u32>,
 }
 
 /// A Klarna account ready to use.
@@ -904,6 +919,70 @@ pub struct Account {
     pub base_url: BaseUrl,
     /// What it speaks, with its credentials.
     pub api: AccountApi,
+    /// The limit of requests to Klarna for it (shared through Redis when `REDIS_URL` is set).
+    pub rate_limit: Option<OutboundRateLimit>,
+}
+
+/// The host of `url` (`scheme://host[:port]/…`), lower case.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.to_ascii_lowercase()
+}
+
+/// The outbound limit of an account at `base_url`: as set, else Klarna's quota on Klarna's
+/// own hosts (live 200/s, playground and test 50/s), else none (the simulator, a proxy);
+/// shared through `REDIS_URL` when it is set.
+fn outbound_limit(
+    account: &str,
+    base_url: &BaseUrl,
+    settings: &AccountSettings,
+    env: &dyn Environ,
+) -> Result<Option<OutboundRateLimit>, ConfigError> {
+    let host = url_host(base_url.as_str());
+    let default = (host == "klarna.com" || host.ends_with(".klarna.com")).then(|| {
+        let playground = host.contains(".playground.") || host.contains(".test.");
+        OutboundRateLimit::klarna_default(if playground {
+            Environment::Playground
+        } else {
+            Environment::Live
+        })
+    });
+    let limit = match settings.requests_per_second {
+        Some(rps) => Some(OutboundRateLimit::new(rps)),
+        None => default,
+    };
+    let Some(mut limit) = limit else {
+        if settings.burst.is_some() || settings.fallback_requests_per_second.is_some() {
+            return Err(ConfigError::Account {
+                account: account.to_owned(),
+                problem: "burst and fallback_requests_per_second need requests_per_second".into(),
+            });
+        }
+        return Ok(None);
+    };
+    if let Some(burst) = settings.burst {
+        limit.burst = burst;
+    }
+    // Klarna's quota is per merchant, not per replica: with REDIS_URL every replica shares it.
+    if let Some(redis_url) = env.var("REDIS_URL") {
+        limit = limit.shared_through(SecretString::from(redis_url), account);
+        if let (Some(shared), Some(fallback)) =
+            (limit.shared.as_mut(), settings.fallback_requests_per_second)
+        {
+            shared.fallback_requests_per_second = fallback;
+        }
+    }
+    limit.validate().map_err(|e| ConfigError::Account {
+        account: account.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok(Some(limit))
 }
 
 /// The API of an account, with what it needs.
@@ -1231,6 +1310,12 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
     match (username, password) {
         (Some(username), Some(password)) => Ok(Account {
             name: DEFAULT_ACCOUNT.to_owned(),
+            rate_limit: outbound_limit(
+                DEFAULT_ACCOUNT,
+                &base_url,
+                &AccountSettings::default(),
+                env,
+            )?,
             base_url,
             api: AccountApi::OrderManagement(KlarnaCredentials {
                 username,
@@ -1299,14 +1384,16 @@ fn resolve_account(
     }
     let username = secret("username", &account.username_env, &account.username_file)?;
     let password = secret("password", &account.password_env, &account.password_file)?;
+    let base_url = base_url(
+        name,
+        account.api_url.clone(),
+        account.region.clone(),
+        account.environment.clone(),
+    )?;
     Ok(Account {
         name: name.to_owned(),
-        base_url: base_url(
-            name,
-            account.api_url.clone(),
-            account.region.clone(),
-            account.environment.clone(),
-        )?,
+        rate_limit: outbound_limit(name, &base_url, account, env)?,
+        base_url,
         api: AccountApi::OrderManagement(KlarnaCredentials {
             username,
             password: SecretString::from(password),
@@ -1384,6 +1471,7 @@ fn resolve_partner(
     let live = base_url.as_str().trim_end_matches('/') == LIVE_PARTNER_URL;
     Ok(Account {
         name: name.to_owned(),
+        rate_limit: outbound_limit(name, &base_url, account, env)?,
         base_url,
         api: AccountApi::Partner(PartnerAccount {
             api_key: SecretString::from(api_key),
@@ -1664,6 +1752,66 @@ mod tests {
                 && missing.contains("KLARNA_PARTNER_ACCOUNT_ID"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn klarnas_hosts_get_klarnas_quota_and_other_urls_none_unless_set() {
+        let limit = |url: &str, settings: AccountSettings, env: &[(&'static str, &'static str)]| {
+            let base = BaseUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
+            outbound_limit("eu", &base, &settings, &vars(env)).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let rps = |l: Option<OutboundRateLimit>| l.map(|l| (l.requests_per_second, l.burst));
+        let none = AccountSettings::default();
+        assert_eq!(
+            rps(limit("https://api.klarna.com", none.clone(), &[])),
+            Some((200, 200))
+        );
+        assert_eq!(
+            rps(limit(
+                "https://api-na.playground.klarna.com",
+                none.clone(),
+                &[]
+            )),
+            Some((50, 50))
+        );
+        assert_eq!(
+            rps(limit(
+                "https://api-global.test.klarna.com",
+                none.clone(),
+                &[]
+            )),
+            Some((50, 50))
+        );
+        assert_eq!(rps(limit("http://127.0.0.1:9", none.clone(), &[])), None);
+        assert_eq!(
+            rps(limit("https://evil-klarna.com.example", none.clone(), &[])),
+            None
+        );
+        let set = AccountSettings {
+            requests_per_second: Some(20),
+            burst: Some(5),
+            fallback_requests_per_second: Some(4),
+            ..AccountSettings::default()
+        };
+        assert_eq!(
+            rps(limit("http://127.0.0.1:9", set.clone(), &[])),
+            Some((20, 5))
+        );
+        let shared = limit(
+            "http://127.0.0.1:9",
+            set,
+            &[("REDIS_URL", "redis://:pw@127.0.0.1:6379/")],
+        )
+        .and_then(|l| l.shared)
+        .unwrap_or_else(|| panic!("not shared"));
+        assert_eq!(shared.fallback_requests_per_second, 4);
+        assert_eq!(shared.key, "eu");
+        let orphan = AccountSettings {
+            burst: Some(5),
+            ..AccountSettings::default()
+        };
+        let base = BaseUrl::parse("http://127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"));
+        assert!(outbound_limit("eu", &base, &orphan, &vars(&[])).is_err());
     }
 
     #[test]

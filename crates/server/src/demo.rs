@@ -63,6 +63,7 @@ impl DemoSimulator {
             Account {
                 name: DEFAULT_ACCOUNT.to_owned(),
                 base_url: base_url.clone(),
+                rate_limit: None,
                 api: AccountApi::OrderManagement(KlarnaCredentials {
                     username: self.running.username().to_owned(),
                     password: SecretString::from(self.running.password().to_owned()),
@@ -71,6 +72,7 @@ impl DemoSimulator {
             Account {
                 name: PARTNER_ACCOUNT.to_owned(),
                 base_url,
+                rate_limit: None,
                 api: AccountApi::Partner(PartnerAccount {
                     api_key: SecretString::from(self.running.partner_api_key().to_owned()),
                     partner_account_id: self.running.partner_account_id().to_owned(),

@@ -170,6 +170,7 @@ pub async fn start(
         (None, config.accounts)
     };
     let mut clients: Vec<(String, KlarnaAccount)> = Vec::new();
+    let mut limiters = Vec::new();
     let mut webhook_accounts = Vec::new();
     for account in accounts {
         let name = account.name;
@@ -181,9 +182,10 @@ pub async fn start(
             AccountApi::OrderManagement(credentials) => {
                 let mut client_config = KlarnaClientConfig::new(account.base_url, credentials);
                 client_config.transport.attempt_timeout = attempt_timeout;
-                KlarnaAccount::OrderManagement(Arc::new(
-                    KlarnaClient::new(client_config).map_err(refused)?,
-                ))
+                client_config.transport.rate_limit = account.rate_limit;
+                let client = KlarnaClient::new(client_config).map_err(refused)?;
+                limiters.extend(client.outbound_limiter().cloned());
+                KlarnaAccount::OrderManagement(Arc::new(client))
             }
             AccountApi::Partner(partner) => {
                 webhook_accounts.push(webhooks::WebhookAccount {
@@ -200,9 +202,10 @@ pub async fn start(
                 client_config.client_identity = partner.client_identity;
                 client_config.extra_root_certificates = partner.extra_roots;
                 client_config.transport.attempt_timeout = attempt_timeout;
-                KlarnaAccount::Partner(Arc::new(
-                    PaymentsClient::new(client_config).map_err(refused)?,
-                ))
+                client_config.transport.rate_limit = account.rate_limit;
+                let client = PaymentsClient::new(client_config).map_err(refused)?;
+                limiters.extend(client.outbound_limiter().cloned());
+                KlarnaAccount::Partner(Arc::new(client))
             }
         };
         tracing::info!(account = %name, kind = ?client.api(), "Klarna account configured");
@@ -413,6 +416,7 @@ pub async fn start(
 
     let admin_router = admin::router(admin::AdminState {
         ready,
+        limiters: Arc::new(limiters),
         metrics: telemetry::metrics_handle(),
     });
     let webhooks = match webhook_listener {

@@ -82,6 +82,7 @@ mod errors;
 mod exactly_once;
 mod grpcurl;
 mod logs;
+mod outbound;
 mod partner;
 mod property;
 mod reads_release_extend;
