@@ -121,8 +121,25 @@ pub struct AppOptions {
     pub max_message_bytes: Option<usize>,
     /// Klarna requests per second of both accounts (the outbound limit; default off).
     pub klarna_requests_per_second: Option<u32>,
+    /// The burst of that limit (default: one second's worth).
+    pub klarna_burst: Option<u32>,
     /// `REDIS_URL`: the outbound limit shared through this Redis.
     pub redis_url: Option<String>,
+    /// TLS on the gRPC port, and how the test's client connects.
+    pub grpc_tls: Option<GrpcTlsOptions>,
+}
+
+/// TLS on the gateway's gRPC port, and the test client's side of it (all PEM).
+#[derive(Debug, Clone)]
+pub struct GrpcTlsOptions {
+    /// The gateway's certificate chain and key.
+    pub server: (Vec<u8>, Vec<u8>),
+    /// The CA that signed it, which the client trusts.
+    pub ca: Vec<u8>,
+    /// Client certificates of this CA are required, when set.
+    pub client_ca: Option<Vec<u8>>,
+    /// The client's certificate and key, when it presents one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The partner account's side of mutual TLS with the simulator.
@@ -181,7 +198,10 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     let partner_tls = options.partner_tls.clone();
     let rate_limit = |account: &str| {
         options.klarna_requests_per_second.map(|rps| {
-            let limit = refund_gateway_klarna::OutboundRateLimit::new(rps);
+            let limit = refund_gateway_klarna::OutboundRateLimit {
+                burst: options.klarna_burst.unwrap_or(rps),
+                ..refund_gateway_klarna::OutboundRateLimit::new(rps)
+            };
             match &options.redis_url {
                 Some(url) => limit.shared_through(SecretString::from(url.clone()), account),
                 None => limit,
@@ -226,12 +246,19 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
         secret: SecretString::from(secret),
     })
     .collect();
+    if let Some(tls) = &options.grpc_tls {
+        config.grpc_tls = Some(refund_gateway::config::GrpcTls {
+            cert_pem: tls.server.0.clone(),
+            key_pem: SecretString::from(String::from_utf8(tls.server.1.clone())?),
+            client_ca_pem: tls.client_ca.clone(),
+        });
+    }
     if let Some(callers) = &options.callers {
         let path = data_dir.path().join("callers.toml");
         std::fs::write(&path, callers)?;
         config.auth = refund_gateway::config::AuthSetup::CallersFile(path);
     }
-    let app = start_gateway(config, sim, data_dir).await?;
+    let app = start_gateway(config, sim, data_dir, options.grpc_tls.as_ref()).await?;
     if let Some(webhook_url) = &app.webhook_url {
         app.sim.sim.set_webhook_target(klarna_sim::WebhookTarget {
             mode: options.webhook_mode,
@@ -248,13 +275,14 @@ pub async fn spawn_demo_app() -> anyhow::Result<TestApp> {
     let data_dir = tempfile::tempdir()?;
     let config = Config::for_simulator(data_dir.path());
     let spare = klarna_sim::spawn(SimConfig::default()).await?;
-    start_gateway(config, spare, data_dir).await
+    start_gateway(config, spare, data_dir, None).await
 }
 
 async fn start_gateway(
     config: Config,
     sim: RunningSimulator,
     data_dir: tempfile::TempDir,
+    tls: Option<&GrpcTlsOptions>,
 ) -> anyhow::Result<TestApp> {
     let database_url = config
         .database_url
@@ -268,7 +296,10 @@ async fn start_gateway(
         let _ = stopped.await;
     })
     .await?;
-    let grpc_url = format!("http://{}", gateway.grpc_addr);
+    let grpc_url = match tls {
+        Some(_) => format!("https://localhost:{}", gateway.grpc_addr.port()),
+        None => format!("http://{}", gateway.grpc_addr),
+    };
     let admin_url = format!("http://{}", gateway.admin_addr);
     let webhook_url = gateway
         .webhook_addr
@@ -277,7 +308,18 @@ async fn start_gateway(
         refund_gateway::config::AuthSetup::CallersFile(path) => Some(path.clone()),
         refund_gateway::config::AuthSetup::None => None,
     };
-    let channel = Channel::from_shared(grpc_url.clone())?.connect().await?;
+    let mut endpoint = Channel::from_shared(grpc_url.clone())?;
+    if let Some(tls) = tls {
+        let mut client_tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = &tls.client {
+            client_tls = client_tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(client_tls)?;
+    }
+    // A TLS handshake refused (no client certificate) shows on the first call, not here.
+    let channel = endpoint.connect_lazy();
     Ok(TestApp {
         client: RefundGatewayServiceClient::new(channel.clone()),
         channel,

@@ -366,6 +366,15 @@ impl Callers {
             if entry.burst.is_some() && entry.requests_per_second.is_none() {
                 return Err(at("burst needs requests_per_second"));
             }
+            // Taking another caller's scope would let it replay (and resend) that caller's
+            // operations: only the scope of the time before authentication can be taken.
+            if entry
+                .scope_as
+                .as_deref()
+                .is_some_and(|s| s != Caller::anonymous().as_str())
+            {
+                return Err(at("scope_as can only be \"anonymous\""));
+            }
             callers.push(Arc::new(CallerGrant {
                 name: entry.name,
                 token_sha256,
@@ -389,6 +398,14 @@ impl Callers {
             reason: e.to_string(),
         })?;
         Self::parse(&text)
+    }
+
+    /// True when a caller keeps the scope of `anonymous` (`scope_as = "anonymous"`), so the
+    /// operations made before authentication can still be retried under their identity.
+    pub fn scopes_anonymous(&self) -> bool {
+        self.callers
+            .iter()
+            .any(|c| c.scope_as.as_deref() == Some(Caller::anonymous().as_str()))
     }
 
     /// How many callers there are.

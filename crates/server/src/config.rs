@@ -113,6 +113,12 @@ pub struct Settings {
     pub auth: AuthMode,
     /// The callers file (TOML, `[[caller]]` tables).
     pub callers_file: Option<PathBuf>,
+    /// TLS on the gRPC port: the PEM certificate chain.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS on the gRPC port: the PEM private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// With it, client certificates issued by this CA (PEM) are required on the gRPC port.
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Klarna accounts by name.
     pub accounts: BTreeMap<String, AccountSettings>,
     /// Keys Klarna signs webhooks with, by id; several at once while keys rotate.
@@ -140,6 +146,9 @@ impl Default for Settings {
             webhook_listen: None,
             auth: AuthMode::Callers,
             callers_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             accounts: BTreeMap::new(),
             webhook_signing_keys: Vec::new(),
         }
@@ -480,6 +489,60 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "tls_cert_file",
+        flag: Some("--tls-cert-file"),
+        env: Some("REFUND_GATEWAY_TLS_CERT_FILE"),
+        description: "TLS on the gRPC port: the certificate chain (with --tls-key-file)",
+        allowed: Allowed::Form("a PEM file"),
+        value: |s| {
+            Value::Text(
+                s.tls_cert_file
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+            )
+        },
+        parse: |s, t| {
+            s.tls_cert_file = Some(PathBuf::from(t));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls_key_file",
+        flag: Some("--tls-key-file"),
+        env: Some("REFUND_GATEWAY_TLS_KEY_FILE"),
+        description: "TLS on the gRPC port: the private key",
+        allowed: Allowed::Form("a PEM file"),
+        value: |s| {
+            Value::Text(
+                s.tls_key_file
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+            )
+        },
+        parse: |s, t| {
+            s.tls_key_file = Some(PathBuf::from(t));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls_client_ca_file",
+        flag: Some("--tls-client-ca-file"),
+        env: Some("REFUND_GATEWAY_TLS_CLIENT_CA_FILE"),
+        description: "Mutual TLS on the gRPC port: client certificates issued by this CA are required",
+        allowed: Allowed::Form("a PEM file"),
+        value: |s| {
+            Value::Text(
+                s.tls_client_ca_file
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+            )
+        },
+        parse: |s, t| {
+            s.tls_client_ca_file = Some(PathBuf::from(t));
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_format",
         flag: Some("--log-format"),
         env: Some("REFUND_GATEWAY_LOG_FORMAT"),
@@ -733,6 +796,12 @@ pub struct Cli {
     auth: Option<AuthMode>,
     #[arg(long, value_name = "PATH")]
     callers_file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    tls_client_ca_file: Option<PathBuf>,
 }
 
 /// A listen address, or `off`.
@@ -779,6 +848,15 @@ impl Cli {
         }
         if let Some(f) = &self.callers_file {
             settings.callers_file = Some(f.clone());
+        }
+        for (flag, slot) in [
+            (&self.tls_cert_file, &mut settings.tls_cert_file),
+            (&self.tls_key_file, &mut settings.tls_key_file),
+            (&self.tls_client_ca_file, &mut settings.tls_client_ca_file),
+        ] {
+            if let Some(f) = flag {
+                *slot = Some(f.clone());
+            }
         }
         settings.simulator |= self.simulator;
     }
@@ -1034,6 +1112,8 @@ pub struct Config {
     pub webhook_keys: Vec<WebhookKey>,
     /// How callers authenticate.
     pub auth: AuthSetup,
+    /// TLS on the gRPC port, read at start.
+    pub grpc_tls: Option<GrpcTls>,
     /// `DATABASE_URL` (PostgreSQL); `None` for the embedded SQLite file under `data_dir`.
     pub database_url: Option<SecretString>,
 }
@@ -1054,6 +1134,7 @@ impl Config {
             accounts: Vec::new(),
             webhook_keys: Vec::new(),
             auth: AuthSetup::None,
+            grpc_tls: None,
             database_url: None,
         }
     }
@@ -1145,14 +1226,73 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
         ));
     }
     let auth = auth_setup(&settings)?;
+    let grpc_tls = grpc_tls(&settings)?;
     let database_url = env.var("DATABASE_URL").map(SecretString::from);
     Ok(Config {
         settings,
         accounts,
         webhook_keys,
         auth,
+        grpc_tls,
         database_url,
     })
+}
+
+/// TLS on the gRPC port: PEM files, read.
+#[derive(Clone)]
+pub struct GrpcTls {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: SecretString,
+    /// Client certificates issued by this CA are required, when set.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcTls")
+            .field(
+                "client_certificates_required",
+                &self.client_ca_pem.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS of the gRPC port from the settings: the certificate and key both or neither; a client
+/// CA only with them.
+fn grpc_tls(settings: &Settings) -> Result<Option<GrpcTls>, ConfigError> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| ConfigError::Load(format!("{what} {}: {e}", path.display())))
+    };
+    match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (None, None) => {
+            if settings.tls_client_ca_file.is_some() {
+                return Err(ConfigError::Load(
+                    "tls_client_ca_file needs tls_cert_file and tls_key_file".into(),
+                ));
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key)) => Ok(Some(GrpcTls {
+            cert_pem: read("tls_cert_file", cert)?,
+            key_pem: SecretString::from(
+                String::from_utf8(read("tls_key_file", key)?)
+                    .map_err(|_| ConfigError::Load("tls_key_file is not PEM text".into()))?,
+            ),
+            client_ca_pem: match &settings.tls_client_ca_file {
+                Some(ca) => Some(read("tls_client_ca_file", ca)?),
+                None => None,
+            },
+        })),
+        _ => Err(ConfigError::Load(
+            "TLS needs both tls_cert_file and tls_key_file (REFUND_GATEWAY_TLS_CERT_FILE, \
+             REFUND_GATEWAY_TLS_KEY_FILE)"
+                .into(),
+        )),
+    }
 }
 
 /// How callers authenticate, resolved.
@@ -2022,6 +2162,9 @@ mod tests {
             ("webhook_listen", "10.0.0.1:3"),
             ("auth", "none"),
             ("callers_file", "/etc/refund-gateway/callers.toml"),
+            ("tls_cert_file", "/etc/refund-gateway/tls.pem"),
+            ("tls_key_file", "/etc/refund-gateway/tls.key"),
+            ("tls_client_ca_file", "/etc/refund-gateway/clients-ca.pem"),
             ("log_format", "text"),
         ];
         for setting in SETTINGS {

@@ -94,6 +94,14 @@ pub enum ServerError {
     /// The callers file cannot be used.
     #[error("{0}")]
     Callers(#[from] auth::CallersError),
+    /// Authentication would change the identity of operations not settled yet.
+    #[error(
+        "operations made without authentication are not settled: {0}. With authentication their \
+         retries would be new operations (a second refund): settle them first (retry them, or let \
+         the reconciler finish, with REFUND_GATEWAY_AUTH=none), or give the callers that made them \
+         scope_as = \"anonymous\" in the callers file"
+    )]
+    AnonymousUnsettled(String),
     /// A server task panicked.
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -282,6 +290,9 @@ pub async fn start(
         }
         AuthSetup::CallersFile(path) => {
             let registry = Arc::new(auth::CallerRegistry::open(path)?);
+            if !registry.current().scopes_anonymous() {
+                refuse_unsettled_anonymous(protocol.store().as_ref()).await?;
+            }
             tracing::info!(
                 callers = registry.current().len(),
                 "callers file loaded; every refundgateway call needs a bearer token"
@@ -402,7 +413,23 @@ pub async fn start(
         background.push(tokio::spawn(registry.watch(stop_rx.clone())));
     }
 
-    let grpc_server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc_tls {
+        use secrecy::ExposeSecret;
+        let mut tls_config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, tls.key_pem.expose_secret()),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            // With a client CA, tonic requires a client certificate issued by it.
+            tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(tls_config)?;
+        tracing::info!(
+            client_certificates_required = tls.client_ca_pem.is_some(),
+            "TLS on the gRPC port"
+        );
+    }
+    let grpc_server = builder
         .layer(inbound)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -456,6 +483,35 @@ pub async fn start(
         background,
         _demo_data: demo_data,
     })
+}
+
+/// Refuses to start with authentication while operations of `anonymous` are not final: their
+/// callers' retries would carry a new identity, hence a new operation id and Klarna key.
+async fn refuse_unsettled_anonymous(
+    store: &dyn refund_gateway_domain::OperationStore,
+) -> Result<(), ServerError> {
+    let mut unsettled = Vec::new();
+    for state in [
+        refund_gateway_domain::OperationState::InFlight,
+        refund_gateway_domain::OperationState::Pending,
+    ] {
+        let filter = refund_gateway_domain::OperationFilter {
+            caller: Some(refund_gateway_domain::Caller::anonymous().to_string()),
+            state: Some(state),
+            ..Default::default()
+        };
+        let page = store.list(&filter, 20, None).await?;
+        unsettled.extend(
+            page.operations
+                .into_iter()
+                .map(|(op, _)| format!("{} ({})", op.new.operation_id, op.state)),
+        );
+    }
+    if unsettled.is_empty() {
+        Ok(())
+    } else {
+        Err(ServerError::AnonymousUnsettled(unsettled.join(", ")))
+    }
 }
 
 /// Drops the stored answer bodies of operations final for longer than `retention`, hourly;

@@ -636,3 +636,72 @@ async fn two_gateways_on_one_postgres_the_first_retry_on_b_resolves_a_sigkilled_
     let _ = psql(&admin_url, &format!("DROP DATABASE IF EXISTS {database}"));
     Ok(())
 }
+
+/// The switch from `anonymous` to named callers changes operation ids: the gateway refuses to
+/// start with authentication while an anonymous operation is unsettled, naming it, unless a
+/// caller keeps the anonymous scope (`scope_as`), whose retry then settles the one refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_waits_for_anonymous_operations_or_takes_their_scope() -> anyhow::Result<()>
+{
+    const KEY: &str = "before-auth-1";
+    const TOKEN: &str = "till-token-for-the-switch";
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let (order_id, path, request) = held_refund(&sim, KEY, 700);
+    let work = tempfile::tempdir()?;
+    let data_dir = work.path().join("data");
+    let config = write_config_with(work.path(), &data_dir, "")?;
+    let env = klarna_env(&sim);
+    kill_while_klarna_holds_the_refund(&sim, &order_id, &path, &config, &env, &request).await?;
+    sim.sim.clear_faults();
+
+    let with_callers = |scope_as: &str| -> anyhow::Result<std::path::PathBuf> {
+        use sha2::Digest;
+        let hash: String = sha2::Sha256::digest(TOKEN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let callers = work.path().join("callers.toml");
+        std::fs::write(
+            &callers,
+            format!(
+                "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{hash}\"\nrpcs = [\"*\"]\n\
+                 klarna_accounts = [\"*\"]\n{scope_as}"
+            ),
+        )?;
+        let text = std::fs::read_to_string(&config)?.replace(
+            "auth = \"none\"\n",
+            &format!("callers_file = {:?}\n", callers.to_string_lossy()),
+        );
+        let path = work.path().join("gateway-with-callers.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+
+    let refused = GatewayProcess::start("gateway with callers", &with_callers("")?, &env)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("started with an unsettled anonymous operation"))?
+        .to_string();
+    ensure!(
+        refused.contains("not settled") && refused.contains("scope_as"),
+        "the refusal does not say why: {refused}"
+    );
+
+    let config = with_callers("scope_as = \"anonymous\"\n")?;
+    let mut gateway = GatewayProcess::start("gateway, scope kept", &config, &env).await?;
+    let mut client = gateway.client().await?;
+    let mut retry = tonic::Request::new(request.clone());
+    retry
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let retried = client.refund_order(retry).await?.into_inner();
+    let (refunds, amount) = sim_refunds(&sim, &order_id)?;
+    ensure!(
+        refunds.len() == 1 && amount == 700 && retried.refund_id == refunds[0],
+        "expected the one refund, found {refunds:?} ({amount}), answered {:?}",
+        retried.refund_id
+    );
+    one_klarna_key(&posts_to(&sim, &path))?;
+    gateway.terminate_cleanly().await?;
+    Ok(())
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use refund_gateway_tests::{AppOptions, TestApp, spawn_app_with, wait_until};
+use refund_gateway_tests::{AppOptions, GrpcTlsOptions, TestApp, spawn_app_with, wait_until};
 use sha2::{Digest, Sha256};
 use tonic::Request;
 
@@ -267,5 +267,66 @@ async fn a_caller_removed_from_the_file_is_refused_and_a_bad_file_changes_nothin
             },
         ))
         .await?;
+    app.shutdown().await
+}
+
+fn tls(pki: &crate::Pki, client_ca: bool, client: bool) -> GrpcTlsOptions {
+    GrpcTlsOptions {
+        server: (
+            pki.server.0.clone().into_bytes(),
+            pki.server.1.clone().into_bytes(),
+        ),
+        ca: pki.ca.clone().into_bytes(),
+        client_ca: client_ca.then(|| pki.ca.clone().into_bytes()),
+        client: client.then(|| {
+            (
+                pki.client.0.clone().into_bytes(),
+                pki.client.1.clone().into_bytes(),
+            )
+        }),
+    }
+}
+
+#[tokio::test]
+async fn the_grpc_port_speaks_tls_and_requires_client_certificates_with_a_client_ca()
+-> anyhow::Result<()> {
+    let pki = crate::test_pki()?;
+    let mut app = spawn_app_with(AppOptions {
+        grpc_tls: Some(tls(&pki, false, false)),
+        ..AppOptions::default()
+    })
+    .await?;
+    assert!(app.grpc_url.starts_with("https://"));
+    let order = captured_order(&app.sim.sim, 1_000);
+    app.client
+        .refund_order(refund_request("tls-1", &order.order_id, 100))
+        .await?;
+    app.shutdown().await?;
+
+    let mut app = spawn_app_with(AppOptions {
+        grpc_tls: Some(tls(&pki, true, true)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    app.client
+        .refund_order(refund_request("mtls-1", &order.order_id, 100))
+        .await?;
+    app.shutdown().await?;
+
+    let mut app = spawn_app_with(AppOptions {
+        grpc_tls: Some(tls(&pki, true, false)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    let refused = app
+        .client
+        .refund_order(refund_request("mtls-2", &order.order_id, 100))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("served without a client certificate"));
+    assert_ne!(refused.code(), Code::Ok);
+    assert!(klarna_calls(&app.sim.sim).is_empty());
     app.shutdown().await
 }

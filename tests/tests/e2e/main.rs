@@ -81,6 +81,8 @@ mod demo_mode;
 mod errors;
 mod exactly_once;
 mod grpcurl;
+mod hostile;
+mod limits;
 mod logs;
 mod outbound;
 mod partner;
@@ -187,4 +189,50 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .bad_request()
         .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
         .unwrap_or_default()
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate, all PEM.
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA.
+    pub ca: String,
+    /// A server certificate for `localhost` and `127.0.0.1`, and its key.
+    pub server: (String, String),
+    /// A client certificate, and its key.
+    pub client: (String, String),
+}
+
+pub fn test_pki() -> anyhow::Result<Pki> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "gateway test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, usage| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    };
+    Ok(Pki {
+        server: leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?,
+        client: leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?,
+        ca,
+    })
 }

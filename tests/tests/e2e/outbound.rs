@@ -1,6 +1,7 @@
 //! The outbound limit that protects Klarna's per-merchant quota, end to end: a burst of
 //! refunds is smoothed to the configured rate and a simulator limited 10% above it answers no
-//! 429; two gateways sharing one Redis stay within one quota together.
+//! 429; two gateways sharing one Redis stay within one quota together; without its Redis the
+//! limit falls back and `/readyz` says so.
 
 use futures::future::join_all;
 use klarna_sim::SimConfig;
@@ -34,6 +35,9 @@ async fn a_burst_is_smoothed_to_the_accounts_rate_without_a_429() -> anyhow::Res
             ..SimConfig::default()
         },
         klarna_requests_per_second: Some(100),
+        // A small burst leaves the simulator's bucket room for requests the machine delays
+        // and delivers together (a shared CI machine does).
+        klarna_burst: Some(10),
         ..AppOptions::default()
     })
     .await?;
@@ -42,8 +46,8 @@ async fn a_burst_is_smoothed_to_the_accounts_rate_without_a_429() -> anyhow::Res
     let elapsed = started.elapsed();
     assert!(made.iter().all(|ok| *ok), "a refund failed");
     assert_eq!(too_many(&app.sim.sim), 0, "the simulator answered 429");
-    // 250 at 100/s with a burst of 100 cannot take less than 1.5 s.
-    assert!(elapsed.as_millis() >= 1_400, "not smoothed: {elapsed:?}");
+    // 250 at 100/s with a burst of 10 cannot take less than 2.4 s.
+    assert!(elapsed.as_millis() >= 2_300, "not smoothed: {elapsed:?}");
     app.shutdown().await
 }
 
@@ -59,6 +63,7 @@ async fn two_gateways_sharing_one_redis_stay_within_one_quota() -> anyhow::Resul
             ..SimConfig::default()
         },
         klarna_requests_per_second: Some(50),
+        klarna_burst: Some(5),
         redis_url: Some(redis.url()),
         ..AppOptions::default()
     })
@@ -67,6 +72,7 @@ async fn two_gateways_sharing_one_redis_stay_within_one_quota() -> anyhow::Resul
     let second = spawn_app_with(AppOptions {
         klarna_url: Some(first.sim.base_url.clone()),
         klarna_requests_per_second: Some(50),
+        klarna_burst: Some(5),
         redis_url: Some(redis.url()),
         ..AppOptions::default()
     })

@@ -505,51 +505,9 @@ async fn klarnas_field_errors_become_field_violations() -> anyhow::Result<()> {
     app.shutdown().await
 }
 
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate, all PEM.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> anyhow::Result<Pki> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "gateway test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = ca_params.self_signed(&ca_key)?.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage| -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names)?;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
-    };
-    Ok(Pki {
-        server: leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )?,
-        client: leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?,
-        ca,
-    })
-}
-
 #[tokio::test]
 async fn mutual_tls_with_a_test_ca() -> anyhow::Result<()> {
-    let pki = pki()?;
+    let pki = test_pki()?;
     let sim_tls = || {
         klarna_sim::TlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
             .with_client_ca(pki.ca.clone())
