@@ -446,6 +446,37 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     /// The recorded webhook events that concern operation `id`, oldest first.
     async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError>;
 
+    /// Adds `amount` to what `caller` moved in `currency` on the UTC day `day`, if the total
+    /// stays at most `cap`: `true` when added, `false` (nothing changed) when it would exceed.
+    /// Atomic, also between replicas sharing the store: two reservations that together exceed
+    /// the cap never both succeed.
+    async fn reserve_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: time::Date,
+        amount: i64,
+        cap: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives back `amount` of a reservation whose operation moved no money (refused, or
+    /// provably nothing happened); the total never goes below zero.
+    async fn release_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: time::Date,
+        amount: i64,
+    ) -> Result<(), StoreError>;
+
+    /// What `caller` has reserved in `currency` on `day` (0 when nothing).
+    async fn daily_total(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: time::Date,
+    ) -> Result<i64, StoreError>;
+
     /// [`OperationStore::lock_resource`] of an order.
     async fn lock_order(
         &self,

@@ -191,9 +191,9 @@ impl CallerGrant {
             .map(|rps| (rps, self.burst.unwrap_or(rps)))
     }
 
-    /// The daily caps per currency.
-    pub fn max_amount_per_day(&self) -> &BTreeMap<String, i64> {
-        &self.max_amount_per_day
+    /// Its cap per UTC day in `currency`, if it has one.
+    pub fn daily_cap(&self, currency: &Currency) -> Option<i64> {
+        self.max_amount_per_day.get(currency.as_str()).copied()
     }
 
     /// True when it may see every caller's operations (it holds `*` for RPCs).

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{AuthenticatedCaller, CallerGrant};
 use crate::convert;
 use crate::gateway::{Gateway, Prepared};
-use crate::protocol::{Answer, Encoded, Protocol};
+use crate::protocol::{Answer, DailyReservation, Encoded, Protocol};
 use crate::status::{mark_replayed, stored, to_status};
 
 pub use crate::status::REPLAYED_HEADER;
@@ -221,9 +221,9 @@ impl RefundGatewayApi {
         grant: &CallerGrant,
         cmd: &RefundOrder,
         metadata: &MetadataMap,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<Currency>, Status> {
         if !grant.has_amount_caps() {
-            return Ok(());
+            return Ok(None);
         }
         let currency = match &cmd.currency {
             Some(currency) => currency.clone(),
@@ -248,7 +248,50 @@ impl RefundGatewayApi {
         };
         grant
             .check_amount(cmd.refunded_amount.minor_units(), &currency)
-            .map_err(|e| fail(rpc, e))
+            .map_err(|e| fail(rpc, e))?;
+        Ok(Some(currency))
+    }
+
+    /// Reserves `amount` in the caller's total of `currency` for today when it has a cap per
+    /// day there; DAILY_LIMIT_REACHED when the total would pass it. The protocol gives the
+    /// reservation back if the operation moves no money.
+    async fn reserve_daily(
+        &self,
+        rpc: &'static str,
+        grant: &CallerGrant,
+        spend: Option<(i64, Currency)>,
+    ) -> Result<Option<DailyReservation>, Status> {
+        let Some((amount, currency)) = spend else {
+            return Ok(None);
+        };
+        let Some(cap) = grant.daily_cap(&currency) else {
+            return Ok(None);
+        };
+        let day = time::OffsetDateTime::now_utc().date();
+        let reserved = self
+            .protocol
+            .store()
+            .reserve_daily(grant.name(), currency.as_str(), day, amount, cap)
+            .await
+            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?;
+        if !reserved {
+            return Err(fail(
+                rpc,
+                GatewayError::PermissionDenied {
+                    reason: "DAILY_LIMIT_REACHED",
+                    description: format!(
+                        "caller {} has reached its limit of {cap} {currency} today (UTC)",
+                        grant.name()
+                    ),
+                },
+            ));
+        }
+        Ok(Some(DailyReservation {
+            caller: grant.name().to_owned(),
+            currency: currency.to_string(),
+            day,
+            amount,
+        }))
     }
 
     /// The one path of every mutating RPC once its command is prepared: the work runs through
@@ -263,6 +306,7 @@ impl RefundGatewayApi {
         >,
         encode: impl FnOnce(O) -> Encoded + Send + 'static,
         set_replayed: impl FnOnce(&mut T, bool),
+        spend: Option<(i64, Currency)>,
     ) -> Result<Response<T>, Status>
     where
         O: Send + 'static,
@@ -280,6 +324,21 @@ impl RefundGatewayApi {
             work,
             context: answer_context,
         } = prepared;
+        // The last refusal before the claim: nothing is stored when the day's cap is reached. A
+        // retry of an operation already made moves no new money, so it reserves nothing (two
+        // first requests racing both reserve, and the claim gives the loser's back).
+        let known = self
+            .protocol
+            .store()
+            .get(new.operation_id)
+            .await
+            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?
+            .is_some();
+        let reservation = if known {
+            None
+        } else {
+            self.reserve_daily(rpc, &context.grant, spend).await?
+        };
         new.trace_id = context.request_id;
         let work = work
             .inspect_err(move |e| log_failure(rpc, e))
@@ -287,7 +346,7 @@ impl RefundGatewayApi {
             .boxed();
         let stored = self
             .protocol
-            .execute(new, context.deadline, work, answer_context)
+            .execute(new, context.deadline, work, answer_context, reservation)
             .await;
         answer(rpc, stored, set_replayed)
     }
@@ -311,8 +370,10 @@ impl RefundGatewayService for RefundGatewayApi {
             cmd.klarna_account.as_deref(),
             KlarnaApiKind::OrderManagement,
         )?;
-        self.check_order_refund_amount(RPC, grant, &cmd, &metadata)
+        let capped_currency = self
+            .check_order_refund_amount(RPC, grant, &cmd, &metadata)
             .await?;
+        let spend = capped_currency.map(|c| (cmd.refunded_amount.minor_units(), c));
         if cmd.validate_only {
             let (order_id, amount) = (cmd.order_id.to_string(), cmd.refunded_amount.minor_units());
             let outcome = self
@@ -335,6 +396,7 @@ impl RefundGatewayService for RefundGatewayApi {
             prepared,
             move |outcome| convert::refund_encoded(&order_id, amount, outcome),
             |m: &mut pb::RefundOrderResponse, r| m.replayed = r,
+            spend,
         )
         .await
     }
@@ -364,6 +426,7 @@ impl RefundGatewayService for RefundGatewayApi {
             prepared,
             move |outcome| convert::release_encoded(order_id, outcome),
             |m: &mut pb::ReleaseAuthorizationResponse, r| m.replayed = r,
+            None,
         )
         .await
     }
@@ -417,6 +480,7 @@ impl RefundGatewayService for RefundGatewayApi {
                 convert::extension_encoded(order_id, capture_id, outcome, option, currency)
             },
             |m: &mut pb::ExtendDueDateResponse, r| m.replayed = r,
+            None,
         )
         .await
     }
@@ -483,6 +547,7 @@ impl RefundGatewayService for RefundGatewayApi {
         grant
             .check_amount(cmd.amount.minor_units(), &cmd.currency)
             .map_err(|e| fail(RPC, e))?;
+        let spend = Some((cmd.amount.minor_units(), cmd.currency.clone()));
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
@@ -509,6 +574,7 @@ impl RefundGatewayService for RefundGatewayApi {
                 )
             },
             |m: &mut pb::RefundCaptureResponse, r| m.replayed = r,
+            spend,
         )
         .await
     }
@@ -532,6 +598,7 @@ impl RefundGatewayService for RefundGatewayApi {
         grant
             .check_amount(cmd.amount.minor_units(), &cmd.currency)
             .map_err(|e| fail(RPC, e))?;
+        let spend = Some((cmd.amount.minor_units(), cmd.currency.clone()));
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
@@ -558,6 +625,7 @@ impl RefundGatewayService for RefundGatewayApi {
                 )
             },
             |m: &mut pb::RefundTransactionResponse, r| m.replayed = r,
+            spend,
         )
         .await
     }

@@ -950,6 +950,10 @@ mod readme {
                 reason: "CURRENCY_NOT_PERMITTED",
                 description: "d".into(),
             },
+            GatewayError::PermissionDenied {
+                reason: "DAILY_LIMIT_REACHED",
+                description: "d".into(),
+            },
             GatewayError::Klarna {
                 error: KlarnaError::Throttled(Duration::from_millis(250)),
                 resource: resource(),

@@ -16,6 +16,8 @@
 //! - `page`: page sizes and the opaque keyset page tokens of [`OperationStore::list`].
 //! - `read`: the reads (`get`, `unresolved`, `list` with its events, `resource_operations`,
 //!   `webhook_events`), one portable SQL text each, run by both backends on their pools.
+//!   Callers' daily totals (`reserve_daily`, `release_daily`, `daily_total`) are each
+//!   backend's own SQL: a UTC day is ISO text on SQLite and a DATE on PostgreSQL.
 //! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,
 //!   one transaction, one fsync; claims and finishes in bulk statements, audit events by
 //!   triggers), a pool of readers, in-process order locks. Its writes are in `sqlite::sql`.

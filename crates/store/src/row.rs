@@ -10,7 +10,7 @@ use refund_gateway_domain::{
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 /// A database error as the port reports it: unreadable values are [`StoreError::Corrupt`],
 /// everything else [`StoreError::Unavailable`]. sqlx's messages name no connection URL.
@@ -126,6 +126,18 @@ pub(crate) fn micros(t: OffsetDateTime) -> i64 {
 pub(crate) fn from_micros(micros: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .map_err(|e| StoreError::Corrupt(format!("timestamp {micros} out of range: {e}")))
+}
+
+/// The stored form of a UTC day (the key of a caller's daily total): its ISO date,
+/// `YYYY-MM-DD`, as SQLite keeps it and as PostgreSQL reads it into a DATE. Meant for days of
+/// years 1 to 9999, which is every day the gateway meets.
+pub(crate) fn day_text(day: Date) -> String {
+    format!(
+        "{:04}-{:02}-{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    )
 }
 
 /// `now + lease` in microseconds, saturating.
@@ -463,5 +475,11 @@ mod tests {
         assert_eq!(back.unix_timestamp_nanos(), 1_700_000_000_123_456_000);
         assert_eq!(lease_end(10, Duration::from_secs(1)), 1_000_010);
         assert_eq!(lease_end(i64::MAX - 1, Duration::from_secs(1)), i64::MAX);
+    }
+
+    #[test]
+    fn days_are_iso_dates() {
+        assert_eq!(day_text(time::macros::date!(2026 - 03 - 01)), "2026-03-01");
+        assert_eq!(day_text(time::macros::date!(0987 - 12 - 31)), "0987-12-31");
     }
 }

@@ -16,9 +16,9 @@ use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0005, webhook events). SQLite has no 0003, but
-/// both backends number their migrations alike.
-const PREVIOUS: i64 = 4;
+/// The schema version before the current one (0006, callers' daily totals): 0005, webhook
+/// events. SQLite has no 0003, but both backends number their migrations alike.
+const PREVIOUS: i64 = 5;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;
@@ -281,7 +281,7 @@ fn previous_rows() -> Vec<PreviousRow> {
             state: OperationState::Pending,
             resource_kind: ResourceKind::Transaction,
             resource_id: "tx-7",
-            answer_context: Some("context-4"),
+            answer_context: Some("context-5"),
             created_at: 2000,
         },
     ]
@@ -301,7 +301,7 @@ const INSERT_PREVIOUS: &str = "INSERT INTO operations (operation_id, caller, rpc
      reference, klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, \
      updated_at, refund_id, correlation_id, response_code, response_message, response_payload, \
      resource_kind, resource_id, answer_context) \
-     VALUES ($1, 'pos', $2, $3, 'fp', 'eu', $4, NULL, 4000, 'SEK', NULL, '{}', 'trace-4', $5, \
+     VALUES ($1, 'pos', $2, $3, 'fp', 'eu', $4, NULL, 4000, 'SEK', NULL, '{}', 'trace-5', $5, \
      NULL, NULL, $6, $6, NULL, NULL, NULL, NULL, NULL, $7, $8, $9)";
 
 /// Binds `row` to [`INSERT_PREVIOUS`].
@@ -321,8 +321,48 @@ macro_rules! bind_previous_row {
     }};
 }
 
-/// Every row of the previous version reads back, is found on its resource, and takes
-/// webhooks.
+/// The webhook event a release of the previous version recorded, for the first of
+/// [`previous_rows`].
+fn previous_webhook() -> WebhookEvent {
+    WebhookEvent {
+        event_id: "evt-before-migration".to_owned(),
+        event_type: "payment.transaction.refunded".to_owned(),
+        klarna_account: "eu".to_owned(),
+        operation_id: Some(previous_id(&previous_rows()[0])),
+        payment_transaction_id: Some("tx-7".to_owned()),
+        refund_id: Some("refund-5".to_owned()),
+        correlation_id: Some("corr-5".to_owned()),
+        payload: r#"{"event":"refunded"}"#.to_owned(),
+        occurred_at: Some("2027-01-15T10:00:00Z".to_owned()),
+        received_at: OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap(),
+    }
+}
+
+/// The INSERT of a webhook event by a release of the previous version (its columns only).
+const INSERT_PREVIOUS_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, event_type, \
+     klarna_account, operation_id, payment_transaction_id, refund_id, correlation_id, payload, \
+     occurred_at, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Binds [`previous_webhook`] to [`INSERT_PREVIOUS_WEBHOOK`].
+macro_rules! bind_previous_webhook {
+    () => {{
+        let event = previous_webhook();
+        sqlx::query(INSERT_PREVIOUS_WEBHOOK)
+            .bind(event.event_id)
+            .bind(event.event_type)
+            .bind(event.klarna_account)
+            .bind(event.operation_id.map(|id| id.to_string()))
+            .bind(event.payment_transaction_id)
+            .bind(event.refund_id)
+            .bind(event.correlation_id)
+            .bind(event.payload)
+            .bind(event.occurred_at)
+            .bind(event.received_at.unix_timestamp() * 1_000_000)
+    }};
+}
+
+/// Every row of the previous version reads back, is found on its resource, keeps its webhook
+/// event and takes new ones; daily totals, new in this version, start empty and work.
 async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     let rows = previous_rows();
     for row in &rows {
@@ -336,7 +376,7 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
         );
         assert_eq!(op.state, row.state);
         assert_eq!(op.answer_context.as_deref(), row.answer_context);
-        assert_eq!(op.new.trace_id.as_deref(), Some("trace-4"));
+        assert_eq!(op.new.trace_id.as_deref(), Some("trace-5"));
     }
     let keys = |ops: Vec<refund_gateway_domain::Operation>| -> Vec<String> {
         ops.into_iter()
@@ -384,13 +424,27 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
         occurred_at: None,
         received_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
     };
+    assert_eq!(
+        store.webhook_events(refunded).await.unwrap(),
+        vec![previous_webhook()]
+    );
+    assert!(
+        !store
+            .record_webhook(previous_webhook(), "redelivered".to_owned())
+            .await
+            .unwrap(),
+        "the event recorded before the migration is known"
+    );
     assert!(
         store
             .record_webhook(event.clone(), "webhook".to_owned())
             .await
             .unwrap()
     );
-    assert_eq!(store.webhook_events(refunded).await.unwrap(), vec![event]);
+    assert_eq!(
+        store.webhook_events(refunded).await.unwrap(),
+        vec![previous_webhook(), event]
+    );
     let filter = OperationFilter {
         idempotency_key: Some("tx-refund-1".to_owned()),
         ..OperationFilter::default()
@@ -407,6 +461,23 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
         )
     );
     assert_eq!(last.refund_id.as_deref(), Some("refund-7"));
+
+    let day = time::macros::date!(2027 - 01 - 15);
+    assert_eq!(store.daily_total("pos", "SEK", day).await.unwrap(), 0);
+    assert!(
+        store
+            .reserve_daily("pos", "SEK", day, 4000, 5000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .reserve_daily("pos", "SEK", day, 1001, 5000)
+            .await
+            .unwrap()
+    );
+    store.release_daily("pos", "SEK", day, 1000).await.unwrap();
+    assert_eq!(store.daily_total("pos", "SEK", day).await.unwrap(), 3000);
 }
 
 #[tokio::test]
@@ -423,6 +494,7 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
         for row in &previous_rows() {
             bind_previous_row!(row).execute(&mut conn).await.unwrap();
         }
+        bind_previous_webhook!().execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
@@ -444,6 +516,7 @@ async fn postgres_at_the_previous_version_migrates_and_reads_back() {
         for row in &previous_rows() {
             bind_previous_row!(row).execute(&mut conn).await.unwrap();
         }
+        bind_previous_webhook!().execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     }
     let config =

@@ -330,3 +330,64 @@ async fn the_grpc_port_speaks_tls_and_requires_client_certificates_with_a_client
     assert!(klarna_calls(&app.sim.sim).is_empty());
     app.shutdown().await
 }
+
+backend_test! {
+    /// A caller's cap per day holds across replicas sharing the operation store, and a refund
+    /// that moved no money gives its amount back.
+    async fn the_daily_cap_holds_across_replicas(db: Backend) -> anyhow::Result<()> {
+        let callers = format!(
+            "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\n\
+             klarna_accounts = [\"*\"]\nmax_amount_per_day = {{ SEK = 1000 }}\n",
+            hash(TILL)
+        );
+        let mut first = spawn_app_with(AppOptions {
+            callers: Some(callers.clone()),
+            ..db.options()
+        })
+        .await?;
+        // A second gateway on the same store (PostgreSQL); SQLite belongs to one process.
+        let mut second = match &db {
+            refund_gateway_tests::Backend::Postgres(_) => Some(
+                spawn_app_with(AppOptions {
+                    callers: Some(callers),
+                    klarna_url: Some(first.sim.base_url.clone()),
+                    ..db.options()
+                })
+                .await?,
+            ),
+            refund_gateway_tests::Backend::Sqlite => None,
+        };
+        let order = captured_order(&first.sim.sim, 10_000);
+        first
+            .client
+            .refund_order(bearer(TILL, refund_request("day-1", &order.order_id, 600)))
+            .await?;
+        let other = second.as_mut().map_or(&mut first.client, |s| &mut s.client);
+        let refused = other
+            .refund_order(bearer(TILL, refund_request("day-2", &order.order_id, 500)))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("refunded past the daily cap"));
+        assert_reason(&refused, Code::PermissionDenied, "DAILY_LIMIT_REACHED");
+        // Klarna refuses this one (more than is captured and left): its 300 comes back.
+        let over = captured_order(&first.sim.sim, 200);
+        let failed = other
+            .refund_order(bearer(TILL, refund_request("day-3", &over.order_id, 300)))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("over refund accepted"));
+        assert_eq!(failed.code(), Code::FailedPrecondition, "{failed:?}");
+        other
+            .refund_order(bearer(TILL, refund_request("day-4", &order.order_id, 400)))
+            .await?;
+        // A replay of a refund already counted does not count again.
+        first
+            .client
+            .refund_order(bearer(TILL, refund_request("day-1", &order.order_id, 600)))
+            .await?;
+        if let Some(second) = second {
+            second.shutdown().await?;
+        }
+        first.shutdown().await
+    }
+}

@@ -81,8 +81,6 @@ mod demo_mode;
 mod errors;
 mod exactly_once;
 mod grpcurl;
-mod hostile;
-mod limits;
 mod logs;
 mod outbound;
 mod partner;

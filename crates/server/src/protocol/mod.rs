@@ -87,6 +87,21 @@ pub struct Answer {
     pub replayed: bool,
 }
 
+/// An amount reserved in a caller's daily total before the claim (its cap per day), given
+/// back when the operation turns out to move no money: a retry of an existing operation, a
+/// refusal, or an outcome that proves nothing happened. An unknown outcome keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyReservation {
+    /// The caller's name.
+    pub caller: String,
+    /// The currency.
+    pub currency: String,
+    /// The UTC day.
+    pub day: time::Date,
+    /// The amount reserved.
+    pub amount: i64,
+}
+
 /// The work of one operation: state rules, the Klarna call, the encoded answer.
 pub type Work = BoxFuture<'static, Result<Encoded, GatewayError>>;
 
@@ -153,8 +168,9 @@ fn store_unavailable(e: StoreError) -> GatewayError {
 
 /// What a task does with the operation it holds.
 enum Job {
-    /// The first execution, under a fresh claim, and what it leaves for its answer.
-    Work(Work, AnswerContext),
+    /// The first execution, under a fresh claim, what it leaves for its answer, and the
+    /// daily reservation made for it.
+    Work(Work, AnswerContext, Option<DailyReservation>),
     /// A resend (or a match on the order) of an operation whose outcome is unknown.
     Resend,
 }
@@ -196,6 +212,7 @@ impl Protocol {
         deadline: Option<Duration>,
         work: Work,
         context: AnswerContext,
+        reservation: Option<DailyReservation>,
     ) -> Result<Answer, GatewayError> {
         let deadline = deadline.unwrap_or(self.settings.default_deadline);
         let started = tokio::time::Instant::now();
@@ -207,15 +224,29 @@ impl Protocol {
         let new_op = new.clone();
         let trace_id = new.trace_id.clone();
         let holder = LeaseHolder::new();
-        let claim = self
+        let claim = match self
             .store
             .claim(new, holder, now, self.settings.lease)
             .await
-            .map_err(store_unavailable)?;
-        let receiver = match claim {
-            Claim::New(op) => {
-                self.spawn(op, holder, Job::Work(work, context), klarna_deadline, None)
+        {
+            Ok(claim) => claim,
+            Err(e) => {
+                self.release(reservation.as_ref()).await;
+                return Err(store_unavailable(e));
             }
+        };
+        if matches!(claim, Claim::Existing(_)) {
+            // A resend of an operation already made: it moves no new money.
+            self.release(reservation.as_ref()).await;
+        }
+        let receiver = match claim {
+            Claim::New(op) => self.spawn(
+                op,
+                holder,
+                Job::Work(work, context, reservation),
+                klarna_deadline,
+                None,
+            ),
             Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
                 return Err(GatewayError::KeyReused {
                     operation_id: op.new.operation_id.to_string(),
@@ -374,7 +405,8 @@ impl Protocol {
             Err(e) => {
                 // Nothing was sent: give the key back rather than leave a claim whose state
                 // rules never ran for the reconciler to resend.
-                if matches!(job, Job::Work(..)) {
+                if let Job::Work(_, _, reservation) = &job {
+                    self.release(reservation.as_ref()).await;
                     let _ = self
                         .store
                         .abandon(
@@ -390,20 +422,43 @@ impl Protocol {
         };
         let renewal =
             lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
-        let (outcome, context) = match job {
-            Job::Work(work, context) => {
+        let (outcome, context, reservation) = match job {
+            Job::Work(work, context, reservation) => {
                 let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
                 let outcome =
                     outcome::judge_work(id, api_of(&op), result, attempts, op.new.trace_id.clone());
-                (outcome, context.take())
+                (outcome, context.take(), reservation)
             }
             // The context the first execution left is stored already.
-            Job::Resend => (self.resend(&op, resend_trace_id).await, None),
+            Job::Resend => (self.resend(&op, resend_trace_id).await, None, None),
         };
         renewal.abort();
+        let moved_nothing = match &outcome {
+            Outcome::NothingHappened(_) => true,
+            Outcome::Final(completion) => {
+                completion.state == refund_gateway_domain::OperationState::Failed
+            }
+            Outcome::Unknown { .. } => false,
+        };
         let recorded = self.record(id, holder, outcome, context).await;
+        if moved_nothing && recorded.is_ok() {
+            self.release(reservation.as_ref()).await;
+        }
         lock.release().await;
         recorded
+    }
+
+    /// Gives a daily reservation back; a store failure keeps it (the cap errs on the side of
+    /// less money, never more).
+    async fn release(&self, reservation: Option<&DailyReservation>) {
+        let Some(r) = reservation else { return };
+        if let Err(e) = self
+            .store
+            .release_daily(&r.caller, &r.currency, r.day, r.amount)
+            .await
+        {
+            tracing::warn!(error = %e, caller = %r.caller, "daily reservation not given back");
+        }
     }
 
     /// Records `outcome` as `holder`, with the answer's `context` when the outcome is unknown.

@@ -5,6 +5,9 @@
 //!   its own group commit across sessions. No transaction stays open between round trips.
 //! - **Claims** use `INSERT … ON CONFLICT DO NOTHING`: among concurrent claims of one id, in
 //!   any number of processes, exactly one inserts.
+//! - **Daily totals** are reserved with one `INSERT … ON CONFLICT DO UPDATE … WHERE` per
+//!   reservation: the row lock serializes concurrent reservations of one caller, currency and
+//!   day across replicas, and each checks the cap against the latest committed total.
 //! - **Replica liveness** (`liveness`): each store is a replica with a random key, alive while
 //!   a session of its own holds a session advisory lock on that key. A claim and a take-over
 //!   record the replica in `lease_replica` (finishing or marking pending clears it with the
@@ -54,11 +57,11 @@ use refund_gateway_domain::{
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::config::DatabaseConfig;
 use crate::read;
-use crate::row::{check_final, holder_text, id_text, lease_end, micros};
+use crate::row::{check_final, day_text, holder_text, id_text, lease_end, micros};
 
 pub use lease::{DEFAULT_LEASE as DEFAULT_ORDER_LOCK_LEASE, PostgresResourceLock};
 
@@ -355,5 +358,37 @@ impl OperationStore for PostgresStore {
 
     async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError> {
         read::webhook_events(&self.pool, id).await
+    }
+
+    /// One statement: replicas reserving on the same total at once wait for each other's
+    /// row lock, and each checks the cap against the total the others left.
+    async fn reserve_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+        amount: i64,
+        cap: i64,
+    ) -> Result<bool, StoreError> {
+        sql::reserve_daily(&self.pool, caller, currency, &day_text(day), amount, cap).await
+    }
+
+    async fn release_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+        amount: i64,
+    ) -> Result<(), StoreError> {
+        sql::release_daily(&self.pool, caller, currency, &day_text(day), amount).await
+    }
+
+    async fn daily_total(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+    ) -> Result<i64, StoreError> {
+        sql::daily_total(&self.pool, caller, currency, &day_text(day)).await
     }
 }

@@ -200,6 +200,28 @@ const PURGE: &str = "UPDATE operations SET response_payload = NULL \
      WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < $1 \
      AND response_payload IS NOT NULL";
 
+// $1 caller, $2 currency, $3 day (ISO text, read as a DATE), $4 amount, $5 cap. Adds the
+// amount to the day's total if it stays within the cap, creating the row on the day's first
+// reservation; returns the new total, or no row when refused. The SELECT's WHERE refuses an
+// amount over the cap on a fresh row. Concurrent reservations, from any replica, serialize
+// on the row: an insert that meets another's uncommitted insert waits for it and then takes
+// the update path, and ON CONFLICT DO UPDATE locks the row and evaluates its WHERE on the
+// latest committed total. `total <= cap - amount` cannot overflow for amounts and caps of at
+// least zero, and the sum it allows is at most the cap.
+const RESERVE_DAILY: &str = "INSERT INTO caller_daily_totals AS t (caller, currency, day, total) \
+     SELECT $1, $2, $3::date, $4 WHERE $4 <= $5 \
+     ON CONFLICT (caller, currency, day) DO UPDATE SET total = t.total + EXCLUDED.total \
+       WHERE t.total <= $5 - EXCLUDED.total \
+     RETURNING t.total";
+
+// $1 caller, $2 currency, $3 day, $4 amount. Never below zero; no row, nothing to give back.
+const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = GREATEST(total - $4, 0) \
+     WHERE caller = $1 AND currency = $2 AND day = $3::date";
+
+// $1 caller, $2 currency, $3 day.
+const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
+     WHERE caller = $1 AND currency = $2 AND day = $3::date";
+
 /// Takes the session advisory lock of a replica key if nobody holds it; true when taken.
 pub(super) const TRY_LOCK_REPLICA: &str = "SELECT pg_try_advisory_lock($1)";
 
@@ -437,6 +459,65 @@ pub(super) async fn purge(pool: &PgPool, before: i64) -> Result<u64, StoreError>
         .await
         .map_err(db_error)?
         .rows_affected())
+}
+
+/// Adds `amount` to the total of (`caller`, `currency`, `day`) if it stays at most `cap`
+/// (see [`RESERVE_DAILY`]); true when added. `day` is stored text (`crate::row::day_text`);
+/// `amount` and `cap` are at least zero (the caller checks).
+pub(super) async fn reserve_daily(
+    pool: &PgPool,
+    caller: &str,
+    currency: &str,
+    day: &str,
+    amount: i64,
+    cap: i64,
+) -> Result<bool, StoreError> {
+    let total = sqlx::query_scalar::<_, i64>(RESERVE_DAILY)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .bind(amount)
+        .bind(cap)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(total.is_some())
+}
+
+/// Gives `amount` back to the total of (`caller`, `currency`, `day`), down to zero at most.
+pub(super) async fn release_daily(
+    pool: &PgPool,
+    caller: &str,
+    currency: &str,
+    day: &str,
+    amount: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(RELEASE_DAILY)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .bind(amount)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The total of (`caller`, `currency`, `day`), 0 when nothing was reserved.
+pub(super) async fn daily_total(
+    pool: &PgPool,
+    caller: &str,
+    currency: &str,
+    day: &str,
+) -> Result<i64, StoreError> {
+    let total = sqlx::query_scalar::<_, i64>(DAILY_TOTAL)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(total.unwrap_or(0))
 }
 
 /// One resource lease as the statements name it.

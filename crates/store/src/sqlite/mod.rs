@@ -6,9 +6,12 @@
 //!   group, claims and finishes run as bulk statements (one per kind, up to 256 operations
 //!   each), and audit events are appended by triggers: the writer's cost is per statement, a
 //!   round trip to sqlx's SQLite thread each, so statements per operation set its throughput.
-//! - **Reads** (`get`, `unresolved`, `list`, `resource_operations`, `webhook_events`) use a
-//!   small pool of read-only connections; WAL lets them run beside the writer and see
-//!   everything committed.
+//! - **Reads** (`get`, `unresolved`, `list`, `resource_operations`, `webhook_events`,
+//!   `daily_total`) use a small pool of read-only connections; WAL lets them run beside the
+//!   writer and see everything committed.
+//! - **Daily totals**: a reservation is one statement that checks the cap and adds in one go,
+//!   run by the writer like every write, so no other write comes between its check and its
+//!   addition.
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: statement journals in memory (`temp_store`), a 32 MiB page cache, and a
@@ -35,10 +38,10 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::read;
-use crate::row::{check_final, holder_text, id_text, lease_end, micros};
+use crate::row::{check_final, day_text, holder_text, id_text, lease_end, micros};
 use order_locks::OrderLocks;
 pub use order_locks::SqliteOrderLock;
 pub use writer::WriterStats;
@@ -189,6 +192,13 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 ///   refund and correlation ids, no trace id, the detail given, at the instant received. An
 ///   event naming an unknown operation is recorded without one.
 /// - `webhook_events` orders by the instant received (then event id).
+/// - `reserve_daily` adds to the total of (caller, currency, UTC day) only while the sum stays
+///   at most the cap: an amount over the cap is refused on a day with no total too, and a
+///   refusal changes nothing. Concurrent reservations apply one after another, each checked
+///   against the total the ones before it left, so together they never exceed the cap (on
+///   PostgreSQL also across replicas). `release_daily` subtracts, down to zero at most, and
+///   does nothing where nothing was reserved. Amounts and caps are at least zero: the caller
+///   validates them, the store does not. Days are UTC dates; totals are kept forever.
 /// - Timestamps are kept in whole microseconds (UTC); finer precision is truncated toward
 ///   the past, so ordering is preserved.
 #[async_trait]
@@ -370,5 +380,49 @@ impl OperationStore for SqliteStore {
 
     async fn webhook_events(&self, id: OperationId) -> Result<Vec<WebhookEvent>, StoreError> {
         read::webhook_events(&self.readers, id).await
+    }
+
+    async fn reserve_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+        amount: i64,
+        cap: i64,
+    ) -> Result<bool, StoreError> {
+        self.changed(WriteOp::ReserveDaily {
+            caller: caller.to_owned(),
+            currency: currency.to_owned(),
+            day: day_text(day),
+            amount,
+            cap,
+        })
+        .await
+    }
+
+    async fn release_daily(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+        amount: i64,
+    ) -> Result<(), StoreError> {
+        self.changed(WriteOp::ReleaseDaily {
+            caller: caller.to_owned(),
+            currency: currency.to_owned(),
+            day: day_text(day),
+            amount,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn daily_total(
+        &self,
+        caller: &str,
+        currency: &str,
+        day: Date,
+    ) -> Result<i64, StoreError> {
+        sql::daily_total(&self.readers, caller, currency, &day_text(day)).await
     }
 }

@@ -1,6 +1,6 @@
 //! The SQL statements of the SQLite store's writes, and the functions that run them, on the
 //! writer's connection inside its batch transaction. The reads are shared with PostgreSQL
-//! (`crate::read`).
+//! (`crate::read`), except [`daily_total`], which reads on the readers' pool.
 //!
 //! Audit events are appended by triggers (see the migration), so a claim or a transition is
 //! one statement and the event exists exactly when the row changed. Claims and finishes, the
@@ -17,7 +17,7 @@ use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
 };
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::read::SELECT_OPERATION;
 use crate::row::{
@@ -144,6 +144,28 @@ const PURGE: &str = "UPDATE operations SET response_payload = NULL \
 const ORPHANED: &str = "UPDATE operations SET state = 'PENDING', lease_expires_at = NULL, \
      updated_at = ?1, event_detail = 'taken over at start: the process holding it is gone', \
      event_trace_id = NULL WHERE state = 'IN_FLIGHT'";
+
+// ?1 caller, ?2 currency, ?3 day, ?4 amount, ?5 cap. Adds the amount to the day's total if
+// it stays within the cap, creating the row on the day's first reservation; returns the new
+// total, or no row when refused. The SELECT's WHERE refuses an amount over the cap on a fresh
+// row (and resolves the parsing ambiguity of `INSERT … SELECT … ON CONFLICT`); the update's
+// WHERE is written `total <= cap - amount` so that it cannot overflow for amounts and caps of
+// at least zero. One statement under the writer's lock: nothing runs between its check and
+// its write.
+const RESERVE_DAILY: &str = "INSERT INTO caller_daily_totals (caller, currency, day, total) \
+     SELECT ?1, ?2, ?3, ?4 WHERE ?4 <= ?5 \
+     ON CONFLICT (caller, currency, day) DO UPDATE \
+       SET total = caller_daily_totals.total + excluded.total \
+       WHERE caller_daily_totals.total <= ?5 - excluded.total \
+     RETURNING total";
+
+// ?1 caller, ?2 currency, ?3 day, ?4 amount. Never below zero; no row, nothing to give back.
+const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = MAX(total - ?4, 0) \
+     WHERE caller = ?1 AND currency = ?2 AND day = ?3";
+
+// ?1 caller, ?2 currency, ?3 day.
+const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
+     WHERE caller = ?1 AND currency = ?2 AND day = ?3";
 
 /// A claim as the writer holds it: the operation, its id as stored, and its instants.
 #[derive(Debug)]
@@ -398,6 +420,64 @@ pub(super) async fn record_webhook(
             .map_err(db_error)?;
     }
     Ok(true)
+}
+
+/// Adds `amount` to the total of (`caller`, `currency`, `day`) if it stays at most `cap`
+/// (see [`RESERVE_DAILY`]); true when added. `day` is stored text (`crate::row::day_text`);
+/// `amount` and `cap` are at least zero (the caller checks).
+pub(super) async fn reserve_daily(
+    conn: &mut SqliteConnection,
+    caller: &str,
+    currency: &str,
+    day: &str,
+    amount: i64,
+    cap: i64,
+) -> Result<bool, StoreError> {
+    let total = sqlx::query_scalar::<_, i64>(RESERVE_DAILY)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .bind(amount)
+        .bind(cap)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(total.is_some())
+}
+
+/// Gives `amount` back to the total of (`caller`, `currency`, `day`), down to zero at most;
+/// true when there was a total.
+pub(super) async fn release_daily(
+    conn: &mut SqliteConnection,
+    caller: &str,
+    currency: &str,
+    day: &str,
+    amount: i64,
+) -> Result<bool, StoreError> {
+    let query = sqlx::query(RELEASE_DAILY)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .bind(amount);
+    changed_one(query, conn).await
+}
+
+/// The total of (`caller`, `currency`, `day`), 0 when nothing was reserved; read on the
+/// readers' pool, which sees every committed reservation.
+pub(super) async fn daily_total(
+    readers: &SqlitePool,
+    caller: &str,
+    currency: &str,
+    day: &str,
+) -> Result<i64, StoreError> {
+    let total = sqlx::query_scalar::<_, i64>(DAILY_TOTAL)
+        .bind(caller)
+        .bind(currency)
+        .bind(day)
+        .fetch_optional(readers)
+        .await
+        .map_err(db_error)?;
+    Ok(total.unwrap_or(0))
 }
 
 /// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).

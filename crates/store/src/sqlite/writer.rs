@@ -90,6 +90,21 @@ pub(super) enum WriteOp {
     Purge {
         before: i64,
     },
+    ReserveDaily {
+        caller: String,
+        currency: String,
+        /// The UTC day as stored.
+        day: String,
+        amount: i64,
+        cap: i64,
+    },
+    ReleaseDaily {
+        caller: String,
+        currency: String,
+        /// The UTC day as stored.
+        day: String,
+        amount: i64,
+    },
     Durability,
 }
 
@@ -98,7 +113,8 @@ pub(super) enum WriteOp {
 pub(super) enum Outcome {
     // Boxed: a claim is large, and outcomes move through channels.
     Claim(Box<Claim>),
-    /// Whether the row changed (take-over, renewal, transitions) or was inserted (webhooks).
+    /// Whether the row changed (take-over, renewal, transitions, daily totals) or was
+    /// inserted (webhooks).
     Changed(bool),
     Purged(u64),
     Durability {
@@ -405,6 +421,21 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
             sql::record_webhook(conn, event, operation_id.as_deref(), *received_at, detail).await?,
         ),
         WriteOp::Purge { before } => Outcome::Purged(sql::purge(conn, *before).await?),
+        WriteOp::ReserveDaily {
+            caller,
+            currency,
+            day,
+            amount,
+            cap,
+        } => {
+            Outcome::Changed(sql::reserve_daily(conn, caller, currency, day, *amount, *cap).await?)
+        }
+        WriteOp::ReleaseDaily {
+            caller,
+            currency,
+            day,
+            amount,
+        } => Outcome::Changed(sql::release_daily(conn, caller, currency, day, *amount).await?),
         WriteOp::Durability => {
             let (journal_mode, synchronous) = sql::durability(conn).await?;
             Outcome::Durability {

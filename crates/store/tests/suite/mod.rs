@@ -13,7 +13,7 @@ use refund_gateway_domain::{
     StoredResponse, WebhookEvent,
 };
 use time::OffsetDateTime;
-use time::macros::datetime;
+use time::macros::{date, datetime};
 use tokio::sync::{Barrier, oneshot};
 use uuid::Uuid;
 
@@ -38,6 +38,8 @@ macro_rules! all_cases {
             resource_operations_lists_one_resource,
             webhook_recorded_once,
             concurrent_webhook_records_once,
+            daily_reservations_stay_within_the_cap,
+            concurrent_daily_reservations_never_exceed_the_cap,
             purge_keeps_identity,
             answer_context_survives_a_resend,
             lock_order_serializes_one_order,
@@ -1243,6 +1245,137 @@ pub async fn concurrent_webhook_records_once(store: Store, peer: Option<Store>) 
         transitions(&events_of(&store, &new).await),
         vec![(None, Some(InFlight)), (Some(InFlight), Some(InFlight))]
     );
+}
+
+/// A caller's daily total per currency: reservations add up to the cap exactly and no
+/// further, a refusal changes nothing, each (caller, currency, day) has its own total, and a
+/// release gives back, never below zero.
+pub async fn daily_reservations_stay_within_the_cap(store: Store, _peer: Option<Store>) {
+    let day = date!(2026 - 03 - 01);
+    let total = |caller: &'static str, currency: &'static str, day| {
+        let store = store.clone();
+        async move { store.daily_total(caller, currency, day).await.unwrap() }
+    };
+    let reserve = |caller: &'static str, currency: &'static str, day, amount, cap| {
+        let store = store.clone();
+        async move {
+            store
+                .reserve_daily(caller, currency, day, amount, cap)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(total("pos", "EUR", day).await, 0);
+
+    // Up to the cap exactly; one more is refused and changes nothing.
+    assert!(reserve("pos", "EUR", day, 60, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 60);
+    assert!(reserve("pos", "EUR", day, 40, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 100);
+    assert!(!reserve("pos", "EUR", day, 1, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 100);
+    // A cap lowered below the total (the callers file changed) refuses even nothing; at the
+    // cap, nothing still fits.
+    assert!(!reserve("pos", "EUR", day, 1, 50).await);
+    assert!(!reserve("pos", "EUR", day, 0, 50).await);
+    assert!(reserve("pos", "EUR", day, 0, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 100);
+
+    // Another caller, currency or day has its own total.
+    let next_day = day.next_day().unwrap();
+    assert!(reserve("web", "EUR", day, 100, 100).await);
+    assert!(reserve("pos", "SEK", day, 100, 100).await);
+    assert!(reserve("pos", "EUR", next_day, 100, 100).await);
+    assert_eq!(total("web", "EUR", day).await, 100);
+    assert_eq!(total("pos", "SEK", day).await, 100);
+    assert_eq!(total("pos", "EUR", next_day).await, 100);
+    assert_eq!(total("pos", "EUR", day).await, 100);
+    assert_eq!(total("pos", "USD", day).await, 0);
+
+    // A release gives back what it names, and the room is there again.
+    store.release_daily("pos", "EUR", day, 30).await.unwrap();
+    assert_eq!(total("pos", "EUR", day).await, 70);
+    assert!(!reserve("pos", "EUR", day, 31, 100).await);
+    assert!(reserve("pos", "EUR", day, 30, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 100);
+    // Never below zero, and only its own total.
+    store.release_daily("pos", "EUR", day, 500).await.unwrap();
+    assert_eq!(total("pos", "EUR", day).await, 0);
+    assert_eq!(total("web", "EUR", day).await, 100);
+    assert_eq!(total("pos", "EUR", next_day).await, 100);
+    // Nothing reserved, nothing to give back: no total appears.
+    store.release_daily("nobody", "EUR", day, 10).await.unwrap();
+    assert_eq!(total("nobody", "EUR", day).await, 0);
+    assert!(reserve("nobody", "EUR", day, 10, 10).await);
+    assert_eq!(total("nobody", "EUR", day).await, 10);
+
+    // An amount over the cap is refused on a day without a total too, and on a total of zero.
+    assert!(!reserve("fresh", "EUR", day, 101, 100).await);
+    assert_eq!(total("fresh", "EUR", day).await, 0);
+    assert!(reserve("fresh", "EUR", day, 100, 100).await);
+    assert!(!reserve("pos", "EUR", day, 101, 100).await);
+    assert_eq!(total("pos", "EUR", day).await, 0);
+
+    // The largest cap: the check does not overflow.
+    assert!(reserve("big", "EUR", day, i64::MAX, i64::MAX).await);
+    assert!(!reserve("big", "EUR", day, 1, i64::MAX).await);
+    assert!(!reserve("big", "EUR", day, i64::MAX, i64::MAX).await);
+    assert_eq!(total("big", "EUR", day).await, i64::MAX);
+    store.release_daily("big", "EUR", day, 1).await.unwrap();
+    assert_eq!(total("big", "EUR", day).await, i64::MAX - 1);
+}
+
+/// Concurrent reservations on one total (from two replicas, where the backend has them),
+/// starting on a day without a total: exactly as many succeed as the cap holds. Then releases
+/// racing reservations: the total is exactly what the successful reservations left.
+pub async fn concurrent_daily_reservations_never_exceed_the_cap(store: Store, peer: Option<Store>) {
+    const RESERVATIONS: usize = 40;
+    let day = date!(2026 - 03 - 01);
+    let store_for = |i: usize| match (&peer, i % 2) {
+        (Some(peer), 1) => peer.clone(),
+        _ => store.clone(),
+    };
+    let barrier = Arc::new(Barrier::new(RESERVATIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..RESERVATIONS {
+        let (store, barrier) = (store_for(i), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store
+                .reserve_daily("pos", "EUR", day, 10, 100)
+                .await
+                .unwrap()
+        });
+    }
+    let reserved = tasks.join_all().await;
+    assert_eq!(reserved.iter().filter(|r| **r).count(), 10, "{reserved:?}");
+    assert_eq!(store.daily_total("pos", "EUR", day).await.unwrap(), 100);
+
+    // Ten releases of 10 (everything) racing twenty reservations of 10.
+    let barrier = Arc::new(Barrier::new(30));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (store, barrier) = (store_for(i), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            if i < 10 {
+                store.release_daily("pos", "EUR", day, 10).await.unwrap();
+                false
+            } else {
+                store
+                    .reserve_daily("pos", "EUR", day, 10, 100)
+                    .await
+                    .unwrap()
+            }
+        });
+    }
+    let reserved = tasks.join_all().await.into_iter().filter(|r| *r).count();
+    let total = store.daily_total("pos", "EUR", day).await.unwrap();
+    assert_eq!(total, 10 * i64::try_from(reserved).unwrap());
+    assert!(total <= 100, "{total}");
+    if let Some(peer) = &peer {
+        assert_eq!(peer.daily_total("pos", "EUR", day).await.unwrap(), total);
+    }
 }
 
 /// The answer context kept when an operation went PENDING survives a take-over and a resend
