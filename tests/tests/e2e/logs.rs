@@ -92,3 +92,39 @@ async fn no_credential_in_captured_logs() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn no_caller_token_or_partner_key_in_captured_logs() -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    const TOKEN: &str = "caller-token-canary-5d2e";
+    const WRONG: &str = "wrong-token-canary-8a1b";
+    let hash: String = Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut app = spawn_app_with(AppOptions {
+        callers: Some(format!(
+            "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{hash}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n"
+        )),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    for (key, token) in [("log-auth-1", TOKEN), ("log-auth-2", WRONG)] {
+        let mut request = tonic::Request::new(refund_request(key, &order.order_id, 10));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let _ = app.client.refund_order(request).await;
+    }
+    let partner_key = app.sim.partner_api_key().to_owned();
+    app.shutdown().await?;
+    let logs = LogCapture::contents();
+    for needle in [TOKEN, WRONG, hash.as_str(), partner_key.as_str()] {
+        assert!(
+            !logs.contains(needle),
+            "a secret ({needle}) reached the logs"
+        );
+    }
+    Ok(())
+}
