@@ -502,9 +502,18 @@ impl CallerRegistry {
         file_stamp(&self.path) != seen
     }
 
-    /// Reloads on SIGHUP and when the file changes, until `stop`.
-    pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut hangup = hangups();
+    /// Reloads on SIGHUP and when the file changes, until `stop`. The SIGHUP handler is
+    /// installed when this is called, not when the returned future first runs: a SIGHUP that
+    /// arrives in between must not end the process (its default action).
+    pub fn watch(
+        self: Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hangup = hangups();
+        self.watch_with(hangup, stop)
+    }
+
+    async fn watch_with(self: Arc<Self>, mut hangup: Hangups, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -705,3 +705,82 @@ async fn authentication_waits_for_anonymous_operations_or_takes_their_scope() ->
     gateway.terminate_cleanly().await?;
     Ok(())
 }
+
+/// SIGHUP re-reads the callers file: a caller removed from it is refused from then on, and
+/// the process keeps serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_callers_file() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let hash = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let entry = |name: &str, token: &str| {
+        format!(
+            "[[caller]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n",
+            hash(token)
+        )
+    };
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let order_id = sim
+        .sim
+        .seed_order(OrderSeed {
+            order_amount: 1_000,
+            captures: vec![1_000],
+            ..Default::default()
+        })
+        .order_id;
+    let work = tempfile::tempdir()?;
+    let callers = work.path().join("callers.toml");
+    std::fs::write(
+        &callers,
+        format!(
+            "{}{}",
+            entry("till", "till-token"),
+            entry("ops", "ops-token")
+        ),
+    )?;
+    let config = write_config_with(work.path(), &work.path().join("data"), "")?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "auth = \"none\"\n",
+        &format!("callers_file = {:?}\n", callers.to_string_lossy()),
+    );
+    std::fs::write(&config, text)?;
+    let mut gateway = GatewayProcess::start("gateway", &config, &klarna_env(&sim)).await?;
+    let mut client = gateway.client().await?;
+    let read = |token: &str| {
+        let mut request = tonic::Request::new(refund_gateway_proto::v1::GetOrderRequest {
+            order_id: order_id.clone(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        request
+    };
+    client.get_order(read("till-token")).await?;
+    std::fs::write(&callers, entry("ops", "ops-token"))?;
+    gateway.signal("HUP")?;
+    wait_until("the removed caller to be refused", WAIT_LIMIT, async || {
+        let answer = client.clone().get_order(read("till-token")).await;
+        Ok::<_, anyhow::Error>(
+            answer
+                .err()
+                .filter(|s| s.code() == Code::Unauthenticated)
+                .map(|_| ()),
+        )
+    })
+    .await?;
+    client.get_order(read("ops-token")).await?;
+    ensure!(
+        gateway.log_text().contains("callers file reloaded"),
+        "no reload in the log"
+    );
+    gateway.terminate_cleanly().await?;
+    Ok(())
+}
