@@ -418,6 +418,14 @@ impl Callers {
         self.callers.is_empty()
     }
 
+    /// The caller without a token that is bound to the certificate subject `subject`.
+    pub fn by_certificate(&self, subject: &str) -> Option<Arc<CallerGrant>> {
+        self.callers
+            .iter()
+            .find(|c| c.token_sha256.is_none() && c.certificate_subject.as_deref() == Some(subject))
+            .cloned()
+    }
+
     /// The caller whose token this is. The token's hash is compared with every caller's in
     /// constant time, so neither the answer's time nor its content tells which callers exist.
     pub fn authenticate(&self, token: &str) -> Option<Arc<CallerGrant>> {
@@ -609,17 +617,35 @@ pub struct Authenticate<S> {
     layer: AuthLayer,
 }
 
-/// The caller of `request`, or why it is not let in.
+/// The subject of the client certificate the call's TLS connection presented, as
+/// `CN=…, O=…` (in the order the certificate holds it), if it presented one.
+fn peer_subject<B>(request: &Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certificates = info.peer_certs()?;
+    let leaf = certificates.first()?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(certificate.subject().to_string())
+}
+
+/// The caller of `request`, or why it is not let in: by its bearer token (and, for a caller
+/// bound to a certificate subject, the client certificate's subject too), or, for a caller
+/// with a subject and no token hash, by its client certificate alone.
 fn identify<B>(layer: &AuthLayer, request: &Request<B>) -> Result<Arc<CallerGrant>, GatewayError> {
     let registry = match &layer.authentication {
         Authentication::None => return Ok(layer.anonymous.clone()),
         Authentication::Callers(registry) => registry,
     };
     let refused = |why: &str| GatewayError::Unauthenticated(why.to_owned());
-    let header = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .ok_or_else(|| refused("the call carries no authorization: Bearer <token>"))?;
+    let callers = registry.current();
+    let subject = peer_subject(request);
+    let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
+        return subject
+            .and_then(|s| callers.by_certificate(&s))
+            .ok_or_else(|| refused("the call carries no authorization: Bearer <token>"));
+    };
     let token = header
         .to_str()
         .ok()
@@ -631,10 +657,15 @@ fn identify<B>(layer: &AuthLayer, request: &Request<B>) -> Result<Arc<CallerGran
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| refused("the authorization is not Bearer <token>"))?;
-    registry
-        .current()
+    let caller = callers
         .authenticate(token)
-        .ok_or_else(|| refused("the token is not valid"))
+        .ok_or_else(|| refused("the token is not valid"))?;
+    match &caller.certificate_subject {
+        Some(bound) if subject.as_deref() != Some(bound.as_str()) => {
+            Err(refused("the token is not valid on this connection"))
+        }
+        _ => Ok(caller),
+    }
 }
 
 impl<S, B, ResBody> tower::Service<Request<B>> for Authenticate<S>

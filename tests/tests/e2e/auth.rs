@@ -391,3 +391,44 @@ backend_test! {
         first.shutdown().await
     }
 }
+
+#[tokio::test]
+async fn a_caller_bound_to_a_certificate_subject() -> anyhow::Result<()> {
+    let pki = crate::test_pki()?;
+    let subject = format!("CN={}", crate::CLIENT_CN);
+    let callers = format!(
+        "[[caller]]\nname = \"pos\"\ncertificate_subject = \"{subject}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n\n\
+         [[caller]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\ncertificate_subject = \"CN=someone-else\"\n\
+         rpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n",
+        hash(OPS)
+    );
+    let mut app = spawn_app_with(AppOptions {
+        callers: Some(callers),
+        grpc_tls: Some(tls(&pki, true, true)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    // No token: the client certificate's subject is the caller.
+    let made = app
+        .client
+        .refund_order(refund_request("cert-1", &order.order_id, 100))
+        .await?
+        .into_inner();
+    let listed = app
+        .client
+        .list_operations(pb::ListOperationsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(listed.operations[0].caller, "pos");
+    assert_eq!(listed.operations[0].operation_id, made.operation_id);
+    // A token bound to another subject is not valid on this connection.
+    let refused = app
+        .client
+        .refund_order(bearer(OPS, refund_request("cert-2", &order.order_id, 100)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a token bound to another certificate was let in"));
+    assert_reason(&refused, Code::Unauthenticated, "UNAUTHENTICATED");
+    app.shutdown().await
+}

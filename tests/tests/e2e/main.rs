@@ -190,6 +190,9 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, all PEM.
+/// The common name of [`test_pki`]'s client certificate.
+pub const CLIENT_CN: &str = "pos-stockholm";
+
 #[derive(Debug)]
 pub struct Pki {
     /// The CA.
@@ -217,9 +220,11 @@ pub fn test_pki() -> anyhow::Result<Pki> {
     ];
     let ca = ca_params.self_signed(&ca_key)?.pem();
     let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage| -> anyhow::Result<(String, String)> {
+    let leaf = |names: Vec<String>, usage, cn: &str| -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
@@ -229,8 +234,9 @@ pub fn test_pki() -> anyhow::Result<Pki> {
         server: leaf(
             vec!["localhost".into(), "127.0.0.1".into()],
             ExtendedKeyUsagePurpose::ServerAuth,
+            "localhost",
         )?,
-        client: leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?,
+        client: leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, CLIENT_CN)?,
         ca,
     })
 }
