@@ -11,7 +11,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::klarna::KlarnaError;
-use crate::money::{Amount, Currency};
+use crate::money::{Amount, Currency, MAX_AMOUNT};
 use crate::operation::OperationId;
 use crate::validation::{InvalidValue, Violations};
 
@@ -19,8 +19,8 @@ use crate::validation::{InvalidValue, Violations};
 pub const MAX_KRN_CHARS: usize = 255;
 
 /// Checks a KRN's shape: `krn:` then at most 255 characters in all, none of them `/`, `?`,
-/// `#`, whitespace or control characters (each would change the URL it is a segment of, or a
-/// log line it is printed in).
+/// `#`, `%`, whitespace or control characters (each would change the URL it is a segment of,
+/// or a log line it is printed in; a `%` would be an encoding Klarna's ids never hold).
 fn check_krn(value: &str, example: &str) -> Result<(), InvalidValue> {
     let hint = || format!("must be a Klarna KRN like {example}");
     if !value.starts_with("krn:") || value.len() == "krn:".len() {
@@ -33,10 +33,10 @@ fn check_krn(value: &str, example: &str) -> Result<(), InvalidValue> {
     }
     if value
         .chars()
-        .any(|c| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c.is_control())
+        .any(|c| matches!(c, '/' | '?' | '#' | '%') || c.is_whitespace() || c.is_control())
     {
         return Err(InvalidValue::new(format!(
-            "{}; '/', '?', '#', whitespace and control characters are not allowed",
+            "{}; '/', '?', '#', '%', whitespace and control characters are not allowed",
             hint()
         )));
     }
@@ -124,6 +124,21 @@ impl LineItem {
         v.max_chars("name", &draft.name, MAX_TEXT_CHARS);
         if draft.quantity < 1 {
             v.push("quantity", "must be at least 1");
+        }
+        // Klarna's bound on any amount, in either direction (a discount is negative).
+        for (field, value) in [
+            ("unit_price", Some(draft.unit_price)),
+            ("total_amount", Some(draft.total_amount)),
+            ("total_tax_amount", draft.total_tax_amount),
+        ] {
+            if let Some(value) = value
+                && !(-MAX_AMOUNT..=MAX_AMOUNT).contains(&value)
+            {
+                v.push(
+                    field,
+                    format!("must be between -{MAX_AMOUNT} and {MAX_AMOUNT} (minor units)"),
+                );
+            }
         }
         match draft.quantity.checked_mul(draft.unit_price) {
             Some(total) if total == draft.total_amount => {}
@@ -362,6 +377,7 @@ mod tests {
             "krn:a\tb",
             "krn:a\u{0}b",
             "krn:a\u{a0}b",
+            "krn:a%2Fb",
         ] {
             assert!(PaymentTransactionId::parse(bad).is_err(), "{bad:?}");
         }

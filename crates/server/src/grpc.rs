@@ -82,20 +82,31 @@ fn request_id<T>(request: &Request<T>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The caller's deadline from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+/// The longest deadline the gateway works with: the gRPC spec's largest timeout is 8 digits
+/// of hours, far beyond anything a refund waits for, and instants cannot hold much more.
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// The caller's deadline from `grpc-timeout` (`<digits><unit>`: at most 8 digits, unit one of
+/// H M S m u n), at most [`MAX_DEADLINE`]. A value outside the spec is ignored, as if absent.
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    Some(
+        match unit {
+            "H" => Duration::from_secs(n.saturating_mul(3600)),
+            "M" => Duration::from_secs(n.saturating_mul(60)),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        }
+        .min(MAX_DEADLINE),
+    )
 }
 
 /// Logs a failed use case with what an operator needs to follow it up (Klarna's correlation

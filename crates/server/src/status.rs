@@ -19,6 +19,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// `ErrorInfo.domain` of every error this gateway returns.
 pub const ERROR_DOMAIN: &str = "refundgateway";
 
+/// The most field violations an INVALID_ARGUMENT answer lists in its BadRequest details.
+const MAX_VIOLATIONS_SENT: usize = 25;
+/// The most field violations its message names.
+const MAX_VIOLATIONS_IN_MESSAGE: usize = 5;
+
 /// How long a caller should wait before retrying after a transient failure, when Klarna
 /// did not say.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -69,12 +74,35 @@ pub fn to_status(error: &GatewayError) -> Status {
     let mut d = ErrorDetails::new();
     match error {
         GatewayError::InvalidArgument(violations) => {
-            for v in violations {
+            // The answer travels in HTTP/2 headers, which clients cap (16 KiB for hyper and
+            // tonic; a bigger one tears down the whole connection): a request with hundreds of
+            // bad fields gets the first ones and a count of the rest.
+            let all = violations.as_slice();
+            for v in all.iter().take(MAX_VIOLATIONS_SENT) {
                 d.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            let unlisted = all.len().saturating_sub(MAX_VIOLATIONS_SENT);
+            if unlisted > 0 {
+                d.add_bad_request_violation(
+                    "",
+                    format!("{unlisted} more problems are not listed; fix these and resend"),
+                );
+            }
+            let mut message = all
+                .iter()
+                .take(MAX_VIOLATIONS_IN_MESSAGE)
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ");
+            if all.len() > MAX_VIOLATIONS_IN_MESSAGE {
+                message.push_str(&format!(
+                    "; and {} more (see the BadRequest details)",
+                    all.len() - MAX_VIOLATIONS_IN_MESSAGE
+                ));
             }
             Status::with_error_details(
                 Code::InvalidArgument,
-                format!("invalid request: {violations}"),
+                format!("invalid request: {message}"),
                 d,
             )
         }
@@ -301,7 +329,7 @@ fn klarna_status(error: &KlarnaError, resource: &ResourceRef, mut d: ErrorDetail
     let code_or = |fallback: &str| r.error_code.clone().unwrap_or_else(|| fallback.to_owned());
     match r.status {
         400 | 413 | 422 => {
-            for field in &r.field_errors {
+            for field in r.field_errors.iter().take(MAX_VIOLATIONS_SENT) {
                 d.add_bad_request_violation(field.parameter.clone(), field.message.clone());
             }
             error_info(&mut d, &code_or("KLARNA_BAD_REQUEST"), metadata);

@@ -81,6 +81,8 @@ mod demo_mode;
 mod errors;
 mod exactly_once;
 mod grpcurl;
+mod hostile;
+mod limits;
 mod logs;
 mod outbound;
 mod partner;

@@ -392,6 +392,10 @@ impl Protocol {
         resend_trace_id: Option<String>,
     ) -> Result<Answer, GatewayError> {
         let id = op.new.operation_id;
+        // The lease is kept alive while the operation waits for its resource too: a queue on
+        // one order longer than the lease must not look like a dead holder.
+        let renewal =
+            lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
         let lock = match self
             .store
             .lock_resource(
@@ -417,11 +421,10 @@ impl Protocol {
                         )
                         .await;
                 }
+                renewal.abort();
                 return Err(store_unavailable(e));
             }
         };
-        let renewal =
-            lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
         let (outcome, context, reservation) = match job {
             Job::Work(work, context, reservation) => {
                 let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
