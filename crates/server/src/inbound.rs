@@ -1,8 +1,9 @@
-//! The protective layers of the inbound stack (see `docs/architecture.md#middleware`): the
-//! per-caller rate limit, the server-wide concurrency limit with load shedding, and the
-//! answer to a request larger than the gateway decodes. Each refuses with a status built by
-//! `crate::status`, at once, and only `refundgateway.*` calls: health checks and reflection
-//! keep answering under a flood.
+//! The inbound tower stack (see `docs/architecture.md#middleware`): [`inbound_stack`], the
+//! one function that builds it (for `main` and every test, through [`crate::start`]), and its
+//! protective layers: the per-caller rate limit, the server-wide concurrency limit with load
+//! shedding, and the answer to a request larger than the gateway decodes. Each refuses with a
+//! status built by `crate::status`, at once, and only `refundgateway.*` calls: health checks
+//! and reflection keep answering under a flood.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,8 +17,78 @@ use http::{Request, Response};
 use refund_gateway_domain::GatewayError;
 use tokio::sync::Semaphore;
 
-use crate::auth::AuthenticatedCaller;
+use tower::layer::util::{Identity, Stack};
+use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer};
+
+use crate::auth::{AuthLayer, AuthenticatedCaller, Authentication};
+use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
 use crate::status::to_status;
+
+/// The inbound stack's layers, outermost first.
+pub type InboundStack = tower::ServiceBuilder<
+    Stack<
+        MessageSizeLayer,
+        Stack<
+            ShedLayer,
+            Stack<
+                CallerRateLimitLayer,
+                Stack<
+                    AuthLayer,
+                    Stack<
+                        PropagateRequestIdLayer,
+                        Stack<
+                            TraceLayer<
+                                SharedClassifier<GrpcErrorsAsFailures>,
+                                RpcSpan,
+                                RpcStart,
+                                RpcEnd,
+                                DefaultOnBodyChunk,
+                                DefaultOnEos,
+                                RpcFailure,
+                            >,
+                            Stack<SetRequestIdLayer<MakeRequestUuid>, Identity>,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The inbound stack, outermost first; each layer's comment says why it sits where it does.
+pub fn inbound_stack(
+    authentication: Authentication,
+    max_concurrent_rpcs: usize,
+    max_message_bytes: usize,
+) -> InboundStack {
+    tower::ServiceBuilder::new()
+        // Outermost: give every call a request id before anything logs about it, so the span,
+        // the handler's lines and the caller's response carry the same one.
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // The RPC span next: everything below, refusals by later layers included, is inside it.
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(RpcSpan)
+                .on_request(RpcStart)
+                .on_response(RpcEnd)
+                .on_failure(RpcFailure),
+        )
+        // Echo the id to the caller from inside the span, so the echo belongs to the call.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // Who is calling, inside the span (so a refusal is logged and traced with its call) and
+        // before anything that spends work or quota on the call.
+        .layer(AuthLayer::new(authentication))
+        // Each caller's rate, keyed by the identity just established: one caller's flood is
+        // refused before it takes a slot from the others.
+        .layer(CallerRateLimitLayer::default())
+        // The server-wide concurrency limit after the per-caller one, so a flooding caller's
+        // refused calls never hold a slot; beyond it calls are shed at once, not queued.
+        .layer(ShedLayer::new(max_concurrent_rpcs))
+        // Innermost: tonic's answer to an oversized message becomes RESOURCE_EXHAUSTED.
+        .layer(MessageSizeLayer::new(max_message_bytes))
+}
 
 /// The package whose calls the layers guard.
 const GUARDED_PREFIX: &str = "/refundgateway.";

@@ -54,13 +54,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::config::{AccountApi, AuthSetup, Config};
 use crate::gateway::{Accounts, Gateway, KlarnaAccount};
 use crate::grpc::RefundGatewayApi;
-use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
 use crate::protocol::{Protocol, ProtocolSettings};
 
 /// Why the server could not start or stopped with an error.
@@ -370,31 +367,11 @@ pub async fn start(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let inbound = tower::ServiceBuilder::new()
-        // Outermost: give every call a request id before anything logs about it, so the span,
-        // the handler's lines and the caller's response carry the same one.
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        // The RPC span next: everything below, refusals by later layers included, is inside it.
-        .layer(
-            TraceLayer::new_for_grpc()
-                .make_span_with(RpcSpan)
-                .on_request(RpcStart)
-                .on_response(RpcEnd)
-                .on_failure(RpcFailure),
-        )
-        // Echo the id to the caller from inside the span, so the echo belongs to the call.
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        // Who is calling, inside the span (so a refusal is logged and traced with its call) and
-        // before anything that spends work or quota on the call.
-        .layer(auth::AuthLayer::new(authentication))
-        // Each caller's rate, keyed by the identity just established: one caller's flood is
-        // refused before it takes a slot from the others.
-        .layer(inbound::CallerRateLimitLayer::default())
-        // The server-wide concurrency limit after the per-caller one, so a flooding caller's
-        // refused calls never hold a slot; beyond it calls are shed at once, not queued.
-        .layer(inbound::ShedLayer::new(settings.max_concurrent_rpcs))
-        // Innermost: tonic's answer to an oversized message becomes RESOURCE_EXHAUSTED.
-        .layer(inbound::MessageSizeLayer::new(settings.max_message_bytes));
+    let inbound = inbound::inbound_stack(
+        authentication,
+        settings.max_concurrent_rpcs,
+        settings.max_message_bytes,
+    );
 
     let mut background = vec![
         tokio::spawn(protocol::reconcile_forever(

@@ -1,6 +1,6 @@
 //! The pieces of the inbound tower stack (see docs/architecture.md#middleware): the RPC span
-//! and its metrics. The stack itself is assembled in [`crate::start`], where each layer's
-//! comment says why it sits where it does.
+//! and its metrics. The stack itself is built by [`crate::inbound::inbound_stack`], where each
+//! layer's comment says why it sits where it does.
 
 use std::time::Duration;
 

@@ -91,6 +91,23 @@ async fn a_call_without_a_valid_token_is_unauthenticated() -> anyhow::Result<()>
     health
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await?;
+    {
+        use futures::StreamExt;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        let mut reflection = ServerReflectionClient::new(app.channel.clone());
+        let list = futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]);
+        let mut answers = reflection.server_reflection_info(list).await?.into_inner();
+        let answer = answers
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no reflection answer"))??;
+        assert!(answer.message_response.is_some(), "{answer:?}");
+    }
     let made = app
         .client
         .refund_order(bearer(TILL, request()))
