@@ -118,3 +118,41 @@ async fn without_its_redis_the_limit_falls_back_and_readyz_says_so() -> anyhow::
     assert!(!body.contains("127.0.0.1"), "the Redis URL leaked: {body}");
     app.shutdown().await
 }
+
+#[tokio::test]
+async fn a_refund_whose_permit_would_come_after_its_deadline_is_not_sent() -> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        klarna_requests_per_second: Some(1),
+        klarna_burst: Some(1),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 1_000);
+    app.client
+        .refund_order(refund_request("quota-1", &order.order_id, 100))
+        .await?;
+    // The next permit is a second away; this caller gives half a second.
+    let mut request = tonic::Request::new(refund_request("quota-2", &order.order_id, 100));
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let refused = app
+        .client
+        .refund_order(request)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("sent past the account's rate"));
+    assert_reason(&refused, Code::ResourceExhausted, "KLARNA_QUOTA_EXHAUSTED");
+    assert!(refused.get_error_details().retry_info().is_some());
+    let posts = klarna_calls(&app.sim.sim)
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "the throttled refund was sent");
+    // Nothing was stored: the same key works once a permit is there.
+    let made = app
+        .client
+        .refund_order(refund_request("quota-2", &order.order_id, 100))
+        .await?
+        .into_inner();
+    assert!(!made.replayed);
+    app.shutdown().await
+}
