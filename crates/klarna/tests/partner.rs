@@ -291,8 +291,8 @@ async fn krns_are_single_percent_encoded_segments() {
         ResponseTemplate::new(200).set_body_json(json!({"state": "AUTHORIZED"})),
     )
     .await;
-    // `%` is allowed in a KRN and must not be read as an escape; `:` stays literal.
-    let odd = PaymentTransactionId::parse("krn:payment:eu1:transaction:a%2Fb%3Fc")
+    // Characters a KRN may hold but a path segment may not are escaped; `:` stays literal.
+    let odd = PaymentTransactionId::parse("krn:payment:eu1:transaction:a<b>{c}")
         .unwrap_or_else(|e| panic!("{e}"));
     let mut c = config(
         &server,
@@ -319,8 +319,8 @@ async fn krns_are_single_percent_encoded_segments() {
     assert_eq!(
         paths,
         [
-            "/v2/accounts/krn:partner:global:account:test:X/payment/transactions/krn:payment:eu1:transaction:a%252Fb%253Fc/refunds",
-            "/v2/accounts/krn:partner:global:account:test:X/payment/transactions/krn:payment:eu1:transaction:a%252Fb%253Fc",
+            "/v2/accounts/krn:partner:global:account:test:X/payment/transactions/krn:payment:eu1:transaction:a%3Cb%3E%7Bc%7D/refunds",
+            "/v2/accounts/krn:partner:global:account:test:X/payment/transactions/krn:payment:eu1:transaction:a%3Cb%3E%7Bc%7D",
         ]
     );
 }
