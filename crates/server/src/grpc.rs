@@ -9,9 +9,9 @@ use prost::Message;
 use std::sync::Arc;
 
 use refund_gateway_domain::{
-    Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError, KlarnaApiKind,
-    OrderQuery, RefundCapture, RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization,
-    TransactionQuery,
+    Amount, Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError,
+    KlarnaApiKind, OrderQuery, RefundCapture, RefundOrder, RefundQuery, RefundTransaction,
+    ReleaseAuthorization, TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
@@ -261,6 +261,23 @@ impl RefundGatewayApi {
             .check_amount(cmd.refunded_amount.minor_units(), &currency)
             .map_err(|e| fail(rpc, e))?;
         Ok(Some(currency))
+    }
+
+    /// The grants a partner refund needs (its account, its amount in its currency); what it
+    /// spends, for the daily cap.
+    fn check_partner_refund(
+        &self,
+        rpc: &'static str,
+        grant: &CallerGrant,
+        account: Option<&str>,
+        amount: Amount,
+        currency: &Currency,
+    ) -> Result<Option<(i64, Currency)>, Status> {
+        self.check_account(rpc, grant, account, KlarnaApiKind::Payments)?;
+        grant
+            .check_amount(amount.minor_units(), currency)
+            .map_err(|e| fail(rpc, e))?;
+        Ok(Some((amount.minor_units(), currency.clone())))
     }
 
     /// Reserves `amount` in the caller's total of `currency` for today when it has a cap per
@@ -548,17 +565,13 @@ impl RefundGatewayService for RefundGatewayApi {
         let context = CallContext::of(RPC, &request)?;
         let cmd = RefundCapture::validate(convert::refund_capture_draft(request.into_inner()))
             .map_err(|v| fail(RPC, v.into()))?;
-        let grant = &context.grant;
-        self.check_account(
+        let spend = self.check_partner_refund(
             RPC,
-            grant,
+            &context.grant,
             cmd.klarna_account.as_deref(),
-            KlarnaApiKind::Payments,
+            cmd.amount,
+            &cmd.currency,
         )?;
-        grant
-            .check_amount(cmd.amount.minor_units(), &cmd.currency)
-            .map_err(|e| fail(RPC, e))?;
-        let spend = Some((cmd.amount.minor_units(), cmd.currency.clone()));
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
@@ -599,17 +612,13 @@ impl RefundGatewayService for RefundGatewayApi {
         let cmd =
             RefundTransaction::validate(convert::refund_transaction_draft(request.into_inner()))
                 .map_err(|v| fail(RPC, v.into()))?;
-        let grant = &context.grant;
-        self.check_account(
+        let spend = self.check_partner_refund(
             RPC,
-            grant,
+            &context.grant,
             cmd.klarna_account.as_deref(),
-            KlarnaApiKind::Payments,
+            cmd.amount,
+            &cmd.currency,
         )?;
-        grant
-            .check_amount(cmd.amount.minor_units(), &cmd.currency)
-            .map_err(|e| fail(RPC, e))?;
-        let spend = Some((cmd.amount.minor_units(), cmd.currency.clone()));
         let answer = cmd.clone();
         if cmd.validate_only {
             let outcome = self
