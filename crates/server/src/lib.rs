@@ -386,6 +386,7 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ];
+    background.push(tokio::spawn(telemetry::metrics_upkeep(stop_rx.clone())));
     if let Some(registry) = callers {
         background.push(tokio::spawn(registry.watch(stop_rx.clone())));
     }

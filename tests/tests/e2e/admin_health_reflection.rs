@@ -59,6 +59,13 @@ async fn health_check_and_watch() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(metrics.status(), 200);
+    // Histograms, which add up across replicas, not summaries.
+    let text = metrics.text().await?;
+    assert!(
+        text.contains("rpc_duration_seconds_bucket"),
+        "no RPC duration histogram in {text}"
+    );
+    assert!(!text.contains("quantile="), "a summary in {text}");
 
     // Shutdown turns the service NOT_SERVING before the server stops; the watcher sees it.
     let waiter = tokio::spawn(async move {
