@@ -386,6 +386,9 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ];
+    // The recorder first: a metric recorded before it is installed is lost.
+    let metrics = telemetry::metrics_handle();
+    metrics::gauge!("refund_gateway_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     background.push(tokio::spawn(telemetry::metrics_upkeep(stop_rx.clone())));
     if let Some(registry) = callers {
         background.push(tokio::spawn(registry.watch(stop_rx.clone())));
@@ -422,7 +425,7 @@ pub async fn start(
     let admin_router = admin::router(admin::AdminState {
         ready,
         limiters: Arc::new(limiters),
-        metrics: telemetry::metrics_handle(),
+        metrics,
     });
     let webhooks = match webhook_listener {
         Some(listener) => {

@@ -89,6 +89,7 @@ pub fn router(receiver: WebhookReceiver) -> Router {
 /// Why a delivery was refused; the text goes to Klarna and the log, never a secret.
 fn refuse(reason: &str) -> (StatusCode, String) {
     tracing::warn!(reason, "webhook refused");
+    metrics::counter!("webhook_deliveries_total", "result" => "refused").increment(1);
     (StatusCode::BAD_REQUEST, reason.to_owned())
 }
 
@@ -131,7 +132,10 @@ async fn receive(
         return refuse("the webhook's live flag does not match the account's environment");
     }
     match record(&receiver.protocol, account, &envelope).await {
-        Ok(()) => (StatusCode::OK, String::new()),
+        Ok(()) => {
+            metrics::counter!("webhook_deliveries_total", "result" => "accepted").increment(1);
+            (StatusCode::OK, String::new())
+        }
         // Klarna retries: nothing was recorded, so the redelivery is not a duplicate.
         Err(e) => {
             tracing::error!(error = %e, event_id = envelope.event_id(), "webhook not recorded");

@@ -66,6 +66,10 @@ async fn health_check_and_watch() -> anyhow::Result<()> {
         "no RPC duration histogram in {text}"
     );
     assert!(!text.contains("quantile="), "a summary in {text}");
+    assert!(
+        text.contains("refund_gateway_build_info"),
+        "no build info in {text}"
+    );
 
     // Shutdown turns the service NOT_SERVING before the server stops; the watcher sees it.
     let waiter = tokio::spawn(async move {

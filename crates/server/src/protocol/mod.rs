@@ -475,6 +475,12 @@ impl Protocol {
         context: Option<String>,
     ) -> Result<Answer, GatewayError> {
         let now = OffsetDateTime::now_utc();
+        let recorded = match &outcome {
+            Outcome::Final(completion) => completion.state.as_str(),
+            Outcome::NothingHappened(_) => "NOTHING_HAPPENED",
+            Outcome::Unknown { .. } => "PENDING",
+        };
+        metrics::counter!("operations_recorded_total", "outcome" => recorded).increment(1);
         let (held, ours) = match outcome {
             Outcome::Final(completion) => {
                 let response = completion.response.clone();

@@ -86,6 +86,8 @@ pub async fn reconcile_once(
             }
         }
     }
+    metrics::counter!("reconciler_passes_total").increment(1);
+    metrics::counter!("reconciler_settled_total").increment(report.settled as u64);
     Ok(report)
 }
 
