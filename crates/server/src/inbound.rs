@@ -97,14 +97,6 @@ fn guarded<B>(request: &Request<B>) -> bool {
     request.uri().path().starts_with(GUARDED_PREFIX)
 }
 
-/// An immediate refusal.
-fn refuse<ResBody: Default + Send + 'static, E: Send + 'static>(
-    error: &GatewayError,
-) -> BoxFuture<'static, Result<Response<ResBody>, E>> {
-    let response = to_status(error).into_http();
-    Box::pin(async move { Ok(response) })
-}
-
 /// Limits each authenticated caller to its `requests_per_second` (burst: its `burst`, else
 /// one second's worth), each caller with its own bucket, so one caller's flood never limits
 /// another. Callers without a rate are not limited.
@@ -139,57 +131,35 @@ impl CallerRateLimitLayer {
 }
 
 impl<S> tower::Layer<S> for CallerRateLimitLayer {
-    type Service = CallerRateLimit<S>;
+    type Service = Gated<S, Self>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallerRateLimit {
+        Gated {
             inner,
-            layer: self.clone(),
+            gate: self.clone(),
         }
     }
 }
 
-/// [`CallerRateLimitLayer`]'s service.
-#[derive(Debug, Clone)]
-pub struct CallerRateLimit<S> {
-    inner: S,
-    layer: CallerRateLimitLayer,
-}
+impl Gate for CallerRateLimitLayer {
+    type Pass = ();
 
-impl<S, B, ResBody> tower::Service<Request<B>> for CallerRateLimit<S>
-where
-    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let caller = request
-            .extensions()
-            .get::<AuthenticatedCaller>()
-            .map(|c| c.0.clone());
-        if let Some(caller) = caller.filter(|_| guarded(&request))
-            && let Some(rate) = caller.rate()
-            && let Err(not_until) = self.layer.bucket(caller.name(), rate).check()
-        {
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+    fn admit<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
+        let Some(caller) = request.extensions().get::<AuthenticatedCaller>() else {
+            return Ok(());
+        };
+        let caller = &caller.0;
+        let Some(rate) = caller.rate() else {
+            return Ok(());
+        };
+        self.bucket(caller.name(), rate).check().map_err(|not_until| {
             metrics::counter!("rpc_caller_rate_limited_total", "caller" => caller.name().to_owned())
                 .increment(1);
-            return refuse(&GatewayError::CallerRateLimited {
+            GatewayError::CallerRateLimited {
                 caller: caller.name().to_owned(),
-                retry_after,
-            });
-        }
-        Box::pin(self.inner.call(request))
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
+        })
     }
 }
 
@@ -213,28 +183,51 @@ impl ShedLayer {
 }
 
 impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+    type Service = Gated<S, Self>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Shed {
+        Gated {
             inner,
-            layer: self.clone(),
+            gate: self.clone(),
         }
     }
 }
 
-/// [`ShedLayer`]'s service.
-#[derive(Debug, Clone)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
+impl Gate for ShedLayer {
+    /// A slot, held until the call's answer is ready.
+    type Pass = tokio::sync::OwnedSemaphorePermit;
+
+    fn admit<B>(&self, _request: &Request<B>) -> Result<Self::Pass, GatewayError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("rpc_load_shed_total").increment(1);
+            GatewayError::Overloaded { limit: self.limit }
+        })
+    }
 }
 
-impl<S, B, ResBody> tower::Service<Request<B>> for Shed<S>
+/// A check a `refundgateway.*` call must pass before it goes on: what it yields is held until
+/// the call's answer is ready; a refusal is answered at once.
+pub trait Gate: Clone + Send + Sync + 'static {
+    /// What an admitted call holds while it runs.
+    type Pass: Send + 'static;
+
+    /// Admits `request`, or says why not.
+    fn admit<B>(&self, request: &Request<B>) -> Result<Self::Pass, GatewayError>;
+}
+
+/// The service of a [`Gate`]'s layer.
+#[derive(Debug, Clone)]
+pub struct Gated<S, G> {
+    inner: S,
+    gate: G,
+}
+
+impl<S, G, B, ResBody> tower::Service<Request<B>> for Gated<S, G>
 where
     S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    G: Gate,
     B: Send + 'static,
     ResBody: Default + Send + 'static,
 {
@@ -250,18 +243,20 @@ where
         if !guarded(&request) {
             return Box::pin(self.inner.call(request));
         }
-        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
-            metrics::counter!("rpc_load_shed_total").increment(1);
-            return refuse(&GatewayError::Overloaded {
-                limit: self.layer.limit,
-            });
-        };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await;
-            drop(permit);
-            response
-        })
+        match self.gate.admit(&request) {
+            Ok(pass) => {
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    drop(pass);
+                    response
+                })
+            }
+            Err(error) => {
+                let response = to_status(&error).into_http();
+                Box::pin(async move { Ok(response) })
+            }
+        }
     }
 }
 
