@@ -13,12 +13,12 @@
 //! comparisons between the two paths, not absolute capacities.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use klarna_sim::{OrderSeed, SimConfig};
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
+use refund_gateway_tests::load::{Run, drive, ms};
 use refund_gateway_tests::{AppOptions, spawn_app_with};
 
 #[derive(Debug, Clone, Copy)]
@@ -65,74 +65,6 @@ fn sizes_arg() -> anyhow::Result<Option<Vec<u64>>> {
             ))
         }
     }
-}
-
-/// Latencies of one run, and how long it ran.
-struct Run {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-    errors: usize,
-}
-
-impl Run {
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
-    }
-}
-
-/// Runs `concurrency` workers calling `call(worker, n)` until `seconds` pass.
-async fn drive<F, Fut>(s: Settings, call: F) -> anyhow::Result<Run>
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let call = Arc::new(call);
-    let deadline = Instant::now() + Duration::from_secs_f64(s.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..s.concurrency {
-        let call = call.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0usize;
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                match call(worker, n).await {
-                    Ok(()) => latencies.push(t.elapsed()),
-                    Err(_) => errors += 1,
-                }
-                n += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    Ok(Run {
-        latencies,
-        elapsed,
-        errors,
-    })
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 /// Columns of a seeded operation.
@@ -246,7 +178,7 @@ async fn through_gateway(
     }
     let connected = Arc::new(connected);
     let label = label.to_owned();
-    drive(s, move |worker, n| {
+    drive(s.concurrency, s.seconds, move |worker, n| {
         let mut client =
             RefundGatewayServiceClient::new(connected[worker % connected.len()].clone());
         let order_id = orders[worker].clone();
@@ -312,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
             .build()?;
         let base = app.sim.base_url.clone();
         let (user, password) = (app.sim.username().to_owned(), app.sim.password().to_owned());
-        let run = drive(s, move |worker, n| {
+        let run = drive(s.concurrency, s.seconds, move |worker, n| {
             let request = http
                 .post(format!(
                     "{base}/ordermanagement/v1/orders/{}/refunds",

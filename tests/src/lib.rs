@@ -11,6 +11,7 @@
 //! - [`wait_until`]: waiting for a condition that cannot be awaited, re-checking it.
 //! - [`redis::RedisServer`]: a throwaway `redis-server` for the shared outbound limit.
 
+pub mod load;
 pub mod redis;
 mod wait;
 

@@ -25,6 +25,7 @@
 //!   attempts (succeeded, refused, unknown, nothing happened) and [`classify_read`]; the only
 //!   place that decides it.
 //! - [`store`]: the [`OperationStore`] port: durable operations and their audit trail.
+//! - [`trace`]: [`TraceParent`], a W3C trace context kept with an operation.
 //! - [`error`]: [`GatewayError`], the one error every RPC returns.
 
 pub mod command;
@@ -39,6 +40,7 @@ pub mod outcome;
 pub mod payments;
 pub mod rules;
 pub mod store;
+pub mod trace;
 pub mod validation;
 
 pub use command::{
@@ -65,8 +67,9 @@ pub use payments::{
     PaymentRefund, PaymentTransaction, PaymentTransactionId, PaymentsApi, TransactionState,
 };
 pub use store::{
-    AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
-    OperationPage, OperationState, OperationStore, OrderLock, StoreError, StoredResponse,
-    WebhookEvent,
+    AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation,
+    OperationFilter, OperationPage, OperationState, OperationStore, OrderLock, StoreError,
+    StoredResponse, WebhookEvent,
 };
+pub use trace::TraceParent;
 pub use validation::{FieldViolation, Violations};

@@ -12,6 +12,12 @@
 //! ```
 //! Every transition appends an [`AuditEvent`] in the same transaction.
 //!
+//! Each operation also keeps the OpenTelemetry trace id of its current holder: the trace of
+//! the request that claimed it, replaced by the trace of whoever takes it over (a retry, the
+//! reconciler's resolution). Every event of a claim, take-over, finish, mark pending or
+//! abandon carries that trace id ([`AuditEvent::otel_trace_id`]), so an operator can open the
+//! trace that caused each change; a webhook's event carries none.
+//!
 //! Each lease has a holder, a [`LeaseHolder`] token chosen by whoever claims or takes over the
 //! operation. Only the current holder renews, finishes, marks pending or abandons it: a
 //! gateway that stalled past its lease, and was taken over, cannot touch the operation any
@@ -26,6 +32,7 @@ use uuid::Uuid;
 
 use crate::ids::IdempotencyKey;
 use crate::operation::{Caller, OperationId, ResourceKind, Rpc};
+use crate::trace::TraceParent;
 
 /// Where an operation is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,8 +162,12 @@ pub struct NewOperation {
     pub reference: Option<String>,
     /// The Klarna call, serialized by the server, so the reconciler can resend it exactly.
     pub klarna_request: String,
-    /// The trace id of the request that claimed it.
+    /// The request id (x-request-id) of the request that claimed it.
     pub trace_id: Option<String>,
+    /// The W3C traceparent of the gateway's RPC span that created the operation. Kept so that
+    /// whoever settles the operation later (the reconciler) can link its trace to the
+    /// request's; its trace id is the operation's first holder trace id (see the module docs).
+    pub traceparent: Option<TraceParent>,
 }
 
 /// A stored operation.
@@ -218,8 +229,13 @@ pub struct AuditEvent {
     pub refund_id: Option<String>,
     /// Klarna's correlation id, when known at this point.
     pub correlation_id: Option<String>,
-    /// Trace id of the request or reconciler pass that caused the change.
+    /// Request id (x-request-id) of the request that caused the change, or `reconciler` for
+    /// the reconciler's pass.
     pub trace_id: Option<String>,
+    /// The OpenTelemetry trace id (32 lowercase hex) of the request or reconciler resolution
+    /// that caused the change: the operation's holder's trace when the event was written.
+    /// `None` for a webhook's event and for events written before trace ids were kept.
+    pub otel_trace_id: Option<String>,
     /// Why, in words.
     pub detail: String,
     /// When.
@@ -296,6 +312,22 @@ pub struct WebhookEvent {
     pub received_at: OffsetDateTime,
 }
 
+/// What operators' gauges show about the operations that need attention, as of one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttentionSummary {
+    /// Operations whose outcome is unresolved: PENDING, or IN_FLIGHT whose holder is gone (as
+    /// for [`OperationStore::unresolved`]); the reconciler works through them.
+    pub pending: u64,
+    /// `created_at` of the oldest of those `pending` operations; `None` when there is none.
+    /// How long it has waited says whether the reconciler keeps up (Klarna's idempotency
+    /// window is 24 h).
+    pub oldest_pending_since: Option<OffsetDateTime>,
+    /// Operations in REQUIRES_REVIEW: a person must check each with Klarna.
+    pub requires_review: u64,
+    /// Operations IN_FLIGHT under a live lease: being worked on now.
+    pub in_flight: u64,
+}
+
 /// Why the store failed. Never an answer about the operation: callers treat it as "the store
 /// is unavailable".
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +367,10 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
 
     /// Takes over an unresolved operation (PENDING, or IN_FLIGHT whose holder is gone: its
     /// lease expired, or the backend knows its holder's process ended): IN_FLIGHT with a new
-    /// lease held by `holder`. `false` when it is not unresolved (anymore).
+    /// lease held by `holder`. `false` when it is not unresolved (anymore). `trace_id` is the
+    /// request id recorded on the take-over's event (`None`: the claim's); `otel_trace_id`
+    /// becomes the operation's holder trace id, `None` included, carried by this event and the
+    /// ones after it.
     async fn take_over(
         &self,
         id: OperationId,
@@ -343,6 +378,7 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
+        otel_trace_id: Option<String>,
     ) -> Result<bool, StoreError>;
 
     /// Extends the lease of an operation that is IN_FLIGHT and held by `holder`; `false` when
@@ -403,6 +439,11 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError>;
 
+    /// How many operations need attention at `now`, and since when the oldest unresolved one
+    /// waits (see [`AttentionSummary`]). Cheap enough to poll for gauges: it reads only the
+    /// operations that are not SUCCEEDED or FAILED.
+    async fn attention(&self, now: OffsetDateTime) -> Result<AttentionSummary, StoreError>;
+
     /// Operations matching `filter`, newest first, `page_size` at a time.
     async fn list(
         &self,
@@ -438,8 +479,8 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
 
     /// Records a webhook delivery once: `true` when `event.event_id` was new. When the event
     /// names an operation, an audit event (no state change, `detail` as given, the event's
-    /// refund and correlation ids) is appended to it in the same transaction. A duplicate
-    /// writes nothing and returns `false`.
+    /// refund and correlation ids, no request or trace id) is appended to it in the same
+    /// transaction. A duplicate writes nothing and returns `false`.
     async fn record_webhook(&self, event: WebhookEvent, detail: String)
     -> Result<bool, StoreError>;
 

@@ -19,14 +19,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use opentelemetry::propagation::Injector;
 use refund_gateway_domain::KlarnaError;
-use reqwest::Method;
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
 use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::contract::{CORRELATION_ID_HEADERS, MAX_RESPONSE_BYTES};
 use crate::error::{correlation_id, error_response, transport_error};
@@ -233,6 +235,40 @@ pub(crate) async fn read_whole(
     Ok(::http::Response::from_parts(parts, body.freeze()))
 }
 
+/// What every attempt of one call shares, set by the transport around the stack: the
+/// operation's name (the `operation` label of the attempt metrics) and where this API puts
+/// its correlation id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLabels {
+    /// e.g. `create_refund`.
+    pub(crate) operation: &'static str,
+    /// The API's correlation id headers, first found wins.
+    pub(crate) correlation_headers: &'static [&'static str],
+}
+
+/// Outside any [`with_call_labels`] (the stack driven directly, as in tests).
+const UNLABELLED: CallLabels = CallLabels {
+    operation: "unknown",
+    correlation_headers: &CORRELATION_ID_HEADERS,
+};
+
+tokio::task_local! {
+    static CALL: CallLabels;
+}
+
+/// Runs `f` (one call through the stack) with `labels` for its attempts.
+pub(crate) async fn with_call_labels<F: Future>(labels: CallLabels, f: F) -> F::Output {
+    CALL.scope(labels, f).await
+}
+
+/// Name of the counter of HTTP attempts to Klarna, labelled `operation`, `status` (the HTTP
+/// status, `none` without an answer) and `error_code` (Klarna's, `""` without one).
+pub const ATTEMPTS_METRIC: &str = "klarna_attempts_total";
+
+/// Name of the histogram of attempt durations, in seconds, with the labels of
+/// [`ATTEMPTS_METRIC`].
+pub const ATTEMPT_DURATION_METRIC: &str = "klarna_attempt_duration_seconds";
+
 /// Adds [`AttemptTrace`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AttemptTraceLayer;
@@ -245,10 +281,14 @@ impl<S> Layer<S> for AttemptTraceLayer {
     }
 }
 
-/// One INFO span per attempt, named `HTTP {method}` with OpenTelemetry's HTTP client fields:
-/// `otel.kind = "client"`, `http.request.method`, `server.address`, `url.path`,
-/// `http.request.resend_count`, and after the answer `http.response.status_code` and
-/// `klarna.correlation_id` (or `error.type`). Headers are never recorded.
+/// One CLIENT span per attempt, named `HTTP {method}` with OpenTelemetry's HTTP client
+/// conventions: `http.request.method`, `url.full` (never with credentials), `server.address`,
+/// `server.port`, `http.request.resend_count`, and after the answer
+/// `http.response.status_code`, `klarna.correlation_id`, `klarna.error_code` and `error.type`.
+/// The span's W3C trace context (`traceparent`, `tracestate`) is sent with the attempt, so
+/// Klarna's side of the call joins the caller's trace. Each attempt is also counted in
+/// [`ATTEMPTS_METRIC`] and timed in [`ATTEMPT_DURATION_METRIC`]. Other headers are never
+/// recorded.
 ///
 /// Resends are counted per service value: the n-th call on a copy is the (n-1)-th resend. The
 /// client clones the stack for every call, and tower's `Retry` above makes the first attempt
@@ -260,31 +300,57 @@ pub struct AttemptTrace<S> {
 }
 
 macro_rules! attempt_span {
-    ($name:literal, $method:expr, $host:expr, $path:expr, $resends:expr) => {
+    ($name:literal, $method:expr, $url:expr, $resends:expr, $operation:expr) => {
         tracing::info_span!(
             $name,
             otel.kind = "client",
             otel.status_code = Empty,
             http.request.method = %$method,
-            server.address = $host,
-            url.path = $path,
+            url.full = %$url,
+            server.address = $url.host_str().unwrap_or_default(),
+            server.port = $url.port_or_known_default(),
             http.request.resend_count = $resends,
+            klarna.operation = $operation,
             http.response.status_code = Empty,
             klarna.correlation_id = Empty,
+            klarna.error_code = Empty,
             error.type = Empty,
         )
     };
 }
 
-fn span_for(method: &Method, host: &str, path: &str, resends: u32) -> tracing::Span {
+fn span_for(method: &Method, url: &Url, resends: u32, operation: &str) -> tracing::Span {
     // Span names must be static strings: one literal per method Klarna is sent.
     match *method {
-        Method::GET => attempt_span!("HTTP GET", method, host, path, resends),
-        Method::POST => attempt_span!("HTTP POST", method, host, path, resends),
-        Method::PATCH => attempt_span!("HTTP PATCH", method, host, path, resends),
-        Method::DELETE => attempt_span!("HTTP DELETE", method, host, path, resends),
-        Method::PUT => attempt_span!("HTTP PUT", method, host, path, resends),
-        _ => attempt_span!("HTTP", method, host, path, resends),
+        Method::GET => attempt_span!("HTTP GET", method, url, resends, operation),
+        Method::POST => attempt_span!("HTTP POST", method, url, resends, operation),
+        Method::PATCH => attempt_span!("HTTP PATCH", method, url, resends, operation),
+        Method::DELETE => attempt_span!("HTTP DELETE", method, url, resends, operation),
+        Method::PUT => attempt_span!("HTTP PUT", method, url, resends, operation),
+        _ => attempt_span!("HTTP", method, url, resends, operation),
+    }
+}
+
+/// The URL as traced: without user name or password, should one ever be configured in it.
+fn traced_url(url: &Url) -> Url {
+    let mut url = url.clone();
+    // Only URLs that cannot have credentials refuse these, and then there are none to drop.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
+}
+
+/// Writes a span's trace context into the request's headers.
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
     }
 }
 
@@ -301,28 +367,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
         let resends = self.attempts;
         self.attempts = self.attempts.saturating_add(1);
-        let url = request.url();
+        let labels = CALL.try_with(|labels| *labels).unwrap_or(UNLABELLED);
         let span = span_for(
             request.method(),
-            url.host_str().unwrap_or_default(),
-            url.path(),
+            &traced_url(request.url()),
             resends,
+            labels.operation,
         );
+        let trace_context = span.context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&trace_context, &mut HeaderInjector(request.headers_mut()));
+        });
         let future = span.in_scope(|| self.inner.call(request));
         let recorder = span.clone();
+        let started = std::time::Instant::now();
         Box::pin(
             async move {
-                let result = match future.await {
-                    Ok(response) => record_answer(&recorder, response).await,
-                    Err(error) => Err(error),
+                let (result, seen) = match future.await {
+                    Ok(response) => record_answer(&recorder, response, labels).await,
+                    Err(error) => (Err(error), Seen::default()),
                 };
                 if let Err(error) = &result {
                     recorder.record("otel.status_code", "ERROR");
                     recorder.record("error.type", error_type(error));
                 }
+                count_attempt(labels.operation, &seen, started.elapsed());
                 result
             }
             .instrument(span),
@@ -330,36 +402,104 @@ where
     }
 }
 
-/// Records the status and Klarna's correlation id: from a header, or for an error answer from
-/// its body (already read in full, so peeking costs no I/O).
+/// What an attempt's answer said, for its metrics.
+#[derive(Debug, Default)]
+struct Seen {
+    status: Option<StatusCode>,
+    error_code: Option<String>,
+}
+
+/// Counts and times one attempt.
+fn count_attempt(operation: &'static str, seen: &Seen, elapsed: Duration) {
+    let status = seen
+        .status
+        .map_or_else(|| "none".to_owned(), |s| s.as_u16().to_string());
+    let error_code = seen
+        .error_code
+        .as_deref()
+        .map(error_code_label)
+        .unwrap_or_default();
+    let labels = [
+        ("operation", operation.to_owned()),
+        ("status", status),
+        ("error_code", error_code),
+    ];
+    metrics::counter!(ATTEMPTS_METRIC, &labels).increment(1);
+    metrics::histogram!(ATTEMPT_DURATION_METRIC, &labels).record(elapsed.as_secs_f64());
+}
+
+/// At most this many distinct Klarna error codes become label values; the rest count as
+/// `other`. Klarna's codes are a short list, but they come from outside, and a label with
+/// unbounded values would grow the metrics without end.
+const MAX_ERROR_CODE_LABELS: usize = 64;
+
+/// `code` as a label value: upper-case letters, digits and `_` up to 64 characters, one of the
+/// first [`MAX_ERROR_CODE_LABELS`] codes seen; anything else is `other`.
+fn error_code_label(code: &str) -> String {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let shaped = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !shaped {
+        return "other".to_owned();
+    }
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.iter().any(|c| c == code) {
+        return code.to_owned();
+    }
+    if seen.len() < MAX_ERROR_CODE_LABELS {
+        seen.push(code.to_owned());
+        return code.to_owned();
+    }
+    "other".to_owned()
+}
+
+/// Records the status, Klarna's correlation id (from a header, or for an error answer from
+/// its body) and error code; the body is already read in full, so peeking costs no I/O.
 async fn record_answer(
     span: &tracing::Span,
     response: reqwest::Response,
-) -> Result<reqwest::Response, KlarnaError> {
+    labels: CallLabels,
+) -> (Result<reqwest::Response, KlarnaError>, Seen) {
     let status = response.status();
+    let mut seen = Seen {
+        status: Some(status),
+        error_code: None,
+    };
     span.record("http.response.status_code", status.as_u16());
-    if status.is_client_error() || status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", status.as_str());
-    }
-    if let Some(id) = correlation_id(response.headers(), &CORRELATION_ID_HEADERS) {
+    let header_id = correlation_id(response.headers(), labels.correlation_headers);
+    if let Some(id) = &header_id {
         span.record("klarna.correlation_id", id.as_str());
-        return Ok(response);
     }
-    if status.is_success() {
-        return Ok(response);
+    if !(status.is_client_error() || status.is_server_error()) {
+        return (Ok(response), seen);
     }
-    let whole = read_whole(response).await?;
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", status.as_str());
+    let whole = match read_whole(response).await {
+        Ok(whole) => whole,
+        Err(e) => return (Err(e), seen),
+    };
     let answer = error_response(
         status,
         whole.headers(),
         whole.body(),
-        &CORRELATION_ID_HEADERS,
+        labels.correlation_headers,
     );
-    if let Some(id) = &answer.correlation_id {
+    if header_id.is_none()
+        && let Some(id) = &answer.correlation_id
+    {
         span.record("klarna.correlation_id", id.as_str());
     }
-    Ok(reqwest::Response::from(whole))
+    if let Some(code) = &answer.error_code {
+        span.record("klarna.error_code", code.as_str());
+    }
+    seen.error_code = answer.error_code;
+    (Ok(reqwest::Response::from(whole)), seen)
 }
 
 fn error_type(error: &KlarnaError) -> &'static str {

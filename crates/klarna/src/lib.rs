@@ -82,7 +82,10 @@ mod transport;
 pub mod webhook;
 mod wire;
 
-pub use crate::http::{AttemptTrace, AttemptTraceLayer, HttpService, OutboundService};
+pub use crate::http::{
+    ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, AttemptTrace, AttemptTraceLayer, HttpService,
+    OutboundService,
+};
 pub use attempts::recording_attempts;
 pub use client::KlarnaClient;
 pub use config::{

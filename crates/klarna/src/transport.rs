@@ -24,7 +24,9 @@ use tower::ServiceExt;
 use crate::config::{BaseUrl, KlarnaConfigError, TransportConfig};
 use crate::contract::IDEMPOTENCY_KEY_HEADER;
 use crate::error::{correlation_id, error_response};
-use crate::http::{OutboundService, Tls, outbound_stack, read_whole, reqwest_client};
+use crate::http::{
+    CallLabels, OutboundService, Tls, outbound_stack, read_whole, reqwest_client, with_call_labels,
+};
 use crate::limit::OutboundLimiter;
 use crate::retry::{RetryPolicy, current_deadline, with_deadline};
 
@@ -194,7 +196,13 @@ impl Transport {
             path = request.url().path().to_owned();
             // A fresh copy of the stack per call: its retry policy and resend count start
             // from zero.
-            let send = self.outbound.clone().oneshot(request);
+            let send = with_call_labels(
+                CallLabels {
+                    operation,
+                    correlation_headers: self.inner.correlation_headers,
+                },
+                self.outbound.clone().oneshot(request),
+            );
             let response = match deadline {
                 Some(deadline) if deadline <= tokio::time::Instant::now() => {
                     return Err(KlarnaError::NotSent(

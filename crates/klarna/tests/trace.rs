@@ -164,14 +164,23 @@ async fn one_client_span_per_attempt_and_one_event_per_call() {
         assert_eq!(span.level, Level::INFO);
         assert_eq!(field(span, "otel.kind"), Some("client"));
         assert_eq!(field(span, "http.request.method"), Some("POST"));
-        assert_eq!(field(span, "url.path"), Some(path.as_str()));
+        let url = field(span, "url.full").unwrap_or_default();
+        assert!(
+            url.starts_with("http://127.0.0.1:") && url.ends_with(&path),
+            "{url}"
+        );
         assert_eq!(field(span, "server.address"), Some("127.0.0.1"));
+        assert_eq!(field(span, "klarna.operation"), Some("create_refund"));
         assert_eq!(field(span, "http.request.resend_count"), Some("0"));
         assert_eq!(field(span, "http.response.status_code"), Some(status));
     }
     assert_eq!(field(&spans[0], "error.type"), None);
     assert_eq!(field(&spans[1], "error.type"), Some("403"));
     assert_eq!(field(&spans[1], "otel.status_code"), Some("ERROR"));
+    assert_eq!(
+        field(&spans[1], "klarna.error_code"),
+        Some("REFUND_NOT_ALLOWED")
+    );
     assert_eq!(
         field(&spans[1], "klarna.correlation_id"),
         Some(correlation.as_str())

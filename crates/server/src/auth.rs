@@ -689,7 +689,7 @@ where
         }
         match identify(&self.layer, &request) {
             Ok(caller) => {
-                tracing::Span::current().record("caller", caller.name());
+                tracing::Span::current().record("refund.caller", caller.name());
                 request.extensions_mut().insert(AuthenticatedCaller(caller));
                 Box::pin(self.inner.call(request))
             }

@@ -615,6 +615,7 @@ fn event(e: AuditEvent) -> pb::OperationEvent {
         refund_id: e.refund_id.unwrap_or_default(),
         correlation_id: e.correlation_id.unwrap_or_default(),
         trace_id: e.trace_id.unwrap_or_default(),
+        otel_trace_id: e.otel_trace_id.unwrap_or_default(),
         detail: e.detail,
         at: timestamp(Some(e.at)),
     }
@@ -648,6 +649,11 @@ pub fn operation_page(page: OperationPage) -> pb::ListOperationsResponse {
                 } else {
                     String::new()
                 },
+                traceparent: op
+                    .new
+                    .traceparent
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
             })
             .collect(),
         next_page_token: page.next_page_token.unwrap_or_default(),

@@ -68,6 +68,17 @@ impl Accounts {
         name: Option<&str>,
         api: KlarnaApiKind,
     ) -> Result<(&str, &KlarnaAccount), GatewayError> {
+        let resolved = self.find(name, api)?;
+        // The RPC's span names the account its Klarna calls go to.
+        tracing::Span::current().record("klarna.account", resolved.0);
+        Ok(resolved)
+    }
+
+    fn find(
+        &self,
+        name: Option<&str>,
+        api: KlarnaApiKind,
+    ) -> Result<(&str, &KlarnaAccount), GatewayError> {
         let Some(name) = name else {
             let mut of_kind = self.by_name.iter().filter(|(_, a)| a.api() == api);
             return match (of_kind.next(), of_kind.next()) {
@@ -237,6 +248,7 @@ fn new_operation(
         reference,
         klarna_request: encoding::encode_call(call),
         trace_id: None,
+        traceparent: None,
     }
 }
 

@@ -368,6 +368,9 @@ impl RefundGatewayApi {
             self.reserve_daily(rpc, &context.grant, spend).await?
         };
         new.trace_id = context.request_id;
+        new.traceparent = crate::telemetry::current_traceparent();
+        let span = tracing::Span::current();
+        span.record("refund.operation_id", new.operation_id.to_string());
         let work = work
             .inspect_err(move |e| log_failure(rpc, e))
             .map_ok(encode)
@@ -376,6 +379,9 @@ impl RefundGatewayApi {
             .protocol
             .execute(new, context.deadline, work, answer_context, reservation)
             .await;
+        if let Ok(stored) = &stored {
+            span.record("refund.idempotency_replayed", stored.replayed);
+        }
         answer(rpc, stored, set_replayed)
     }
 }

@@ -23,7 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer};
 
 use crate::auth::{AuthLayer, AuthenticatedCaller, Authentication};
-use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcSpan, RpcStart};
+use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcMetricsLayer, RpcSpan, RpcStart};
 use crate::status::to_status;
 
 /// The inbound stack's layers, outermost first.
@@ -39,16 +39,19 @@ pub type InboundStack = tower::ServiceBuilder<
                     Stack<
                         PropagateRequestIdLayer,
                         Stack<
-                            TraceLayer<
-                                SharedClassifier<GrpcErrorsAsFailures>,
-                                RpcSpan,
-                                RpcStart,
-                                RpcEnd,
-                                DefaultOnBodyChunk,
-                                DefaultOnEos,
-                                RpcFailure,
+                            RpcMetricsLayer,
+                            Stack<
+                                TraceLayer<
+                                    SharedClassifier<GrpcErrorsAsFailures>,
+                                    RpcSpan,
+                                    RpcStart,
+                                    RpcEnd,
+                                    DefaultOnBodyChunk,
+                                    DefaultOnEos,
+                                    RpcFailure,
+                                >,
+                                Stack<SetRequestIdLayer<MakeRequestUuid>, Identity>,
                             >,
-                            Stack<SetRequestIdLayer<MakeRequestUuid>, Identity>,
                         >,
                     >,
                 >,
@@ -75,6 +78,9 @@ pub fn inbound_stack(
                 .on_response(RpcEnd)
                 .on_failure(RpcFailure),
         )
+        // Counted inside the span, around everything that can refuse the call, so refusals
+        // by authentication, rate limits and shedding are counted with their codes.
+        .layer(RpcMetricsLayer)
         // Echo the id to the caller from inside the span, so the echo belongs to the call.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         // Who is calling, inside the span (so a refusal is logged and traced with its call) and

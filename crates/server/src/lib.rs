@@ -388,8 +388,17 @@ pub async fn start(
     ];
     // The recorder first: a metric recorded before it is installed is lost.
     let metrics = telemetry::metrics_handle();
-    metrics::gauge!("refund_gateway_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(
+        "refund_gateway_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("REFUND_GATEWAY_COMMIT"),
+    )
+    .set(1.0);
     background.push(tokio::spawn(telemetry::metrics_upkeep(stop_rx.clone())));
+    background.push(tokio::spawn(telemetry::attention_gauges(
+        protocol.store().clone(),
+        stop_rx.clone(),
+    )));
     if let Some(registry) = callers {
         background.push(tokio::spawn(registry.watch(stop_rx.clone())));
     }

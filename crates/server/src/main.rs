@@ -1,10 +1,11 @@
 //! The `refund-gateway` binary: parses flags, loads the configuration, installs logging and
-//! runs the server until SIGTERM or Ctrl-C.
+//! tracing, runs the server until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use refund_gateway::config::{self, Cli, ProcessEnv};
+use refund_gateway::telemetry::Telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -21,13 +22,19 @@ async fn main() -> ExitCode {
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let mut settings = config::load_settings(cli.config_file(), &ProcessEnv)?;
     cli.apply(&mut settings);
-    refund_gateway::telemetry::init_logs(settings.log_format);
-    let config = config::resolve(settings, &ProcessEnv)?;
-    let listener = tokio::net::TcpListener::bind(config.settings.listen)
-        .await
-        .with_context(|| format!("binding {}", config.settings.listen))?;
-    refund_gateway::run(listener, config, shutdown_signal()).await?;
-    Ok(())
+    let telemetry = Telemetry::install(settings.log_format)?;
+    let served = async {
+        let config = config::resolve(settings, &ProcessEnv)?;
+        let listener = tokio::net::TcpListener::bind(config.settings.listen)
+            .await
+            .with_context(|| format!("binding {}", config.settings.listen))?;
+        refund_gateway::run(listener, config, shutdown_signal()).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    // Flushed on every way out, so the spans of a failed start are exported too.
+    telemetry.shutdown().await;
+    served
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).

@@ -1,53 +1,458 @@
-//! Logs and metrics set-up. Logs are JSON lines by default (text for people at a terminal),
-//! filtered by `RUST_LOG` (default `info`). Nothing logged carries a credential: secrets live
-//! in types that do not print them, and the Klarna client never logs headers.
+//! Logs, traces and metrics set-up (see docs/observability.md).
+//!
+//! - **Logs**: JSON lines by default (text for people at a terminal), filtered by `RUST_LOG`
+//!   (default `info`). Each JSON line carries the fields of the spans it happened in (request
+//!   id, caller, operation id, …) and, inside a trace, its `trace_id` and `span_id`. Nothing
+//!   logged carries a credential: secrets live in types that do not print them, and the Klarna
+//!   client never logs headers.
+//! - **Traces**: OpenTelemetry, always on in the process, so that the W3C trace context of a
+//!   request reaches Klarna and the logs whether or not spans are exported. Spans are
+//!   exported over OTLP (gRPC, or HTTP with protobuf) in batches only when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the SDK
+//!   reads the other standard variables itself (`OTEL_SERVICE_NAME`,
+//!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`,
+//!   `OTEL_BSP_*`). An export failure is logged once per outage, and the end of the outage
+//!   once; [`Telemetry::shutdown`] flushes what is pending.
+//! - **Metrics**: a Prometheus recorder rendering histograms, whose upkeep runs on a timer.
 
-use std::sync::OnceLock;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
+
+use refund_gateway_domain::{OperationStore, TraceParent};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global log subscriber. Call once, from `main`.
-pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second installation (tests starting several gateways) is refused by tracing and is
-    // harmless, so the result is ignored.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-    };
+/// The service name spans carry when neither `OTEL_SERVICE_NAME` nor
+/// `OTEL_RESOURCE_ATTRIBUTES` names one.
+pub const SERVICE_NAME: &str = "refund-gateway";
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` names a protocol the gateway does not speak.
+    #[error(
+        "{variable}={value:?} is not supported: use \"grpc\" or \"http/protobuf\" (or unset it)"
+    )]
+    UnsupportedProtocol {
+        /// The variable read.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The OTLP exporter could not be built (e.g. an endpoint that is not a URL).
+    #[error("cannot set up the OTLP trace exporter: {0}")]
+    Exporter(String),
 }
 
-/// Bucket bounds of every histogram, in seconds: from a millisecond (a replayed answer) to a
-/// minute (a call waiting out Klarna's retries). Histograms, unlike summaries, add up across
-/// replicas.
+/// The installed telemetry: keep it until the process ends, then call
+/// [`Telemetry::shutdown`] to flush the spans not exported yet.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Installs the global log subscriber (with the OpenTelemetry layer) and the W3C trace
+    /// context propagator. Call once, from `main`, inside the Tokio runtime (the gRPC exporter
+    /// needs it). A second installation in one process is refused by `tracing` and leaves the
+    /// first in place.
+    pub fn install(format: LogFormat) -> Result<Self, TelemetryError> {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let exporter = exporter_from_env(&|name| std::env::var(name).ok())?;
+        let exporting = exporter.is_some();
+        let mut builder = SdkTracerProvider::builder().with_resource(resource());
+        if let Some(exporter) = exporter {
+            builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter).build());
+        }
+        // Without an exporter the provider still makes spans (and their ids), for the trace
+        // context sent to Klarna and written in logs and audit events; it drops them at the end.
+        let provider = builder.build();
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SERVICE_NAME))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
+            // Spans are the gateway's own, at INFO whatever RUST_LOG says: quieter logs must
+            // not cut the trace.
+            .with_filter(own_spans());
+        let logs = log_layer(format).with_filter(log_filter());
+        let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![otel.boxed(), logs.boxed()];
+        if tracing_subscriber::registry()
+            .with(layers)
+            .try_init()
+            .is_ok()
+        {
+            // The JSON formatter reads span ids through the dispatcher it is part of.
+            let _ = DISPATCH.set(tracing::dispatcher::get_default(
+                tracing::Dispatch::downgrade,
+            ));
+        }
+        if exporting {
+            tracing::info!("exporting traces over OTLP");
+        }
+        Ok(Self {
+            provider,
+            exporting,
+        })
+    }
+
+    /// True when spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports the spans still pending and stops the exporter (waiting at most a few seconds
+    /// for the collector).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        // The batch processor's shutdown blocks until its thread has exported.
+        let flushed = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(Duration::from_secs(5))
+        })
+        .await;
+        if self.exporting
+            && let Ok(Err(e)) = flushed
+        {
+            tracing::warn!(error = %e, "traces not all exported at shutdown");
+        }
+    }
+}
+
+/// The W3C `traceparent` of the current span: what an operation keeps of the request that
+/// created it, for the reconciler's span to link to. `None` outside a trace.
+pub fn current_traceparent() -> Option<TraceParent> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let context = span.span_context();
+    if !context.is_valid() {
+        return None;
+    }
+    TraceParent::parse(&format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8()
+    ))
+}
+
+/// The remote span context `traceparent` names, to link a span to.
+pub fn linked_context(traceparent: &TraceParent) -> opentelemetry::trace::SpanContext {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let flags = if traceparent.sampled() {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    SpanContext::new(
+        TraceId::from_hex(traceparent.trace_id()).unwrap_or(TraceId::INVALID),
+        SpanId::from_hex(traceparent.span_id()).unwrap_or(SpanId::INVALID),
+        flags,
+        true,
+        TraceState::default(),
+    )
+}
+
+/// The OpenTelemetry trace id of the current span, `None` outside a trace.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.trace_id().to_string())
+}
+
+/// The crates whose spans and events become OpenTelemetry spans (and span events).
+fn own_spans() -> Targets {
+    Targets::new()
+        .with_target("refund_gateway", tracing::Level::INFO)
+        .with_target("refund_gateway_klarna", tracing::Level::INFO)
+        .with_target("refund_gateway_store", tracing::Level::INFO)
+}
+
+/// `RUST_LOG`, default `info`. The OpenTelemetry crates' own diagnostics are off unless
+/// `RUST_LOG` names them: they would log every failed export (the gateway logs an outage
+/// once instead, see [`OutageLogging`]).
+fn log_filter() -> EnvFilter {
+    let wanted = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let mut directives = if wanted.trim().is_empty() {
+        "info".to_owned()
+    } else {
+        wanted.clone()
+    };
+    if !wanted.contains("opentelemetry") {
+        directives.push_str(",opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off");
+    }
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => layer
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .boxed(),
+        LogFormat::Text => layer
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+    }
+}
+
+/// The resource every span carries: the SDK's (from `OTEL_SERVICE_NAME` and
+/// `OTEL_RESOURCE_ATTRIBUTES`), named [`SERVICE_NAME`] when those do not name it, with the
+/// gateway's version.
+fn resource() -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+    let mut builder = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    if !named {
+        builder = builder.with_service_name(SERVICE_NAME);
+    }
+    builder.build()
+}
+
+/// The OTLP exporter the environment asks for, `None` when no endpoint is set (or
+/// `OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none`).
+fn exporter_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<OutageLogging<opentelemetry_otlp::SpanExporter>>, TelemetryError> {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    if endpoint.is_none() || disabled {
+        return Ok(None);
+    }
+    let (variable, protocol) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            set("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".to_owned()),
+        ),
+    };
+    // The builders read the endpoint, headers, timeout and compression variables themselves.
+    let exporter = match protocol.trim() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+        _ => {
+            return Err(TelemetryError::UnsupportedProtocol {
+                variable,
+                value: protocol,
+            });
+        }
+    }
+    .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    Ok(Some(OutageLogging {
+        inner: exporter,
+        failing: Arc::default(),
+    }))
+}
+
+/// An exporter that logs the first failed export of an outage (at WARN) and the first
+/// success after it (at INFO), and nothing in between: a collector that is down must not
+/// flood the logs, one line per batch.
+#[derive(Debug)]
+struct OutageLogging<E> {
+    inner: E,
+    failing: Arc<AtomicBool>,
+}
+
+impl<E: SpanExporter> SpanExporter for OutageLogging<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let spans = batch.len();
+        let export = self.inner.export(batch);
+        let failing = self.failing.clone();
+        async move {
+            let result = export.await;
+            match &result {
+                Err(e) if !failing.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(error = %e, spans, "trace export failing; spans are dropped until the collector answers (logged once per outage)");
+                }
+                Ok(()) if failing.swap(false, Ordering::Relaxed) => {
+                    tracing::info!("trace export recovered");
+                }
+                _ => {}
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The installed dispatcher, for the JSON formatter's trace ids (set once installed).
+static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
+
+/// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+/// fields, then the fields of every span the event is in (the innermost wins a name both
+/// have), `span` (the innermost span's name), and `trace_id` and `span_id` of that span.
+#[derive(Debug, Clone, Copy)]
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = serde_json::Map::new();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        line.insert("timestamp".into(), now.into());
+        line.insert(
+            "level".into(),
+            event.metadata().level().as_str().to_owned().into(),
+        );
+        line.insert("target".into(), event.metadata().target().into());
+        let mut innermost = None;
+        if let Some(scope) = ctx.event_scope() {
+            // Outermost first, so inner spans overwrite.
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(serde_json::Value::Object(fields)) =
+                        serde_json::from_str::<serde_json::Value>(fields)
+                {
+                    line.extend(fields);
+                }
+                drop(extensions);
+                innermost = Some((span.id(), span.name()));
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        if let Some((id, name)) = innermost {
+            line.insert("span".into(), name.into());
+            // Read after the span's extensions are released: the lookup locks them.
+            if let Some(dispatch) = DISPATCH.get().and_then(WeakDispatch::upgrade)
+                && let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch)
+            {
+                let span = cx.span();
+                let context = span.span_context();
+                if context.is_valid() {
+                    line.insert("trace_id".into(), context.trace_id().to_string().into());
+                    line.insert("span_id".into(), context.span_id().to_string().into());
+                }
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// Collects an event's fields into the line.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+}
+
+/// Bucket bounds of every histogram of durations, in seconds: from a millisecond (a replayed
+/// answer) to a minute (a call waiting out Klarna's retries). Histograms, unlike summaries,
+/// add up across replicas.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
+/// Bucket bounds of the store's commit latency: a group commit takes from tens of
+/// microseconds (no fsync) to tens of milliseconds (a busy disk).
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Bucket bounds of the store's batch sizes (writes per commit).
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// How often the recorder's upkeep runs: it drains the histograms' samples, which otherwise
 /// pile up between scrapes.
-pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The process's Prometheus recorder, installed on first use, rendering histograms. `None`
 /// when another recorder was installed first (then `/metrics` says so).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets(&BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("store_commit_duration_seconds".into()),
+                    &COMMIT_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("store_batch_size".into()), &BATCH_BUCKETS)
                 .ok()?
                 .install_recorder()
                 .ok()
@@ -66,5 +471,97 @@ pub async fn metrics_upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = tick.tick() => handle.run_upkeep(),
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Refreshes the operators' gauges of operations needing attention every
+/// [`UPKEEP_INTERVAL`] until `stop`: `operations_pending`,
+/// `operations_pending_oldest_age_seconds` (0 when none is pending), `operations_requires_review`
+/// and `operations_in_flight`. Counted in the store, so every replica shows the same numbers.
+pub async fn attention_gauges(
+    store: Arc<dyn OperationStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = time::OffsetDateTime::now_utc();
+        match store.attention(now).await {
+            Ok(summary) => {
+                let oldest = summary
+                    .oldest_pending_since
+                    .map_or(0.0, |since| (now - since).as_seconds_f64().max(0.0));
+                metrics::gauge!("operations_pending").set(summary.pending as f64);
+                metrics::gauge!("operations_pending_oldest_age_seconds").set(oldest);
+                metrics::gauge!("operations_requires_review").set(summary.requires_review as f64);
+                metrics::gauge!("operations_in_flight").set(summary.in_flight as f64);
+            }
+            // The gauges keep their last values; the store's health shows on /readyz.
+            Err(e) => tracing::debug!(error = %e, "attention gauges not refreshed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn no_endpoint_no_exporter() {
+        assert!(matches!(exporter_from_env(&env(&[])), Ok(None)));
+        assert!(matches!(
+            exporter_from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            Ok(None)
+        ));
+        assert!(matches!(
+            exporter_from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ])),
+            Ok(None)
+        ));
+        assert!(matches!(
+            exporter_from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ])),
+            Ok(None)
+        ));
+    }
+
+    #[tokio::test]
+    async fn protocols() {
+        for protocol in ["grpc", "http/protobuf"] {
+            let built = exporter_from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ]));
+            assert!(matches!(built, Ok(Some(_))), "{protocol}: {built:?}");
+        }
+        let refused = exporter_from_env(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ]));
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/json\"")),
+            "{refused:?}"
+        );
     }
 }

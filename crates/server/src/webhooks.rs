@@ -132,12 +132,13 @@ async fn receive(
         return refuse("the webhook's live flag does not match the account's environment");
     }
     match record(&receiver.protocol, account, &envelope).await {
-        Ok(()) => {
-            metrics::counter!("webhook_deliveries_total", "result" => "accepted").increment(1);
+        Ok(result) => {
+            metrics::counter!("webhook_deliveries_total", "result" => result).increment(1);
             (StatusCode::OK, String::new())
         }
         // Klarna retries: nothing was recorded, so the redelivery is not a duplicate.
         Err(e) => {
+            metrics::counter!("webhook_deliveries_total", "result" => "failed").increment(1);
             tracing::error!(error = %e, event_id = envelope.event_id(), "webhook not recorded");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -148,12 +149,13 @@ async fn receive(
 }
 
 /// Records the event once and, for a refund of an operation whose outcome is unknown,
-/// settles that operation.
+/// settles that operation. Returns the delivery's `result` label: `accepted`, or `duplicate`
+/// for an event recorded before.
 async fn record(
     protocol: &Protocol,
     account: &WebhookAccount,
     envelope: &WebhookEnvelope,
-) -> Result<(), refund_gateway_domain::StoreError> {
+) -> Result<&'static str, refund_gateway_domain::StoreError> {
     let store = protocol.store();
     let refunded = (envelope.event_type() == REFUNDED_EVENT_TYPE)
         .then(|| RefundedEvent::from_payload(envelope.payload()).ok())
@@ -184,7 +186,7 @@ async fn record(
             event_id = envelope.event_id(),
             "webhook delivered again; already recorded"
         );
-        return Ok(());
+        return Ok("duplicate");
     }
     tracing::info!(
         event_id = envelope.event_id(),
@@ -200,7 +202,7 @@ async fn record(
         // calling Klarna.
         protocol.resolve(op).await?;
     }
-    Ok(())
+    Ok("accepted")
 }
 
 /// The partner refund operation a refund event concerns: on its transaction, with Klarna's

@@ -25,6 +25,12 @@
 //!   (one session advisory lock per replica, so a dead replica's claims are free at once) and
 //!   order locks as lease rows. Its writes are in `postgres::sql`.
 //! - `migrations/sqlite`, `migrations/postgres` (files, embedded at build time): the schema.
+//!
+//! # Metrics
+//! Through the `metrics` facade (whatever recorder the process installed), label `backend`
+//! (`sqlite` or `postgres`): `store_batch_size`, the writes committed in one transaction (a
+//! SQLite group; always 1 on PostgreSQL), and `store_commit_duration_seconds`, how long that
+//! transaction took from its start until committed.
 
 pub mod config;
 mod page;

@@ -1,20 +1,23 @@
 //! The reads, the same on both backends: one operation, the unresolved ones, pages of
 //! [`OperationStore::list`](refund_gateway_domain::OperationStore::list) with their audit
-//! events, the operations on one resource, and the webhook events of one operation. The SQL
-//! is portable (`$n` parameters work on SQLite too) and runs on any sqlx pool: SQLite's pool
-//! of read-only connections, or PostgreSQL's pool.
+//! events, the operations on one resource, the webhook events of one operation, and the
+//! counts of [`OperationStore::attention`](refund_gateway_domain::OperationStore::attention)
+//! (whose test for a gone holder each backend gives). The SQL is portable (`$n` parameters
+//! work on SQLite too) and runs on any sqlx pool: SQLite's pool of read-only connections, or
+//! PostgreSQL's pool.
 
 use std::sync::LazyLock;
 
 use refund_gateway_domain::{
-    Operation, OperationFilter, OperationId, OperationPage, ResourceKind, StoreError, WebhookEvent,
+    AttentionSummary, Operation, OperationFilter, OperationId, OperationPage, ResourceKind,
+    StoreError, WebhookEvent,
 };
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
 use crate::page::{self, Cursor};
 use crate::row::{
-    EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, WEBHOOK_COLUMNS, WebhookRow,
-    assemble_page, db_error, id_text, micros,
+    AttentionRow, EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, WEBHOOK_COLUMNS,
+    WebhookRow, assemble_page, db_error, id_text, micros,
 };
 
 /// The id of the resource an operation acts on, as SQL: rows written by a release that
@@ -27,13 +30,38 @@ const RESOURCE_ID: &str = "COALESCE(resource_id, order_id)";
 pub(crate) static SELECT_OPERATION: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = $1"));
 
+/// An IN_FLIGHT operation whose holder is gone, as SQL over its row and `$1` (now): its lease
+/// has ended. PostgreSQL adds a gone replica to it.
+const LEASE_ENDED: &str = "lease_expires_at IS NULL OR lease_expires_at <= $1";
+
 static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
-         OR (state = 'IN_FLIGHT' AND (lease_expires_at IS NULL OR lease_expires_at <= $1)) \
+         OR (state = 'IN_FLIGHT' AND ({LEASE_ENDED})) \
          ORDER BY created_at, operation_id LIMIT $2"
     )
 });
+
+/// The statement of [`attention`] with the lease test alone (SQLite's).
+pub(crate) static ATTENTION: LazyLock<String> = LazyLock::new(|| attention_sql(LEASE_ENDED));
+
+/// The statement of [`attention`], `unheld` being the SQL test (over a row and `$1`, now) of
+/// an IN_FLIGHT operation whose holder is gone. The live work (PENDING and IN_FLIGHT rows) is
+/// read through the `operations_by_state` index, (state, updated_at), in one pass that counts
+/// and finds the oldest; REQUIRES_REVIEW, which only grows, is counted from the index alone.
+/// SUCCEEDED and FAILED, nearly every row, are never read. `FILTER` is standard SQL, in
+/// SQLite since 3.30.
+pub(crate) fn attention_sql(unheld: &str) -> String {
+    let unresolved = format!("state = 'PENDING' OR (state = 'IN_FLIGHT' AND ({unheld}))");
+    format!(
+        "SELECT \
+           COUNT(*) FILTER (WHERE {unresolved}) AS pending, \
+           MIN(created_at) FILTER (WHERE {unresolved}) AS oldest_pending, \
+           (SELECT COUNT(*) FROM operations WHERE state = 'REQUIRES_REVIEW') AS requires_review, \
+           COUNT(*) FILTER (WHERE NOT ({unresolved})) AS in_flight \
+         FROM operations WHERE state IN ('PENDING', 'IN_FLIGHT')"
+    )
+}
 
 // $1 account, $2 resource kind, $3 resource id. Served by `operations_by_resource`.
 static RESOURCE_OPERATIONS: LazyLock<String> = LazyLock::new(|| {
@@ -92,6 +120,27 @@ where
         .into_iter()
         .map(OperationRow::into_operation)
         .collect()
+}
+
+/// What needs attention at `now` (microseconds), by `statement` (see [`attention_sql`]).
+pub(crate) async fn attention<DB>(
+    pool: &Pool<DB>,
+    statement: &'static str,
+    now: i64,
+) -> Result<AttentionSummary, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    AttentionRow: for<'r> FromRow<'r, DB::Row>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, AttentionRow>(statement)
+        .bind(now)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)?
+        .into_summary()
 }
 
 /// Every operation on the resource (`kind`, `id`) of `account`, oldest created first (then

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse, WebhookEvent,
+    AttentionSummary, AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation,
+    Operation, OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse,
+    TraceParent, WebhookEvent,
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -113,6 +114,16 @@ fn parse_key(key: &str) -> Result<IdempotencyKey, StoreError> {
     IdempotencyKey::parse(key).map_err(|e| StoreError::Corrupt(format!("bad idempotency key: {e}")))
 }
 
+fn parse_traceparent(value: &str) -> Result<TraceParent, StoreError> {
+    TraceParent::parse(value)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad traceparent {value:?}")))
+}
+
+/// A stored count (never negative) as the port's `u64`.
+fn count(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
+}
+
 /// `t` as integer microseconds since the Unix epoch, rounded down (toward the past), so
 /// ordering is kept and sub-microsecond precision is dropped.
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
@@ -176,6 +187,8 @@ pub(crate) struct OperationRow {
     resource_kind: String,
     /// `NULL` in rows written by releases before resources existed: the order's id then.
     resource_id: Option<String>,
+    /// `NULL` in rows written by releases before trace context was kept (0007).
+    traceparent: Option<String>,
 }
 
 /// The columns of [`OperationRow`], in order, for `SELECT`.
@@ -183,7 +196,7 @@ pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempoten
      fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
      klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, updated_at, \
      refund_id, correlation_id, response_code, response_message, response_payload, \
-     answer_context, resource_kind, resource_id";
+     answer_context, resource_kind, resource_id, traceparent";
 
 impl OperationRow {
     /// The operation id as stored (for joining events).
@@ -226,6 +239,11 @@ impl OperationRow {
                 reference: self.reference,
                 klarna_request: self.klarna_request,
                 trace_id: self.trace_id,
+                traceparent: self
+                    .traceparent
+                    .as_deref()
+                    .map(parse_traceparent)
+                    .transpose()?,
             },
             state: parse_state(&self.state)?,
             lease_expires_at: self.lease_expires_at.map(from_micros).transpose()?,
@@ -243,7 +261,8 @@ impl OperationRow {
 /// `query` with the values of a claim bound in the order both backends' claim statements take
 /// them: id, caller, rpc, key, fingerprint, account, order, capture, amount, currency,
 /// reference, Klarna request, trace id, lease holder, lease end, now, resource kind, resource
-/// id.
+/// id, traceparent, OpenTelemetry trace id (the traceparent's: the claimer is the first
+/// holder).
 pub(crate) fn bind_claim<'q, 'a, DB>(
     query: Query<'q, DB, DB::Arguments>,
     id: &'a str,
@@ -278,16 +297,19 @@ where
         .bind(now)
         .bind(op.resource_kind.as_str())
         .bind(op.resource_id.as_str())
+        .bind(op.traceparent.as_ref().map(TraceParent::as_str))
+        .bind(op.traceparent.as_ref().map(TraceParent::trace_id))
 }
 
 /// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's
 /// identity, refund id and correlation id from the rows of `source`, followed by
-/// `rest`: the trace id, state before, state after, detail and instant, as SQL expressions.
+/// `rest`: the trace id (request id), OpenTelemetry trace id, state before, state after,
+/// detail and instant, as SQL expressions.
 pub(crate) fn insert_event_from(source: &str, rest: &str) -> String {
     format!(
         "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
          order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-         state_before, state_after, detail, at) \
+         otel_trace_id, state_before, state_after, detail, at) \
          SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
          capture_id, amount, currency, refund_id, correlation_id, {rest} FROM {source}"
     )
@@ -305,13 +327,14 @@ pub(crate) struct EventRow {
     refund_id: Option<String>,
     correlation_id: Option<String>,
     trace_id: Option<String>,
+    otel_trace_id: Option<String>,
     detail: String,
     at: i64,
 }
 
 /// The columns of [`EventRow`], in order, for `SELECT`.
 pub(crate) const EVENT_COLUMNS: &str = "operation_id, caller, rpc, idempotency_key, \
-     state_before, state_after, refund_id, correlation_id, trace_id, detail, at";
+     state_before, state_after, refund_id, correlation_id, trace_id, otel_trace_id, detail, at";
 
 impl EventRow {
     /// The domain event.
@@ -328,6 +351,7 @@ impl EventRow {
             refund_id: self.refund_id,
             correlation_id: self.correlation_id,
             trace_id: self.trace_id,
+            otel_trace_id: self.otel_trace_id,
             detail: self.detail,
             at: from_micros(self.at)?,
         })
@@ -405,6 +429,28 @@ where
         .bind(event.payload.as_str())
         .bind(event.occurred_at.as_deref())
         .bind(received_at)
+}
+
+/// The counts of [`AttentionSummary`] as both backends select them (see
+/// `crate::read::attention`).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AttentionRow {
+    pending: i64,
+    oldest_pending: Option<i64>,
+    requires_review: i64,
+    in_flight: i64,
+}
+
+impl AttentionRow {
+    /// The domain summary.
+    pub(crate) fn into_summary(self) -> Result<AttentionSummary, StoreError> {
+        Ok(AttentionSummary {
+            pending: count(self.pending)?,
+            oldest_pending_since: self.oldest_pending.map(from_micros).transpose()?,
+            requires_review: count(self.requires_review)?,
+            in_flight: count(self.in_flight)?,
+        })
+    }
 }
 
 /// Pairs each operation of a page with its events. `events` must be ordered oldest first

@@ -8,17 +8,19 @@
 
 mod support;
 
+use std::time::Duration;
+
 use refund_gateway_domain::{
-    Caller, IdempotencyKey, LeaseHolder, OperationFilter, OperationId, OperationState,
+    Caller, Completion, IdempotencyKey, LeaseHolder, OperationFilter, OperationId, OperationState,
     OperationStore, ResourceKind, Rpc, StoredResponse, WebhookEvent,
 };
 use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0006, callers' daily totals): 0005, webhook
-/// events. SQLite has no 0003, but both backends number their migrations alike.
-const PREVIOUS: i64 = 5;
+/// The schema version before the current one (0007, trace context): 0006, callers' daily
+/// totals. SQLite has no 0003, but both backends number their migrations alike.
+const PREVIOUS: i64 = 6;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;
@@ -343,6 +345,14 @@ const INSERT_PREVIOUS_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, eve
      klarna_account, operation_id, payment_transaction_id, refund_id, correlation_id, payload, \
      occurred_at, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// The daily total a release of the previous version reserved: 1000 SEK minor units of `pos`
+/// on 2027-01-15. The day is an untyped literal: text on SQLite, a DATE on PostgreSQL.
+const INSERT_PREVIOUS_DAILY_TOTAL: &str = "INSERT INTO caller_daily_totals \
+     (caller, currency, day, total) VALUES ('pos', 'SEK', '2027-01-15', 1000)";
+
+/// The OpenTelemetry trace id of the holder that takes an operation over after the migration.
+const RESOLUTION_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
 /// Binds [`previous_webhook`] to [`INSERT_PREVIOUS_WEBHOOK`].
 macro_rules! bind_previous_webhook {
     () => {{
@@ -362,7 +372,9 @@ macro_rules! bind_previous_webhook {
 }
 
 /// Every row of the previous version reads back, is found on its resource, keeps its webhook
-/// event and takes new ones; daily totals, new in this version, start empty and work.
+/// event and takes new ones; its daily total stays and takes reservations. Trace context, new
+/// in this version: the rows have no traceparent and their events no trace id, and a
+/// take-over gives its trace id to the events from then on.
 async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     let rows = previous_rows();
     for row in &rows {
@@ -377,6 +389,7 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
         assert_eq!(op.state, row.state);
         assert_eq!(op.answer_context.as_deref(), row.answer_context);
         assert_eq!(op.new.trace_id.as_deref(), Some("trace-5"));
+        assert_eq!(op.new.traceparent, None);
     }
     let keys = |ops: Vec<refund_gateway_domain::Operation>| -> Vec<String> {
         ops.into_iter()
@@ -462,11 +475,16 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     );
     assert_eq!(last.refund_id.as_deref(), Some("refund-7"));
 
+    assert!(
+        events.iter().all(|e| e.otel_trace_id.is_none()),
+        "{events:?}"
+    );
+
     let day = time::macros::date!(2027 - 01 - 15);
-    assert_eq!(store.daily_total("pos", "SEK", day).await.unwrap(), 0);
+    assert_eq!(store.daily_total("pos", "SEK", day).await.unwrap(), 1000);
     assert!(
         store
-            .reserve_daily("pos", "SEK", day, 4000, 5000)
+            .reserve_daily("pos", "SEK", day, 3000, 5000)
             .await
             .unwrap()
     );
@@ -478,6 +496,65 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     );
     store.release_daily("pos", "SEK", day, 1000).await.unwrap();
     assert_eq!(store.daily_total("pos", "SEK", day).await.unwrap(), 3000);
+
+    // The PENDING row, settled by a holder with a trace.
+    let pending = &rows[2];
+    let holder = LeaseHolder::new();
+    let now = OffsetDateTime::from_unix_timestamp(1_800_000_100).unwrap();
+    assert!(
+        store
+            .take_over(
+                previous_id(pending),
+                holder,
+                now,
+                Duration::from_secs(30),
+                Some("reconciler".to_owned()),
+                Some(RESOLUTION_TRACE.to_owned()),
+            )
+            .await
+            .unwrap()
+    );
+    let completion = Completion {
+        state: OperationState::Succeeded,
+        response: StoredResponse::default(),
+        refund_id: Some("refund-8".to_owned()),
+        correlation_id: None,
+        detail: "Klarna accepted".to_owned(),
+        trace_id: None,
+    };
+    assert!(
+        store
+            .finish(previous_id(pending), holder, completion, now)
+            .await
+            .unwrap()
+    );
+    let filter = OperationFilter {
+        idempotency_key: Some(pending.key.to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let (op, events) = &page.operations[0];
+    assert_eq!(
+        op.new.traceparent, None,
+        "a take-over brings no traceparent"
+    );
+    // SQLite's claim trigger of the previous version wrote the claimed event; PostgreSQL's
+    // rows were inserted without one.
+    let (before, after) = events.split_at(events.len() - 2);
+    assert!(
+        before.iter().all(|e| e.otel_trace_id.is_none()),
+        "{before:?}"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .map(|e| (e.detail.as_str(), e.otel_trace_id.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("taken over", Some(RESOLUTION_TRACE)),
+            ("Klarna accepted", Some(RESOLUTION_TRACE)),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -495,6 +572,10 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
             bind_previous_row!(row).execute(&mut conn).await.unwrap();
         }
         bind_previous_webhook!().execute(&mut conn).await.unwrap();
+        sqlx::query(INSERT_PREVIOUS_DAILY_TOTAL)
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
@@ -517,6 +598,10 @@ async fn postgres_at_the_previous_version_migrates_and_reads_back() {
             bind_previous_row!(row).execute(&mut conn).await.unwrap();
         }
         bind_previous_webhook!().execute(&mut conn).await.unwrap();
+        sqlx::query(INSERT_PREVIOUS_DAILY_TOTAL)
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
     let config =

@@ -85,6 +85,7 @@ fn operation(key: &str, order: &str) -> NewOperation {
         reference: None,
         klarna_request: "{}".to_owned(),
         trace_id: None,
+        traceparent: None,
     }
 }
 
@@ -179,6 +180,7 @@ async fn a_gone_replicas_claims_are_free_before_their_leases_expire() {
             HOLDER_B,
             OffsetDateTime::now_utc(),
             LEASE,
+            None,
             None
         )
         .await
@@ -199,9 +201,16 @@ async fn a_gone_replicas_claims_are_free_before_their_leases_expire() {
         "the lease must be far from expiry: {stored:?}"
     );
     assert!(
-        b.take_over(op.operation_id, HOLDER_B, seen, LEASE, Some("t-b".into()))
-            .await
-            .unwrap()
+        b.take_over(
+            op.operation_id,
+            HOLDER_B,
+            seen,
+            LEASE,
+            Some("t-b".into()),
+            None
+        )
+        .await
+        .unwrap()
     );
     let taken = b.get(op.operation_id).await.unwrap().unwrap();
     assert_eq!(taken.state, OperationState::InFlight);
@@ -216,6 +225,7 @@ async fn a_gone_replicas_claims_are_free_before_their_leases_expire() {
             HOLDER_A,
             OffsetDateTime::now_utc(),
             LEASE,
+            None,
             None
         )
         .await
@@ -229,15 +239,23 @@ async fn a_gone_replicas_claims_are_free_before_their_leases_expire() {
             HOLDER_B,
             OffsetDateTime::now_utc(),
             LEASE,
+            None,
             None
         )
         .await
         .unwrap()
     );
     assert!(
-        b.take_over(legacy.operation_id, HOLDER_B, now + LEASE, LEASE, None)
-            .await
-            .unwrap()
+        b.take_over(
+            legacy.operation_id,
+            HOLDER_B,
+            now + LEASE,
+            LEASE,
+            None,
+            None
+        )
+        .await
+        .unwrap()
     );
 }
 
@@ -252,7 +270,7 @@ async fn a_live_replicas_claims_wait_for_lease_expiry() {
     claim(&a, &op, HOLDER_A, now).await;
     let almost = now + Duration::from_secs(29);
     assert!(
-        !b.take_over(op.operation_id, HOLDER_B, almost, LEASE, None)
+        !b.take_over(op.operation_id, HOLDER_B, almost, LEASE, None, None)
             .await
             .unwrap()
     );
@@ -260,7 +278,7 @@ async fn a_live_replicas_claims_wait_for_lease_expiry() {
     let expired = now + LEASE;
     assert_eq!(b.unresolved(expired, 10).await.unwrap().len(), 1);
     assert!(
-        b.take_over(op.operation_id, HOLDER_B, expired, LEASE, None)
+        b.take_over(op.operation_id, HOLDER_B, expired, LEASE, None, None)
             .await
             .unwrap()
     );
@@ -320,6 +338,7 @@ async fn a_terminated_liveness_session_frees_claims_and_comes_back() {
             HOLDER_B,
             OffsetDateTime::now_utc(),
             LEASE,
+            None,
             None
         )
         .await
@@ -361,6 +380,7 @@ async fn a_terminated_liveness_session_frees_claims_and_comes_back() {
             HOLDER_B,
             OffsetDateTime::now_utc(),
             LEASE,
+            None,
             None
         )
         .await
@@ -406,7 +426,7 @@ async fn liveness_reads_every_key() {
     assert_eq!(unresolved_ids(&b).await, vec![unrelated.operation_id]);
     for id in &ops {
         assert!(
-            !b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None)
+            !b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None, None)
                 .await
                 .unwrap()
         );
@@ -418,7 +438,7 @@ async fn liveness_reads_every_key() {
     .await;
     for id in &ops {
         assert!(
-            b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None)
+            b.take_over(*id, HOLDER_B, OffsetDateTime::now_utc(), LEASE, None, None)
                 .await
                 .unwrap()
         );

@@ -742,6 +742,7 @@ mod tests {
             reference: None,
             klarna_request: encode_call(call),
             trace_id: None,
+            traceparent: None,
         }
     }
 

@@ -31,10 +31,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
     Claim, GatewayError, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationStore, StoreError, StoredResponse,
+    OperationId, OperationState, OperationStore, Rpc, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 pub use call::{Accepted, KlarnaCall};
 
@@ -43,6 +44,18 @@ pub use outcome::Encoded;
 pub use reconciler::{PASS_LIMIT, PassReport, reconcile_forever, reconcile_once};
 
 use outcome::Outcome;
+
+/// An INTERNAL span around a store write that matters to an operation's story (its claim,
+/// its outcome), in the trace of whoever makes it.
+macro_rules! store_span {
+    ($name:literal, $id:expr) => {
+        tracing::info_span!(
+            $name,
+            otel.kind = "internal",
+            refund.operation_id = %$id,
+        )
+    };
+}
 
 /// The trace id recorded for changes made by the reconciler.
 pub const RECONCILER: &str = "reconciler";
@@ -227,6 +240,7 @@ impl Protocol {
         let claim = match self
             .store
             .claim(new, holder, now, self.settings.lease)
+            .instrument(store_span!("store.claim", operation_id))
             .await
         {
             Ok(claim) => claim,
@@ -265,7 +279,9 @@ impl Protocol {
                         now,
                         self.settings.lease,
                         trace_id.clone(),
+                        crate::telemetry::current_trace_id(),
                     )
+                    .instrument(store_span!("store.take_over", operation_id))
                     .await
                     .map_err(store_unavailable)?;
                 if !taken {
@@ -371,14 +387,17 @@ impl Protocol {
         let this = self.clone();
         // The task owns the operation from here: it runs to the end even when the caller
         // gives up, so the outcome is always recorded.
-        tokio::spawn(async move {
+        // In the span of whoever started it (the RPC, or the reconciler's resolution), so its
+        // Klarna attempts and log lines belong to that trace even after the caller is answered.
+        let task = async move {
             let answer = refund_gateway_klarna::with_deadline(
                 klarna_deadline,
                 this.run(op, holder, job, trace_id),
             )
             .await;
             let _ = tx.send(answer);
-        });
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()));
         rx
     }
 
@@ -438,12 +457,10 @@ impl Protocol {
         renewal.abort();
         let moved_nothing = match &outcome {
             Outcome::NothingHappened(_) => true,
-            Outcome::Final(completion) => {
-                completion.state == refund_gateway_domain::OperationState::Failed
-            }
+            Outcome::Final(completion) => completion.state == OperationState::Failed,
             Outcome::Unknown { .. } => false,
         };
-        let recorded = self.record(id, holder, outcome, context).await;
+        let recorded = self.record(id, op.new.rpc, holder, outcome, context).await;
         if moved_nothing && recorded.is_ok() {
             self.release(reservation.as_ref()).await;
         }
@@ -470,23 +487,30 @@ impl Protocol {
     async fn record(
         &self,
         id: OperationId,
+        rpc: Rpc,
         holder: LeaseHolder,
         outcome: Outcome,
         context: Option<String>,
     ) -> Result<Answer, GatewayError> {
         let now = OffsetDateTime::now_utc();
         let recorded = match &outcome {
-            Outcome::Final(completion) => completion.state.as_str(),
-            Outcome::NothingHappened(_) => "NOTHING_HAPPENED",
-            Outcome::Unknown { .. } => "PENDING",
+            Outcome::Final(completion) => match completion.state {
+                OperationState::Succeeded => "succeeded",
+                OperationState::Failed => "failed",
+                _ => "requires_review",
+            },
+            Outcome::NothingHappened(_) => "abandoned",
+            Outcome::Unknown { .. } => "pending",
         };
-        metrics::counter!("operations_recorded_total", "outcome" => recorded).increment(1);
+        metrics::counter!("operations_recorded_total", "rpc" => rpc.as_str(), "outcome" => recorded)
+            .increment(1);
         let (held, ours) = match outcome {
             Outcome::Final(completion) => {
                 let response = completion.response.clone();
                 let held = self
                     .store
                     .finish(id, holder, completion, now)
+                    .instrument(store_span!("store.finish", id))
                     .await
                     .map_err(store_unavailable)?;
                 (
@@ -501,6 +525,7 @@ impl Protocol {
                 let held = self
                     .store
                     .abandon(id, holder, error.to_string(), now)
+                    .instrument(store_span!("store.abandon", id))
                     .await
                     .map_err(store_unavailable)?;
                 (held, Err(error))
@@ -513,6 +538,7 @@ impl Protocol {
                 let held = self
                     .store
                     .mark_pending(id, holder, correlation_id, detail, context, now)
+                    .instrument(store_span!("store.mark_pending", id))
                     .await
                     .map_err(store_unavailable)?;
                 (held, Err(error))
@@ -634,6 +660,7 @@ mod tests {
             reference: None,
             klarna_request: encoding::encode_call(&call),
             trace_id: None,
+            traceparent: None,
         }
     }
 
@@ -682,7 +709,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             store
-                .take_over(id, winner, now, Duration::from_secs(30), None)
+                .take_over(id, winner, now, Duration::from_secs(30), None, None)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
         );
@@ -701,7 +728,7 @@ mod tests {
         // The stalled holder believes Klarna refused it.
         let own = outcome::Outcome::Final(completion(OperationState::Failed, b"mine"));
         let answer = protocol
-            .record(id, stalled, own, None)
+            .record(id, Rpc::RefundOrder, stalled, own, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer.response.code, 0);
@@ -710,7 +737,13 @@ mod tests {
         // Nor can it turn the finished operation back into a pending one.
         let unknown = outcome::unknown(id, KlarnaError::NoAnswer("reset".into()), "late".into());
         let answer = protocol
-            .record(id, stalled, unknown, Some("context".into()))
+            .record(
+                id,
+                Rpc::RefundOrder,
+                stalled,
+                unknown,
+                Some("context".into()),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer.response.payload, b"won");

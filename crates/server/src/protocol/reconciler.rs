@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use refund_gateway_domain::{OperationState, StoreError};
+use refund_gateway_domain::{Operation, OperationState, StoreError};
 use time::OffsetDateTime;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Protocol;
 
@@ -64,9 +66,13 @@ pub async fn reconcile_once(
         ..PassReport::default()
     };
     let mut results = futures::stream::iter(unresolved)
-        .map(|op| async move {
-            let id = op.new.operation_id;
-            (id, protocol.resolve(op).await)
+        .map(|op| {
+            let span = resolution_span(&op);
+            async move {
+                let id = op.new.operation_id;
+                (id, protocol.resolve(op).await)
+            }
+            .instrument(span)
         })
         .buffer_unordered(parallelism.max(1));
     while let Some((id, result)) = results.next().await {
@@ -87,8 +93,27 @@ pub async fn reconcile_once(
         }
     }
     metrics::counter!("reconciler_passes_total").increment(1);
-    metrics::counter!("reconciler_settled_total").increment(report.settled as u64);
     Ok(report)
+}
+
+/// The root span of one operation's resolution: a trace of its own (a pass is not part of any
+/// request), linked to the trace of the request that created the operation when it is known.
+fn resolution_span(op: &Operation) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "reconcile",
+        otel.kind = "internal",
+        refund.operation_id = %op.new.operation_id,
+        refund.caller = %op.new.caller,
+        rpc.method = op.new.rpc.as_str(),
+        klarna.account = %op.new.klarna_account,
+        refund.state_before = op.state.as_str(),
+        refund.state_after = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &op.new.traceparent {
+        span.add_link(crate::telemetry::linked_context(traceparent));
+    }
+    span
 }
 
 impl Protocol {
@@ -109,6 +134,7 @@ impl Protocol {
                 OffsetDateTime::now_utc(),
                 self.settings.lease,
                 Some(super::RECONCILER.to_owned()),
+                crate::telemetry::current_trace_id(),
             )
             .await?
         {
@@ -124,6 +150,12 @@ impl Protocol {
             Some(super::RECONCILER.to_owned()),
         );
         let _ = receiver.await;
-        Ok(self.store.get(id).await?.map(|o| o.state))
+        let state = self.store.get(id).await?.map(|o| o.state);
+        if let Some(state) = state {
+            tracing::Span::current().record("refund.state_after", state.as_str());
+            metrics::counter!("reconciler_resolutions_total", "state" => state.as_str())
+                .increment(1);
+        }
+        Ok(state)
     }
 }

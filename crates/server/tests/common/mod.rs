@@ -29,6 +29,8 @@ mod wait;
 #[allow(unused_imports)] // not every test binary waits
 pub use wait::wait_until;
 
+pub mod otlp;
+
 /// The gateway's gRPC client.
 pub type Client = RefundGatewayServiceClient<Channel>;
 

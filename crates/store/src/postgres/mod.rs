@@ -51,8 +51,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
+    AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
+    OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -201,13 +201,19 @@ impl OperationStore for PostgresStore {
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
+        otel_trace_id: Option<String>,
     ) -> Result<bool, StoreError> {
         let now = micros(now);
+        let holder = holder_text(holder);
+        let by = sql::NewHolder {
+            holder: &holder,
+            replica: self.replica(),
+            otel_trace_id: otel_trace_id.as_deref(),
+        };
         sql::take_over(
             &self.pool,
             &id_text(id),
-            &holder_text(holder),
-            self.replica(),
+            by,
             now,
             lease_end(now, lease),
             trace_id.as_deref(),
@@ -297,6 +303,11 @@ impl OperationStore for PostgresStore {
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
         sql::unresolved(&self.pool, micros(now), limit).await
+    }
+
+    /// A gone replica's IN_FLIGHT operations count as pending, as `unresolved` lists them.
+    async fn attention(&self, now: OffsetDateTime) -> Result<AttentionSummary, StoreError> {
+        read::attention(&self.pool, sql::ATTENTION.as_str(), micros(now)).await
     }
 
     async fn list(

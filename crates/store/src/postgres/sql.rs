@@ -11,11 +11,18 @@
 //! events appended. Recording a webhook is one statement too: the insert, and the audit event
 //! of the operation it names.
 //!
+//! **Metrics.** Each write of an operation, webhook or daily total (claim, take-over, finish,
+//! mark pending, abandon, webhook, reservation, release) is its own transaction, so each is
+//! measured as one (label `backend="postgres"`): `store_batch_size` 1 and
+//! `store_commit_duration_seconds`, the statement's round trip until PostgreSQL committed it —
+//! comparable with SQLite's group commits. Lease renewals and order locks are not measured.
+//!
 //! **Replica liveness.** A replica is alive while a granted advisory lock on its key exists in
 //! this database ([`LIVE_REPLICAS`]); [`replica_gone`] is the SQL test every statement uses,
 //! for operations (`lease_replica`) and resource leases (`replica`) alike.
 
 use std::sync::LazyLock;
+use std::time::Instant;
 
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
@@ -63,24 +70,28 @@ fn unheld(now: &str) -> String {
 const CLAIM_ATTEMPTS: usize = 8;
 
 // The values of `bind_claim`: $1 … $13 the operation, $14 lease holder, $15 lease end,
-// $16 now, $17 resource kind, $18 resource id; then $19 the claiming replica.
+// $16 now, $17 resource kind, $18 resource id, $19 traceparent, $20 its trace id (the first
+// holder's); then $21 the claiming replica.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     let insert = "WITH inserted AS ( \
        INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
          klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
          trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
-         resource_kind, resource_id, lease_replica) \
+         resource_kind, resource_id, traceparent, otel_trace_id, lease_replica) \
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, \
-         $16, $16, $17, $18, $19) \
+         $16, $16, $17, $18, $19, $20, $21) \
        ON CONFLICT (operation_id) DO NOTHING \
        RETURNING * ) ";
     insert.to_owned()
-        + &insert_event_from("inserted", "trace_id, NULL, 'IN_FLIGHT', 'claimed', $16")
+        + &insert_event_from(
+            "inserted",
+            "trace_id, otel_trace_id, NULL, 'IN_FLIGHT', 'claimed', $16",
+        )
 });
 
 /// A transition as one statement: lock the row of `$1` if `condition` holds, apply `set` to it,
 /// and append its event with `trace`, `detail` and `at` (SQL expressions over the new row and
-/// the parameters).
+/// the parameters) and the new row's holder trace id (`otel_trace_id`).
 fn transition(condition: &str, set: &str, trace: &str, detail: &str, at: &str) -> String {
     let change = format!(
         "WITH old AS ( \
@@ -94,11 +105,13 @@ fn transition(condition: &str, set: &str, trace: &str, detail: &str, at: &str) -
     change
         + &insert_event_from(
             "changed",
-            &format!("{trace}, state_before, state, {detail}, {at}"),
+            &format!("{trace}, otel_trace_id, state_before, state, {detail}, {at}"),
         )
 }
 
-// $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder, $6 its replica.
+// $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder, $6 its replica, $7 its
+// OpenTelemetry trace id: the new holder's replaces the old one's even when NULL, so no later
+// event is put down to a trace that no longer holds the operation.
 static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
     transition(
         &format!(
@@ -106,7 +119,7 @@ static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
             unheld("$3")
         ),
         "state = 'IN_FLIGHT', lease_expires_at = $2, lease_holder = $5, lease_replica = $6, \
-         updated_at = $3",
+         otel_trace_id = $7, updated_at = $3",
         "COALESCE($4, trace_id)",
         "'taken over'",
         "$3",
@@ -122,6 +135,11 @@ static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
         unheld("$1")
     )
 });
+
+// $1 now. What needs attention, a gone replica's claims counted as unresolved (as UNRESOLVED
+// lists them).
+pub(super) static ATTENTION: LazyLock<String> =
+    LazyLock::new(|| crate::read::attention_sql(&unheld("$1")));
 
 // $1 id, $2 lease end, $3 lease holder.
 const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = $2 \
@@ -165,13 +183,15 @@ static ABANDON: LazyLock<String> = LazyLock::new(|| {
        DELETE FROM operations \
        WHERE operation_id = $1 AND state = 'IN_FLIGHT' AND lease_holder = $4 \
        RETURNING * ) ";
-    delete.to_owned() + &insert_event_from("deleted", "trace_id, state, NULL, $3, $2")
+    delete.to_owned()
+        + &insert_event_from("deleted", "trace_id, otel_trace_id, state, NULL, $3, $2")
 });
 
 // The values of `bind_webhook`: $1 event id, $2 type, $3 account, $4 operation id, $5 payment
 // transaction id, $6 refund id, $7 correlation id, $8 payload, $9 occurred at, $10 received
 // at; then $11 the detail. Returns how many webhooks were recorded (0: a known event id, which
 // inserts nothing and so appends nothing; concurrent inserts of one id wait for each other).
+// The audit event has no trace ids: Klarna caused it, not a request of ours.
 // The operation's row is locked FOR SHARE, so a concurrent transition either waits for this
 // statement or has committed and is the state read: the event's "no change" is the state
 // current when it is appended. An operation that does not exist gets no event.
@@ -189,7 +209,7 @@ static RECORD_WEBHOOK: LazyLock<String> = LazyLock::new(|| {
      appended AS ( ";
     format!(
         "{record}{} ) SELECT count(*) FROM recorded",
-        insert_event_from("target", "NULL, state, state, $11, $10")
+        insert_event_from("target", "NULL, NULL, state, state, $11, $10")
     )
 });
 
@@ -289,7 +309,9 @@ pub(super) async fn claim(
             now,
         )
         .bind(replica);
+        let started = Instant::now();
         let inserted = query.execute(pool).await.map_err(db_error)?.rows_affected();
+        committed(started);
         if inserted == 1 {
             return Ok(Claim::New(claimed_operation(
                 op.clone(),
@@ -309,6 +331,26 @@ pub(super) async fn claim(
     )))
 }
 
+/// Records one committed write transaction that started at `started` (see the module docs).
+/// Literal name and labels: the macros keep the key in a static, so recording allocates
+/// nothing.
+fn committed(started: Instant) {
+    metrics::histogram!("store_commit_duration_seconds", "backend" => "postgres")
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("store_batch_size", "backend" => "postgres").record(1.0);
+}
+
+/// [`changed_one`], measured as a committed write.
+async fn changed_one_measured(
+    query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    pool: &PgPool,
+) -> Result<bool, StoreError> {
+    let started = Instant::now();
+    let changed = changed_one(query, pool).await?;
+    committed(started);
+    Ok(changed)
+}
+
 /// Runs a write; true when it affected exactly one row (for transitions: appended their event).
 async fn changed_one(
     query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
@@ -317,13 +359,23 @@ async fn changed_one(
     Ok(query.execute(pool).await.map_err(db_error)?.rows_affected() == 1)
 }
 
+/// Who takes an operation over, as the take-over records it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NewHolder<'a> {
+    /// The lease holder, as stored.
+    pub(super) holder: &'a str,
+    /// Its replica key.
+    pub(super) replica: i64,
+    /// Its OpenTelemetry trace id, the operation's from now on.
+    pub(super) otel_trace_id: Option<&'a str>,
+}
+
 /// PENDING, or IN_FLIGHT with an expired lease or a gone replica -> IN_FLIGHT held by
-/// `holder` of `replica` until `lease_until`.
+/// `by` until `lease_until`; `trace_id` is the request id of the take-over's event.
 pub(super) async fn take_over(
     pool: &PgPool,
     id: &str,
-    holder: &str,
-    replica: i64,
+    by: NewHolder<'_>,
     now: i64,
     lease_until: i64,
     trace_id: Option<&str>,
@@ -333,9 +385,10 @@ pub(super) async fn take_over(
         .bind(lease_until)
         .bind(now)
         .bind(trace_id)
-        .bind(holder)
-        .bind(replica);
-    changed_one(query, pool).await
+        .bind(by.holder)
+        .bind(by.replica)
+        .bind(by.otel_trace_id);
+    changed_one_measured(query, pool).await
 }
 
 /// Up to `limit` unresolved operations, oldest created first: PENDING, or IN_FLIGHT with an
@@ -391,7 +444,7 @@ pub(super) async fn finish(
         .bind(&completion.trace_id)
         .bind(&completion.detail)
         .bind(holder);
-    changed_one(query, pool).await
+    changed_one_measured(query, pool).await
 }
 
 /// IN_FLIGHT held by `holder` -> PENDING.
@@ -411,7 +464,7 @@ pub(super) async fn mark_pending(
         .bind(detail)
         .bind(holder)
         .bind(answer_context);
-    changed_one(query, pool).await
+    changed_one_measured(query, pool).await
 }
 
 /// Deletes an IN_FLIGHT operation held by `holder`, keeping an event with no state after.
@@ -427,7 +480,7 @@ pub(super) async fn abandon(
         .bind(now)
         .bind(detail)
         .bind(holder);
-    changed_one(query, pool).await
+    changed_one_measured(query, pool).await
 }
 
 /// Records `event` unless its event id is known, with the audit event of the operation it
@@ -446,7 +499,9 @@ pub(super) async fn record_webhook(
         operation_id,
         received_at,
     );
+    let started = Instant::now();
     let row = query.bind(detail).fetch_one(pool).await.map_err(db_error)?;
+    committed(started);
     let recorded: i64 = row.try_get(0).map_err(db_error)?;
     Ok(recorded == 1)
 }
@@ -472,6 +527,7 @@ pub(super) async fn reserve_daily(
     amount: i64,
     cap: i64,
 ) -> Result<bool, StoreError> {
+    let started = Instant::now();
     let total = sqlx::query_scalar::<_, i64>(RESERVE_DAILY)
         .bind(caller)
         .bind(currency)
@@ -481,6 +537,7 @@ pub(super) async fn reserve_daily(
         .fetch_optional(pool)
         .await
         .map_err(db_error)?;
+    committed(started);
     Ok(total.is_some())
 }
 
@@ -492,6 +549,7 @@ pub(super) async fn release_daily(
     day: &str,
     amount: i64,
 ) -> Result<(), StoreError> {
+    let started = Instant::now();
     sqlx::query(RELEASE_DAILY)
         .bind(caller)
         .bind(currency)
@@ -500,6 +558,7 @@ pub(super) async fn release_daily(
         .execute(pool)
         .await
         .map_err(db_error)?;
+    committed(started);
     Ok(())
 }
 

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter, OperationId,
-    OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
+    AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
+    OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
 };
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
@@ -181,6 +181,13 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 ///   operation's identity. Rows keep their last holder after they leave IN_FLIGHT.
 /// - Events carry the trace id given with the change, else the trace id of the claim
 ///   (`mark_pending` and `abandon` take none).
+/// - The row keeps the OpenTelemetry trace id of its holder: the claim's traceparent's trace
+///   id, replaced (NULL included) by each take-over's. Every event of a claim, take-over,
+///   finish, mark pending or abandon carries the holder's trace id as it is after the change;
+///   a webhook's event carries none. The traceparent stays the claim's.
+/// - `attention` counts at `now` what `unresolved` would list, the IN_FLIGHT operations still
+///   held, and the REQUIRES_REVIEW ones; it reads the state index, never the SUCCEEDED and
+///   FAILED operations.
 /// - `unresolved` orders by `created_at` (then id): the oldest is nearest Klarna's 24 h
 ///   idempotency window.
 /// - `resource_operations` orders by `created_at` (then id), in any state; an operation
@@ -232,6 +239,7 @@ impl OperationStore for SqliteStore {
         now: OffsetDateTime,
         lease: Duration,
         trace_id: Option<String>,
+        otel_trace_id: Option<String>,
     ) -> Result<bool, StoreError> {
         let now = micros(now);
         self.changed(WriteOp::TakeOver {
@@ -240,6 +248,7 @@ impl OperationStore for SqliteStore {
             now,
             lease_until: lease_end(now, lease),
             trace_id,
+            otel_trace_id,
         })
         .await
     }
@@ -322,6 +331,10 @@ impl OperationStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
         read::unresolved(&self.readers, micros(now), limit).await
+    }
+
+    async fn attention(&self, now: OffsetDateTime) -> Result<AttentionSummary, StoreError> {
+        read::attention(&self.readers, read::ATTENTION.as_str(), micros(now)).await
     }
 
     async fn list(

@@ -28,7 +28,7 @@ use crate::row::{
 const CHUNK_ROWS: [usize; 5] = [1, 4, 16, 64, 256];
 
 /// Values per row of [`CLAIM_MANY`].
-const CLAIM_VALUES: usize = 18;
+const CLAIM_VALUES: usize = 20;
 
 /// Values per row of [`FINISH_MANY`].
 const FINISH_VALUES: usize = 11;
@@ -42,19 +42,19 @@ fn values_rows(rows: usize, columns: usize) -> String {
 /// Inserts each non-NULL row as IN_FLIGHT (the trigger adds its "claimed" event); returns the
 /// ids inserted. Row: id, caller, rpc, key, fingerprint, account, order, capture, amount,
 /// currency, reference, Klarna request, trace id, lease holder, lease end, now, resource kind,
-/// resource id. WHERE also
-/// resolves the
-/// parsing ambiguity of `INSERT … SELECT … ON CONFLICT`.
+/// resource id, traceparent, OpenTelemetry trace id (the claimer's: it is the first holder).
+/// WHERE also resolves the parsing ambiguity of `INSERT … SELECT … ON CONFLICT`.
 static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     CHUNK_ROWS.map(|rows| {
         format!(
             "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
              klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
              trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
-             resource_kind, resource_id) \
+             resource_kind, resource_id, traceparent, otel_trace_id) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, \
              column9, column10, column11, column12, column13, 'IN_FLIGHT', column14, column15, \
-             column16, column16, column17, column18 FROM (VALUES {}) WHERE column1 IS NOT NULL \
+             column16, column16, column17, column18, column19, column20 \
+             FROM (VALUES {}) WHERE column1 IS NOT NULL \
              ON CONFLICT (operation_id) DO NOTHING RETURNING operation_id",
             values_rows(rows, CLAIM_VALUES)
         )
@@ -82,9 +82,12 @@ static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     })
 });
 
-// ?1 id, ?2 lease end, ?3 now, ?4 trace id, ?5 new lease holder.
+// ?1 id, ?2 lease end, ?3 now, ?4 trace id, ?5 new lease holder, ?6 its OpenTelemetry trace
+// id: the new holder's replaces the old one's even when NULL, so no later event is put down
+// to a trace that no longer holds the operation.
 const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expires_at = ?2, \
-     lease_holder = ?5, updated_at = ?3, event_detail = 'taken over', event_trace_id = ?4 WHERE operation_id = ?1 \
+     lease_holder = ?5, otel_trace_id = ?6, updated_at = ?3, event_detail = 'taken over', \
+     event_trace_id = ?4 WHERE operation_id = ?1 \
      AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
           AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)))";
 
@@ -103,7 +106,7 @@ const MARK_PENDING: &str = "UPDATE operations SET state = 'PENDING', lease_expir
 static ABANDON_EVENT: LazyLock<String> = LazyLock::new(|| {
     insert_event_from(
         "operations WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?4",
-        "trace_id, state, NULL, ?2, ?3",
+        "trace_id, otel_trace_id, state, NULL, ?2, ?3",
     )
 });
 
@@ -120,14 +123,15 @@ const RECORD_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, event_type, 
      ON CONFLICT (event_id) DO NOTHING";
 
 // ?1 operation id, ?2 refund id, ?3 correlation id, ?4 detail, ?5 at. No state change: the
-// operation's state before and after, the webhook's Klarna ids, no trace id. Written here,
-// not by a trigger, as the operation row does not change.
+// operation's state before and after, the webhook's Klarna ids, no trace ids (Klarna caused
+// it, not a request of ours). Written here, not by a trigger, as the operation row does not
+// change.
 static WEBHOOK_EVENT: LazyLock<String> = LazyLock::new(|| {
     insert_event_from(
         "(SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
            capture_id, amount, currency, ?2 AS refund_id, ?3 AS correlation_id, state \
          FROM operations WHERE operation_id = ?1)",
-        "NULL, state, state, ?4, ?5",
+        "NULL, NULL, state, state, ?4, ?5",
     )
 });
 
@@ -309,13 +313,15 @@ pub(super) async fn take_over(
     now: i64,
     lease_until: i64,
     trace_id: Option<&str>,
+    otel_trace_id: Option<&str>,
 ) -> Result<bool, StoreError> {
     let query = sqlx::query(TAKE_OVER)
         .bind(id)
         .bind(lease_until)
         .bind(now)
         .bind(trace_id)
-        .bind(holder);
+        .bind(holder)
+        .bind(otel_trace_id);
     changed_one(query, conn).await
 }
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder, NewOperation, Operation,
-    OperationFilter, OperationId, OperationState, OperationStore, ResourceKind, Rpc, StoreError,
-    StoredResponse, WebhookEvent,
+    AttentionSummary, AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder,
+    NewOperation, Operation, OperationFilter, OperationId, OperationState, OperationStore,
+    ResourceKind, Rpc, StoreError, StoredResponse, TraceParent, WebhookEvent,
 };
 use time::OffsetDateTime;
 use time::macros::{date, datetime};
@@ -45,6 +45,8 @@ macro_rules! all_cases {
             lock_order_serializes_one_order,
             group_commit_64_claims,
             concurrent_mixed_writes,
+            trace_context_follows_the_holder,
+            attention_counts_what_needs_a_look,
         );
     };
 }
@@ -86,7 +88,16 @@ pub fn new_op(caller: &str, rpc: Rpc, key: &str, order: &str) -> NewOperation {
         reference: Some("ref-1".to_owned()),
         klarna_request: r#"{"refunded_amount":12345}"#.to_owned(),
         trace_id: Some("trace-claim".to_owned()),
+        traceparent: Some(traceparent(CLAIM_TRACE)),
     }
+}
+
+/// The trace id of every claim's traceparent (see [`new_op`]).
+const CLAIM_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A sampled traceparent of `trace_id`.
+pub fn traceparent(trace_id: &str) -> TraceParent {
+    TraceParent::parse(&format!("00-{trace_id}-00f067aa0ba902b7-01")).unwrap()
 }
 
 fn op(key: &str) -> NewOperation {
@@ -194,6 +205,7 @@ pub async fn fields_round_trip(store: Store, _peer: Option<Store>) {
         currency: None,
         reference: None,
         trace_id: None,
+        traceparent: None,
         ..new_op("pos", Rpc::ReleaseAuthorization, "bare", "order-2")
     };
     let claimed = claim_new(&store, bare.clone(), t(1)).await;
@@ -280,14 +292,21 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     claim_new(&store, live.clone(), t(0)).await;
     assert!(
         !store
-            .take_over(live.operation_id, A, t(10), LEASE, None)
+            .take_over(live.operation_id, A, t(10), LEASE, None, None)
             .await
             .unwrap()
     );
     // Expired (lease end == now counts as expired).
     assert!(
         store
-            .take_over(live.operation_id, B, t(30), LEASE, Some("trace-2".into()))
+            .take_over(
+                live.operation_id,
+                B,
+                t(30),
+                LEASE,
+                Some("trace-2".into()),
+                None
+            )
             .await
             .unwrap()
     );
@@ -299,7 +318,7 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
     // The new lease is live again.
     assert!(
         !store
-            .take_over(live.operation_id, A, t(31), LEASE, None)
+            .take_over(live.operation_id, A, t(31), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -312,13 +331,13 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
         .unwrap();
     assert!(
         store
-            .take_over(pending.operation_id, A, t(2), LEASE, None)
+            .take_over(pending.operation_id, A, t(2), LEASE, None, None)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .take_over(pending.operation_id, A, t(3), LEASE, None)
+            .take_over(pending.operation_id, A, t(3), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -331,13 +350,13 @@ pub async fn take_over_rules(store: Store, _peer: Option<Store>) {
         .unwrap();
     assert!(
         !store
-            .take_over(done.operation_id, A, t(100), LEASE, None)
+            .take_over(done.operation_id, A, t(100), LEASE, None, None)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .take_over(op("missing").operation_id, A, t(0), LEASE, None)
+            .take_over(op("missing").operation_id, A, t(0), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -384,7 +403,7 @@ pub async fn renew_lease(store: Store, _peer: Option<Store>) {
     );
     assert!(
         !store
-            .take_over(new.operation_id, A, t(40), LEASE, None)
+            .take_over(new.operation_id, A, t(40), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -451,7 +470,7 @@ pub async fn finish_and_mark_pending(store: Store, _peer: Option<Store>) {
     );
     assert!(
         store
-            .take_over(new.operation_id, B, t(3), LEASE, None)
+            .take_over(new.operation_id, B, t(3), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -529,7 +548,14 @@ pub async fn only_the_holder_acts(store: Store, peer: Option<Store>) {
     claim_new(&store, new.clone(), t(0)).await;
     assert!(
         other
-            .take_over(new.operation_id, B, t(31), LEASE, Some("trace-b".into()))
+            .take_over(
+                new.operation_id,
+                B,
+                t(31),
+                LEASE,
+                Some("trace-b".into()),
+                None
+            )
             .await
             .unwrap()
     );
@@ -1082,6 +1108,7 @@ pub async fn webhook_recorded_once(store: Store, _peer: Option<Store>) {
             refund_id: Some("refund-evt-1".into()),
             correlation_id: Some("corr-evt-1".into()),
             trace_id: None,
+            otel_trace_id: None,
             detail: "webhook payment.transaction.refunded".into(),
             at: at_micros(t(10)),
         }
@@ -1403,7 +1430,7 @@ pub async fn answer_context_survives_a_resend(store: Store, _peer: Option<Store>
     assert!(pending(A, Some("fee"), 1).await);
     assert!(
         store
-            .take_over(new.operation_id, B, t(2), LEASE, None)
+            .take_over(new.operation_id, B, t(2), LEASE, None, None)
             .await
             .unwrap()
     );
@@ -1628,4 +1655,284 @@ pub async fn concurrent_mixed_writes(store: Store, _peer: Option<Store>) {
         assert!(matches!(stored.state, Succeeded | Failed), "{stored:?}");
         assert_eq!(events[1].trace_id.as_deref(), Some("trace-finish"));
     }
+}
+
+/// The OpenTelemetry trace id of each event of `new`, oldest first.
+async fn otel_trace_ids(store: &Store, new: &NewOperation) -> Vec<Option<String>> {
+    events_of(store, new)
+        .await
+        .into_iter()
+        .map(|e| e.otel_trace_id)
+        .collect()
+}
+
+/// The trace of the reconciler's resolution, taking operations over.
+const RESOLUTION_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// An operation keeps the traceparent of the request that created it. Its holder's trace id
+/// (the claim's, then each take-over's) goes to every event of a claim, take-over, finish,
+/// mark pending or abandon; a webhook's event has none.
+pub async fn trace_context_follows_the_holder(store: Store, peer: Option<Store>) {
+    // With a peer, the reconciler taking over is another process.
+    let other = peer.unwrap_or_else(|| store.clone());
+    let some = |trace: &str| Some(trace.to_owned());
+
+    // Claimed with a traceparent, marked pending, taken over by the reconciler, finished.
+    let new = op("traced");
+    let claimed = claim_new(&store, new.clone(), t(0)).await;
+    assert_eq!(claimed.new.traceparent, Some(traceparent(CLAIM_TRACE)));
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(
+        read.new.traceparent.as_ref().map(TraceParent::as_str),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(otel_trace_ids(&store, &new).await, vec![some(CLAIM_TRACE)]);
+    assert!(
+        store
+            .mark_pending(new.operation_id, A, None, "timeout".into(), None, t(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .take_over(
+                new.operation_id,
+                B,
+                t(2),
+                LEASE,
+                some("reconciler"),
+                some(RESOLUTION_TRACE),
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .finish(new.operation_id, B, completion(Succeeded), t(3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_webhook(
+                webhook("evt-traced", Some(new.operation_id), t(4)),
+                "webhook".into()
+            )
+            .await
+            .unwrap()
+    );
+    let events = events_of(&store, &new).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (
+                e.detail.as_str(),
+                e.trace_id.as_deref(),
+                e.otel_trace_id.as_deref()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("claimed", Some("trace-claim"), Some(CLAIM_TRACE)),
+            ("timeout", Some("trace-claim"), Some(CLAIM_TRACE)),
+            ("taken over", Some("reconciler"), Some(RESOLUTION_TRACE)),
+            (
+                "klarna answered",
+                Some("trace-finish"),
+                Some(RESOLUTION_TRACE)
+            ),
+            ("webhook", None, None),
+        ]
+    );
+    // The traceparent stays the creating request's.
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.new.traceparent, Some(traceparent(CLAIM_TRACE)));
+
+    // Abandoned by the holder that took it over: its trace id. The key's next claim brings
+    // its own traceparent.
+    let abandoned = op("traced-abandoned");
+    claim_new(&store, abandoned.clone(), t(0)).await;
+    assert!(
+        other
+            .take_over(
+                abandoned.operation_id,
+                B,
+                t(30),
+                LEASE,
+                None,
+                some(RESOLUTION_TRACE)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .abandon(
+                abandoned.operation_id,
+                B,
+                "klarna unreachable".into(),
+                t(31)
+            )
+            .await
+            .unwrap()
+    );
+    const NEXT_TRACE: &str = "11111111111111111111111111111111";
+    let again = NewOperation {
+        traceparent: Some(traceparent(NEXT_TRACE)),
+        ..abandoned.clone()
+    };
+    let reclaimed = claim_new(&store, again, t(40)).await;
+    assert_eq!(reclaimed.new.traceparent, Some(traceparent(NEXT_TRACE)));
+    assert_eq!(
+        otel_trace_ids(&store, &abandoned).await,
+        vec![
+            some(CLAIM_TRACE),
+            some(RESOLUTION_TRACE),
+            some(RESOLUTION_TRACE),
+            some(NEXT_TRACE),
+        ]
+    );
+
+    // A take-over without a trace leaves none: the previous holder's trace did not cause
+    // what follows.
+    let untraced_takeover = op("traced-then-not");
+    claim_new(&store, untraced_takeover.clone(), t(0)).await;
+    assert!(
+        other
+            .take_over(untraced_takeover.operation_id, B, t(30), LEASE, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .finish(untraced_takeover.operation_id, B, completion(Failed), t(31))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        otel_trace_ids(&store, &untraced_takeover).await,
+        vec![some(CLAIM_TRACE), None, None]
+    );
+
+    // Claimed without a traceparent: no trace id, until a take-over brings one.
+    let untraced = NewOperation {
+        traceparent: None,
+        ..op("untraced")
+    };
+    let claimed = claim_new(&store, untraced.clone(), t(0)).await;
+    assert_eq!(claimed.new.traceparent, None);
+    assert_eq!(
+        store
+            .get(untraced.operation_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .new
+            .traceparent,
+        None
+    );
+    assert!(
+        store
+            .mark_pending(untraced.operation_id, A, None, "timeout".into(), None, t(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .take_over(
+                untraced.operation_id,
+                B,
+                t(2),
+                LEASE,
+                None,
+                some(RESOLUTION_TRACE)
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        otel_trace_ids(&store, &untraced).await,
+        vec![None, None, some(RESOLUTION_TRACE)]
+    );
+}
+
+/// The gauges' summary: unresolved operations (PENDING, or IN_FLIGHT past their lease) and
+/// the oldest one's creation, REQUIRES_REVIEW, and IN_FLIGHT under a live lease; final
+/// operations are not counted.
+pub async fn attention_counts_what_needs_a_look(store: Store, _peer: Option<Store>) {
+    assert_eq!(
+        store.attention(t(0)).await.unwrap(),
+        AttentionSummary::default()
+    );
+    // Lease until t(30).
+    let expired = op("att-expired");
+    claim_new(&store, expired.clone(), t(0)).await;
+    let pending = op("att-pending");
+    claim_new(&store, pending.clone(), t(5)).await;
+    store
+        .mark_pending(pending.operation_id, A, None, "timeout".into(), None, t(6))
+        .await
+        .unwrap();
+    // Lease until t(40).
+    let live = op("att-live");
+    claim_new(&store, live.clone(), t(10)).await;
+    for (key, state) in [
+        ("att-review-1", RequiresReview),
+        ("att-review-2", RequiresReview),
+        ("att-done", Succeeded),
+        ("att-failed", Failed),
+    ] {
+        let new = op(key);
+        claim_new(&store, new.clone(), t(1)).await;
+        assert!(
+            store
+                .finish(new.operation_id, A, completion(state), t(2))
+                .await
+                .unwrap()
+        );
+    }
+
+    // Before the first lease ends: only the PENDING one is unresolved.
+    assert_eq!(
+        store.attention(t(20)).await.unwrap(),
+        AttentionSummary {
+            pending: 1,
+            oldest_pending_since: Some(at_micros(t(5))),
+            requires_review: 2,
+            in_flight: 2,
+        }
+    );
+    // An IN_FLIGHT operation past its lease counts as pending, with its creation.
+    assert_eq!(
+        store.attention(t(35)).await.unwrap(),
+        AttentionSummary {
+            pending: 2,
+            oldest_pending_since: Some(at_micros(t(0))),
+            requires_review: 2,
+            in_flight: 1,
+        }
+    );
+    // Settled: nothing pending any more.
+    for (new, at) in [(&expired, t(35)), (&pending, t(35))] {
+        assert!(
+            store
+                .take_over(new.operation_id, B, at, LEASE, None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .finish(new.operation_id, B, completion(Succeeded), at)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store.attention(t(36)).await.unwrap(),
+        AttentionSummary {
+            pending: 0,
+            oldest_pending_since: None,
+            requires_review: 2,
+            in_flight: 1,
+        }
+    );
 }
