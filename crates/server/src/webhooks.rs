@@ -26,6 +26,7 @@ use refund_gateway_domain::{Operation, OperationStore, ResourceKind, WebhookEven
 use refund_gateway_klarna::{REFUNDED_EVENT_TYPE, RefundedEvent, WebhookEnvelope, webhook};
 use secrecy::SecretString;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::protocol::Protocol;
 
@@ -93,8 +94,33 @@ fn refuse(reason: &str) -> (StatusCode, String) {
     (StatusCode::BAD_REQUEST, reason.to_owned())
 }
 
+/// One SERVER span per delivery (a trace of its own: Klarna sends no trace context), so the
+/// settlement a refund event causes, and its audit event, belong to a trace.
 async fn receive(
     State(receiver): State<WebhookReceiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let span = tracing::info_span!(
+        "POST /webhooks/klarna",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.route = WEBHOOK_PATH,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let answer = handle(receiver, headers, body)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", answer.0.as_u16());
+    if answer.0.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    answer
+}
+
+async fn handle(
+    receiver: WebhookReceiver,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
