@@ -26,6 +26,8 @@ pub enum PreconditionReason {
     TransactionOperationLimit,
     /// An RPC sent to an account of the other kind (Order Management vs partner).
     WrongAccountKind,
+    /// A receipt reference already linked to another order of the account.
+    ReceiptAlreadyLinked,
 }
 
 impl PreconditionReason {
@@ -40,6 +42,7 @@ impl PreconditionReason {
             Self::TransactionRefundLimit => "TRANSACTION_REFUND_LIMIT",
             Self::TransactionOperationLimit => "TRANSACTION_OPERATION_LIMIT",
             Self::WrongAccountKind => "WRONG_ACCOUNT_KIND",
+            Self::ReceiptAlreadyLinked => "RECEIPT_ALREADY_LINKED",
         }
     }
 }
@@ -224,6 +227,17 @@ pub enum GatewayError {
     MessageTooLarge {
         /// The limit in bytes.
         limit: usize,
+    },
+    /// No order of the account is known by that reference (see `reference`).
+    #[error("no order of account {account:?} has the {field} {reference:?}")]
+    ReferenceNotFound {
+        /// The account looked in.
+        account: String,
+        /// The request's field naming the reference: `receipt_reference` or
+        /// `klarna_reference`.
+        field: &'static str,
+        /// The reference, as looked up (trimmed).
+        reference: String,
     },
     /// The operation store cannot be reached; nothing was decided.
     #[error("operation store unavailable: {0}")]

@@ -21,6 +21,8 @@
 //! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
 //! - [`payments`]: the partner Payments API: KRN ids ([`PaymentTransactionId`],
 //!   [`PaymentCaptureId`]), [`LineItem`], [`PaymentTransaction`] and the [`PaymentsApi`] port.
+//! - [`reference`]: in-store refunds by receipt: [`ReceiptReference`], [`KlarnaReference`],
+//!   [`OrderSelector`] (an order named by id or by a reference) and [`refundable_lines`].
 //! - [`outcome`]: what a Klarna result proves: [`classify_mutation`] over an operation's
 //!   attempts (succeeded, refused, unknown, nothing happened) and [`classify_read`]; the only
 //!   place that decides it.
@@ -38,6 +40,7 @@ pub mod order;
 pub mod order_line;
 pub mod outcome;
 pub mod payments;
+pub mod reference;
 pub mod rules;
 pub mod store;
 pub mod trace;
@@ -66,10 +69,13 @@ pub use payments::{
     LineItem, LineItemDraft, PartnerRefund, PartnerRefundCreated, PaymentCapture, PaymentCaptureId,
     PaymentRefund, PaymentTransaction, PaymentTransactionId, PaymentsApi, TransactionState,
 };
+pub use reference::{
+    KlarnaReference, OrderSelector, ReceiptReference, ReferenceQuery, StoreId, refundable_lines,
+};
 pub use store::{
-    AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, NewOperation, Operation,
-    OperationFilter, OperationPage, OperationState, OperationStore, OrderLock, StoreError,
-    StoredResponse, WebhookEvent,
+    AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, LinkOutcome, NewOperation,
+    Operation, OperationFilter, OperationPage, OperationState, OperationStore, OrderLock,
+    OrderReference, ReferenceKind, StoreError, StoredResponse, WebhookEvent,
 };
 pub use trace::TraceParent;
 pub use validation::{FieldViolation, Violations};

@@ -68,6 +68,8 @@ pub struct Order {
     pub merchant_reference2: String,
     /// Klarna's reference.
     pub klarna_reference: String,
+    /// The order's lines as Klarna lists them (empty when it lists none).
+    pub order_lines: Vec<OrderLine>,
     /// Type of the initial payment method (`INVOICE`, `CARD`, …), upper case, if reported.
     pub payment_method_type: Option<String>,
     /// Captures.

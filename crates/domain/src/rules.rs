@@ -363,6 +363,7 @@ mod tests {
             merchant_reference1: String::new(),
             merchant_reference2: String::new(),
             klarna_reference: String::new(),
+            order_lines: Vec::new(),
             payment_method_type: None,
             captures: captures
                 .iter()

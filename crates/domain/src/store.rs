@@ -22,6 +22,12 @@
 //! operation. Only the current holder renews, finishes, marks pending or abandons it: a
 //! gateway that stalled past its lease, and was taken over, cannot touch the operation any
 //! more.
+//!
+//! Beside operations, the store keeps an index of order references ([`OrderReference`]):
+//! Klarna's Order Management API cannot search orders by reference, so the gateway remembers
+//! which order each receipt reference and `klarna_reference` belongs to, and a store associate
+//! can find the order from the reference printed on the receipt. Each reference is linked
+//! once, to the first order linked to it ([`OperationStore::link_reference`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -312,6 +318,71 @@ pub struct WebhookEvent {
     pub received_at: OffsetDateTime,
 }
 
+/// Which reference of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReferenceKind {
+    /// The merchant's receipt reference (`merchant_reference1`, or linked with LinkReceipt).
+    Receipt,
+    /// Klarna's `klarna_reference`.
+    Klarna,
+}
+
+impl ReferenceKind {
+    /// Every kind.
+    pub const ALL: [ReferenceKind; 2] = [Self::Receipt, Self::Klarna];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receipt => "receipt",
+            Self::Klarna => "klarna",
+        }
+    }
+
+    /// The kind stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+    }
+}
+
+impl fmt::Display for ReferenceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference of an order in one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderReference {
+    /// The Klarna account (resolved name) the order is in.
+    pub klarna_account: String,
+    /// Which reference it is.
+    pub kind: ReferenceKind,
+    /// The reference, trimmed and validated by the domain; the store compares it exactly.
+    pub reference: String,
+    /// The order it belongs to.
+    pub order_id: String,
+    /// The store (shop) that linked it, when known.
+    pub store_id: Option<String>,
+    /// When it was linked.
+    pub linked_at: OffsetDateTime,
+}
+
+/// What linking a reference did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// Newly linked.
+    Linked,
+    /// The same reference was already linked to the same order (nothing changed; the first
+    /// link's store_id and time stay).
+    AlreadyLinked,
+    /// The reference is linked to another order in that account; nothing changed.
+    LinkedElsewhere {
+        /// The order the reference is linked to.
+        order_id: String,
+    },
+}
+
 /// What operators' gauges show about the operations that need attention, as of one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttentionSummary {
@@ -518,6 +589,26 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         day: time::Date,
     ) -> Result<i64, StoreError>;
 
+    /// Links `reference` to its order, once per (account, kind, reference): atomic, also
+    /// between replicas sharing the store (two concurrent links of one reference to two
+    /// orders: exactly one wins, the other gets [`LinkOutcome::LinkedElsewhere`]). A reference
+    /// already linked is never changed: its order, store id and time stay the first link's.
+    /// References are compared exactly (the domain trims and validates them before).
+    async fn link_reference(&self, reference: OrderReference) -> Result<LinkOutcome, StoreError>;
+
+    /// The order `reference` of `kind` is linked to in `account`, if any. The reference is
+    /// compared exactly: no trimming, no case folding.
+    async fn find_reference(
+        &self,
+        account: &str,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<OrderReference>, StoreError>;
+
+    /// True when some reference of order `order_id` in `account` is linked: its references
+    /// were learned (or linked) already, so there is no need to read it to learn them.
+    async fn order_is_indexed(&self, account: &str, order_id: &str) -> Result<bool, StoreError>;
+
     /// [`OperationStore::lock_resource`] of an order.
     async fn lock_order(
         &self,
@@ -526,5 +617,20 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     ) -> Result<Box<dyn OrderLock>, StoreError> {
         self.lock_resource(account, ResourceKind::Order, order_id)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_kinds_round_trip_their_stored_names() {
+        for kind in ReferenceKind::ALL {
+            assert_eq!(ReferenceKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ReferenceKind::Receipt.as_str(), "receipt");
+        assert_eq!(ReferenceKind::Klarna.as_str(), "klarna");
+        assert_eq!(ReferenceKind::parse("Receipt"), None);
     }
 }

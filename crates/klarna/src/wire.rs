@@ -201,6 +201,8 @@ pub(crate) struct OrderWire {
     #[serde(default)]
     initial_payment_method: Option<PaymentMethodWire>,
     #[serde(default, deserialize_with = "lenient_vec")]
+    order_lines: Vec<OrderLineWire>,
+    #[serde(default, deserialize_with = "lenient_vec")]
     captures: Vec<CaptureWire>,
     #[serde(default, deserialize_with = "lenient_vec")]
     refunds: Vec<RefundWire>,
@@ -229,6 +231,7 @@ impl From<OrderWire> for Order {
             merchant_reference1: w.merchant_reference1.unwrap_or_default(),
             merchant_reference2: w.merchant_reference2.unwrap_or_default(),
             klarna_reference: w.klarna_reference.unwrap_or_default(),
+            order_lines: w.order_lines.into_iter().map(OrderLine::from).collect(),
             payment_method_type: w
                 .initial_payment_method
                 .and_then(|m| m.method_type)

@@ -50,6 +50,8 @@ pub const RPC_NAMES: &[&str] = &[
     "RefundTransaction",
     "GetTransaction",
     "ListOperations",
+    "LinkReceipt",
+    "FindOrder",
 ];
 
 /// The package whose methods need a token.

@@ -400,6 +400,62 @@ pub fn get_order_response(o: domain::Order) -> pb::GetOrderResponse {
     }
 }
 
+/// A validated LinkReceipt request.
+#[derive(Debug)]
+pub struct LinkReceipt {
+    /// The receipt reference, trimmed.
+    pub receipt: domain::ReceiptReference,
+    /// The order.
+    pub order_id: domain::OrderId,
+    /// The account named; `None` for the only one.
+    pub klarna_account: Option<String>,
+    /// The store, when given.
+    pub store_id: Option<domain::StoreId>,
+}
+
+/// Validates a LinkReceipt request, reporting every bad field.
+pub fn link_receipt(r: pb::LinkReceiptRequest) -> Result<LinkReceipt, domain::Violations> {
+    let mut v = domain::Violations::new();
+    let receipt = v.check(
+        "receipt_reference",
+        domain::ReceiptReference::parse(&r.receipt_reference),
+    );
+    let order_id = v.check("order_id", domain::OrderId::parse(&r.order_id));
+    let store_id = if r.store_id.trim().is_empty() {
+        Some(None)
+    } else {
+        v.check("store_id", domain::StoreId::parse(&r.store_id))
+            .map(Some)
+    };
+    match (receipt, order_id, store_id) {
+        (Some(receipt), Some(order_id), Some(store_id)) if v.is_empty() => Ok(LinkReceipt {
+            receipt,
+            order_id,
+            klarna_account: (!r.klarna_account.is_empty()).then_some(r.klarna_account),
+            store_id,
+        }),
+        _ => Err(v),
+    }
+}
+
+/// The answer of FindOrder: the order's amounts and the lines still refundable.
+pub fn find_order_response(account: String, o: &domain::Order) -> pb::FindOrderResponse {
+    pb::FindOrderResponse {
+        order_id: o.order_id.clone(),
+        klarna_account: account,
+        currency: o.currency.clone(),
+        captured_amount: o.captured_amount,
+        refunded_amount: o.refunded_amount,
+        refundable_amount: o.captured_amount.saturating_sub(o.refunded_amount).max(0),
+        refundable_lines: domain::refundable_lines(o)
+            .into_iter()
+            .map(order_line)
+            .collect(),
+        merchant_reference1: o.merchant_reference1.clone(),
+        klarna_reference: o.klarna_reference.clone(),
+    }
+}
+
 /// The answer of GetRefund.
 pub fn get_refund_response(r: domain::Refund) -> pb::GetRefundResponse {
     pb::GetRefundResponse {

@@ -9,12 +9,15 @@ use std::sync::Arc;
 
 use refund_gateway_domain::{
     Caller, ExtendDueDate, ExtendDueDateOption, ExtendDueDateOptions, ExtendDueDateOptionsQuery,
-    GatewayError, IdempotencyKey, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaRefund,
-    NewOperation, OperationId, OperationStore, Order, OrderQuery, PartnerRefund,
-    PaymentTransaction, PaymentsApi, Precondition, PreconditionReason, Refund, RefundCapture,
+    GatewayError, IdempotencyKey, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaReference,
+    KlarnaRefund, LinkOutcome, NewOperation, OperationId, OperationStore, Order, OrderId,
+    OrderQuery, OrderReference, PartnerRefund, PaymentTransaction, PaymentsApi, Precondition,
+    PreconditionReason, ReceiptReference, ReferenceKind, ReferenceQuery, Refund, RefundCapture,
     RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, ResourceKind, ResourceRef,
-    Rpc, TransactionQuery, Violations, rules,
+    Rpc, StoreId, TransactionQuery, Violations, rules,
 };
+
+use tracing::Instrument;
 
 use crate::protocol::{AnswerContext, KlarnaCall, encoding};
 
@@ -298,12 +301,16 @@ impl Gateway {
             Some(cmd.refunded_amount.minor_units()),
             Some(reference.clone()),
         );
+        let store = self.store.clone();
         let work = async move {
-            check_refund_rules(klarna.as_ref(), &cmd).await?;
+            let read = check_refund_rules(klarna.as_ref(), &cmd, (&store, &account)).await?;
             let accepted = call
                 .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+            if !read {
+                learn_after_refund(store, account, klarna.clone(), cmd.order_id.clone());
+            }
             tracing::info!(
                 operation_id = %op,
                 order_id = %cmd.order_id,
@@ -333,11 +340,11 @@ impl Gateway {
         caller: &Caller,
         cmd: RefundOrder,
     ) -> Result<RefundOutcome, GatewayError> {
-        let (_, klarna) = self
+        let (account, klarna) = self
             .accounts
             .order_management(cmd.klarna_account.as_deref())?;
         let op = OperationId::derive(caller, Rpc::RefundOrder, &cmd.idempotency_key);
-        check_refund_rules(klarna.as_ref(), &cmd).await?;
+        check_refund_rules(klarna.as_ref(), &cmd, (&self.store, account)).await?;
         Ok(RefundOutcome {
             operation_id: op,
             refund_id: None,
@@ -486,13 +493,15 @@ impl Gateway {
 
     /// Reads an order.
     pub async fn order(&self, q: OrderQuery) -> Result<Order, GatewayError> {
-        let (_, klarna) = self
+        let (name, klarna) = self
             .accounts
             .order_management(q.klarna_account.as_deref())?;
-        klarna
+        let order = klarna
             .get_order(&q.order_id)
             .await
-            .map_err(klarna_error(ResourceRef::Order(q.order_id.to_string())))
+            .map_err(klarna_error(ResourceRef::Order(q.order_id.to_string())))?;
+        learn_references(&self.store, name, &order);
+        Ok(order)
     }
 
     /// Reads a refund.
@@ -508,6 +517,140 @@ impl Gateway {
                 refund_id: q.refund_id.to_string(),
             }))
     }
+}
+
+/// In-store refunds by receipt: the index of order references (Klarna's Order Management API
+/// cannot search by reference), kept in the operation store per account.
+impl Gateway {
+    /// Links `receipt` to `order_id` in the account `account` names: the order must exist at
+    /// Klarna (its read is NOT_FOUND otherwise). Returns the account's name and whether the
+    /// link is new; the same reference linked to another order is RECEIPT_ALREADY_LINKED.
+    pub async fn link_receipt(
+        &self,
+        account: Option<&str>,
+        receipt: ReceiptReference,
+        order_id: OrderId,
+        store_id: Option<StoreId>,
+    ) -> Result<(String, bool), GatewayError> {
+        let (name, klarna) = self.accounts.order_management(account)?;
+        let order = klarna
+            .get_order(&order_id)
+            .await
+            .map_err(klarna_error(ResourceRef::Order(order_id.to_string())))?;
+        learn_references(&self.store, name, &order);
+        let outcome = self
+            .store
+            .link_reference(OrderReference {
+                klarna_account: name.to_owned(),
+                kind: ReferenceKind::Receipt,
+                reference: receipt.to_string(),
+                order_id: order_id.to_string(),
+                store_id: store_id.map(String::from),
+                linked_at: time::OffsetDateTime::now_utc(),
+            })
+            .await
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+        match outcome {
+            LinkOutcome::Linked => Ok((name.to_owned(), true)),
+            LinkOutcome::AlreadyLinked => Ok((name.to_owned(), false)),
+            LinkOutcome::LinkedElsewhere { order_id: other } => Err(Precondition {
+                reason: PreconditionReason::ReceiptAlreadyLinked,
+                subject: format!("receipts/{receipt}"),
+                description: format!(
+                    "receipt reference {receipt:?} is linked to order {other} of account {name:?}"
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// The order `query` names in the account `account` names (index only, nothing read):
+    /// the account's name and the order id; REFERENCE_NOT_FOUND when the index has none.
+    pub async fn order_of_reference(
+        &self,
+        account: Option<&str>,
+        query: &ReferenceQuery,
+    ) -> Result<(String, OrderId), GatewayError> {
+        let (name, _) = self.accounts.order_management(account)?;
+        let (kind, field, reference) = match query {
+            ReferenceQuery::Receipt(r) => (ReferenceKind::Receipt, "receipt_reference", r.as_str()),
+            ReferenceQuery::Klarna(k) => (ReferenceKind::Klarna, "klarna_reference", k.as_str()),
+        };
+        let found = self
+            .store
+            .find_reference(name, kind, reference)
+            .await
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+        let not_found = || GatewayError::ReferenceNotFound {
+            account: name.to_owned(),
+            field,
+            reference: reference.to_owned(),
+        };
+        let link = found.ok_or_else(not_found)?;
+        // Written by the gateway from a valid id; a row that is not one is not an order.
+        let order_id = OrderId::parse(&link.order_id).map_err(|_| not_found())?;
+        Ok((name.to_owned(), order_id))
+    }
+
+    /// The order `query` names, read fresh from Klarna, with its account's name.
+    pub async fn find_order(
+        &self,
+        account: Option<&str>,
+        query: &ReferenceQuery,
+    ) -> Result<(String, Order), GatewayError> {
+        let (name, order_id) = self.order_of_reference(account, query).await?;
+        let order = self
+            .order(OrderQuery {
+                klarna_account: Some(name.clone()),
+                order_id,
+            })
+            .await?;
+        Ok((name, order))
+    }
+}
+
+/// Links the references of an order just read in `account` (`merchant_reference1` as its
+/// receipt reference, `klarna_reference`), in the background: a read never waits for, or fails
+/// on, the index. A reference already linked to another order keeps its first order.
+fn learn_references(store: &Arc<dyn OperationStore>, account: &str, order: &Order) {
+    let Ok(order_id) = OrderId::parse(&order.order_id) else {
+        return;
+    };
+    let references: Vec<OrderReference> = [
+        (ReferenceKind::Receipt, order.merchant_reference1.as_str()),
+        (ReferenceKind::Klarna, order.klarna_reference.as_str()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, text)| {
+        let reference = match kind {
+            ReferenceKind::Receipt => ReceiptReference::parse(text).ok()?.to_string(),
+            ReferenceKind::Klarna => KlarnaReference::parse(text).ok()?.to_string(),
+        };
+        Some(OrderReference {
+            klarna_account: account.to_owned(),
+            kind,
+            reference,
+            order_id: order_id.to_string(),
+            store_id: None,
+            linked_at: time::OffsetDateTime::now_utc(),
+        })
+    })
+    .collect();
+    if references.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        for reference in references {
+            match store.link_reference(reference).await {
+                Ok(LinkOutcome::LinkedElsewhere { order_id }) => {
+                    tracing::debug!(%order_id, "reference already linked to another order; kept");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "order reference not indexed"),
+            }
+        }
+    });
 }
 
 /// A partner refund (capture or transaction), as the shared part of both use cases sees it.
@@ -803,14 +946,47 @@ async fn check_partner_rules(
     Ok(())
 }
 
-/// The refund's state rules, reading the order only when a rule needs it.
-async fn check_refund_rules(klarna: &dyn KlarnaApi, cmd: &RefundOrder) -> Result<(), GatewayError> {
-    if cmd.needs_order() {
-        let order = klarna
-            .get_order(&cmd.order_id)
-            .await
-            .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
-        rules::check_refund(cmd, &order)?;
+/// The refund's state rules, reading the order only when a rule needs it (and then learning
+/// its references). True when the order was read.
+async fn check_refund_rules(
+    klarna: &dyn KlarnaApi,
+    cmd: &RefundOrder,
+    learn: (&Arc<dyn OperationStore>, &str),
+) -> Result<bool, GatewayError> {
+    if !cmd.needs_order() {
+        return Ok(false);
     }
-    Ok(())
+    let order = klarna
+        .get_order(&cmd.order_id)
+        .await
+        .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
+    learn_references(learn.0, learn.1, &order);
+    rules::check_refund(cmd, &order)?;
+    Ok(true)
+}
+
+/// After a refund of an order the gateway never read, reads it once in the background to
+/// learn its references, so that a later return can find it by receipt: one extra read per
+/// order, never on the refund's path, skipped when its references are known already.
+fn learn_after_refund(
+    store: Arc<dyn OperationStore>,
+    account: String,
+    klarna: Arc<dyn KlarnaApi>,
+    order_id: OrderId,
+) {
+    let learn = async move {
+        match store.order_is_indexed(&account, order_id.as_str()).await {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "order references not checked");
+                return;
+            }
+        }
+        match klarna.get_order(&order_id).await {
+            Ok(order) => learn_references(&store, &account, &order),
+            Err(e) => tracing::debug!(error = %e, "order not read to learn its references"),
+        }
+    };
+    tokio::spawn(learn.in_current_span());
 }

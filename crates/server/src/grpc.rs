@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use refund_gateway_domain::{
     Amount, Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError,
-    KlarnaApiKind, OrderQuery, RefundCapture, RefundOrder, RefundQuery, RefundTransaction,
-    ReleaseAuthorization, TransactionQuery,
+    KlarnaApiKind, OrderQuery, OrderSelector, ReferenceQuery, RefundCapture, RefundOrder,
+    RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
@@ -52,6 +52,31 @@ impl RefundGatewayApi {
             .unwrap_or(settings.default_deadline)
             .saturating_sub(settings.deadline_margin);
         refund_gateway_klarna::with_deadline(tokio::time::Instant::now() + deadline, read).await
+    }
+}
+
+/// A valid order id standing in for one a request named badly (or by reference), so that
+/// the request's other fields are checked too; it never reaches Klarna or the store.
+const PLACEHOLDER_ORDER_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+impl RefundGatewayApi {
+    /// The order id a reference names in the request's account, for a caller that may use
+    /// that account (checked before the index is read).
+    async fn order_of_reference(
+        &self,
+        rpc: &'static str,
+        grant: &CallerGrant,
+        klarna_account: &str,
+        query: ReferenceQuery,
+    ) -> Result<String, Status> {
+        let account = (!klarna_account.is_empty()).then_some(klarna_account);
+        self.check_account(rpc, grant, account, KlarnaApiKind::OrderManagement)?;
+        let (_, order_id) = self
+            .gateway
+            .order_of_reference(account, &query)
+            .await
+            .map_err(|e| fail(rpc, e))?;
+        Ok(order_id.to_string())
     }
 }
 
@@ -115,6 +140,10 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
     match error {
         GatewayError::InvalidArgument(v) => {
             tracing::debug!(rpc, violations = %v, "request refused")
+        }
+        GatewayError::ReferenceNotFound { field, .. } => {
+            // The reference itself is the caller's input, typed from a receipt: not logged.
+            tracing::info!(rpc, field, "no order is known by that reference")
         }
         GatewayError::Precondition(p) => {
             tracing::info!(rpc, reason = p.reason.as_str(), subject = %p.subject, "request refused by a state rule");
@@ -395,7 +424,48 @@ impl RefundGatewayService for RefundGatewayApi {
         const RPC: &str = "RefundOrder";
         let context = CallContext::of(RPC, &request)?;
         let metadata = request.metadata().clone();
-        let cmd = RefundOrder::validate(convert::refund_order_draft(request.into_inner()))
+        let mut r = request.into_inner();
+        // A receipt or Klarna reference names the order through the index; from here on the
+        // request is the same as one naming the order id, fingerprint included.
+        let selector =
+            match OrderSelector::parse(&r.order_id, &r.receipt_reference, &r.klarna_reference) {
+                Ok(selector) => selector,
+                Err(mut violations) => {
+                    // Every bad field at once: the others are checked as for a valid order id.
+                    let mut rest = r.clone();
+                    rest.order_id = PLACEHOLDER_ORDER_ID.to_owned();
+                    if let Err(others) = RefundOrder::validate(convert::refund_order_draft(rest)) {
+                        for v in others.as_slice() {
+                            violations.push(v.field.clone(), v.description.clone());
+                        }
+                    }
+                    return Err(fail(RPC, violations.into()));
+                }
+            };
+        match selector {
+            OrderSelector::Id(_) => {}
+            OrderSelector::Receipt(receipt) => {
+                r.order_id = self
+                    .order_of_reference(
+                        RPC,
+                        &context.grant,
+                        &r.klarna_account,
+                        ReferenceQuery::Receipt(receipt),
+                    )
+                    .await?;
+            }
+            OrderSelector::Klarna(reference) => {
+                r.order_id = self
+                    .order_of_reference(
+                        RPC,
+                        &context.grant,
+                        &r.klarna_account,
+                        ReferenceQuery::Klarna(reference),
+                    )
+                    .await?;
+            }
+        }
+        let cmd = RefundOrder::validate(convert::refund_order_draft(r))
             .map_err(|v| fail(RPC, v.into()))?;
         let grant = &context.grant;
         self.check_account(
@@ -517,6 +587,58 @@ impl RefundGatewayService for RefundGatewayApi {
             None,
         )
         .await
+    }
+
+    async fn link_receipt(
+        &self,
+        request: Request<pb::LinkReceiptRequest>,
+    ) -> Result<Response<pb::LinkReceiptResponse>, Status> {
+        const RPC: &str = "LinkReceipt";
+        let grant = authorize(RPC, &request)?;
+        let (metadata, _, r) = request.into_parts();
+        let link = convert::link_receipt(r).map_err(|v| fail(RPC, v.into()))?;
+        self.check_account(
+            RPC,
+            &grant,
+            link.klarna_account.as_deref(),
+            KlarnaApiKind::OrderManagement,
+        )?;
+        let (account, created) = self
+            .read(
+                &metadata,
+                self.gateway.link_receipt(
+                    link.klarna_account.as_deref(),
+                    link.receipt.clone(),
+                    link.order_id.clone(),
+                    link.store_id,
+                ),
+            )
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        Ok(Response::new(pb::LinkReceiptResponse {
+            receipt_reference: link.receipt.to_string(),
+            order_id: link.order_id.to_string(),
+            klarna_account: account,
+            created,
+        }))
+    }
+
+    async fn find_order(
+        &self,
+        request: Request<pb::FindOrderRequest>,
+    ) -> Result<Response<pb::FindOrderResponse>, Status> {
+        const RPC: &str = "FindOrder";
+        let grant = authorize(RPC, &request)?;
+        let (metadata, _, r) = request.into_parts();
+        let query = ReferenceQuery::parse(&r.receipt_reference, &r.klarna_reference)
+            .map_err(|v| fail(RPC, v.into()))?;
+        let account = (!r.klarna_account.is_empty()).then_some(r.klarna_account.as_str());
+        self.check_account(RPC, &grant, account, KlarnaApiKind::OrderManagement)?;
+        let (account, order) = self
+            .read(&metadata, self.gateway.find_order(account, &query))
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        Ok(Response::new(convert::find_order_response(account, &order)))
     }
 
     async fn get_order(

@@ -212,6 +212,18 @@ pub fn to_status(error: &GatewayError) -> Status {
             error_info(&mut d, "MESSAGE_TOO_LARGE", HashMap::new());
             Status::with_error_details(Code::ResourceExhausted, error.to_string(), d)
         }
+        GatewayError::ReferenceNotFound {
+            field, reference, ..
+        } => {
+            error_info(&mut d, "REFERENCE_NOT_FOUND", HashMap::new());
+            d.set_resource_info(
+                *field,
+                reference.clone(),
+                "refund-gateway",
+                "no order is linked to this reference: link it (LinkReceipt), or read the order once by its id",
+            );
+            Status::with_error_details(Code::NotFound, error.to_string(), d)
+        }
         GatewayError::StoreUnavailable(_) => {
             // The cause is logged where it happened; the caller learns only what to do.
             error_info(&mut d, "STORE_UNAVAILABLE", HashMap::new());
@@ -816,7 +828,7 @@ mod readme {
     }
 
     /// Every state rule; a new one fails to compile here until it is listed.
-    fn all_preconditions() -> [PreconditionReason; 8] {
+    fn all_preconditions() -> [PreconditionReason; 9] {
         let listed = |r: PreconditionReason| match r {
             PreconditionReason::CurrencyMismatch
             | PreconditionReason::ReturnFeeNotAllowed
@@ -825,7 +837,8 @@ mod readme {
             | PreconditionReason::AmountNotRefundable
             | PreconditionReason::TransactionRefundLimit
             | PreconditionReason::TransactionOperationLimit
-            | PreconditionReason::WrongAccountKind => r,
+            | PreconditionReason::WrongAccountKind
+            | PreconditionReason::ReceiptAlreadyLinked => r,
         };
         [
             listed(PreconditionReason::CurrencyMismatch),
@@ -836,6 +849,7 @@ mod readme {
             listed(PreconditionReason::TransactionRefundLimit),
             listed(PreconditionReason::TransactionOperationLimit),
             listed(PreconditionReason::WrongAccountKind),
+            listed(PreconditionReason::ReceiptAlreadyLinked),
         ]
     }
 

@@ -15,7 +15,9 @@
 //!   timestamp encoding (integer microseconds since the Unix epoch) and the RPC names.
 //! - `page`: page sizes and the opaque keyset page tokens of [`OperationStore::list`].
 //! - `read`: the reads (`get`, `unresolved`, `list` with its events, `resource_operations`,
-//!   `webhook_events`), one portable SQL text each, run by both backends on their pools.
+//!   `webhook_events`, `find_reference`), one portable SQL text each, run by both backends on
+//!   their pools. Order references are linked (`link_reference`) by each backend's own write
+//!   path, an insert that keeps the first link.
 //!   Callers' daily totals (`reserve_daily`, `release_daily`, `daily_total`) are each
 //!   backend's own SQL: a UTC day is ISO text on SQLite and a DATE on PostgreSQL.
 //! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,

@@ -1,13 +1,15 @@
 //! The reads, the same on both backends: one operation, the unresolved ones, pages of
 //! [`OperationStore::list`](refund_gateway_domain::OperationStore::list) with their audit
-//! events, the operations on one resource, the webhook events of one operation, and the
-//! counts of [`OperationStore::attention`](refund_gateway_domain::OperationStore::attention)
-//! (whose test for a gone holder each backend gives). The SQL is portable (`$n` parameters
-//! work on SQLite too) and runs on any sqlx pool: SQLite's pool of read-only connections, or
-//! PostgreSQL's pool.
+//! events, the operations on one resource, the webhook events of one operation, the counts of
+//! [`OperationStore::attention`](refund_gateway_domain::OperationStore::attention) (whose test
+//! for a gone holder each backend gives), and the link of one order reference
+//! ([`OperationStore::find_reference`](refund_gateway_domain::OperationStore::find_reference)).
+//! The SQL is portable (`$n` parameters work on SQLite too) and runs on any sqlx pool:
+//! SQLite's pool of read-only connections, or PostgreSQL's pool.
 
 use std::sync::LazyLock;
 
+use refund_gateway_domain::store::{OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Operation, OperationFilter, OperationId, OperationPage, ResourceKind,
     StoreError, WebhookEvent,
@@ -16,8 +18,8 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilde
 
 use crate::page::{self, Cursor};
 use crate::row::{
-    AttentionRow, EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, WEBHOOK_COLUMNS,
-    WebhookRow, assemble_page, db_error, id_text, micros,
+    AttentionRow, EVENT_COLUMNS, EventRow, OPERATION_COLUMNS, OperationRow, REFERENCE_COLUMNS,
+    ReferenceRow, WEBHOOK_COLUMNS, WebhookRow, assemble_page, db_error, id_text, micros,
 };
 
 /// The id of the resource an operation acts on, as SQL: rows written by a release that
@@ -77,6 +79,16 @@ static WEBHOOK_EVENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhook_events WHERE operation_id = $1 \
          ORDER BY received_at, event_id"
+    )
+});
+
+/// One order reference: $1 account, $2 kind, $3 reference, compared exactly. Served by the
+/// primary key. SQLite's writer reads with it too, inside its transaction, after a link
+/// found the reference taken.
+pub(crate) static SELECT_REFERENCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {REFERENCE_COLUMNS} FROM order_references \
+         WHERE klarna_account = $1 AND kind = $2 AND reference = $3"
     )
 });
 
@@ -192,6 +204,31 @@ where
         .collect()
 }
 
+/// The link of `reference` of `kind` in `account`, if any.
+pub(crate) async fn find_reference<DB>(
+    pool: &Pool<DB>,
+    account: &str,
+    kind: ReferenceKind,
+    reference: &str,
+) -> Result<Option<OrderReference>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    ReferenceRow: for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as::<DB, ReferenceRow>(SELECT_REFERENCE.as_str())
+        .bind(account.to_owned())
+        .bind(kind.as_str().to_owned())
+        .bind(reference.to_owned())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?
+        .map(ReferenceRow::into_reference)
+        .transpose()
+}
+
 /// The page of operations matching `filter` that `page_token` names (the first without one),
 /// newest first, each with its events oldest first.
 pub(crate) async fn list<DB>(
@@ -305,4 +342,30 @@ where
     }
     query.push(") ORDER BY operation_id, id");
     query
+}
+
+/// Whether any reference of `order_id` in `account` is linked (the `order_references_by_order`
+/// index answers it).
+pub(crate) async fn order_is_indexed<DB>(
+    pool: &Pool<DB>,
+    account: &str,
+    order_id: &str,
+) -> Result<bool, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: for<'r> sqlx::Decode<'r, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let found: Option<i64> = sqlx::query_scalar::<DB, i64>(
+        "SELECT 1 FROM order_references WHERE klarna_account = $1 AND order_id = $2 LIMIT 1",
+    )
+    .bind(account.to_owned())
+    .bind(order_id.to_owned())
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(found.is_some())
 }

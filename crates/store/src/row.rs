@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation,
     Operation, OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse,
@@ -429,6 +430,81 @@ where
         .bind(event.payload.as_str())
         .bind(event.occurred_at.as_deref())
         .bind(received_at)
+}
+
+/// An `order_references` row as selected by both backends (columns in
+/// [`REFERENCE_COLUMNS`]).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ReferenceRow {
+    klarna_account: String,
+    kind: String,
+    reference: String,
+    order_id: String,
+    store_id: Option<String>,
+    linked_at: i64,
+}
+
+/// The columns of [`ReferenceRow`], in order, for `SELECT`.
+pub(crate) const REFERENCE_COLUMNS: &str =
+    "klarna_account, kind, reference, order_id, store_id, linked_at";
+
+impl ReferenceRow {
+    /// The domain reference.
+    pub(crate) fn into_reference(self) -> Result<OrderReference, StoreError> {
+        let kind = ReferenceKind::parse(&self.kind).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown reference kind {:?}", self.kind))
+        })?;
+        Ok(OrderReference {
+            klarna_account: self.klarna_account,
+            kind,
+            reference: self.reference,
+            order_id: self.order_id,
+            store_id: self.store_id,
+            linked_at: from_micros(self.linked_at)?,
+        })
+    }
+}
+
+/// `query` with the values of a reference bound in the order both backends' statements take
+/// them: account, kind, reference, order id, store id, linked at (microseconds, `linked_at`).
+pub(crate) fn bind_reference<'q, 'a, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    reference: &'a OrderReference,
+    linked_at: i64,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    query
+        .bind(reference.klarna_account.as_str())
+        .bind(reference.kind.as_str())
+        .bind(reference.reference.as_str())
+        .bind(reference.order_id.as_str())
+        .bind(reference.store_id.as_deref())
+        .bind(linked_at)
+}
+
+/// What a link of `reference` did when its insert found the reference already linked, to
+/// `stored`: nothing, either way; the stored link stays as the first link wrote it.
+pub(crate) fn link_found(
+    reference: &OrderReference,
+    stored: Option<OrderReference>,
+) -> Result<LinkOutcome, StoreError> {
+    match stored {
+        Some(stored) if stored.order_id == reference.order_id => Ok(LinkOutcome::AlreadyLinked),
+        Some(stored) => Ok(LinkOutcome::LinkedElsewhere {
+            order_id: stored.order_id,
+        }),
+        // Nothing deletes references, and the insert waited for the conflicting link to
+        // commit: it must be there.
+        None => Err(StoreError::Corrupt(format!(
+            "reference {:?} ({}) of account {:?} conflicted on insert but cannot be read",
+            reference.reference, reference.kind, reference.klarna_account
+        ))),
+    }
 }
 
 /// The counts of [`AttentionSummary`] as both backends select them (see

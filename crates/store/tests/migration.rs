@@ -10,6 +10,7 @@ mod support;
 
 use std::time::Duration;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     Caller, Completion, IdempotencyKey, LeaseHolder, OperationFilter, OperationId, OperationState,
     OperationStore, ResourceKind, Rpc, StoredResponse, WebhookEvent,
@@ -18,9 +19,9 @@ use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0007, trace context): 0006, callers' daily
-/// totals. SQLite has no 0003, but both backends number their migrations alike.
-const PREVIOUS: i64 = 6;
+/// The schema version before the current one (0008, order references): 0007, trace context.
+/// SQLite has no 0003, but both backends number their migrations alike.
+const PREVIOUS: i64 = 7;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;
@@ -253,9 +254,17 @@ struct PreviousRow {
     resource_id: &'static str,
     answer_context: Option<&'static str>,
     created_at: i64,
+    /// The claim's W3C traceparent; its trace id is the holder's OpenTelemetry trace id.
+    traceparent: Option<&'static str>,
 }
 
 const PREVIOUS_ORDER: &str = "9c4d1e2f-3a5b-4c6d-8e7f-0a1b2c3d4e5f";
+
+/// The trace id of the claim of the previous version's PENDING row.
+const PREVIOUS_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// The traceparent of that claim.
+const PREVIOUS_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn previous_rows() -> Vec<PreviousRow> {
     vec![
@@ -267,6 +276,7 @@ fn previous_rows() -> Vec<PreviousRow> {
             resource_id: "tx-7",
             answer_context: None,
             created_at: 1000,
+            traceparent: None,
         },
         PreviousRow {
             key: "order-refund",
@@ -276,6 +286,7 @@ fn previous_rows() -> Vec<PreviousRow> {
             resource_id: PREVIOUS_ORDER,
             answer_context: None,
             created_at: 1500,
+            traceparent: None,
         },
         PreviousRow {
             key: "tx-refund-2",
@@ -285,6 +296,7 @@ fn previous_rows() -> Vec<PreviousRow> {
             resource_id: "tx-7",
             answer_context: Some("context-5"),
             created_at: 2000,
+            traceparent: Some(PREVIOUS_TRACEPARENT),
         },
     ]
 }
@@ -302,9 +314,9 @@ const INSERT_PREVIOUS: &str = "INSERT INTO operations (operation_id, caller, rpc
      idempotency_key, fingerprint, klarna_account, order_id, capture_id, amount, currency, \
      reference, klarna_request, trace_id, state, lease_expires_at, lease_holder, created_at, \
      updated_at, refund_id, correlation_id, response_code, response_message, response_payload, \
-     resource_kind, resource_id, answer_context) \
+     resource_kind, resource_id, answer_context, traceparent, otel_trace_id) \
      VALUES ($1, 'pos', $2, $3, 'fp', 'eu', $4, NULL, 4000, 'SEK', NULL, '{}', 'trace-5', $5, \
-     NULL, NULL, $6, $6, NULL, NULL, NULL, NULL, NULL, $7, $8, $9)";
+     NULL, NULL, $6, $6, NULL, NULL, NULL, NULL, NULL, $7, $8, $9, $10, $11)";
 
 /// Binds `row` to [`INSERT_PREVIOUS`].
 macro_rules! bind_previous_row {
@@ -320,6 +332,8 @@ macro_rules! bind_previous_row {
             .bind(row.resource_kind.as_str())
             .bind(row.resource_id)
             .bind(row.answer_context)
+            .bind(row.traceparent)
+            .bind(row.traceparent.map(|_| PREVIOUS_TRACE))
     }};
 }
 
@@ -372,9 +386,9 @@ macro_rules! bind_previous_webhook {
 }
 
 /// Every row of the previous version reads back, is found on its resource, keeps its webhook
-/// event and takes new ones; its daily total stays and takes reservations. Trace context, new
-/// in this version: the rows have no traceparent and their events no trace id, and a
-/// take-over gives its trace id to the events from then on.
+/// event and takes new ones; its daily total stays and takes reservations; its trace context
+/// stays, and a take-over gives its trace id to the events from then on. Order references,
+/// new in this version: there are none, and references link to the orders written before.
 async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     let rows = previous_rows();
     for row in &rows {
@@ -389,7 +403,10 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
         assert_eq!(op.state, row.state);
         assert_eq!(op.answer_context.as_deref(), row.answer_context);
         assert_eq!(op.new.trace_id.as_deref(), Some("trace-5"));
-        assert_eq!(op.new.traceparent, None);
+        assert_eq!(
+            op.new.traceparent.as_ref().map(|t| t.as_str()),
+            row.traceparent
+        );
     }
     let keys = |ops: Vec<refund_gateway_domain::Operation>| -> Vec<String> {
         ops.into_iter()
@@ -535,14 +552,17 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
     let page = store.list(&filter, 10, None).await.unwrap();
     let (op, events) = &page.operations[0];
     assert_eq!(
-        op.new.traceparent, None,
-        "a take-over brings no traceparent"
+        op.new.traceparent.as_ref().map(|t| t.as_str()),
+        Some(PREVIOUS_TRACEPARENT),
+        "the traceparent stays the claim's"
     );
-    // SQLite's claim trigger of the previous version wrote the claimed event; PostgreSQL's
-    // rows were inserted without one.
+    // SQLite's claim trigger of the previous version wrote the claimed event, with the claim's
+    // trace id; PostgreSQL's rows were inserted without one.
     let (before, after) = events.split_at(events.len() - 2);
     assert!(
-        before.iter().all(|e| e.otel_trace_id.is_none()),
+        before
+            .iter()
+            .all(|e| e.otel_trace_id.as_deref() == Some(PREVIOUS_TRACE)),
         "{before:?}"
     );
     assert_eq!(
@@ -554,6 +574,35 @@ async fn previous_rows_read_back_and_take_webhooks(store: &dyn OperationStore) {
             ("taken over", Some(RESOLUTION_TRACE)),
             ("Klarna accepted", Some(RESOLUTION_TRACE)),
         ]
+    );
+
+    // Order references: none yet; a receipt links to an order of the previous version, once.
+    let receipt = OrderReference {
+        klarna_account: "eu".to_owned(),
+        kind: ReferenceKind::Receipt,
+        reference: "RCPT-PREVIOUS".to_owned(),
+        order_id: PREVIOUS_ORDER.to_owned(),
+        store_id: Some("store-5".to_owned()),
+        linked_at: OffsetDateTime::from_unix_timestamp(1_800_000_200).unwrap(),
+    };
+    let find = || store.find_reference("eu", ReferenceKind::Receipt, "RCPT-PREVIOUS");
+    assert_eq!(find().await.unwrap(), None);
+    assert_eq!(
+        store.link_reference(receipt.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(find().await.unwrap(), Some(receipt.clone()));
+    assert_eq!(
+        store
+            .link_reference(OrderReference {
+                order_id: "other-order".to_owned(),
+                ..receipt
+            })
+            .await
+            .unwrap(),
+        LinkOutcome::LinkedElsewhere {
+            order_id: PREVIOUS_ORDER.to_owned()
+        }
     );
 }
 

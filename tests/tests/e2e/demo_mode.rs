@@ -178,3 +178,64 @@ async fn demo_transactions_refund_as_the_readme_shows() -> anyhow::Result<()> {
     .await?;
     app.shutdown().await
 }
+
+/// The README's in-store return: link the receipt, find the order from it, refund by it, and
+/// find the order by its Klarna reference; an unknown receipt is NOT_FOUND.
+#[tokio::test]
+async fn the_readme_in_store_return_works_on_the_demo_order() -> anyhow::Result<()> {
+    let mut app = spawn_demo_app().await?;
+    let linked = app
+        .client
+        .link_receipt(pb::LinkReceiptRequest {
+            receipt_reference: "GB-4004-R7".into(),
+            order_id: demo::GB_CARD_ORDER_ID.into(),
+            store_id: "london-2".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(linked.created);
+    let find = |receipt: &str, klarna: &str| pb::FindOrderRequest {
+        receipt_reference: receipt.into(),
+        klarna_reference: klarna.into(),
+        ..Default::default()
+    };
+    let found = app
+        .client
+        .find_order(find(" GB-4004-R7 ", ""))
+        .await?
+        .into_inner();
+    assert_eq!(found.order_id, demo::GB_CARD_ORDER_ID);
+    assert_eq!(
+        (found.currency.as_str(), found.refundable_amount),
+        ("GBP", 5_000)
+    );
+    let mut refund = refund_request("till-7-return-1", "", 1_250);
+    refund.receipt_reference = "GB-4004-R7".into();
+    refund.currency = "GBP".into();
+    let refunded = app.client.refund_order(refund).await?.into_inner();
+    assert_eq!(refunded.order_id, demo::GB_CARD_ORDER_ID);
+    // The reads above indexed Klarna's reference; the index is written in the background.
+    let client = app.client.clone();
+    let by_klarna = refund_gateway_tests::wait_until(
+        "the demo order to be found by its Klarna reference",
+        std::time::Duration::from_secs(30),
+        async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
+            match client.clone().find_order(find("", "K9TB4LC")).await {
+                Ok(found) => Ok(Some(found.into_inner())),
+                Err(status) if status.code() == Code::NotFound => Ok(None),
+                Err(status) => Err(status.into()),
+            }
+        },
+    )
+    .await?;
+    assert_eq!(by_klarna.refundable_amount, 3_750);
+    let unknown = app
+        .client
+        .find_order(find("GB-4004-R8", ""))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an unknown receipt was found"))?;
+    assert_reason(&unknown, Code::NotFound, "REFERENCE_NOT_FOUND");
+    app.shutdown().await
+}

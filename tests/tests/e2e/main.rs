@@ -88,6 +88,7 @@ mod outbound;
 mod partner;
 mod property;
 mod reads_release_extend;
+mod receipts;
 mod refund;
 mod webhooks;
 

@@ -8,6 +8,9 @@
 //! - **Daily totals** are reserved with one `INSERT … ON CONFLICT DO UPDATE … WHERE` per
 //!   reservation: the row lock serializes concurrent reservations of one caller, currency and
 //!   day across replicas, and each checks the cap against the latest committed total.
+//! - **Order references** are linked with `INSERT … ON CONFLICT DO NOTHING`, then, when the
+//!   reference was taken, a read of the link that stands: among concurrent links of one
+//!   reference, in any number of processes, exactly one inserts.
 //! - **Replica liveness** (`liveness`): each store is a replica with a random key, alive while
 //!   a session of its own holds a session advisory lock on that key. A claim and a take-over
 //!   record the replica in `lease_replica` (finishing or marking pending clears it with the
@@ -50,6 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
@@ -401,5 +405,24 @@ impl OperationStore for PostgresStore {
         day: Date,
     ) -> Result<i64, StoreError> {
         sql::daily_total(&self.pool, caller, currency, &day_text(day)).await
+    }
+
+    /// One insert: replicas linking the same reference at once wait for each other, and
+    /// exactly one links it; the others read the link that stands.
+    async fn link_reference(&self, reference: OrderReference) -> Result<LinkOutcome, StoreError> {
+        sql::link_reference(&self.pool, &reference, micros(reference.linked_at)).await
+    }
+
+    async fn find_reference(
+        &self,
+        account: &str,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<OrderReference>, StoreError> {
+        read::find_reference(&self.pool, account, kind, reference).await
+    }
+
+    async fn order_is_indexed(&self, account: &str, order_id: &str) -> Result<bool, StoreError> {
+        read::order_is_indexed(&self.pool, account, order_id).await
     }
 }

@@ -11,8 +11,15 @@
 //! events appended. Recording a webhook is one statement too: the insert, and the audit event
 //! of the operation it names.
 //!
-//! **Metrics.** Each write of an operation, webhook or daily total (claim, take-over, finish,
-//! mark pending, abandon, webhook, reservation, release) is its own transaction, so each is
+//! Linking an order reference is one `INSERT … ON CONFLICT DO NOTHING`; when the reference
+//! was taken, a second statement reads the link that stands. It cannot be one statement: the
+//! insert may have waited for a concurrent link to commit, and a statement's snapshot, taken
+//! before that commit, would not see the row it conflicted with; the next statement's does.
+//! Nothing changes or deletes a link, so the read finds it.
+//!
+//! **Metrics.** Each write of an operation, webhook, daily total or order reference (claim,
+//! take-over, finish, mark pending, abandon, webhook, reservation, release, link) is its own
+//! transaction, so each is
 //! measured as one (label `backend="postgres"`): `store_batch_size` 1 and
 //! `store_commit_duration_seconds`, the statement's round trip until PostgreSQL committed it —
 //! comparable with SQLite's group commits. Lease renewals and order locks are not measured.
@@ -24,6 +31,7 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
 };
@@ -31,8 +39,8 @@ use sqlx::{PgPool, Postgres, Row};
 
 use crate::read;
 use crate::row::{
-    OPERATION_COLUMNS, OperationRow, bind_claim, bind_webhook, claimed_operation, db_error,
-    holder_text, id_text, insert_event_from,
+    OPERATION_COLUMNS, OperationRow, bind_claim, bind_reference, bind_webhook, claimed_operation,
+    db_error, holder_text, id_text, insert_event_from, link_found,
 };
 
 /// The replica keys alive in this database, each as its (high half, low half): the granted
@@ -241,6 +249,15 @@ const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = GREATEST(tot
 // $1 caller, $2 currency, $3 day.
 const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
      WHERE caller = $1 AND currency = $2 AND day = $3::date";
+
+// The values of `bind_reference`: $1 account, $2 kind, $3 reference, $4 order id, $5 store
+// id, $6 linked at. A reference already linked inserts nothing and keeps its first link.
+// Concurrent links of one reference, from any replica, meet on the primary key: an insert that
+// meets another's uncommitted one waits for it, and inserts only if that one rolls back.
+const LINK_REFERENCE: &str = "INSERT INTO order_references \
+     (klarna_account, kind, reference, order_id, store_id, linked_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (klarna_account, kind, reference) DO NOTHING";
 
 /// Takes the session advisory lock of a replica key if nobody holds it; true when taken.
 pub(super) const TRY_LOCK_REPLICA: &str = "SELECT pg_try_advisory_lock($1)";
@@ -577,6 +594,27 @@ pub(super) async fn daily_total(
         .await
         .map_err(db_error)?;
     Ok(total.unwrap_or(0))
+}
+
+/// Links `reference` unless it is linked already; otherwise reads the link that stands (see
+/// the module docs). `linked_at` is the reference's, as stored.
+pub(super) async fn link_reference(
+    pool: &PgPool,
+    reference: &OrderReference,
+    linked_at: i64,
+) -> Result<LinkOutcome, StoreError> {
+    let query = bind_reference(sqlx::query(LINK_REFERENCE), reference, linked_at);
+    if changed_one_measured(query, pool).await? {
+        return Ok(LinkOutcome::Linked);
+    }
+    let stored = read::find_reference(
+        pool,
+        &reference.klarna_account,
+        reference.kind,
+        &reference.reference,
+    )
+    .await?;
+    link_found(reference, stored)
 }
 
 /// One resource lease as the statements name it.

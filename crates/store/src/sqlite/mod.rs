@@ -7,11 +7,14 @@
 //!   each), and audit events are appended by triggers: the writer's cost is per statement, a
 //!   round trip to sqlx's SQLite thread each, so statements per operation set its throughput.
 //! - **Reads** (`get`, `unresolved`, `list`, `resource_operations`, `webhook_events`,
-//!   `daily_total`) use a small pool of read-only connections; WAL lets them run beside the
-//!   writer and see everything committed.
+//!   `daily_total`, `find_reference`) use a small pool of read-only connections; WAL lets them
+//!   run beside the writer and see everything committed.
 //! - **Daily totals**: a reservation is one statement that checks the cap and adds in one go,
 //!   run by the writer like every write, so no other write comes between its check and its
 //!   addition.
+//! - **Order references** are linked by the writer too: an insert that keeps a reference's
+//!   first link, and, when the reference was taken, a read of that link in the same
+//!   transaction, so among concurrent links of one reference exactly one is linked.
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: statement journals in memory (`temp_store`), a 32 MiB page cache, and a
@@ -30,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
@@ -206,6 +210,13 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 ///   PostgreSQL also across replicas). `release_daily` subtracts, down to zero at most, and
 ///   does nothing where nothing was reserved. Amounts and caps are at least zero: the caller
 ///   validates them, the store does not. Days are UTC dates; totals are kept forever.
+/// - `link_reference` inserts the link of (account, kind, reference) unless there is one; an
+///   existing link is never changed (its order, store id and instant stay the first link's):
+///   `AlreadyLinked` when it names the same order, `LinkedElsewhere` with its order otherwise.
+///   Among concurrent links of one reference exactly one is `Linked` (on PostgreSQL also
+///   across replicas). `find_reference` reads the link. References are compared exactly,
+///   byte for byte (no trimming, no case folding: the domain trims and validates them);
+///   links are kept forever.
 /// - Timestamps are kept in whole microseconds (UTC); finer precision is truncated toward
 ///   the past, so ordering is preserved.
 #[async_trait]
@@ -437,5 +448,29 @@ impl OperationStore for SqliteStore {
         day: Date,
     ) -> Result<i64, StoreError> {
         sql::daily_total(&self.readers, caller, currency, &day_text(day)).await
+    }
+
+    async fn link_reference(&self, reference: OrderReference) -> Result<LinkOutcome, StoreError> {
+        let op = WriteOp::LinkReference {
+            linked_at: micros(reference.linked_at),
+            reference,
+        };
+        match self.writer.submit(op).await? {
+            Outcome::Linked(outcome) => Ok(outcome),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn find_reference(
+        &self,
+        account: &str,
+        kind: ReferenceKind,
+        reference: &str,
+    ) -> Result<Option<OrderReference>, StoreError> {
+        read::find_reference(&self.readers, account, kind, reference).await
+    }
+
+    async fn order_is_indexed(&self, account: &str, order_id: &str) -> Result<bool, StoreError> {
+        read::order_is_indexed(&self.readers, account, order_id).await
     }
 }

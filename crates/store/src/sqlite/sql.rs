@@ -13,15 +13,17 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
 };
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::read::SELECT_OPERATION;
+use crate::read::{SELECT_OPERATION, SELECT_REFERENCE};
 use crate::row::{
-    OperationRow, bind_claim, bind_webhook, claimed_operation, db_error, insert_event_from,
+    OperationRow, ReferenceRow, bind_claim, bind_reference, bind_webhook, claimed_operation,
+    db_error, insert_event_from, link_found,
 };
 
 /// Rows of the bulk statements; a chunk of operations is padded up to the next size.
@@ -170,6 +172,13 @@ const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = MAX(total - 
 // ?1 caller, ?2 currency, ?3 day.
 const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
      WHERE caller = ?1 AND currency = ?2 AND day = ?3";
+
+// The values of `bind_reference`: ?1 account, ?2 kind, ?3 reference, ?4 order id, ?5 store
+// id, ?6 linked at. A reference already linked inserts nothing and keeps its first link.
+const LINK_REFERENCE: &str = "INSERT INTO order_references \
+     (klarna_account, kind, reference, order_id, store_id, linked_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (klarna_account, kind, reference) DO NOTHING";
 
 /// A claim as the writer holds it: the operation, its id as stored, and its instants.
 #[derive(Debug)]
@@ -484,6 +493,32 @@ pub(super) async fn daily_total(
         .await
         .map_err(db_error)?;
     Ok(total.unwrap_or(0))
+}
+
+/// Links `reference` unless it is linked already; otherwise reads the link that stands, in
+/// the same transaction: the writer holds the write lock, so nothing comes between the insert
+/// that found the reference taken and the read. Among links of one reference, in this batch or
+/// any other, the first the writer runs is the one linked. `linked_at` is the reference's, as
+/// stored.
+pub(super) async fn link_reference(
+    conn: &mut SqliteConnection,
+    reference: &OrderReference,
+    linked_at: i64,
+) -> Result<LinkOutcome, StoreError> {
+    let query = bind_reference(sqlx::query(LINK_REFERENCE), reference, linked_at);
+    if changed_one(query, &mut *conn).await? {
+        return Ok(LinkOutcome::Linked);
+    }
+    let stored = sqlx::query_as::<_, ReferenceRow>(SELECT_REFERENCE.as_str())
+        .bind(reference.klarna_account.as_str())
+        .bind(reference.kind.as_str())
+        .bind(reference.reference.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .map(ReferenceRow::into_reference)
+        .transpose()?;
+    link_found(reference, stored)
 }
 
 /// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, StoreError, WebhookEvent,
 };
@@ -111,6 +112,11 @@ pub(super) enum WriteOp {
         day: String,
         amount: i64,
     },
+    LinkReference {
+        reference: OrderReference,
+        /// `reference.linked_at` in microseconds.
+        linked_at: i64,
+    },
     Durability,
 }
 
@@ -123,6 +129,7 @@ pub(super) enum Outcome {
     /// inserted (webhooks).
     Changed(bool),
     Purged(u64),
+    Linked(LinkOutcome),
     Durability {
         journal_mode: String,
         synchronous: i64,
@@ -460,6 +467,10 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
             day,
             amount,
         } => Outcome::Changed(sql::release_daily(conn, caller, currency, day, *amount).await?),
+        WriteOp::LinkReference {
+            reference,
+            linked_at,
+        } => Outcome::Linked(sql::link_reference(conn, reference, *linked_at).await?),
         WriteOp::Durability => {
             let (journal_mode, synchronous) = sql::durability(conn).await?;
             Outcome::Durability {

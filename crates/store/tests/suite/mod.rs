@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder,
     NewOperation, Operation, OperationFilter, OperationId, OperationState, OperationStore,
@@ -47,6 +48,8 @@ macro_rules! all_cases {
             concurrent_mixed_writes,
             trace_context_follows_the_holder,
             attention_counts_what_needs_a_look,
+            references_link_once,
+            concurrent_links_of_one_reference_one_wins,
         );
     };
 }
@@ -1935,4 +1938,186 @@ pub async fn attention_counts_what_needs_a_look(store: Store, _peer: Option<Stor
             in_flight: 1,
         }
     );
+}
+
+/// A link of `reference` of `kind` in account `eu` to `order`, from store `store`, at `t(1)`.
+fn link(kind: ReferenceKind, reference: &str, order: &str, store: Option<&str>) -> OrderReference {
+    OrderReference {
+        klarna_account: "eu".to_owned(),
+        kind,
+        reference: reference.to_owned(),
+        order_id: order.to_owned(),
+        store_id: store.map(str::to_owned),
+        linked_at: t(1),
+    }
+}
+
+/// `reference` as it reads back: its instant in whole microseconds.
+fn linked(reference: &OrderReference) -> OrderReference {
+    OrderReference {
+        linked_at: at_micros(reference.linked_at),
+        ..reference.clone()
+    }
+}
+
+const ORDER_A: &str = "0b1e9c43-6a2f-4e5d-9b8c-7a6f5e4d3c2b";
+const ORDER_B: &str = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a";
+
+/// A reference is linked once, to the first order linked to it: linking it again to that order
+/// changes nothing (the first link's store and instant stay), to another order is refused with
+/// the order it is linked to. Each (account, kind, reference) is its own link, and references
+/// are compared exactly.
+pub async fn references_link_once(store: Store, _peer: Option<Store>) {
+    use ReferenceKind::{Klarna, Receipt};
+    let find = |account: &'static str, kind, reference: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .find_reference(account, kind, reference)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(find("eu", Receipt, "RCPT-1").await, None);
+
+    let first = link(Receipt, "RCPT-1", ORDER_A, Some("store-12"));
+    assert_eq!(
+        store.link_reference(first.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(find("eu", Receipt, "RCPT-1").await, Some(linked(&first)));
+
+    // Again to the same order, from another store and later: nothing changes.
+    let again = OrderReference {
+        store_id: Some("store-99".to_owned()),
+        linked_at: t(60),
+        ..first.clone()
+    };
+    assert_eq!(
+        store.link_reference(again).await.unwrap(),
+        LinkOutcome::AlreadyLinked
+    );
+    let without_store = OrderReference {
+        store_id: None,
+        ..first.clone()
+    };
+    assert_eq!(
+        store.link_reference(without_store).await.unwrap(),
+        LinkOutcome::AlreadyLinked
+    );
+    // To another order: refused, naming the order it is linked to.
+    assert_eq!(
+        store
+            .link_reference(link(Receipt, "RCPT-1", ORDER_B, Some("store-12")))
+            .await
+            .unwrap(),
+        LinkOutcome::LinkedElsewhere {
+            order_id: ORDER_A.to_owned()
+        }
+    );
+    assert_eq!(find("eu", Receipt, "RCPT-1").await, Some(linked(&first)));
+
+    // The same text as Klarna's reference, or in another account: links of their own.
+    let klarna = link(Klarna, "RCPT-1", ORDER_B, None);
+    assert_eq!(
+        store.link_reference(klarna.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    let elsewhere = OrderReference {
+        klarna_account: "us".to_owned(),
+        ..link(Receipt, "RCPT-1", ORDER_B, Some("store-1"))
+    };
+    assert_eq!(
+        store.link_reference(elsewhere.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(find("eu", Klarna, "RCPT-1").await, Some(linked(&klarna)));
+    assert_eq!(
+        find("us", Receipt, "RCPT-1").await,
+        Some(linked(&elsewhere))
+    );
+    assert_eq!(find("eu", Receipt, "RCPT-1").await, Some(linked(&first)));
+    assert_eq!(find("us", Klarna, "RCPT-1").await, None);
+
+    // Exact comparison: other case or surrounding spaces are other references, linked apart.
+    for other in ["rcpt-1", "RCPT-1 ", " RCPT-1", "RCPT-1\u{a0}"] {
+        assert_eq!(
+            store.find_reference("eu", Receipt, other).await.unwrap(),
+            None,
+            "{other:?}"
+        );
+    }
+    let lower = link(Receipt, "rcpt-1", ORDER_B, None);
+    assert_eq!(
+        store.link_reference(lower.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(find("eu", Receipt, "rcpt-1").await, Some(linked(&lower)));
+    assert_eq!(find("eu", Receipt, "RCPT-1").await, Some(linked(&first)));
+
+    // Unknown: none, in any account or kind.
+    assert_eq!(find("eu", Receipt, "RCPT-2").await, None);
+    assert_eq!(find("eu", Klarna, "KL-404").await, None);
+    assert_eq!(find("nowhere", Receipt, "RCPT-1").await, None);
+}
+
+/// Concurrent links of one reference to 20 different orders (from two replicas, where the
+/// backend has them): exactly one is linked, and every other is refused naming the winner's
+/// order, which is the one found.
+pub async fn concurrent_links_of_one_reference_one_wins(store: Store, peer: Option<Store>) {
+    const LINKS: usize = 20;
+    let order = |i: usize| format!("00000000-0000-4000-8000-{i:012}");
+    let barrier = Arc::new(Barrier::new(LINKS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..LINKS {
+        let store = match (&peer, i % 2) {
+            (Some(peer), 1) => peer.clone(),
+            _ => store.clone(),
+        };
+        let reference = link(
+            ReferenceKind::Receipt,
+            "RCPT-RACE",
+            &order(i),
+            Some("store-1"),
+        );
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let outcome = store.link_reference(reference).await.unwrap();
+            (i, outcome)
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let winners: Vec<usize> = outcomes
+        .iter()
+        .filter(|(_, outcome)| *outcome == LinkOutcome::Linked)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let winner = order(winners[0]);
+    for (i, outcome) in &outcomes {
+        if *i != winners[0] {
+            assert_eq!(
+                *outcome,
+                LinkOutcome::LinkedElsewhere {
+                    order_id: winner.clone()
+                },
+                "link {i}"
+            );
+        }
+    }
+    let found = store
+        .find_reference("eu", ReferenceKind::Receipt, "RCPT-RACE")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.order_id, winner);
+    if let Some(peer) = &peer {
+        assert_eq!(
+            peer.find_reference("eu", ReferenceKind::Receipt, "RCPT-RACE")
+                .await
+                .unwrap(),
+            Some(found)
+        );
+    }
 }
