@@ -239,6 +239,12 @@ pub enum GatewayError {
         /// The reference, as looked up (trimmed).
         reference: String,
     },
+    /// No operation of that name that the caller may see.
+    #[error("no operation {operation_id} that this caller may see")]
+    OperationNotFound {
+        /// The operation id looked for.
+        operation_id: String,
+    },
     /// The operation store cannot be reached; nothing was decided.
     #[error("operation store unavailable: {0}")]
     StoreUnavailable(String),

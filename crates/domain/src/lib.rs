@@ -58,7 +58,7 @@ pub use klarna::{
     RefundCreated,
 };
 pub use money::{Amount, CountryCode, Currency};
-pub use operation::{Caller, OperationId, ResourceKind, Rpc};
+pub use operation::{Caller, OperationId, OperationName, RPCS, ResourceKind, Rpc};
 pub use order::{Capture, ExtendDueDateOption, ExtendDueDateOptions, Order, OrderStatus, Refund};
 pub use order_line::{
     LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,

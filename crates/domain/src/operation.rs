@@ -124,6 +124,113 @@ impl fmt::Display for OperationId {
     }
 }
 
+/// Every mutating RPC (to read one back from its name).
+pub const RPCS: [Rpc; 5] = [
+    Rpc::RefundOrder,
+    Rpc::ReleaseAuthorization,
+    Rpc::ExtendDueDate,
+    Rpc::RefundCapture,
+    Rpc::RefundTransaction,
+];
+
+// Fails to compile when `Rpc` gains a variant, as a reminder to add it to `RPCS`.
+#[allow(dead_code)]
+fn rpcs_is_exhaustive(rpc: Rpc) {
+    match rpc {
+        Rpc::RefundOrder
+        | Rpc::ReleaseAuthorization
+        | Rpc::ExtendDueDate
+        | Rpc::RefundCapture
+        | Rpc::RefundTransaction => {}
+    }
+}
+
+impl Rpc {
+    /// The RPC of API name `name` (`RefundOrder`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        RPCS.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// How a request names an operation to read: by its id, or by what it was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationName {
+    /// The operation id, lower-case hyphenated, as the gateway answers it.
+    Id(String),
+    /// The caller, RPC and idempotency key it was made with.
+    Made {
+        /// Who made it.
+        caller: Caller,
+        /// With which RPC.
+        rpc: Rpc,
+        /// Under which key.
+        key: IdempotencyKey,
+    },
+}
+
+impl OperationName {
+    /// Either `operation_id`, or `rpc` with `idempotency_key` (and `caller`, else
+    /// `calling`); empty means not given. Violations name the fields.
+    pub fn parse(
+        operation_id: &str,
+        rpc: &str,
+        idempotency_key: &str,
+        caller: &str,
+        calling: &Caller,
+    ) -> Result<Self, crate::Violations> {
+        let mut v = crate::Violations::new();
+        let by_key = !(rpc.is_empty() && idempotency_key.is_empty() && caller.is_empty());
+        if !operation_id.is_empty() {
+            if by_key {
+                v.push(
+                    "rpc",
+                    "name the operation once: by operation_id, or by rpc and idempotency_key",
+                );
+            }
+            return match Uuid::parse_str(operation_id) {
+                Ok(id) if v.is_empty() => Ok(Self::Id(id.hyphenated().to_string())),
+                Ok(_) => Err(v),
+                Err(_) => {
+                    v.push("operation_id", "must be a UUID");
+                    Err(v)
+                }
+            };
+        }
+        if !by_key {
+            return Err(crate::Violations::single(
+                "operation_id",
+                "is required (or rpc and idempotency_key)",
+            ));
+        }
+        let rpc = match Rpc::from_name(rpc) {
+            Some(rpc) => Some(rpc),
+            None => {
+                let names: Vec<&str> = RPCS.iter().map(|r| r.as_str()).collect();
+                v.push("rpc", format!("must be one of {}", names.join(", ")));
+                None
+            }
+        };
+        let key = v.check("idempotency_key", IdempotencyKey::parse(idempotency_key));
+        let caller = if caller.is_empty() {
+            calling.clone()
+        } else {
+            Caller::named(caller)
+        };
+        match (rpc, key) {
+            (Some(rpc), Some(key)) if v.is_empty() => Ok(Self::Made { caller, rpc, key }),
+            _ => Err(v),
+        }
+    }
+
+    /// The operation's id, lower-case hyphenated.
+    pub fn id_text(&self) -> String {
+        match self {
+            Self::Id(id) => id.clone(),
+            Self::Made { caller, rpc, key } => OperationId::derive(caller, *rpc, key).to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +243,50 @@ mod tests {
     /// The operation id is the Klarna idempotency key: if its derivation ever changed, a
     /// retry that spans a deploy would reach Klarna under a new key and refund twice. These
     /// ids were computed once and must never change.
+    #[test]
+    fn an_operation_is_named_by_id_or_by_what_it_was_made_with() {
+        let me = Caller::named("pos");
+        let id = OperationId::derive(&me, Rpc::RefundOrder, &key("k-1")).to_string();
+        let by_id = OperationName::parse(&id.to_uppercase(), "", "", "", &me);
+        assert_eq!(by_id.map(|n| n.id_text()).ok(), Some(id.clone()));
+        let by_key = OperationName::parse("", "RefundOrder", "k-1", "", &me);
+        assert_eq!(by_key.map(|n| n.id_text()).ok(), Some(id));
+        let other = OperationName::parse("", "RefundOrder", "k-1", "till", &me);
+        assert!(
+            matches!(other, Ok(OperationName::Made { caller, .. }) if caller.as_str() == "till")
+        );
+        let fields = |r: Result<OperationName, crate::Violations>| -> Vec<String> {
+            r.err()
+                .unwrap_or_default()
+                .as_slice()
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        };
+        assert_eq!(
+            fields(OperationName::parse("", "", "", "", &me)),
+            ["operation_id"]
+        );
+        assert_eq!(
+            fields(OperationName::parse("nope", "", "", "", &me)),
+            ["operation_id"]
+        );
+        assert_eq!(
+            fields(OperationName::parse("", "Refund", "", "", &me)),
+            ["rpc", "idempotency_key"]
+        );
+        assert_eq!(
+            fields(OperationName::parse(
+                &Uuid::nil().to_string(),
+                "RefundOrder",
+                "k",
+                "",
+                &me
+            )),
+            ["rpc"]
+        );
+    }
+
     #[test]
     fn derivation_is_frozen() {
         let cases = [

@@ -251,6 +251,8 @@ pub struct AuditEvent {
 /// Filters of `ListOperations`; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperationFilter {
+    /// Only the operation of this id (its lower-case hyphenated UUID).
+    pub operation_id: Option<String>,
     /// Only this order.
     pub order_id: Option<String>,
     /// Only operations on this payment transaction (resource kind `transaction`).

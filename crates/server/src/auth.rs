@@ -52,6 +52,8 @@ pub const RPC_NAMES: &[&str] = &[
     "ListOperations",
     "LinkReceipt",
     "FindOrder",
+    "GetOperation",
+    "WatchOperation",
 ];
 
 /// The package whose methods need a token.

@@ -653,6 +653,7 @@ pub fn operation_filter(
     };
     let non_empty = |s: String| if s.is_empty() { None } else { Some(s) };
     let filter = OperationFilter {
+        operation_id: None,
         order_id: non_empty(r.order_id),
         payment_transaction_id: non_empty(r.payment_transaction_id),
         caller: non_empty(r.caller),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use refund_gateway_domain::{
     Amount, Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError,
-    KlarnaApiKind, OrderQuery, OrderSelector, ReferenceQuery, RefundCapture, RefundOrder,
-    RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
+    KlarnaApiKind, OperationName, OrderQuery, OrderSelector, ReferenceQuery, RefundCapture,
+    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
@@ -59,7 +59,74 @@ impl RefundGatewayApi {
 /// the request's other fields are checked too; it never reaches Klarna or the store.
 const PLACEHOLDER_ORDER_ID: &str = "00000000-0000-4000-8000-000000000000";
 
+/// True when the record's state is final (nothing more will happen to it).
+fn is_final(record: &pb::OperationRecord) -> bool {
+    use pb::OperationState as S;
+    matches!(
+        S::try_from(record.state),
+        Ok(S::Succeeded | S::Failed | S::RequiresReview)
+    )
+}
+
+/// What follows `first` in a watch: what `next` gives from the last record sent, until it
+/// gives `None` or an error (which ends the stream after it).
+fn records_after<F, Fut>(
+    first: pb::OperationRecord,
+    next: F,
+) -> impl futures::Stream<Item = Result<pb::WatchOperationResponse, Status>> + Send
+where
+    F: Fn(pb::OperationRecord) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<Result<pb::OperationRecord, Status>>> + Send,
+{
+    // Each item is sent as soon as it is known; the next is looked for only when asked.
+    futures::stream::unfold((Some(first), next), |(last, next)| async move {
+        let last = last?;
+        let item = match next(last.clone()).await {
+            None => return None,
+            Some(item) => item,
+        };
+        let following = item.as_ref().ok().cloned();
+        let answer = item.map(|record| pb::WatchOperationResponse {
+            operation: Some(record),
+        });
+        Some((answer, (following, next)))
+    })
+}
+
+/// How long a watch lasts when the caller gives no deadline.
+const MAX_WATCH: Duration = Duration::from_secs(15 * 60);
+
+/// How often a watch reads the operation again. Transitions may be made by another replica,
+/// so the store is the one place that sees them all.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
 impl RefundGatewayApi {
+    /// The operation `name` names, with its audit trail, when `grant` may see it.
+    async fn visible_operation(
+        &self,
+        grant: &CallerGrant,
+        name: &OperationName,
+    ) -> Result<pb::OperationRecord, GatewayError> {
+        let operation_id = name.id_text();
+        let filter = refund_gateway_domain::OperationFilter {
+            operation_id: Some(operation_id.clone()),
+            // A caller without `*` for RPCs sees its own operations only.
+            caller: (!grant.sees_all_operations()).then(|| grant.scope().to_string()),
+            ..Default::default()
+        };
+        let page = self
+            .protocol
+            .store()
+            .list(&filter, 1, None)
+            .await
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+        convert::operation_page(page)
+            .operations
+            .into_iter()
+            .next()
+            .ok_or(GatewayError::OperationNotFound { operation_id })
+    }
+
     /// The order id a reference names in the request's account, for a caller that may use
     /// that account (checked before the index is read).
     async fn order_of_reference(
@@ -140,6 +207,9 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
     match error {
         GatewayError::InvalidArgument(v) => {
             tracing::debug!(rpc, violations = %v, "request refused")
+        }
+        GatewayError::OperationNotFound { .. } => {
+            tracing::debug!(rpc, error = %error, "operation not found")
         }
         GatewayError::ReferenceNotFound { field, .. } => {
             // The reference itself is the caller's input, typed from a receipt: not logged.
@@ -639,6 +709,92 @@ impl RefundGatewayService for RefundGatewayApi {
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::find_order_response(account, &order)))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        const RPC: &str = "GetOperation";
+        let grant = authorize(RPC, &request)?;
+        let r = request.into_inner();
+        let name = OperationName::parse(
+            &r.operation_id,
+            &r.rpc,
+            &r.idempotency_key,
+            &r.caller,
+            &grant.scope(),
+        )
+        .map_err(|v| fail(RPC, v.into()))?;
+        let operation = self
+            .visible_operation(&grant, &name)
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        Ok(Response::new(pb::GetOperationResponse {
+            operation: Some(operation),
+        }))
+    }
+
+    type WatchOperationStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WatchOperationResponse, Status>> + Send>,
+    >;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        const RPC: &str = "WatchOperation";
+        let grant = authorize(RPC, &request)?;
+        let watch_for = grpc_timeout(request.metadata())
+            .unwrap_or(MAX_WATCH)
+            .min(MAX_WATCH)
+            .saturating_sub(self.protocol.settings().deadline_margin);
+        let r = request.into_inner();
+        let name = OperationName::parse(
+            &r.operation_id,
+            &r.rpc,
+            &r.idempotency_key,
+            &r.caller,
+            &grant.scope(),
+        )
+        .map_err(|v| fail(RPC, v.into()))?;
+        // Unknown or not visible: refused now, not as a stream that ends at once.
+        let first = self
+            .visible_operation(&grant, &name)
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        let api = self.clone();
+        let until = tokio::time::Instant::now() + watch_for;
+        let head = futures::stream::once(std::future::ready(Ok::<_, Status>(
+            pb::WatchOperationResponse {
+                operation: Some(first.clone()),
+            },
+        )));
+        let stream = futures::StreamExt::chain(
+            head,
+            records_after(first, move |last| {
+                let api = api.clone();
+                let grant = grant.clone();
+                let name = name.clone();
+                async move {
+                    loop {
+                        if is_final(&last) || tokio::time::Instant::now() >= until {
+                            return None;
+                        }
+                        tokio::time::sleep_until(
+                            (tokio::time::Instant::now() + WATCH_INTERVAL).min(until),
+                        )
+                        .await;
+                        match api.visible_operation(&grant, &name).await {
+                            Ok(now) if now != last => return Some(Ok(now)),
+                            Ok(_) => {}
+                            Err(e) => return Some(Err(fail(RPC, e))),
+                        }
+                    }
+                }
+            }),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_order(

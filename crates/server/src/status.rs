@@ -224,6 +224,16 @@ pub fn to_status(error: &GatewayError) -> Status {
             );
             Status::with_error_details(Code::NotFound, error.to_string(), d)
         }
+        GatewayError::OperationNotFound { operation_id } => {
+            error_info(&mut d, "OPERATION_NOT_FOUND", HashMap::new());
+            d.set_resource_info(
+                "refundgateway.operation",
+                operation_id.clone(),
+                "refund-gateway",
+                "no such operation, or one another caller made",
+            );
+            Status::with_error_details(Code::NotFound, error.to_string(), d)
+        }
         GatewayError::StoreUnavailable(_) => {
             // The cause is logged where it happened; the caller learns only what to do.
             error_info(&mut d, "STORE_UNAVAILABLE", HashMap::new());

@@ -79,6 +79,11 @@ fn filter_hash(filter: &OperationFilter) -> [u8; 8] {
         hasher.update((transaction.len() as u64).to_be_bytes());
         hasher.update(transaction.as_bytes());
     }
+    if let Some(id) = &filter.operation_id {
+        hasher.update([3]);
+        hasher.update((id.len() as u64).to_be_bytes());
+        hasher.update(id.as_bytes());
+    }
     let digest = hasher.finalize();
     let mut out = [0u8; 8];
     out.copy_from_slice(&digest[..8]);

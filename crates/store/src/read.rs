@@ -293,6 +293,9 @@ where
             ))
             .push_bind(transaction.clone());
     }
+    if let Some(id) = &filter.operation_id {
+        query.push(" AND operation_id = ").push_bind(id.clone());
+    }
     if let Some(caller) = &filter.caller {
         query.push(" AND caller = ").push_bind(caller.clone());
     }

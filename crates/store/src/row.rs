@@ -39,32 +39,9 @@ pub(crate) fn check_final(completion: &Completion) -> Result<(), StoreError> {
     }
 }
 
-/// Every RPC, to read [`Rpc`] back from its stored name.
-const RPCS: [Rpc; 5] = [
-    Rpc::RefundOrder,
-    Rpc::ReleaseAuthorization,
-    Rpc::ExtendDueDate,
-    Rpc::RefundCapture,
-    Rpc::RefundTransaction,
-];
-
-// Fails to compile when `Rpc` gains a variant, as a reminder to add it to `RPCS`.
-#[allow(dead_code)]
-fn rpcs_is_exhaustive(rpc: Rpc) {
-    match rpc {
-        Rpc::RefundOrder
-        | Rpc::ReleaseAuthorization
-        | Rpc::ExtendDueDate
-        | Rpc::RefundCapture
-        | Rpc::RefundTransaction => {}
-    }
-}
-
 /// The RPC stored as `name`.
 pub(crate) fn parse_rpc(name: &str) -> Result<Rpc, StoreError> {
-    RPCS.into_iter()
-        .find(|r| r.as_str() == name)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown rpc {name:?}")))
+    Rpc::from_name(name).ok_or_else(|| StoreError::Corrupt(format!("unknown rpc {name:?}")))
 }
 
 fn parse_state(name: &str) -> Result<OperationState, StoreError> {
@@ -579,7 +556,7 @@ mod tests {
 
     #[test]
     fn rpc_names_round_trip() {
-        for rpc in RPCS {
+        for rpc in refund_gateway_domain::RPCS {
             assert_eq!(parse_rpc(rpc.as_str()).ok(), Some(rpc));
         }
         assert!(parse_rpc("Nope").is_err());

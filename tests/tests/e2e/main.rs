@@ -84,6 +84,7 @@ mod grpcurl;
 mod hostile;
 mod limits;
 mod logs;
+mod operations;
 mod outbound;
 mod partner;
 mod property;
