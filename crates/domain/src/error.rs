@@ -28,6 +28,13 @@ pub enum PreconditionReason {
     WrongAccountKind,
     /// A receipt reference already linked to another order of the account.
     ReceiptAlreadyLinked,
+    /// An operator's resolution of an operation that is not REQUIRES_REVIEW.
+    OperationNotInReview,
+    /// An operator's "succeeded" naming a refund Klarna does not list with the operation's
+    /// amount.
+    RefundNotAtKlarna,
+    /// The operation was settled as failed by an operator (the answer a replay gets).
+    ResolvedAsFailed,
 }
 
 impl PreconditionReason {
@@ -43,6 +50,9 @@ impl PreconditionReason {
             Self::TransactionOperationLimit => "TRANSACTION_OPERATION_LIMIT",
             Self::WrongAccountKind => "WRONG_ACCOUNT_KIND",
             Self::ReceiptAlreadyLinked => "RECEIPT_ALREADY_LINKED",
+            Self::OperationNotInReview => "OPERATION_NOT_IN_REVIEW",
+            Self::RefundNotAtKlarna => "REFUND_NOT_AT_KLARNA",
+            Self::ResolvedAsFailed => "RESOLVED_AS_FAILED",
         }
     }
 }

@@ -75,7 +75,7 @@ pub use reference::{
 pub use store::{
     AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, LinkOutcome, NewOperation,
     Operation, OperationFilter, OperationPage, OperationState, OperationStore, OrderLock,
-    OrderReference, ReferenceKind, StoreError, StoredResponse, WebhookEvent,
+    OrderReference, ReferenceKind, Resolution, StoreError, StoredResponse, WebhookEvent,
 };
 pub use trace::TraceParent;
 pub use validation::{FieldViolation, Violations};

@@ -9,14 +9,19 @@
 //!     mark_pending  take_over
 //!                v  │
 //!             PENDING  <── an IN_FLIGHT whose lease expired counts as PENDING
+//!
+//!   REQUIRES_REVIEW ──resolve_review──> SUCCEEDED | FAILED   (a person decided; replayed)
 //! ```
-//! Every transition appends an [`AuditEvent`] in the same transaction.
+//! Every transition appends an [`AuditEvent`] in the same transaction. REQUIRES_REVIEW is
+//! final for the protocol (nothing automatic leaves it); only a person settles it, with
+//! [`OperationStore::resolve_review`].
 //!
 //! Each operation also keeps the OpenTelemetry trace id of its current holder: the trace of
 //! the request that claimed it, replaced by the trace of whoever takes it over (a retry, the
-//! reconciler's resolution). Every event of a claim, take-over, finish, mark pending or
-//! abandon carries that trace id ([`AuditEvent::otel_trace_id`]), so an operator can open the
-//! trace that caused each change; a webhook's event carries none.
+//! reconciler's resolution), and by the operator's when a person settles an operation that
+//! required review. Every event of a claim, take-over, finish, mark pending, abandon or
+//! review resolution carries that trace id ([`AuditEvent::otel_trace_id`]), so an operator can
+//! open the trace that caused each change; a webhook's event carries none.
 //!
 //! Each lease has a holder, a [`LeaseHolder`] token chosen by whoever claims or takes over the
 //! operation. Only the current holder renews, finishes, marks pending or abandons it: a
@@ -295,6 +300,27 @@ pub struct Completion {
     pub trace_id: Option<String>,
 }
 
+/// How a person settled an operation that required review, for
+/// [`OperationStore::resolve_review`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// SUCCEEDED or FAILED.
+    pub state: OperationState,
+    /// The answer a replay of the request gets from now on.
+    pub response: StoredResponse,
+    /// Klarna's refund id, when the operator names one (order refunds). Kept for SUCCEEDED
+    /// only (a refund that failed has none); when `None`, the stored one stays.
+    pub refund_id: Option<String>,
+    /// Who decided (the operator caller's name).
+    pub operator: String,
+    /// Why, mandatory, as the operator wrote it (the store records it in the event detail as
+    /// `resolved by <operator>: <reason>`). The caller checks that it is there; the store
+    /// records it as given.
+    pub reason: String,
+    /// The OpenTelemetry trace id of the operator's request.
+    pub otel_trace_id: Option<String>,
+}
+
 /// A webhook delivery from Klarna, recorded once per `event_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookEvent {
@@ -498,6 +524,25 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         id: OperationId,
         holder: LeaseHolder,
         detail: String,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// REQUIRES_REVIEW -> SUCCEEDED or FAILED, decided by a person: `resolution.state` must be
+    /// one of those two (any other state is refused with [`StoreError::Unavailable`], and
+    /// nothing changes). Only from REQUIRES_REVIEW: on an unknown id, or an operation in any
+    /// other state (one resolved already included), it changes nothing, records no event and
+    /// returns `false`; among concurrent resolutions of one operation exactly one succeeds.
+    ///
+    /// Records one audit event: state before REQUIRES_REVIEW, after the new state, `detail`
+    /// `resolved by <operator>: <reason>`, `trace_id` the operator's name prefixed
+    /// `operator:`, `otel_trace_id` as given (which also becomes the operation's holder trace
+    /// id, `None` included). For SUCCEEDED, keeps Klarna's refund id when given. Replaces the
+    /// stored answer with `resolution.response`, so a replay of the caller's request answers
+    /// what the operator decided. Leases are not touched: the operation is not IN_FLIGHT.
+    async fn resolve_review(
+        &self,
+        id: OperationId,
+        resolution: Resolution,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 

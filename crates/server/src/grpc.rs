@@ -149,7 +149,10 @@ impl RefundGatewayApi {
 
 /// The caller the authentication layer identified, if it may call `rpc`. A request that
 /// did not pass the layer (it always does in the served stack) is not let in.
-fn authorize<T>(rpc: &'static str, request: &Request<T>) -> Result<Arc<CallerGrant>, Status> {
+pub(crate) fn authorize<T>(
+    rpc: &'static str,
+    request: &Request<T>,
+) -> Result<Arc<CallerGrant>, Status> {
     let grant = request
         .extensions()
         .get::<AuthenticatedCaller>()
@@ -254,7 +257,7 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
     }
 }
 
-fn fail(rpc: &'static str, error: GatewayError) -> Status {
+pub(crate) fn fail(rpc: &'static str, error: GatewayError) -> Status {
     log_failure(rpc, &error);
     to_status(&error)
 }

@@ -33,6 +33,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod inbound;
 pub mod middleware;
+pub mod operator;
 pub mod protocol;
 #[cfg(test)]
 mod readme;
@@ -49,6 +50,7 @@ use std::time::Duration;
 use refund_gateway_klarna::{
     KlarnaClient, KlarnaClientConfig, PaymentsClient, PaymentsClientConfig,
 };
+use refund_gateway_proto::v1::operator_service_server::OperatorServiceServer;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -259,6 +261,9 @@ pub async fn start(
     health
         .set_serving::<RefundGatewayServiceServer<RefundGatewayApi>>()
         .await;
+    health
+        .set_serving::<OperatorServiceServer<operator::OperatorApi>>()
+        .await;
     // Reflection serves our API, health, and google.rpc's error details, so grpcurl and
     // buf curl can decode the details of every error. v1alpha is what grpcurl 1.8 speaks.
     let descriptors = || {
@@ -425,7 +430,14 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            RefundGatewayServiceServer::new(RefundGatewayApi::new(gateway, protocol.clone()))
+            RefundGatewayServiceServer::new(RefundGatewayApi::new(
+                gateway.clone(),
+                protocol.clone(),
+            ))
+            .max_decoding_message_size(settings.max_message_bytes),
+        )
+        .add_service(
+            OperatorServiceServer::new(operator::OperatorApi::new(gateway, protocol.clone()))
                 .max_decoding_message_size(settings.max_message_bytes),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));

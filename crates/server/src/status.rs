@@ -838,7 +838,7 @@ mod readme {
     }
 
     /// Every state rule; a new one fails to compile here until it is listed.
-    fn all_preconditions() -> [PreconditionReason; 9] {
+    fn all_preconditions() -> [PreconditionReason; 12] {
         let listed = |r: PreconditionReason| match r {
             PreconditionReason::CurrencyMismatch
             | PreconditionReason::ReturnFeeNotAllowed
@@ -848,7 +848,10 @@ mod readme {
             | PreconditionReason::TransactionRefundLimit
             | PreconditionReason::TransactionOperationLimit
             | PreconditionReason::WrongAccountKind
-            | PreconditionReason::ReceiptAlreadyLinked => r,
+            | PreconditionReason::ReceiptAlreadyLinked
+            | PreconditionReason::OperationNotInReview
+            | PreconditionReason::RefundNotAtKlarna
+            | PreconditionReason::ResolvedAsFailed => r,
         };
         [
             listed(PreconditionReason::CurrencyMismatch),
@@ -860,6 +863,9 @@ mod readme {
             listed(PreconditionReason::TransactionOperationLimit),
             listed(PreconditionReason::WrongAccountKind),
             listed(PreconditionReason::ReceiptAlreadyLinked),
+            listed(PreconditionReason::OperationNotInReview),
+            listed(PreconditionReason::RefundNotAtKlarna),
+            listed(PreconditionReason::ResolvedAsFailed),
         ]
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, AuditEvent, Caller, Completion, IdempotencyKey, LeaseHolder, NewOperation,
-    Operation, OperationId, OperationState, ResourceKind, Rpc, StoreError, StoredResponse,
-    TraceParent, WebhookEvent,
+    Operation, OperationId, OperationState, Resolution, ResourceKind, Rpc, StoreError,
+    StoredResponse, TraceParent, WebhookEvent,
 };
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -37,6 +37,57 @@ pub(crate) fn check_final(completion: &Completion) -> Result<(), StoreError> {
             completion.state
         )))
     }
+}
+
+/// Refuses a resolution whose state is not SUCCEEDED or FAILED: a person settles a review
+/// with an outcome, and REQUIRES_REVIEW (or an unresolved state) is none.
+pub(crate) fn check_resolution(resolution: &Resolution) -> Result<(), StoreError> {
+    match resolution.state {
+        OperationState::Succeeded | OperationState::Failed => Ok(()),
+        other => Err(StoreError::Unavailable(format!(
+            "resolve_review called with the state {other}, not SUCCEEDED or FAILED"
+        ))),
+    }
+}
+
+/// `query` with the values of a resolution bound in the order both backends' statements take
+/// them: id, state, now, refund id (SUCCEEDED only: a failed refund has none, so a FAILED
+/// resolution keeps the stored one), response code, message, payload, the event's trace id
+/// (`operator:<operator>`), its detail (`resolved by <operator>: <reason>`), the operator's
+/// OpenTelemetry trace id.
+pub(crate) fn bind_resolution<'q, 'a, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    id: &'a str,
+    resolution: &'a Resolution,
+    now: i64,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+    &'a [u8]: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let refund_id = match resolution.state {
+        OperationState::Succeeded => resolution.refund_id.as_deref(),
+        _ => None,
+    };
+    query
+        .bind(id)
+        .bind(resolution.state.as_str())
+        .bind(now)
+        .bind(refund_id)
+        .bind(resolution.response.code)
+        .bind(resolution.response.message.as_str())
+        .bind(resolution.response.payload.as_slice())
+        .bind(format!("operator:{}", resolution.operator))
+        .bind(format!(
+            "resolved by {}: {}",
+            resolution.operator, resolution.reason
+        ))
+        .bind(resolution.otel_trace_id.as_deref())
 }
 
 /// The RPC stored as `name`.

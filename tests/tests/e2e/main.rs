@@ -85,6 +85,7 @@ mod hostile;
 mod limits;
 mod logs;
 mod operations;
+mod operator;
 mod outbound;
 mod partner;
 mod property;

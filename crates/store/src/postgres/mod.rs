@@ -56,7 +56,8 @@ use async_trait::async_trait;
 use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
-    OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
+    OperationId, OperationPage, OperationStore, OrderLock, Resolution, ResourceKind, StoreError,
+    WebhookEvent,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -65,7 +66,9 @@ use time::{Date, OffsetDateTime};
 
 use crate::config::DatabaseConfig;
 use crate::read;
-use crate::row::{check_final, day_text, holder_text, id_text, lease_end, micros};
+use crate::row::{
+    check_final, check_resolution, day_text, holder_text, id_text, lease_end, micros,
+};
 
 pub use lease::{DEFAULT_LEASE as DEFAULT_ORDER_LOCK_LEASE, PostgresResourceLock};
 
@@ -295,6 +298,18 @@ impl OperationStore for PostgresStore {
             micros(now),
         )
         .await
+    }
+
+    /// One statement: replicas resolving the same operation at once wait for each other's
+    /// row lock, and exactly one resolves it.
+    async fn resolve_review(
+        &self,
+        id: OperationId,
+        resolution: Resolution,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        check_resolution(&resolution)?;
+        sql::resolve_review(&self.pool, &id_text(id), &resolution, micros(now)).await
     }
 
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError> {

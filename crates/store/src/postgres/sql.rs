@@ -18,9 +18,9 @@
 //! Nothing changes or deletes a link, so the read finds it.
 //!
 //! **Metrics.** Each write of an operation, webhook, daily total or order reference (claim,
-//! take-over, finish, mark pending, abandon, webhook, reservation, release, link) is its own
-//! transaction, so each is
-//! measured as one (label `backend="postgres"`): `store_batch_size` 1 and
+//! take-over, finish, mark pending, abandon, review resolution, webhook, reservation,
+//! release, link) is its own transaction, so each is measured as one (label
+//! `backend="postgres"`): `store_batch_size` 1 and
 //! `store_commit_duration_seconds`, the statement's round trip until PostgreSQL committed it —
 //! comparable with SQLite's group commits. Lease renewals and order locks are not measured.
 //!
@@ -33,14 +33,14 @@ use std::time::Instant;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
+    Claim, Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
 };
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::read;
 use crate::row::{
-    OPERATION_COLUMNS, OperationRow, bind_claim, bind_reference, bind_webhook, claimed_operation,
-    db_error, holder_text, id_text, insert_event_from, link_found,
+    OPERATION_COLUMNS, OperationRow, bind_claim, bind_reference, bind_resolution, bind_webhook,
+    claimed_operation, db_error, holder_text, id_text, insert_event_from, link_found,
 };
 
 /// The replica keys alive in this database, each as its (high half, low half): the granted
@@ -164,6 +164,25 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
          response_code = $6, response_message = $7, response_payload = $8",
         "COALESCE($9, trace_id)",
         "$10",
+        "$3",
+    )
+});
+
+// The values of `bind_resolution`: $1 id, $2 state, $3 now, $4 refund id, $5 code,
+// $6 message, $7 payload, $8 the event's trace id, $9 detail, $10 the operator's
+// OpenTelemetry trace id. Only from REQUIRES_REVIEW: of concurrent resolutions, the ones that
+// waited for the row lock re-check the state on the resolved row and do nothing. The row's
+// otel_trace_id becomes the operator's (NULL included, as on a take-over), and the event
+// carries it. No lease column changes: the row is not IN_FLIGHT (its replica went with its
+// lease when it was finished).
+static RESOLVE_REVIEW: LazyLock<String> = LazyLock::new(|| {
+    transition(
+        "state = 'REQUIRES_REVIEW'",
+        "state = $2, updated_at = $3, refund_id = COALESCE($4, o.refund_id), \
+         response_code = $5, response_message = $6, response_payload = $7, \
+         otel_trace_id = $10",
+        "$8",
+        "$9",
         "$3",
     )
 });
@@ -461,6 +480,17 @@ pub(super) async fn finish(
         .bind(&completion.trace_id)
         .bind(&completion.detail)
         .bind(holder);
+    changed_one_measured(query, pool).await
+}
+
+/// REQUIRES_REVIEW -> the resolution's state (checked by the caller: SUCCEEDED or FAILED).
+pub(super) async fn resolve_review(
+    pool: &PgPool,
+    id: &str,
+    resolution: &Resolution,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let query = bind_resolution(sqlx::query(RESOLVE_REVIEW.as_str()), id, resolution, now);
     changed_one_measured(query, pool).await
 }
 

@@ -36,7 +36,8 @@ use async_trait::async_trait;
 use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
-    OperationId, OperationPage, OperationStore, OrderLock, ResourceKind, StoreError, WebhookEvent,
+    OperationId, OperationPage, OperationStore, OrderLock, Resolution, ResourceKind, StoreError,
+    WebhookEvent,
 };
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
@@ -45,7 +46,9 @@ use sqlx::sqlite::{
 use time::{Date, OffsetDateTime};
 
 use crate::read;
-use crate::row::{check_final, day_text, holder_text, id_text, lease_end, micros};
+use crate::row::{
+    check_final, check_resolution, day_text, holder_text, id_text, lease_end, micros,
+};
 use order_locks::OrderLocks;
 pub use order_locks::SqliteOrderLock;
 pub use writer::WriterStats;
@@ -183,12 +186,19 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 /// - `finish` moves the row to the completion's final state; a completion whose state is not
 ///   final is refused. `abandon` deletes the row; its event (state after `None`) keeps the
 ///   operation's identity. Rows keep their last holder after they leave IN_FLIGHT.
+/// - `resolve_review` acts only on a REQUIRES_REVIEW row (any other, or an unknown id: nothing
+///   changed, nothing recorded, `false`; among concurrent resolutions exactly one wins), and
+///   only with SUCCEEDED or FAILED (another state is refused). It replaces the stored answer,
+///   keeps the refund id given for SUCCEEDED (else the stored one), and leaves the lease
+///   columns and the correlation id alone. Its event: detail `resolved by <operator>:
+///   <reason>`, trace id `operator:<operator>`.
 /// - Events carry the trace id given with the change, else the trace id of the claim
 ///   (`mark_pending` and `abandon` take none).
 /// - The row keeps the OpenTelemetry trace id of its holder: the claim's traceparent's trace
-///   id, replaced (NULL included) by each take-over's. Every event of a claim, take-over,
-///   finish, mark pending or abandon carries the holder's trace id as it is after the change;
-///   a webhook's event carries none. The traceparent stays the claim's.
+///   id, replaced (NULL included) by each take-over's, and by the operator's on a review
+///   resolution. Every event of a claim, take-over, finish, mark pending, abandon or review
+///   resolution carries the holder's trace id as it is after the change; a webhook's event
+///   carries none. The traceparent stays the claim's.
 /// - `attention` counts at `now` what `unresolved` would list, the IN_FLIGHT operations still
 ///   held, and the REQUIRES_REVIEW ones; it reads the state index, never the SUCCEEDED and
 ///   FAILED operations.
@@ -327,6 +337,21 @@ impl OperationStore for SqliteStore {
             id: id_text(id),
             holder: holder_text(holder),
             detail,
+            now: micros(now),
+        })
+        .await
+    }
+
+    async fn resolve_review(
+        &self,
+        id: OperationId,
+        resolution: Resolution,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        check_resolution(&resolution)?;
+        self.changed(WriteOp::ResolveReview {
+            id: id_text(id),
+            resolution,
             now: micros(now),
         })
         .await

@@ -15,15 +15,15 @@ use std::sync::LazyLock;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, StoreError, WebhookEvent,
+    Claim, Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
 };
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::read::{SELECT_OPERATION, SELECT_REFERENCE};
 use crate::row::{
-    OperationRow, ReferenceRow, bind_claim, bind_reference, bind_webhook, claimed_operation,
-    db_error, insert_event_from, link_found,
+    OperationRow, ReferenceRow, bind_claim, bind_reference, bind_resolution, bind_webhook,
+    claimed_operation, db_error, insert_event_from, link_found,
 };
 
 /// Rows of the bulk statements; a chunk of operations is padded up to the next size.
@@ -92,6 +92,17 @@ const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expire
      event_trace_id = ?4 WHERE operation_id = ?1 \
      AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
           AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)))";
+
+// The values of `bind_resolution`: ?1 id, ?2 state, ?3 now, ?4 refund id, ?5 code,
+// ?6 message, ?7 payload, ?8 the event's trace id, ?9 detail, ?10 the operator's
+// OpenTelemetry trace id. Only from REQUIRES_REVIEW; the transition trigger writes the event,
+// which carries the row's new otel_trace_id: the operator's, NULL included, as on a take-over
+// (the operator is the last to act on the operation). The lease columns stay: the row is not
+// IN_FLIGHT, and its last holder is history worth keeping.
+const RESOLVE_REVIEW: &str = "UPDATE operations SET state = ?2, updated_at = ?3, \
+     refund_id = COALESCE(?4, refund_id), response_code = ?5, response_message = ?6, \
+     response_payload = ?7, event_trace_id = ?8, event_detail = ?9, otel_trace_id = ?10 \
+     WHERE operation_id = ?1 AND state = 'REQUIRES_REVIEW'";
 
 // ?1 id, ?2 lease end, ?3 lease holder.
 const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = ?2 \
@@ -331,6 +342,17 @@ pub(super) async fn take_over(
         .bind(trace_id)
         .bind(holder)
         .bind(otel_trace_id);
+    changed_one(query, conn).await
+}
+
+/// REQUIRES_REVIEW -> the resolution's state (checked by the caller: SUCCEEDED or FAILED).
+pub(super) async fn resolve_review(
+    conn: &mut SqliteConnection,
+    id: &str,
+    resolution: &Resolution,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let query = bind_resolution(sqlx::query(RESOLVE_REVIEW), id, resolution, now);
     changed_one(query, conn).await
 }
 

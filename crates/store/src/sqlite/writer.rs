@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, StoreError, WebhookEvent,
+    Claim, Completion, LeaseHolder, NewOperation, Resolution, StoreError, WebhookEvent,
 };
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -84,6 +84,11 @@ pub(super) enum WriteOp {
         id: String,
         holder: String,
         detail: String,
+        now: i64,
+    },
+    ResolveReview {
+        id: String,
+        resolution: Resolution,
         now: i64,
     },
     RecordWebhook {
@@ -443,6 +448,11 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Outcome, Sto
             detail,
             now,
         } => Outcome::Changed(sql::abandon(conn, id, holder, detail, *now).await?),
+        WriteOp::ResolveReview {
+            id,
+            resolution,
+            now,
+        } => Outcome::Changed(sql::resolve_review(conn, id, resolution, *now).await?),
         WriteOp::RecordWebhook {
             event,
             operation_id,

@@ -11,7 +11,7 @@ use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder,
     NewOperation, Operation, OperationFilter, OperationId, OperationState, OperationStore,
-    ResourceKind, Rpc, StoreError, StoredResponse, TraceParent, WebhookEvent,
+    Resolution, ResourceKind, Rpc, StoreError, StoredResponse, TraceParent, WebhookEvent,
 };
 use time::OffsetDateTime;
 use time::macros::{date, datetime};
@@ -50,6 +50,9 @@ macro_rules! all_cases {
             attention_counts_what_needs_a_look,
             references_link_once,
             concurrent_links_of_one_reference_one_wins,
+            resolve_review_settles_a_review,
+            resolve_review_only_from_review,
+            concurrent_review_resolutions_one_wins,
         );
     };
 }
@@ -2120,4 +2123,287 @@ pub async fn concurrent_links_of_one_reference_one_wins(store: Store, peer: Opti
             Some(found)
         );
     }
+}
+
+/// The trace of an operator's request settling a review.
+const OPERATOR_TRACE: &str = "5b8efff798038103d269b633813fc60c";
+
+/// Operator `operator`'s decision `state`, naming `refund_id`.
+fn resolution(state: OperationState, refund_id: Option<&str>, operator: &str) -> Resolution {
+    Resolution {
+        state,
+        response: StoredResponse {
+            code: if state == Succeeded { 0 } else { 9 },
+            message: format!("decided by {operator}"),
+            payload: vec![7, 0, 255, 128],
+        },
+        refund_id: refund_id.map(str::to_owned),
+        operator: operator.to_owned(),
+        reason: "checked in the Klarna portal: ünïcode ✓".to_owned(),
+        otel_trace_id: Some(OPERATOR_TRACE.to_owned()),
+    }
+}
+
+/// Operation `key`, claimed by A at t(0) and finished REQUIRES_REVIEW at t(1) with
+/// `refund_id`.
+async fn in_review(store: &Store, key: &str, refund_id: Option<&str>) -> NewOperation {
+    let new = op(key);
+    claim_new(store, new.clone(), t(0)).await;
+    let mut review = completion(RequiresReview);
+    review.refund_id = refund_id.map(str::to_owned);
+    assert!(
+        store
+            .finish(new.operation_id, A, review, t(1))
+            .await
+            .unwrap()
+    );
+    new
+}
+
+/// A person settles a REQUIRES_REVIEW operation: the new state, the operator's answer for
+/// replays, the refund id named for SUCCEEDED (kept otherwise), one event naming the operator
+/// and the reason; settled once only.
+pub async fn resolve_review_settles_a_review(store: Store, _peer: Option<Store>) {
+    let new = in_review(&store, "review-succeeded", None).await;
+    let before = store.get(new.operation_id).await.unwrap().unwrap();
+    let decided = resolution(Succeeded, Some("refund-by-hand"), "alice");
+    assert!(
+        store
+            .resolve_review(new.operation_id, decided.clone(), t(10))
+            .await
+            .unwrap()
+    );
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Succeeded);
+    assert_eq!(read.refund_id.as_deref(), Some("refund-by-hand"));
+    assert_eq!(read.response, Some(decided.response.clone()));
+    assert_ne!(
+        read.response, before.response,
+        "the stored answer is replaced"
+    );
+    assert_eq!(read.updated_at, at_micros(t(10)));
+    // Everything else stays: what was claimed, Klarna's correlation id, the last holder.
+    assert_eq!(read.new, before.new);
+    assert_eq!(read.created_at, before.created_at);
+    assert_eq!(read.correlation_id, before.correlation_id);
+    assert_eq!(read.answer_context, before.answer_context);
+    assert_eq!(read.lease_holder, Some(A));
+    assert_eq!(read.lease_expires_at, None);
+    assert!(!read.is_unresolved(t(10)));
+
+    let events = events_of(&store, &new).await;
+    assert_eq!(
+        transitions(&events),
+        vec![
+            (None, Some(InFlight)),
+            (Some(InFlight), Some(RequiresReview)),
+            (Some(RequiresReview), Some(Succeeded)),
+        ]
+    );
+    let last = &events[2];
+    assert_eq!(
+        last.detail,
+        "resolved by alice: checked in the Klarna portal: ünïcode ✓"
+    );
+    assert_eq!(last.trace_id.as_deref(), Some("operator:alice"));
+    assert_eq!(last.otel_trace_id.as_deref(), Some(OPERATOR_TRACE));
+    assert_eq!(last.refund_id.as_deref(), Some("refund-by-hand"));
+    assert_eq!(last.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(last.at, at_micros(t(10)));
+
+    // Settled: a second resolution (either way) changes nothing and records nothing.
+    for state in [Succeeded, Failed] {
+        assert!(
+            !store
+                .resolve_review(
+                    new.operation_id,
+                    resolution(state, Some("refund-2"), "bob"),
+                    t(11)
+                )
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(store.get(new.operation_id).await.unwrap(), Some(read));
+    assert_eq!(events_of(&store, &new).await, events);
+
+    // FAILED: the refund id of the review stays (a failed refund names none, so the one given
+    // is not kept); no operator trace given, none recorded.
+    let failed = in_review(&store, "review-failed", Some("refund-1")).await;
+    let mut refused = resolution(Failed, Some("refund-ignored"), "carol");
+    refused.otel_trace_id = None;
+    assert!(
+        store
+            .resolve_review(failed.operation_id, refused.clone(), t(12))
+            .await
+            .unwrap()
+    );
+    let read = store.get(failed.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Failed);
+    assert_eq!(read.refund_id.as_deref(), Some("refund-1"));
+    assert_eq!(read.response, Some(refused.response));
+    let events = events_of(&store, &failed).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        transitions(&events[2..]),
+        vec![(Some(RequiresReview), Some(Failed))]
+    );
+    assert!(events[2].detail.contains("carol"), "{:?}", events[2].detail);
+    assert!(events[2].detail.contains("checked in the Klarna portal"));
+    assert_eq!(events[2].trace_id.as_deref(), Some("operator:carol"));
+    assert_eq!(events[2].otel_trace_id, None);
+    assert_eq!(events[2].refund_id.as_deref(), Some("refund-1"));
+
+    // SUCCEEDED without a refund id keeps the stored one.
+    let kept = in_review(&store, "review-kept", Some("refund-1")).await;
+    assert!(
+        store
+            .resolve_review(
+                kept.operation_id,
+                resolution(Succeeded, None, "dave"),
+                t(13)
+            )
+            .await
+            .unwrap()
+    );
+    let read = store.get(kept.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Succeeded);
+    assert_eq!(read.refund_id.as_deref(), Some("refund-1"));
+
+    // Settled operations are no longer counted for review.
+    let attention = store.attention(t(14)).await.unwrap();
+    assert_eq!(attention.requires_review, 0, "{attention:?}");
+}
+
+/// Only a REQUIRES_REVIEW operation is resolved, and only to SUCCEEDED or FAILED: an unknown
+/// id and every other state are left alone, with no event.
+pub async fn resolve_review_only_from_review(store: Store, _peer: Option<Store>) {
+    let decided = || resolution(Succeeded, Some("refund-by-hand"), "alice");
+    assert!(
+        !store
+            .resolve_review(op("missing").operation_id, decided(), t(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(op("missing").operation_id).await.unwrap(), None);
+
+    let succeeded = op("review-not-succeeded");
+    claim_new(&store, succeeded.clone(), t(0)).await;
+    assert!(
+        store
+            .finish(succeeded.operation_id, A, completion(Succeeded), t(1))
+            .await
+            .unwrap()
+    );
+    let failed = op("review-not-failed");
+    claim_new(&store, failed.clone(), t(0)).await;
+    assert!(
+        store
+            .finish(failed.operation_id, A, completion(Failed), t(1))
+            .await
+            .unwrap()
+    );
+    let pending = op("review-not-pending");
+    claim_new(&store, pending.clone(), t(0)).await;
+    assert!(
+        store
+            .mark_pending(pending.operation_id, A, None, "timeout".into(), None, t(1))
+            .await
+            .unwrap()
+    );
+    let in_flight = op("review-not-in-flight");
+    claim_new(&store, in_flight.clone(), t(0)).await;
+    // IN_FLIGHT with its lease expired: unresolved, yet not in review either.
+    let expired = op("review-not-expired");
+    claim_new(&store, expired.clone(), t(-60)).await;
+
+    for new in [&succeeded, &failed, &pending, &in_flight, &expired] {
+        let before = store.get(new.operation_id).await.unwrap();
+        let events = events_of(&store, new).await;
+        for state in [Succeeded, Failed] {
+            assert!(
+                !store
+                    .resolve_review(
+                        new.operation_id,
+                        resolution(state, Some("refund-by-hand"), "alice"),
+                        t(10)
+                    )
+                    .await
+                    .unwrap(),
+                "{} resolved as {state}",
+                new.idempotency_key.as_str()
+            );
+        }
+        assert_eq!(store.get(new.operation_id).await.unwrap(), before);
+        assert_eq!(events_of(&store, new).await, events);
+    }
+    // The lease of the live claim is still its holder's.
+    assert!(
+        store
+            .renew_lease(in_flight.operation_id, A, t(10), LEASE)
+            .await
+            .unwrap()
+    );
+
+    // A resolution must decide: any other state is refused, and the review stays.
+    let review = in_review(&store, "review-undecided", None).await;
+    let before = store.get(review.operation_id).await.unwrap();
+    for state in [RequiresReview, Pending, InFlight] {
+        let mut undecided = decided();
+        undecided.state = state;
+        match store
+            .resolve_review(review.operation_id, undecided, t(10))
+            .await
+        {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains(state.as_str()), "{message}")
+            }
+            other => panic!("{state}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get(review.operation_id).await.unwrap(), before);
+    assert_eq!(events_of(&store, &review).await.len(), 2);
+}
+
+/// Concurrent resolutions of one review by 8 operators (from two replicas, where the backend
+/// has them): exactly one settles it, and its decision is the one stored and recorded.
+pub async fn concurrent_review_resolutions_one_wins(store: Store, peer: Option<Store>) {
+    const OPERATORS: usize = 8;
+    let new = in_review(&store, "review-race", None).await;
+    let barrier = Arc::new(Barrier::new(OPERATORS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..OPERATORS {
+        let store = match (&peer, i % 2) {
+            (Some(peer), 1) => peer.clone(),
+            _ => store.clone(),
+        };
+        let state = if i % 3 == 0 { Failed } else { Succeeded };
+        let decided = resolution(state, Some(&format!("refund-{i}")), &format!("op-{i}"));
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let resolved = store
+                .resolve_review(new.operation_id, decided.clone(), t(10))
+                .await
+                .unwrap();
+            (decided, resolved)
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let winners: Vec<&Resolution> = outcomes
+        .iter()
+        .filter(|(_, resolved)| *resolved)
+        .map(|(decided, _)| decided)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let winner = winners[0];
+    let read = store.get(new.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, winner.state);
+    assert_eq!(read.response.as_ref(), Some(&winner.response));
+    let events = events_of(&store, &new).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        events[2].trace_id,
+        Some(format!("operator:{}", winner.operator))
+    );
 }

@@ -1,0 +1,340 @@
+//! `refundgateway.v1.OperatorService`: what needs a person's attention, and settling by hand
+//! what the gateway could not (see docs/architecture.md#operators). Its methods are granted
+//! by `operator = true` in the callers file alone (`auth::OPERATOR_RPCS`).
+
+use std::time::Duration;
+
+use refund_gateway_domain::{
+    AuditEvent, Caller, GatewayError, Operation, OperationFilter, OperationName, OperationPage,
+    OperationState, Precondition, PreconditionReason, Resolution, Rpc, StoredResponse, Violations,
+};
+use refund_gateway_proto::v1 as pb;
+use refund_gateway_proto::v1::operator_service_server::OperatorService;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::auth::CallerGrant;
+use crate::convert;
+use crate::gateway::Gateway;
+use crate::grpc::{authorize, fail};
+use crate::protocol::Protocol;
+use crate::status::{to_status, to_stored};
+
+/// PENDING operations older than this need attention when the request names no threshold:
+/// the reconciler settles most within seconds.
+pub const DEFAULT_PENDING_THRESHOLD: Duration = Duration::from_secs(5 * 60);
+
+/// Operations of each kind listed when the request names no page size.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// The longest reason an operator may give.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// The operator service.
+#[derive(Debug, Clone)]
+pub struct OperatorApi {
+    gateway: Gateway,
+    protocol: Protocol,
+}
+
+impl OperatorApi {
+    /// The service.
+    pub fn new(gateway: Gateway, protocol: Protocol) -> Self {
+        Self { gateway, protocol }
+    }
+
+    /// Up to `size` operations matching `filter`, oldest first.
+    async fn oldest(
+        &self,
+        filter: &OperationFilter,
+        size: u32,
+    ) -> Result<Vec<pb::OperationRecord>, GatewayError> {
+        let page = self
+            .protocol
+            .store()
+            .list(filter, size, None)
+            .await
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+        let mut records = convert::operation_page(page).operations;
+        // The store pages newest first; a person works oldest first.
+        records.reverse();
+        Ok(records)
+    }
+
+    /// The operation of id `operation_id`, with its events.
+    async fn operation(
+        &self,
+        operation_id: &str,
+    ) -> Result<(Operation, Vec<AuditEvent>), GatewayError> {
+        let filter = OperationFilter {
+            operation_id: Some(operation_id.to_owned()),
+            ..OperationFilter::default()
+        };
+        let page = self
+            .protocol
+            .store()
+            .list(&filter, 1, None)
+            .await
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+        page.operations
+            .into_iter()
+            .next()
+            .ok_or_else(|| GatewayError::OperationNotFound {
+                operation_id: operation_id.to_owned(),
+            })
+    }
+
+    /// For an order refund settled as succeeded: Klarna's order must list `refund_id` with the
+    /// operation's amount.
+    async fn check_refund_at_klarna(
+        &self,
+        op: &Operation,
+        refund_id: &str,
+    ) -> Result<(), GatewayError> {
+        let order_id = refund_gateway_domain::OrderId::parse(&op.new.order_id)
+            .map_err(|e| GatewayError::Internal(format!("stored order id: {e}")))?;
+        let order = self
+            .gateway
+            .order(refund_gateway_domain::OrderQuery {
+                klarna_account: Some(op.new.klarna_account.clone()),
+                order_id,
+            })
+            .await?;
+        let listed = order
+            .refunds
+            .iter()
+            .find(|r| r.refund_id.eq_ignore_ascii_case(refund_id));
+        match listed {
+            Some(refund) if Some(refund.refunded_amount) == op.new.amount => Ok(()),
+            Some(refund) => Err(not_at_klarna(
+                op,
+                format!(
+                    "Klarna lists refund {refund_id} with {} minor units; the operation is for {}",
+                    refund.refunded_amount,
+                    op.new.amount.unwrap_or_default()
+                ),
+            )),
+            None => Err(not_at_klarna(
+                op,
+                format!(
+                    "Klarna's order {} lists no refund {refund_id}",
+                    op.new.order_id
+                ),
+            )),
+        }
+    }
+}
+
+fn not_at_klarna(op: &Operation, description: String) -> GatewayError {
+    Precondition {
+        reason: PreconditionReason::RefundNotAtKlarna,
+        subject: format!("operations/{}", op.new.operation_id),
+        description,
+    }
+    .into()
+}
+
+fn not_in_review(op: &Operation) -> GatewayError {
+    Precondition {
+        reason: PreconditionReason::OperationNotInReview,
+        subject: format!("operations/{}", op.new.operation_id),
+        description: format!(
+            "operation {} is {}, not REQUIRES_REVIEW: only the gateway settles it",
+            op.new.operation_id, op.state
+        ),
+    }
+    .into()
+}
+
+/// A validated ResolveOperation request.
+struct Resolve {
+    operation_id: String,
+    succeeded: bool,
+    refund_id: Option<String>,
+    reason: String,
+}
+
+fn validate(r: pb::ResolveOperationRequest) -> Result<Resolve, Violations> {
+    let mut v = Violations::new();
+    let by_id = OperationName::parse(&r.operation_id, "", "", "", &Caller::anonymous());
+    let operation_id = match by_id {
+        Ok(name) if !r.operation_id.is_empty() => name.id_text(),
+        _ => {
+            v.push("operation_id", "must be the operation's id (a UUID)");
+            String::new()
+        }
+    };
+    let succeeded = match pb::ResolutionOutcome::try_from(r.outcome) {
+        Ok(pb::ResolutionOutcome::Succeeded) => true,
+        Ok(pb::ResolutionOutcome::Failed) => false,
+        _ => {
+            v.push("outcome", "must be SUCCEEDED or FAILED");
+            false
+        }
+    };
+    let reason = r.reason.trim().to_owned();
+    if reason.is_empty() {
+        v.push("reason", "is required: say why, for the audit trail");
+    }
+    v.max_chars("reason", &reason, MAX_REASON_CHARS);
+    let refund_id = r.refund_id.trim();
+    v.max_chars("refund_id", refund_id, 255);
+    v.into_result(|| Resolve {
+        operation_id,
+        succeeded,
+        refund_id: (!refund_id.is_empty()).then(|| refund_id.to_owned()),
+        reason,
+    })
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn list_attention(
+        &self,
+        request: Request<pb::ListAttentionRequest>,
+    ) -> Result<Response<pb::ListAttentionResponse>, Status> {
+        const RPC: &str = "ListAttention";
+        authorize(RPC, &request)?;
+        let r = request.into_inner();
+        let threshold = match r.pending_older_than {
+            None => DEFAULT_PENDING_THRESHOLD,
+            Some(d) => match Duration::try_from(d) {
+                Ok(d) => d,
+                Err(_) => {
+                    return Err(fail(
+                        RPC,
+                        Violations::single("pending_older_than", "must not be negative").into(),
+                    ));
+                }
+            },
+        };
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n @ 1..=500 => n.unsigned_abs(),
+            _ => {
+                return Err(fail(
+                    RPC,
+                    Violations::single("page_size", "must be between 1 and 500 (0 means 100)")
+                        .into(),
+                ));
+            }
+        };
+        let older_than = OffsetDateTime::now_utc()
+            - time::Duration::try_from(threshold).unwrap_or(time::Duration::MAX);
+        let pending = OperationFilter {
+            state: Some(OperationState::Pending),
+            created_to: Some(older_than),
+            ..OperationFilter::default()
+        };
+        let review = OperationFilter {
+            state: Some(OperationState::RequiresReview),
+            ..OperationFilter::default()
+        };
+        let (pending, requires_review) =
+            futures::try_join!(self.oldest(&pending, size), self.oldest(&review, size))
+                .map_err(|e| fail(RPC, e))?;
+        Ok(Response::new(pb::ListAttentionResponse {
+            pending,
+            requires_review,
+        }))
+    }
+
+    async fn resolve_operation(
+        &self,
+        request: Request<pb::ResolveOperationRequest>,
+    ) -> Result<Response<pb::ResolveOperationResponse>, Status> {
+        const RPC: &str = "ResolveOperation";
+        let grant = authorize(RPC, &request)?;
+        let resolve = validate(request.into_inner()).map_err(|v| fail(RPC, v.into()))?;
+        let (op, _) = self
+            .operation(&resolve.operation_id)
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        if op.state != OperationState::RequiresReview {
+            return Err(fail(RPC, not_in_review(&op)));
+        }
+        if resolve.succeeded && op.new.rpc == Rpc::RefundOrder {
+            let Some(refund_id) = resolve.refund_id.as_deref() else {
+                return Err(fail(
+                    RPC,
+                    Violations::single(
+                        "refund_id",
+                        "is required to settle an order refund as succeeded",
+                    )
+                    .into(),
+                ));
+            };
+            self.check_refund_at_klarna(&op, refund_id)
+                .await
+                .map_err(|e| fail(RPC, e))?;
+        }
+        let resolution = resolution(&grant, &op, resolve);
+        let resolved = self
+            .protocol
+            .store()
+            .resolve_review(op.new.operation_id, resolution, OffsetDateTime::now_utc())
+            .await
+            .map_err(|e| fail(RPC, GatewayError::StoreUnavailable(e.to_string())))?;
+        if !resolved {
+            // Settled by someone else meanwhile.
+            return Err(fail(RPC, not_in_review(&op)));
+        }
+        tracing::info!(
+            operation_id = %op.new.operation_id,
+            operator = grant.name(),
+            "operation settled by an operator"
+        );
+        let (settled, events) = self
+            .operation(&resolve_id(&op))
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        let record = convert::operation_page(OperationPage {
+            operations: vec![(settled, events)],
+            next_page_token: None,
+        })
+        .operations
+        .into_iter()
+        .next();
+        Ok(Response::new(pb::ResolveOperationResponse {
+            operation: record,
+        }))
+    }
+}
+
+fn resolve_id(op: &Operation) -> String {
+    op.new.operation_id.to_string()
+}
+
+/// What the store records for the operator's decision. A success keeps no answer body: a
+/// replay rebuilds it from the stored call and Klarna's refund id, as for an answer purged
+/// after the retention period. A failure's replay answers RESOLVED_AS_FAILED.
+fn resolution(grant: &CallerGrant, op: &Operation, resolve: Resolve) -> Resolution {
+    let (state, response) = if resolve.succeeded {
+        (
+            OperationState::Succeeded,
+            StoredResponse {
+                code: 0,
+                message: String::new(),
+                payload: Vec::new(),
+            },
+        )
+    } else {
+        let refusal = GatewayError::Precondition(Precondition {
+            reason: PreconditionReason::ResolvedAsFailed,
+            subject: format!("operations/{}", op.new.operation_id),
+            description: format!(
+                "an operator found that Klarna did not do it: {}",
+                resolve.reason
+            ),
+        });
+        (OperationState::Failed, to_stored(&to_status(&refusal)))
+    };
+    Resolution {
+        state,
+        response,
+        refund_id: resolve.refund_id,
+        operator: grant.name().to_owned(),
+        reason: resolve.reason,
+        otel_trace_id: crate::telemetry::current_trace_id(),
+    }
+}
