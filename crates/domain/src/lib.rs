@@ -21,6 +21,8 @@
 //! - [`klarna`]: the [`KlarnaApi`] port the adapter implements, and [`KlarnaError`].
 //! - [`payments`]: the partner Payments API: KRN ids ([`PaymentTransactionId`],
 //!   [`PaymentCaptureId`]), [`LineItem`], [`PaymentTransaction`] and the [`PaymentsApi`] port.
+//! - [`reconcile`]: [`compare_refunds`], Klarna's refunds on one order or transaction
+//!   against the gateway's operations on it.
 //! - [`reference`]: in-store refunds by receipt: [`ReceiptReference`], [`KlarnaReference`],
 //!   [`OrderSelector`] (an order named by id or by a reference) and [`refundable_lines`].
 //! - [`outcome`]: what a Klarna result proves: [`classify_mutation`] over an operation's
@@ -40,6 +42,7 @@ pub mod order;
 pub mod order_line;
 pub mod outcome;
 pub mod payments;
+pub mod reconcile;
 pub mod reference;
 pub mod rules;
 pub mod store;
@@ -69,6 +72,7 @@ pub use payments::{
     LineItem, LineItemDraft, PartnerRefund, PartnerRefundCreated, PaymentCapture, PaymentCaptureId,
     PaymentRefund, PaymentTransaction, PaymentTransactionId, PaymentsApi, TransactionState,
 };
+pub use reconcile::{ListedRefund, Mismatch, MismatchKind, compare_refunds};
 pub use reference::{
     KlarnaReference, OrderSelector, ReceiptReference, ReferenceQuery, StoreId, refundable_lines,
 };

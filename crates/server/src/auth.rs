@@ -58,7 +58,7 @@ pub const RPC_NAMES: &[&str] = &[
 
 /// The methods of `OperatorService`: granted by `operator = true` alone, never by `rpcs`
 /// (not even `"*"`): settling operations by hand is a person's job, not a service's.
-pub const OPERATOR_RPCS: &[&str] = &["ListAttention", "ResolveOperation"];
+pub const OPERATOR_RPCS: &[&str] = &["ListAttention", "ResolveOperation", "Reconcile"];
 
 /// The package whose methods need a token.
 const GUARDED_PREFIX: &str = "/refundgateway.";

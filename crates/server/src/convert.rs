@@ -618,10 +618,11 @@ fn state_out(state: Option<OperationState>) -> pb::OperationState {
     }
 }
 
-fn time_in(t: Option<prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, ()> {
+/// A request's timestamp; `Err` (the violation's text) when it is out of range.
+pub fn time_in(t: Option<prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, &'static str> {
     t.map(|t| {
         let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| ())
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| "is out of range")
     })
     .transpose()
 }
@@ -635,11 +636,11 @@ pub fn operation_filter(
         v.push("state", format!("unknown operation state {}", r.state));
         None
     });
-    let created_from = time_in(r.created_after).unwrap_or_else(|()| {
+    let created_from = time_in(r.created_after).unwrap_or_else(|_| {
         v.push("created_after", "is not a valid timestamp");
         None
     });
-    let created_to = time_in(r.created_before).unwrap_or_else(|()| {
+    let created_to = time_in(r.created_before).unwrap_or_else(|_| {
         v.push("created_before", "is not a valid timestamp");
         None
     });

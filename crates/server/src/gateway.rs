@@ -158,6 +158,15 @@ impl Accounts {
     }
 
     /// The account `name`.
+    /// The only configured account, when there is exactly one.
+    pub fn sole(&self) -> Option<&str> {
+        let mut names = self.by_name.keys();
+        match (names.next(), names.next()) {
+            (Some(name), None) => Some(name.as_str()),
+            _ => None,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<KlarnaAccount> {
         self.by_name.get(name).cloned()
     }

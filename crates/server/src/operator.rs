@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use refund_gateway_domain::{
-    AuditEvent, Caller, GatewayError, Operation, OperationFilter, OperationName, OperationPage,
-    OperationState, Precondition, PreconditionReason, Resolution, Rpc, StoredResponse, Violations,
+    AuditEvent, Caller, GatewayError, ListedRefund, MismatchKind, Operation, OperationFilter,
+    OperationName, OperationPage, OperationState, OrderId, OrderQuery, PaymentTransactionId,
+    Precondition, PreconditionReason, Resolution, ResourceKind, Rpc, StoredResponse,
+    TransactionQuery, Violations, compare_refunds,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::operator_service_server::OperatorService;
@@ -298,6 +301,241 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(pb::ResolveOperationResponse {
             operation: record,
         }))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        const RPC: &str = "Reconcile";
+        authorize(RPC, &request)?;
+        let r = request.into_inner();
+        let account = match (r.klarna_account.as_str(), self.gateway.accounts().sole()) {
+            ("", Some(only)) => only.to_owned(),
+            ("", None) => {
+                return Err(fail(
+                    RPC,
+                    Violations::single(
+                        "klarna_account",
+                        "is required: several accounts are configured",
+                    )
+                    .into(),
+                ));
+            }
+            (named, _) if self.gateway.accounts().get(named).is_some() => named.to_owned(),
+            (named, _) => {
+                return Err(fail(
+                    RPC,
+                    Violations::single("klarna_account", format!("unknown account {named:?}"))
+                        .into(),
+                ));
+            }
+        };
+        let mut v = Violations::new();
+        let to = v
+            .check("to", convert::time_in(r.to))
+            .flatten()
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let from = v
+            .check("from", convert::time_in(r.from))
+            .flatten()
+            .unwrap_or(to - time::Duration::days(1));
+        if from >= to {
+            v.push("from", "must be before to");
+        }
+        if !v.is_empty() {
+            return Err(fail(RPC, v.into()));
+        }
+        let operations = self
+            .operations_in(&account, from, to)
+            .await
+            .map_err(|e| fail(RPC, e))?;
+        let mut resources: Vec<(ResourceKind, String)> = operations
+            .iter()
+            .map(|op| (op.new.resource_kind, op.new.resource_id.clone()))
+            .collect();
+        resources.sort();
+        resources.dedup();
+        let results: Vec<Result<Vec<pb::ReconcileMismatch>, String>> =
+            futures::stream::iter(resources.clone())
+                .map(|(kind, id)| {
+                    let (this, account) = (self.clone(), account.clone());
+                    async move { this.reconcile_resource(&account, kind, &id).await }
+                })
+                .buffered(RECONCILE_PARALLELISM)
+                .collect()
+                .await;
+        let mut mismatches = Vec::new();
+        let mut unread = Vec::new();
+        for result in results {
+            match result {
+                Ok(found) => mismatches.extend(found),
+                Err(why) => unread.push(why),
+            }
+        }
+        tracing::info!(
+            klarna_account = %account,
+            operations = operations.len(),
+            resources = resources.len(),
+            mismatches = mismatches.len(),
+            unread = unread.len(),
+            "reconciliation report"
+        );
+        Ok(Response::new(pb::ReconcileResponse {
+            klarna_account: account,
+            operations_checked: i32::try_from(operations.len()).unwrap_or(i32::MAX),
+            resources_checked: i32::try_from(resources.len()).unwrap_or(i32::MAX),
+            mismatches,
+            unread,
+        }))
+    }
+}
+
+/// The most operations one reconciliation reads from the store; a larger window is refused.
+pub const MAX_RECONCILE_OPERATIONS: usize = 10_000;
+
+/// How many resources one reconciliation reads from Klarna at a time (each a read against
+/// the account's quota).
+const RECONCILE_PARALLELISM: usize = 4;
+
+impl OperatorApi {
+    /// Every operation of `account` created in [`from`, `to`).
+    async fn operations_in(
+        &self,
+        account: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<Operation>, GatewayError> {
+        let filter = OperationFilter {
+            created_from: Some(from),
+            created_to: Some(to),
+            ..OperationFilter::default()
+        };
+        let mut out = Vec::new();
+        let mut token = None;
+        let mut seen = 0usize;
+        loop {
+            let page = self
+                .protocol
+                .store()
+                .list(&filter, 500, token.as_deref())
+                .await
+                .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+            seen += page.operations.len();
+            if seen > MAX_RECONCILE_OPERATIONS {
+                return Err(Violations::single(
+                    "from",
+                    format!(
+                        "the window holds more than {MAX_RECONCILE_OPERATIONS} operations: reconcile a shorter one"
+                    ),
+                )
+                .into());
+            }
+            out.extend(
+                page.operations
+                    .into_iter()
+                    .map(|(op, _)| op)
+                    .filter(|op| op.new.klarna_account == account),
+            );
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The refunds Klarna lists on one resource of `account`.
+    async fn listed_refunds(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Vec<ListedRefund>, GatewayError> {
+        let invalid = |e: refund_gateway_domain::validation::InvalidValue| {
+            GatewayError::Internal(format!("stored resource id {id:?}: {e}"))
+        };
+        match kind {
+            ResourceKind::Order => {
+                let order = self
+                    .gateway
+                    .order(OrderQuery {
+                        klarna_account: Some(account.to_owned()),
+                        order_id: OrderId::parse(id).map_err(invalid)?,
+                    })
+                    .await?;
+                Ok(order
+                    .refunds
+                    .into_iter()
+                    .map(|r| ListedRefund {
+                        refund_id: r.refund_id,
+                        amount: r.refunded_amount,
+                    })
+                    .collect())
+            }
+            ResourceKind::Transaction => {
+                let transaction = self
+                    .gateway
+                    .transaction(TransactionQuery {
+                        klarna_account: Some(account.to_owned()),
+                        transaction_id: PaymentTransactionId::parse(id).map_err(invalid)?,
+                    })
+                    .await?;
+                Ok(transaction
+                    .refunds
+                    .into_iter()
+                    .map(|r| ListedRefund {
+                        refund_id: r.payment_refund_id,
+                        amount: r.amount,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// One resource reconciled: its mismatches, or why it could not be read.
+    async fn reconcile_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Vec<pb::ReconcileMismatch>, String> {
+        let listed = self
+            .listed_refunds(account, kind, id)
+            .await
+            .map_err(|e| format!("{} {id}: {e}", kind.as_str()))?;
+        // Every operation on it, whenever made: a refund made before the window is not a
+        // stranger.
+        let operations = self
+            .protocol
+            .store()
+            .resource_operations(account, kind, id)
+            .await
+            .map_err(|e| format!("{} {id}: {e}", kind.as_str()))?;
+        Ok(compare_refunds(&listed, &operations)
+            .into_iter()
+            .map(|m| pb::ReconcileMismatch {
+                kind: match m.kind {
+                    MismatchKind::UnknownToGateway => pb::MismatchKind::UnknownToGateway,
+                    MismatchKind::MissingAtKlarna => pb::MismatchKind::MissingAtKlarna,
+                    MismatchKind::AmountDiffers => pb::MismatchKind::AmountDiffers,
+                }
+                .into(),
+                order_id: if kind == ResourceKind::Order {
+                    id.to_owned()
+                } else {
+                    String::new()
+                },
+                payment_transaction_id: if kind == ResourceKind::Transaction {
+                    id.to_owned()
+                } else {
+                    String::new()
+                },
+                refund_id: m.refund_id,
+                operation_id: m.operation_id.unwrap_or_default(),
+                gateway_amount: m.gateway_amount.unwrap_or_default(),
+                klarna_amount: m.klarna_amount.unwrap_or_default(),
+            })
+            .collect())
     }
 }
 

@@ -112,6 +112,15 @@ async fn refund_at_klarna(
         .ok_or_else(|| anyhow::anyhow!("no Refund-Id"))
 }
 
+/// A reconciliation of the `default` account over the last day (the app also has a partner
+/// account, so the account is named).
+fn reconcile_default() -> pb::ReconcileRequest {
+    pb::ReconcileRequest {
+        klarna_account: "default".into(),
+        ..Default::default()
+    }
+}
+
 fn resolve(
     op: &pb::OperationRecord,
     outcome: pb::ResolutionOutcome,
@@ -225,6 +234,75 @@ backend_test! {
             .await?
             .into_inner();
         assert!(attention.requires_review.is_empty(), "{attention:?}");
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    async fn reconcile_finds_a_refund_made_behind_the_gateways_back(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            callers: Some(callers()),
+            ..db.options()
+        })
+        .await?;
+        let mut operator = OperatorServiceClient::connect(app.grpc_url.clone()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        let other = captured_order(&app.sim.sim, 10_000);
+        for (key, order_id) in [("rec-1", &order.order_id), ("rec-2", &other.order_id)] {
+            app.client
+                .refund_order(bearer(TILL, refund_request(key, order_id, 400))?)
+                .await?;
+        }
+        let clean = operator
+            .reconcile(bearer(ANA, reconcile_default())?)
+            .await?
+            .into_inner();
+        assert_eq!(
+            (clean.operations_checked, clean.resources_checked),
+            (2, 2)
+        );
+        assert!(clean.mismatches.is_empty() && clean.unread.is_empty(), "{clean:?}");
+
+        let stranger = refund_at_klarna(&app.sim, &order.order_id, 150).await?;
+        let report = operator
+            .reconcile(bearer(ANA, reconcile_default())?)
+            .await?
+            .into_inner();
+        assert_eq!(report.klarna_account, "default");
+        assert_eq!(report.mismatches.len(), 1, "{report:?}");
+        let found = &report.mismatches[0];
+        assert_eq!(found.kind, pb::MismatchKind::UnknownToGateway as i32);
+        assert_eq!(
+            (found.order_id.as_str(), found.refund_id.as_str(), found.klarna_amount),
+            (order.order_id.as_str(), stranger.as_str(), 150)
+        );
+        // Outside the window nothing is read.
+        let mut long_ago = pb::ReconcileRequest {
+            to: Some(Default::default()),
+            ..reconcile_default()
+        };
+        if let Some(to) = long_ago.to.as_mut() {
+            to.seconds = 1_000_000_000;
+        }
+        let before = operator
+            .reconcile(bearer(ANA, long_ago)?)
+            .await?
+            .into_inner();
+        assert_eq!((before.operations_checked, before.mismatches.len()), (0, 0));
+        let unnamed = operator
+            .reconcile(bearer(ANA, pb::ReconcileRequest::default())?)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("reconciled an unnamed account of several"))?;
+        assert_eq!(bad_fields(&unnamed), ["klarna_account"]);
+        let refused = operator
+            .reconcile(bearer(TILL, reconcile_default())?)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a service reconciled"))?;
+        assert_reason(&refused, Code::PermissionDenied, "RPC_NOT_PERMITTED");
         app.shutdown().await
     }
 }
