@@ -773,7 +773,13 @@ pub const VARIABLES: &[Variable] = &[
 /// the variable or file holding each secret (password_env / password_file, username_env /
 /// username_file). Without any account and without --simulator the gateway refuses to start.
 #[derive(Debug, Parser)]
-#[command(name = "refund-gateway", version, about, long_about)]
+#[command(
+    name = "refund-gateway",
+    version,
+    about,
+    long_about,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// TOML configuration file (settings, [accounts.<name>] tables).
     #[arg(long, env = "REFUND_GATEWAY_CONFIG", value_name = "PATH")]
@@ -802,6 +808,22 @@ pub struct Cli {
     tls_key_file: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     tls_client_ca_file: Option<PathBuf>,
+
+    /// Without a command, the gateway runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What `refund-gateway` runs instead of the gateway.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Operator commands against a running gateway: what needs attention, one operation,
+    /// settling one, reconciliation. Reads no gateway configuration.
+    #[command(
+        after_help = "Exit status: 0 on success; 1 when the call fails (its gRPC code, message \
+                      and details on stderr); 2 on a usage error."
+    )]
+    Ops(crate::ops_cli::OpsArgs),
 }
 
 /// A listen address, or `off`.
@@ -820,6 +842,12 @@ impl FromStr for AddressOrOff {
 }
 
 impl Cli {
+    /// The command given instead of running the gateway, if any; taken out, so what is left
+    /// is the gateway's flags.
+    pub fn take_command(&mut self) -> Option<Command> {
+        self.command.take()
+    }
+
     /// The `--config` file, if one was given (flag or `REFUND_GATEWAY_CONFIG`).
     pub fn config_file(&self) -> Option<&Path> {
         self.config.as_deref()

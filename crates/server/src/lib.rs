@@ -23,6 +23,7 @@
 //! - [`telemetry`]: log set-up (JSON or text) and the metrics recorder.
 //! - [`webhooks`]: the receiver of Klarna's webhooks, on its own listener.
 //! - [`demo`]: `--simulator`: the in-process Klarna simulator with its demo orders.
+//! - [`ops_cli`]: `refund-gateway ops …`, the operator's command line over the RPCs.
 
 pub mod admin;
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod grpc;
 pub mod inbound;
 pub mod middleware;
 pub mod operator;
+pub mod ops_cli;
 pub mod protocol;
 #[cfg(test)]
 mod readme;

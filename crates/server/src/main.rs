@@ -1,15 +1,30 @@
 //! The `refund-gateway` binary: parses flags, loads the configuration, installs logging and
 //! tracing, runs the server until SIGTERM or Ctrl-C.
+//!
+//! `refund-gateway ops …` is the operator's command line instead (`refund_gateway::ops_cli`):
+//! it calls a running gateway's RPCs (ListAttention, GetOperation, WatchOperation,
+//! ResolveOperation, Reconcile) and exits, without reading the configuration, installing
+//! telemetry or serving anything.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use refund_gateway::config::{self, Cli, ProcessEnv};
+use refund_gateway::config::{self, Cli, Command, ProcessEnv};
+use refund_gateway::ops_cli;
 use refund_gateway::telemetry::Telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = config::parse_args();
+    let mut cli = config::parse_args();
+    if let Some(Command::Ops(args)) = cli.take_command() {
+        return match ops_cli::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match serve(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use refund_gateway_tests::{AppOptions, GrpcTlsOptions, TestApp, spawn_app_with, wait_until};
-use sha2::{Digest, Sha256};
 use tonic::Request;
 
 use super::*;
@@ -13,13 +12,6 @@ use super::*;
 const TILL: &str = "till-token-6f1c2a57";
 const OPS: &str = "ops-token-3c1e4e0b";
 const PARTNER: &str = "partner-token-9d42";
-
-fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A point of sale (refunds up to 500 SEK on `default`), operations (everything), and a
 /// partner service (partner refunds only).
@@ -30,9 +22,9 @@ fn callers() -> String {
          [[caller]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n\n\
          [[caller]]\nname = \"partner-service\"\ntoken_sha256 = \"{}\"\nrpcs = [\"RefundCapture\", \"RefundOrder\"]\n\
          klarna_accounts = [\"partner\"]\n",
-        hash(TILL),
-        hash(OPS),
-        hash(PARTNER)
+        token_sha256(TILL),
+        token_sha256(OPS),
+        token_sha256(PARTNER)
     )
 }
 
@@ -355,7 +347,7 @@ backend_test! {
         let callers = format!(
             "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\n\
              klarna_accounts = [\"*\"]\nmax_amount_per_day = {{ SEK = 1000 }}\n",
-            hash(TILL)
+            token_sha256(TILL)
         );
         let mut first = spawn_app_with(AppOptions {
             callers: Some(callers.clone()),
@@ -417,7 +409,7 @@ async fn a_caller_bound_to_a_certificate_subject() -> anyhow::Result<()> {
         "[[caller]]\nname = \"pos\"\ncertificate_subject = \"{subject}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n\n\
          [[caller]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\ncertificate_subject = \"CN=someone-else\"\n\
          rpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n",
-        hash(OPS)
+        token_sha256(OPS)
     );
     let mut app = spawn_app_with(AppOptions {
         callers: Some(callers),

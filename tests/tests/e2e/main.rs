@@ -245,3 +245,21 @@ pub fn test_pki() -> anyhow::Result<Pki> {
         ca,
     })
 }
+
+/// The SHA-256 of a caller's token, lower-case hex, as a callers file holds it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn with_token<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}

@@ -5,21 +5,16 @@
 use klarna_sim::FaultKind;
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_tests::{AppOptions, spawn_app_with};
-use sha2::{Digest, Sha256};
-use tonic::{Code, Request};
+use tonic::Code;
 
-use crate::{assert_reason, bad_fields, captured_order, fault_refunds, refund_request};
+use crate::{
+    assert_reason, bad_fields, captured_order, fault_refunds, refund_request, token_sha256,
+    with_token,
+};
 
 const TILL: &str = "till-token-ops-5b1";
 const CLERK: &str = "clerk-token-ops-77c";
 const OPS: &str = "ops-token-ops-0e9";
-
-fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A till that refunds and reads its own operations, a clerk that only reads operations, and
 /// operations (everything).
@@ -29,18 +24,10 @@ fn callers() -> String {
          klarna_accounts = [\"*\"]\n\n\
          [[caller]]\nname = \"clerk\"\ntoken_sha256 = \"{}\"\nrpcs = [\"GetOperation\"]\nklarna_accounts = [\"*\"]\n\n\
          [[caller]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n",
-        hash(TILL),
-        hash(CLERK),
-        hash(OPS)
+        token_sha256(TILL),
+        token_sha256(CLERK),
+        token_sha256(OPS)
     )
-}
-
-fn bearer<T>(token: &str, message: T) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
 }
 
 fn by_key(rpc: &str, key: &str, caller: &str) -> pb::GetOperationRequest {
@@ -68,13 +55,13 @@ backend_test! {
         let order = captured_order(&app.sim.sim, 10_000);
         let refund = app
             .client
-            .refund_order(bearer(TILL, refund_request("ops-1", &order.order_id, 300))?)
+            .refund_order(with_token(TILL, refund_request("ops-1", &order.order_id, 300))?)
             .await?
             .into_inner();
 
         let by_id = app
             .client
-            .get_operation(bearer(
+            .get_operation(with_token(
                 TILL,
                 pb::GetOperationRequest {
                     operation_id: refund.operation_id.to_uppercase(),
@@ -92,13 +79,13 @@ backend_test! {
 
         let own_key = app
             .client
-            .get_operation(bearer(TILL, by_key("RefundOrder", "ops-1", ""))?)
+            .get_operation(with_token(TILL, by_key("RefundOrder", "ops-1", ""))?)
             .await?
             .into_inner();
         assert_eq!(own_key.operation, Some(by_id.clone()));
         let for_ops = app
             .client
-            .get_operation(bearer(OPS, by_key("RefundOrder", "ops-1", "till"))?)
+            .get_operation(with_token(OPS, by_key("RefundOrder", "ops-1", "till"))?)
             .await?
             .into_inner();
         assert_eq!(for_ops.operation, Some(by_id.clone()));
@@ -113,7 +100,7 @@ backend_test! {
         ] {
             let hidden = app
                 .client
-                .get_operation(bearer(CLERK, request)?)
+                .get_operation(with_token(CLERK, request)?)
                 .await
                 .err()
                 .ok_or_else(|| anyhow::anyhow!("the clerk saw the till's operation"))?;
@@ -121,14 +108,14 @@ backend_test! {
         }
         let unknown = app
             .client
-            .get_operation(bearer(OPS, by_key("RefundOrder", "never-used", ""))?)
+            .get_operation(with_token(OPS, by_key("RefundOrder", "never-used", ""))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("an unknown operation was found"))?;
         assert_reason(&unknown, Code::NotFound, "OPERATION_NOT_FOUND");
         let bad = app
             .client
-            .get_operation(bearer(OPS, by_key("Refund", "", ""))?)
+            .get_operation(with_token(OPS, by_key("Refund", "", ""))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a malformed name was accepted"))?;
@@ -152,7 +139,7 @@ backend_test! {
         fault_refunds(&app.sim.sim, &order.order_id, 1_000, FaultKind::CommitThenDrop);
         let pending = app
             .client
-            .refund_order(bearer(TILL, refund_request("watched-1", &order.order_id, 400))?)
+            .refund_order(with_token(TILL, refund_request("watched-1", &order.order_id, 400))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a dropped answer was reported as success"))?;
@@ -160,7 +147,7 @@ backend_test! {
 
         let mut watch = app
             .client
-            .watch_operation(bearer(
+            .watch_operation(with_token(
                 TILL,
                 pb::WatchOperationRequest {
                     rpc: "RefundOrder".into(),

@@ -7,45 +7,30 @@ use klarna_sim::RunningSimulator;
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::operator_service_client::OperatorServiceClient;
 use refund_gateway_tests::{AppOptions, TestApp, spawn_app_with, wait_until};
-use sha2::{Digest, Sha256};
-use tonic::{Code, Request};
+use tonic::Code;
 
 use crate::{
     assert_reason, bad_fields, captured_order, fault_refunds, refund_request, status_fault,
+    token_sha256, with_token,
 };
 
 const TILL: &str = "till-token-operator-41a";
 const ANA: &str = "ana-token-operator-9f3";
-
-fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A till granted every RPC (but not the operator's), and an operator who reads operations.
 fn callers() -> String {
     format!(
         "[[caller]]\nname = \"till\"\ntoken_sha256 = \"{}\"\nrpcs = [\"*\"]\nklarna_accounts = [\"*\"]\n\n\
          [[caller]]\nname = \"ana\"\ntoken_sha256 = \"{}\"\nrpcs = [\"GetOperation\"]\nklarna_accounts = [\"*\"]\noperator = true\n",
-        hash(TILL),
-        hash(ANA)
+        token_sha256(TILL),
+        token_sha256(ANA)
     )
-}
-
-fn bearer<T>(token: &str, message: T) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
 }
 
 async fn operation(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord> {
     app.client
         .clone()
-        .get_operation(bearer(
+        .get_operation(with_token(
             TILL,
             pb::GetOperationRequest {
                 rpc: "RefundOrder".into(),
@@ -71,7 +56,10 @@ async fn in_review(
     let status = app
         .client
         .clone()
-        .refund_order(bearer(TILL, refund_request(key, &order.order_id, amount))?)
+        .refund_order(with_token(
+            TILL,
+            refund_request(key, &order.order_id, amount),
+        )?)
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
@@ -151,12 +139,12 @@ backend_test! {
         let operator = OperatorServiceClient::connect(app.grpc_url.clone()).await?;
 
         // Every RPC is not the operator's permission.
-        let refused = operator.clone().list_attention(bearer(TILL, pb::ListAttentionRequest::default())?)
+        let refused = operator.clone().list_attention(with_token(TILL, pb::ListAttentionRequest::default())?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a caller without operator = true listed"))?;
         assert_reason(&refused, Code::PermissionDenied, "RPC_NOT_PERMITTED");
-        let attention = operator.clone().list_attention(bearer(ANA, pb::ListAttentionRequest::default())?)
+        let attention = operator.clone().list_attention(with_token(ANA, pb::ListAttentionRequest::default())?)
             .await?
             .into_inner();
         let in_review_ids: Vec<&str> = attention
@@ -167,12 +155,12 @@ backend_test! {
         assert_eq!(in_review_ids, [a.operation_id.as_str(), b.operation_id.as_str()]);
 
         // Succeeded needs Klarna's refund id, and Klarna must list it with the amount.
-        let no_id = operator.clone().resolve_operation(bearer(ANA, resolve(&a, pb::ResolutionOutcome::Succeeded, ""))?)
+        let no_id = operator.clone().resolve_operation(with_token(ANA, resolve(&a, pb::ResolutionOutcome::Succeeded, ""))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("settled as succeeded without a refund id"))?;
         assert_eq!(bad_fields(&no_id), ["refund_id"]);
-        let unknown = operator.clone().resolve_operation(bearer(
+        let unknown = operator.clone().resolve_operation(with_token(
                 ANA,
                 resolve(&a, pb::ResolutionOutcome::Succeeded, "9a1b2c3d-0000-4000-8000-000000000000"),
             )?)
@@ -181,14 +169,14 @@ backend_test! {
             .ok_or_else(|| anyhow::anyhow!("settled with a refund Klarna does not have"))?;
         assert_reason(&unknown, Code::FailedPrecondition, "REFUND_NOT_AT_KLARNA");
         let other_amount = refund_at_klarna(&app.sim, &order_b, 250).await?;
-        let wrong = operator.clone().resolve_operation(bearer(ANA, resolve(&b, pb::ResolutionOutcome::Succeeded, &other_amount))?)
+        let wrong = operator.clone().resolve_operation(with_token(ANA, resolve(&b, pb::ResolutionOutcome::Succeeded, &other_amount))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("settled with a refund of another amount"))?;
         assert_reason(&wrong, Code::FailedPrecondition, "REFUND_NOT_AT_KLARNA");
 
         let made = refund_at_klarna(&app.sim, &order_a, 700).await?;
-        let settled = operator.clone().resolve_operation(bearer(ANA, resolve(&a, pb::ResolutionOutcome::Succeeded, &made))?)
+        let settled = operator.clone().resolve_operation(with_token(ANA, resolve(&a, pb::ResolutionOutcome::Succeeded, &made))?)
             .await?
             .into_inner()
             .operation
@@ -200,7 +188,7 @@ backend_test! {
             last.detail.contains("ana") && last.detail.contains("OPS-12"),
             "{last:?}"
         );
-        let failed = operator.clone().resolve_operation(bearer(ANA, resolve(&b, pb::ResolutionOutcome::Failed, ""))?)
+        let failed = operator.clone().resolve_operation(with_token(ANA, resolve(&b, pb::ResolutionOutcome::Failed, ""))?)
             .await?
             .into_inner();
         assert_eq!(
@@ -211,26 +199,26 @@ backend_test! {
         // The callers' retries answer what the operator decided.
         let replay = app
             .client
-            .refund_order(bearer(TILL, refund_request("review-a", &order_a, 700))?)
+            .refund_order(with_token(TILL, refund_request("review-a", &order_a, 700))?)
             .await?
             .into_inner();
         assert!(replay.replayed);
         assert_eq!(replay.refund_id, made);
         let replay_b = app
             .client
-            .refund_order(bearer(TILL, refund_request("review-b", &order_b, 300))?)
+            .refund_order(with_token(TILL, refund_request("review-b", &order_b, 300))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a failed operation answered success"))?;
         assert_reason(&replay_b, Code::FailedPrecondition, "RESOLVED_AS_FAILED");
 
         // Only from REQUIRES_REVIEW.
-        let again = operator.clone().resolve_operation(bearer(ANA, resolve(&a, pb::ResolutionOutcome::Failed, ""))?)
+        let again = operator.clone().resolve_operation(with_token(ANA, resolve(&a, pb::ResolutionOutcome::Failed, ""))?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a settled operation was settled again"))?;
         assert_reason(&again, Code::FailedPrecondition, "OPERATION_NOT_IN_REVIEW");
-        let attention = operator.clone().list_attention(bearer(ANA, pb::ListAttentionRequest::default())?)
+        let attention = operator.clone().list_attention(with_token(ANA, pb::ListAttentionRequest::default())?)
             .await?
             .into_inner();
         assert!(attention.requires_review.is_empty(), "{attention:?}");
@@ -252,11 +240,11 @@ backend_test! {
         let other = captured_order(&app.sim.sim, 10_000);
         for (key, order_id) in [("rec-1", &order.order_id), ("rec-2", &other.order_id)] {
             app.client
-                .refund_order(bearer(TILL, refund_request(key, order_id, 400))?)
+                .refund_order(with_token(TILL, refund_request(key, order_id, 400))?)
                 .await?;
         }
         let clean = operator
-            .reconcile(bearer(ANA, reconcile_default())?)
+            .reconcile(with_token(ANA, reconcile_default())?)
             .await?
             .into_inner();
         assert_eq!(
@@ -267,7 +255,7 @@ backend_test! {
 
         let stranger = refund_at_klarna(&app.sim, &order.order_id, 150).await?;
         let report = operator
-            .reconcile(bearer(ANA, reconcile_default())?)
+            .reconcile(with_token(ANA, reconcile_default())?)
             .await?
             .into_inner();
         assert_eq!(report.klarna_account, "default");
@@ -287,18 +275,18 @@ backend_test! {
             to.seconds = 1_000_000_000;
         }
         let before = operator
-            .reconcile(bearer(ANA, long_ago)?)
+            .reconcile(with_token(ANA, long_ago)?)
             .await?
             .into_inner();
         assert_eq!((before.operations_checked, before.mismatches.len()), (0, 0));
         let unnamed = operator
-            .reconcile(bearer(ANA, pb::ReconcileRequest::default())?)
+            .reconcile(with_token(ANA, pb::ReconcileRequest::default())?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("reconciled an unnamed account of several"))?;
         assert_eq!(bad_fields(&unnamed), ["klarna_account"]);
         let refused = operator
-            .reconcile(bearer(TILL, reconcile_default())?)
+            .reconcile(with_token(TILL, reconcile_default())?)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("a service reconciled"))?;

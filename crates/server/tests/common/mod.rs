@@ -117,6 +117,11 @@ impl GatewayProcess {
             .ok_or_else(|| anyhow!("{}: already exited", self.name))
     }
 
+    /// The gRPC address it listens on (`HOST:PORT`).
+    pub fn grpc_addr(&self) -> &str {
+        &self.grpc_addr
+    }
+
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(RefundGatewayServiceClient::connect(format!("http://{}", self.grpc_addr)).await?)
     }
