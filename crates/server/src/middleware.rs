@@ -95,7 +95,7 @@ pub struct RpcEnd;
 impl<B> OnResponse<B> for RpcEnd {
     fn on_response(self, response: &Response<B>, _latency: Duration, span: &Span) {
         let code = grpc_status(response);
-        let name = code_name(code);
+        let name = crate::status::code_name(tonic::Code::from_i32(code));
         span.record("rpc.grpc.status_code", code);
         span.record("rpc.response.status_code", name);
         if is_server_error(code) {
@@ -219,30 +219,6 @@ fn known_method(method: &str) -> &'static str {
 /// failed, not the caller.
 fn is_server_error(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
-}
-
-/// The name of a gRPC status code, as `rpc.response.status_code` carries it.
-fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
 }
 
 /// Failures are logged by the handlers with their details; the layer adds nothing.

@@ -23,15 +23,16 @@ use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServic
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
 use crate::convert;
 use crate::operator::DEFAULT_PENDING_THRESHOLD;
+use crate::status::code_name;
 
 /// Where the gateway listens when `--addr` and `REFUND_GATEWAY_ADDR` say nothing: the
 /// gateway's own default `listen`.
@@ -577,29 +578,6 @@ fn describe_status(status: &tonic::Status) -> String {
         text.push_str(&format!("\n  retry after {}", format_duration(delay)));
     }
     text
-}
-
-/// The canonical name of a gRPC code, as grpcurl and the gRPC spec write it.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// Parses a duration of whole numbers with units: `250ms`, `90s`, `5m`, `1h`, `2d`, or a
