@@ -53,13 +53,34 @@ pub struct TestApp {
     pub webhook_url: Option<String>,
     /// The callers file, when authentication is on.
     pub callers_file: Option<std::path::PathBuf>,
+    /// The simulators of [`AppOptions::extra_accounts`], by account name.
+    pub extra_sims: Vec<(String, RunningSimulator)>,
     stop: Option<oneshot::Sender<()>>,
     /// `DATABASE_URL` of the gateway, `None` for its SQLite file.
     database_url: Option<String>,
     data_dir: tempfile::TempDir,
 }
 
+/// No environment variables at all: tests read files as the gateway does, unaffected by the
+/// environment they run in.
+struct NoEnvironment;
+
+impl refund_gateway::config::Environ for NoEnvironment {
+    fn var(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
 impl TestApp {
+    /// The simulator behind the account `name` ([`AppOptions::extra_accounts`]).
+    pub fn account_sim(&self, name: &str) -> &klarna_sim::Simulator {
+        self.extra_sims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| &s.sim)
+            .unwrap_or_else(|| panic!("no account {name} in this test app"))
+    }
+
     /// A second, independent connection to the gateway's operation store, as another process
     /// would open it (for the purge and for seeding operations). Opening a second SQLite store
     /// takes over the file's IN_FLIGHT claims, as a restarted gateway would: open it when
@@ -128,6 +149,11 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     /// TLS on the gRPC port, and how the test's client connects.
     pub grpc_tls: Option<GrpcTlsOptions>,
+    /// More Order Management accounts, by name, each on a simulator of its own
+    /// ([`TestApp::account_sim`]): orders of one are unknown to the others.
+    pub extra_accounts: Vec<String>,
+    /// `[[store]]` and `[[route]]` tables (TOML), read as the gateway reads its file.
+    pub routing_toml: Option<String>,
 }
 
 /// TLS on the gateway's gRPC port, and the test client's side of it (all PEM).
@@ -237,6 +263,26 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             }),
         },
     ];
+    let mut extra_sims = Vec::new();
+    for name in &options.extra_accounts {
+        let extra = klarna_sim::spawn(SimConfig::default()).await?;
+        config.accounts.push(Account {
+            name: name.clone(),
+            rate_limit: rate_limit(name),
+            base_url: BaseUrl::parse(&extra.base_url)?,
+            api: AccountApi::OrderManagement(KlarnaCredentials {
+                username: extra.username().to_owned(),
+                password: SecretString::from(extra.password().to_owned()),
+            }),
+        });
+        extra_sims.push((name.clone(), extra));
+    }
+    if let Some(toml) = &options.routing_toml {
+        let path = data_dir.path().join("routing.toml");
+        std::fs::write(&path, toml)?;
+        let settings = refund_gateway::config::load_settings(Some(&path), &NoEnvironment)?;
+        (config.stores, config.routes) = refund_gateway::config::routing_tables(&settings)?;
+    }
     config.webhook_keys = std::iter::once((
         klarna_sim::DEFAULT_SIGNING_KEY_ID.to_owned(),
         klarna_sim::DEFAULT_WEBHOOK_SECRET.to_owned(),
@@ -259,7 +305,8 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
         std::fs::write(&path, callers)?;
         config.auth = refund_gateway::config::AuthSetup::CallersFile(path);
     }
-    let app = start_gateway(config, sim, data_dir, options.grpc_tls.as_ref()).await?;
+    let mut app = start_gateway(config, sim, data_dir, options.grpc_tls.as_ref()).await?;
+    app.extra_sims = extra_sims;
     if let Some(webhook_url) = &app.webhook_url {
         app.sim.sim.set_webhook_target(klarna_sim::WebhookTarget {
             mode: options.webhook_mode,
@@ -330,6 +377,7 @@ async fn start_gateway(
         admin_url,
         webhook_url,
         callers_file,
+        extra_sims: Vec::new(),
         stop: Some(stop),
         database_url,
         data_dir,

@@ -272,6 +272,13 @@ pub enum GatewayError {
     Internal(String),
 }
 
+impl GatewayError {
+    /// True when this is INVALID_ARGUMENT with a violation of `field`.
+    pub fn violates(&self, field: &str) -> bool {
+        matches!(self, Self::InvalidArgument(v) if v.as_slice().iter().any(|f| f.field == field))
+    }
+}
+
 impl From<Violations> for GatewayError {
     fn from(v: Violations) -> Self {
         Self::InvalidArgument(v)

@@ -25,6 +25,8 @@
 //!   against the gateway's operations on it.
 //! - [`reference`]: in-store refunds by receipt: [`ReceiptReference`], [`KlarnaReference`],
 //!   [`OrderSelector`] (an order named by id or by a reference) and [`refundable_lines`].
+//! - [`routing`]: [`Routing`]: which account a request goes to (named, its store's, the first
+//!   matching route, the only one of its kind).
 //! - [`outcome`]: what a Klarna result proves: [`classify_mutation`] over an operation's
 //!   attempts (succeeded, refused, unknown, nothing happened) and [`classify_read`]; the only
 //!   place that decides it.
@@ -44,6 +46,7 @@ pub mod outcome;
 pub mod payments;
 pub mod reconcile;
 pub mod reference;
+pub mod routing;
 pub mod rules;
 pub mod store;
 pub mod trace;
@@ -76,6 +79,7 @@ pub use reconcile::{ListedRefund, Mismatch, MismatchKind, compare_refunds};
 pub use reference::{
     KlarnaReference, OrderSelector, ReceiptReference, ReferenceQuery, StoreId, refundable_lines,
 };
+pub use routing::{Route, RouteRequest, RouteSource, Routing, RoutingConfigError, Store};
 pub use store::{
     AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, LinkOutcome, NewOperation,
     Operation, OperationFilter, OperationPage, OperationState, OperationStore, OrderLock,

@@ -43,6 +43,16 @@ pub enum KlarnaApiKind {
     Payments,
 }
 
+impl KlarnaApiKind {
+    /// The kind of account that speaks it, in words (for messages).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::OrderManagement => "Order Management",
+            Self::Payments => "partner (Payments API)",
+        }
+    }
+}
+
 /// How one attempt at a Klarna mutation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Attempt {

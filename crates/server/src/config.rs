@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use refund_gateway_domain::{CountryCode, Currency, Route, Store, StoreId};
 use refund_gateway_klarna::{
     BaseUrl, ClientIdentity, Environment, KlarnaCredentials, OutboundRateLimit, Region,
     regional_base_url,
@@ -123,6 +124,10 @@ pub struct Settings {
     pub accounts: BTreeMap<String, AccountSettings>,
     /// Keys Klarna signs webhooks with, by id; several at once while keys rotate.
     pub webhook_signing_keys: Vec<WebhookKeySettings>,
+    /// Stores (`[[store]]`): a store's country and account, for routing.
+    pub store: Vec<StoreSettings>,
+    /// Routes (`[[route]]`), tried in order when a request names no account.
+    pub route: Vec<RouteSettings>,
 }
 
 impl Default for Settings {
@@ -151,6 +156,8 @@ impl Default for Settings {
             tls_client_ca_file: None,
             accounts: BTreeMap::new(),
             webhook_signing_keys: Vec::new(),
+            store: Vec::new(),
+            route: Vec::new(),
         }
     }
 }
@@ -815,6 +822,9 @@ pub struct Cli {
 }
 
 /// What `refund-gateway` runs instead of the gateway.
+// Parsed once per process: the size of the `ops` flags beside the small `check-config` ones
+// costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Operator commands against a running gateway: what needs attention, one operation,
@@ -824,6 +834,22 @@ pub enum Command {
                       and details on stderr); 2 on a usage error."
     )]
     Ops(crate::ops_cli::OpsArgs),
+    /// Checks the configuration and each account's credentials, before a deploy.
+    ///
+    /// Loads the configuration as the gateway does (the --config file, the environment and
+    /// the flags given before `check-config`, e.g. `refund-gateway --config gateway.toml
+    /// check-config`), resolves every secret, checks the stores, routes and callers file, and
+    /// each account's credentials with one read-only call (none with --offline). Prints the
+    /// accounts, secrets (where each comes from, never its value), stores, routes, callers and
+    /// webhook signing keys, then the problems found.
+    #[command(
+        name = "check-config",
+        after_help = "Exit status: 0 when no problem was found; 1 when the configuration does \
+                      not load or resolve, a store or route names an unknown account, the \
+                      callers file is refused, or an account's check fails (Klarna refused \
+                      its credentials, or could not be reached); 2 on a usage error."
+    )]
+    CheckConfig(crate::check_config::CheckConfigArgs),
 }
 
 /// A listen address, or `off`.
@@ -952,6 +978,87 @@ pub struct WebhookKeySettings {
     pub secret_env: Option<String>,
     /// File holding the secret.
     pub secret_file: Option<PathBuf>,
+}
+
+/// One `[[store]]`: `id`, and its `country` and `account` (both optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// The merchant's id of the store, as requests send it in `store_id`.
+    pub id: String,
+    /// ISO 3166-1 alpha-2 country, which routes may match.
+    pub country: Option<String>,
+    /// The account its requests go to.
+    pub account: Option<String>,
+}
+
+/// One `[[route]]`: any of `store_id`, `country` (the store's) and `currency` to match, all
+/// given having to match, and the `account` to route to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteSettings {
+    /// Matches a request naming this store.
+    pub store_id: Option<String>,
+    /// Matches a request naming a store of this country.
+    pub country: Option<String>,
+    /// Matches a request in this ISO 4217 currency.
+    pub currency: Option<String>,
+    /// The account.
+    pub account: String,
+}
+
+/// The stores and routes of the settings, each value checked; whether their accounts exist
+/// is checked against the accounts actually configured ([`crate::gateway::Accounts::with_routing`]).
+pub fn routing_tables(settings: &Settings) -> Result<(Vec<Store>, Vec<Route>), ConfigError> {
+    fn field<T, E: fmt::Display>(at: String, result: Result<T, E>) -> Result<T, ConfigError> {
+        result.map_err(|e| ConfigError::Load(format!("{at}: {e}")))
+    }
+    fn optional<T, E: fmt::Display>(
+        at: String,
+        value: Option<&String>,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, ConfigError> {
+        value.map(|v| field(at, parse(v))).transpose()
+    }
+    let mut stores = Vec::new();
+    for (i, store) in settings.store.iter().enumerate() {
+        stores.push(Store {
+            id: field(format!("store[{i}].id"), StoreId::parse(&store.id))?,
+            country: optional(
+                format!("store[{i}].country"),
+                store.country.as_ref(),
+                CountryCode::parse,
+            )?,
+            account: store.account.clone().filter(|a| !a.is_empty()),
+        });
+    }
+    let mut routes = Vec::new();
+    for (i, route) in settings.route.iter().enumerate() {
+        if route.account.is_empty() {
+            return Err(ConfigError::Load(format!(
+                "route[{i}].account: is required"
+            )));
+        }
+        routes.push(Route {
+            store_id: optional(
+                format!("route[{i}].store_id"),
+                route.store_id.as_ref(),
+                StoreId::parse,
+            )?,
+            country: optional(
+                format!("route[{i}].country"),
+                route.country.as_ref(),
+                CountryCode::parse,
+            )?,
+            currency: optional(
+                format!("route[{i}].currency"),
+                route.currency.as_ref(),
+                Currency::parse,
+            )?,
+            account: route.account.clone(),
+        });
+    }
+    Ok((stores, routes))
 }
 
 /// The API an account speaks.
@@ -1138,6 +1245,10 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// Webhook signing keys (the simulator brings its own).
     pub webhook_keys: Vec<WebhookKey>,
+    /// Stores, for routing.
+    pub stores: Vec<Store>,
+    /// Routes, in the order they are tried.
+    pub routes: Vec<Route>,
     /// How callers authenticate.
     pub auth: AuthSetup,
     /// TLS on the gRPC port, read at start.
@@ -1161,6 +1272,8 @@ impl Config {
             },
             accounts: Vec::new(),
             webhook_keys: Vec::new(),
+            stores: Vec::new(),
+            routes: Vec::new(),
             auth: AuthSetup::None,
             grpc_tls: None,
             database_url: None,
@@ -1253,6 +1366,7 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
                 .into(),
         ));
     }
+    let (stores, routes) = routing_tables(&settings)?;
     let auth = auth_setup(&settings)?;
     let grpc_tls = grpc_tls(&settings)?;
     let database_url = env.var("DATABASE_URL").map(SecretString::from);
@@ -1260,6 +1374,8 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
         settings,
         accounts,
         webhook_keys,
+        stores,
+        routes,
         auth,
         grpc_tls,
         database_url,
@@ -1777,6 +1893,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn stores_and_routes_are_read_and_each_value_checked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        let read = |toml: &str| {
+            std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+            load_settings(Some(&file), &vars(&[]))
+                .and_then(|s| routing_tables(&s))
+                .map_err(|e| e.to_string())
+        };
+        let (stores, routes) = read(
+            "[[store]]\nid = \" stockholm-1 \"\ncountry = \"se\"\naccount = \"eu\"\n\
+             [[route]]\ncurrency = \"usd\"\naccount = \"na\"\n[[route]]\naccount = \"eu\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stores[0].id.as_str(), "stockholm-1");
+        assert_eq!(
+            stores[0].country.as_ref().map(CountryCode::as_str),
+            Some("SE")
+        );
+        assert_eq!(
+            routes[0].currency.as_ref().map(Currency::as_str),
+            Some("USD")
+        );
+        assert_eq!((routes.len(), routes[1].currency.is_none()), (2, true));
+        for (toml, expected) in [
+            (
+                "[[store]]\nid = \"a\"\ncountry = \"Sweden\"\n",
+                "store[0].country",
+            ),
+            ("[[store]]\nid = \"  \"\n", "store[0].id"),
+            ("[[route]]\ncurrency = \"SEK\"\n", "route[0].account"),
+            (
+                "[[route]]\ncurrency = \"kronor\"\naccount = \"eu\"\n",
+                "route[0].currency",
+            ),
+            ("[[route]]\nshop = \"a\"\naccount = \"eu\"\n", "shop"),
+        ] {
+            let error = read(toml).err().unwrap_or_default();
+            assert!(error.contains(expected), "{toml}: {error}");
+        }
+    }
+
     fn partner_error(toml: &str, env: &[(&'static str, &'static str)]) -> String {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("gw.toml");
@@ -2219,7 +2378,11 @@ mod tests {
             .as_object()
             .map(|o| {
                 o.keys()
-                    .filter(|k| *k != "accounts" && *k != "webhook_signing_keys")
+                    // Tables, documented with their own examples in the README.
+                    .filter(|k| {
+                        !["accounts", "webhook_signing_keys", "store", "route"]
+                            .contains(&k.as_str())
+                    })
                     .cloned()
                     .collect()
             })

@@ -413,6 +413,16 @@ pub struct LinkReceipt {
     pub store_id: Option<domain::StoreId>,
 }
 
+/// A request's `store_id`: empty (or blank) is none.
+pub fn store_id(text: &str) -> Result<Option<domain::StoreId>, domain::Violations> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    domain::StoreId::parse(text)
+        .map(Some)
+        .map_err(|e| domain::Violations::single("store_id", e.to_string()))
+}
+
 /// Validates a LinkReceipt request, reporting every bad field.
 pub fn link_receipt(r: pb::LinkReceiptRequest) -> Result<LinkReceipt, domain::Violations> {
     let mut v = domain::Violations::new();
@@ -421,11 +431,14 @@ pub fn link_receipt(r: pb::LinkReceiptRequest) -> Result<LinkReceipt, domain::Vi
         domain::ReceiptReference::parse(&r.receipt_reference),
     );
     let order_id = v.check("order_id", domain::OrderId::parse(&r.order_id));
-    let store_id = if r.store_id.trim().is_empty() {
-        Some(None)
-    } else {
-        v.check("store_id", domain::StoreId::parse(&r.store_id))
-            .map(Some)
+    let store_id = match store_id(&r.store_id) {
+        Ok(store_id) => Some(store_id),
+        Err(bad) => {
+            for f in bad.as_slice() {
+                v.push(f.field.clone(), f.description.clone());
+            }
+            None
+        }
     };
     match (receipt, order_id, store_id) {
         (Some(receipt), Some(order_id), Some(store_id)) if v.is_empty() => Ok(LinkReceipt {

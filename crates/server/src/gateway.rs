@@ -14,7 +14,8 @@ use refund_gateway_domain::{
     OrderQuery, OrderReference, PartnerRefund, PaymentTransaction, PaymentsApi, Precondition,
     PreconditionReason, ReceiptReference, ReferenceKind, ReferenceQuery, Refund, RefundCapture,
     RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, ResourceKind, ResourceRef,
-    Rpc, StoreId, TransactionQuery, Violations, rules,
+    Route, RouteRequest, RouteSource, Routing, RoutingConfigError, Rpc, Store, StoreId,
+    TransactionQuery, rules,
 };
 
 use tracing::Instrument;
@@ -41,94 +42,79 @@ impl KlarnaAccount {
     }
 }
 
-/// An account kind in words.
-fn kind_name(api: KlarnaApiKind) -> &'static str {
-    match api {
-        KlarnaApiKind::OrderManagement => "Order Management",
-        KlarnaApiKind::Payments => "partner (Payments API)",
-    }
-}
-
-/// The configured Klarna accounts, by name.
+/// The configured Klarna accounts, by name, and how requests are routed to them.
 #[derive(Debug, Clone)]
 pub struct Accounts {
     by_name: BTreeMap<String, KlarnaAccount>,
+    routing: Arc<Routing>,
 }
 
 impl Accounts {
-    /// Accounts from (name, account) pairs.
+    /// Accounts from (name, account) pairs, without stores or routes.
     pub fn new(accounts: impl IntoIterator<Item = (String, KlarnaAccount)>) -> Self {
+        let by_name: BTreeMap<String, KlarnaAccount> = accounts.into_iter().collect();
+        let routing = Routing::accounts_only(by_name.iter().map(|(n, a)| (n.clone(), a.api())));
         Self {
-            by_name: accounts.into_iter().collect(),
+            by_name,
+            routing: Arc::new(routing),
         }
     }
 
-    /// The account a request names, which must speak `api`; no name means the only account
-    /// of that kind, when there is exactly one. An account of the other kind is refused
-    /// (`WRONG_ACCOUNT_KIND`) before anything is sent.
+    /// These accounts with the configured stores and routes, which must name them.
+    pub fn with_routing(
+        self,
+        stores: Vec<Store>,
+        routes: Vec<Route>,
+    ) -> Result<Self, RoutingConfigError> {
+        let kinds = self.by_name.iter().map(|(n, a)| (n.clone(), a.api()));
+        let routing = Routing::new(kinds, stores, routes)?;
+        Ok(Self {
+            routing: Arc::new(routing),
+            ..self
+        })
+    }
+
+    /// The account a request naming `name` (or none) goes to; see [`Self::route`].
     pub fn resolve(
         &self,
         name: Option<&str>,
         api: KlarnaApiKind,
     ) -> Result<(&str, &KlarnaAccount), GatewayError> {
-        let resolved = self.find(name, api)?;
-        // The RPC's span names the account its Klarna calls go to.
-        tracing::Span::current().record("klarna.account", resolved.0);
-        Ok(resolved)
+        self.route(
+            RouteRequest {
+                account: name,
+                ..RouteRequest::default()
+            },
+            api,
+        )
     }
 
-    fn find(
+    /// The account `request` goes to for an RPC speaking `api`: named, its store's, the
+    /// first matching route's, or the only one of that kind ([`Routing::route`]). An
+    /// account of the other kind is refused (`WRONG_ACCOUNT_KIND`) before anything is sent.
+    pub fn route(
         &self,
-        name: Option<&str>,
+        request: RouteRequest<'_>,
         api: KlarnaApiKind,
     ) -> Result<(&str, &KlarnaAccount), GatewayError> {
-        let Some(name) = name else {
-            let mut of_kind = self.by_name.iter().filter(|(_, a)| a.api() == api);
-            return match (of_kind.next(), of_kind.next()) {
-                (Some((n, a)), None) => Ok((n.as_str(), a)),
-                (None, _) => Err(Violations::single(
-                    "klarna_account",
-                    format!(
-                        "no {} account is configured; configured: {}",
-                        kind_name(api),
-                        self.names().join(", ")
-                    ),
-                )
-                .into()),
-                (Some(_), Some(_)) => Err(Violations::single(
-                    "klarna_account",
-                    format!(
-                        "is required: the gateway has several {} accounts ({})",
-                        kind_name(api),
-                        self.names_of(api).join(", ")
-                    ),
-                )
-                .into()),
-            };
-        };
+        let (name, source) = self.routing.route(request, api)?;
         let Some((name, account)) = self.by_name.get_key_value(name) else {
-            return Err(Violations::single(
-                "klarna_account",
-                format!(
-                    "unknown account {name:?}; configured: {}",
-                    self.names().join(", ")
-                ),
-            )
-            .into());
+            return Err(GatewayError::Internal(format!(
+                "account {name} is routed to but not configured"
+            )));
         };
-        if account.api() != api {
-            return Err(Precondition {
-                reason: PreconditionReason::WrongAccountKind,
-                subject: format!("accounts/{name}"),
-                description: format!(
-                    "account {name:?} is an account of kind {}; this RPC needs one of kind {}",
-                    kind_name(account.api()),
-                    kind_name(api)
-                ),
-            }
-            .into());
+        // The RPC's span names the account its Klarna calls go to, and why.
+        let span = tracing::Span::current();
+        span.record("klarna.account", name.as_str());
+        if source != RouteSource::Named {
+            tracing::debug!(account = %name, route = %source.describe(), "request routed");
         }
         Ok((name.as_str(), account))
+    }
+
+    /// The stores and routes.
+    pub fn routing(&self) -> &Routing {
+        &self.routing
     }
 
     /// The Order Management client of the account a request names (see [`Self::resolve`]).
@@ -157,7 +143,6 @@ impl Accounts {
         }
     }
 
-    /// The account `name`.
     /// The only configured account, when there is exactly one.
     pub fn sole(&self) -> Option<&str> {
         let mut names = self.by_name.keys();
@@ -167,20 +152,14 @@ impl Accounts {
         }
     }
 
+    /// The account `name`.
     pub fn get(&self, name: &str) -> Option<KlarnaAccount> {
         self.by_name.get(name).cloned()
     }
 
-    fn names(&self) -> Vec<&str> {
-        self.by_name.keys().map(String::as_str).collect()
-    }
-
-    fn names_of(&self, api: KlarnaApiKind) -> Vec<&str> {
-        self.by_name
-            .iter()
-            .filter(|(_, a)| a.api() == api)
-            .map(|(n, _)| n.as_str())
-            .collect()
+    /// Every account, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &KlarnaAccount)> {
+        self.by_name.iter().map(|(n, a)| (n.as_str(), a))
     }
 }
 

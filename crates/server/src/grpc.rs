@@ -11,7 +11,8 @@ use std::sync::Arc;
 use refund_gateway_domain::{
     Amount, Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError,
     KlarnaApiKind, OperationName, OrderQuery, OrderSelector, ReferenceQuery, RefundCapture,
-    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, TransactionQuery,
+    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, RouteRequest,
+    TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
@@ -310,6 +311,34 @@ impl CallContext {
 }
 
 impl RefundGatewayApi {
+    /// Routes a request that names no account: sets `klarna_account` to the account its
+    /// store (`store_id`) and currency lead to (see [`refund_gateway_domain::Routing`]), so
+    /// that everything after, the fingerprint included, sees the account used. A bad or
+    /// unknown store is refused here; any other routing refusal is left for where the account
+    /// is resolved, so it comes with the request's other bad fields.
+    fn route(
+        &self,
+        rpc: &'static str,
+        klarna_account: &mut String,
+        store_id: &str,
+        currency: &str,
+        api: KlarnaApiKind,
+    ) -> Result<(), Status> {
+        let store_id = convert::store_id(store_id).map_err(|v| fail(rpc, v.into()))?;
+        let currency = Currency::parse(currency).ok();
+        let request = RouteRequest {
+            account: (!klarna_account.is_empty()).then_some(klarna_account.as_str()),
+            store_id: store_id.as_ref(),
+            currency: currency.as_ref(),
+        };
+        match self.gateway.accounts().route(request, api) {
+            Ok((name, _)) => *klarna_account = name.to_owned(),
+            Err(e) if e.violates("store_id") => return Err(fail(rpc, e)),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
     /// Refuses the call unless `grant` may use the Klarna account the request resolves to
     /// (its `klarna_account`, or the only account of the RPC's kind). A name that does not
     /// resolve is left for the use case to refuse with its own error.
@@ -498,6 +527,14 @@ impl RefundGatewayService for RefundGatewayApi {
         let context = CallContext::of(RPC, &request)?;
         let metadata = request.metadata().clone();
         let mut r = request.into_inner();
+        let (store_id, currency) = (std::mem::take(&mut r.store_id), r.currency.clone());
+        self.route(
+            RPC,
+            &mut r.klarna_account,
+            &store_id,
+            &currency,
+            KlarnaApiKind::OrderManagement,
+        )?;
         // A receipt or Klarna reference names the order through the index; from here on the
         // request is the same as one naming the order id, fingerprint included.
         let selector =
@@ -584,7 +621,11 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::ReleaseAuthorizationResponse>, Status> {
         const RPC: &str = "ReleaseAuthorization";
         let context = CallContext::of(RPC, &request)?;
-        let cmd = ReleaseAuthorization::validate(convert::release_draft(request.into_inner()))
+        let mut r = request.into_inner();
+        let store_id = std::mem::take(&mut r.store_id);
+        let api = KlarnaApiKind::OrderManagement;
+        self.route(RPC, &mut r.klarna_account, &store_id, "", api)?;
+        let cmd = ReleaseAuthorization::validate(convert::release_draft(r))
             .map_err(|v| fail(RPC, v.into()))?;
         self.check_account(
             RPC,
@@ -636,7 +677,11 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::ExtendDueDateResponse>, Status> {
         const RPC: &str = "ExtendDueDate";
         let context = CallContext::of(RPC, &request)?;
-        let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(request.into_inner()))
+        let mut r = request.into_inner();
+        let store_id = std::mem::take(&mut r.store_id);
+        let api = KlarnaApiKind::OrderManagement;
+        self.route(RPC, &mut r.klarna_account, &store_id, "", api)?;
+        let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(r))
             .map_err(|v| fail(RPC, v.into()))?;
         self.check_account(
             RPC,
@@ -668,7 +713,9 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::LinkReceiptResponse>, Status> {
         const RPC: &str = "LinkReceipt";
         let grant = authorize(RPC, &request)?;
-        let (metadata, _, r) = request.into_parts();
+        let (metadata, _, mut r) = request.into_parts();
+        let api = KlarnaApiKind::OrderManagement;
+        self.route(RPC, &mut r.klarna_account, &r.store_id.clone(), "", api)?;
         let link = convert::link_receipt(r).map_err(|v| fail(RPC, v.into()))?;
         self.check_account(
             RPC,
@@ -702,7 +749,10 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::FindOrderResponse>, Status> {
         const RPC: &str = "FindOrder";
         let grant = authorize(RPC, &request)?;
-        let (metadata, _, r) = request.into_parts();
+        let (metadata, _, mut r) = request.into_parts();
+        let store_id = std::mem::take(&mut r.store_id);
+        let api = KlarnaApiKind::OrderManagement;
+        self.route(RPC, &mut r.klarna_account, &store_id, "", api)?;
         let query = ReferenceQuery::parse(&r.receipt_reference, &r.klarna_reference)
             .map_err(|v| fail(RPC, v.into()))?;
         let account = (!r.klarna_account.is_empty()).then_some(r.klarna_account.as_str());
@@ -850,7 +900,16 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::RefundCaptureResponse>, Status> {
         const RPC: &str = "RefundCapture";
         let context = CallContext::of(RPC, &request)?;
-        let cmd = RefundCapture::validate(convert::refund_capture_draft(request.into_inner()))
+        let mut r = request.into_inner();
+        let (store_id, currency) = (std::mem::take(&mut r.store_id), r.currency.clone());
+        self.route(
+            RPC,
+            &mut r.klarna_account,
+            &store_id,
+            &currency,
+            KlarnaApiKind::Payments,
+        )?;
+        let cmd = RefundCapture::validate(convert::refund_capture_draft(r))
             .map_err(|v| fail(RPC, v.into()))?;
         let spend = self.check_partner_refund(
             RPC,
@@ -896,9 +955,17 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::RefundTransactionResponse>, Status> {
         const RPC: &str = "RefundTransaction";
         let context = CallContext::of(RPC, &request)?;
-        let cmd =
-            RefundTransaction::validate(convert::refund_transaction_draft(request.into_inner()))
-                .map_err(|v| fail(RPC, v.into()))?;
+        let mut r = request.into_inner();
+        let (store_id, currency) = (std::mem::take(&mut r.store_id), r.currency.clone());
+        self.route(
+            RPC,
+            &mut r.klarna_account,
+            &store_id,
+            &currency,
+            KlarnaApiKind::Payments,
+        )?;
+        let cmd = RefundTransaction::validate(convert::refund_transaction_draft(r))
+            .map_err(|v| fail(RPC, v.into()))?;
         let spend = self.check_partner_refund(
             RPC,
             &context.grant,

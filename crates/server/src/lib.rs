@@ -24,9 +24,11 @@
 //! - [`webhooks`]: the receiver of Klarna's webhooks, on its own listener.
 //! - [`demo`]: `--simulator`: the in-process Klarna simulator with its demo orders.
 //! - [`ops_cli`]: `refund-gateway ops …`, the operator's command line over the RPCs.
+//! - [`check_config`]: `refund-gateway check-config`, the configuration checked before a deploy.
 
 pub mod admin;
 pub mod auth;
+pub mod check_config;
 pub mod config;
 pub mod convert;
 pub mod demo;
@@ -50,7 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use refund_gateway_klarna::{
-    KlarnaClient, KlarnaClientConfig, PaymentsClient, PaymentsClientConfig,
+    KlarnaClient, KlarnaClientConfig, OutboundLimiter, PaymentsClient, PaymentsClientConfig,
 };
 use refund_gateway_proto::v1::operator_service_server::OperatorServiceServer;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayServiceServer;
@@ -83,6 +85,9 @@ pub enum ServerError {
         /// The cause.
         message: String,
     },
+    /// A store or route names an account that is not configured, or a store twice.
+    #[error("routing: {0}")]
+    Routing(#[from] refund_gateway_domain::RoutingConfigError),
     /// The reflection service could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -182,45 +187,20 @@ pub async fn start(
     let mut limiters = Vec::new();
     let mut webhook_accounts = Vec::new();
     for account in accounts {
-        let name = account.name;
-        let refused = |e: refund_gateway_klarna::KlarnaConfigError| ServerError::Account {
-            account: name.clone(),
-            message: e.to_string(),
-        };
-        let client = match account.api {
-            AccountApi::OrderManagement(credentials) => {
-                let mut client_config = KlarnaClientConfig::new(account.base_url, credentials);
-                client_config.transport.attempt_timeout = attempt_timeout;
-                client_config.transport.rate_limit = account.rate_limit;
-                let client = KlarnaClient::new(client_config).map_err(refused)?;
-                limiters.extend(client.outbound_limiter().cloned());
-                KlarnaAccount::OrderManagement(Arc::new(client))
-            }
-            AccountApi::Partner(partner) => {
-                webhook_accounts.push(webhooks::WebhookAccount {
-                    name: name.clone(),
-                    partner_account_id: partner.partner_account_id,
-                    live: partner.live,
-                });
-                let mut client_config = PaymentsClientConfig::new(
-                    account.base_url,
-                    partner.api_key,
-                    partner.path_prefix,
-                );
-                client_config.on_behalf_of = partner.on_behalf_of;
-                client_config.client_identity = partner.client_identity;
-                client_config.extra_root_certificates = partner.extra_roots;
-                client_config.transport.attempt_timeout = attempt_timeout;
-                client_config.transport.rate_limit = account.rate_limit;
-                let client = PaymentsClient::new(client_config).map_err(refused)?;
-                limiters.extend(client.outbound_limiter().cloned());
-                KlarnaAccount::Partner(Arc::new(client))
-            }
-        };
+        let name = account.name.clone();
+        if let AccountApi::Partner(partner) = &account.api {
+            webhook_accounts.push(webhooks::WebhookAccount {
+                name: name.clone(),
+                partner_account_id: partner.partner_account_id.clone(),
+                live: partner.live,
+            });
+        }
+        let (client, limiter) = klarna_client(account, attempt_timeout)?;
+        limiters.extend(limiter);
         tracing::info!(account = %name, kind = ?client.api(), "Klarna account configured");
         clients.push((name, client));
     }
-    let accounts = Accounts::new(clients);
+    let accounts = Accounts::new(clients).with_routing(config.stores, config.routes)?;
 
     // The demo keeps its operations apart from any real store, in a directory removed at exit,
     // so a restart never replays answers about simulator orders that no longer exist.
@@ -487,6 +467,42 @@ pub async fn start(
         background,
         _demo_data: demo_data,
     })
+}
+
+/// The Klarna client of `account`, built as the gateway uses it (each attempt limited to
+/// `attempt_timeout`, the account's outbound rate limit applied), with its outbound limiter
+/// when it has one. `refund-gateway check-config` builds its clients here too.
+pub(crate) fn klarna_client(
+    account: config::Account,
+    attempt_timeout: Duration,
+) -> Result<(KlarnaAccount, Option<OutboundLimiter>), ServerError> {
+    let name = account.name;
+    let refused = |e: refund_gateway_klarna::KlarnaConfigError| ServerError::Account {
+        account: name.clone(),
+        message: e.to_string(),
+    };
+    match account.api {
+        AccountApi::OrderManagement(credentials) => {
+            let mut client_config = KlarnaClientConfig::new(account.base_url, credentials);
+            client_config.transport.attempt_timeout = attempt_timeout;
+            client_config.transport.rate_limit = account.rate_limit;
+            let client = KlarnaClient::new(client_config).map_err(refused)?;
+            let limiter = client.outbound_limiter().cloned();
+            Ok((KlarnaAccount::OrderManagement(Arc::new(client)), limiter))
+        }
+        AccountApi::Partner(partner) => {
+            let mut client_config =
+                PaymentsClientConfig::new(account.base_url, partner.api_key, partner.path_prefix);
+            client_config.on_behalf_of = partner.on_behalf_of;
+            client_config.client_identity = partner.client_identity;
+            client_config.extra_root_certificates = partner.extra_roots;
+            client_config.transport.attempt_timeout = attempt_timeout;
+            client_config.transport.rate_limit = account.rate_limit;
+            let client = PaymentsClient::new(client_config).map_err(refused)?;
+            let limiter = client.outbound_limiter().cloned();
+            Ok((KlarnaAccount::Partner(Arc::new(client)), limiter))
+        }
+    }
 }
 
 /// Refuses to start with authentication while operations of `anonymous` are not final: their

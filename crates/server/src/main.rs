@@ -5,25 +5,35 @@
 //! it calls a running gateway's RPCs (ListAttention, GetOperation, WatchOperation,
 //! ResolveOperation, Reconcile) and exits, without reading the configuration, installing
 //! telemetry or serving anything.
+//!
+//! `refund-gateway check-config` (`refund_gateway::check_config`) loads the configuration as
+//! the gateway would, checks it and each account's credentials, prints what it found and
+//! exits; it installs no telemetry and serves nothing either.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use refund_gateway::config::{self, Cli, Command, ProcessEnv};
-use refund_gateway::ops_cli;
 use refund_gateway::telemetry::Telemetry;
+use refund_gateway::{check_config, ops_cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut cli = config::parse_args();
-    if let Some(Command::Ops(args)) = cli.take_command() {
-        return match ops_cli::run(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        };
+    match cli.take_command() {
+        Some(Command::Ops(args)) => {
+            return match ops_cli::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        }
+        Some(Command::CheckConfig(args)) => {
+            return ExitCode::from(check_config::run(&cli, &args, &ProcessEnv).await);
+        }
+        None => {}
     }
     match serve(cli).await {
         Ok(()) => ExitCode::SUCCESS,

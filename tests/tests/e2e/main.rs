@@ -92,6 +92,7 @@ mod property;
 mod reads_release_extend;
 mod receipts;
 mod refund;
+mod routing;
 mod webhooks;
 
 use klarna_sim::{FaultKind, FaultSpec, LoggedRequest, OrderSeed, SeededOrder, Simulator};
