@@ -247,7 +247,10 @@ impl Transport {
         }
         match result {
             Ok((value, status, correlation_id)) => {
-                tracing::info!(
+                // Debug only: a success is recorded by the operation's audit trail, its span
+                // and the attempt metrics; a line per call at INFO costs more than the call's
+                // own bookkeeping under load. Failures below stay at INFO and WARN.
+                tracing::debug!(
                     klarna.api = api,
                     klarna.operation = operation,
                     http.request.method = %method,

@@ -202,6 +202,37 @@ pub struct Gateway {
     accounts: Accounts,
     /// Read by the partner limits, which count the gateway's own operations on a transaction.
     store: Arc<dyn OperationStore>,
+    /// Orders whose references this process knows are in the index.
+    indexed: Arc<IndexedOrders>,
+}
+
+/// The orders (account, order id) this process has seen in the reference index, so that a
+/// refund of an order refunded before costs no read of the index. A cache: it forgets
+/// everything at once when full, and a miss costs one read.
+#[derive(Debug, Default)]
+struct IndexedOrders {
+    known: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl IndexedOrders {
+    /// Most orders remembered (a few MiB at most).
+    const CAPACITY: usize = 65_536;
+
+    fn contains(&self, account: &str, order_id: &str) -> bool {
+        self.known
+            .lock()
+            .map(|k| k.contains(&(account.to_owned(), order_id.to_owned())))
+            .unwrap_or(false)
+    }
+
+    fn insert(&self, account: &str, order_id: &str) {
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= Self::CAPACITY {
+                known.clear();
+            }
+            known.insert((account.to_owned(), order_id.to_owned()));
+        }
+    }
 }
 
 /// A failed Klarna call about `resource`. What a failed mutation proves (final, unknown, or
@@ -246,7 +277,11 @@ fn new_operation(
 impl Gateway {
     /// A gateway over `accounts`, reading its own operations from `store`.
     pub fn new(accounts: Accounts, store: Arc<dyn OperationStore>) -> Self {
-        Self { accounts, store }
+        Self {
+            accounts,
+            store,
+            indexed: Arc::default(),
+        }
     }
 
     /// The accounts.
@@ -290,14 +325,21 @@ impl Gateway {
             Some(reference.clone()),
         );
         let store = self.store.clone();
+        let indexed = self.indexed.clone();
         let work = async move {
             let read = check_refund_rules(klarna.as_ref(), &cmd, (&store, &account)).await?;
             let accepted = call
                 .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
-            if !read {
-                learn_after_refund(store, account, klarna.clone(), cmd.order_id.clone());
+            if !read && !indexed.contains(&account, cmd.order_id.as_str()) {
+                learn_after_refund(
+                    store,
+                    indexed,
+                    account,
+                    klarna.clone(),
+                    cmd.order_id.clone(),
+                );
             }
             tracing::info!(
                 operation_id = %op,
@@ -958,6 +1000,7 @@ async fn check_refund_rules(
 /// order, never on the refund's path, skipped when its references are known already.
 fn learn_after_refund(
     store: Arc<dyn OperationStore>,
+    indexed: Arc<IndexedOrders>,
     account: String,
     klarna: Arc<dyn KlarnaApi>,
     order_id: OrderId,
@@ -965,7 +1008,10 @@ fn learn_after_refund(
     let learn = async move {
         match store.order_is_indexed(&account, order_id.as_str()).await {
             Ok(false) => {}
-            Ok(true) => return,
+            Ok(true) => {
+                indexed.insert(&account, order_id.as_str());
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "order references not checked");
                 return;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use refund_gateway_domain::{
     Amount, Caller, Currency, ExtendDueDate, ExtendDueDateOptionsQuery, GatewayError,
-    KlarnaApiKind, OperationName, OrderQuery, OrderSelector, ReferenceQuery, RefundCapture,
-    RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, RouteRequest,
+    KlarnaApiKind, OperationId, OperationName, OrderQuery, OrderSelector, ReferenceQuery,
+    RefundCapture, RefundOrder, RefundQuery, RefundTransaction, ReleaseAuthorization, RouteRequest,
     TransactionQuery,
 };
 use refund_gateway_proto::v1 as pb;
@@ -419,6 +419,7 @@ impl RefundGatewayApi {
         rpc: &'static str,
         grant: &CallerGrant,
         spend: Option<(i64, Currency)>,
+        operation_id: OperationId,
     ) -> Result<Option<DailyReservation>, Status> {
         let Some((amount, currency)) = spend else {
             return Ok(None);
@@ -426,6 +427,19 @@ impl RefundGatewayApi {
         let Some(cap) = grant.daily_cap(&currency) else {
             return Ok(None);
         };
+        // A retry of an operation already made moves no new money, so it reserves nothing (two
+        // first requests racing both reserve, and the claim gives the loser's back). Read only
+        // here: a caller without a daily cap pays no read before its claim.
+        let known = self
+            .protocol
+            .store()
+            .get(operation_id)
+            .await
+            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?
+            .is_some();
+        if known {
+            return Ok(None);
+        }
         let day = time::OffsetDateTime::now_utc().date();
         let reserved = self
             .protocol
@@ -483,21 +497,10 @@ impl RefundGatewayApi {
             work,
             context: answer_context,
         } = prepared;
-        // The last refusal before the claim: nothing is stored when the day's cap is reached. A
-        // retry of an operation already made moves no new money, so it reserves nothing (two
-        // first requests racing both reserve, and the claim gives the loser's back).
-        let known = self
-            .protocol
-            .store()
-            .get(new.operation_id)
-            .await
-            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?
-            .is_some();
-        let reservation = if known {
-            None
-        } else {
-            self.reserve_daily(rpc, &context.grant, spend).await?
-        };
+        // The last refusal before the claim: nothing is stored when the day's cap is reached.
+        let reservation = self
+            .reserve_daily(rpc, &context.grant, spend, new.operation_id)
+            .await?;
         new.trace_id = context.request_id;
         new.traceparent = crate::telemetry::current_traceparent();
         let span = tracing::Span::current();

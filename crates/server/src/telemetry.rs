@@ -30,7 +30,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, 
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -210,7 +210,7 @@ fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         LogFormat::Json => layer
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanFieldsJson)
             .event_format(JsonLines)
             .boxed(),
         LogFormat::Text => layer
@@ -359,7 +359,10 @@ where
                 let extensions = span.extensions();
                 if let Some(fields) = extensions.get::<FormattedFields<N>>()
                     && let Ok(serde_json::Value::Object(fields)) =
-                        serde_json::from_str::<serde_json::Value>(fields)
+                        serde_json::from_str::<serde_json::Value>(&format!(
+                            "{{{}}}",
+                            fields.trim_end_matches(',')
+                        ))
                 {
                     line.extend(fields);
                 }
@@ -384,6 +387,84 @@ where
         }
         let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
         writeln!(writer, "{text}")
+    }
+}
+
+/// A span's fields as JSON members, each followed by a comma (`"k":v,"k2":v2,`), appended as
+/// they are recorded: [`JsonLines`] wraps them in braces when an event is written, and a
+/// member recorded later wins. tracing-subscriber's `JsonFields` parses and re-serializes the
+/// whole object on every record, for every span, whether or not an event is ever logged in
+/// it; appending makes a span's bookkeeping a few small writes.
+#[derive(Debug, Clone, Copy)]
+struct SpanFieldsJson;
+
+impl<'writer> FormatFields<'writer> for SpanFieldsJson {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut members = JsonMembers { out: String::new() };
+        fields.record(&mut members);
+        writer.write_str(&members.out)
+    }
+
+    fn add_fields(
+        &self,
+        current: &mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut members = JsonMembers { out: String::new() };
+        fields.record(&mut members);
+        current.fields.push_str(&members.out);
+        Ok(())
+    }
+}
+
+/// Writes each field as a JSON member followed by a comma.
+struct JsonMembers {
+    out: String,
+}
+
+impl JsonMembers {
+    fn member<T: serde::Serialize + ?Sized>(&mut self, field: &tracing::field::Field, value: &T) {
+        // Serializing a string, an integer or a boolean cannot fail; a non-finite float
+        // becomes null.
+        if let (Ok(key), Ok(value)) = (
+            serde_json::to_string(field.name()),
+            serde_json::to_string(value),
+        ) {
+            self.out.push_str(&key);
+            self.out.push(':');
+            self.out.push_str(&value);
+            self.out.push(',');
+        }
+    }
+}
+
+impl tracing::field::Visit for JsonMembers {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.member(field, value);
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.member(field, &value);
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.member(field, &value);
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.member(field, &value);
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.member(field, &serde_json::Value::from(value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.member(field, &format!("{value:?}"));
     }
 }
 
