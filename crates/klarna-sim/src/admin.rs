@@ -18,7 +18,10 @@
 //! | `GET /__admin/requests` | | 200 `[LoggedRequest]`, oldest first |
 //! | `DELETE /__admin/requests` | | 204 |
 //! | `POST /__admin/faults` | [`crate::FaultSpec`] JSON | 204 |
-//! | `DELETE /__admin/faults` | | 204 |
+//! | `DELETE /__admin/faults` | | 204 (also ends the chaos mode) |
+//! | `GET /__admin/faults` | | 200 `{"injected": {"status 503": N, "reset": N, ...}}`: faults injected so far, armed and chaos alike |
+//! | `POST /__admin/chaos` | [`crate::ChaosSpec`] JSON | 204 (replaces any earlier chaos mode); 400 if `per_mille` is over 1000, `kinds` is empty or names a status that is not an HTTP status |
+//! | `DELETE /__admin/chaos` | | 204 (armed faults stay) |
 //! | `POST /__admin/clock` | `{"advance_secs": N}` | 200 `{"now": "<RFC 3339>"}` |
 //! | `GET /__admin/clock` | | 200 `{"now": "<RFC 3339>"}` |
 //!
@@ -32,7 +35,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::faults::{FaultSpec, decode_path};
+use crate::faults::{ChaosSpec, FaultKind, FaultSpec, decode_path};
 use crate::model::format_timestamp;
 use crate::payments::TransactionState;
 use crate::response::{ApiError, SimResponse};
@@ -217,20 +220,35 @@ fn respond(
         }
         (Method::POST, "faults") => {
             let spec: FaultSpec = parse(body)?;
-            if let crate::FaultKind::Status { status, .. } = spec.kind
-                && StatusCode::from_u16(status).is_err()
-            {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BAD_VALUE",
-                    format!("{status} is not an HTTP status"),
-                ));
-            }
+            check_kind(&spec.kind)?;
             sim.inject_fault(spec);
             Ok(SimResponse::empty(StatusCode::NO_CONTENT))
         }
         (Method::DELETE, "faults") => {
             sim.clear_faults();
+            Ok(SimResponse::empty(StatusCode::NO_CONTENT))
+        }
+        (Method::GET, "faults") => Ok(SimResponse::json(
+            StatusCode::OK,
+            &serde_json::json!({ "injected": sim.injected_faults() }),
+        )),
+        (Method::POST, "chaos") => {
+            let spec: ChaosSpec = parse(body)?;
+            if spec.per_mille > 1000 {
+                return Err(bad_value(format!(
+                    "per_mille {} is over 1000",
+                    spec.per_mille
+                )));
+            }
+            if spec.kinds.is_empty() {
+                return Err(bad_value("kinds is empty".to_owned()));
+            }
+            spec.kinds.iter().try_for_each(check_kind)?;
+            sim.set_chaos(Some(spec));
+            Ok(SimResponse::empty(StatusCode::NO_CONTENT))
+        }
+        (Method::DELETE, "chaos") => {
+            sim.set_chaos(None);
             Ok(SimResponse::empty(StatusCode::NO_CONTENT))
         }
         (Method::POST, "clock") => {
@@ -245,6 +263,7 @@ fn respond(
             | "demo"
             | "requests"
             | "faults"
+            | "chaos"
             | "clock"
             | "transactions"
             | "webhooks"
@@ -253,6 +272,20 @@ fn respond(
             | "webhooks/deliveries",
         ) => Err(method_not_allowed(method, path)),
         _ => Err(not_found(path)),
+    }
+}
+
+fn bad_value(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "BAD_VALUE", message)
+}
+
+/// A `Status` fault must name a valid HTTP status.
+fn check_kind(kind: &FaultKind) -> Result<(), ApiError> {
+    match kind {
+        FaultKind::Status { status, .. } if StatusCode::from_u16(*status).is_err() => {
+            Err(bad_value(format!("{status} is not an HTTP status")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -275,4 +308,98 @@ fn clock(sim: &Simulator) -> Result<SimResponse, ApiError> {
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_VALUE", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode as Status;
+    use serde_json::json;
+
+    use crate::{OrderSeed, SimConfig, spawn};
+
+    /// Over HTTP: chaos set and ended through the admin API, a reset that executes nothing,
+    /// and the 400s of an unusable spec.
+    #[tokio::test]
+    async fn chaos_over_the_admin_api_and_reset_executes_nothing() {
+        let running = spawn(SimConfig::default()).await.unwrap();
+        let order_id = running
+            .sim
+            .seed_order(OrderSeed {
+                order_amount: 1_000,
+                captures: vec![1_000],
+                ..Default::default()
+            })
+            .order_id;
+        let client = reqwest::Client::new();
+        let admin = |path: &str| format!("{}/__admin/{path}", running.base_url);
+        let refund = || {
+            client
+                .post(format!(
+                    "{}/ordermanagement/v1/orders/{order_id}/refunds",
+                    running.base_url
+                ))
+                .basic_auth(running.username(), Some(running.password()))
+                .json(&json!({"refunded_amount": 100}))
+                .send()
+        };
+
+        for bad in [
+            json!({"path": "/x", "per_mille": 1001, "kinds": [{"type": "reset"}]}),
+            json!({"path": "/x", "per_mille": 10, "kinds": []}),
+            json!({"path": "/x", "per_mille": 10, "kinds": [{"type": "status", "status": 42}]}),
+        ] {
+            let answer = client.post(admin("chaos")).json(&bad).send().await.unwrap();
+            assert_eq!(answer.status(), Status::BAD_REQUEST, "{bad}");
+        }
+
+        let every_refund = |kind: serde_json::Value| {
+            json!({"method": "post", "path": "/ordermanagement/v1/orders/*",
+                   "per_mille": 1000, "kinds": [kind], "seed": 1})
+        };
+        let set = client
+            .post(admin("chaos"))
+            .json(&every_refund(json!({"type": "status", "status": 503})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(set.status(), Status::NO_CONTENT);
+        assert_eq!(
+            refund().await.unwrap().status(),
+            Status::SERVICE_UNAVAILABLE
+        );
+
+        client
+            .post(admin("chaos"))
+            .json(&every_refund(json!({"type": "reset"})))
+            .send()
+            .await
+            .unwrap();
+        assert!(refund().await.is_err(), "a reset answered");
+        let order = running.sim.order_json(&order_id).unwrap();
+        assert_eq!(order["refunds"], json!([]), "a reset executed: {order}");
+        let log = running.sim.requests();
+        let last = log.last().unwrap();
+        assert_eq!(
+            (last.fault.as_deref(), last.status),
+            (Some("reset"), 0),
+            "{last:?}"
+        );
+
+        let ended = client.delete(admin("chaos")).send().await.unwrap();
+        assert_eq!(ended.status(), Status::NO_CONTENT);
+        assert_eq!(refund().await.unwrap().status(), Status::CREATED);
+        let counts: serde_json::Value = client
+            .get(admin("faults"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            json!({"injected": {"status 503": 1, "reset": 1}}),
+            "{counts}"
+        );
+    }
 }

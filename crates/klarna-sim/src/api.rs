@@ -6,7 +6,8 @@
 //! 2. auth → 401 (Order Management: Basic username:password; partner: `Basic <api key>`),
 //! 3. rate limit → 429 (with `Retry-After: 1`; one bucket for both APIs),
 //! 4. body size → 413,
-//! 5. injected fault (a status answers here; latency waits, then goes on),
+//! 5. injected fault, armed or drawn by chaos (a status answers here; a reset closes the
+//!    connection here, logged with status 0; latency waits, then goes on),
 //! 6. header checks → 400: Order Management checks `Klarna-Idempotency-Key` on POST/PATCH
 //!    when present; the partner API checks `Partner-Correlation-Id`, `Klarna-Partner-Account`
 //!    and requires the key on POST (see `partner.rs`),
@@ -229,6 +230,14 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
                 FaultKind::Latency { millis } => {
                     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
                 }
+                FaultKind::Reset => {
+                    if shared.log.enabled() {
+                        shared
+                            .log
+                            .push(log_entry(shared, &parts, Some(body), None, false, fault));
+                    }
+                    return Outcome::Drop;
+                }
                 hold_or_drop => after_commit = Some(hold_or_drop),
             }
         }
@@ -252,7 +261,7 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
             shared,
             &parts,
             body.as_ref(),
-            &response,
+            Some(&response),
             replayed,
             fault,
         ));
@@ -449,11 +458,13 @@ pub(crate) fn route(method: &Method, path: &str, body: &[u8]) -> Result<Command,
     }
 }
 
+/// The log entry of a call; `response` is `None` when nothing was answered (a reset), which
+/// is logged with status 0 and no response headers or body.
 fn log_entry(
     shared: &Shared,
     parts: &Parts,
     body: Option<&Bytes>,
-    response: &SimResponse,
+    response: Option<&SimResponse>,
     replayed: bool,
     fault: Option<&'static str>,
 ) -> LoggedRequest {
@@ -470,13 +481,16 @@ fn log_entry(
             .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
             .collect(),
         body: body.map(|b| text(b)).unwrap_or_default(),
-        status: response.status.as_u16(),
+        status: response.map_or(0, |r| r.status.as_u16()),
         response_headers: response
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
-            .collect(),
-        response_body: text(&response.body),
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        response_body: response.map(|r| text(&r.body)).unwrap_or_default(),
         at: shared.clock.now(),
         replayed,
         fault: fault.map(str::to_owned),

@@ -131,22 +131,25 @@
 //! A log of every Klarna call and its answer ([`Simulator::requests`], ring buffer of
 //! [`SimConfig::request_log_capacity`]); faults for the next N calls to a path of either API
 //! ([`Simulator::inject_fault`], [`FaultKind`]; `Status` with an empty body imitates Klarna's
-//! DDoS protection); a clock that only moves forward ([`Simulator::advance_clock`]); orders
-//! and transactions seeded on demand ([`Simulator::seed_order`],
-//! [`Simulator::seed_transaction`], a transaction possibly already at its refund or operation
-//! limit) or the fixed [`demo`] data; webhook targets set at runtime
-//! ([`Simulator::set_webhook_target`]). The same facilities are served over HTTP under
+//! DDoS protection), or at random for a share of them ([`Simulator::set_chaos`],
+//! [`ChaosSpec`]: a seeded draw per call; armed faults first), counted by kind
+//! ([`Simulator::injected_faults`]); a clock that only moves forward
+//! ([`Simulator::advance_clock`]); orders and transactions seeded on demand
+//! ([`Simulator::seed_order`], [`Simulator::seed_transaction`], a transaction possibly
+//! already at its refund or operation limit) or the fixed [`demo`] data; webhook targets set
+//! at runtime ([`Simulator::set_webhook_target`]). The same facilities are served over HTTP under
 //! `/__admin/` (no auth): `POST /__admin/orders`, `GET /__admin/orders/{id}`,
 //! `POST /__admin/demo`, `POST /__admin/transactions`, `GET /__admin/transactions/{id}`,
 //! `POST /__admin/transactions/{id}/state`, `GET|DELETE /__admin/requests`,
-//! `POST|DELETE /__admin/faults`, `POST|GET /__admin/clock`,
+//! `POST|GET|DELETE /__admin/faults`, `POST|DELETE /__admin/chaos`, `POST|GET /__admin/clock`,
 //! `POST|GET|DELETE /__admin/webhooks`, `POST /__admin/webhooks/flush`,
 //! `GET /__admin/webhooks/events`, `GET /__admin/webhooks/deliveries` (see `admin.rs`).
 //!
 //! Pipeline order of a Klarna call (either API): body read → auth (401) → rate limit (429) →
-//! body size (413) → injected fault → header checks (400) → under the lock: replay, or route +
-//! validate (400/403/404/405/422) + execute (403/404/2xx) and store → log → webhook event of
-//! an executed partner refund → commit-then-hold/drop.
+//! body size (413) → injected fault (a reset closes the connection here) → header checks
+//! (400) → under the lock: replay, or route + validate (400/403/404/405/422) + execute
+//! (403/404/2xx) and store → log → webhook event of an executed partner refund →
+//! commit-then-hold/drop.
 //!
 //! # Layout
 //! - `simulator.rs`: [`Simulator`], [`SimConfig`], the library side of the test facilities.
@@ -165,7 +168,7 @@
 //!   business rules.
 //! - `model.rs`: orders, captures, refunds, order lines and their JSON.
 //! - `idempotency.rs`: the 24 h key memory with lazy eviction.
-//! - `faults.rs`: [`FaultSpec`], [`FaultKind`] and the armed-fault table.
+//! - `faults.rs`: [`FaultSpec`], [`FaultKind`], [`ChaosSpec`] and the fault table.
 //! - `request_log.rs`: [`LoggedRequest`] and the ring buffer.
 //! - `rate_limit.rs`, `auth.rs`, `clock.rs`, `response.rs`: rate limit, Basic auth and API
 //!   key, settable clock, responses and both error bodies.
@@ -228,7 +231,7 @@ mod tls;
 mod transaction_seed;
 mod webhooks;
 
-pub use faults::{FaultKind, FaultSpec};
+pub use faults::{ChaosSpec, FaultKind, FaultSpec};
 pub use model::{
     OrderLine, OrderLineType, OrderStatus, ProductIdentifiers, Subscription, SubscriptionInterval,
 };

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::auth::{ApiKeyAuth, BasicAuth};
 use crate::clock::Clock;
 use crate::demo;
-use crate::faults::{FaultSpec, FaultTable};
+use crate::faults::{ChaosSpec, FaultSpec, FaultTable};
 use crate::payments::TransactionState;
 use crate::rate_limit::RateLimiter;
 use crate::request_log::{LoggedRequest, RequestLog};
@@ -278,9 +278,25 @@ impl Simulator {
         self.shared.faults.arm(fault);
     }
 
-    /// Disarms every fault.
+    /// Disarms every fault and ends the chaos mode.
     pub fn clear_faults(&self) {
         self.shared.faults.clear();
+    }
+
+    /// Sets the chaos mode (random faults on a share of the matching Klarna calls that no
+    /// armed fault takes; see [`ChaosSpec`]), replacing any earlier one and restarting the
+    /// draws from its seed; `None` ends it. Armed faults are not affected.
+    pub fn set_chaos(&self, chaos: Option<ChaosSpec>) {
+        self.shared.faults.set_chaos(chaos);
+    }
+
+    /// How many faults were injected so far (armed and chaos alike, since the simulator
+    /// started; [`Simulator::clear_faults`] does not reset the counts), by kind: `status 503`
+    /// (one entry per status), `latency`, `reset`, `commit_then_hold`, `commit_then_drop`.
+    /// Unlike the request log, it also counts a call whose client went away during its
+    /// latency, which is neither executed nor logged.
+    pub fn injected_faults(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.faults.injected()
     }
 
     /// Moves the simulator clock forward (timestamps, the 24 h idempotency window).

@@ -4,8 +4,9 @@
 // Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub type Client = RefundGatewayServiceClient<Channel>;
 #[derive(Debug)]
 pub struct GatewayProcess {
     name: String,
+    /// What it was started with, to start it again ([`GatewayProcess::kill_and_restart`]).
+    config: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     grpc_addr: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -93,6 +97,11 @@ impl GatewayProcess {
         };
         let mut process = Self {
             name: name.to_owned(),
+            config: config.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             child: Some(child),
             grpc_addr: String::new(),
             log,
@@ -178,6 +187,26 @@ impl GatewayProcess {
         Ok((status, lines))
     }
 
+    /// SIGKILLs the process, checks that it died of it, and starts it again with the same
+    /// configuration and environment, so on the same data directory or database. The new
+    /// process listens on a new port: [`GatewayProcess::grpc_addr`] changes.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.signal("KILL")?;
+        let (status, _) = self.wait_exit(WAIT_LIMIT).await?;
+        ensure!(
+            status.signal() == Some(9),
+            "{}: expected death by SIGKILL, got {status:?}",
+            self.name
+        );
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        *self = Self::start(&self.name, &self.config, &env).await?;
+        Ok(())
+    }
+
     /// SIGTERM, then a bounded wait for a successful exit after draining.
     pub async fn terminate_cleanly(&mut self) -> anyhow::Result<()> {
         self.signal("TERM")?;
@@ -252,4 +281,120 @@ pub fn klarna_env(sim: &RunningSimulator) -> Vec<(&'static str, String)> {
         ("KLARNA_USERNAME", sim.username().to_owned()),
         ("KLARNA_PASSWORD", sim.password().to_owned()),
     ]
+}
+
+/// The admin URL of the test PostgreSQL server (`REFUND_GATEWAY_TEST_DATABASE_URL`), or `None`
+/// (after printing the line the README's test command counts as a skipped test) when there is
+/// none; under `CI=true` there must be.
+pub fn postgres_admin_url() -> Option<String> {
+    if let Some(url) = std::env::var("REFUND_GATEWAY_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return Some(url);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "REFUND_GATEWAY_TEST_DATABASE_URL is not set; CI must run this test against \
+             PostgreSQL (source scripts/postgres.sh && start_test_postgres)"
+        );
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a PostgreSQL process test");
+    // To the stderr handle itself, which libtest does not capture, in one write so that the
+    // line is not interleaved with other output.
+    let line = format!("SKIPPED (no PostgreSQL): {test}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    None
+}
+
+/// `url` with its database name replaced by `database` (query kept).
+pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base
+        .find("://")
+        .map(|i| i + 3)
+        .ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    let host_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// Runs one SQL statement with psql (on PATH, else Debian's /usr/bin/psql) and returns what it
+/// prints (unaligned, tuples only), trimmed.
+pub fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
+    let run = |program: &str| {
+        Command::new(program)
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-At", "-c", sql])
+            .output()
+    };
+    let out = match run("psql") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/bin/psql"),
+        other => other,
+    }
+    .context("running psql")?;
+    ensure!(
+        out.status.success(),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A database of its own on the test PostgreSQL server, dropped (best effort: the server is a
+/// throwaway one anyway) with this value.
+#[derive(Debug)]
+pub struct FreshDatabase {
+    admin_url: String,
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl FreshDatabase {
+    /// Creates database `t_<random>` on the server of `admin_url`.
+    pub fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("t_{}", uuid_like_suffix());
+        psql(admin_url, &format!("CREATE DATABASE {name}"))?;
+        Ok(Self {
+            url: with_database(admin_url, &name)?,
+            admin_url: admin_url.to_owned(),
+            name,
+        })
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// 32 hex digits unique to this process and call: process id, time and a counter.
+fn uuid_like_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:08x}{:016x}{:08x}",
+        std::process::id(),
+        u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or(0),
+        n & 0xffff_ffff
+    )
 }
