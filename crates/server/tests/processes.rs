@@ -11,11 +11,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{anyhow, bail, ensure};
 use klarna_sim::{FaultKind, FaultSpec, LoggedRequest, OrderSeed, RunningSimulator, SimConfig};
 use refund_gateway_proto::v1::{
     ListOperationsRequest, OperationRecord, OperationState, RefundOrderRequest, RefundOrderResponse,
@@ -24,7 +22,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use common::{
-    Client, GatewayProcess, WAIT_LIMIT, klarna_env, wait_until, write_config, write_config_with,
+    Client, GatewayProcess, WAIT_LIMIT, klarna_env, postgres_admin_url, psql, wait_until,
+    with_database, write_config, write_config_with,
 };
 
 fn refunds_path(order_id: &str) -> String {
@@ -310,48 +309,6 @@ async fn after_sigkill_the_first_retry_resolves_without_waiting_for_the_dead_lea
     Ok(())
 }
 
-/// `url` with its database name replaced by `database` (query kept).
-fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base
-        .find("://")
-        .map(|i| i + 3)
-        .ok_or_else(|| anyhow!("not a URL: {url}"))?;
-    let host_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{database}", &base[..host_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
-}
-
-/// Runs one SQL statement with psql (on PATH, else Debian's /usr/bin/psql).
-fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
-    let run = |program: &str| {
-        Command::new(program)
-            .arg(url)
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-            .output()
-    };
-    let out = match run("psql") {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/bin/psql"),
-        other => other,
-    }
-    .context("running psql")?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::Result<()> {
     const KEY: &str = "race-1";
@@ -484,51 +441,6 @@ async fn two_gateways_on_one_postgres_race_one_key_into_one_refund() -> anyhow::
     Ok(())
 }
 
-/// The admin URL of the test PostgreSQL server, or `None` (after printing the line the README's
-/// test command counts as a skipped test) when there is none; under `CI=true` there must be.
-fn postgres_admin_url() -> Option<String> {
-    if let Some(url) = std::env::var("REFUND_GATEWAY_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        return Some(url);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "REFUND_GATEWAY_TEST_DATABASE_URL is not set; CI must run this test against \
-             PostgreSQL (source scripts/postgres.sh && start_test_postgres)"
-        );
-    }
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("a PostgreSQL process test");
-    // To the stderr handle itself, which libtest does not capture, in one write so that the
-    // line is not interleaved with other output.
-    let line = format!("SKIPPED (no PostgreSQL): {test}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    None
-}
-
-/// The value psql prints for one query (unaligned, tuples only).
-fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
-    let run = |program: &str| {
-        Command::new(program)
-            .arg(url)
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-At", "-c", sql])
-            .output()
-    };
-    let out = match run("psql") {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/bin/psql"),
-        other => other,
-    }
-    .context("running psql")?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// Two gateways share one PostgreSQL database, with the default 30 s lease. Gateway A is
 /// SIGKILLed while Klarna holds a refund it sent; its claim is IN_FLIGHT with most of its lease
 /// left. PostgreSQL ends A's sessions with the process, which ends A's replica liveness lock:
@@ -553,7 +465,7 @@ async fn two_gateways_on_one_postgres_the_first_retry_on_b_resolves_a_sigkilled_
     psql(&admin_url, &format!("CREATE DATABASE {database}"))?;
     let database_url = with_database(&admin_url, &database)?;
     let live_replicas = || {
-        psql_value(
+        psql(
             &database_url,
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
