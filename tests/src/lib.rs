@@ -11,8 +11,12 @@
 //! - [`wait_until`]: waiting for a condition that cannot be awaited, re-checking it.
 //! - [`redis::RedisServer`]: a throwaway `redis-server` for the shared outbound limit.
 
+pub mod fuzz;
 pub mod load;
+pub mod prefill;
+pub mod process;
 pub mod redis;
+pub mod span_sink;
 mod wait;
 
 pub use wait::{POLL_INTERVAL, TimedOut, wait_until};

@@ -300,21 +300,31 @@ impl PaymentTransaction {
     /// Captured so far: Klarna's figure, else the sum of the captures it lists; `None` when
     /// the read shows neither (a rule must not refuse on a figure Klarna did not give).
     pub fn captured(&self) -> Option<i64> {
+        // Saturating, here and below: the figures are Klarna's, read as any i64 (a sum that
+        // overflowed was found by fuzzing its answers).
         self.captured_amount.or_else(|| {
-            (!self.captures.is_empty()).then(|| self.captures.iter().map(|c| c.amount).sum())
+            (!self.captures.is_empty()).then(|| {
+                self.captures
+                    .iter()
+                    .fold(0_i64, |sum, c| sum.saturating_add(c.amount))
+            })
         })
     }
 
     /// Refunded so far: Klarna's figure, else the sum of the listed refunds.
     pub fn refunded(&self) -> i64 {
-        self.refunded_amount
-            .unwrap_or_else(|| self.refunds.iter().map(|r| r.amount).sum())
+        self.refunded_amount.unwrap_or_else(|| {
+            self.refunds
+                .iter()
+                .fold(0_i64, |sum, r| sum.saturating_add(r.amount))
+        })
     }
 
     /// What may still be refunded: captured minus refunded, never below zero; `None` when the
     /// captured amount is unknown.
     pub fn refundable(&self) -> Option<i64> {
-        self.captured().map(|c| (c - self.refunded()).max(0))
+        self.captured()
+            .map(|c| c.saturating_sub(self.refunded()).max(0))
     }
 }
 

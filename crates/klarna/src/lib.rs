@@ -73,6 +73,10 @@ mod client;
 mod config;
 mod contract;
 mod error;
+// Public only for the fuzz targets (`fuzz/`, `tests/src/fuzz.rs`): the answer parsers are
+// private, and the fuzzers must run exactly them. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod limit;
 mod partner_contract;

@@ -149,6 +149,50 @@ fn not_in_review(op: &Operation) -> GatewayError {
     .into()
 }
 
+/// `ListAttention`'s `pending_older_than` (else [`DEFAULT_PENDING_THRESHOLD`]) as the time
+/// PENDING operations must have been created before: `now` less the threshold, the earliest
+/// time there is when that is earlier still; `None` when the threshold is negative. Both
+/// panics this avoids came up fuzzing the `request` target (`fuzz/README.md`): prost-types'
+/// `Duration::try_from` negates the seconds of a negative duration, which overflows on
+/// `i64::MIN` (with overflow checks on), and subtracting a threshold of millennia from `now`
+/// left time's range.
+pub fn pending_cutoff(
+    requested: Option<prost_types::Duration>,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    let threshold = match requested.map(|d| d.normalized()) {
+        None => DEFAULT_PENDING_THRESHOLD,
+        Some(d) if d.seconds < 0 || d.nanos < 0 => return None,
+        Some(d) => Duration::try_from(d).ok()?,
+    };
+    Some(
+        time::Duration::try_from(threshold)
+            .ok()
+            .and_then(|t| now.checked_sub(t))
+            .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc()),
+    )
+}
+
+/// `Reconcile`'s window [`from`, `to`): `to` defaults to `now` and `from` to a day before
+/// `to` (to itself when that is before the earliest time there is: subtracting the day
+/// panicked, which came up fuzzing the `request` target); `from` must be before `to`.
+pub fn reconcile_window(
+    from: Option<prost_types::Timestamp>,
+    to: Option<prost_types::Timestamp>,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), Violations> {
+    let mut v = Violations::new();
+    let to = v.check("to", convert::time_in(to)).flatten().unwrap_or(now);
+    let from = v
+        .check("from", convert::time_in(from))
+        .flatten()
+        .unwrap_or_else(|| to.checked_sub(time::Duration::days(1)).unwrap_or(to));
+    if from >= to {
+        v.push("from", "must be before to");
+    }
+    v.into_result(|| (from, to))
+}
+
 /// A validated ResolveOperation request.
 struct Resolve {
     operation_id: String,
@@ -199,17 +243,12 @@ impl OperatorService for OperatorApi {
         const RPC: &str = "ListAttention";
         authorize(RPC, &request)?;
         let r = request.into_inner();
-        let threshold = match r.pending_older_than {
-            None => DEFAULT_PENDING_THRESHOLD,
-            Some(d) => match Duration::try_from(d) {
-                Ok(d) => d,
-                Err(_) => {
-                    return Err(fail(
-                        RPC,
-                        Violations::single("pending_older_than", "must not be negative").into(),
-                    ));
-                }
-            },
+        let Some(older_than) = pending_cutoff(r.pending_older_than, OffsetDateTime::now_utc())
+        else {
+            return Err(fail(
+                RPC,
+                Violations::single("pending_older_than", "must not be negative").into(),
+            ));
         };
         let size = match r.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -222,8 +261,6 @@ impl OperatorService for OperatorApi {
                 ));
             }
         };
-        let older_than = OffsetDateTime::now_utc()
-            - time::Duration::try_from(threshold).unwrap_or(time::Duration::MAX);
         let pending = OperationFilter {
             state: Some(OperationState::Pending),
             created_to: Some(older_than),
@@ -331,21 +368,8 @@ impl OperatorService for OperatorApi {
                 ));
             }
         };
-        let mut v = Violations::new();
-        let to = v
-            .check("to", convert::time_in(r.to))
-            .flatten()
-            .unwrap_or_else(OffsetDateTime::now_utc);
-        let from = v
-            .check("from", convert::time_in(r.from))
-            .flatten()
-            .unwrap_or(to - time::Duration::days(1));
-        if from >= to {
-            v.push("from", "must be before to");
-        }
-        if !v.is_empty() {
-            return Err(fail(RPC, v.into()));
-        }
+        let (from, to) = reconcile_window(r.from, r.to, OffsetDateTime::now_utc())
+            .map_err(|v| fail(RPC, v.into()))?;
         let operations = self
             .operations_in(&account, from, to)
             .await

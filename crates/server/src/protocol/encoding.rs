@@ -58,7 +58,16 @@ pub fn decode_call(stored: &str) -> Result<KlarnaCall, Unreadable> {
         Some(other) => Err(Unreadable(format!(
             "version {other} was written by a newer release"
         ))),
-        None => serde_json::from_value(value).map_err(|e| Unreadable(format!("version 0: {e}"))),
+        None => {
+            // Version 0 is the domain types' serde form, which checks no value: read back
+            // through version 1, which does (an invalid version 0 call, e.g. a negative
+            // quantity, was read and then refused once stored again: found by fuzzing).
+            let call: KlarnaCall =
+                serde_json::from_value(value).map_err(|e| Unreadable(format!("version 0: {e}")))?;
+            CallV1::from(&call)
+                .into_call()
+                .map_err(|Unreadable(e)| Unreadable(format!("version 0: {e}")))
+        }
     }
 }
 
