@@ -184,7 +184,7 @@ pub fn request(data: &[u8]) {
             operation_name(&r.operation_id, &r.rpc, &r.idempotency_key, &r.caller)
         }),
         14 => decoded(bytes, list_attention),
-        15 => decoded(bytes, resolve_operation),
+        15 => decoded(bytes, refund_gateway::operator::validate_resolve),
         16 => decoded(bytes, reconcile),
         _ => grpc_timeout(bytes),
     }
@@ -494,44 +494,6 @@ fn list_attention(r: pb::ListAttentionRequest) -> (Option<OffsetDateTime>, Optio
         _ => None,
     };
     (cutoff, size)
-}
-
-/// `ResolveOperation`'s checks, as the operator service makes them.
-fn resolve_operation(
-    r: pb::ResolveOperationRequest,
-) -> Result<(String, bool, Option<String>, String), Violations> {
-    let mut v = Violations::new();
-    let by_id = OperationName::parse(&r.operation_id, "", "", "", &Caller::anonymous());
-    let operation_id = match by_id {
-        Ok(name) if !r.operation_id.is_empty() => name.id_text(),
-        _ => {
-            v.push("operation_id", "must be the operation's id (a UUID)");
-            String::new()
-        }
-    };
-    let succeeded = match pb::ResolutionOutcome::try_from(r.outcome) {
-        Ok(pb::ResolutionOutcome::Succeeded) => true,
-        Ok(pb::ResolutionOutcome::Failed) => false,
-        _ => {
-            v.push("outcome", "must be SUCCEEDED or FAILED");
-            false
-        }
-    };
-    let reason = r.reason.trim().to_owned();
-    if reason.is_empty() {
-        v.push("reason", "is required");
-    }
-    v.max_chars("reason", &reason, 1000);
-    let refund_id = r.refund_id.trim();
-    v.max_chars("refund_id", refund_id, 255);
-    v.into_result(|| {
-        (
-            operation_id,
-            succeeded,
-            (!refund_id.is_empty()).then(|| refund_id.to_owned()),
-            reason,
-        )
-    })
 }
 
 /// `Reconcile`'s window, as the operator service reads it.

@@ -59,7 +59,6 @@ use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayServic
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{AccountApi, AuthSetup, Config};
 use crate::gateway::{Accounts, Gateway, KlarnaAccount};
@@ -422,7 +421,11 @@ pub async fn start(
             OperatorServiceServer::new(operator::OperatorApi::new(gateway, protocol.clone()))
                 .max_decoding_message_size(settings.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            // No Nagle delay: an answer is small and is sent as soon as it is ready.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
     let grpc = tokio::spawn(async move { grpc_server.await.map_err(ServerError::from) });
 
     let admin_router = admin::router(admin::AdminState {

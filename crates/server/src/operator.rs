@@ -194,14 +194,21 @@ pub fn reconcile_window(
 }
 
 /// A validated ResolveOperation request.
-struct Resolve {
-    operation_id: String,
-    succeeded: bool,
-    refund_id: Option<String>,
-    reason: String,
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resolve {
+    /// The operation's id, as the store keys it.
+    pub operation_id: String,
+    /// SUCCEEDED (true) or FAILED (false).
+    pub succeeded: bool,
+    /// The refund id Klarna gave, when the operator knows it.
+    pub refund_id: Option<String>,
+    /// Why, for the audit trail: trimmed, not empty.
+    pub reason: String,
 }
 
-fn validate(r: pb::ResolveOperationRequest) -> Result<Resolve, Violations> {
+/// ResolveOperation's checks: every field's violation, or the request as the service acts on
+/// it.
+pub fn validate_resolve(r: pb::ResolveOperationRequest) -> Result<Resolve, Violations> {
     let mut v = Violations::new();
     let by_id = OperationName::parse(&r.operation_id, "", "", "", &Caller::anonymous());
     let operation_id = match by_id {
@@ -285,7 +292,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ResolveOperationResponse>, Status> {
         const RPC: &str = "ResolveOperation";
         let grant = authorize(RPC, &request)?;
-        let resolve = validate(request.into_inner()).map_err(|v| fail(RPC, v.into()))?;
+        let resolve = validate_resolve(request.into_inner()).map_err(|v| fail(RPC, v.into()))?;
         let (op, _) = self
             .operation(&resolve.operation_id)
             .await

@@ -20,9 +20,10 @@
 //!   path, an insert that keeps the first link.
 //!   Callers' daily totals (`reserve_daily`, `release_daily`, `daily_total`) are each
 //!   backend's own SQL: a UTC day is ISO text on SQLite and a DATE on PostgreSQL.
-//! - [`sqlite`]: [`SqliteStore`]: one writer task doing group commit (many concurrent writes,
-//!   one transaction, one fsync; claims and finishes in bulk statements, audit events by
-//!   triggers), a pool of readers, in-process order locks. Its writes are in `sqlite::sql`.
+//! - [`sqlite`]: [`SqliteStore`]: one writer thread (rusqlite) doing group commit (many
+//!   concurrent writes, one transaction, one fsync; claims and finishes in bulk statements,
+//!   audit events by triggers), a pool of readers (sqlx), in-process order locks. Its writes
+//!   are in `sqlite::sql`.
 //! - [`postgres`]: [`PostgresStore`]: a pool, one transaction per write, replica liveness
 //!   (one session advisory lock per replica, so a dead replica's claims are free at once) and
 //!   order locks as lease rows. Its writes are in `postgres::sql`.

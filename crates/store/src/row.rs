@@ -1,6 +1,7 @@
 //! What both backends share: the row structs, their decoding into domain values, the
 //! timestamp encoding and the RPC names. Every decoding failure is [`StoreError::Corrupt`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -27,6 +28,58 @@ pub(crate) fn db_error(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// One value of a statement, typed so that PostgreSQL is given typed NULLs. The value lists
+/// below ([`claim_values`], …) are the single statement of each write's parameter order; the
+/// sqlx backends bind them with [`bind_values`], the SQLite writer (rusqlite) binds the same
+/// lists.
+#[derive(Debug, Clone)]
+pub(crate) enum SqlValue<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+    Int4(Option<i32>),
+    Blob(Option<&'a [u8]>),
+}
+
+impl<'a> SqlValue<'a> {
+    fn text(value: &'a str) -> Self {
+        Self::Text(Some(Cow::Borrowed(value)))
+    }
+
+    fn opt_text(value: Option<&'a str>) -> Self {
+        Self::Text(value.map(Cow::Borrowed))
+    }
+
+    fn owned(value: String) -> Self {
+        Self::Text(Some(Cow::Owned(value)))
+    }
+}
+
+/// `query` with `values` bound in order.
+pub(crate) fn bind_values<'q, DB>(
+    mut query: Query<'q, DB, DB::Arguments>,
+    values: impl IntoIterator<Item = SqlValue<'q>>,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i32>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+{
+    for value in values {
+        query = match value {
+            SqlValue::Text(Some(Cow::Borrowed(text))) => query.bind(Some(text)),
+            SqlValue::Text(Some(Cow::Owned(text))) => query.bind(Some(text)),
+            SqlValue::Text(None) => query.bind(None::<&str>),
+            SqlValue::Int(value) => query.bind(value),
+            SqlValue::Int4(value) => query.bind(value),
+            SqlValue::Blob(value) => query.bind(value),
+        };
+    }
+    query
+}
+
 /// Refuses a completion whose state is not final: `finish` only ever ends an operation.
 pub(crate) fn check_final(completion: &Completion) -> Result<(), StoreError> {
     if completion.state.is_final() {
@@ -50,44 +103,52 @@ pub(crate) fn check_resolution(resolution: &Resolution) -> Result<(), StoreError
     }
 }
 
-/// `query` with the values of a resolution bound in the order both backends' statements take
-/// them: id, state, now, refund id (SUCCEEDED only: a failed refund has none, so a FAILED
-/// resolution keeps the stored one), response code, message, payload, the event's trace id
-/// (`operator:<operator>`), its detail (`resolved by <operator>: <reason>`), the operator's
-/// OpenTelemetry trace id.
-pub(crate) fn bind_resolution<'q, 'a, DB>(
-    query: Query<'q, DB, DB::Arguments>,
+/// The values of a resolution in the order both backends' statements take them: id, state, now,
+/// refund id (SUCCEEDED only: a failed refund has none, so a FAILED resolution keeps the stored
+/// one), response code, message, payload, the event's trace id (`operator:<operator>`), its detail
+/// (`resolved by <operator>: <reason>`), the operator's OpenTelemetry trace id.
+pub(crate) fn resolution_values<'a>(
     id: &'a str,
     resolution: &'a Resolution,
     now: i64,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    &'a str: Encode<'a, DB> + Type<DB>,
-    Option<&'a str>: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-    &'a [u8]: Encode<'a, DB> + Type<DB>,
-    i32: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
-{
+) -> [SqlValue<'a>; 10] {
     let refund_id = match resolution.state {
         OperationState::Succeeded => resolution.refund_id.as_deref(),
         _ => None,
     };
-    query
-        .bind(id)
-        .bind(resolution.state.as_str())
-        .bind(now)
-        .bind(refund_id)
-        .bind(resolution.response.code)
-        .bind(resolution.response.message.as_str())
-        .bind(resolution.response.payload.as_slice())
-        .bind(format!("operator:{}", resolution.operator))
-        .bind(format!(
+    [
+        SqlValue::text(id),
+        SqlValue::text(resolution.state.as_str()),
+        SqlValue::Int(Some(now)),
+        SqlValue::opt_text(refund_id),
+        SqlValue::Int4(Some(resolution.response.code)),
+        SqlValue::text(resolution.response.message.as_str()),
+        SqlValue::Blob(Some(resolution.response.payload.as_slice())),
+        SqlValue::owned(format!("operator:{}", resolution.operator)),
+        SqlValue::owned(format!(
             "resolved by {}: {}",
             resolution.operator, resolution.reason
-        ))
-        .bind(resolution.otel_trace_id.as_deref())
+        )),
+        SqlValue::opt_text(resolution.otel_trace_id.as_deref()),
+    ]
+}
+
+/// `query` with [`resolution_values`] bound.
+pub(crate) fn bind_resolution<'q, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    id: &'q str,
+    resolution: &'q Resolution,
+    now: i64,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i32>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+{
+    bind_values(query, resolution_values(id, resolution, now))
 }
 
 /// The RPC stored as `name`.
@@ -228,6 +289,39 @@ pub(crate) const OPERATION_COLUMNS: &str = "operation_id, caller, rpc, idempoten
      answer_context, resource_kind, resource_id, traceparent";
 
 impl OperationRow {
+    /// A row selected with [`OPERATION_COLUMNS`] on the SQLite writer's connection.
+    pub(crate) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            operation_id: row.get(0)?,
+            caller: row.get(1)?,
+            rpc: row.get(2)?,
+            idempotency_key: row.get(3)?,
+            fingerprint: row.get(4)?,
+            klarna_account: row.get(5)?,
+            order_id: row.get(6)?,
+            capture_id: row.get(7)?,
+            amount: row.get(8)?,
+            currency: row.get(9)?,
+            reference: row.get(10)?,
+            klarna_request: row.get(11)?,
+            trace_id: row.get(12)?,
+            state: row.get(13)?,
+            lease_expires_at: row.get(14)?,
+            lease_holder: row.get(15)?,
+            created_at: row.get(16)?,
+            updated_at: row.get(17)?,
+            refund_id: row.get(18)?,
+            correlation_id: row.get(19)?,
+            response_code: row.get(20)?,
+            response_message: row.get(21)?,
+            response_payload: row.get(22)?,
+            answer_context: row.get(23)?,
+            resource_kind: row.get(24)?,
+            resource_id: row.get(25)?,
+            traceparent: row.get(26)?,
+        })
+    }
+
     /// The operation id as stored (for joining events).
     pub(crate) fn id(&self) -> &str {
         &self.operation_id
@@ -287,47 +381,59 @@ impl OperationRow {
     }
 }
 
-/// `query` with the values of a claim bound in the order both backends' claim statements take
-/// them: id, caller, rpc, key, fingerprint, account, order, capture, amount, currency,
-/// reference, Klarna request, trace id, lease holder, lease end, now, resource kind, resource
-/// id, traceparent, OpenTelemetry trace id (the traceparent's: the claimer is the first
-/// holder).
-pub(crate) fn bind_claim<'q, 'a, DB>(
-    query: Query<'q, DB, DB::Arguments>,
+/// The values of a claim in the order both backends' claim statements take them: id, caller, rpc,
+/// key, fingerprint, account, order, capture, amount, currency, reference, Klarna request, trace
+/// id, lease holder, lease end, now, resource kind, resource id, traceparent, OpenTelemetry trace
+/// id (the traceparent's: the claimer is the first holder).
+pub(crate) fn claim_values<'a>(
     id: &'a str,
     op: &'a NewOperation,
     holder: &'a str,
     lease_until: i64,
     now: i64,
+) -> [SqlValue<'a>; 20] {
+    [
+        SqlValue::text(id),
+        SqlValue::text(op.caller.as_str()),
+        SqlValue::text(op.rpc.as_str()),
+        SqlValue::text(op.idempotency_key.as_str()),
+        SqlValue::text(op.fingerprint.as_str()),
+        SqlValue::text(op.klarna_account.as_str()),
+        SqlValue::text(op.order_id.as_str()),
+        SqlValue::opt_text(op.capture_id.as_deref()),
+        SqlValue::Int(op.amount),
+        SqlValue::opt_text(op.currency.as_deref()),
+        SqlValue::opt_text(op.reference.as_deref()),
+        SqlValue::text(op.klarna_request.as_str()),
+        SqlValue::opt_text(op.trace_id.as_deref()),
+        SqlValue::text(holder),
+        SqlValue::Int(Some(lease_until)),
+        SqlValue::Int(Some(now)),
+        SqlValue::text(op.resource_kind.as_str()),
+        SqlValue::text(op.resource_id.as_str()),
+        SqlValue::opt_text(op.traceparent.as_ref().map(TraceParent::as_str)),
+        SqlValue::opt_text(op.traceparent.as_ref().map(TraceParent::trace_id)),
+    ]
+}
+
+/// `query` with [`claim_values`] bound.
+pub(crate) fn bind_claim<'q, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    id: &'q str,
+    op: &'q NewOperation,
+    holder: &'q str,
+    lease_until: i64,
+    now: i64,
 ) -> Query<'q, DB, DB::Arguments>
 where
     DB: Database,
-    &'a str: Encode<'a, DB> + Type<DB>,
-    Option<&'a str>: Encode<'a, DB> + Type<DB>,
-    Option<i64>: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i32>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
-    query
-        .bind(id)
-        .bind(op.caller.as_str())
-        .bind(op.rpc.as_str())
-        .bind(op.idempotency_key.as_str())
-        .bind(op.fingerprint.as_str())
-        .bind(op.klarna_account.as_str())
-        .bind(op.order_id.as_str())
-        .bind(op.capture_id.as_deref())
-        .bind(op.amount)
-        .bind(op.currency.as_deref())
-        .bind(op.reference.as_deref())
-        .bind(op.klarna_request.as_str())
-        .bind(op.trace_id.as_deref())
-        .bind(holder)
-        .bind(lease_until)
-        .bind(now)
-        .bind(op.resource_kind.as_str())
-        .bind(op.resource_id.as_str())
-        .bind(op.traceparent.as_ref().map(TraceParent::as_str))
-        .bind(op.traceparent.as_ref().map(TraceParent::trace_id))
+    bind_values(query, claim_values(id, op, holder, lease_until, now))
 }
 
 /// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's
@@ -432,32 +538,44 @@ impl WebhookRow {
     }
 }
 
-/// `query` with the values of a webhook event bound in the order both backends' statements
-/// take them: event id, type, account, operation id, payment transaction id, refund id,
-/// correlation id, payload, occurred at, received at (microseconds).
-pub(crate) fn bind_webhook<'q, 'a, DB>(
-    query: Query<'q, DB, DB::Arguments>,
+/// The values of a webhook event in the order both backends' statements take them: event id, type,
+/// account, operation id, payment transaction id, refund id, correlation id, payload, occurred at,
+/// received at (microseconds).
+pub(crate) fn webhook_values<'a>(
     event: &'a WebhookEvent,
     operation_id: Option<&'a str>,
+    received_at: i64,
+) -> [SqlValue<'a>; 10] {
+    [
+        SqlValue::text(event.event_id.as_str()),
+        SqlValue::text(event.event_type.as_str()),
+        SqlValue::text(event.klarna_account.as_str()),
+        SqlValue::opt_text(operation_id),
+        SqlValue::opt_text(event.payment_transaction_id.as_deref()),
+        SqlValue::opt_text(event.refund_id.as_deref()),
+        SqlValue::opt_text(event.correlation_id.as_deref()),
+        SqlValue::text(event.payload.as_str()),
+        SqlValue::opt_text(event.occurred_at.as_deref()),
+        SqlValue::Int(Some(received_at)),
+    ]
+}
+
+/// `query` with [`webhook_values`] bound.
+pub(crate) fn bind_webhook<'q, DB>(
+    query: Query<'q, DB, DB::Arguments>,
+    event: &'q WebhookEvent,
+    operation_id: Option<&'q str>,
     received_at: i64,
 ) -> Query<'q, DB, DB::Arguments>
 where
     DB: Database,
-    &'a str: Encode<'a, DB> + Type<DB>,
-    Option<&'a str>: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i32>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
-    query
-        .bind(event.event_id.as_str())
-        .bind(event.event_type.as_str())
-        .bind(event.klarna_account.as_str())
-        .bind(operation_id)
-        .bind(event.payment_transaction_id.as_deref())
-        .bind(event.refund_id.as_deref())
-        .bind(event.correlation_id.as_deref())
-        .bind(event.payload.as_str())
-        .bind(event.occurred_at.as_deref())
-        .bind(received_at)
+    bind_values(query, webhook_values(event, operation_id, received_at))
 }
 
 /// An `order_references` row as selected by both backends (columns in
@@ -477,6 +595,18 @@ pub(crate) const REFERENCE_COLUMNS: &str =
     "klarna_account, kind, reference, order_id, store_id, linked_at";
 
 impl ReferenceRow {
+    /// A row selected with [`REFERENCE_COLUMNS`] on the SQLite writer's connection.
+    pub(crate) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            klarna_account: row.get(0)?,
+            kind: row.get(1)?,
+            reference: row.get(2)?,
+            order_id: row.get(3)?,
+            store_id: row.get(4)?,
+            linked_at: row.get(5)?,
+        })
+    }
+
     /// The domain reference.
     pub(crate) fn into_reference(self) -> Result<OrderReference, StoreError> {
         let kind = ReferenceKind::parse(&self.kind).ok_or_else(|| {
@@ -493,26 +623,34 @@ impl ReferenceRow {
     }
 }
 
-/// `query` with the values of a reference bound in the order both backends' statements take
-/// them: account, kind, reference, order id, store id, linked at (microseconds, `linked_at`).
-pub(crate) fn bind_reference<'q, 'a, DB>(
+/// The values of a reference in the order both backends' statements take them: account, kind,
+/// reference, order id, store id, linked at (microseconds, `linked_at`).
+pub(crate) fn reference_values(reference: &OrderReference, linked_at: i64) -> [SqlValue<'_>; 6] {
+    [
+        SqlValue::text(reference.klarna_account.as_str()),
+        SqlValue::text(reference.kind.as_str()),
+        SqlValue::text(reference.reference.as_str()),
+        SqlValue::text(reference.order_id.as_str()),
+        SqlValue::opt_text(reference.store_id.as_deref()),
+        SqlValue::Int(Some(linked_at)),
+    ]
+}
+
+/// `query` with [`reference_values`] bound.
+pub(crate) fn bind_reference<'q, DB>(
     query: Query<'q, DB, DB::Arguments>,
-    reference: &'a OrderReference,
+    reference: &'q OrderReference,
     linked_at: i64,
 ) -> Query<'q, DB, DB::Arguments>
 where
     DB: Database,
-    &'a str: Encode<'a, DB> + Type<DB>,
-    Option<&'a str>: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i32>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
-    query
-        .bind(reference.klarna_account.as_str())
-        .bind(reference.kind.as_str())
-        .bind(reference.reference.as_str())
-        .bind(reference.order_id.as_str())
-        .bind(reference.store_id.as_deref())
-        .bind(linked_at)
+    bind_values(query, reference_values(reference, linked_at))
 }
 
 /// What a link of `reference` did when its insert found the reference already linked, to

@@ -8,8 +8,13 @@
 //! cargo build --release -p refund-gateway -p klarna-sim
 //! cargo run --release -p refund-gateway-tests --bin bench -- [--seconds N] [--paths a,b,c,d]
 //!     [--tracing off,otlp] [--rates 200,1000,3000] [--sizes 10000,1000000]
+//!     [--concurrency 1,64,256] [--closed-only]
 //!     [--gateway PATH] [--simulator PATH] [--json PATH] [--svg PATH] [--quick]
 //! ```
+//!
+//! `--closed-only` runs only the closed loops (at each `--concurrency`), no open loop, RSS or
+//! size run: one steady load to profile (`perf record -p` on the gateway's pid, which the bench
+//! prints).
 //!
 //! `--gateway` and `--simulator` default to `refund-gateway` and `klarna-sim` next to this
 //! executable (the release build's under `cargo run --release`). Path (c) needs
@@ -161,6 +166,8 @@ struct Args {
     rates: Vec<f64>,
     sizes: Vec<u64>,
     concurrency: Vec<usize>,
+    /// Only the closed loops (no open loops, RSS or size runs): for profiling one load.
+    closed_only: bool,
     quick: bool,
     gateway: PathBuf,
     simulator: PathBuf,
@@ -170,7 +177,7 @@ struct Args {
 
 const USAGE: &str = "usage: bench [--seconds N] [--paths a,b,c,d] [--tracing off,otlp] \
     [--rates 200,1000,3000] [--sizes 10000,1000000] [--gateway PATH] [--simulator PATH] \
-    [--json PATH] [--svg PATH] [--quick]";
+    [--concurrency 1,64,256] [--closed-only] [--json PATH] [--svg PATH] [--quick]";
 
 impl Args {
     fn parse() -> anyhow::Result<Self> {
@@ -184,6 +191,8 @@ impl Args {
         let mut json = None;
         let mut svg = None;
         let mut quick = false;
+        let mut concurrency = None;
+        let mut closed_only = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = || args.next().context(USAGE);
@@ -222,6 +231,14 @@ impl Args {
                 "--json" => json = Some(PathBuf::from(value()?)),
                 "--svg" => svg = Some(PathBuf::from(value()?)),
                 "--quick" => quick = true,
+                "--concurrency" => {
+                    concurrency = Some(list(&value()?, |c| {
+                        let c: usize = c.parse()?;
+                        ensure!(c > 0, "concurrency must be positive");
+                        Ok(c)
+                    })?)
+                }
+                "--closed-only" => closed_only = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -274,7 +291,12 @@ impl Args {
                     vec![10_000, 1_000_000]
                 }
             }),
-            concurrency: if quick { vec![8] } else { vec![1, 64, 256] },
+            concurrency: concurrency.unwrap_or_else(
+                || {
+                    if quick { vec![8] } else { vec![1, 64, 256] }
+                },
+            ),
+            closed_only,
             gateway: if paths
                 .iter()
                 .any(|p| matches!(p, PathKind::Sqlite | PathKind::Postgres))
@@ -638,7 +660,13 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn log(&self, what: &str) {
-        eprintln!("bench: {}: {what}", self.variant.label());
+        match self.pids.gateway {
+            Some(pid) => eprintln!(
+                "bench: {} (gateway pid {pid}): {what}",
+                self.variant.label()
+            ),
+            None => eprintln!("bench: {}: {what}", self.variant.label()),
+        }
     }
 
     /// Runs `run`, measuring the CPU of every process and the gateway's peak RSS over it,
@@ -780,6 +808,9 @@ impl Bench<'_> {
         let mut best = 0.0f64;
         for &concurrency in &self.args.concurrency {
             best = best.max(self.closed("closed", concurrency, None).await?.throughput);
+        }
+        if self.args.closed_only {
+            return Ok(());
         }
         let mut saturated = false;
         for &rate in &self.args.rates {
@@ -1480,7 +1511,7 @@ async fn main() -> anyhow::Result<()> {
             records.extend(runs);
             reports.push(report);
         }
-        if !args.sizes.is_empty() {
+        if !args.sizes.is_empty() && !args.closed_only {
             for path in [PathKind::Sqlite, PathKind::Postgres] {
                 if variants.iter().any(|v| v.path == path) {
                     records.extend(run_sizes(&args, path, &mut databases).await?);

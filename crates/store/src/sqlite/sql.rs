@@ -1,14 +1,14 @@
-//! The SQL statements of the SQLite store's writes, and the functions that run them, on the
-//! writer's connection inside its batch transaction. The reads are shared with PostgreSQL
-//! (`crate::read`), except [`daily_total`], which reads on the readers' pool.
+//! The SQL statements of the SQLite store's writes, and the functions that run them on the
+//! writer's connection (rusqlite, on the writer's own thread) inside its batch transaction.
+//! The reads are shared with PostgreSQL (`crate::read`, sqlx), except [`daily_total`], which
+//! reads on the readers' pool.
 //!
 //! Audit events are appended by triggers (see the migration), so a claim or a transition is
 //! one statement and the event exists exactly when the row changed. Claims and finishes, the
-//! hot path, run many operations per statement ([`claim_many`], [`finish_many`]): each
-//! statement is a round trip to sqlx's SQLite thread, and one statement over a hundred rows
-//! halves the CPU time of a hundred one-row statements (see the throughput measurement).
-//! A bulk statement takes one row of values per operation, padded with NULL rows to one of
-//! [`CHUNK_ROWS`] so a few prepared statements serve every batch size.
+//! hot path, run many operations per statement ([`claim_many`], [`finish_many`]): one
+//! statement over a hundred rows costs far less than a hundred one-row statements. A bulk
+//! statement takes one row of values per operation, padded with NULL rows to one of
+//! [`CHUNK_ROWS`] so a few prepared (and cached) statements serve every batch size.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -17,13 +17,14 @@ use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
     Claim, Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
 };
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
+use sqlx::SqlitePool;
 
 use crate::read::{SELECT_OPERATION, SELECT_REFERENCE};
 use crate::row::{
-    OperationRow, ReferenceRow, bind_claim, bind_reference, bind_resolution, bind_webhook,
-    claimed_operation, db_error, insert_event_from, link_found,
+    OperationRow, ReferenceRow, SqlValue, claim_values, claimed_operation, db_error,
+    insert_event_from, link_found, reference_values, resolution_values, webhook_values,
 };
 
 /// Rows of the bulk statements; a chunk of operations is padded up to the next size.
@@ -213,6 +214,35 @@ pub(super) struct FinishArgs<'a> {
     pub(super) now: i64,
 }
 
+impl ToSql for SqlValue<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            SqlValue::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            SqlValue::Int(Some(value)) => ToSqlOutput::Owned(Value::Integer(*value)),
+            SqlValue::Int4(Some(value)) => ToSqlOutput::Owned(Value::Integer(i64::from(*value))),
+            SqlValue::Blob(Some(bytes)) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+            SqlValue::Text(None)
+            | SqlValue::Int(None)
+            | SqlValue::Int4(None)
+            | SqlValue::Blob(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+/// A SQLite error as the port reports it: unreadable values are [`StoreError::Corrupt`],
+/// everything else [`StoreError::Unavailable`]. SQLite's messages name no secret.
+pub(super) fn sqlite_error(error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..)
+        | rusqlite::Error::InvalidColumnIndex(_)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(error.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 /// The bulk statement for `remaining` operations: its index in [`CHUNK_ROWS`] (the smallest
 /// that holds them all, else the largest) and how many of them it takes.
 fn chunk(remaining: usize) -> (usize, usize) {
@@ -223,34 +253,33 @@ fn chunk(remaining: usize) -> (usize, usize) {
     (size, remaining.min(CHUNK_ROWS[size]))
 }
 
-/// A bulk statement being built: its text is `'static`, its arguments owned.
-type BulkQuery = sqlx::query::Query<'static, sqlx::Sqlite, SqliteArguments>;
-
 /// Runs one of `statements` (a bulk statement per size of [`CHUNK_ROWS`], `values` values a
-/// row) over `items` in as few chunks as it takes, `bind` adding one item's row of values;
+/// row) over `items` in as few chunks as it takes, `row` giving one item's row of values;
 /// returns the operation ids the statements returned.
-async fn run_bulk<T>(
-    conn: &mut SqliteConnection,
+fn run_bulk<'a, T, const N: usize>(
+    conn: &Connection,
     statements: &'static [String; CHUNK_ROWS.len()],
-    values: usize,
-    items: &[T],
-    bind: impl Fn(BulkQuery, &T) -> BulkQuery,
+    items: &'a [T],
+    row: impl Fn(&'a T) -> [SqlValue<'a>; N],
 ) -> Result<HashSet<String>, StoreError> {
     let mut ids = HashSet::with_capacity(items.len());
+    let mut values: Vec<SqlValue<'a>> = Vec::new();
     let mut rest = items;
     while !rest.is_empty() {
         let (size, take) = chunk(rest.len());
         let (now, later) = rest.split_at(take);
-        let mut query = sqlx::query(statements[size].as_str());
-        for item in now {
-            query = bind(query, item);
-        }
+        values.clear();
+        values.extend(now.iter().flat_map(&row));
         // The padding rows: NULL ids match nothing and insert nothing.
-        for _ in 0..(CHUNK_ROWS[size] - take) * values {
-            query = query.bind(None::<String>);
-        }
-        for row in query.fetch_all(&mut *conn).await.map_err(db_error)? {
-            ids.insert(row.try_get::<String, _>(0).map_err(db_error)?);
+        values.resize(CHUNK_ROWS[size] * N, SqlValue::Text(None));
+        let mut statement = conn
+            .prepare_cached(statements[size].as_str())
+            .map_err(sqlite_error)?;
+        let mut rows = statement
+            .query(params_from_iter(values.iter()))
+            .map_err(sqlite_error)?;
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            ids.insert(row.get::<_, String>(0).map_err(sqlite_error)?);
         }
         rest = later;
     }
@@ -259,14 +288,13 @@ async fn run_bulk<T>(
 
 /// Claims each of `claims` (distinct ids): inserted as IN_FLIGHT with its "claimed" event, or
 /// the stored operation; in the order given.
-pub(super) async fn claim_many(
-    conn: &mut SqliteConnection,
+pub(super) fn claim_many(
+    conn: &Connection,
     claims: &[ClaimArgs<'_>],
 ) -> Result<Vec<Claim>, StoreError> {
-    let inserted = run_bulk(conn, &CLAIM_MANY, CLAIM_VALUES, claims, |query, c| {
-        bind_claim(query, c.id, c.op, c.holder_text, c.lease_until, c.now)
-    })
-    .await?;
+    let inserted = run_bulk(conn, &CLAIM_MANY, claims, |c| -> [_; CLAIM_VALUES] {
+        claim_values(c.id, c.op, c.holder_text, c.lease_until, c.now)
+    })?;
     let mut out = Vec::with_capacity(claims.len());
     for c in claims {
         if inserted.contains(c.id) {
@@ -278,7 +306,7 @@ pub(super) async fn claim_many(
             )?));
             continue;
         }
-        match get(&mut *conn, c.id).await? {
+        match get(conn, c.id)? {
             Some(existing) => out.push(Claim::Existing(existing)),
             // The writer holds the write lock: a row that conflicted a moment ago is still there.
             None => {
@@ -294,40 +322,42 @@ pub(super) async fn claim_many(
 
 /// Finishes each of `finishes` (distinct ids) that is IN_FLIGHT and held by its holder;
 /// whether each changed, in the order given.
-pub(super) async fn finish_many(
-    conn: &mut SqliteConnection,
+pub(super) fn finish_many(
+    conn: &Connection,
     finishes: &[FinishArgs<'_>],
 ) -> Result<Vec<bool>, StoreError> {
-    let changed = run_bulk(conn, &FINISH_MANY, FINISH_VALUES, finishes, |query, f| {
+    let changed = run_bulk(conn, &FINISH_MANY, finishes, |f| -> [_; FINISH_VALUES] {
         let c = f.completion;
-        query
-            .bind(f.id)
-            .bind(c.state.as_str())
-            .bind(f.now)
-            .bind(&c.refund_id)
-            .bind(&c.correlation_id)
-            .bind(c.response.code)
-            .bind(&c.response.message)
-            .bind(&c.response.payload)
-            .bind(&c.trace_id)
-            .bind(&c.detail)
-            .bind(f.holder)
-    })
-    .await?;
+        [
+            SqlValue::Text(Some(f.id.into())),
+            SqlValue::Text(Some(c.state.as_str().into())),
+            SqlValue::Int(Some(f.now)),
+            SqlValue::Text(c.refund_id.as_deref().map(Into::into)),
+            SqlValue::Text(c.correlation_id.as_deref().map(Into::into)),
+            SqlValue::Int4(Some(c.response.code)),
+            SqlValue::Text(Some(c.response.message.as_str().into())),
+            SqlValue::Blob(Some(c.response.payload.as_slice())),
+            SqlValue::Text(c.trace_id.as_deref().map(Into::into)),
+            SqlValue::Text(Some(c.detail.as_str().into())),
+            SqlValue::Text(Some(f.holder.into())),
+        ]
+    })?;
     Ok(finishes.iter().map(|f| changed.contains(f.id)).collect())
 }
 
 /// Runs a one-row write; true when it changed the row.
-async fn changed_one(
-    query: sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments>,
-    conn: &mut SqliteConnection,
+fn changed_one(
+    conn: &Connection,
+    sql: &str,
+    values: impl rusqlite::Params,
 ) -> Result<bool, StoreError> {
-    Ok(query.execute(conn).await.map_err(db_error)?.rows_affected() == 1)
+    let mut statement = conn.prepare_cached(sql).map_err(sqlite_error)?;
+    Ok(statement.execute(values).map_err(sqlite_error)? == 1)
 }
 
 /// PENDING or lease-expired IN_FLIGHT -> IN_FLIGHT held by `holder` until `lease_until`.
-pub(super) async fn take_over(
-    conn: &mut SqliteConnection,
+pub(super) fn take_over(
+    conn: &Connection,
     id: &str,
     holder: &str,
     now: i64,
@@ -335,45 +365,38 @@ pub(super) async fn take_over(
     trace_id: Option<&str>,
     otel_trace_id: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(TAKE_OVER)
-        .bind(id)
-        .bind(lease_until)
-        .bind(now)
-        .bind(trace_id)
-        .bind(holder)
-        .bind(otel_trace_id);
-    changed_one(query, conn).await
+    changed_one(
+        conn,
+        TAKE_OVER,
+        params![id, lease_until, now, trace_id, holder, otel_trace_id],
+    )
 }
 
 /// REQUIRES_REVIEW -> the resolution's state (checked by the caller: SUCCEEDED or FAILED).
-pub(super) async fn resolve_review(
-    conn: &mut SqliteConnection,
+pub(super) fn resolve_review(
+    conn: &Connection,
     id: &str,
     resolution: &Resolution,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = bind_resolution(sqlx::query(RESOLVE_REVIEW), id, resolution, now);
-    changed_one(query, conn).await
+    let values = resolution_values(id, resolution, now);
+    changed_one(conn, RESOLVE_REVIEW, params_from_iter(values.iter()))
 }
 
 /// Extends the lease of an IN_FLIGHT operation held by `holder`; no event (not a state
 /// change).
-pub(super) async fn renew_lease(
-    conn: &mut SqliteConnection,
+pub(super) fn renew_lease(
+    conn: &Connection,
     id: &str,
     holder: &str,
     lease_until: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(RENEW_LEASE)
-        .bind(id)
-        .bind(lease_until)
-        .bind(holder);
-    changed_one(query, conn).await
+    changed_one(conn, RENEW_LEASE, params![id, lease_until, holder])
 }
 
 /// IN_FLIGHT held by `holder` -> PENDING.
-pub(super) async fn mark_pending(
-    conn: &mut SqliteConnection,
+pub(super) fn mark_pending(
+    conn: &Connection,
     id: &str,
     holder: &str,
     correlation_id: Option<&str>,
@@ -381,40 +404,29 @@ pub(super) async fn mark_pending(
     answer_context: Option<&str>,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(MARK_PENDING)
-        .bind(id)
-        .bind(now)
-        .bind(correlation_id)
-        .bind(detail)
-        .bind(holder)
-        .bind(answer_context);
-    changed_one(query, conn).await
+    changed_one(
+        conn,
+        MARK_PENDING,
+        params![id, now, correlation_id, detail, holder, answer_context],
+    )
 }
 
 /// Deletes an IN_FLIGHT operation held by `holder`, keeping an event with no state after.
-pub(super) async fn abandon(
-    conn: &mut SqliteConnection,
+pub(super) fn abandon(
+    conn: &Connection,
     id: &str,
     holder: &str,
     detail: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let events = sqlx::query(ABANDON_EVENT.as_str())
-        .bind(id)
-        .bind(detail)
-        .bind(now)
-        .bind(holder)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-    let changed = sqlx::query(ABANDON)
-        .bind(id)
-        .bind(holder)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
+    let events = conn
+        .prepare_cached(ABANDON_EVENT.as_str())
+        .and_then(|mut s| s.execute(params![id, detail, now, holder]))
+        .map_err(sqlite_error)?;
+    let changed = conn
+        .prepare_cached(ABANDON)
+        .and_then(|mut s| s.execute(params![id, holder]))
+        .map_err(sqlite_error)?;
     // Both under the same condition, under the writer's lock: they agree, or the batch is
     // rolled back rather than leave a change without its event.
     if events == changed {
@@ -429,32 +441,29 @@ pub(super) async fn abandon(
 /// Records `event` unless its event id is known, and then appends an audit event to the
 /// operation it names, if that exists; true when recorded. `operation_id` and `received_at`
 /// are the event's, as stored.
-pub(super) async fn record_webhook(
-    conn: &mut SqliteConnection,
+pub(super) fn record_webhook(
+    conn: &Connection,
     event: &WebhookEvent,
     operation_id: Option<&str>,
     received_at: i64,
     detail: &str,
 ) -> Result<bool, StoreError> {
-    let query = bind_webhook(
-        sqlx::query(RECORD_WEBHOOK),
-        event,
-        operation_id,
-        received_at,
-    );
-    if !changed_one(query, &mut *conn).await? {
+    let values = webhook_values(event, operation_id, received_at);
+    if !changed_one(conn, RECORD_WEBHOOK, params_from_iter(values.iter()))? {
         return Ok(false);
     }
     if let Some(id) = operation_id {
-        sqlx::query(WEBHOOK_EVENT.as_str())
-            .bind(id)
-            .bind(event.refund_id.as_deref())
-            .bind(event.correlation_id.as_deref())
-            .bind(detail)
-            .bind(received_at)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error)?;
+        conn.prepare_cached(WEBHOOK_EVENT.as_str())
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    event.refund_id.as_deref(),
+                    event.correlation_id.as_deref(),
+                    detail,
+                    received_at
+                ])
+            })
+            .map_err(sqlite_error)?;
     }
     Ok(true)
 }
@@ -462,41 +471,36 @@ pub(super) async fn record_webhook(
 /// Adds `amount` to the total of (`caller`, `currency`, `day`) if it stays at most `cap`
 /// (see [`RESERVE_DAILY`]); true when added. `day` is stored text (`crate::row::day_text`);
 /// `amount` and `cap` are at least zero (the caller checks).
-pub(super) async fn reserve_daily(
-    conn: &mut SqliteConnection,
+pub(super) fn reserve_daily(
+    conn: &Connection,
     caller: &str,
     currency: &str,
     day: &str,
     amount: i64,
     cap: i64,
 ) -> Result<bool, StoreError> {
-    let total = sqlx::query_scalar::<_, i64>(RESERVE_DAILY)
-        .bind(caller)
-        .bind(currency)
-        .bind(day)
-        .bind(amount)
-        .bind(cap)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    let total: Option<i64> = conn
+        .prepare_cached(RESERVE_DAILY)
+        .and_then(|mut s| {
+            s.query_row(params![caller, currency, day, amount, cap], |row| {
+                row.get(0)
+            })
+            .optional()
+        })
+        .map_err(sqlite_error)?;
     Ok(total.is_some())
 }
 
 /// Gives `amount` back to the total of (`caller`, `currency`, `day`), down to zero at most;
 /// true when there was a total.
-pub(super) async fn release_daily(
-    conn: &mut SqliteConnection,
+pub(super) fn release_daily(
+    conn: &Connection,
     caller: &str,
     currency: &str,
     day: &str,
     amount: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(RELEASE_DAILY)
-        .bind(caller)
-        .bind(currency)
-        .bind(day)
-        .bind(amount);
-    changed_one(query, conn).await
+    changed_one(conn, RELEASE_DAILY, params![caller, currency, day, amount])
 }
 
 /// The total of (`caller`, `currency`, `day`), 0 when nothing was reserved; read on the
@@ -522,73 +526,68 @@ pub(super) async fn daily_total(
 /// that found the reference taken and the read. Among links of one reference, in this batch or
 /// any other, the first the writer runs is the one linked. `linked_at` is the reference's, as
 /// stored.
-pub(super) async fn link_reference(
-    conn: &mut SqliteConnection,
+pub(super) fn link_reference(
+    conn: &Connection,
     reference: &OrderReference,
     linked_at: i64,
 ) -> Result<LinkOutcome, StoreError> {
-    let query = bind_reference(sqlx::query(LINK_REFERENCE), reference, linked_at);
-    if changed_one(query, &mut *conn).await? {
+    let values = reference_values(reference, linked_at);
+    if changed_one(conn, LINK_REFERENCE, params_from_iter(values.iter()))? {
         return Ok(LinkOutcome::Linked);
     }
-    let stored = sqlx::query_as::<_, ReferenceRow>(SELECT_REFERENCE.as_str())
-        .bind(reference.klarna_account.as_str())
-        .bind(reference.kind.as_str())
-        .bind(reference.reference.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?
+    let stored = conn
+        .prepare_cached(SELECT_REFERENCE.as_str())
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    reference.klarna_account.as_str(),
+                    reference.kind.as_str(),
+                    reference.reference.as_str()
+                ],
+                ReferenceRow::from_sqlite,
+            )
+            .optional()
+        })
+        .map_err(sqlite_error)?
         .map(ReferenceRow::into_reference)
         .transpose()?;
     link_found(reference, stored)
 }
 
 /// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).
-pub(super) async fn purge(conn: &mut SqliteConnection, before: i64) -> Result<u64, StoreError> {
-    Ok(sqlx::query(PURGE)
-        .bind(before)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .rows_affected())
+pub(super) fn purge(conn: &Connection, before: i64) -> Result<u64, StoreError> {
+    let purged = conn
+        .prepare_cached(PURGE)
+        .and_then(|mut s| s.execute(params![before]))
+        .map_err(sqlite_error)?;
+    Ok(purged as u64)
 }
 
 /// Marks every IN_FLIGHT operation PENDING (see [`ORPHANED`]); returns how many.
-pub(super) async fn take_over_orphans(
-    conn: &mut SqliteConnection,
-    now: i64,
-) -> Result<u64, StoreError> {
-    Ok(sqlx::query(ORPHANED)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .rows_affected())
+pub(super) fn take_over_orphans(conn: &Connection, now: i64) -> Result<u64, StoreError> {
+    let taken = conn.execute(ORPHANED, params![now]).map_err(sqlite_error)?;
+    Ok(taken as u64)
 }
 
 /// The writer connection's `journal_mode` and `synchronous` (0 OFF, 1 NORMAL, 2 FULL).
-pub(super) async fn durability(conn: &mut SqliteConnection) -> Result<(String, i64), StoreError> {
-    let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error)?;
+pub(super) fn durability(conn: &Connection) -> Result<(String, i64), StoreError> {
+    let journal_mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(sqlite_error)?;
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .map_err(sqlite_error)?;
     Ok((journal_mode, synchronous))
 }
 
 /// The operation `id`, read on the writer's connection (inside its transaction).
-pub(super) async fn get(
-    conn: &mut SqliteConnection,
-    id: &str,
-) -> Result<Option<Operation>, StoreError> {
-    sqlx::query_as::<_, OperationRow>(SELECT_OPERATION.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Operation>, StoreError> {
+    conn.prepare_cached(SELECT_OPERATION.as_str())
+        .and_then(|mut s| {
+            s.query_row(params![id], OperationRow::from_sqlite)
+                .optional()
+        })
+        .map_err(sqlite_error)?
         .map(OperationRow::into_operation)
         .transpose()
 }
