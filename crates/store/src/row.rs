@@ -133,24 +133,6 @@ pub(crate) fn resolution_values<'a>(
     ]
 }
 
-/// `query` with [`resolution_values`] bound.
-pub(crate) fn bind_resolution<'q, DB>(
-    query: Query<'q, DB, DB::Arguments>,
-    id: &'q str,
-    resolution: &'q Resolution,
-    now: i64,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    Option<i32>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-{
-    bind_values(query, resolution_values(id, resolution, now))
-}
-
 /// The RPC stored as `name`.
 pub(crate) fn parse_rpc(name: &str) -> Result<Rpc, StoreError> {
     Rpc::from_name(name).ok_or_else(|| StoreError::Corrupt(format!("unknown rpc {name:?}")))
@@ -416,26 +398,6 @@ pub(crate) fn claim_values<'a>(
     ]
 }
 
-/// `query` with [`claim_values`] bound.
-pub(crate) fn bind_claim<'q, DB>(
-    query: Query<'q, DB, DB::Arguments>,
-    id: &'q str,
-    op: &'q NewOperation,
-    holder: &'q str,
-    lease_until: i64,
-    now: i64,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    Option<i32>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-{
-    bind_values(query, claim_values(id, op, holder, lease_until, now))
-}
-
 /// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's
 /// identity, refund id and correlation id from the rows of `source`, followed by
 /// `rest`: the trace id (request id), OpenTelemetry trace id, state before, state after,
@@ -560,24 +522,6 @@ pub(crate) fn webhook_values<'a>(
     ]
 }
 
-/// `query` with [`webhook_values`] bound.
-pub(crate) fn bind_webhook<'q, DB>(
-    query: Query<'q, DB, DB::Arguments>,
-    event: &'q WebhookEvent,
-    operation_id: Option<&'q str>,
-    received_at: i64,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    Option<i32>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-{
-    bind_values(query, webhook_values(event, operation_id, received_at))
-}
-
 /// An `order_references` row as selected by both backends (columns in
 /// [`REFERENCE_COLUMNS`]).
 #[derive(Debug, sqlx::FromRow)]
@@ -634,23 +578,6 @@ pub(crate) fn reference_values(reference: &OrderReference, linked_at: i64) -> [S
         SqlValue::opt_text(reference.store_id.as_deref()),
         SqlValue::Int(Some(linked_at)),
     ]
-}
-
-/// `query` with [`reference_values`] bound.
-pub(crate) fn bind_reference<'q, DB>(
-    query: Query<'q, DB, DB::Arguments>,
-    reference: &'q OrderReference,
-    linked_at: i64,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    Option<i32>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-{
-    bind_values(query, reference_values(reference, linked_at))
 }
 
 /// What a link of `reference` did when its insert found the reference already linked, to

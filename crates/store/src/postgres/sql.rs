@@ -39,8 +39,9 @@ use sqlx::{PgPool, Postgres, Row};
 
 use crate::read;
 use crate::row::{
-    OPERATION_COLUMNS, OperationRow, bind_claim, bind_reference, bind_resolution, bind_webhook,
-    claimed_operation, db_error, holder_text, id_text, insert_event_from, link_found,
+    OPERATION_COLUMNS, OperationRow, bind_values, claim_values, claimed_operation, db_error,
+    holder_text, id_text, insert_event_from, link_found, reference_values, resolution_values,
+    webhook_values,
 };
 
 /// The replica keys alive in this database, each as its (high half, low half): the granted
@@ -77,7 +78,7 @@ fn unheld(now: &str) -> String {
 /// vanishing needs a concurrent abandon).
 const CLAIM_ATTEMPTS: usize = 8;
 
-// The values of `bind_claim`: $1 … $13 the operation, $14 lease holder, $15 lease end,
+// The values of `claim_values`: $1 … $13 the operation, $14 lease holder, $15 lease end,
 // $16 now, $17 resource kind, $18 resource id, $19 traceparent, $20 its trace id (the first
 // holder's); then $21 the claiming replica.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
@@ -168,7 +169,7 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// The values of `bind_resolution`: $1 id, $2 state, $3 now, $4 refund id, $5 code,
+// The values of `resolution_values`: $1 id, $2 state, $3 now, $4 refund id, $5 code,
 // $6 message, $7 payload, $8 the event's trace id, $9 detail, $10 the operator's
 // OpenTelemetry trace id. Only from REQUIRES_REVIEW: of concurrent resolutions, the ones that
 // waited for the row lock re-check the state on the resolved row and do nothing. The row's
@@ -214,7 +215,7 @@ static ABANDON: LazyLock<String> = LazyLock::new(|| {
         + &insert_event_from("deleted", "trace_id, otel_trace_id, state, NULL, $3, $2")
 });
 
-// The values of `bind_webhook`: $1 event id, $2 type, $3 account, $4 operation id, $5 payment
+// The values of `webhook_values`: $1 event id, $2 type, $3 account, $4 operation id, $5 payment
 // transaction id, $6 refund id, $7 correlation id, $8 payload, $9 occurred at, $10 received
 // at; then $11 the detail. Returns how many webhooks were recorded (0: a known event id, which
 // inserts nothing and so appends nothing; concurrent inserts of one id wait for each other).
@@ -269,7 +270,7 @@ const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = GREATEST(tot
 const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
      WHERE caller = $1 AND currency = $2 AND day = $3::date";
 
-// The values of `bind_reference`: $1 account, $2 kind, $3 reference, $4 order id, $5 store
+// The values of `reference_values`: $1 account, $2 kind, $3 reference, $4 order id, $5 store
 // id, $6 linked at. A reference already linked inserts nothing and keeps its first link.
 // Concurrent links of one reference, from any replica, meet on the primary key: an insert that
 // meets another's uncommitted one waits for it, and inserts only if that one rolls back.
@@ -336,13 +337,9 @@ pub(super) async fn claim(
     let id = id_text(op.operation_id);
     let holder_id = holder_text(holder);
     for _ in 0..CLAIM_ATTEMPTS {
-        let query = bind_claim(
+        let query = bind_values(
             sqlx::query(CLAIM.as_str()),
-            &id,
-            op,
-            &holder_id,
-            lease_until,
-            now,
+            claim_values(&id, op, &holder_id, lease_until, now),
         )
         .bind(replica);
         let started = Instant::now();
@@ -490,7 +487,10 @@ pub(super) async fn resolve_review(
     resolution: &Resolution,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = bind_resolution(sqlx::query(RESOLVE_REVIEW.as_str()), id, resolution, now);
+    let query = bind_values(
+        sqlx::query(RESOLVE_REVIEW.as_str()),
+        resolution_values(id, resolution, now),
+    );
     changed_one_measured(query, pool).await
 }
 
@@ -540,11 +540,9 @@ pub(super) async fn record_webhook(
     received_at: i64,
     detail: &str,
 ) -> Result<bool, StoreError> {
-    let query = bind_webhook(
+    let query = bind_values(
         sqlx::query(RECORD_WEBHOOK.as_str()),
-        event,
-        operation_id,
-        received_at,
+        webhook_values(event, operation_id, received_at),
     );
     let started = Instant::now();
     let row = query.bind(detail).fetch_one(pool).await.map_err(db_error)?;
@@ -633,7 +631,10 @@ pub(super) async fn link_reference(
     reference: &OrderReference,
     linked_at: i64,
 ) -> Result<LinkOutcome, StoreError> {
-    let query = bind_reference(sqlx::query(LINK_REFERENCE), reference, linked_at);
+    let query = bind_values(
+        sqlx::query(LINK_REFERENCE),
+        reference_values(reference, linked_at),
+    );
     if changed_one_measured(query, pool).await? {
         return Ok(LinkOutcome::Linked);
     }

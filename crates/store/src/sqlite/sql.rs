@@ -94,7 +94,7 @@ const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expire
      AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
           AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)))";
 
-// The values of `bind_resolution`: ?1 id, ?2 state, ?3 now, ?4 refund id, ?5 code,
+// The values of `resolution_values`: ?1 id, ?2 state, ?3 now, ?4 refund id, ?5 code,
 // ?6 message, ?7 payload, ?8 the event's trace id, ?9 detail, ?10 the operator's
 // OpenTelemetry trace id. Only from REQUIRES_REVIEW; the transition trigger writes the event,
 // which carries the row's new otel_trace_id: the operator's, NULL included, as on a take-over
@@ -128,7 +128,7 @@ static ABANDON_EVENT: LazyLock<String> = LazyLock::new(|| {
 const ABANDON: &str = "DELETE FROM operations \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?2";
 
-// The values of `bind_webhook`: ?1 event id, ?2 type, ?3 account, ?4 operation id, ?5 payment
+// The values of `webhook_values`: ?1 event id, ?2 type, ?3 account, ?4 operation id, ?5 payment
 // transaction id, ?6 refund id, ?7 correlation id, ?8 payload, ?9 occurred at, ?10 received
 // at. A known event id inserts nothing.
 const RECORD_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, event_type, klarna_account, \
@@ -185,7 +185,7 @@ const RELEASE_DAILY: &str = "UPDATE caller_daily_totals SET total = MAX(total - 
 const DAILY_TOTAL: &str = "SELECT total FROM caller_daily_totals \
      WHERE caller = ?1 AND currency = ?2 AND day = ?3";
 
-// The values of `bind_reference`: ?1 account, ?2 kind, ?3 reference, ?4 order id, ?5 store
+// The values of `reference_values`: ?1 account, ?2 kind, ?3 reference, ?4 order id, ?5 store
 // id, ?6 linked at. A reference already linked inserts nothing and keeps its first link.
 const LINK_REFERENCE: &str = "INSERT INTO order_references \
      (klarna_account, kind, reference, order_id, store_id, linked_at) \
