@@ -242,6 +242,11 @@ fn route(
     }
 }
 
+/// [`route`] for an Order Management request without a currency.
+fn route_order_management(account: &mut String, store_id: &str) -> Result<String, String> {
+    route(account, store_id, "", KlarnaApiKind::OrderManagement)
+}
+
 /// The order id the service puts in place of a receipt or Klarna reference once the index
 /// resolved it (any valid order id does for validation).
 const RESOLVED_ORDER_ID: &str = "00000000-0000-4000-8000-000000000000";
@@ -291,12 +296,7 @@ fn release_authorization(
     Result<ReleaseAuthorization, Violations>,
 ) {
     let store_id = std::mem::take(&mut r.store_id);
-    let routed = route(
-        &mut r.klarna_account,
-        &store_id,
-        "",
-        KlarnaApiKind::OrderManagement,
-    );
+    let routed = route_order_management(&mut r.klarna_account, &store_id);
     let cmd = ReleaseAuthorization::validate(convert::release_draft(r));
     if let Ok(cmd) = &cmd {
         stored_round_trip(&KlarnaCall::ReleaseRemainingAuthorization {
@@ -310,12 +310,7 @@ fn extend_due_date(
     mut r: pb::ExtendDueDateRequest,
 ) -> (Result<String, String>, Result<ExtendDueDate, Violations>) {
     let store_id = std::mem::take(&mut r.store_id);
-    let routed = route(
-        &mut r.klarna_account,
-        &store_id,
-        "",
-        KlarnaApiKind::OrderManagement,
-    );
+    let routed = route_order_management(&mut r.klarna_account, &store_id);
     let cmd = ExtendDueDate::validate(convert::extend_due_date_draft(r));
     if let Ok(cmd) = &cmd {
         stored_round_trip(&KlarnaCall::ExtendDueDate {
@@ -423,12 +418,7 @@ fn link_receipt(
     mut r: pb::LinkReceiptRequest,
 ) -> (Result<String, String>, Result<String, Violations>) {
     let store_id = r.store_id.clone();
-    let routed = route(
-        &mut r.klarna_account,
-        &store_id,
-        "",
-        KlarnaApiKind::OrderManagement,
-    );
+    let routed = route_order_management(&mut r.klarna_account, &store_id);
     // `LinkReceipt` has no `PartialEq`: compared by what it holds.
     let link = convert::link_receipt(r).map(|l| format!("{l:?}"));
     (routed, link)
@@ -438,12 +428,7 @@ fn find_order(
     mut r: pb::FindOrderRequest,
 ) -> (Result<String, String>, Result<ReferenceQuery, Violations>) {
     let store_id = std::mem::take(&mut r.store_id);
-    let routed = route(
-        &mut r.klarna_account,
-        &store_id,
-        "",
-        KlarnaApiKind::OrderManagement,
-    );
+    let routed = route_order_management(&mut r.klarna_account, &store_id);
     (
         routed,
         ReferenceQuery::parse(&r.receipt_reference, &r.klarna_reference),
