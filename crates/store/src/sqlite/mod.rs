@@ -16,7 +16,7 @@
 //!   transaction, so among concurrent links of one reference exactly one is linked.
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
-//!   speed only: statement journals in memory (`temp_store`), an 8 MiB page cache on the
+//!   speed only: temporary tables in memory (`temp_store`), an 8 MiB page cache on the
 //!   writer (SQLite's default 2 MiB on the readers, which read little: the operating system
 //!   caches the file for all of them), and a checkpoint every 8000 WAL pages rather than
 //!   1000. A larger writer cache measured no faster and costs resident memory (32 MiB: about
@@ -94,8 +94,8 @@ impl SqliteStore {
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Full)
-            // Bulk statements need a statement journal (to undo one statement alone); kept
-            // in memory it costs no file writes. Durability is the WAL's, unaffected.
+            // Temporary tables (a bulk statement's RETURNING rows, an UPDATE … FROM's source)
+            // kept in memory cost no file writes. Durability is the WAL's, unaffected.
             .pragma("temp_store", "MEMORY")
             // Fewer, larger checkpoints: a page changed by many commits is copied back once.
             .pragma("wal_autocheckpoint", "8000")

@@ -9,6 +9,14 @@
 //! statement over a hundred rows costs far less than a hundred one-row statements. A bulk
 //! statement takes one row of values per operation, padded with NULL rows to one of
 //! [`CHUNK_ROWS`] so a few prepared (and cached) statements serve every batch size.
+//!
+//! The statements the writer runs in its transactions to change operations say `OR FAIL`:
+//! on an error SQLite stops the statement and leaves the undoing to the writer, which rolls
+//! back the whole transaction whenever any statement fails (see `writer`). Under SQLite's
+//! default (`ABORT`), a statement that writes several rows or fires a trigger first copies
+//! every page it is about to change into a statement journal, so that it alone can be undone:
+//! a copy the writer never uses, which cost about 4% of the gateway's instructions per
+//! refund. [`ORPHANED`] runs outside a transaction and keeps the default.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -50,7 +58,7 @@ fn values_rows(rows: usize, columns: usize) -> String {
 static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     CHUNK_ROWS.map(|rows| {
         format!(
-            "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
+            "INSERT OR FAIL INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
              klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
              trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
              resource_kind, resource_id, traceparent, otel_trace_id) \
@@ -71,7 +79,7 @@ static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
 static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
     CHUNK_ROWS.map(|rows| {
         format!(
-            "UPDATE operations SET state = b.column2, lease_expires_at = NULL, \
+            "UPDATE OR FAIL operations SET state = b.column2, lease_expires_at = NULL, \
              updated_at = b.column3, refund_id = COALESCE(b.column4, operations.refund_id), \
              correlation_id = COALESCE(b.column5, operations.correlation_id), \
              response_code = b.column6, response_message = b.column7, \
@@ -88,7 +96,7 @@ static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
 // ?1 id, ?2 lease end, ?3 now, ?4 trace id, ?5 new lease holder, ?6 its OpenTelemetry trace
 // id: the new holder's replaces the old one's even when NULL, so no later event is put down
 // to a trace that no longer holds the operation.
-const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expires_at = ?2, \
+const TAKE_OVER: &str = "UPDATE OR FAIL operations SET state = 'IN_FLIGHT', lease_expires_at = ?2, \
      lease_holder = ?5, otel_trace_id = ?6, updated_at = ?3, event_detail = 'taken over', \
      event_trace_id = ?4 WHERE operation_id = ?1 \
      AND (state = 'PENDING' OR (state = 'IN_FLIGHT' \
@@ -100,7 +108,7 @@ const TAKE_OVER: &str = "UPDATE operations SET state = 'IN_FLIGHT', lease_expire
 // which carries the row's new otel_trace_id: the operator's, NULL included, as on a take-over
 // (the operator is the last to act on the operation). The lease columns stay: the row is not
 // IN_FLIGHT, and its last holder is history worth keeping.
-const RESOLVE_REVIEW: &str = "UPDATE operations SET state = ?2, updated_at = ?3, \
+const RESOLVE_REVIEW: &str = "UPDATE OR FAIL operations SET state = ?2, updated_at = ?3, \
      refund_id = COALESCE(?4, refund_id), response_code = ?5, response_message = ?6, \
      response_payload = ?7, event_trace_id = ?8, event_detail = ?9, otel_trace_id = ?10 \
      WHERE operation_id = ?1 AND state = 'REQUIRES_REVIEW'";
@@ -110,7 +118,7 @@ const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = ?2 \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?3";
 
 // ?1 id, ?2 now, ?3 correlation id, ?4 detail, ?5 lease holder, ?6 answer context.
-const MARK_PENDING: &str = "UPDATE operations SET state = 'PENDING', lease_expires_at = NULL, \
+const MARK_PENDING: &str = "UPDATE OR FAIL operations SET state = 'PENDING', lease_expires_at = NULL, \
      updated_at = ?2, correlation_id = COALESCE(?3, correlation_id), event_detail = ?4, \
      event_trace_id = NULL, answer_context = COALESCE(?6, answer_context) \
      WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?5";
