@@ -1049,7 +1049,7 @@ fn purged_operation(call: &KlarnaCall, answer_context: Option<String>) -> Operat
             caller,
             rpc,
             idempotency_key: key,
-            fingerprint: encoding::fingerprint(rpc, "default", call, None),
+            fingerprint: encoding::fingerprint(rpc, "default", &encoding::encode_call(call), None),
             klarna_account: "default".to_owned(),
             order_id: call.order_id().map(ToString::to_string).unwrap_or_default(),
             resource_kind,

@@ -254,12 +254,13 @@ fn new_operation(
     reference: Option<String>,
 ) -> NewOperation {
     let (resource_kind, resource_id) = call.serialized_on();
+    let klarna_request = encoding::encode_call(call);
     NewOperation {
         operation_id: OperationId::derive(caller, rpc, key),
         caller: caller.clone(),
         rpc,
         idempotency_key: key.clone(),
-        fingerprint: encoding::fingerprint(rpc, account, call, expected_currency),
+        fingerprint: encoding::fingerprint(rpc, account, &klarna_request, expected_currency),
         klarna_account: account.to_owned(),
         order_id: call.order_id().map(ToString::to_string).unwrap_or_default(),
         resource_kind,
@@ -268,7 +269,7 @@ fn new_operation(
         amount,
         currency: expected_currency.map(str::to_owned),
         reference,
-        klarna_request: encoding::encode_call(call),
+        klarna_request,
         trace_id: None,
         traceparent: None,
     }

@@ -328,6 +328,10 @@ static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
 /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
 /// fields, then the fields of every span the event is in (the innermost wins a name both
 /// have), `span` (the innermost span's name), and `trace_id` and `span_id` of that span.
+///
+/// Written as text, never as a `serde_json::Value`: the spans' fields are already JSON
+/// members ([`SpanFieldsJson`]), and parsing them back into maps, once per span per line,
+/// cost more than the rest of the line.
 #[derive(Debug, Clone, Copy)]
 struct JsonLines;
 
@@ -342,37 +346,27 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let mut line = serde_json::Map::new();
+        // Every member, lowest precedence first: the line's own, the spans' fields from the
+        // outermost, the event's fields, then the innermost span's name and trace context.
+        let mut members = JsonMembers::default();
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        line.insert("timestamp".into(), now.into());
-        line.insert(
-            "level".into(),
-            event.metadata().level().as_str().to_owned().into(),
-        );
-        line.insert("target".into(), event.metadata().target().into());
+        members.member("timestamp", &now);
+        members.member("level", event.metadata().level().as_str());
+        members.member("target", event.metadata().target());
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope() {
-            // Outermost first, so inner spans overwrite.
             for span in scope.from_root() {
-                let extensions = span.extensions();
-                if let Some(fields) = extensions.get::<FormattedFields<N>>()
-                    && let Ok(serde_json::Value::Object(fields)) =
-                        serde_json::from_str::<serde_json::Value>(&format!(
-                            "{{{}}}",
-                            fields.trim_end_matches(',')
-                        ))
-                {
-                    line.extend(fields);
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                    members.out.extend_from_slice(fields.as_bytes());
                 }
-                drop(extensions);
                 innermost = Some((span.id(), span.name()));
             }
         }
-        event.record(&mut JsonVisitor(&mut line));
+        event.record(&mut members);
         if let Some((id, name)) = innermost {
-            line.insert("span".into(), name.into());
+            members.member("span", name);
             // Read after the span's extensions are released: the lookup locks them.
             if let Some(dispatch) = DISPATCH.get().and_then(WeakDispatch::upgrade)
                 && let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch)
@@ -380,14 +374,77 @@ where
                 let span = cx.span();
                 let context = span.span_context();
                 if context.is_valid() {
-                    line.insert("trace_id".into(), context.trace_id().to_string().into());
-                    line.insert("span_id".into(), context.span_id().to_string().into());
+                    members.member("trace_id", &format_args!("{}", context.trace_id()));
+                    members.member("span_id", &format_args!("{}", context.span_id()));
                 }
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
-        writeln!(writer, "{text}")
+        let text = std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?;
+        let parsed = split_members(text);
+        writer.write_char('{')?;
+        let mut first = true;
+        for (i, (key, value)) in parsed.iter().enumerate() {
+            if parsed[i + 1..].iter().any(|(later, _)| later == key) {
+                continue;
+            }
+            if !first {
+                writer.write_char(',')?;
+            }
+            first = false;
+            writer.write_str(key)?;
+            writer.write_char(':')?;
+            writer.write_str(value)?;
+        }
+        writer.write_str("}\n")
     }
+}
+
+/// The members of `text`, written by [`JsonMembers`] (`"key":value,` each), as (key, value)
+/// JSON texts, in order. Stops at anything else: only [`JsonMembers`] writes it.
+fn split_members(text: &str) -> Vec<(&str, &str)> {
+    /// The length of the JSON string at the start of `text` (quotes included).
+    fn string_len(text: &[u8]) -> Option<usize> {
+        let mut i = 1;
+        while i < text.len() {
+            match text[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+    let bytes = text.as_bytes();
+    let mut members = Vec::with_capacity(24);
+    let mut at = 0;
+    while bytes.get(at) == Some(&b'"') {
+        let Some(key_len) = string_len(&bytes[at..]) else {
+            break;
+        };
+        let key_end = at + key_len;
+        if bytes.get(key_end) != Some(&b':') {
+            break;
+        }
+        let value_start = key_end + 1;
+        let value_end = if bytes.get(value_start) == Some(&b'"') {
+            match string_len(&bytes[value_start..]) {
+                Some(len) => value_start + len,
+                None => break,
+            }
+        } else {
+            match bytes[value_start..].iter().position(|&b| b == b',') {
+                Some(len) => value_start + len,
+                None => break,
+            }
+        };
+        if bytes.get(value_end) != Some(&b',') {
+            break;
+        }
+        // Every boundary is an ASCII byte: the slices are on character boundaries.
+        members.push((&text[at..key_end], &text[value_start..value_end]));
+        at = value_end + 1;
+    }
+    members
 }
 
 /// A span's fields as JSON members, each followed by a comma (`"k":v,"k2":v2,`), appended as
@@ -404,9 +461,9 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> std::fmt::Result {
-        let mut members = JsonMembers { out: String::new() };
+        let mut members = JsonMembers::default();
         fields.record(&mut members);
-        writer.write_str(&members.out)
+        writer.write_str(std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?)
     }
 
     fn add_fields(
@@ -414,87 +471,66 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
         current: &mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> std::fmt::Result {
-        let mut members = JsonMembers { out: String::new() };
+        let mut members = JsonMembers::default();
         fields.record(&mut members);
-        current.fields.push_str(&members.out);
+        current
+            .fields
+            .push_str(std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?);
         Ok(())
     }
 }
 
-/// Writes each field as a JSON member followed by a comma.
+/// Writes each field as a JSON member followed by a comma, serialized straight into one
+/// buffer (UTF-8: serde_json writes nothing else).
+#[derive(Default)]
 struct JsonMembers {
-    out: String,
+    out: Vec<u8>,
 }
 
 impl JsonMembers {
-    fn member<T: serde::Serialize + ?Sized>(&mut self, field: &tracing::field::Field, value: &T) {
-        // Serializing a string, an integer or a boolean cannot fail; a non-finite float
-        // becomes null.
-        if let (Ok(key), Ok(value)) = (
-            serde_json::to_string(field.name()),
-            serde_json::to_string(value),
-        ) {
-            self.out.push_str(&key);
-            self.out.push(':');
-            self.out.push_str(&value);
-            self.out.push(',');
+    fn member<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        let mark = self.out.len();
+        let written = serde_json::to_writer(&mut self.out, name)
+            .and_then(|()| {
+                self.out.push(b':');
+                serde_json::to_writer(&mut self.out, value)
+            })
+            .is_ok();
+        if written {
+            self.out.push(b',');
+        } else {
+            // Serializing text, an integer or a boolean cannot fail; should it, the member
+            // is left out whole rather than breaking the line.
+            self.out.truncate(mark);
         }
     }
 }
 
 impl tracing::field::Visit for JsonMembers {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.member(field, value);
+        self.member(field.name(), value);
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.member(field, &value);
+        self.member(field.name(), &value);
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.member(field, &value);
+        self.member(field.name(), &value);
     }
 
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.member(field, &value);
+        self.member(field.name(), &value);
     }
 
     fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.member(field, &serde_json::Value::from(value));
+        // A non-finite float becomes null.
+        self.member(field.name(), &serde_json::Value::from(value));
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.member(field, &format!("{value:?}"));
-    }
-}
-
-/// Collects an event's fields into the line.
-struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
-
-impl tracing::field::Visit for JsonVisitor<'_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-
-    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}").into());
+        // Escaped as it is formatted: no intermediate string.
+        self.member(field.name(), &format_args!("{value:?}"));
     }
 }
 
@@ -602,6 +638,89 @@ mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         }
+    }
+
+    /// A writer that keeps what the log layer writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_span_and_event_fields() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = Registry::default().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(SpanFieldsJson)
+                .event_format(JsonLines)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!(
+                "rpc",
+                caller = "pos, \"east\"",
+                shared = "outer",
+                count = 1_u64,
+                later = tracing::field::Empty,
+            );
+            let _outer = outer.enter();
+            outer.record("later", "a\\b\nc");
+            let inner = tracing::info_span!("call", shared = "inner", ok = true);
+            let _inner = inner.enter();
+            tracing::info!(amount = -5_i64, level_of = ?Some("x"), "done: {}", "ünïcode,\"q\"");
+        });
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value =
+            serde_json::from_str(text.trim_end()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["target"], module_path!());
+        assert!(line["timestamp"].is_string());
+        assert_eq!(line["message"], "done: ünïcode,\"q\"");
+        assert_eq!(line["caller"], "pos, \"east\"");
+        assert_eq!(line["later"], "a\\b\nc");
+        assert_eq!(line["count"], 1);
+        assert_eq!(line["shared"], "inner", "the innermost span wins");
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["amount"], -5);
+        assert_eq!(line["level_of"], "Some(\"x\")");
+        assert_eq!(line["span"], "call");
+        // Each key once.
+        let keys = text.matches("\"shared\":").count();
+        assert_eq!(keys, 1, "{text}");
+    }
+
+    #[test]
+    fn split_members_stops_at_anything_else() {
+        assert_eq!(
+            split_members(r#""a":"x,\"y","b":1,"c":null,"#),
+            vec![
+                (r#""a""#, r#""x,\"y""#),
+                (r#""b""#, "1"),
+                (r#""c""#, "null")
+            ]
+        );
+        assert_eq!(split_members(r#""a":1,"b":"open"#), vec![(r#""a""#, "1")]);
+        assert_eq!(split_members(r#""a":1"#), vec![]);
+        assert_eq!(split_members("garbage"), vec![]);
     }
 
     #[tokio::test]

@@ -71,17 +71,18 @@ pub fn decode_call(stored: &str) -> Result<KlarnaCall, Unreadable> {
     }
 }
 
-/// The fingerprint (current version) of a request: its RPC, resolved account, Klarna call and
-/// the currency it expects. Another request under the same key differs in one of them.
+/// The fingerprint (current version) of a request: its RPC, resolved account, Klarna call (as
+/// [`encode_call`] stores it: the caller encodes it once, for both) and the currency it
+/// expects. Another request under the same key differs in one of them.
 pub fn fingerprint(
     rpc: Rpc,
     account: &str,
-    call: &KlarnaCall,
+    klarna_request: &str,
     expected_currency: Option<&str>,
 ) -> String {
     format!(
         "v1:{}",
-        digest(rpc, account, &encode_call(call), expected_currency)
+        digest(rpc, account, klarna_request, expected_currency)
     )
 }
 
@@ -155,7 +156,7 @@ fn digest(rpc: Rpc, account: &str, call: &str, expected_currency: Option<&str>) 
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.finalize())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -740,7 +741,7 @@ mod tests {
             caller,
             rpc,
             idempotency_key: key,
-            fingerprint: fingerprint(rpc, "default", call, currency),
+            fingerprint: fingerprint(rpc, "default", &encode_call(call), currency),
             klarna_account: "default".into(),
             order_id: ORDER.into(),
             resource_kind: refund_gateway_domain::ResourceKind::Order,
@@ -791,7 +792,7 @@ mod tests {
         ];
         for (call, rpc, currency, expected) in cases {
             assert_eq!(
-                fingerprint(rpc, "default", &call, currency),
+                fingerprint(rpc, "default", &encode_call(&call), currency),
                 expected,
                 "{rpc:?}"
             );

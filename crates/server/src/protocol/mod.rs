@@ -649,7 +649,12 @@ mod tests {
             caller,
             rpc: Rpc::ReleaseAuthorization,
             idempotency_key: key,
-            fingerprint: encoding::fingerprint(Rpc::ReleaseAuthorization, "default", &call, None),
+            fingerprint: encoding::fingerprint(
+                Rpc::ReleaseAuthorization,
+                "default",
+                &encoding::encode_call(&call),
+                None,
+            ),
             klarna_account: "default".into(),
             order_id: ORDER.to_owned(),
             resource_kind: ResourceKind::Order,
