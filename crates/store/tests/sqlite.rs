@@ -328,3 +328,77 @@ fn every_case_of_the_suite_is_listed() {
         );
     }
 }
+
+/// A statement that fails halfway through a group leaves nothing behind: the bulk statements
+/// say `OR FAIL` (SQLite keeps the rows written before the failing one, and no statement
+/// journal), so it is the writer's rollback of the whole batch that undoes them before each
+/// request is replayed alone. A trigger injected into the file fails one claim of a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_failing_inside_a_group_leaves_no_trace_of_its_neighbours_attempt() {
+    use sqlx::Connection;
+
+    const OPS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let sqlite = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let store: Arc<dyn OperationStore> = sqlite.clone();
+    let mut admin = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER injected_failure BEFORE INSERT ON operations \
+         WHEN NEW.idempotency_key = 'boom' BEGIN SELECT RAISE(FAIL, 'injected'); END",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let holder = LeaseHolder::new();
+    let keys: Vec<String> = (0..OPS)
+        .map(|i| {
+            if i == OPS / 2 {
+                "boom".to_owned()
+            } else {
+                format!("fine-{i}")
+            }
+        })
+        .collect();
+    let before = sqlite.writer_stats();
+    let claims = keys
+        .iter()
+        .map(|key| {
+            let store = store.clone();
+            let op = suite::new_op("pos", Rpc::RefundOrder, key, "order-1");
+            async move {
+                store
+                    .claim(op, holder, suite::t(0), std::time::Duration::from_secs(30))
+                    .await
+            }
+        })
+        .collect();
+    let outcomes = sent_together(&path, claims).await;
+    let after = sqlite.writer_stats();
+    assert!(
+        after.transactions - before.transactions > 1,
+        "the group was not replayed: {before:?} -> {after:?}"
+    );
+    for (key, outcome) in keys.iter().zip(outcomes) {
+        match (key.as_str(), outcome) {
+            ("boom", Err(_)) => {}
+            ("boom", other) => panic!("the injected failure did not fail its claim: {other:?}"),
+            (_, Ok(Claim::New(_))) => {}
+            (key, other) => panic!("{key}: {other:?}"),
+        }
+    }
+    // Each good claim once, with one "claimed" event; nothing of the failed one.
+    let (operations, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM operations), (SELECT COUNT(*) FROM audit_events)",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(operations, OPS as i64 - 1);
+    assert_eq!(events, OPS as i64 - 1);
+}
