@@ -3,8 +3,8 @@
 //! - **Writes** go through one writer thread ([`writer`]) owning the only write connection
 //!   (rusqlite); it commits concurrent writes together (group commit), one `BEGIN IMMEDIATE`
 //!   transaction and one fsync per group, and answers each request after its group is
-//!   durable. Within a group, claims and finishes run as bulk statements (one per kind, up to
-//!   256 operations each), and audit events are appended by triggers.
+//!   durable. Within a group, each write is a statement or two by primary key, and audit
+//!   events are appended by triggers.
 //! - **Reads** (sqlx: `get`, `unresolved`, `list`, `resource_operations`, `webhook_events`,
 //!   `daily_total`, `find_reference`) use a small pool of read-only connections; WAL lets them
 //!   run beside the writer and see everything committed.
@@ -94,8 +94,8 @@ impl SqliteStore {
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Full)
-            // Temporary tables (a bulk statement's RETURNING rows, an UPDATE … FROM's source)
-            // kept in memory cost no file writes. Durability is the WAL's, unaffected.
+            // Temporary tables (a statement's RETURNING rows, a sort's spill) kept in memory
+            // cost no file writes. Durability is the WAL's, unaffected.
             .pragma("temp_store", "MEMORY")
             // Fewer, larger checkpoints: a page changed by many commits is copied back once.
             .pragma("wal_autocheckpoint", "8000")
@@ -198,7 +198,7 @@ fn writer_connection(path: &Path) -> Result<rusqlite::Connection, StoreError> {
          PRAGMA foreign_keys = ON;",
     )
     .map_err(failed)?;
-    // Every bulk statement size of both kinds, and the one-row writes.
+    // Every write statement, with room to spare.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -5,10 +5,12 @@
 //!
 //! Audit events are appended by triggers (see the migration), so a claim or a transition is
 //! one statement and the event exists exactly when the row changed. Claims and finishes, the
-//! hot path, run many operations per statement ([`claim_many`], [`finish_many`]): one
-//! statement over a hundred rows costs far less than a hundred one-row statements. A bulk
-//! statement takes one row of values per operation, padded with NULL rows to one of
-//! [`CHUNK_ROWS`] so a few prepared (and cached) statements serve every batch size.
+//! hot path, are one-row statements by primary key ([`claim`], [`finish`]) without
+//! `RETURNING`: the row count says whether each took. A
+//! bulk form (one `INSERT … SELECT … FROM (VALUES …)` and one `UPDATE … FROM (VALUES …)` per
+//! group, with `RETURNING`) cost more: SQLite builds temporary b-trees for `RETURNING` rows,
+//! for an `UPDATE … FROM` join and for an `INSERT … SELECT` into a table with triggers, each
+//! a fresh zeroed page, on every statement.
 //!
 //! The statements the writer runs in its transactions to change operations say `OR FAIL`:
 //! on an error SQLite stops the statement and leaves the undoing to the writer, which rolls
@@ -18,7 +20,6 @@
 //! a copy the writer never uses, which cost about 4% of the gateway's instructions per
 //! refund. [`ORPHANED`] runs outside a transaction and keeps the default.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
@@ -35,63 +36,27 @@ use crate::row::{
     insert_event_from, link_found, reference_values, resolution_values, webhook_values,
 };
 
-/// Rows of the bulk statements; a chunk of operations is padded up to the next size.
-const CHUNK_ROWS: [usize; 5] = [1, 4, 16, 64, 256];
+/// Inserts the operation as IN_FLIGHT (the trigger adds its "claimed" event); changes no row
+/// when the id exists. The values of `claim_values`: id, caller, rpc, key, fingerprint,
+/// account, order, capture, amount, currency, reference, Klarna request, trace id, lease
+/// holder, lease end, now, resource kind, resource id, traceparent, OpenTelemetry trace id
+/// (the claimer's: it is the first holder).
+const CLAIM: &str = "INSERT OR FAIL INTO operations (operation_id, caller, rpc, idempotency_key, \
+     fingerprint, klarna_account, order_id, capture_id, amount, currency, reference, \
+     klarna_request, trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
+     resource_kind, resource_id, traceparent, otel_trace_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'IN_FLIGHT', ?14, ?15, \
+     ?16, ?16, ?17, ?18, ?19, ?20) \
+     ON CONFLICT (operation_id) DO NOTHING";
 
-/// Values per row of [`CLAIM_MANY`].
-const CLAIM_VALUES: usize = 20;
-
-/// Values per row of [`FINISH_MANY`].
-const FINISH_VALUES: usize = 11;
-
-/// `(?, ?, …), (?, ?, …), …`: `rows` rows of `columns` anonymous parameters, bound in order.
-fn values_rows(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
-}
-
-/// Inserts each non-NULL row as IN_FLIGHT (the trigger adds its "claimed" event); returns the
-/// ids inserted. Row: id, caller, rpc, key, fingerprint, account, order, capture, amount,
-/// currency, reference, Klarna request, trace id, lease holder, lease end, now, resource kind,
-/// resource id, traceparent, OpenTelemetry trace id (the claimer's: it is the first holder).
-/// WHERE also resolves the parsing ambiguity of `INSERT … SELECT … ON CONFLICT`.
-static CLAIM_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
-    CHUNK_ROWS.map(|rows| {
-        format!(
-            "INSERT OR FAIL INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
-             klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
-             trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
-             resource_kind, resource_id, traceparent, otel_trace_id) \
-             SELECT column1, column2, column3, column4, column5, column6, column7, column8, \
-             column9, column10, column11, column12, column13, 'IN_FLIGHT', column14, column15, \
-             column16, column16, column17, column18, column19, column20 \
-             FROM (VALUES {}) WHERE column1 IS NOT NULL \
-             ON CONFLICT (operation_id) DO NOTHING RETURNING operation_id",
-            values_rows(rows, CLAIM_VALUES)
-        )
-    })
-});
-
-/// IN_FLIGHT held by the row's holder -> a final state, for each row (the trigger adds the
-/// event); returns the ids changed. Row: id, state, now, refund id, correlation id, code,
-/// message, payload, trace id, detail, lease holder. Ids within one statement must be
-/// distinct.
-static FINISH_MANY: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| {
-    CHUNK_ROWS.map(|rows| {
-        format!(
-            "UPDATE OR FAIL operations SET state = b.column2, lease_expires_at = NULL, \
-             updated_at = b.column3, refund_id = COALESCE(b.column4, operations.refund_id), \
-             correlation_id = COALESCE(b.column5, operations.correlation_id), \
-             response_code = b.column6, response_message = b.column7, \
-             response_payload = b.column8, event_trace_id = b.column9, event_detail = b.column10 \
-             FROM (VALUES {}) AS b \
-             WHERE operations.operation_id = b.column1 \
-               AND operations.state = 'IN_FLIGHT' AND operations.lease_holder = b.column11 \
-             RETURNING operations.operation_id",
-            values_rows(rows, FINISH_VALUES)
-        )
-    })
-});
+/// IN_FLIGHT held by the holder -> a final state (the trigger adds the event). ?1 id, ?2 state,
+/// ?3 now, ?4 refund id, ?5 correlation id, ?6 code, ?7 message, ?8 payload, ?9 trace id,
+/// ?10 detail, ?11 lease holder.
+const FINISH: &str = "UPDATE OR FAIL operations SET state = ?2, lease_expires_at = NULL, \
+     updated_at = ?3, refund_id = COALESCE(?4, refund_id), \
+     correlation_id = COALESCE(?5, correlation_id), response_code = ?6, response_message = ?7, \
+     response_payload = ?8, event_trace_id = ?9, event_detail = ?10 \
+     WHERE operation_id = ?1 AND state = 'IN_FLIGHT' AND lease_holder = ?11";
 
 // ?1 id, ?2 lease end, ?3 now, ?4 trace id, ?5 new lease holder, ?6 its OpenTelemetry trace
 // id: the new holder's replaces the old one's even when NULL, so no later event is put down
@@ -251,106 +216,47 @@ pub(super) fn sqlite_error(error: rusqlite::Error) -> StoreError {
     }
 }
 
-/// The bulk statement for `remaining` operations: its index in [`CHUNK_ROWS`] (the smallest
-/// that holds them all, else the largest) and how many of them it takes.
-fn chunk(remaining: usize) -> (usize, usize) {
-    let size = CHUNK_ROWS
-        .iter()
-        .position(|&rows| rows >= remaining)
-        .unwrap_or(CHUNK_ROWS.len() - 1);
-    (size, remaining.min(CHUNK_ROWS[size]))
-}
-
-/// Runs one of `statements` (a bulk statement per size of [`CHUNK_ROWS`], `values` values a
-/// row) over `items` in as few chunks as it takes, `row` giving one item's row of values;
-/// returns the operation ids the statements returned.
-fn run_bulk<'a, T, const N: usize>(
-    conn: &Connection,
-    statements: &'static [String; CHUNK_ROWS.len()],
-    items: &'a [T],
-    row: impl Fn(&'a T) -> [SqlValue<'a>; N],
-) -> Result<HashSet<String>, StoreError> {
-    let mut ids = HashSet::with_capacity(items.len());
-    let mut values: Vec<SqlValue<'a>> = Vec::new();
-    let mut rest = items;
-    while !rest.is_empty() {
-        let (size, take) = chunk(rest.len());
-        let (now, later) = rest.split_at(take);
-        values.clear();
-        values.extend(now.iter().flat_map(&row));
-        // The padding rows: NULL ids match nothing and insert nothing.
-        values.resize(CHUNK_ROWS[size] * N, SqlValue::Text(None));
-        let mut statement = conn
-            .prepare_cached(statements[size].as_str())
-            .map_err(sqlite_error)?;
-        let mut rows = statement
-            .query(params_from_iter(values.iter()))
-            .map_err(sqlite_error)?;
-        while let Some(row) = rows.next().map_err(sqlite_error)? {
-            ids.insert(row.get::<_, String>(0).map_err(sqlite_error)?);
-        }
-        rest = later;
+/// Claims `c`: inserted as IN_FLIGHT with its "claimed" event, or the stored operation.
+pub(super) fn claim(conn: &Connection, c: &ClaimArgs<'_>) -> Result<Claim, StoreError> {
+    let values = claim_values(c.id, c.op, c.holder_text, c.lease_until, c.now);
+    if changed_one(conn, CLAIM, params_from_iter(values.iter()))? {
+        return Ok(Claim::New(claimed_operation(
+            c.op.clone(),
+            c.holder,
+            c.now,
+            c.lease_until,
+        )?));
     }
-    Ok(ids)
-}
-
-/// Claims each of `claims` (distinct ids): inserted as IN_FLIGHT with its "claimed" event, or
-/// the stored operation; in the order given.
-pub(super) fn claim_many(
-    conn: &Connection,
-    claims: &[ClaimArgs<'_>],
-) -> Result<Vec<Claim>, StoreError> {
-    let inserted = run_bulk(conn, &CLAIM_MANY, claims, |c| -> [_; CLAIM_VALUES] {
-        claim_values(c.id, c.op, c.holder_text, c.lease_until, c.now)
-    })?;
-    let mut out = Vec::with_capacity(claims.len());
-    for c in claims {
-        if inserted.contains(c.id) {
-            out.push(Claim::New(claimed_operation(
-                c.op.clone(),
-                c.holder,
-                c.now,
-                c.lease_until,
-            )?));
-            continue;
-        }
-        match get(conn, c.id)? {
-            Some(existing) => out.push(Claim::Existing(existing)),
-            // The writer holds the write lock: a row that conflicted a moment ago is still there.
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "operation {} conflicted on insert but cannot be read",
-                    c.id
-                )));
-            }
-        }
+    match get(conn, c.id)? {
+        Some(existing) => Ok(Claim::Existing(existing)),
+        // The writer holds the write lock: a row that conflicted a moment ago is still there.
+        None => Err(StoreError::Corrupt(format!(
+            "operation {} conflicted on insert but cannot be read",
+            c.id
+        ))),
     }
-    Ok(out)
 }
 
-/// Finishes each of `finishes` (distinct ids) that is IN_FLIGHT and held by its holder;
-/// whether each changed, in the order given.
-pub(super) fn finish_many(
-    conn: &Connection,
-    finishes: &[FinishArgs<'_>],
-) -> Result<Vec<bool>, StoreError> {
-    let changed = run_bulk(conn, &FINISH_MANY, finishes, |f| -> [_; FINISH_VALUES] {
-        let c = f.completion;
-        [
-            SqlValue::Text(Some(f.id.into())),
-            SqlValue::Text(Some(c.state.as_str().into())),
-            SqlValue::Int(Some(f.now)),
-            SqlValue::Text(c.refund_id.as_deref().map(Into::into)),
-            SqlValue::Text(c.correlation_id.as_deref().map(Into::into)),
-            SqlValue::Int4(Some(c.response.code)),
-            SqlValue::Text(Some(c.response.message.as_str().into())),
-            SqlValue::Blob(Some(c.response.payload.as_slice())),
-            SqlValue::Text(c.trace_id.as_deref().map(Into::into)),
-            SqlValue::Text(Some(c.detail.as_str().into())),
-            SqlValue::Text(Some(f.holder.into())),
-        ]
-    })?;
-    Ok(finishes.iter().map(|f| changed.contains(f.id)).collect())
+/// Finishes `f` if it is IN_FLIGHT and held by its holder; whether it changed.
+pub(super) fn finish(conn: &Connection, f: &FinishArgs<'_>) -> Result<bool, StoreError> {
+    let c = f.completion;
+    changed_one(
+        conn,
+        FINISH,
+        params![
+            f.id,
+            c.state.as_str(),
+            f.now,
+            c.refund_id.as_deref(),
+            c.correlation_id.as_deref(),
+            c.response.code,
+            c.response.message.as_str(),
+            c.response.payload.as_slice(),
+            c.trace_id.as_deref(),
+            c.detail.as_str(),
+            f.holder,
+        ],
+    )
 }
 
 /// Runs a one-row write; true when it changed the row.
@@ -598,24 +504,4 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Operation>, Stor
         .map_err(sqlite_error)?
         .map(OperationRow::into_operation)
         .transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_pad_to_the_next_size() {
-        assert_eq!(chunk(1), (0, 1));
-        assert_eq!(chunk(2), (1, 2));
-        assert_eq!(chunk(16), (2, 16));
-        assert_eq!(chunk(17), (3, 17));
-        assert_eq!(chunk(256), (4, 256));
-        assert_eq!(chunk(300), (4, 256));
-        // Every statement has one `?` per value of every row.
-        for (size, rows) in CHUNK_ROWS.iter().enumerate() {
-            assert_eq!(CLAIM_MANY[size].matches('?').count(), rows * CLAIM_VALUES);
-            assert_eq!(FINISH_MANY[size].matches('?').count(), rows * FINISH_VALUES);
-        }
-    }
 }
