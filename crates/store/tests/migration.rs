@@ -630,6 +630,20 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
     }
     let store = SqliteStore::open(&path).await.unwrap();
     previous_rows_read_back_and_take_webhooks(&store).await;
+    // 0009 rewrote the state CHECK in place: comparisons, not an IN list.
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let schema: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'operations'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        schema.contains("CHECK (state = 'IN_FLIGHT' OR state = 'PENDING' OR state = 'SUCCEEDED' OR state = 'FAILED' OR state = 'REQUIRES_REVIEW')")
+            && !schema.contains("state IN ("),
+        "{schema}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
