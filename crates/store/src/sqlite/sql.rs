@@ -6,11 +6,12 @@
 //! Audit events are appended by triggers (see the migration), so a claim or a transition is
 //! one statement and the event exists exactly when the row changed. Claims and finishes, the
 //! hot path, are one-row statements by primary key ([`claim`], [`finish`]) without
-//! `RETURNING`: the row count says whether each took. A
-//! bulk form (one `INSERT … SELECT … FROM (VALUES …)` and one `UPDATE … FROM (VALUES …)` per
-//! group, with `RETURNING`) cost more: SQLite builds temporary b-trees for `RETURNING` rows,
-//! for an `UPDATE … FROM` join and for an `INSERT … SELECT` into a table with triggers, each
-//! a fresh zeroed page, on every statement.
+//! `RETURNING`: the row count says whether each took. None of the hot writes makes SQLite
+//! build a temporary b-tree (a fresh zeroed page and page cache on every run), which a bulk
+//! form did (one `INSERT … SELECT … FROM (VALUES …)` and one `UPDATE … FROM (VALUES …)` per
+//! group, with `RETURNING`: one b-tree each for the `RETURNING` rows, the join, and an
+//! `INSERT … SELECT` into a table with triggers), and so did the state CHECK while it was an
+//! `IN` list (migration 0009). A unit test below keeps it so.
 //!
 //! The statements the writer runs in its transactions to change operations say `OR FAIL`:
 //! on an error SQLite stops the statement and leaves the undoing to the writer, which rolls
