@@ -94,6 +94,11 @@ impl Telemetry {
             .with_threads(false)
             .with_location(false)
             .with_target(false)
+            // Nothing here reads OpenTelemetry's own current context: a span's parent is the
+            // current `tracing` span, and the trace context sent to Klarna and written in logs
+            // is read from the span itself. Activating the context on every enter and exit
+            // cost about 1% of the instructions per refund.
+            .with_context_activation(false)
             // Spans are the gateway's own, at INFO whatever RUST_LOG says: quieter logs must
             // not cut the trace.
             .with_filter(own_spans());
