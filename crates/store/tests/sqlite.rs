@@ -329,10 +329,11 @@ fn every_case_of_the_suite_is_listed() {
     }
 }
 
-/// A statement that fails halfway through a group leaves nothing behind: the bulk statements
-/// say `OR FAIL` (SQLite keeps the rows written before the failing one, and no statement
-/// journal), so it is the writer's rollback of the whole batch that undoes them before each
-/// request is replayed alone. A trigger injected into the file fails one claim of a group.
+/// A claim that fails halfway through a group leaves nothing behind: the writer's statements
+/// say `OR FAIL` (SQLite keeps what the group wrote before the failing one, and no statement
+/// journal), so it is the writer's rollback of the whole batch that undoes the neighbours'
+/// claims before each request is replayed alone. A trigger injected into the file fails one
+/// claim of a group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_failing_inside_a_group_leaves_no_trace_of_its_neighbours_attempt() {
     use sqlx::Connection;
