@@ -338,7 +338,7 @@ impl Report {
             (
                 "webhooks".into(),
                 settings
-                    .webhook_listen
+                    .webhook_address()
                     .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             ),
             ("operation store".into(), store),

@@ -108,8 +108,9 @@ pub struct Settings {
     pub retention_days: u64,
     /// Log format: `json` (default) or `text`.
     pub log_format: LogFormat,
-    /// Where Klarna's webhooks arrive (`POST /webhooks/klarna`); `None`: no listener.
-    pub webhook_listen: Option<SocketAddr>,
+    /// Where Klarna's webhooks arrive (`POST /webhooks/klarna`); read it through
+    /// [`Settings::webhook_address`], which applies the simulator's default.
+    pub webhook_listen: WebhookListen,
     /// How callers authenticate: bearer tokens of the callers file, or (loopback only) not.
     pub auth: AuthMode,
     /// The callers file (TOML, `[[caller]]` tables).
@@ -148,7 +149,7 @@ impl Default for Settings {
             max_message_bytes: 4 * 1024 * 1024,
             retention_days: 30,
             log_format: LogFormat::Json,
-            webhook_listen: None,
+            webhook_listen: WebhookListen::Unset,
             auth: AuthMode::Callers,
             callers_file: None,
             tls_cert_file: None,
@@ -163,6 +164,17 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Where the webhook listener binds, `None` for no listener: the address set, or with
+    /// `--simulator` and nothing set the demo's (`127.0.0.1:9465`). `off` is off with the
+    /// simulator too.
+    pub fn webhook_address(&self) -> Option<SocketAddr> {
+        match self.webhook_listen {
+            WebhookListen::At(address) => Some(address),
+            WebhookListen::Off => None,
+            WebhookListen::Unset => self.simulator.then_some(crate::demo::WEBHOOK_LISTEN),
+        }
+    }
+
     /// Checks every setting against what [`SETTINGS`] allows; the error names the first
     /// setting out of range, its value and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -455,14 +467,11 @@ pub const SETTINGS: &[Setting] = &[
         allowed: Allowed::Form("host:port, or off"),
         value: |s| {
             Value::Text(
-                s.webhook_listen
+                s.webhook_address()
                     .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             )
         },
-        parse: |s, t| {
-            s.webhook_listen = t.parse::<AddressOrOff>().map_err(|e| e.to_string())?.0;
-            Ok(())
-        },
+        parse: |s, t| set(&mut s.webhook_listen, t),
     },
     Setting {
         key: "auth",
@@ -802,7 +811,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long, value_name = "HOST:PORT")]
-    webhook_listen: Option<AddressOrOff>,
+    webhook_listen: Option<WebhookListen>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     #[arg(long, value_enum)]
@@ -852,17 +861,46 @@ pub enum Command {
     CheckConfig(crate::check_config::CheckConfigArgs),
 }
 
-/// A listen address, or `off`.
-#[derive(Debug, Clone, Copy)]
-struct AddressOrOff(Option<SocketAddr>);
+/// Where the webhook listener binds, as set: an address, `off`, or nothing (which
+/// [`Settings::webhook_address`] reads as off, or the demo's address with `--simulator`).
+/// Written as text (`"host:port"` or `"off"`) in the file, the environment and the flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Option<String>", into = "Option<String>")]
+pub enum WebhookListen {
+    /// Not set.
+    #[default]
+    Unset,
+    /// `off`: no listener, with or without the simulator.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
 
-impl FromStr for AddressOrOff {
+impl FromStr for WebhookListen {
     type Err = std::net::AddrParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "off" => Ok(Self(None)),
-            s => s.parse().map(|a| Self(Some(a))),
+            "off" => Ok(Self::Off),
+            s => s.parse().map(Self::At),
+        }
+    }
+}
+
+impl TryFrom<Option<String>> for WebhookListen {
+    type Error = std::net::AddrParseError;
+
+    fn try_from(text: Option<String>) -> Result<Self, Self::Error> {
+        text.map_or(Ok(Self::Unset), |t| t.parse())
+    }
+}
+
+impl From<WebhookListen> for Option<String> {
+    fn from(listen: WebhookListen) -> Self {
+        match listen {
+            WebhookListen::Unset => None,
+            WebhookListen::Off => Some("off".to_owned()),
+            WebhookListen::At(address) => Some(address.to_string()),
         }
     }
 }
@@ -894,8 +932,8 @@ impl Cli {
         if let Some(f) = self.log_format {
             settings.log_format = f;
         }
-        if let Some(AddressOrOff(a)) = self.webhook_listen {
-            settings.webhook_listen = a;
+        if let Some(w) = self.webhook_listen {
+            settings.webhook_listen = w;
         }
         if let Some(a) = self.auth {
             settings.auth = a;
@@ -1265,7 +1303,7 @@ impl Config {
             settings: Settings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                webhook_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                webhook_listen: WebhookListen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
                 data_dir: data_dir.to_path_buf(),
                 simulator: true,
                 ..Settings::default()
@@ -1467,7 +1505,7 @@ fn auth_setup(settings: &Settings) -> Result<AuthSetup, ConfigError> {
     let exposed: Vec<String> = [
         ("listen", Some(settings.listen)),
         ("admin_listen", Some(settings.admin_listen)),
-        ("webhook_listen", settings.webhook_listen),
+        ("webhook_listen", settings.webhook_address()),
     ]
     .into_iter()
     .filter_map(|(key, addr)| {
@@ -1782,6 +1820,61 @@ mod tests {
     }
     fn vars(pairs: &[(&'static str, &'static str)]) -> Vars {
         Vars(pairs.iter().copied().collect())
+    }
+
+    /// `webhook_listen` unset means off, or the demo's address with the simulator; `off`
+    /// means off with the simulator too; an address is that address. From the file, the
+    /// environment and the flags alike.
+    #[test]
+    fn webhook_listen_off_is_off_even_with_the_simulator() {
+        let at = |simulator: bool, listen: WebhookListen| {
+            Settings {
+                simulator,
+                webhook_listen: listen,
+                ..Settings::default()
+            }
+            .webhook_address()
+        };
+        let there = SocketAddr::from(([127, 0, 0, 1], 7001));
+        assert_eq!(at(false, WebhookListen::Unset), None);
+        assert_eq!(
+            at(true, WebhookListen::Unset),
+            Some(crate::demo::WEBHOOK_LISTEN)
+        );
+        assert_eq!(at(true, WebhookListen::Off), None);
+        assert_eq!(at(false, WebhookListen::Off), None);
+        assert_eq!(at(true, WebhookListen::At(there)), Some(there));
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, "simulator = true\nwebhook_listen = \"off\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let from_file = load_settings(Some(&file), &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_file.webhook_listen, WebhookListen::Off);
+        assert_eq!(from_file.webhook_address(), None);
+        let from_env = load_settings(
+            None,
+            &vars(&[
+                ("REFUND_GATEWAY_SIMULATOR", "true"),
+                ("REFUND_GATEWAY_WEBHOOK_LISTEN", "off"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_env.webhook_address(), None);
+        let unset = load_settings(None, &vars(&[("REFUND_GATEWAY_SIMULATOR", "true")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(unset.webhook_listen, WebhookListen::Unset);
+        assert_eq!(unset.webhook_address(), Some(crate::demo::WEBHOOK_LISTEN));
+        let mut flagged = unset.clone();
+        let cli = Cli::try_parse_from(["refund-gateway", "--simulator", "--webhook-listen", "off"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        cli.apply(&mut flagged);
+        assert_eq!(flagged.webhook_address(), None);
+        let err = load_settings(None, &vars(&[("REFUND_GATEWAY_WEBHOOK_LISTEN", "of")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("webhook_listen"), "{err}");
     }
 
     /// Settings of a development gateway on loopback: authentication off.

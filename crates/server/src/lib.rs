@@ -296,11 +296,7 @@ pub async fn start(
         .local_addr()
         .map_err(io_error("reading the admin address"))?;
     // The one port exposed to Klarna: its own listener, never the admin port.
-    let webhook_listen = config
-        .settings
-        .webhook_listen
-        .or_else(|| simulator.as_ref().map(|_| demo::WEBHOOK_LISTEN));
-    let webhook_listener = match webhook_listen {
+    let webhook_listener = match config.settings.webhook_address() {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
