@@ -147,7 +147,9 @@ enum OpsCommand {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
-    /// Reconcile: one account's Klarna records against the gateway's, over a window.
+    /// Reconcile: one account's Klarna records against the gateway's, over a window. Exits 3
+    /// when the report is not clean (a mismatch, or a resource Klarna could not be read for),
+    /// so a scheduled run can alert on its status.
     Reconcile {
         /// The Klarna account; may be left out when the gateway has exactly one.
         #[arg(long, value_name = "NAME")]
@@ -207,6 +209,16 @@ pub enum OpsError {
     /// The output could not be written.
     #[error("writing the output: {0}")]
     Io(#[from] std::io::Error),
+    /// A reconciliation's report (printed) found mismatches or could not read everything.
+    #[error(
+        "the reconciliation is not clean: {mismatches} mismatch(es), {unread} resource(s) unread"
+    )]
+    NotReconciled {
+        /// Mismatches in the report.
+        mismatches: usize,
+        /// Orders or transactions Klarna could not be read for.
+        unread: usize,
+    },
 }
 
 impl From<tonic::Status> for OpsError {
@@ -216,10 +228,12 @@ impl From<tonic::Status> for OpsError {
 }
 
 impl OpsError {
-    /// The process exit code for this error: 2 for a usage error (as clap's own), else 1.
+    /// The process exit code for this error: 2 for a usage error (as clap's own), 3 for a
+    /// reconciliation that is not clean (its report was printed), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,
+            Self::NotReconciled { .. } => 3,
             _ => 1,
         }
     }
@@ -292,7 +306,8 @@ pub async fn run(args: OpsArgs) -> Result<(), OpsError> {
                 to: to.map(timestamp),
             };
             let answer = client.operator().reconcile(request).await?.into_inner();
-            out.emit(|| reconcile_json(&answer), || reconcile_text(&answer))
+            out.emit(|| reconcile_json(&answer), || reconcile_text(&answer))?;
+            reconciled(&answer)
         }
     }
 }
@@ -886,6 +901,17 @@ fn attention_text(a: &pb::ListAttentionResponse, threshold: Duration) -> String 
         }
     }
     text
+}
+
+/// Whether a printed reconciliation report is clean: no mismatch and nothing unread.
+fn reconciled(r: &pb::ReconcileResponse) -> Result<(), OpsError> {
+    if r.mismatches.is_empty() && r.unread.is_empty() {
+        return Ok(());
+    }
+    Err(OpsError::NotReconciled {
+        mismatches: r.mismatches.len(),
+        unread: r.unread.len(),
+    })
 }
 
 fn reconcile_text(r: &pb::ReconcileResponse) -> String {

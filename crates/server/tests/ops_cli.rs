@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Output};
 
 use anyhow::{Context, anyhow, ensure};
-use klarna_sim::{OrderSeed, SimConfig};
+use klarna_sim::{FaultKind, FaultSpec, OrderSeed, SimConfig};
 use refund_gateway_proto::v1::RefundOrderRequest;
 
 use common::{BIN, GatewayProcess, klarna_env, write_config_with};
@@ -202,6 +202,31 @@ async fn operators_read_watch_settle_and_reconcile_from_the_command_line() -> an
     )?;
     ensure!(report["mismatches"] == serde_json::json!([]), "{report}");
     ensure!(report["operations_checked"] == 1, "{report}");
+
+    // Klarna no longer shows the order: the report is printed, and the exit status says it
+    // is not clean, for a scheduled run to alert on.
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("GET".into()),
+        path: format!("/ordermanagement/v1/orders/{order_id}"),
+        times: 100,
+        kind: FaultKind::Status {
+            status: 404,
+            body: None,
+            retry_after_secs: None,
+        },
+    });
+    let run = ops(&addr, &["reconcile", "--account", "default"]).await?;
+    let (out, stderr) = (run.stdout(), run.stderr());
+    ensure!(run.output.status.code() == Some(3), "{out}{stderr}");
+    ensure!(
+        out.starts_with("account: default\noperations checked: 1\n"),
+        "{out}"
+    );
+    ensure!(out.contains(order_id.as_str()), "{out}");
+    ensure!(
+        stderr.starts_with("error: the reconciliation is not clean: "),
+        "{stderr}"
+    );
     Ok(())
 }
 
