@@ -202,8 +202,8 @@ pub struct Gateway {
     accounts: Accounts,
     /// Read by the partner limits, which count the gateway's own operations on a transaction.
     store: Arc<dyn OperationStore>,
-    /// Orders whose references this process knows are in the index.
-    indexed: Arc<IndexedOrders>,
+    /// Learns the references of orders refunded without being read.
+    learner: Arc<ReferenceLearner>,
 }
 
 /// The orders (account, order id) this process has seen in the reference index, so that a
@@ -281,7 +281,7 @@ impl Gateway {
         Self {
             accounts,
             store,
-            indexed: Arc::default(),
+            learner: Arc::default(),
         }
     }
 
@@ -326,21 +326,15 @@ impl Gateway {
             Some(reference.clone()),
         );
         let store = self.store.clone();
-        let indexed = self.indexed.clone();
+        let learner = self.learner.clone();
         let work = async move {
             let read = check_refund_rules(klarna.as_ref(), &cmd, (&store, &account)).await?;
             let accepted = call
                 .send(&KlarnaAccount::OrderManagement(klarna.clone()), &op)
                 .await
                 .map_err(klarna_error(ResourceRef::Order(cmd.order_id.to_string())))?;
-            if !read && !indexed.contains(&account, cmd.order_id.as_str()) {
-                learn_after_refund(
-                    store,
-                    indexed,
-                    account,
-                    klarna.clone(),
-                    cmd.order_id.clone(),
-                );
+            if !read {
+                learner.learn_after_refund(&store, &account, &klarna, &cmd.order_id);
             }
             tracing::info!(
                 operation_id = %op,
@@ -996,16 +990,100 @@ async fn check_refund_rules(
     Ok(true)
 }
 
-/// After a refund of an order the gateway never read, reads it once in the background to
-/// learn its references, so that a later return can find it by receipt: one extra read per
+/// After a refund of an order the gateway never read, reads the order once in the background
+/// to learn its references, so that a later return can find it by receipt: one extra read per
 /// order, never on the refund's path, skipped when its references are known already.
-fn learn_after_refund(
+///
+/// The orders wait in a bounded queue (an account and an order id each, a few hundred bytes)
+/// that one task works through, a few at a time. A task per order instead
+/// held a Klarna call's futures each (kilobytes) and competed with the refunds for Klarna's
+/// connections, without bound, in a burst of new orders. An order that finds the queue full
+/// is not learned now; its next refund tries again, and the point of sale can link it.
+#[derive(Debug)]
+struct ReferenceLearner {
+    /// Orders waiting at most.
+    capacity: usize,
+    /// Orders read at once at most.
+    parallelism: usize,
+    /// Orders whose references this process knows are in the index.
+    indexed: Arc<IndexedOrders>,
+    /// The queue, and its task, made at the first order to learn (inside the runtime).
+    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<OrderToLearn>>,
+}
+
+/// An order waiting for its references to be learned.
+struct OrderToLearn {
+    account: String,
+    order_id: OrderId,
+    klarna: Arc<dyn KlarnaApi>,
+}
+
+impl Default for ReferenceLearner {
+    /// 4,096 orders waiting (about a megabyte), 8 read at once.
+    fn default() -> Self {
+        Self::new(4096, 8)
+    }
+}
+
+impl ReferenceLearner {
+    fn new(capacity: usize, parallelism: usize) -> Self {
+        Self {
+            capacity,
+            parallelism,
+            indexed: Arc::default(),
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn learn_after_refund(
+        &self,
+        store: &Arc<dyn OperationStore>,
+        account: &str,
+        klarna: &Arc<dyn KlarnaApi>,
+        order_id: &OrderId,
+    ) {
+        if self.indexed.contains(account, order_id.as_str()) {
+            return;
+        }
+        let queue = self.queue.get_or_init(|| {
+            let (queue, orders) = tokio::sync::mpsc::channel(self.capacity);
+            // The task holds the store and the cache, not the learner: it ends when the
+            // gateway (the queue's sender) is dropped.
+            let (store, indexed) = (store.clone(), self.indexed.clone());
+            let orders = futures::stream::unfold(orders, |mut orders| async move {
+                orders.recv().await.map(|order| (order, orders))
+            });
+            tokio::spawn(futures::StreamExt::for_each_concurrent(
+                orders,
+                self.parallelism,
+                move |order| learn_order(store.clone(), indexed.clone(), order),
+            ));
+            queue
+        });
+        let order = OrderToLearn {
+            account: account.to_owned(),
+            order_id: order_id.clone(),
+            klarna: klarna.clone(),
+        };
+        if queue.try_send(order).is_err() {
+            tracing::debug!(%order_id, "order references not learned now: the queue is full");
+        }
+    }
+}
+
+/// Reads `order` from Klarna, unless its references are in the index, and links them.
+async fn learn_order(
     store: Arc<dyn OperationStore>,
     indexed: Arc<IndexedOrders>,
-    account: String,
-    klarna: Arc<dyn KlarnaApi>,
-    order_id: OrderId,
+    order: OrderToLearn,
 ) {
+    let OrderToLearn {
+        account,
+        order_id,
+        klarna,
+    } = order;
+    // A span of its own: the refund's trace has ended by now.
+    let span = tracing::info_span!("learn_order_references", order_id = %order_id);
     let learn = async move {
         match store.order_is_indexed(&account, order_id.as_str()).await {
             Ok(false) => {}
@@ -1023,5 +1101,109 @@ fn learn_after_refund(
             Err(e) => tracing::debug!(error = %e, "order not read to learn its references"),
         }
     };
-    tokio::spawn(learn.in_current_span());
+    learn.instrument(span).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refund_gateway_domain::{
+        CaptureId, ExtendDueDateOptions, KlarnaReceipt, RefundCreated, RefundId,
+    };
+    use tokio::sync::{Semaphore, watch};
+
+    /// Klarna whose order reads each wait for a permit, and which counts them; it is asked
+    /// nothing else.
+    #[derive(Debug)]
+    struct HeldReads {
+        permits: Semaphore,
+        reads: watch::Sender<Vec<String>>,
+    }
+
+    #[tonic::async_trait]
+    impl KlarnaApi for HeldReads {
+        async fn get_order(&self, order_id: &OrderId) -> Result<Order, KlarnaError> {
+            self.reads.send_modify(|r| r.push(order_id.to_string()));
+            let _permit = self.permits.acquire().await;
+            Err(KlarnaError::NoAnswer("held".into()))
+        }
+        async fn create_refund(
+            &self,
+            _: &OrderId,
+            _: &KlarnaRefund,
+            _: &OperationId,
+        ) -> Result<RefundCreated, KlarnaError> {
+            unreachable!("only orders are read")
+        }
+        async fn get_refund(&self, _: &OrderId, _: &RefundId) -> Result<Refund, KlarnaError> {
+            unreachable!("only orders are read")
+        }
+        async fn release_remaining_authorization(
+            &self,
+            _: &OrderId,
+            _: &OperationId,
+        ) -> Result<KlarnaReceipt, KlarnaError> {
+            unreachable!("only orders are read")
+        }
+        async fn get_extend_due_date_options(
+            &self,
+            _: &OrderId,
+            _: &CaptureId,
+        ) -> Result<ExtendDueDateOptions, KlarnaError> {
+            unreachable!("only orders are read")
+        }
+        async fn extend_due_date(
+            &self,
+            _: &OrderId,
+            _: &CaptureId,
+            _: i32,
+            _: &OperationId,
+        ) -> Result<KlarnaReceipt, KlarnaError> {
+            unreachable!("only orders are read")
+        }
+    }
+
+    fn order(n: u32) -> OrderId {
+        OrderId::parse(&format!("00000000-0000-4000-8000-{n:012}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Orders wait in the queue while Klarna is slow; one that finds it full is not read
+    /// (its next refund tries again), and the ones queued are read in order.
+    #[tokio::test]
+    async fn orders_beyond_the_queue_are_skipped_not_piled_up() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store: Arc<dyn OperationStore> = Arc::new(
+            refund_gateway_store::SqliteStore::open(&dir.path().join("ops.db"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (reads, mut seen) = watch::channel(Vec::new());
+        let held = Arc::new(HeldReads {
+            permits: Semaphore::new(0),
+            reads,
+        });
+        let klarna: Arc<dyn KlarnaApi> = held.clone();
+        let learner = ReferenceLearner::new(2, 1);
+        let read_count = async |seen: &mut watch::Receiver<Vec<String>>, n: usize| {
+            seen.wait_for(|r| r.len() >= n)
+                .await
+                .map(|r| r.clone())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+
+        learner.learn_after_refund(&store, "eu", &klarna, &order(1));
+        read_count(&mut seen, 1).await;
+        // Order 1 is being read: 2 and 3 fill the queue, 4 and 5 find it full.
+        for n in 2..=5 {
+            learner.learn_after_refund(&store, "eu", &klarna, &order(n));
+        }
+        held.permits.add_permits(1_000);
+        // 6, queued after the others were read or dropped, is read right after 2 and 3.
+        read_count(&mut seen, 3).await;
+        learner.learn_after_refund(&store, "eu", &klarna, &order(6));
+        let reads = read_count(&mut seen, 4).await;
+        let expected: Vec<String> = [1, 2, 3, 6].map(|n| order(n).to_string()).to_vec();
+        assert_eq!(reads, expected);
+    }
 }
