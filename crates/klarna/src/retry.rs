@@ -79,10 +79,14 @@ tokio::task_local! {
 /// scope get `now + default_deadline` each.
 ///
 /// The deadline belongs to the task polling `f`: work `f` spawns onto other tasks does not
-/// see it.
-pub async fn with_deadline<F: Future>(deadline: Instant, f: F) -> F::Output {
+/// see it. The enclosing deadline is the one current where `with_deadline` is called, so call
+/// it in the task that awaits the result.
+///
+/// Not an `async fn`: one would hold `f` twice (as its argument and inside the scope it
+/// awaits), doubling the size of every operation's task.
+pub fn with_deadline<F: Future>(deadline: Instant, f: F) -> impl Future<Output = F::Output> {
     let deadline = current_deadline().map_or(deadline, |outer| outer.min(deadline));
-    DEADLINE.scope(deadline, f).await
+    DEADLINE.scope(deadline, f)
 }
 
 /// The deadline set by the innermost enclosing [`with_deadline`], if any.
