@@ -403,3 +403,43 @@ async fn a_claim_failing_inside_a_group_leaves_no_trace_of_its_neighbours_attemp
     assert_eq!(operations, OPS as i64 - 1);
     assert_eq!(events, OPS as i64 - 1);
 }
+
+/// Committed pages reach the database file from the background checkpointer, long before the
+/// writer's own checkpoint (at 8000 WAL pages) would copy them: the file grows while the
+/// writes are far fewer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_pages_are_copied_to_the_database_file_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    for i in 0..100 {
+        let new = suite::new_op("pos", Rpc::RefundOrder, &format!("bg-{i}"), "order-1");
+        store
+            .claim(
+                new,
+                LeaseHolder::new(),
+                suite::t(0),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let wal = std::fs::metadata(dir.path().join("x.sqlite3-wal"))
+        .unwrap()
+        .len();
+    assert!(
+        wal < 8000 * 4096,
+        "{wal} bytes of WAL: the writer's checkpoint may have run"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {before} bytes"
+        );
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+}

@@ -18,9 +18,10 @@
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: temporary tables in memory (`temp_store`), an 8 MiB page cache on the
 //!   writer (SQLite's default 2 MiB on the readers, which read little: the operating system
-//!   caches the file for all of them), and a checkpoint every 8000 WAL pages rather than
-//!   1000. A larger writer cache measured no faster and costs resident memory (32 MiB: about
-//!   35 MiB more RSS under load).
+//!   caches the file for all of them), and checkpoints in the background, nudged by the
+//!   writer, with the writer's own every 8000 WAL pages rather than 1000 (see [`writer`]). A
+//!   larger writer cache measured no faster and costs resident memory (32 MiB: about 35 MiB
+//!   more RSS under load).
 //! - **Restart**: one process owns the file, so every IN_FLIGHT claim found when the store
 //!   opens is a dead process's; it becomes PENDING before the store is handed out, and the
 //!   first retry (or the reconciler) settles it without waiting for the dead claim's lease.
@@ -124,7 +125,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(Self {
             path: path.to_owned(),
-            writer: Writer::spawn(write)?,
+            writer: Writer::spawn(write, writer_connection(path)?)?,
             readers,
             order_locks: OrderLocks::default(),
             orphans_taken_over,
