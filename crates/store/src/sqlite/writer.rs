@@ -286,7 +286,10 @@ impl Checkpointer {
 /// Not copying (another checkpoint is running, a reader still needs an old page) is normal and
 /// silent: the next one, or the writer's own, copies it.
 fn checkpoint(conn: &Connection) {
-    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    let checkpointed = conn
+        .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
+        .and_then(|mut statement| statement.query_row([], |_| Ok(())));
+    if let Err(error) = checkpointed {
         tracing::debug!(%error, "SQLite background checkpoint failed");
     }
 }
