@@ -41,15 +41,15 @@ impl RefundGatewayApi {
     }
 
     /// Runs a read with its Klarna calls and their resends bounded by the caller's deadline
-    /// (or the default one), less the margin that lets the answer leave before tonic cancels
-    /// the call.
+    /// (its `grpc-timeout`, or the default one), less the margin that lets the answer leave
+    /// before tonic cancels the call.
     async fn read<T>(
         &self,
-        metadata: &MetadataMap,
+        caller_deadline: Option<Duration>,
         read: impl std::future::Future<Output = Result<T, GatewayError>>,
     ) -> Result<T, GatewayError> {
         let settings = self.protocol.settings();
-        let deadline = grpc_timeout(metadata)
+        let deadline = caller_deadline
             .unwrap_or(settings.default_deadline)
             .saturating_sub(settings.deadline_margin);
         refund_gateway_klarna::with_deadline(tokio::time::Instant::now() + deadline, read).await
@@ -362,7 +362,7 @@ impl RefundGatewayApi {
         rpc: &'static str,
         grant: &CallerGrant,
         cmd: &RefundOrder,
-        metadata: &MetadataMap,
+        caller_deadline: Option<Duration>,
     ) -> Result<Option<Currency>, Status> {
         if !grant.has_amount_caps() {
             return Ok(None);
@@ -372,7 +372,7 @@ impl RefundGatewayApi {
             None => {
                 let order = self
                     .read(
-                        metadata,
+                        caller_deadline,
                         self.gateway.order(OrderQuery {
                             klarna_account: cmd.klarna_account.clone(),
                             order_id: cmd.order_id.clone(),
@@ -528,7 +528,6 @@ impl RefundGatewayService for RefundGatewayApi {
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
         const RPC: &str = "RefundOrder";
         let context = CallContext::of(RPC, &request)?;
-        let metadata = request.metadata().clone();
         let mut r = request.into_inner();
         let (store_id, currency) = (std::mem::take(&mut r.store_id), r.currency.clone());
         self.route(
@@ -588,7 +587,7 @@ impl RefundGatewayService for RefundGatewayApi {
             KlarnaApiKind::OrderManagement,
         )?;
         let capped_currency = self
-            .check_order_refund_amount(RPC, grant, &cmd, &metadata)
+            .check_order_refund_amount(RPC, grant, &cmd, context.deadline)
             .await?;
         let spend = capped_currency.map(|c| (cmd.refunded_amount.minor_units(), c));
         if cmd.validate_only {
@@ -668,7 +667,10 @@ impl RefundGatewayService for RefundGatewayApi {
             KlarnaApiKind::OrderManagement,
         )?;
         let options = self
-            .read(&metadata, self.gateway.extend_due_date_options(q))
+            .read(
+                grpc_timeout(&metadata),
+                self.gateway.extend_due_date_options(q),
+            )
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::extend_due_date_options(options)))
@@ -728,7 +730,7 @@ impl RefundGatewayService for RefundGatewayApi {
         )?;
         let (account, created) = self
             .read(
-                &metadata,
+                grpc_timeout(&metadata),
                 self.gateway.link_receipt(
                     link.klarna_account.as_deref(),
                     link.receipt.clone(),
@@ -761,7 +763,10 @@ impl RefundGatewayService for RefundGatewayApi {
         let account = (!r.klarna_account.is_empty()).then_some(r.klarna_account.as_str());
         self.check_account(RPC, &grant, account, KlarnaApiKind::OrderManagement)?;
         let (account, order) = self
-            .read(&metadata, self.gateway.find_order(account, &query))
+            .read(
+                grpc_timeout(&metadata),
+                self.gateway.find_order(account, &query),
+            )
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::find_order_response(account, &order)))
@@ -869,7 +874,7 @@ impl RefundGatewayService for RefundGatewayApi {
             KlarnaApiKind::OrderManagement,
         )?;
         let order = self
-            .read(&metadata, self.gateway.order(q))
+            .read(grpc_timeout(&metadata), self.gateway.order(q))
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::get_order_response(order)))
@@ -891,7 +896,7 @@ impl RefundGatewayService for RefundGatewayApi {
             KlarnaApiKind::OrderManagement,
         )?;
         let refund = self
-            .read(&metadata, self.gateway.refund(q))
+            .read(grpc_timeout(&metadata), self.gateway.refund(q))
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::get_refund_response(refund)))
@@ -1023,7 +1028,7 @@ impl RefundGatewayService for RefundGatewayApi {
             KlarnaApiKind::Payments,
         )?;
         let transaction = self
-            .read(&metadata, self.gateway.transaction(q))
+            .read(grpc_timeout(&metadata), self.gateway.transaction(q))
             .await
             .map_err(|e| fail(RPC, e))?;
         Ok(Response::new(convert::get_transaction_response(
