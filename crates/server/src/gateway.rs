@@ -995,10 +995,10 @@ async fn check_refund_rules(
 /// order, never on the refund's path, skipped when its references are known already.
 ///
 /// The orders wait in a bounded queue (an account and an order id each, a few hundred bytes)
-/// that one task works through, a few at a time. A task per order instead
-/// held a Klarna call's futures each (kilobytes) and competed with the refunds for Klarna's
-/// connections, without bound, in a burst of new orders. An order that finds the queue full
-/// is not learned now; its next refund tries again, and the point of sale can link it.
+/// that one task works through, a few at a time. A task per order instead held a Klarna
+/// call's futures each (kilobytes) and competed with the refunds for Klarna's connections,
+/// without bound, in a burst of new orders. An order that finds the queue full is not
+/// learned now; its next refund tries again, and the point of sale can link it.
 #[derive(Debug)]
 struct ReferenceLearner {
     /// Orders waiting at most.
