@@ -272,6 +272,9 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".to_owned())
             .spawn(move || {
+                // At once, before any nudge: it copies what a previous process left in the WAL,
+                // and reads the schema while the gateway is still starting.
+                checkpoint(&conn);
                 while nudged.recv().is_ok() {
                     checkpoint(&conn);
                     std::thread::sleep(CHECKPOINT_INTERVAL);
