@@ -20,9 +20,10 @@
 //!
 //! **Checkpoints** (copying committed pages from the WAL into the database file, and its fsync)
 //! run mostly on a thread of their own ([`Checkpointer`]), nudged every
-//! [`CHECKPOINT_AFTER_WRITES`] writes, at most every [`CHECKPOINT_INTERVAL`]: SQLite's automatic checkpoint runs in the committing connection,
-//! and its fsync of the database file (20-70 ms measured under load, against 1-5 ms for a WAL
-//! fsync) held up every write waiting behind it. The writer's automatic checkpoint stays on
+//! [`CHECKPOINT_AFTER_WRITES`] writes, at most every [`CHECKPOINT_INTERVAL`]: SQLite's
+//! automatic checkpoint runs in the committing connection, and its fsync of the database file
+//! (20-70 ms measured under load, against 1-5 ms for a WAL fsync) held up every write waiting
+//! behind it. The writer's automatic checkpoint stays on
 //! (every 8000 WAL pages): with the background passes it finds little left to copy, and it is
 //! what lets the WAL start over from its beginning, which needs every frame copied while no
 //! write is appending more.
