@@ -91,29 +91,32 @@ fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
     Ok(Some(tls))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        // If the handler cannot be installed, only SIGTERM (or killing) stops the process.
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now, before "listening" is printed, so a
+/// signal sent as soon as the simulator announces itself shuts it down cleanly rather than
+/// killing it; the future completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        eprintln!("klarna-sim: shutting down");
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    eprintln!("klarna-sim: shutting down");
+        eprintln!("klarna-sim: shutting down");
+    })
 }
 
 #[tokio::main]
@@ -148,6 +151,13 @@ async fn main() -> ExitCode {
         },
         tls,
     });
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("klarna-sim: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -185,7 +195,7 @@ async fn main() -> ExitCode {
             );
         }
     }
-    match sim.serve(listener, shutdown_signal()).await {
+    match sim.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("klarna-sim: server error: {e}");

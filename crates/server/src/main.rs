@@ -53,6 +53,10 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Before anything else, so a SIGTERM that arrives during start-up (or right after the
+    // "listening" line, before the server's task first polls the signal) drains and exits
+    // cleanly instead of killing the process with the default action.
+    let shutdown = shutdown_signal()?;
     let mut settings = config::load_settings(cli.config_file(), &ProcessEnv)?;
     cli.apply(&mut settings);
     let telemetry = Telemetry::install(settings.log_format)?;
@@ -61,7 +65,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.settings.listen)
             .await
             .with_context(|| format!("binding {}", config.settings.listen))?;
-        refund_gateway::run(listener, config, shutdown_signal()).await?;
+        refund_gateway::run(listener, config, shutdown).await?;
         anyhow::Ok(())
     }
     .await;
@@ -70,30 +74,49 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     served
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+/// Installs the handlers for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that
+/// completes on the first of them received from now on, even one received before the future
+/// is first polled. (`tokio::signal::ctrl_c()` would install its handler only when polled.)
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::shutdown_signal;
+
+    /// The handler is in place as soon as `shutdown_signal` returns: a SIGTERM sent before
+    /// the future is polled completes it (with a lazily installed handler, it would kill
+    /// this test process instead).
+    #[tokio::test]
+    async fn a_sigterm_before_the_first_poll_is_caught_and_completes_the_future() {
+        let shutdown = shutdown_signal().unwrap_or_else(|e| panic!("{e}"));
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(30), shutdown)
+            .await
+            .unwrap_or_else(|_| panic!("SIGTERM did not complete the shutdown future"));
     }
 }

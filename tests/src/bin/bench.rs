@@ -1427,20 +1427,20 @@ fn sanity(records: &[Record]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM (or never, when it cannot be caught).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut signal) => {
-            signal.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
+/// Installs the SIGTERM handler now (before the caller says it is listening, so the bench's
+/// SIGTERM cannot arrive before it); the future completes on SIGTERM.
+fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        signal.recv().await;
+    })
 }
 
 /// `bench --serve-echo`: a bare tonic server with the standard health service, until SIGTERM.
 async fn serve_echo() -> anyhow::Result<()> {
     // The empty service name is SERVING from the start.
     let (_reporter, service) = tonic_health::server::health_reporter();
+    let terminated = terminated()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     eprintln!("bench echo: listening on {addr}");
@@ -1448,17 +1448,18 @@ async fn serve_echo() -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, terminated())
+        .serve_with_incoming_shutdown(incoming, terminated)
         .await?;
     Ok(())
 }
 
 /// `bench --serve-otlp-sink`: the trace sink until SIGTERM; then says how many spans it got.
 async fn serve_otlp_sink() -> anyhow::Result<()> {
+    let terminated = terminated()?;
     let sink = SpanSink::default();
     let endpoint = sink.start().await?;
     eprintln!("bench otlp sink: listening on {endpoint}");
-    terminated().await;
+    terminated.await;
     eprintln!("bench otlp sink: received {} spans", sink.received());
     Ok(())
 }
