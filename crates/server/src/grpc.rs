@@ -470,7 +470,11 @@ impl RefundGatewayApi {
     /// The one path of every mutating RPC once its command is prepared: the work runs through
     /// the exactly-once protocol, its outcome is encoded by `encode` (built in `convert`), and
     /// the stored answer (or a replay of it) is decoded into the response.
-    async fn mutate<O, T>(
+    ///
+    /// A plain function returning the future, and `prepared` taken apart before it: an
+    /// `async fn` keeps its arguments in its state next to the locals moved out of them, so the
+    /// call's state held the prepared command (and its unboxed work) twice.
+    fn mutate<O, T>(
         &self,
         rpc: &'static str,
         context: CallContext,
@@ -480,43 +484,46 @@ impl RefundGatewayApi {
         encode: impl FnOnce(O) -> Encoded + Send + 'static,
         set_replayed: impl FnOnce(&mut T, bool),
         spend: Option<(i64, Currency)>,
-    ) -> Result<Response<T>, Status>
+    ) -> impl std::future::Future<Output = Result<Response<T>, Status>>
     where
         O: Send + 'static,
         T: Message + Default,
     {
-        let minimum = self.protocol.settings().min_deadline;
-        if let Some(remaining) = context.deadline.filter(|d| *d < minimum) {
-            return Err(fail(
-                rpc,
-                GatewayError::DeadlineTooShort { remaining, minimum },
-            ));
-        }
         let Prepared {
             mut new,
             work,
             context: answer_context,
         } = prepared;
-        // The last refusal before the claim: nothing is stored when the day's cap is reached.
-        let reservation = self
-            .reserve_daily(rpc, &context.grant, spend, new.operation_id)
-            .await?;
-        new.trace_id = context.request_id;
-        new.traceparent = crate::telemetry::current_traceparent();
-        let span = tracing::Span::current();
-        span.record("refund.operation_id", new.operation_id.to_string());
         let work = work
             .inspect_err(move |e| log_failure(rpc, e))
             .map_ok(encode)
             .boxed();
-        let stored = self
-            .protocol
-            .execute(new, context.deadline, work, answer_context, reservation)
-            .await;
-        if let Ok(stored) = &stored {
-            span.record("refund.idempotency_replayed", stored.replayed);
+        async move {
+            let minimum = self.protocol.settings().min_deadline;
+            if let Some(remaining) = context.deadline.filter(|d| *d < minimum) {
+                return Err(fail(
+                    rpc,
+                    GatewayError::DeadlineTooShort { remaining, minimum },
+                ));
+            }
+            // The last refusal before the claim: nothing is stored when the day's cap is
+            // reached.
+            let reservation = self
+                .reserve_daily(rpc, &context.grant, spend, new.operation_id)
+                .await?;
+            new.trace_id = context.request_id;
+            new.traceparent = crate::telemetry::current_traceparent();
+            let span = tracing::Span::current();
+            span.record("refund.operation_id", new.operation_id.to_string());
+            let stored = self
+                .protocol
+                .execute(new, context.deadline, work, answer_context, reservation)
+                .await;
+            if let Ok(stored) = &stored {
+                span.record("refund.idempotency_replayed", stored.replayed);
+            }
+            answer(rpc, stored, set_replayed)
         }
-        answer(rpc, stored, set_replayed)
     }
 }
 

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
     Claim, GatewayError, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation, Operation,
@@ -219,85 +220,94 @@ impl Protocol {
     /// Runs `work` for `new` exactly once per operation id, answering within `deadline`
     /// (minus the margin): a stored answer is replayed, a concurrent duplicate is told to
     /// wait, another request under the same key is refused.
-    pub async fn execute(
+    ///
+    /// A plain function returning the future: an `async fn` would keep `new` in its state
+    /// twice (the argument, and the local it is moved into).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
+    pub fn execute(
         &self,
         new: NewOperation,
         deadline: Option<Duration>,
         work: Work,
         context: AnswerContext,
         reservation: Option<DailyReservation>,
-    ) -> Result<Answer, GatewayError> {
-        let deadline = deadline.unwrap_or(self.settings.default_deadline);
-        let started = tokio::time::Instant::now();
-        let answer_by = started + deadline.saturating_sub(self.settings.deadline_margin);
-        // Klarna attempts stop at the caller's deadline; later resolution is the reconciler's.
-        let klarna_deadline = started + deadline;
-        let now = OffsetDateTime::now_utc();
-        let operation_id = new.operation_id;
-        let new_op = new.clone();
-        let trace_id = new.trace_id.clone();
-        let holder = LeaseHolder::new();
-        let claim = match self
-            .store
-            .claim(new, holder, now, self.settings.lease)
-            .instrument(store_span!("store.claim", operation_id))
-            .await
-        {
-            Ok(claim) => claim,
-            Err(e) => {
-                self.release(reservation.as_ref()).await;
-                return Err(store_unavailable(e));
-            }
-        };
-        if matches!(claim, Claim::Existing(_)) {
-            // A resend of an operation already made: it moves no new money.
-            self.release(reservation.as_ref()).await;
-        }
-        let receiver = match claim {
-            Claim::New(op) => self.spawn(
-                op,
-                holder,
-                Job::Work(work, context, reservation),
-                klarna_deadline,
-                None,
-            ),
-            Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
-                return Err(GatewayError::KeyReused {
-                    operation_id: op.new.operation_id.to_string(),
-                    idempotency_key: op.new.idempotency_key.to_string(),
-                });
-            }
-            Claim::Existing(op) if op.state.is_final() => return self.replay(op),
-            Claim::Existing(op) => {
-                // Unresolved (PENDING, or a dead holder's claim): settle it now, as the
-                // reconciler would, rather than make the caller wait for a pass.
-                let taken = self
-                    .store
-                    .take_over(
-                        operation_id,
-                        holder,
-                        now,
-                        self.settings.lease,
-                        trace_id.clone(),
-                        crate::telemetry::current_trace_id(),
-                    )
-                    .instrument(store_span!("store.take_over", operation_id))
-                    .await
-                    .map_err(store_unavailable)?;
-                if !taken {
-                    return self.after_resolution(&op, answer_by).await;
+    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + '_ {
+        async move {
+            let deadline = deadline.unwrap_or(self.settings.default_deadline);
+            let started = tokio::time::Instant::now();
+            let answer_by = started + deadline.saturating_sub(self.settings.deadline_margin);
+            // Klarna attempts stop at the caller's deadline; later resolution is the reconciler's.
+            let klarna_deadline = started + deadline;
+            let now = OffsetDateTime::now_utc();
+            let operation_id = new.operation_id;
+            let new_op = new.clone();
+            let trace_id = new.trace_id.clone();
+            let holder = LeaseHolder::new();
+            let claim = match self
+                .store
+                .claim(new, holder, now, self.settings.lease)
+                .instrument(store_span!("store.claim", operation_id))
+                .await
+            {
+                Ok(claim) => claim,
+                Err(e) => {
+                    self.release(reservation.as_ref()).await;
+                    return Err(store_unavailable(e));
                 }
-                self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
+            };
+            if matches!(claim, Claim::Existing(_)) {
+                // A resend of an operation already made: it moves no new money.
+                self.release(reservation.as_ref()).await;
             }
-        };
-        match tokio::time::timeout_at(answer_by, receiver).await {
-            Ok(Ok(result)) => result,
-            // The task ended without answering: only a panic does that. Its outcome, if any,
-            // is in the store or will be resolved; the caller retries with the same key.
-            Ok(Err(_)) => Err(GatewayError::Internal(format!(
-                "the task of operation {operation_id} failed"
-            ))),
-            Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
+            let receiver = match claim {
+                Claim::New(op) => self.spawn(
+                    op,
+                    holder,
+                    Job::Work(work, context, reservation),
+                    klarna_deadline,
+                    None,
+                ),
+                Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
+                    return Err(GatewayError::KeyReused {
+                        operation_id: op.new.operation_id.to_string(),
+                        idempotency_key: op.new.idempotency_key.to_string(),
+                    });
+                }
+                Claim::Existing(op) if op.state.is_final() => return self.replay(op),
+                Claim::Existing(op) => {
+                    // Unresolved (PENDING, or a dead holder's claim): settle it now, as the
+                    // reconciler would, rather than make the caller wait for a pass.
+                    let taken = self
+                        .store
+                        .take_over(
+                            operation_id,
+                            holder,
+                            now,
+                            self.settings.lease,
+                            trace_id.clone(),
+                            crate::telemetry::current_trace_id(),
+                        )
+                        .instrument(store_span!("store.take_over", operation_id))
+                        .await
+                        .map_err(store_unavailable)?;
+                    if !taken {
+                        return self.after_resolution(&op, answer_by).await;
+                    }
+                    self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
+                }
+            };
+            match tokio::time::timeout_at(answer_by, receiver).await {
+                Ok(Ok(result)) => result,
+                // The task ended without answering: only a panic does that. Its outcome, if any,
+                // is in the store or will be resolved; the caller retries with the same key.
+                Ok(Err(_)) => Err(GatewayError::Internal(format!(
+                    "the task of operation {operation_id} failed"
+                ))),
+                Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
+            }
         }
     }
 
@@ -384,88 +394,102 @@ impl Protocol {
         trace_id: Option<String>,
     ) -> oneshot::Receiver<Result<Answer, GatewayError>> {
         let (tx, rx) = oneshot::channel();
-        let this = self.clone();
+        let run = refund_gateway_klarna::with_deadline(
+            klarna_deadline,
+            self.clone().run(op, holder, job, trace_id),
+        );
         // The task owns the operation from here: it runs to the end even when the caller
         // gives up, so the outcome is always recorded.
         // In the span of whoever started it (the RPC, or the reconciler's resolution), so its
         // Klarna attempts and log lines belong to that trace even after the caller is answered.
-        let task = async move {
-            let answer = refund_gateway_klarna::with_deadline(
-                klarna_deadline,
-                this.run(op, holder, job, trace_id),
-            )
-            .await;
+        // `map`, not an async block awaiting `run`: that would keep `run` twice.
+        let task = run.map(move |answer| {
             let _ = tx.send(answer);
-        };
+        });
         tokio::spawn(task.instrument(tracing::Span::current()));
         rx
     }
 
     /// Runs `job` under the order lock, keeping `holder`'s lease alive meanwhile, and records
     /// its outcome as `holder`.
-    async fn run(
-        &self,
+    ///
+    /// Owns the protocol (a handle of `Arc`s) and returns the future, so the operation's task
+    /// holds `op` and `job` once: an `async fn` keeps its arguments next to the locals moved
+    /// out of them, and a task block around it kept them a third time.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
+    fn run(
+        self,
         op: Operation,
         holder: LeaseHolder,
         job: Job,
         resend_trace_id: Option<String>,
-    ) -> Result<Answer, GatewayError> {
-        let id = op.new.operation_id;
-        // The lease is kept alive while the operation waits for its resource too: a queue on
-        // one order longer than the lease must not look like a dead holder.
-        let renewal =
-            lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
-        let lock = match self
-            .store
-            .lock_resource(
-                &op.new.klarna_account,
-                op.new.resource_kind,
-                &op.new.resource_id,
-            )
-            .await
-        {
-            Ok(lock) => lock,
-            Err(e) => {
-                // Nothing was sent: give the key back rather than leave a claim whose state
-                // rules never ran for the reconciler to resend.
-                if let Job::Work(_, _, reservation) = &job {
-                    self.release(reservation.as_ref()).await;
-                    let _ = self
-                        .store
-                        .abandon(
-                            id,
-                            holder,
-                            format!("order lock unavailable: {e}"),
-                            OffsetDateTime::now_utc(),
-                        )
-                        .await;
+    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
+        async move {
+            let id = op.new.operation_id;
+            // The lease is kept alive while the operation waits for its resource too: a queue on
+            // one order longer than the lease must not look like a dead holder.
+            let renewal =
+                lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
+            let lock = match self
+                .store
+                .lock_resource(
+                    &op.new.klarna_account,
+                    op.new.resource_kind,
+                    &op.new.resource_id,
+                )
+                .await
+            {
+                Ok(lock) => lock,
+                Err(e) => {
+                    // Nothing was sent: give the key back rather than leave a claim whose state
+                    // rules never ran for the reconciler to resend.
+                    if let Job::Work(_, _, reservation) = &job {
+                        self.release(reservation.as_ref()).await;
+                        let _ = self
+                            .store
+                            .abandon(
+                                id,
+                                holder,
+                                format!("order lock unavailable: {e}"),
+                                OffsetDateTime::now_utc(),
+                            )
+                            .await;
+                    }
+                    renewal.abort();
+                    return Err(store_unavailable(e));
                 }
-                renewal.abort();
-                return Err(store_unavailable(e));
+            };
+            let (outcome, context, reservation) = match job {
+                Job::Work(work, context, reservation) => {
+                    let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
+                    let outcome = outcome::judge_work(
+                        id,
+                        api_of(&op),
+                        result,
+                        attempts,
+                        op.new.trace_id.clone(),
+                    );
+                    (outcome, context.take(), reservation)
+                }
+                // The context the first execution left is stored already.
+                Job::Resend => (self.resend(&op, resend_trace_id).await, None, None),
+            };
+            renewal.abort();
+            let moved_nothing = match &outcome {
+                Outcome::NothingHappened(_) => true,
+                Outcome::Final(completion) => completion.state == OperationState::Failed,
+                Outcome::Unknown { .. } => false,
+            };
+            let recorded = self.record(id, op.new.rpc, holder, outcome, context).await;
+            if moved_nothing && recorded.is_ok() {
+                self.release(reservation.as_ref()).await;
             }
-        };
-        let (outcome, context, reservation) = match job {
-            Job::Work(work, context, reservation) => {
-                let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
-                let outcome =
-                    outcome::judge_work(id, api_of(&op), result, attempts, op.new.trace_id.clone());
-                (outcome, context.take(), reservation)
-            }
-            // The context the first execution left is stored already.
-            Job::Resend => (self.resend(&op, resend_trace_id).await, None, None),
-        };
-        renewal.abort();
-        let moved_nothing = match &outcome {
-            Outcome::NothingHappened(_) => true,
-            Outcome::Final(completion) => completion.state == OperationState::Failed,
-            Outcome::Unknown { .. } => false,
-        };
-        let recorded = self.record(id, op.new.rpc, holder, outcome, context).await;
-        if moved_nothing && recorded.is_ok() {
-            self.release(reservation.as_ref()).await;
+            lock.release().await;
+            recorded
         }
-        lock.release().await;
-        recorded
     }
 
     /// Gives a daily reservation back; a store failure keeps it (the cap errs on the side of
