@@ -120,6 +120,9 @@ impl SqliteStore {
         let orphans_taken_over = sql::take_over_orphans(&write, micros(OffsetDateTime::now_utc()))?;
         let readers: SqlitePool = SqlitePoolOptions::new()
             .max_connections(READERS)
+            // No ping before each read (sqlx's default): a connection to a local file is
+            // not cut, and the ping was a round trip to the connection's thread per read.
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(unavailable)?;
