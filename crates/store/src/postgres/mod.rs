@@ -29,7 +29,9 @@
 //!   not bound how many orders are locked at once.
 //!
 //! Connections: the pool (`max_connections`), plus two sessions of the store's own, outside
-//! the pool: the liveness session and the listener of release notifications. Both must be
+//! the pool: the liveness session and the listener of release notifications. A pooled
+//! connection is pinged before use only after a second idle
+//! ([`PostgresStore::PING_AFTER_IDLE`]), not before every statement. Both must be
 //! real sessions (a pooler in transaction mode would break the advisory lock and `LISTEN`).
 //!
 //! During a rolling upgrade from a gateway that predates migration 0003, the old replicas'
