@@ -29,7 +29,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
@@ -98,12 +98,19 @@ impl Telemetry {
             // current `tracing` span, and the trace context sent to Klarna and written in logs
             // is read from the span itself. Activating the context on every enter and exit
             // cost about 1% of the instructions per refund.
-            .with_context_activation(false)
-            // Spans are the gateway's own, at INFO whatever RUST_LOG says: quieter logs must
-            // not cut the trace.
-            .with_filter(own_spans());
+            .with_context_activation(false);
+        // Spans are the gateway's own, at INFO whatever RUST_LOG says: quieter logs must not
+        // cut the trace.
+        // Without an exporter the layer sees no event: it would attach each one to its span
+        // as a span event, for a span that is then dropped.
+        let otel = if exporting {
+            otel.with_filter(own_spans()).boxed()
+        } else {
+            otel.with_filter(own_spans().and(filter_fn(|meta| meta.is_span())))
+                .boxed()
+        };
         let logs = log_layer(format).with_filter(log_filter());
-        let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![otel.boxed(), logs.boxed()];
+        let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![otel, logs.boxed()];
         if tracing_subscriber::registry()
             .with(layers)
             .try_init()
@@ -353,7 +360,7 @@ where
     ) -> std::fmt::Result {
         // Every member, lowest precedence first: the line's own, the spans' fields from the
         // outermost, the event's fields, then the innermost span's name and trace context.
-        let mut members = JsonMembers::default();
+        let mut members = JsonMembers::from_scratch();
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -400,6 +407,8 @@ where
             writer.write_char(':')?;
             writer.write_str(value)?;
         }
+        drop(parsed);
+        members.into_scratch();
         writer.write_str("}\n")
     }
 }
@@ -466,9 +475,12 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> std::fmt::Result {
-        let mut members = JsonMembers::default();
+        let mut members = JsonMembers::from_scratch();
         fields.record(&mut members);
-        writer.write_str(std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?)
+        let written =
+            writer.write_str(std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?);
+        members.into_scratch();
+        written
     }
 
     fn add_fields(
@@ -476,11 +488,12 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
         current: &mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> std::fmt::Result {
-        let mut members = JsonMembers::default();
+        let mut members = JsonMembers::from_scratch();
         fields.record(&mut members);
         current
             .fields
             .push_str(std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?);
+        members.into_scratch();
         Ok(())
     }
 }
@@ -492,7 +505,34 @@ struct JsonMembers {
     out: Vec<u8>,
 }
 
+thread_local! {
+    /// The buffer [`JsonMembers`] borrows, one per thread: a log line or a span's fields are
+    /// assembled in it, then copied where they go. A fresh buffer grew by doubling, about ten
+    /// reallocations per refund's worth of lines and spans.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl JsonMembers {
+    /// A buffer of at most this many bytes goes back to [`SCRATCH`]: an exceptionally long
+    /// line must not stay allocated on its thread.
+    const SCRATCH_KEPT: usize = 16 * 1024;
+
+    /// Members written into this thread's scratch buffer, taken (so a field whose formatting
+    /// logs gets a fresh one): give it back with [`JsonMembers::into_scratch`].
+    fn from_scratch() -> Self {
+        let mut out = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+        out.clear();
+        Self { out }
+    }
+
+    /// Returns the buffer to this thread's scratch.
+    fn into_scratch(self) {
+        if self.out.capacity() <= Self::SCRATCH_KEPT {
+            // Only fails while the thread is exiting; the buffer is then dropped.
+            let _ = SCRATCH.try_with(|scratch| scratch.set(self.out));
+        }
+    }
+
     fn member<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: &T) {
         let mark = self.out.len();
         let written = serde_json::to_writer(&mut self.out, name)
