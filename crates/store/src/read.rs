@@ -271,7 +271,7 @@ where
 }
 
 /// Up to `limit` rows matching `filter` after `cursor`, newest first.
-fn list_query<DB>(filter: &OperationFilter, cursor: Option<&Cursor>, limit: u32) -> QueryBuilder<DB>
+pub(crate) fn list_query<DB>(filter: &OperationFilter, cursor: Option<&Cursor>, limit: u32) -> QueryBuilder<DB>
 where
     DB: Database,
     DB::Arguments: Default,
@@ -282,7 +282,14 @@ where
         "SELECT {OPERATION_COLUMNS} FROM operations WHERE TRUE"
     ));
     if let Some(order_id) = &filter.order_id {
-        query.push(" AND order_id = ").push_bind(order_id.clone());
+        // The operations on the order are those on the resource (order, order id): the
+        // resource's index answers (there is no index of order ids alone, see migration 0010).
+        // `order_id = …` stays, so the answer is the same whatever a row's resource says.
+        query
+            .push(" AND order_id = ")
+            .push_bind(order_id.clone())
+            .push(format!(" AND resource_kind = 'order' AND {RESOURCE_ID} = "))
+            .push_bind(order_id.clone());
     }
     if let Some(transaction) = &filter.payment_transaction_id {
         // A transaction's resource id is never NULL (only releases that know resources act

@@ -561,6 +561,42 @@ mod tests {
         }
     }
 
+    /// How SQLite plans `sql` (EXPLAIN QUERY PLAN), one step per line, every parameter NULL.
+    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut explain = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let nulls = vec![Value::Null; explain.parameter_count()];
+        explain
+            .query_map(params_from_iter(nulls), |row| row.get::<_, String>(3))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .map(|step| step.unwrap_or_else(|e| panic!("{sql}: {e}")))
+            .collect()
+    }
+
+    /// ListOperations by order reads the operations on that order through the resource
+    /// index, not by scanning: no index of order ids alone exists since migration 0010.
+    #[test]
+    fn listing_by_order_reads_through_the_resource_index() {
+        let conn = migrated();
+        let filter = refund_gateway_domain::OperationFilter {
+            order_id: Some("an-order".to_owned()),
+            ..Default::default()
+        };
+        let query = crate::read::list_query::<sqlx::Sqlite>(&filter, None, 51);
+        let plan = query_plan(&conn, query.sql().as_str());
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX operations_by_resource")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step == "SCAN operations"
+                || step.contains("operations_by_created")),
+            "{plan:?}"
+        );
+    }
+
     /// The rewritten state CHECK still refuses a state that is not one of the five.
     #[test]
     fn the_state_check_still_refuses_unknown_states() {
