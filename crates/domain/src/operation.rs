@@ -103,10 +103,12 @@ impl OperationId {
     /// UUIDv5 of (caller, rpc, key). The parts are length-prefixed so no two different
     /// triples can produce the same name (`"ab" + "c"` vs `"a" + "bc"`).
     pub fn derive(caller: &Caller, rpc: Rpc, key: &IdempotencyKey) -> Self {
+        use std::io::Write as _;
         let mut name = Vec::with_capacity(caller.0.len() + key.as_str().len() + 32);
         for part in [caller.as_str(), rpc.as_str(), key.as_str()] {
-            name.extend_from_slice(part.len().to_string().as_bytes());
-            name.push(b':');
+            // Writing into a `Vec` cannot fail; the length in decimal, as `to_string` wrote
+            // it (ids already stored depend on these bytes), without a string per part.
+            let _ = write!(name, "{}:", part.len());
             name.extend_from_slice(part.as_bytes());
         }
         Self(Uuid::new_v5(&OPERATION_NAMESPACE, &name))
