@@ -271,7 +271,11 @@ where
 }
 
 /// Up to `limit` rows matching `filter` after `cursor`, newest first.
-pub(crate) fn list_query<DB>(filter: &OperationFilter, cursor: Option<&Cursor>, limit: u32) -> QueryBuilder<DB>
+pub(crate) fn list_query<DB>(
+    filter: &OperationFilter,
+    cursor: Option<&Cursor>,
+    limit: u32,
+) -> QueryBuilder<DB>
 where
     DB: Database,
     DB::Arguments: Default,

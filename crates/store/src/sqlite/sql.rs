@@ -591,8 +591,9 @@ mod tests {
             "{plan:?}"
         );
         assert!(
-            !plan.iter().any(|step| step == "SCAN operations"
-                || step.contains("operations_by_created")),
+            !plan
+                .iter()
+                .any(|step| step == "SCAN operations" || step.contains("operations_by_created")),
             "{plan:?}"
         );
     }
