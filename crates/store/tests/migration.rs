@@ -19,10 +19,10 @@ use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0010, the index of order ids dropped): 0009,
-/// SQLite's state CHECK rewritten, which changed no column of `operations`.
+/// The schema version before the current one (0011, PostgreSQL's lease waiters): 0010, the
+/// index of order ids dropped, which changed no column of `operations`.
 /// SQLite has no 0003, but both backends number their migrations alike.
-const PREVIOUS: i64 = 9;
+const PREVIOUS: i64 = 10;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;

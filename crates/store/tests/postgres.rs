@@ -523,6 +523,68 @@ async fn order_locks_serialize_across_replicas() {
     assert_eq!(order_lease(&one, "order-1").await, None);
 }
 
+/// The takers counted as waiting for the lease of an order (0 when it is not leased).
+async fn lease_waiters(store: &PostgresStore, order: &str) -> i32 {
+    sqlx::query_scalar(
+        "SELECT waiters FROM resource_leases \
+         WHERE klarna_account = 'eu' AND resource_kind = 'order' AND resource_id = $1",
+    )
+    .bind(order)
+    .fetch_optional(store.pool())
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+/// A release is announced only when a taker waits for it: a listener on the release channel
+/// hears the waited-for releases of order-1 and order-2, in that order, and nothing for the
+/// releases nobody waited for (order-1's before them, and each waiter's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_announced_only_when_someone_waits() {
+    let Some(url) = fresh_url().await else { return };
+    let (one, two) = (replica(&url, 4).await, replica(&url, 4).await);
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    // The channel every release announces itself on, in every version.
+    listener
+        .listen("refund_gateway_resource_released")
+        .await
+        .unwrap();
+
+    one.lock_order("eu", "order-1")
+        .await
+        .unwrap()
+        .release()
+        .await;
+
+    let mut announced = Vec::new();
+    for order in ["order-1", "order-2"] {
+        let held = one.lock_order("eu", order).await.unwrap();
+        let waiter = {
+            let two = two.clone();
+            tokio::spawn(async move { two.lock_order("eu", order).await.unwrap().release().await })
+        };
+        eventually(
+            AT_ONCE,
+            "the second replica waits for the lease",
+            || async { lease_waiters(&one, order).await > 0 },
+        )
+        .await;
+        held.release().await;
+        tokio::time::timeout(AT_ONCE, waiter)
+            .await
+            .expect("the waiter must get the released lock")
+            .unwrap();
+        let heard = tokio::time::timeout(AT_ONCE, listener.recv())
+            .await
+            .expect("a waited-for release must be announced")
+            .unwrap();
+        announced.push(heard.payload().to_owned());
+    }
+    // Had the first release of order-1 been announced, both would be order-1's.
+    assert_ne!(announced[0], announced[1]);
+    assert_eq!(lease_waiters(&one, "order-1").await, 0, "released: no row");
+}
+
 /// A replica whose session dies while it holds an order lock loses it at once: the waiting
 /// replica gets it long before the lease would expire, and the dead holder's late release
 /// does not free the new holder's lock.

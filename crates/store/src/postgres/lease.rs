@@ -3,9 +3,10 @@
 //! held across the Klarna call as a row of `resource_leases`, not on a connection.
 //!
 //! - **Taking** is one statement that inserts the row, or overwrites one that has expired or
-//!   whose replica is gone (`sql::take_lease`). A taker that finds the lease held waits for
-//!   its release, announced with `NOTIFY` and forwarded to the waiters of this process by
-//!   [`Releases`], and tries again; it also tries again after a backoff that grows from
+//!   whose replica is gone (`sql::take_lease`). A taker that finds the lease held counts
+//!   itself in the row's `waiters` (`sql::await_lease`) and waits for its release, announced
+//!   with `NOTIFY` and forwarded to the waiters of this process by [`Releases`], and tries
+//!   again; it also tries again after a backoff that grows from
 //!   [`WAIT_MIN`] to [`WAIT_MAX`], because a holder that dies, or whose lease expires,
 //!   announces nothing. A dead holder's lease is therefore taken within [`WAIT_MAX`] of its
 //!   session's end.
@@ -13,7 +14,8 @@
 //!   trip. A task renews the lease every third of its length while it is held, so a live
 //!   holder keeps it however long Klarna takes, and a holder that stalls loses it at expiry.
 //!   The expiry is a backstop; a dead replica's leases are freed by its liveness.
-//! - **Releasing** deletes the row if it is still the holder's and announces the release.
+//! - **Releasing** deletes the row if it is still the holder's and announces the release
+//!   if a taker counted itself as waiting: a release nobody waits for wakes no session.
 //!   A lock dropped without being released is released by a task spawned from the drop; if
 //!   that cannot happen (no runtime, database unreachable), the lease runs out at expiry.
 
@@ -205,6 +207,10 @@ pub(super) async fn take(
     let lease = micros(taker.lease);
     let mut wait = WAIT_MIN;
     while !sql::take_lease(taker.pool, lock.key(), taker.replica, &lock.holder, lease).await? {
+        // Counted as waiting, or the release is not announced; released meanwhile: try again.
+        if !sql::await_lease(taker.pool, lock.key()).await? {
+            continue;
+        }
         tokio::select! {
             () = released(&mut releases, &lock.tag) => {}
             () = tokio::time::sleep(wait) => wait = (wait * 2).min(WAIT_MAX),

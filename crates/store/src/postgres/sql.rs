@@ -316,13 +316,21 @@ static RENEW_RESOURCE_LEASE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// $1 account, $2 kind, $3 id, $4 holder, $5 channel, $6 payload. The notification is sent
-// when the deletion commits, and only if there was one.
+// $1 account, $2 kind, $3 id. A taker that found the lease held counts itself as waiting,
+// so that the release is announced; no row: the lease was released meanwhile.
+const AWAIT_LEASE: &str = "UPDATE resource_leases SET waiters = waiters + 1 \
+     WHERE klarna_account = $1 AND resource_kind = $2 AND resource_id = $3";
+
+// $1 account, $2 kind, $3 id, $4 holder, $5 channel, $6 payload. One row when the lease was
+// the holder's; the notification is sent when the deletion commits, and only if someone
+// counted itself as waiting (a waiter counts itself before it waits, after subscribing, so
+// either its count is deleted with the row and announced, or its next try finds the row
+// gone).
 const RELEASE_LEASE: &str = "WITH released AS ( \
        DELETE FROM resource_leases \
        WHERE klarna_account = $1 AND resource_kind = $2 AND resource_id = $3 AND holder = $4 \
-       RETURNING 1 ) \
-     SELECT pg_notify($5, $6) FROM released";
+       RETURNING waiters ) \
+     SELECT CASE WHEN waiters > 0 THEN pg_notify($5, $6) END FROM released";
 
 /// Inserts `op` as IN_FLIGHT held by `holder` with its "claimed" event, or reads the stored
 /// one.
@@ -681,6 +689,16 @@ pub(super) async fn take_lease(
     Ok(taken.is_some())
 }
 
+/// Counts one more taker waiting for the release of `key`; false when `key` is not leased
+/// (any more), and there is nothing to wait for.
+pub(super) async fn await_lease(pool: &PgPool, key: LeaseKey<'_>) -> Result<bool, StoreError> {
+    let query = sqlx::query(AWAIT_LEASE)
+        .bind(key.account)
+        .bind(key.kind)
+        .bind(key.id);
+    changed_one(query, pool).await
+}
+
 /// Extends the lease of `key` held by `holder` to `lease_micros` from now; false when
 /// `holder` does not hold it (any more).
 pub(super) async fn renew_resource_lease(
@@ -699,7 +717,7 @@ pub(super) async fn renew_resource_lease(
 }
 
 /// Deletes the lease of `key` if `holder` holds it, and then announces `tag` on
-/// [`RELEASED_CHANNEL`]; true when it was held.
+/// [`RELEASED_CHANNEL`] if a taker waits for it; true when it was held.
 pub(super) async fn release_lease(
     pool: &PgPool,
     key: LeaseKey<'_>,
