@@ -100,9 +100,8 @@ impl Telemetry {
             // cost about 1% of the instructions per refund.
             .with_context_activation(false);
         // Spans are the gateway's own, at INFO whatever RUST_LOG says: quieter logs must not
-        // cut the trace.
-        // Without an exporter the layer sees no event: it would attach each one to its span
-        // as a span event, for a span that is then dropped.
+        // cut the trace. Without an exporter the layer sees no event: it would attach each one
+        // to its span as a span event, for a span that is then dropped.
         let otel = if exporting {
             otel.with_filter(own_spans()).boxed()
         } else {

@@ -6,10 +6,9 @@
 //!   whose replica is gone (`sql::take_lease`). A taker that finds the lease held counts
 //!   itself in the row's `waiters` (`sql::await_lease`) and waits for its release, announced
 //!   with `NOTIFY` and forwarded to the waiters of this process by [`Releases`], and tries
-//!   again; it also tries again after a backoff that grows from
-//!   [`WAIT_MIN`] to [`WAIT_MAX`], because a holder that dies, or whose lease expires,
-//!   announces nothing. A dead holder's lease is therefore taken within [`WAIT_MAX`] of its
-//!   session's end.
+//!   again; it also tries again after a backoff that grows from [`WAIT_MIN`] to
+//!   [`WAIT_MAX`], because a holder that dies, or whose lease expires, announces nothing. A
+//!   dead holder's lease is therefore taken within [`WAIT_MAX`] of its session's end.
 //! - **Holding** uses no connection: each statement borrows one from the pool for its round
 //!   trip. A task renews the lease every third of its length while it is held, so a live
 //!   holder keeps it however long Klarna takes, and a holder that stalls loses it at expiry.
