@@ -121,6 +121,7 @@ impl Telemetry {
             ));
         }
         if exporting {
+            SPANS_EXPORTED.store(true, Ordering::Relaxed);
             tracing::info!("exporting traces over OTLP");
         }
         Ok(Self {
@@ -331,6 +332,16 @@ impl<E: SpanExporter> SpanExporter for OutageLogging<E> {
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
     }
+}
+
+/// Set once, by [`Telemetry::install`], when spans are exported.
+static SPANS_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// True when this process exports spans. A span that only tells a trace its timing (a store
+/// write's, say) is made only then: unexported, it would cost every request a span (about
+/// 2% of a refund's instructions each) that nothing reads.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
 }
 
 /// The installed dispatcher, for the JSON formatter's trace ids (set once installed).

@@ -47,14 +47,19 @@ pub use reconciler::{PASS_LIMIT, PassReport, reconcile_forever, reconcile_once};
 use outcome::Outcome;
 
 /// An INTERNAL span around a store write that matters to an operation's story (its claim,
-/// its outcome), in the trace of whoever makes it.
+/// its outcome), in the trace of whoever makes it; none when spans are not exported (its
+/// operation id is in the RPC's span already, for the logs).
 macro_rules! store_span {
     ($name:literal, $id:expr) => {
-        tracing::info_span!(
-            $name,
-            otel.kind = "internal",
-            refund.operation_id = %$id,
-        )
+        if crate::telemetry::spans_exported() {
+            tracing::info_span!(
+                $name,
+                otel.kind = "internal",
+                refund.operation_id = %$id,
+            )
+        } else {
+            tracing::Span::none()
+        }
     };
 }
 
