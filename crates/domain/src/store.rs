@@ -448,6 +448,10 @@ pub enum StoreError {
 pub trait OrderLock: Send + fmt::Debug {
     /// Releases the lock.
     async fn release(self: Box<Self>);
+
+    /// The lock itself, for the store that made it to release it together with a write of
+    /// its own ([`OperationStore::finish_and_release`]).
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
 }
 
 /// Durable operations and their audit trail. Every method is durable when it returns: a
@@ -500,6 +504,23 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// [`OperationStore::finish`], then [`OrderLock::release`] of `lock` (one of this store's):
+    /// one round trip where the backend can make them one statement. The lock is released
+    /// whether or not the finish applied; when the call fails, the lock is released as a
+    /// dropped one is.
+    async fn finish_and_release(
+        &self,
+        id: OperationId,
+        holder: LeaseHolder,
+        completion: Completion,
+        now: OffsetDateTime,
+        lock: Box<dyn OrderLock>,
+    ) -> Result<bool, StoreError> {
+        let finished = self.finish(id, holder, completion, now).await;
+        lock.release().await;
+        finished
+    }
 
     /// IN_FLIGHT -> PENDING: Klarna's outcome is unknown; `answer_context`, when given, is kept
     /// for whoever settles it. Only when the operation is

@@ -585,6 +585,69 @@ async fn a_release_is_announced_only_when_someone_waits() {
     assert_eq!(lease_waiters(&one, "order-1").await, 0, "released: no row");
 }
 
+/// A finish that releases its order lock is one statement: the lease row is gone when it
+/// returns, and a waiter on another replica hears the release announced (it does not find
+/// the lease by its backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_announces_the_release_of_its_order_lock() {
+    let Some(url) = fresh_url().await else { return };
+    let (one, two) = (replica(&url, 4).await, replica(&url, 4).await);
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener
+        .listen("refund_gateway_resource_released")
+        .await
+        .unwrap();
+    let op = operation("finish-release", "order-9");
+    let now = OffsetDateTime::now_utc();
+    let holder = LeaseHolder::new();
+    claim(&one, &op, holder, now).await;
+    let held = one.lock_order("eu", "order-9").await.unwrap();
+    let waiter = {
+        let two = two.clone();
+        tokio::spawn(async move { two.lock_order("eu", "order-9").await.unwrap() })
+    };
+    eventually(
+        AT_ONCE,
+        "the second replica waits for the lease",
+        || async { lease_waiters(&one, "order-9").await > 0 },
+    )
+    .await;
+    let done = refund_gateway_domain::Completion {
+        state: OperationState::Succeeded,
+        response: refund_gateway_domain::StoredResponse {
+            code: 0,
+            message: String::new(),
+            payload: b"done".to_vec(),
+        },
+        refund_id: Some("refund-9".to_owned()),
+        correlation_id: None,
+        detail: "klarna answered".to_owned(),
+        trace_id: None,
+    };
+    assert!(
+        one.finish_and_release(op.operation_id, holder, done, now, held)
+            .await
+            .unwrap()
+    );
+    tokio::time::timeout(AT_ONCE, listener.recv())
+        .await
+        .expect("a waited-for release must be announced")
+        .unwrap();
+    let taken = tokio::time::timeout(AT_ONCE, waiter)
+        .await
+        .expect("the waiter must get the released lock")
+        .unwrap();
+    assert_eq!(
+        order_lease(&two, "order-9").await.map(|(r, _, _)| r),
+        Some(two.replica())
+    );
+    let stored = one.get(op.operation_id).await.unwrap().unwrap();
+    assert_eq!(stored.state, OperationState::Succeeded);
+    assert_eq!(stored.lease_expires_at, None);
+    taken.release().await;
+    assert_eq!(order_lease(&two, "order-9").await, None);
+}
+
 /// A replica whose session dies while it holds an order lock loses it at once: the waiting
 /// replica gets it long before the lease would expire, and the dead holder's late release
 /// does not free the new holder's lock.

@@ -32,7 +32,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
     Claim, GatewayError, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationState, OperationStore, Rpc, StoreError, StoredResponse,
+    OperationId, OperationState, OperationStore, OrderLock, Rpc, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
@@ -488,11 +488,12 @@ impl Protocol {
                 Outcome::Final(completion) => completion.state == OperationState::Failed,
                 Outcome::Unknown { .. } => false,
             };
-            let recorded = self.record(id, op.new.rpc, holder, outcome, context).await;
+            let recorded = self
+                .record(id, op.new.rpc, holder, outcome, context, Some(lock))
+                .await;
             if moved_nothing && recorded.is_ok() {
                 self.release(reservation.as_ref()).await;
             }
-            lock.release().await;
             recorded
         }
     }
@@ -510,9 +511,11 @@ impl Protocol {
         }
     }
 
-    /// Records `outcome` as `holder`, with the answer's `context` when the outcome is unknown.
-    /// When `holder` no longer held the lease (it stalled and was taken over), the store
-    /// ignored the record and the caller is answered from the record that won.
+    /// Records `outcome` as `holder`, with the answer's `context` when the outcome is unknown,
+    /// and releases `lock` (a final outcome in the same store call, where the store can make
+    /// them one write). When `holder` no longer held the lease (it stalled and was taken
+    /// over), the store ignored the record and the caller is answered from the record that
+    /// won.
     async fn record(
         &self,
         id: OperationId,
@@ -520,6 +523,7 @@ impl Protocol {
         holder: LeaseHolder,
         outcome: Outcome,
         context: Option<String>,
+        lock: Option<Box<dyn OrderLock>>,
     ) -> Result<Answer, GatewayError> {
         let now = OffsetDateTime::now_utc();
         let recorded = match &outcome {
@@ -536,12 +540,21 @@ impl Protocol {
         let (held, ours) = match outcome {
             Outcome::Final(completion) => {
                 let response = completion.response.clone();
-                let held = self
-                    .store
-                    .finish(id, holder, completion, now)
-                    .instrument(store_span!("store.finish", id))
-                    .await
-                    .map_err(store_unavailable)?;
+                let finished = match lock {
+                    Some(lock) => {
+                        self.store
+                            .finish_and_release(id, holder, completion, now, lock)
+                            .instrument(store_span!("store.finish", id))
+                            .await
+                    }
+                    None => {
+                        self.store
+                            .finish(id, holder, completion, now)
+                            .instrument(store_span!("store.finish", id))
+                            .await
+                    }
+                };
+                let held = finished.map_err(store_unavailable)?;
                 (
                     held,
                     Ok(Answer {
@@ -557,6 +570,7 @@ impl Protocol {
                     .instrument(store_span!("store.abandon", id))
                     .await
                     .map_err(store_unavailable)?;
+                release_lock(lock).await;
                 (held, Err(error))
             }
             Outcome::Unknown {
@@ -570,6 +584,7 @@ impl Protocol {
                     .instrument(store_span!("store.mark_pending", id))
                     .await
                     .map_err(store_unavailable)?;
+                release_lock(lock).await;
                 (held, Err(error))
             }
         };
@@ -595,6 +610,13 @@ impl Protocol {
                 "the operation was given back by another holder",
             )),
         }
+    }
+}
+
+/// Releases `lock`, if any. (A lock dropped on an error path is released by its drop.)
+async fn release_lock(lock: Option<Box<dyn OrderLock>>) {
+    if let Some(lock) = lock {
+        lock.release().await;
     }
 }
 
@@ -762,7 +784,7 @@ mod tests {
         // The stalled holder believes Klarna refused it.
         let own = outcome::Outcome::Final(completion(OperationState::Failed, b"mine"));
         let answer = protocol
-            .record(id, Rpc::RefundOrder, stalled, own, None)
+            .record(id, Rpc::RefundOrder, stalled, own, None, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer.response.code, 0);
@@ -777,6 +799,7 @@ mod tests {
                 stalled,
                 unknown,
                 Some("context".into()),
+                None,
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -364,6 +364,28 @@ impl OperationStore for PostgresStore {
 
     /// Takes the resource's lease in `resource_leases`, waiting while another holder, alive
     /// and renewing, has it. Holds no connection while held.
+    async fn finish_and_release(
+        &self,
+        id: OperationId,
+        holder: LeaseHolder,
+        completion: Completion,
+        now: OffsetDateTime,
+        lock: Box<dyn OrderLock>,
+    ) -> Result<bool, StoreError> {
+        let lock = match lock.into_any().downcast::<lease::PostgresResourceLock>() {
+            Ok(lock) => lock,
+            // Not one of this store's (a caller's mistake): finished alone, the lock released
+            // as a dropped one is.
+            Err(_) => return self.finish(id, holder, completion, now).await,
+        };
+        if let Err(e) = check_final(&completion) {
+            OrderLock::release(lock).await;
+            return Err(e);
+        }
+        lock.finish_releasing(&id_text(id), &holder_text(holder), &completion, micros(now))
+            .await
+    }
+
     async fn lock_resource(
         &self,
         account: &str,

@@ -102,20 +102,25 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 /// and append its event with `trace`, `detail` and `at` (SQL expressions over the new row and
 /// the parameters) and the new row's holder trace id (`otel_trace_id`).
 fn transition(condition: &str, set: &str, trace: &str, detail: &str, at: &str) -> String {
-    let change = format!(
-        "WITH old AS ( \
+    format!("WITH {} ", transition_steps(condition, set))
+        + &insert_event_from(
+            "changed",
+            &format!("{trace}, otel_trace_id, state_before, state, {detail}, {at}"),
+        )
+}
+
+/// The common table expressions of [`transition`] before its event: `old` (the row, locked, if
+/// `condition` holds) and `changed` (the row after `set`, with `state_before`).
+fn transition_steps(condition: &str, set: &str) -> String {
+    format!(
+        "old AS ( \
            SELECT operation_id, state FROM operations \
            WHERE operation_id = $1 AND ({condition}) FOR UPDATE ), \
          changed AS ( \
            UPDATE operations o SET {set} \
            FROM old WHERE o.operation_id = old.operation_id \
-           RETURNING o.*, old.state AS state_before ) "
-    );
-    change
-        + &insert_event_from(
-            "changed",
-            &format!("{trace}, otel_trace_id, state_before, state, {detail}, {at}"),
-        )
+           RETURNING o.*, old.state AS state_before )"
+    )
 }
 
 // $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder, $6 its replica, $7 its
@@ -157,15 +162,39 @@ const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = $2 \
 // $1 id, $2 state, $3 now, $4 refund id, $5 correlation id, $6 code, $7 message, $8 payload,
 // $9 trace id, $10 detail, $11 lease holder. The replica goes with the lease (see
 // MARK_PENDING).
-static FINISH: LazyLock<String> = LazyLock::new(|| {
-    transition(
-        "state = 'IN_FLIGHT' AND lease_holder = $11",
-        "state = $2, lease_expires_at = NULL, lease_replica = NULL, updated_at = $3, \
-         refund_id = COALESCE($4, o.refund_id), correlation_id = COALESCE($5, o.correlation_id), \
-         response_code = $6, response_message = $7, response_payload = $8",
-        "COALESCE($9, trace_id)",
-        "$10",
-        "$3",
+static FINISH: LazyLock<String> =
+    LazyLock::new(|| transition(FINISH_CONDITION, FINISH_SET, FINISH_TRACE, "$10", "$3"));
+
+const FINISH_CONDITION: &str = "state = 'IN_FLIGHT' AND lease_holder = $11";
+const FINISH_SET: &str = "state = $2, lease_expires_at = NULL, lease_replica = NULL, \
+     updated_at = $3, refund_id = COALESCE($4, o.refund_id), \
+     correlation_id = COALESCE($5, o.correlation_id), response_code = $6, \
+     response_message = $7, response_payload = $8";
+const FINISH_TRACE: &str = "COALESCE($9, trace_id)";
+
+// FINISH's $1 … $11, then the lease's $12 account, $13 kind, $14 id, $15 holder, $16 channel,
+// $17 payload. One statement, so one commit and one round trip: FINISH, and RELEASE_LEASE of
+// the operation's resource whether or not the finish applied. Answers whether the event was
+// appended (the finish applied) and whether the lease was the holder's.
+static FINISH_RELEASING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, \
+         event AS ( {} RETURNING 1 ), \
+         released AS ( \
+           DELETE FROM resource_leases \
+           WHERE klarna_account = $12 AND resource_kind = $13 AND resource_id = $14 \
+             AND holder = $15 \
+           RETURNING waiters ) \
+         SELECT (SELECT count(*) FROM event) AS finished, \
+           (SELECT count(*) FROM released) AS released, \
+           (SELECT count(*) FROM ( \
+              SELECT pg_notify($16, $17) FROM released WHERE waiters > 0) announced) \
+             AS announced",
+        transition_steps(FINISH_CONDITION, FINISH_SET),
+        insert_event_from(
+            "changed",
+            &format!("{FINISH_TRACE}, otel_trace_id, state_before, state, $10, $3"),
+        ),
     )
 });
 
@@ -486,6 +515,44 @@ pub(super) async fn finish(
         .bind(&completion.detail)
         .bind(holder);
     changed_one_measured(query, pool).await
+}
+
+/// [`finish`], and the release of the lease of `key` held by `lease_holder` (announcing `tag`
+/// if a taker waits), in one statement: (finished, the lease was held).
+pub(super) async fn finish_releasing(
+    pool: &PgPool,
+    id: &str,
+    holder: &str,
+    completion: &Completion,
+    now: i64,
+    lease: (LeaseKey<'_>, &str, &str),
+) -> Result<(bool, bool), StoreError> {
+    let (key, lease_holder, tag) = lease;
+    let started = Instant::now();
+    let (finished, released, _announced) =
+        sqlx::query_as::<_, (i64, i64, i64)>(FINISH_RELEASING.as_str())
+            .bind(id)
+            .bind(completion.state.as_str())
+            .bind(now)
+            .bind(&completion.refund_id)
+            .bind(&completion.correlation_id)
+            .bind(completion.response.code)
+            .bind(&completion.response.message)
+            .bind(&completion.response.payload)
+            .bind(&completion.trace_id)
+            .bind(&completion.detail)
+            .bind(holder)
+            .bind(key.account)
+            .bind(key.kind)
+            .bind(key.id)
+            .bind(lease_holder)
+            .bind(RELEASED_CHANNEL)
+            .bind(tag)
+            .fetch_one(pool)
+            .await
+            .map_err(db_error)?;
+    committed(started);
+    Ok((finished == 1, released == 1))
 }
 
 /// REQUIRES_REVIEW -> the resolution's state (checked by the caller: SUCCEEDED or FAILED).

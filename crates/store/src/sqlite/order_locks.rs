@@ -91,6 +91,10 @@ impl OrderLock for SqliteOrderLock {
     async fn release(self: Box<Self>) {
         drop(self);
     }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 #[cfg(test)]

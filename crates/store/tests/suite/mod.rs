@@ -44,6 +44,7 @@ macro_rules! all_cases {
             purge_keeps_identity,
             answer_context_survives_a_resend,
             lock_order_serializes_one_order,
+            finish_and_release_frees_the_order,
             group_commit_64_claims,
             concurrent_mixed_writes,
             trace_context_follows_the_holder,
@@ -1583,6 +1584,60 @@ pub async fn lock_order_serializes_one_order(store: Store, peer: Option<Store>) 
         .expect("a dropped lock must be released")
         .unwrap();
     relocked.release().await;
+}
+
+/// A final outcome and the release of its order's lock in one store call: the operation is
+/// final with its event, the lock goes to the taker waiting for it, and a finish that does
+/// not apply (not the holder's) records nothing but releases the lock all the same.
+pub async fn finish_and_release_frees_the_order(store: Store, peer: Option<Store>) {
+    let other = peer.unwrap_or_else(|| store.clone());
+    let first = op("finish-release-1");
+    claim_new(&store, first.clone(), t(0)).await;
+    let lock = store.lock_order("eu", "order-1").await.unwrap();
+    let (wants, wanted) = oneshot::channel();
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            wants.send(()).unwrap();
+            other.lock_order("eu", "order-1").await.unwrap()
+        })
+    };
+    wanted.await.unwrap();
+    assert!(
+        store
+            .finish_and_release(first.operation_id, A, completion(Succeeded), t(1), lock)
+            .await
+            .unwrap()
+    );
+    let next = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the released lock must go to its waiter")
+        .unwrap();
+    let read = store.get(first.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, Succeeded);
+    assert_eq!(read.response.as_ref().map(|r| r.code), Some(0));
+    assert_eq!(
+        transitions(&events_of(&store, &first).await),
+        vec![(None, Some(InFlight)), (Some(InFlight), Some(Succeeded))]
+    );
+
+    // B never held the second operation: nothing is recorded, and the lock is released.
+    let second = op("finish-release-2");
+    claim_new(&store, second.clone(), t(2)).await;
+    assert!(
+        !store
+            .finish_and_release(second.operation_id, B, completion(Failed), t(3), next)
+            .await
+            .unwrap()
+    );
+    let read = store.get(second.operation_id).await.unwrap().unwrap();
+    assert_eq!(read.state, InFlight);
+    assert_eq!(events_of(&store, &second).await.len(), 1);
+    let again = tokio::time::timeout(Duration::from_secs(30), other.lock_order("eu", "order-1"))
+        .await
+        .expect("a lock released with a finish that did not apply must be free")
+        .unwrap();
+    again.release().await;
 }
 
 pub async fn group_commit_64_claims(store: Store, _peer: Option<Store>) {
