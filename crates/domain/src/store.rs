@@ -468,6 +468,20 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
         lease: Duration,
     ) -> Result<Claim, StoreError>;
 
+    /// [`OperationStore::claim`], and for a new claim the lock of its resource
+    /// ([`OperationStore::lock_resource`] of its account, kind and id) when it is free: one
+    /// write where the backend can make them one. `None` says nothing about the lock: the
+    /// caller takes it with [`OperationStore::lock_resource`], which waits.
+    async fn claim_and_lock(
+        &self,
+        op: NewOperation,
+        holder: LeaseHolder,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<(Claim, Option<Box<dyn OrderLock>>), StoreError> {
+        Ok((self.claim(op, holder, now, lease).await?, None))
+    }
+
     /// Takes over an unresolved operation (PENDING, or IN_FLIGHT whose holder is gone: its
     /// lease expired, or the backend knows its holder's process ended): IN_FLIGHT with a new
     /// lease held by `holder`. `false` when it is not unresolved (anymore). `trace_id` is the

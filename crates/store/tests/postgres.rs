@@ -585,6 +585,77 @@ async fn a_release_is_announced_only_when_someone_waits() {
     assert_eq!(lease_waiters(&one, "order-1").await, 0, "released: no row");
 }
 
+/// A new claim takes its order's lease with it when the lease is free, in the claim's
+/// statement: the lease is the claiming replica's when the claim returns, renewed while held
+/// and gone when released. A claim whose order is leased (by a live holder) comes without
+/// the lock, as does a claim of a stored operation; an expired lease is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_claim_takes_its_free_order_lock_in_the_same_statement() {
+    let Some(url) = fresh_url().await else { return };
+    let (one, two) = (replica(&url, 4).await, replica(&url, 4).await);
+    let now = OffsetDateTime::now_utc();
+
+    let first = operation("claim-lock-1", "order-7");
+    let (claim, lock) = one
+        .claim_and_lock(first.clone(), HOLDER_A, now, LEASE)
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::New(_)));
+    let lock = lock.expect("a free order's lock comes with the claim");
+    let (leased_by, expires_at, db_now) = order_lease(&one, "order-7").await.unwrap();
+    assert_eq!(leased_by, one.replica());
+    assert!(expires_at > db_now);
+
+    // Held: another replica's claim on the order is made, without the lock.
+    let second = operation("claim-lock-2", "order-7");
+    let (claim, none) = two
+        .claim_and_lock(second.clone(), HOLDER_B, now, LEASE)
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::New(_)));
+    assert!(none.is_none(), "a held lock must not come with a claim");
+    assert_eq!(
+        order_lease(&one, "order-7").await.map(|(r, _, _)| r),
+        Some(one.replica())
+    );
+    // A stored operation is not claimed again, and brings no lock.
+    let (claim, none) = two
+        .claim_and_lock(first.clone(), HOLDER_B, now, LEASE)
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Existing(_)));
+    assert!(none.is_none());
+
+    lock.release().await;
+    assert_eq!(order_lease(&one, "order-7").await, None);
+
+    // An expired lease (its holder stopped renewing) is taken with the next claim.
+    let stale = two.lock_order("eu", "order-8").await.unwrap();
+    sqlx::query("UPDATE resource_leases SET expires_at = 0 WHERE resource_id = 'order-8'")
+        .execute(one.pool())
+        .await
+        .unwrap();
+    let third = operation("claim-lock-3", "order-8");
+    let (claim, lock) = one
+        .claim_and_lock(third, HOLDER_A, now, LEASE)
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::New(_)));
+    let lock = lock.expect("an expired lease is taken with the claim");
+    assert_eq!(
+        order_lease(&one, "order-8").await.map(|(r, _, _)| r),
+        Some(one.replica())
+    );
+    // The stale holder's late release leaves the new holder's lease alone.
+    stale.release().await;
+    assert_eq!(
+        order_lease(&one, "order-8").await.map(|(r, _, _)| r),
+        Some(one.replica())
+    );
+    lock.release().await;
+    assert_eq!(order_lease(&one, "order-8").await, None);
+}
+
 /// A finish that releases its order lock is one statement: the lease row is gone when it
 /// returns, and a waiter on another replica hears the release announced (it does not find
 /// the lease by its backoff).

@@ -251,13 +251,15 @@ impl Protocol {
             let new_op = new.clone();
             let trace_id = new.trace_id.clone();
             let holder = LeaseHolder::new();
-            let claim = match self
+            // The order lock comes with a new claim when it is free (one write, where the
+            // store can); otherwise the operation's task waits for it.
+            let (claim, lock) = match self
                 .store
-                .claim(new, holder, now, self.settings.lease)
+                .claim_and_lock(new, holder, now, self.settings.lease)
                 .instrument(store_span!("store.claim", operation_id))
                 .await
             {
-                Ok(claim) => claim,
+                Ok(claimed) => claimed,
                 Err(e) => {
                     self.release(reservation.as_ref()).await;
                     return Err(store_unavailable(e));
@@ -274,6 +276,7 @@ impl Protocol {
                     Job::Work(work, context, reservation),
                     klarna_deadline,
                     None,
+                    lock,
                 ),
                 Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
                     return Err(GatewayError::KeyReused {
@@ -301,7 +304,7 @@ impl Protocol {
                     if !taken {
                         return self.after_resolution(&op, answer_by).await;
                     }
-                    self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id)
+                    self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id, None)
                 }
             };
             match tokio::time::timeout_at(answer_by, receiver).await {
@@ -397,11 +400,12 @@ impl Protocol {
         job: Job,
         klarna_deadline: tokio::time::Instant,
         trace_id: Option<String>,
+        lock: Option<Box<dyn OrderLock>>,
     ) -> oneshot::Receiver<Result<Answer, GatewayError>> {
         let (tx, rx) = oneshot::channel();
         let run = refund_gateway_klarna::with_deadline(
             klarna_deadline,
-            self.clone().run(op, holder, job, trace_id),
+            self.clone().run(op, holder, job, trace_id, lock),
         );
         // The task owns the operation from here: it runs to the end even when the caller
         // gives up, so the outcome is always recorded.
@@ -415,8 +419,8 @@ impl Protocol {
         rx
     }
 
-    /// Runs `job` under the order lock, keeping `holder`'s lease alive meanwhile, and records
-    /// its outcome as `holder`.
+    /// Runs `job` under the order lock (`lock`, or taken here), keeping `holder`'s lease alive
+    /// meanwhile, and records its outcome as `holder`.
     ///
     /// Owns the protocol (a handle of `Arc`s) and returns the future, so the operation's task
     /// holds `op` and `job` once: an `async fn` keeps its arguments next to the locals moved
@@ -431,6 +435,7 @@ impl Protocol {
         holder: LeaseHolder,
         job: Job,
         resend_trace_id: Option<String>,
+        lock: Option<Box<dyn OrderLock>>,
     ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
         async move {
             let id = op.new.operation_id;
@@ -438,15 +443,19 @@ impl Protocol {
             // one order longer than the lease must not look like a dead holder.
             let renewal =
                 lease::renew_while_running(self.store.clone(), id, holder, self.settings.lease);
-            let lock = match self
-                .store
-                .lock_resource(
-                    &op.new.klarna_account,
-                    op.new.resource_kind,
-                    &op.new.resource_id,
-                )
-                .await
-            {
+            let taken = match lock {
+                Some(lock) => Ok(lock),
+                None => {
+                    self.store
+                        .lock_resource(
+                            &op.new.klarna_account,
+                            op.new.resource_kind,
+                            &op.new.resource_id,
+                        )
+                        .await
+                }
+            };
+            let lock = match taken {
                 Ok(lock) => lock,
                 Err(e) => {
                     // Nothing was sent: give the key back rather than leave a claim whose state

@@ -148,6 +148,7 @@ impl Protocol {
             super::Job::Resend,
             deadline,
             Some(super::RECONCILER.to_owned()),
+            None,
         );
         let _ = receiver.await;
         let state = self.store.get(id).await?.map(|o| o.state);

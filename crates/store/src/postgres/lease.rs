@@ -23,7 +23,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use refund_gateway_domain::{Completion, OrderLock, StoreError};
+use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, OrderLock, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -188,23 +188,10 @@ pub(super) async fn take(
     kind: &'static str,
     id: &str,
 ) -> Result<PostgresResourceLock, StoreError> {
-    let tag = resource_tag(account, kind, id);
     // Subscribed before the first try, so a release between a failed try and the wait is
     // not missed.
     let mut releases = taker.releases.subscribe();
-    // The guard exists before the first try: if this future is dropped, or fails, after a try
-    // took the lease (its answer lost), dropping the guard deletes the row again.
-    let mut lock = PostgresResourceLock {
-        pool: taker.pool.clone(),
-        account: account.to_owned(),
-        kind,
-        id: id.to_owned(),
-        holder: uuid::Uuid::new_v4().hyphenated().to_string(),
-        tag,
-        lease: taker.lease,
-        renewal: None,
-        released: false,
-    };
+    let mut lock = PostgresResourceLock::before_taking(taker, account, kind, id);
     let lease = micros(taker.lease);
     let mut wait = WAIT_MIN;
     while !sql::take_lease(taker.pool, lock.key(), taker.replica, &lock.holder, lease).await? {
@@ -217,15 +204,47 @@ pub(super) async fn take(
             () = tokio::time::sleep(wait) => wait = (wait * 2).min(WAIT_MAX),
         }
     }
-    lock.renewal = Some(tokio::spawn(renew(
-        lock.pool.clone(),
-        lock.account.clone(),
-        kind,
-        lock.id.clone(),
-        lock.holder.clone(),
-        taker.lease,
-    )));
+    lock.hold();
     Ok(lock)
+}
+
+/// Claims `op` for `holder` (see [`sql::claim`]) and, when the claim is new, takes the lease
+/// of its resource if it is free, in one statement: the lock, when taken, is returned held.
+/// A lease held by another is not waited for: the caller takes it with [`take`].
+pub(super) async fn claim_locking(
+    taker: Taker<'_>,
+    op: &NewOperation,
+    holder: LeaseHolder,
+    now: i64,
+    lease_until: i64,
+) -> Result<(Claim, Option<PostgresResourceLock>), StoreError> {
+    let mut lock = PostgresResourceLock::before_taking(
+        taker,
+        &op.klarna_account,
+        op.resource_kind.as_str(),
+        &op.resource_id,
+    );
+    let claimed = sql::claim_locking(
+        taker.pool,
+        op,
+        holder,
+        taker.replica,
+        now,
+        lease_until,
+        (&lock.holder, micros(taker.lease)),
+    )
+    .await?;
+    match claimed {
+        (claim, true) => {
+            lock.hold();
+            Ok((claim, Some(lock)))
+        }
+        (claim, false) => {
+            // Not taken: there is no row of ours to delete.
+            lock.released = true;
+            Ok((claim, None))
+        }
+    }
 }
 
 /// Renews the lease every third of `lease` until aborted, or until it finds the lease gone.
@@ -283,6 +302,35 @@ pub struct PostgresResourceLock {
 }
 
 impl PostgresResourceLock {
+    /// The guard of a lease about to be tried for, made before the first try: if the taking
+    /// is dropped, or fails, after a try took the lease (its answer lost), dropping the guard
+    /// deletes the row again.
+    fn before_taking(taker: Taker<'_>, account: &str, kind: &'static str, id: &str) -> Self {
+        Self {
+            pool: taker.pool.clone(),
+            account: account.to_owned(),
+            kind,
+            id: id.to_owned(),
+            holder: uuid::Uuid::new_v4().hyphenated().to_string(),
+            tag: resource_tag(account, kind, id),
+            lease: taker.lease,
+            renewal: None,
+            released: false,
+        }
+    }
+
+    /// The lease is taken: renew it while it is held.
+    fn hold(&mut self) {
+        self.renewal = Some(tokio::spawn(renew(
+            self.pool.clone(),
+            self.account.clone(),
+            self.kind,
+            self.id.clone(),
+            self.holder.clone(),
+            self.lease,
+        )));
+    }
+
     fn key(&self) -> LeaseKey<'_> {
         LeaseKey {
             account: &self.account,

@@ -187,6 +187,16 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// What taking a resource lease needs.
+    fn taker(&self) -> lease::Taker<'_> {
+        lease::Taker {
+            pool: &self.pool,
+            releases: &self.replica.releases,
+            replica: self.replica(),
+            lease: self.lock_lease,
+        }
+    }
+
     /// This replica's key: the key of its liveness lock, recorded in `lease_replica` and
     /// `resource_leases.replica`.
     pub fn replica(&self) -> i64 {
@@ -219,6 +229,19 @@ impl OperationStore for PostgresStore {
             lease_end(now, lease),
         )
         .await
+    }
+
+    async fn claim_and_lock(
+        &self,
+        op: NewOperation,
+        holder: LeaseHolder,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<(Claim, Option<Box<dyn OrderLock>>), StoreError> {
+        let now = micros(now);
+        let (claim, lock) =
+            lease::claim_locking(self.taker(), &op, holder, now, lease_end(now, lease)).await?;
+        Ok((claim, lock.map(|lock| Box::new(lock) as Box<dyn OrderLock>)))
     }
 
     async fn take_over(
@@ -392,13 +415,7 @@ impl OperationStore for PostgresStore {
         kind: ResourceKind,
         id: &str,
     ) -> Result<Box<dyn OrderLock>, StoreError> {
-        let taker = lease::Taker {
-            pool: &self.pool,
-            releases: &self.replica.releases,
-            replica: self.replica(),
-            lease: self.lock_lease,
-        };
-        let lock = lease::take(taker, account, kind.as_str(), id).await?;
+        let lock = lease::take(self.taker(), account, kind.as_str(), id).await?;
         Ok(Box::new(lock))
     }
 

@@ -81,8 +81,10 @@ const CLAIM_ATTEMPTS: usize = 8;
 // The values of `claim_values`: $1 … $13 the operation, $14 lease holder, $15 lease end,
 // $16 now, $17 resource kind, $18 resource id, $19 traceparent, $20 its trace id (the first
 // holder's); then $21 the claiming replica.
-static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    let insert = "WITH inserted AS ( \
+static CLAIM: LazyLock<String> = LazyLock::new(|| format!("WITH {CLAIM_INSERT} {}", claim_event()));
+
+/// The claim's insert, as the common table expression `inserted` (no row: the id is taken).
+const CLAIM_INSERT: &str = "inserted AS ( \
        INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
          klarna_account, order_id, capture_id, amount, currency, reference, klarna_request, \
          trace_id, state, lease_holder, lease_expires_at, created_at, updated_at, \
@@ -90,12 +92,38 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'IN_FLIGHT', $14, $15, \
          $16, $16, $17, $18, $19, $20, $21) \
        ON CONFLICT (operation_id) DO NOTHING \
-       RETURNING * ) ";
-    insert.to_owned()
-        + &insert_event_from(
-            "inserted",
-            "trace_id, otel_trace_id, NULL, 'IN_FLIGHT', 'claimed', $16",
-        )
+       RETURNING * )";
+
+/// The "claimed" event of the row `inserted`, if any.
+fn claim_event() -> String {
+    insert_event_from(
+        "inserted",
+        "trace_id, otel_trace_id, NULL, 'IN_FLIGHT', 'claimed', $16",
+    )
+}
+
+// CLAIM's $1 … $21, then $22 the lease holder of the operation's resource, $23 its lease
+// length (µs). CLAIM, and when it inserted, TAKE_LEASE of the operation's resource ($6, $17,
+// $18) for the claiming replica: one statement, one commit. Answers whether the claim
+// inserted and whether the lease was taken.
+static CLAIM_LOCKING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {CLAIM_INSERT}, \
+         event AS ( {} RETURNING 1 ), \
+         leased AS ( \
+           INSERT INTO resource_leases AS l \
+             (klarna_account, resource_kind, resource_id, replica, holder, expires_at) \
+           SELECT $6, $17, $18, $21, $22, {DB_NOW} + $23 FROM inserted \
+           ON CONFLICT (klarna_account, resource_kind, resource_id) DO UPDATE \
+             SET replica = EXCLUDED.replica, holder = EXCLUDED.holder, \
+               expires_at = EXCLUDED.expires_at \
+             WHERE l.expires_at <= {DB_NOW} OR {} \
+           RETURNING holder ) \
+         SELECT (SELECT count(*) FROM event) AS claimed, \
+           (SELECT count(*) FROM leased) AS leased",
+        claim_event(),
+        replica_gone("l.replica"),
+    )
 });
 
 /// A transition as one statement: lock the row of `$1` if `condition` holds, apply `set` to it,
@@ -394,6 +422,46 @@ pub(super) async fn claim(
         // it was abandoned meanwhile — then the key is free again: try to insert again.
         if let Some(existing) = read::get(pool, &id).await? {
             return Ok(Claim::Existing(existing));
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "operation {id} kept being abandoned while being claimed"
+    )))
+}
+
+/// [`claim`], and for a new claim the lease of its resource for `lease` (its holder and
+/// length in µs) if the lease is free, in one statement: (the claim, the lease was taken).
+pub(super) async fn claim_locking(
+    pool: &PgPool,
+    op: &NewOperation,
+    holder: LeaseHolder,
+    replica: i64,
+    now: i64,
+    lease_until: i64,
+    lease: (&str, i64),
+) -> Result<(Claim, bool), StoreError> {
+    let id = id_text(op.operation_id);
+    let holder_id = holder_text(holder);
+    for _ in 0..CLAIM_ATTEMPTS {
+        let query = bind_values(
+            sqlx::query(CLAIM_LOCKING.as_str()),
+            claim_values(&id, op, &holder_id, lease_until, now),
+        )
+        .bind(replica)
+        .bind(lease.0)
+        .bind(lease.1);
+        let started = Instant::now();
+        let row = query.fetch_one(pool).await.map_err(db_error)?;
+        committed(started);
+        let inserted: i64 = row.try_get("claimed").map_err(db_error)?;
+        let leased: i64 = row.try_get("leased").map_err(db_error)?;
+        if inserted == 1 {
+            let claimed = claimed_operation(op.clone(), holder, now, lease_until)?;
+            return Ok((Claim::New(claimed), leased == 1));
+        }
+        // As in `claim`: the other insert committed, or was abandoned meanwhile.
+        if let Some(existing) = read::get(pool, &id).await? {
+            return Ok((Claim::Existing(existing), false));
         }
     }
     Err(StoreError::Unavailable(format!(
