@@ -26,7 +26,10 @@
 //!   released with a `DELETE` and a `NOTIFY` that wakes the waiters. A lock whose replica is
 //!   gone is free at once; one that stopped being renewed (a stalled holder, a release that
 //!   failed) at its expiry. No pool connection is held across a Klarna call, so the pool does
-//!   not bound how many orders are locked at once.
+//!   not bound how many orders are locked at once. A new claim takes its order's lease in
+//!   its own statement when the lease is free ([`OperationStore::claim_and_lock`]), and a
+//!   final outcome releases it in the finish's ([`OperationStore::finish_and_release`]): a
+//!   refund is two statements, two commits.
 //!
 //! Connections: the pool (`max_connections`), plus two sessions of the store's own, outside
 //! the pool: the liveness session and the listener of release notifications. A pooled
