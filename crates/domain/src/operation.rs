@@ -93,6 +93,16 @@ impl Rpc {
             Self::RefundTransaction => "RefundTransaction",
         }
     }
+
+    /// The Klarna API the RPC's calls go to.
+    pub fn api(self) -> crate::KlarnaApiKind {
+        match self {
+            Self::RefundCapture | Self::RefundTransaction => crate::KlarnaApiKind::Payments,
+            Self::RefundOrder | Self::ReleaseAuthorization | Self::ExtendDueDate => {
+                crate::KlarnaApiKind::OrderManagement
+            }
+        }
+    }
 }
 
 /// The gateway's id of an operation, and the `Klarna-Idempotency-Key` it is sent under.

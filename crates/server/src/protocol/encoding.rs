@@ -796,6 +796,8 @@ mod tests {
                 expected,
                 "{rpc:?}"
             );
+            // The protocol judges new work by its RPC's API, without decoding the call.
+            assert_eq!(call.api(), rpc.api(), "{rpc:?}");
         }
     }
 

@@ -31,8 +31,8 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use refund_gateway_domain::{
-    Claim, GatewayError, KlarnaApiKind, KlarnaError, LeaseHolder, NewOperation, Operation,
-    OperationId, OperationState, OperationStore, OrderLock, Rpc, StoreError, StoredResponse,
+    Claim, GatewayError, KlarnaError, LeaseHolder, NewOperation, Operation, OperationId,
+    OperationState, OperationStore, OrderLock, Rpc, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
@@ -481,7 +481,7 @@ impl Protocol {
                     let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
                     let outcome = outcome::judge_work(
                         id,
-                        api_of(&op),
+                        op.new.rpc.api(),
                         result,
                         attempts,
                         op.new.trace_id.clone(),
@@ -660,12 +660,6 @@ fn pending_or_in_use(op: &Operation) -> GatewayError {
 }
 
 /// The Klarna API of a stored operation's call.
-fn api_of(op: &Operation) -> KlarnaApiKind {
-    encoding::decode_call(&op.new.klarna_request)
-        .map(|call| call.api())
-        .unwrap_or(KlarnaApiKind::OrderManagement)
-}
-
 /// ABORTED `IDEMPOTENCY_KEY_IN_USE`, retry when the holder's lease runs out at the latest.
 fn in_use(op: &Operation, now: OffsetDateTime) -> GatewayError {
     let retry_after = op
