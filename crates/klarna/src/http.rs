@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry::propagation::Injector;
+use opentelemetry::trace::TraceContextExt as _;
 use refund_gateway_domain::KlarnaError;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -388,9 +389,15 @@ pub struct AttemptTrace<S> {
     attempts: u32,
 }
 
+/// The target of the attempt spans: a subscriber may leave them out of what it traces
+/// without leaving them out of the logs. An attempt span outside the trace sends the trace
+/// context it was made in.
+pub const ATTEMPT_SPAN_TARGET: &str = "refund_gateway_klarna::attempt";
+
 macro_rules! attempt_span {
     ($name:literal, $method:expr, $url:expr, $resends:expr, $operation:expr) => {
         tracing::info_span!(
+            target: "refund_gateway_klarna::attempt",
             $name,
             otel.kind = "client",
             otel.status_code = Empty,
@@ -466,7 +473,12 @@ where
             resends,
             labels.operation,
         );
-        let trace_context = span.context();
+        let mut trace_context = span.context();
+        if !trace_context.span().span_context().is_valid() {
+            // Not traced (see ATTEMPT_SPAN_TARGET): the request's trace goes on from the
+            // span the attempt is made in.
+            trace_context = tracing::Span::current().context();
+        }
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&trace_context, &mut HeaderInjector(request.headers_mut()));
         });

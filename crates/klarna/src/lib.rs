@@ -87,8 +87,8 @@ pub mod webhook;
 mod wire;
 
 pub use crate::http::{
-    ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, AttemptTrace, AttemptTraceLayer, HttpService,
-    OutboundService,
+    ATTEMPT_DURATION_METRIC, ATTEMPT_SPAN_TARGET, ATTEMPTS_METRIC, AttemptTrace, AttemptTraceLayer,
+    HttpService, OutboundService,
 };
 pub use attempts::recording_attempts;
 pub use client::KlarnaClient;

@@ -105,8 +105,12 @@ impl Telemetry {
         let otel = if exporting {
             otel.with_filter(own_spans()).boxed()
         } else {
-            otel.with_filter(own_spans().and(filter_fn(|meta| meta.is_span())))
-                .boxed()
+            // Nor does it see the Klarna attempt spans: their context would only reach the
+            // request sent to Klarna, and an untraced attempt sends its RPC's instead.
+            otel.with_filter(own_spans().and(filter_fn(|meta| {
+                meta.is_span() && meta.target() != refund_gateway_klarna::ATTEMPT_SPAN_TARGET
+            })))
+            .boxed()
         };
         let logs = log_layer(format).with_filter(log_filter());
         let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![otel, logs.boxed()];
@@ -377,28 +381,31 @@ where
         members.member("timestamp", &now);
         members.member("level", event.metadata().level().as_str());
         members.member("target", event.metadata().target());
-        let mut innermost = None;
+        // The spans, innermost first, for the trace context below.
+        let mut spans = Vec::new();
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
                     members.out.extend_from_slice(fields.as_bytes());
                 }
-                innermost = Some((span.id(), span.name()));
+                spans.push((span.id(), span.name()));
             }
         }
+        spans.reverse();
         event.record(&mut members);
-        if let Some((id, name)) = innermost {
+        if let Some((_, name)) = spans.first() {
             members.member("span", name);
-            // Read after the span's extensions are released: the lookup locks them.
+            // The innermost traced span's (an untraced Klarna attempt's is its RPC's). Read
+            // after the spans' extensions are released: the lookup locks them.
             if let Some(dispatch) = DISPATCH.get().and_then(WeakDispatch::upgrade)
-                && let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch)
+                && let Some(context) = spans.iter().find_map(|(id, _)| {
+                    let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+                    let context = cx.span().span_context().clone();
+                    context.is_valid().then_some(context)
+                })
             {
-                let span = cx.span();
-                let context = span.span_context();
-                if context.is_valid() {
-                    members.member("trace_id", &format_args!("{}", context.trace_id()));
-                    members.member("span_id", &format_args!("{}", context.span_id()));
-                }
+                members.member("trace_id", &format_args!("{}", context.trace_id()));
+                members.member("span_id", &format_args!("{}", context.span_id()));
             }
         }
         let text = std::str::from_utf8(&members.out).map_err(|_| std::fmt::Error)?;

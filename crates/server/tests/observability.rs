@@ -690,10 +690,15 @@ async fn the_reconciler_settles_a_pending_refund_in_a_linked_trace() -> anyhow::
 const SAMPLE_ORDER: &str =
     include_str!("../../klarna/tests/fixtures/get_order_200_docs_sample.json");
 
-/// A minimal Klarna that serves the sample order under any id and accepts every refund; the
-/// simulator's orders carry no personal data, Klarna's real ones do.
-async fn klarna_with_personal_data() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    use axum::extract::Path;
+/// The `traceparent` headers a test Klarna received with refunds.
+type Traceparents = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A minimal Klarna that serves the sample order under any id and accepts every refund,
+/// keeping the `traceparent` each refund came with; the simulator's orders carry no personal
+/// data, Klarna's real ones do.
+async fn klarna_with_personal_data()
+-> anyhow::Result<(String, tokio::task::JoinHandle<()>, Traceparents)> {
+    use axum::extract::{Path, State};
     use axum::http::{HeaderMap, HeaderValue, StatusCode};
     use axum::routing::{get, post};
 
@@ -704,7 +709,16 @@ async fn klarna_with_personal_data() -> anyhow::Result<(String, tokio::task::Joi
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         (StatusCode::OK, headers, order.to_string())
     }
-    async fn refund(Path(id): Path<String>) -> (StatusCode, HeaderMap) {
+    async fn refund(
+        State(seen): State<Traceparents>,
+        Path(id): Path<String>,
+        request: HeaderMap,
+    ) -> (StatusCode, HeaderMap) {
+        if let Some(traceparent) = request.get("traceparent").and_then(|v| v.to_str().ok()) {
+            seen.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(traceparent.to_owned());
+        }
         let mut headers = HeaderMap::new();
         let refund_id = "b2cb4f5b-6b69-4f5e-9a4a-5f3c0c1e0a01";
         headers.insert("refund-id", HeaderValue::from_static(refund_id));
@@ -714,15 +728,17 @@ async fn klarna_with_personal_data() -> anyhow::Result<(String, tokio::task::Joi
         }
         (StatusCode::CREATED, headers)
     }
+    let seen = Traceparents::default();
     let app = axum::Router::new()
         .route("/ordermanagement/v1/orders/{id}", get(order))
-        .route("/ordermanagement/v1/orders/{id}/refunds", post(refund));
+        .route("/ordermanagement/v1/orders/{id}/refunds", post(refund))
+        .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((format!("http://{addr}"), server))
+    Ok((format!("http://{addr}"), server, seen))
 }
 
 /// The production log subscriber, as `main` installs it, at DEBUG: every line is a JSON
@@ -733,7 +749,7 @@ async fn klarna_with_personal_data() -> anyhow::Result<(String, tokio::task::Joi
 async fn production_logs_are_json_with_trace_ids_and_without_secrets_or_personal_data()
 -> anyhow::Result<()> {
     const PASSWORD: &str = "klarna-password-canary-5e1d";
-    let (klarna_url, _klarna) = klarna_with_personal_data().await?;
+    let (klarna_url, _klarna, traceparents) = klarna_with_personal_data().await?;
     let klarna = vec![
         ("KLARNA_API_URL", klarna_url),
         ("KLARNA_USERNAME", "merchant-user".to_owned()),
@@ -802,6 +818,20 @@ async fn production_logs_are_json_with_trace_ids_and_without_secrets_or_personal
         "{succeeded}"
     );
     ensure!(succeeded["refund.caller"] == "till", "{succeeded}");
+    // Nothing is exported, yet the refund sent to Klarna goes on with the caller's trace, from
+    // the span its log line names.
+    let sent = traceparents
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let expected = format!(
+        "00-{TRACE_ID}-{}-01",
+        succeeded["span_id"].as_str().unwrap_or("")
+    );
+    ensure!(
+        sent == vec![expected.clone()],
+        "sent {sent:?}, expected {expected}"
+    );
     ensure!(
         succeeded["request_id"]
             .as_str()
