@@ -147,6 +147,13 @@ async fn order_lease(store: &PostgresStore, order: &str) -> Option<(i64, i64, i6
     .unwrap()
 }
 
+/// The replica holding the lease of an order, if any.
+async fn order_lease_replica(store: &PostgresStore, order: &str) -> Option<i64> {
+    order_lease(store, order)
+        .await
+        .map(|(replica, _, _)| replica)
+}
+
 const HOLDER_A: LeaseHolder = LeaseHolder::from_uuid(uuid::Uuid::from_u128(0xA));
 const HOLDER_B: LeaseHolder = LeaseHolder::from_uuid(uuid::Uuid::from_u128(0xB));
 
@@ -504,7 +511,7 @@ async fn order_locks_serialize_across_replicas() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiter.is_finished());
     assert_eq!(
-        order_lease(&one, "order-1").await.map(|(r, _, _)| r),
+        order_lease_replica(&one, "order-1").await,
         Some(one.replica())
     );
     log.lock().unwrap().push("one releases");
@@ -615,7 +622,7 @@ async fn a_new_claim_takes_its_free_order_lock_in_the_same_statement() {
     assert!(matches!(claim, Claim::New(_)));
     assert!(none.is_none(), "a held lock must not come with a claim");
     assert_eq!(
-        order_lease(&one, "order-7").await.map(|(r, _, _)| r),
+        order_lease_replica(&one, "order-7").await,
         Some(one.replica())
     );
     // A stored operation is not claimed again, and brings no lock.
@@ -643,13 +650,13 @@ async fn a_new_claim_takes_its_free_order_lock_in_the_same_statement() {
     assert!(matches!(claim, Claim::New(_)));
     let lock = lock.expect("an expired lease is taken with the claim");
     assert_eq!(
-        order_lease(&one, "order-8").await.map(|(r, _, _)| r),
+        order_lease_replica(&one, "order-8").await,
         Some(one.replica())
     );
     // The stale holder's late release leaves the new holder's lease alone.
     stale.release().await;
     assert_eq!(
-        order_lease(&one, "order-8").await.map(|(r, _, _)| r),
+        order_lease_replica(&one, "order-8").await,
         Some(one.replica())
     );
     lock.release().await;
@@ -709,7 +716,7 @@ async fn a_finish_announces_the_release_of_its_order_lock() {
         .expect("the waiter must get the released lock")
         .unwrap();
     assert_eq!(
-        order_lease(&two, "order-9").await.map(|(r, _, _)| r),
+        order_lease_replica(&two, "order-9").await,
         Some(two.replica())
     );
     let stored = one.get(op.operation_id).await.unwrap().unwrap();
@@ -753,10 +760,7 @@ async fn a_gone_replicas_order_lock_is_free_at_once() {
     assert!(expires_at > db_now);
     // The old guard's release is a no-op: the lease is B's now.
     held.release().await;
-    assert_eq!(
-        order_lease(&b, "order-x").await.map(|(r, _, _)| r),
-        Some(b.replica())
-    );
+    assert_eq!(order_lease_replica(&b, "order-x").await, Some(b.replica()));
     taken.release().await;
     assert_eq!(order_lease(&b, "order-x").await, None);
 }

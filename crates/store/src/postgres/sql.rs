@@ -570,7 +570,19 @@ pub(super) async fn finish(
     completion: &Completion,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(FINISH.as_str())
+    let query = finish_query(FINISH.as_str(), id, holder, completion, now);
+    changed_one_measured(query, pool).await
+}
+
+/// `sql` (FINISH, or a statement starting with its parameters) with FINISH's $1 … $11 bound.
+fn finish_query<'q>(
+    sql: &'static str,
+    id: &'q str,
+    holder: &'q str,
+    completion: &'q Completion,
+    now: i64,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
         .bind(id)
         .bind(completion.state.as_str())
         .bind(now)
@@ -581,8 +593,7 @@ pub(super) async fn finish(
         .bind(&completion.response.payload)
         .bind(&completion.trace_id)
         .bind(&completion.detail)
-        .bind(holder);
-    changed_one_measured(query, pool).await
+        .bind(holder)
 }
 
 /// [`finish`], and the release of the lease of `key` held by `lease_holder` (announcing `tag`
@@ -597,29 +608,19 @@ pub(super) async fn finish_releasing(
 ) -> Result<(bool, bool), StoreError> {
     let (key, lease_holder, tag) = lease;
     let started = Instant::now();
-    let (finished, released, _announced) =
-        sqlx::query_as::<_, (i64, i64, i64)>(FINISH_RELEASING.as_str())
-            .bind(id)
-            .bind(completion.state.as_str())
-            .bind(now)
-            .bind(&completion.refund_id)
-            .bind(&completion.correlation_id)
-            .bind(completion.response.code)
-            .bind(&completion.response.message)
-            .bind(&completion.response.payload)
-            .bind(&completion.trace_id)
-            .bind(&completion.detail)
-            .bind(holder)
-            .bind(key.account)
-            .bind(key.kind)
-            .bind(key.id)
-            .bind(lease_holder)
-            .bind(RELEASED_CHANNEL)
-            .bind(tag)
-            .fetch_one(pool)
-            .await
-            .map_err(db_error)?;
+    let row = finish_query(FINISH_RELEASING.as_str(), id, holder, completion, now)
+        .bind(key.account)
+        .bind(key.kind)
+        .bind(key.id)
+        .bind(lease_holder)
+        .bind(RELEASED_CHANNEL)
+        .bind(tag)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)?;
     committed(started);
+    let finished: i64 = row.try_get("finished").map_err(db_error)?;
+    let released: i64 = row.try_get("released").map_err(db_error)?;
     Ok((finished == 1, released == 1))
 }
 
