@@ -399,34 +399,8 @@ pub(super) async fn claim(
     now: i64,
     lease_until: i64,
 ) -> Result<Claim, StoreError> {
-    let id = id_text(op.operation_id);
-    let holder_id = holder_text(holder);
-    for _ in 0..CLAIM_ATTEMPTS {
-        let query = bind_values(
-            sqlx::query(CLAIM.as_str()),
-            claim_values(&id, op, &holder_id, lease_until, now),
-        )
-        .bind(replica);
-        let started = Instant::now();
-        let inserted = query.execute(pool).await.map_err(db_error)?.rows_affected();
-        committed(started);
-        if inserted == 1 {
-            return Ok(Claim::New(claimed_operation(
-                op.clone(),
-                holder,
-                now,
-                lease_until,
-            )?));
-        }
-        // ON CONFLICT waited for the other insert to commit; its row is visible now, unless
-        // it was abandoned meanwhile — then the key is free again: try to insert again.
-        if let Some(existing) = read::get(pool, &id).await? {
-            return Ok(Claim::Existing(existing));
-        }
-    }
-    Err(StoreError::Unavailable(format!(
-        "operation {id} kept being abandoned while being claimed"
-    )))
+    let (claim, _) = claim_with_lease(pool, op, holder, replica, now, lease_until, None).await?;
+    Ok(claim)
 }
 
 /// [`claim`], and for a new claim the lease of its resource for `lease` (its holder and
@@ -440,26 +414,57 @@ pub(super) async fn claim_locking(
     lease_until: i64,
     lease: (&str, i64),
 ) -> Result<(Claim, bool), StoreError> {
+    claim_with_lease(pool, op, holder, replica, now, lease_until, Some(lease)).await
+}
+
+/// CLAIM, or CLAIM_LOCKING when `lease` is given: (the claim, the lease was taken).
+async fn claim_with_lease(
+    pool: &PgPool,
+    op: &NewOperation,
+    holder: LeaseHolder,
+    replica: i64,
+    now: i64,
+    lease_until: i64,
+    lease: Option<(&str, i64)>,
+) -> Result<(Claim, bool), StoreError> {
     let id = id_text(op.operation_id);
     let holder_id = holder_text(holder);
     for _ in 0..CLAIM_ATTEMPTS {
+        let sql = if lease.is_some() {
+            CLAIM_LOCKING.as_str()
+        } else {
+            CLAIM.as_str()
+        };
         let query = bind_values(
-            sqlx::query(CLAIM_LOCKING.as_str()),
+            sqlx::query(sql),
             claim_values(&id, op, &holder_id, lease_until, now),
         )
-        .bind(replica)
-        .bind(lease.0)
-        .bind(lease.1);
+        .bind(replica);
         let started = Instant::now();
-        let row = query.fetch_one(pool).await.map_err(db_error)?;
+        let (inserted, leased) = match lease {
+            Some((lease_holder, lease_micros)) => {
+                let row = query
+                    .bind(lease_holder)
+                    .bind(lease_micros)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db_error)?;
+                let inserted: i64 = row.try_get("claimed").map_err(db_error)?;
+                let leased: i64 = row.try_get("leased").map_err(db_error)?;
+                (inserted == 1, leased == 1)
+            }
+            None => {
+                let done = query.execute(pool).await.map_err(db_error)?;
+                (done.rows_affected() == 1, false)
+            }
+        };
         committed(started);
-        let inserted: i64 = row.try_get("claimed").map_err(db_error)?;
-        let leased: i64 = row.try_get("leased").map_err(db_error)?;
-        if inserted == 1 {
+        if inserted {
             let claimed = claimed_operation(op.clone(), holder, now, lease_until)?;
-            return Ok((Claim::New(claimed), leased == 1));
+            return Ok((Claim::New(claimed), leased));
         }
-        // As in `claim`: the other insert committed, or was abandoned meanwhile.
+        // ON CONFLICT waited for the other insert to commit; its row is visible now, unless
+        // it was abandoned meanwhile — then the key is free again: try to insert again.
         if let Some(existing) = read::get(pool, &id).await? {
             return Ok((Claim::Existing(existing), false));
         }
