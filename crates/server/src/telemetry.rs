@@ -436,12 +436,13 @@ fn split_members(text: &str) -> Vec<(&str, &str)> {
     /// The length of the JSON string at the start of `text` (quotes included).
     fn string_len(text: &[u8]) -> Option<usize> {
         let mut i = 1;
-        while i < text.len() {
-            match text[i] {
-                b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
+        while let Some(found) = memchr::memchr2(b'"', b'\\', text.get(i..)?) {
+            let at = i + found;
+            if text[at] == b'"' {
+                return Some(at + 1);
             }
+            // An escape: the next byte is part of it.
+            i = at + 2;
         }
         None
     }
@@ -463,7 +464,7 @@ fn split_members(text: &str) -> Vec<(&str, &str)> {
                 None => break,
             }
         } else {
-            match bytes[value_start..].iter().position(|&b| b == b',') {
+            match memchr::memchr(b',', &bytes[value_start..]) {
                 Some(len) => value_start + len,
                 None => break,
             }
@@ -783,6 +784,12 @@ mod tests {
         assert_eq!(split_members(r#""a":1,"b":"open"#), vec![(r#""a""#, "1")]);
         assert_eq!(split_members(r#""a":1"#), vec![]);
         assert_eq!(split_members("garbage"), vec![]);
+        // An escaped backslash right before the closing quote; an escape cut off at the end.
+        assert_eq!(
+            split_members(r#""a":"x\\","b\"":2,"#),
+            vec![(r#""a""#, r#""x\\""#), (r#""b\"""#, "2")]
+        );
+        assert_eq!(split_members(r#""a":1,"b":"x\"#), vec![(r#""a""#, "1")]);
     }
 
     #[tokio::test]
