@@ -231,7 +231,7 @@ pub(super) async fn claim_locking(
         taker.replica,
         now,
         lease_until,
-        (&lock.holder, micros(taker.lease)),
+        Some((&lock.holder, micros(taker.lease))),
     )
     .await?;
     match claimed {

@@ -399,26 +399,14 @@ pub(super) async fn claim(
     now: i64,
     lease_until: i64,
 ) -> Result<Claim, StoreError> {
-    let (claim, _) = claim_with_lease(pool, op, holder, replica, now, lease_until, None).await?;
+    let (claim, _) = claim_locking(pool, op, holder, replica, now, lease_until, None).await?;
     Ok(claim)
 }
 
-/// [`claim`], and for a new claim the lease of its resource for `lease` (its holder and
-/// length in µs) if the lease is free, in one statement: (the claim, the lease was taken).
+/// [`claim`], and when `lease` (its holder and length in µs) is given and the claim is new,
+/// the lease of the operation's resource if it is free, in one statement (CLAIM_LOCKING):
+/// (the claim, the lease was taken).
 pub(super) async fn claim_locking(
-    pool: &PgPool,
-    op: &NewOperation,
-    holder: LeaseHolder,
-    replica: i64,
-    now: i64,
-    lease_until: i64,
-    lease: (&str, i64),
-) -> Result<(Claim, bool), StoreError> {
-    claim_with_lease(pool, op, holder, replica, now, lease_until, Some(lease)).await
-}
-
-/// CLAIM, or CLAIM_LOCKING when `lease` is given: (the claim, the lease was taken).
-async fn claim_with_lease(
     pool: &PgPool,
     op: &NewOperation,
     holder: LeaseHolder,
