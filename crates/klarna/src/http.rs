@@ -376,7 +376,9 @@ impl<S> Layer<S> for AttemptTraceLayer {
 /// `server.port`, `http.request.resend_count`, and after the answer
 /// `http.response.status_code`, `klarna.correlation_id`, `klarna.error_code` and `error.type`.
 /// The span's W3C trace context (`traceparent`, `tracestate`) is sent with the attempt, so
-/// Klarna's side of the call joins the caller's trace. Each attempt is also counted in
+/// Klarna's side of the call joins the caller's trace; a subscriber that leaves the attempt
+/// spans out of its trace ([`ATTEMPT_SPAN_TARGET`]) gets the context of the span the attempt
+/// is made in sent instead. Each attempt is also counted in
 /// [`ATTEMPTS_METRIC`] and timed in [`ATTEMPT_DURATION_METRIC`]. Other headers are never
 /// recorded.
 ///
