@@ -38,6 +38,28 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+/// FindOrder with `request` until it finds the order: an order's references are indexed in
+/// the background after the read or refund that learned them, so until then the answer is
+/// NOT_FOUND. Any other error ends the wait; `what` names the wait in a timeout.
+pub async fn find_once_indexed(
+    client: &RefundGatewayServiceClient<Channel>,
+    what: &str,
+    request: refund_gateway_proto::v1::FindOrderRequest,
+) -> anyhow::Result<refund_gateway_proto::v1::FindOrderResponse> {
+    wait_until(
+        what,
+        std::time::Duration::from_secs(30),
+        async || -> anyhow::Result<Option<refund_gateway_proto::v1::FindOrderResponse>> {
+            match client.clone().find_order(request.clone()).await {
+                Ok(found) => Ok(Some(found.into_inner())),
+                Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+                Err(status) => Err(status.into()),
+            }
+        },
+    )
+    .await
+}
+
 /// A gateway started for one test, with the simulator it talks to.
 #[derive(Debug)]
 pub struct TestApp {

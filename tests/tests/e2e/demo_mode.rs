@@ -217,16 +217,10 @@ async fn the_readme_in_store_return_works_on_the_demo_order() -> anyhow::Result<
     assert_eq!(refunded.order_id, demo::GB_CARD_ORDER_ID);
     // The reads above indexed Klarna's reference; the index is written in the background.
     let client = app.client.clone();
-    let by_klarna = refund_gateway_tests::wait_until(
+    let by_klarna = refund_gateway_tests::find_once_indexed(
+        &client,
         "the demo order to be found by its Klarna reference",
-        std::time::Duration::from_secs(30),
-        async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
-            match client.clone().find_order(find("", "K9TB4LC")).await {
-                Ok(found) => Ok(Some(found.into_inner())),
-                Err(status) if status.code() == Code::NotFound => Ok(None),
-                Err(status) => Err(status.into()),
-            }
-        },
+        find("", "K9TB4LC"),
     )
     .await?;
     assert_eq!(by_klarna.refundable_amount, 3_750);

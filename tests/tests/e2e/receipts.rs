@@ -2,11 +2,9 @@
 //! linked to its order, the order found by either reference with what is still refundable,
 //! and a refund by reference that is the same operation as the refund by id.
 
-use std::time::Duration;
-
 use klarna_sim::{OrderSeed, Simulator};
 use refund_gateway_proto::v1 as pb;
-use refund_gateway_tests::{spawn_app_with, wait_until};
+use refund_gateway_tests::spawn_app_with;
 use tonic::Code;
 
 use crate::{assert_reason, bad_fields, refund_request};
@@ -138,18 +136,7 @@ backend_test! {
 
         // The read taught the gateway Klarna's reference of the order too.
         let client = app.client.clone();
-        let by_klarna = wait_until(
-            "the order to be found by its Klarna reference",
-            Duration::from_secs(30),
-            async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
-                match client.clone().find_order(by_klarna_reference("KREF-100")).await {
-                    Ok(found) => Ok(Some(found.into_inner())),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status.into()),
-                }
-            },
-        )
-        .await?;
+        let by_klarna = refund_gateway_tests::find_once_indexed(&client, "the order to be found by its Klarna reference", by_klarna_reference("KREF-100")).await?;
         assert_eq!(by_klarna.order_id, order_id);
         app.shutdown().await
     }
@@ -172,18 +159,7 @@ backend_test! {
             })
             .await?;
         let client = app.client.clone();
-        let found = wait_until(
-            "the order's merchant_reference1 to be learned",
-            Duration::from_secs(30),
-            async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
-                match client.clone().find_order(by_receipt(" POS-77 ")).await {
-                    Ok(found) => Ok(Some(found.into_inner())),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status.into()),
-                }
-            },
-        )
-        .await?;
+        let found = refund_gateway_tests::find_once_indexed(&client, "the order's merchant_reference1 to be learned", by_receipt(" POS-77 ")).await?;
         assert_eq!(found.order_id, order_id);
         assert_eq!(found.merchant_reference1, "POS-77");
         let other_case = app.client.find_order(by_receipt("pos-77")).await.err();
@@ -225,18 +201,7 @@ backend_test! {
             .refund_order(refund_request("web-return-1", &order_id, 500))
             .await?;
         let client = app.client.clone();
-        let found = wait_until(
-            "the refunded order to be found by its receipt",
-            Duration::from_secs(30),
-            async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
-                match client.clone().find_order(by_receipt("WEB-9")).await {
-                    Ok(found) => Ok(Some(found.into_inner())),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status.into()),
-                }
-            },
-        )
-        .await?;
+        let found = refund_gateway_tests::find_once_indexed(&client, "the refunded order to be found by its receipt", by_receipt("WEB-9")).await?;
         assert_eq!((found.order_id.as_str(), found.refunded_amount), (order_id.as_str(), 500));
         // Learned once: a second refund of the same order reads it no more. A refund of another
         // new order, learned after it, shows the background work has run meanwhile.
@@ -248,18 +213,7 @@ backend_test! {
         app.client
             .refund_order(refund_request("web-return-3", &later, 500))
             .await?;
-        wait_until(
-            "the later order to be found by its receipt",
-            Duration::from_secs(30),
-            async || -> anyhow::Result<Option<()>> {
-                match client.clone().find_order(by_receipt("WEB-10")).await {
-                    Ok(_) => Ok(Some(())),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status.into()),
-                }
-            },
-        )
-        .await?;
+        refund_gateway_tests::find_once_indexed(&client, "the later order to be found by its receipt", by_receipt("WEB-10")).await?;
         assert_eq!(reads_of(&app.sim.sim, &order_id), reads_before);
         app.shutdown().await
     }

@@ -231,18 +231,7 @@ backend_test! {
         };
         // The index is written in the background, after the read has answered.
         let client = app.client.clone();
-        let found = refund_gateway_tests::wait_until(
-            "the EU order to be found by its receipt reference",
-            std::time::Duration::from_secs(30),
-            async || -> anyhow::Result<Option<pb::FindOrderResponse>> {
-                match client.clone().find_order(find("stockholm-1", "R-EU-1")).await {
-                    Ok(found) => Ok(Some(found.into_inner())),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status.into()),
-                }
-            },
-        )
-        .await?;
+        let found = refund_gateway_tests::find_once_indexed(&client, "the EU order to be found by its receipt reference", find("stockholm-1", "R-EU-1")).await?;
         assert_eq!((found.order_id.as_str(), found.klarna_account.as_str()), (eu.order_id.as_str(), "default"));
         let elsewhere = app.client.find_order(find("new-york-1", "R-EU-1")).await.err();
         let elsewhere =
