@@ -16,12 +16,18 @@
 //!   transaction, so among concurrent links of one reference exactly one is linked.
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
-//!   speed only: temporary tables in memory (`temp_store`), an 8 MiB page cache on the
-//!   writer (SQLite's default 2 MiB on the readers, which read little: the operating system
-//!   caches the file for all of them), and checkpoints in the background, nudged by the
-//!   writer, with the writer's own every 8000 WAL pages rather than 1000 (see [`writer`]). A
-//!   larger writer cache measured no faster and costs resident memory (32 MiB: about 35 MiB
-//!   more RSS under load).
+//!   speed only: temporary tables in memory (`temp_store`) and checkpoints in the
+//!   background, nudged by the writer, with the writer's own every 8000 WAL pages rather
+//!   than 1000 (see [`writer`]).
+//! - **Page caches are SQLite's default 2 MiB**, the writer's too: the operating system caches
+//!   the file for every connection, and a refund's writes touch the same few interior pages
+//!   plus leaves of random keys that no cache of a few MiB holds at 10^6 stored operations.
+//!   A larger writer cache measured no faster at 10^4 or 10^6 stored operations and costs
+//!   resident memory (8 MiB: 5-8 MiB more RSS under load; 32 MiB: about 35 MiB). It also
+//!   costs CPU in proportion to its size: SQLite's page balancing renumbers pages through a
+//!   temporary page number past the end of the file, and the commit of a transaction that
+//!   did so scans the cache's whole hash table to drop that page (`pcache1TruncateUnsafe`,
+//!   2-3% of the gateway's CPU with 8 MiB).
 //! - **Restart**: one process owns the file, so every IN_FLIGHT claim found when the store
 //!   opens is a dead process's; it becomes PENDING before the store is handed out, and the
 //!   first retry (or the reconciler) settles it without waiting for the dead claim's lease.
@@ -197,7 +203,7 @@ fn writer_connection(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     conn.execute_batch(
         "PRAGMA synchronous = FULL; \
          PRAGMA temp_store = MEMORY; \
-         PRAGMA cache_size = -8192; \
+         PRAGMA cache_size = -2048; \
          PRAGMA wal_autocheckpoint = 8000; \
          PRAGMA foreign_keys = ON;",
     )
