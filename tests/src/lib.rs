@@ -163,6 +163,8 @@ pub struct AppOptions {
     pub callers: Option<String>,
     /// `max_concurrent_rpcs` (default: the gateway's 2048).
     pub max_concurrent_rpcs: Option<usize>,
+    /// `max_running_rpcs` (default: the gateway's 256).
+    pub max_running_rpcs: Option<usize>,
     /// `min_deadline_ms` (default: the gateway's 200).
     pub min_deadline_ms: Option<u64>,
     /// `max_message_bytes` (default: the gateway's 4 MiB).
@@ -236,6 +238,9 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
     }
     if let Some(n) = options.max_concurrent_rpcs {
         config.settings.max_concurrent_rpcs = n;
+    }
+    if let Some(n) = options.max_running_rpcs {
+        config.settings.max_running_rpcs = n;
     }
     if let Some(ms) = options.min_deadline_ms {
         config.settings.min_deadline_ms = ms;

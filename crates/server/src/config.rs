@@ -98,8 +98,10 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// How many unresolved operations the reconciler resolves at once.
     pub reconcile_parallelism: usize,
-    /// The most `refundgateway.*` calls served at once, server-wide; beyond it, calls are shed.
+    /// The most `refundgateway.*` calls taken at once, server-wide; beyond it, calls are shed.
     pub max_concurrent_rpcs: usize,
+    /// Of those, the most served at once; the others wait their turn in order of arrival.
+    pub max_running_rpcs: usize,
     /// The shortest deadline a money movement is attempted with, in milliseconds.
     pub min_deadline_ms: u64,
     /// The largest request message decoded, in bytes.
@@ -145,6 +147,7 @@ impl Default for Settings {
             reconcile_interval_ms: 10_000,
             reconcile_parallelism: 8,
             max_concurrent_rpcs: 2048,
+            max_running_rpcs: 256,
             min_deadline_ms: 200,
             max_message_bytes: 4 * 1024 * 1024,
             retention_days: 30,
@@ -650,7 +653,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "max_concurrent_rpcs",
         flag: None,
         env: None,
-        description: "The most refundgateway calls served at once, server-wide; one more is \
+        description: "The most refundgateway calls taken at once, server-wide; one more is \
                       refused at once (RESOURCE_EXHAUSTED OVERLOADED), health checks excepted",
         allowed: Allowed::Range {
             min: 1,
@@ -659,6 +662,20 @@ pub const SETTINGS: &[Setting] = &[
         },
         value: |s| Value::Number(u64::try_from(s.max_concurrent_rpcs).unwrap_or(u64::MAX)),
         parse: |s, t| set(&mut s.max_concurrent_rpcs, t),
+    },
+    Setting {
+        key: "max_running_rpcs",
+        flag: None,
+        env: None,
+        description: "Of those, the most served at once; the others wait their turn, in order \
+                      of arrival and within their deadlines, holding only their requests",
+        allowed: Allowed::Range {
+            min: 1,
+            max: 1_000_000,
+            unit: Unit::Count,
+        },
+        value: |s| Value::Number(u64::try_from(s.max_running_rpcs).unwrap_or(u64::MAX)),
+        parse: |s, t| set(&mut s.max_running_rpcs, t),
     },
     Setting {
         key: "min_deadline_ms",

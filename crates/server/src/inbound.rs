@@ -1,9 +1,9 @@
 //! The inbound tower stack (see `docs/architecture.md#middleware`): [`inbound_stack`], the
 //! one function that builds it (for `main` and every test, through [`crate::start`]), and its
-//! protective layers: the per-caller rate limit, the server-wide concurrency limit with load
-//! shedding, and the answer to a request larger than the gateway decodes. Each refuses with a
-//! status built by `crate::status`, at once, and only `refundgateway.*` calls: health checks
-//! and reflection keep answering under a flood.
+//! protective layers: the per-caller rate limit, the server-wide concurrency limit with its
+//! queue and load shedding, and the answer to a request larger than the gateway decodes. Each
+//! refuses with a status built by `crate::status`, at once, and only `refundgateway.*` calls:
+//! health checks and reflection keep answering under a flood.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -64,6 +64,7 @@ pub type InboundStack = tower::ServiceBuilder<
 pub fn inbound_stack(
     authentication: Authentication,
     max_concurrent_rpcs: usize,
+    max_running_rpcs: usize,
     max_message_bytes: usize,
 ) -> InboundStack {
     tower::ServiceBuilder::new()
@@ -90,8 +91,9 @@ pub fn inbound_stack(
         // refused before it takes a slot from the others.
         .layer(CallerRateLimitLayer::default())
         // The server-wide concurrency limit after the per-caller one, so a flooding caller's
-        // refused calls never hold a slot; beyond it calls are shed at once, not queued.
-        .layer(ShedLayer::new(max_concurrent_rpcs))
+        // refused calls never hold a slot; beyond it calls are shed at once. Before the
+        // service, so a call waiting for its turn has not been decoded or started anything.
+        .layer(ShedLayer::new(max_concurrent_rpcs, max_running_rpcs))
         // Innermost: tonic's answer to an oversized message becomes RESOURCE_EXHAUSTED.
         .layer(MessageSizeLayer::new(max_message_bytes))
 }
@@ -170,43 +172,103 @@ impl Gate for CallerRateLimitLayer {
 }
 
 /// At most `limit` `refundgateway.*` calls at once across the whole server (not per
-/// connection); one more is refused at once rather than queued, so a flood cannot grow an
-/// unbounded queue or starve the health checks.
+/// connection), of which at most `running` are served at once and the rest wait their turn, in
+/// order of arrival. One more than `limit` is refused at once rather than queued, so a flood
+/// cannot grow an unbounded queue or starve the health checks.
+///
+/// A waiting call holds only its request: it has not been decoded, claimed anything or
+/// reached Klarna, and its deadline (tonic's `grpc-timeout`, outside this stack) still runs,
+/// so a call that waits too long ends DEADLINE_EXCEEDED with nothing done. Served calls are
+/// what cost memory (tens of KiB each: the handler, the operation, its Klarna call), so the
+/// queue bounds the gateway's memory under a burst without refusing it.
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
-    permits: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
     limit: usize,
 }
 
 impl ShedLayer {
-    /// A server-wide limit of `limit` concurrent calls.
-    pub fn new(limit: usize) -> Self {
+    /// A server-wide limit of `limit` concurrent calls, `running` of them served at once (at
+    /// most `limit`).
+    pub fn new(limit: usize, running: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limit)),
+            admitted: Arc::new(Semaphore::new(limit)),
+            running: Arc::new(Semaphore::new(running.min(limit))),
             limit,
         }
+    }
+
+    fn overloaded(&self) -> GatewayError {
+        metrics::counter!("rpc_load_shed_total").increment(1);
+        GatewayError::Overloaded { limit: self.limit }
     }
 }
 
 impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Gated<S, Self>;
+    type Service = Shed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Gated {
+        Shed {
             inner,
-            gate: self.clone(),
+            layer: self.clone(),
         }
     }
 }
 
-impl Gate for ShedLayer {
-    /// A slot, held until the call's answer is ready.
-    type Pass = tokio::sync::OwnedSemaphorePermit;
+/// [`ShedLayer`]'s service.
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
 
-    fn admit<B>(&self, _request: &Request<B>) -> Result<Self::Pass, GatewayError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("rpc_load_shed_total").increment(1);
-            GatewayError::Overloaded { limit: self.limit }
+impl<S, B, ResBody> tower::Service<Request<B>> for Shed<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !guarded(&request) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(admitted) = self.layer.admitted.clone().try_acquire_owned() else {
+            let response = to_status(&self.layer.overloaded()).into_http();
+            return Box::pin(async move { Ok(response) });
+        };
+        if let Ok(running) = self.layer.running.clone().try_acquire_owned() {
+            let call = self.inner.call(request);
+            return Box::pin(async move {
+                let response = call.await;
+                drop((running, admitted));
+                response
+            });
+        }
+        // Its turn comes later: the service made ready by `poll_ready` goes with the call
+        // (tower's rule: call only a ready service) and a clone takes its place here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let running = self.layer.running.clone();
+        let limit = self.layer.limit;
+        Box::pin(async move {
+            // The semaphore is never closed, so the wait ends only with a permit.
+            let Ok(running) = running.acquire_owned().await else {
+                return Ok(to_status(&GatewayError::Overloaded { limit }).into_http());
+            };
+            let response = inner.call(request).await;
+            drop((running, admitted));
+            response
         })
     }
 }
@@ -324,5 +386,162 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::FutureExt;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    const REFUND: &str = "/refundgateway.v1.RefundGatewayService/RefundOrder";
+    const HEALTH: &str = "/grpc.health.v1.Health/Check";
+
+    /// A service that counts the calls it was given and answers each once `release` has a
+    /// permit for it.
+    #[derive(Clone)]
+    struct Held {
+        started: Arc<AtomicUsize>,
+        release: Arc<Semaphore>,
+    }
+
+    impl Held {
+        fn new() -> Self {
+            Self {
+                started: Arc::new(AtomicUsize::new(0)),
+                release: Arc::new(Semaphore::new(0)),
+            }
+        }
+
+        fn started(&self) -> usize {
+            self.started.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Service<Request<()>> for Held {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = BoxFuture<'static, Result<Response<String>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let release = self.release.clone();
+            Box::pin(async move {
+                release
+                    .acquire()
+                    .await
+                    .unwrap_or_else(|e| panic!("never closed: {e}"))
+                    .forget();
+                Ok(Response::new(String::new()))
+            })
+        }
+    }
+
+    type Call = BoxFuture<'static, Result<Response<String>, Infallible>>;
+
+    async fn call(service: &mut Shed<Held>, path: &str) -> Call {
+        let request = Request::builder()
+            .uri(path)
+            .body(())
+            .unwrap_or_else(|e| panic!("a valid request: {e}"));
+        service
+            .ready()
+            .await
+            .unwrap_or_else(|e| match e {})
+            .call(request)
+    }
+
+    /// Polls `call` once: its answer if it has one now.
+    fn poll(call: &mut Call) -> Option<Response<String>> {
+        call.now_or_never().map(|answer| match answer {
+            Ok(response) => response,
+        })
+    }
+
+    fn code(response: &Response<String>) -> tonic::Code {
+        tonic::Status::from_header_map(response.headers())
+            .map(|status| status.code())
+            .unwrap_or(tonic::Code::Ok)
+    }
+
+    #[tokio::test]
+    async fn past_the_running_limit_a_call_waits_its_turn_and_past_the_limit_it_is_shed() {
+        let held = Held::new();
+        let layer = ShedLayer::new(3, 2);
+        let mut service = layer.layer(held.clone());
+
+        let mut first = call(&mut service, REFUND).await;
+        let mut second = call(&mut service, REFUND).await;
+        assert!(poll(&mut first).is_none() && poll(&mut second).is_none());
+        assert_eq!(held.started(), 2);
+
+        // The third is taken but not served: the service has not seen it.
+        let mut third = call(&mut service, REFUND).await;
+        assert!(poll(&mut third).is_none());
+        assert_eq!(
+            held.started(),
+            2,
+            "a third call was served past the running limit"
+        );
+
+        // A fourth is past `max_concurrent_rpcs` (the waiting call counts): shed at once.
+        let mut fourth = call(&mut service, REFUND).await;
+        let shed = poll(&mut fourth).unwrap_or_else(|| panic!("a shed call is answered at once"));
+        assert_eq!(code(&shed), tonic::Code::ResourceExhausted);
+        assert_eq!(held.started(), 2);
+
+        // Health checks neither wait nor count.
+        let mut health = call(&mut service, HEALTH).await;
+        assert!(poll(&mut health).is_none());
+        assert_eq!(held.started(), 3);
+
+        // The first call ends: the third's turn comes, in its own time.
+        held.release.add_permits(1);
+        let answered = poll(&mut first).unwrap_or_else(|| panic!("the first call was released"));
+        assert_eq!(code(&answered), tonic::Code::Ok);
+        assert!(poll(&mut third).is_none());
+        assert_eq!(
+            held.started(),
+            4,
+            "the waiting call was not served when a turn freed"
+        );
+
+        // A waiting call given up (its caller gone, its deadline past) frees its place.
+        let mut waiting = call(&mut service, REFUND).await;
+        assert!(poll(&mut waiting).is_none());
+        let mut shed = call(&mut service, REFUND).await;
+        assert_eq!(
+            code(&poll(&mut shed).unwrap_or_else(|| panic!("shed"))),
+            tonic::Code::ResourceExhausted
+        );
+        drop(waiting);
+        let mut taken = call(&mut service, REFUND).await;
+        assert!(
+            poll(&mut taken).is_none(),
+            "a dropped waiting call kept its place"
+        );
+        assert_eq!(held.started(), 4);
+
+        held.release.add_permits(3);
+        for mut call in [second, third, health] {
+            let answered = poll(&mut call).unwrap_or_else(|| panic!("released"));
+            assert_eq!(code(&answered), tonic::Code::Ok);
+        }
+        assert!(poll(&mut taken).is_none());
+        assert_eq!(held.started(), 5);
+        held.release.add_permits(1);
+        assert_eq!(
+            code(&poll(&mut taken).unwrap_or_else(|| panic!("released"))),
+            tonic::Code::Ok
+        );
     }
 }

@@ -352,6 +352,7 @@ pub async fn start(
     let inbound = inbound::inbound_stack(
         authentication,
         settings.max_concurrent_rpcs,
+        settings.max_running_rpcs,
         settings.max_message_bytes,
     );
 

@@ -1,5 +1,5 @@
 //! The inbound limits end to end: each caller's own rate, the server-wide concurrency limit
-//! with load shedding, the minimum deadline of a money movement, and a caller's deadline
+//! with its queue and load shedding, the minimum deadline of a money movement, and a caller's deadline
 //! bounding the Klarna attempts made for it. A refusal is immediate and reaches neither Klarna
 //! nor the operation store.
 
@@ -249,6 +249,73 @@ async fn past_max_concurrent_rpcs_a_call_is_shed_at_once_and_health_still_answer
     // The slots are free again.
     app.client.get_order(get_order(&order.order_id)).await?;
     assert_eq!(order_reads(&app.sim.sim, &order.order_id), 3);
+    app.shutdown().await
+}
+
+#[tokio::test]
+async fn past_max_running_rpcs_a_call_waits_its_turn_within_its_deadline() -> anyhow::Result<()> {
+    let mut app = spawn_app_with(AppOptions {
+        max_running_rpcs: Some(1),
+        ..AppOptions::default()
+    })
+    .await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    // The one turn is held at Klarna (CommitThenHold: logged when it arrives).
+    const HOLD: Duration = Duration::from_secs(3);
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("GET".into()),
+        path: format!("/ordermanagement/v1/orders/{}", order.order_id),
+        times: 1,
+        kind: FaultKind::CommitThenHold {
+            millis: HOLD.as_millis() as u64,
+        },
+    });
+    let slow = {
+        let mut client = app.client.clone();
+        let request = get_order(&order.order_id);
+        tokio::spawn(async move { client.get_order(request).await })
+    };
+    wait_until(
+        "the slow read to reach Klarna",
+        Duration::from_secs(30),
+        async || {
+            Ok::<_, anyhow::Error>((order_reads(&app.sim.sim, &order.order_id) == 1).then_some(()))
+        },
+    )
+    .await?;
+
+    // A call whose deadline ends before its turn comes ends then, is not shed, and never
+    // reaches Klarna.
+    let mut short = Request::new(get_order(&order.order_id));
+    short.set_timeout(Duration::from_millis(300));
+    let expired = app
+        .client
+        .get_order(short)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a call was served while the one turn was held"))?;
+    // Whichever timer ends it first, the client's or the server's, it is a deadline's end
+    // (tonic says CANCELLED "Timeout expired" for either), not a refusal.
+    assert!(
+        matches!(expired.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{expired:?}"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the turn was free before the short deadline ended; the check proves nothing"
+    );
+    assert_eq!(order_reads(&app.sim.sim, &order.order_id), 1);
+
+    // One with time to wait is served once the turn is free.
+    let waiting = {
+        let mut client = app.client.clone();
+        let request = get_order(&order.order_id);
+        tokio::spawn(async move { client.get_order(request).await })
+    };
+    slow.await??;
+    waiting.await??;
+    // The expired call never reached Klarna, not even after the turn was free.
+    assert_eq!(order_reads(&app.sim.sim, &order.order_id), 2);
     app.shutdown().await
 }
 
