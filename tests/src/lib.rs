@@ -163,7 +163,7 @@ pub struct AppOptions {
     pub callers: Option<String>,
     /// `max_concurrent_rpcs` (default: the gateway's 2048).
     pub max_concurrent_rpcs: Option<usize>,
-    /// `max_running_rpcs` (default: the gateway's 256).
+    /// `max_running_rpcs` (default: the gateway's 512).
     pub max_running_rpcs: Option<usize>,
     /// `min_deadline_ms` (default: the gateway's 200).
     pub min_deadline_ms: Option<u64>,

@@ -147,7 +147,7 @@ impl Default for Settings {
             reconcile_interval_ms: 10_000,
             reconcile_parallelism: 8,
             max_concurrent_rpcs: 2048,
-            max_running_rpcs: 256,
+            max_running_rpcs: 512,
             min_deadline_ms: 200,
             max_message_bytes: 4 * 1024 * 1024,
             retention_days: 30,
