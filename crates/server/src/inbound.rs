@@ -15,7 +15,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use refund_gateway_domain::GatewayError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tower::layer::util::{Identity, Stack};
 use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
@@ -152,15 +152,16 @@ impl<S> tower::Layer<S> for CallerRateLimitLayer {
 impl Gate for CallerRateLimitLayer {
     type Pass = ();
 
-    fn admit<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
+    fn admit<B>(&self, request: &Request<B>) -> Result<Admission<()>, GatewayError> {
         let Some(caller) = request.extensions().get::<AuthenticatedCaller>() else {
-            return Ok(());
+            return Ok(Admission::Now(()));
         };
         let caller = &caller.0;
         let Some(rate) = caller.rate() else {
-            return Ok(());
+            return Ok(Admission::Now(()));
         };
-        self.bucket(caller.name(), rate).check().map_err(|not_until| {
+        let checked = self.bucket(caller.name(), rate).check();
+        checked.map(Admission::Now).map_err(|not_until| {
             metrics::counter!("rpc_caller_rate_limited_total", "caller" => caller.name().to_owned())
                 .increment(1);
             GatewayError::CallerRateLimited {
@@ -178,7 +179,7 @@ impl Gate for CallerRateLimitLayer {
 ///
 /// A waiting call holds only its request: it has not been decoded, claimed anything or
 /// reached Klarna, and its deadline (tonic's `grpc-timeout`, outside this stack) still runs,
-/// so a call that waits too long ends DEADLINE_EXCEEDED with nothing done. Served calls are
+/// so a call that waits too long ends at its deadline with nothing done. Served calls are
 /// what cost memory (tens of KiB each: the handler, the operation, its Klarna call), so the
 /// queue bounds the gateway's memory under a burst without refusing it.
 #[derive(Debug, Clone)]
@@ -198,77 +199,41 @@ impl ShedLayer {
             limit,
         }
     }
-
-    fn overloaded(&self) -> GatewayError {
-        metrics::counter!("rpc_load_shed_total").increment(1);
-        GatewayError::Overloaded { limit: self.limit }
-    }
 }
 
 impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+    type Service = Gated<S, Self>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Shed {
+        Gated {
             inner,
-            layer: self.clone(),
+            gate: self.clone(),
         }
     }
 }
 
-/// [`ShedLayer`]'s service.
-#[derive(Debug, Clone)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
-}
+impl Gate for ShedLayer {
+    /// A place among the calls taken and a turn among those served, held until the call's
+    /// answer is ready.
+    type Pass = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
-impl<S, B, ResBody> tower::Service<Request<B>> for Shed<S>
-where
-    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        if !guarded(&request) {
-            return Box::pin(self.inner.call(request));
-        }
-        let Ok(admitted) = self.layer.admitted.clone().try_acquire_owned() else {
-            let response = to_status(&self.layer.overloaded()).into_http();
-            return Box::pin(async move { Ok(response) });
-        };
-        if let Ok(running) = self.layer.running.clone().try_acquire_owned() {
-            let call = self.inner.call(request);
-            return Box::pin(async move {
-                let response = call.await;
-                drop((running, admitted));
-                response
-            });
-        }
-        // Its turn comes later: the service made ready by `poll_ready` goes with the call
-        // (tower's rule: call only a ready service) and a clone takes its place here.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let running = self.layer.running.clone();
-        let limit = self.layer.limit;
-        Box::pin(async move {
-            // The semaphore is never closed, so the wait ends only with a permit.
-            let Ok(running) = running.acquire_owned().await else {
-                return Ok(to_status(&GatewayError::Overloaded { limit }).into_http());
-            };
-            let response = inner.call(request).await;
-            drop((running, admitted));
-            response
+    fn admit<B>(&self, _request: &Request<B>) -> Result<Admission<Self::Pass>, GatewayError> {
+        let taken = self.admitted.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("rpc_load_shed_total").increment(1);
+            GatewayError::Overloaded { limit: self.limit }
+        })?;
+        Ok(match self.running.clone().try_acquire_owned() {
+            Ok(turn) => Admission::Now((taken, turn)),
+            Err(_) => {
+                let running = self.running.clone();
+                let limit = self.limit;
+                Admission::Later(Box::pin(async move {
+                    // The semaphore is never closed: the wait ends with a turn.
+                    let turn = running.acquire_owned().await;
+                    turn.map(|turn| (taken, turn))
+                        .map_err(|_| GatewayError::Overloaded { limit })
+                }))
+            }
         })
     }
 }
@@ -279,8 +244,25 @@ pub trait Gate: Clone + Send + Sync + 'static {
     /// What an admitted call holds while it runs.
     type Pass: Send + 'static;
 
-    /// Admits `request`, or says why not.
-    fn admit<B>(&self, request: &Request<B>) -> Result<Self::Pass, GatewayError>;
+    /// Admits `request`, now or when its turn comes, or says why not.
+    fn admit<B>(&self, request: &Request<B>) -> Result<Admission<Self::Pass>, GatewayError>;
+}
+
+/// A [`Gate`]'s admission of a call.
+pub enum Admission<P> {
+    /// The call goes on now, holding `P`.
+    Now(P),
+    /// The call waits for this, then goes on holding `P` or is refused.
+    Later(BoxFuture<'static, Result<P, GatewayError>>),
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for Admission<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Now(pass) => f.debug_tuple("Now").field(pass).finish(),
+            Self::Later(_) => f.write_str("Later"),
+        }
+    }
 }
 
 /// The service of a [`Gate`]'s layer.
@@ -312,10 +294,25 @@ where
             return Box::pin(self.inner.call(request));
         }
         match self.gate.admit(&request) {
-            Ok(pass) => {
+            Ok(Admission::Now(pass)) => {
                 let call = self.inner.call(request);
                 Box::pin(async move {
                     let response = call.await;
+                    drop(pass);
+                    response
+                })
+            }
+            Ok(Admission::Later(turn)) => {
+                // The service made ready by `poll_ready` goes with the call (tower's rule:
+                // call only a ready service) and a clone takes its place here.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move {
+                    let pass = match turn.await {
+                        Ok(pass) => pass,
+                        Err(error) => return Ok(to_status(&error).into_http()),
+                    };
+                    let response = inner.call(request).await;
                     drop(pass);
                     response
                 })
@@ -448,7 +445,7 @@ mod tests {
 
     type Call = BoxFuture<'static, Result<Response<String>, Infallible>>;
 
-    async fn call(service: &mut Shed<Held>, path: &str) -> Call {
+    async fn call(service: &mut Gated<Held, ShedLayer>, path: &str) -> Call {
         let request = Request::builder()
             .uri(path)
             .body(())
