@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use refund_gateway_tests::{AppOptions, spawn_app_with, wait_until};
+use refund_gateway_tests::{AppOptions, TestApp, spawn_app_with, wait_until};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -49,6 +49,44 @@ fn order_reads(sim: &Simulator, order_id: &str) -> usize {
         .iter()
         .filter(|r| r.method == "GET" && r.path == path)
         .count()
+}
+
+/// A read of `order_id` answered (or failed) in the background.
+type HeldRead = tokio::task::JoinHandle<Result<tonic::Response<pb::GetOrderResponse>, Status>>;
+
+/// Sends `count` reads of `order_id` that Klarna holds for `hold`, and returns once Klarna has
+/// all of them. CommitThenHold rather than Latency: the simulator logs a held call when it
+/// arrives (a delayed one only once answered), so the log shows when they hold their slots.
+async fn held_reads(
+    app: &TestApp,
+    order_id: &str,
+    count: usize,
+    hold: Duration,
+) -> anyhow::Result<Vec<HeldRead>> {
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("GET".into()),
+        path: format!("/ordermanagement/v1/orders/{order_id}"),
+        times: count as u32,
+        kind: FaultKind::CommitThenHold {
+            millis: hold.as_millis() as u64,
+        },
+    });
+    let reads = (0..count)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = get_order(order_id);
+            tokio::spawn(async move { client.get_order(request).await })
+        })
+        .collect();
+    wait_until(
+        "the held reads to reach Klarna",
+        Duration::from_secs(30),
+        async || {
+            Ok::<_, anyhow::Error>((order_reads(&app.sim.sim, order_id) == count).then_some(()))
+        },
+    )
+    .await?;
+    Ok(reads)
 }
 
 /// The refund POSTs on `order_id` the simulator logged.
@@ -174,33 +212,9 @@ async fn past_max_concurrent_rpcs_a_call_is_shed_at_once_and_health_still_answer
     })
     .await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    // The first two reads are held at Klarna. CommitThenHold rather than Latency: the simulator
-    // logs a held call when it arrives (a delayed one only once answered), so the log shows
-    // when both slots are taken.
+    // The first two reads are held at Klarna, holding both slots.
     const HOLD: Duration = Duration::from_secs(5);
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("GET".into()),
-        path: format!("/ordermanagement/v1/orders/{}", order.order_id),
-        times: 2,
-        kind: FaultKind::CommitThenHold {
-            millis: HOLD.as_millis() as u64,
-        },
-    });
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let mut client = app.client.clone();
-            let request = get_order(&order.order_id);
-            tokio::spawn(async move { client.get_order(request).await })
-        })
-        .collect();
-    wait_until(
-        "both slow reads to reach Klarna",
-        Duration::from_secs(30),
-        async || {
-            Ok::<_, anyhow::Error>((order_reads(&app.sim.sim, &order.order_id) == 2).then_some(()))
-        },
-    )
-    .await?;
+    let slow = held_reads(&app, &order.order_id, 2, HOLD).await?;
 
     let started = Instant::now();
     let shed = app
@@ -260,29 +274,10 @@ async fn past_max_running_rpcs_a_call_waits_its_turn_within_its_deadline() -> an
     })
     .await?;
     let order = captured_order(&app.sim.sim, 10_000);
-    // The one turn is held at Klarna (CommitThenHold: logged when it arrives).
+    // The one turn is held at Klarna.
     const HOLD: Duration = Duration::from_secs(3);
-    app.sim.sim.inject_fault(FaultSpec {
-        method: Some("GET".into()),
-        path: format!("/ordermanagement/v1/orders/{}", order.order_id),
-        times: 1,
-        kind: FaultKind::CommitThenHold {
-            millis: HOLD.as_millis() as u64,
-        },
-    });
-    let slow = {
-        let mut client = app.client.clone();
-        let request = get_order(&order.order_id);
-        tokio::spawn(async move { client.get_order(request).await })
-    };
-    wait_until(
-        "the slow read to reach Klarna",
-        Duration::from_secs(30),
-        async || {
-            Ok::<_, anyhow::Error>((order_reads(&app.sim.sim, &order.order_id) == 1).then_some(()))
-        },
-    )
-    .await?;
+    let mut slow = held_reads(&app, &order.order_id, 1, HOLD).await?;
+    let slow = slow.remove(0);
 
     // A call whose deadline ends before its turn comes ends then, is not shed, and never
     // reaches Klarna.
