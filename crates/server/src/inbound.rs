@@ -464,10 +464,14 @@ mod tests {
         })
     }
 
+    /// The answer's gRPC code (`grpc-status`; none: OK, a plain answer).
     fn code(response: &Response<String>) -> tonic::Code {
-        tonic::Status::from_header_map(response.headers())
-            .map(|status| status.code())
-            .unwrap_or(tonic::Code::Ok)
+        response
+            .headers()
+            .get("grpc-status")
+            .map_or(tonic::Code::Ok, |code| {
+                tonic::Code::from_bytes(code.as_bytes())
+            })
     }
 
     #[tokio::test]
