@@ -193,6 +193,9 @@ impl ShedLayer {
     /// A server-wide limit of `limit` concurrent calls, `running` of them served at once (at
     /// most `limit`).
     pub fn new(limit: usize, running: usize) -> Self {
+        // Exported from the start, at 0 until a call waits, so a dashboard sees "none" rather
+        // than "no data".
+        metrics::gauge!(WAITING).increment(0.0);
         Self {
             admitted: Arc::new(Semaphore::new(limit)),
             running: Arc::new(Semaphore::new(running.min(limit))),
@@ -227,14 +230,37 @@ impl Gate for ShedLayer {
             Err(_) => {
                 let running = self.running.clone();
                 let limit = self.limit;
+                let waiting = Waiting::start();
                 Admission::Later(Box::pin(async move {
                     // The semaphore is never closed: the wait ends with a turn.
                     let turn = running.acquire_owned().await;
+                    drop(waiting);
                     turn.map(|turn| (taken, turn))
                         .map_err(|_| GatewayError::Overloaded { limit })
                 }))
             }
         })
+    }
+}
+
+/// The gauge of calls taken and waiting for their turn.
+const WAITING: &str = "rpc_waiting";
+
+/// A call counted in [`WAITING`] from its admission until its turn comes or it ends first
+/// (its deadline passed, its client went away): the count goes down when this is dropped,
+/// whichever way the wait ends.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Self {
+        metrics::gauge!(WAITING).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!(WAITING).decrement(1.0);
     }
 }
 

@@ -349,13 +349,6 @@ pub async fn start(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let inbound = inbound::inbound_stack(
-        authentication,
-        settings.max_concurrent_rpcs,
-        settings.max_running_rpcs,
-        settings.max_message_bytes,
-    );
-
     let mut background = vec![
         tokio::spawn(protocol::reconcile_forever(
             protocol.clone(),
@@ -369,7 +362,8 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ];
-    // The recorder first: a metric recorded before it is installed is lost.
+    // The recorder first: a metric recorded before it is installed is lost (the
+    // inbound stack's gauge of waiting calls is registered when the stack is built).
     let metrics = telemetry::metrics_handle();
     metrics::gauge!(
         "refund_gateway_build_info",
@@ -377,6 +371,12 @@ pub async fn start(
         "commit" => env!("REFUND_GATEWAY_COMMIT"),
     )
     .set(1.0);
+    let inbound = inbound::inbound_stack(
+        authentication,
+        settings.max_concurrent_rpcs,
+        settings.max_running_rpcs,
+        settings.max_message_bytes,
+    );
     background.push(tokio::spawn(telemetry::metrics_upkeep(stop_rx.clone())));
     background.push(tokio::spawn(telemetry::attention_gauges(
         protocol.store().clone(),

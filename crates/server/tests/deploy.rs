@@ -21,6 +21,7 @@ const KNOWN_METRICS: &[&str] = &[
     "rpc_duration_seconds",
     "rpc_caller_rate_limited_total",
     "rpc_load_shed_total",
+    "rpc_waiting",
     "klarna_attempts_total",
     "klarna_attempt_duration_seconds",
     "klarna_retries_total",

@@ -569,6 +569,93 @@ async fn a_resent_refund_is_one_trace_and_moves_the_metrics() -> anyhow::Result<
     Ok(())
 }
 
+/// `rpc_waiting` counts the calls waiting for a turn past `max_running_rpcs` (here 1): 0 before
+/// any waits, 1 while a call waits, 0 again when a waiting call's deadline ends it, and when
+/// the turn comes and the waiting call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_calls_gauge_follows_the_queue() -> anyhow::Result<()> {
+    let sim = klarna_sim::spawn(SimConfig::default()).await?;
+    let order_id = captured_order(&sim);
+    // The one turn is held at Klarna: the first read of the order waits there.
+    sim.sim.inject_fault(FaultSpec {
+        method: Some("GET".into()),
+        path: format!("/ordermanagement/v1/orders/{order_id}"),
+        times: 1,
+        kind: FaultKind::Latency { millis: 6_000 },
+    });
+    let Started {
+        client,
+        gateway,
+        _work,
+    } = start_gateway(
+        "queued gateway",
+        klarna_env(&sim),
+        "max_running_rpcs = 1\n",
+        &[],
+    )
+    .await?;
+    let admin = admin_addr(&gateway)?;
+    let waiting = async || -> anyhow::Result<f64> {
+        series(&scrape(&admin).await?, "rpc_waiting", &[])
+            .ok_or_else(|| anyhow!("no rpc_waiting in /metrics"))
+    };
+    ensure!(waiting().await? == 0.0, "calls waiting before any call");
+    let read = |timeout: Option<std::time::Duration>| {
+        let mut client = client.clone();
+        let order_id = order_id.clone();
+        tokio::spawn(async move {
+            let mut request = call(
+                GetOrderRequest {
+                    order_id,
+                    ..Default::default()
+                },
+                TOKEN,
+                None,
+            )?;
+            if let Some(timeout) = timeout {
+                request.set_timeout(timeout);
+            }
+            anyhow::Ok(client.get_order(request).await)
+        })
+    };
+    let gauge_is = |value: f64| {
+        let waiting = &waiting;
+        async move {
+            wait_until(
+                &format!("rpc_waiting to be {value}"),
+                WAIT_LIMIT,
+                async || Ok::<_, anyhow::Error>((waiting().await? == value).then_some(())),
+            )
+            .await
+        }
+    };
+
+    let held = read(None);
+    wait_until("the first read to reach Klarna", WAIT_LIMIT, async || {
+        Ok::<_, anyhow::Error>((!sim.sim.injected_faults().is_empty()).then_some(()))
+    })
+    .await?;
+    // A call with a deadline waits, then its deadline ends it: the gauge goes back down.
+    let short = read(Some(std::time::Duration::from_millis(1_500)));
+    gauge_is(1.0).await?;
+    ensure!(short.await??.is_err(), "served while the one turn was held");
+    gauge_is(0.0).await?;
+    ensure!(
+        !held.is_finished(),
+        "the turn was free: the check proves nothing"
+    );
+
+    // A call with time waits, and is served when the turn comes.
+    let patient = read(None);
+    gauge_is(1.0).await?;
+    held.await??
+        .map_err(|status| anyhow!("the held read failed: {status:?}"))?;
+    patient
+        .await??
+        .map_err(|status| anyhow!("the waiting read failed: {status:?}"))?;
+    gauge_is(0.0).await
+}
+
 /// A refund that goes PENDING (Klarna holds the answer past the caller's deadline) is settled
 /// by the reconciler in a trace of its own, a root span linked to the RPC that created it,
 /// with its Klarna attempt inside; the take-over's audit event names that trace.
