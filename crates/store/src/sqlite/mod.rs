@@ -56,7 +56,8 @@ use time::{Date, OffsetDateTime};
 
 use crate::read;
 use crate::row::{
-    check_final, check_resolution, day_text, holder_text, id_text, lease_end, micros,
+    check_final, check_resolution, claimed_operation, day_text, holder_text, id_text, lease_end,
+    micros,
 };
 use order_locks::OrderLocks;
 pub use order_locks::SqliteOrderLock;
@@ -294,9 +295,19 @@ impl OperationStore for SqliteStore {
             now,
             lease_until: lease_end(now, lease),
         };
-        match self.writer.submit(op).await? {
-            Outcome::Claim(claim) => Ok(*claim),
-            other => Err(mismatch(&other)),
+        match self.writer.submit_and_return(op).await? {
+            (
+                Outcome::Claimed,
+                WriteOp::Claim {
+                    op,
+                    holder,
+                    now,
+                    lease_until,
+                    ..
+                },
+            ) => Ok(Claim::New(claimed_operation(op, holder, now, lease_until)?)),
+            (Outcome::Exists(existing), _) => Ok(Claim::Existing(*existing)),
+            (other, _) => Err(mismatch(&other)),
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::LazyLock;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
+    Completion, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
 };
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
@@ -33,8 +33,8 @@ use sqlx::SqlitePool;
 
 use crate::read::{SELECT_OPERATION, SELECT_REFERENCE};
 use crate::row::{
-    OperationRow, ReferenceRow, SqlValue, claim_values, claimed_operation, db_error,
-    insert_event_from, link_found, reference_values, resolution_values, webhook_values,
+    OperationRow, ReferenceRow, SqlValue, claim_values, db_error, insert_event_from, link_found,
+    reference_values, resolution_values, webhook_values,
 };
 
 /// Inserts the operation as IN_FLIGHT (the trigger adds its "claimed" event); changes no row
@@ -171,8 +171,7 @@ const LINK_REFERENCE: &str = "INSERT INTO order_references \
 pub(super) struct ClaimArgs<'a> {
     pub(super) id: &'a str,
     pub(super) op: &'a NewOperation,
-    pub(super) holder: LeaseHolder,
-    /// `holder` as stored.
+    /// The lease holder as stored.
     pub(super) holder_text: &'a str,
     pub(super) now: i64,
     pub(super) lease_until: i64,
@@ -217,19 +216,15 @@ pub(super) fn sqlite_error(error: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Claims `c`: inserted as IN_FLIGHT with its "claimed" event, or the stored operation.
-pub(super) fn claim(conn: &Connection, c: &ClaimArgs<'_>) -> Result<Claim, StoreError> {
+/// Claims `c`: inserted as IN_FLIGHT with its "claimed" event (`None`: the operation is
+/// `c`'s, for the caller to build), or the stored operation.
+pub(super) fn claim(conn: &Connection, c: &ClaimArgs<'_>) -> Result<Option<Operation>, StoreError> {
     let values = claim_values(c.id, c.op, c.holder_text, c.lease_until, c.now);
     if changed_one(conn, CLAIM, params_from_iter(values.iter()))? {
-        return Ok(Claim::New(claimed_operation(
-            c.op.clone(),
-            c.holder,
-            c.now,
-            c.lease_until,
-        )?));
+        return Ok(None);
     }
     match get(conn, c.id)? {
-        Some(existing) => Ok(Claim::Existing(existing)),
+        Some(existing) => Ok(Some(existing)),
         // The writer holds the write lock: a row that conflicted a moment ago is still there.
         None => Err(StoreError::Corrupt(format!(
             "operation {} conflicted on insert but cannot be read",

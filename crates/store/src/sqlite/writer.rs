@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Resolution, StoreError, WebhookEvent,
+    Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
 };
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -150,8 +150,12 @@ pub(super) enum WriteOp {
 /// The result of a [`WriteOp`], by kind.
 #[derive(Debug)]
 pub(super) enum Outcome {
-    // Boxed: a claim is large, and outcomes move through channels.
-    Claim(Box<Claim>),
+    /// The claim inserted its row: the operation is the request's (built by the caller, from
+    /// the request it gets back).
+    Claimed,
+    /// The claim found the operation stored. Boxed: an operation is large, and outcomes move
+    /// through channels.
+    Exists(Box<Operation>),
     /// Whether the row changed (take-over, renewal, transitions, daily totals) or was
     /// inserted (webhooks).
     Changed(bool),
@@ -165,7 +169,8 @@ pub(super) enum Outcome {
 
 struct Request {
     op: WriteOp,
-    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// The outcome, and the write given back (see [`Writer::submit_and_return`]).
+    reply: oneshot::Sender<(Result<Outcome, StoreError>, WriteOp)>,
 }
 
 /// The way to the writer thread. The thread ends, closing its connection, when the last
@@ -218,14 +223,26 @@ impl Writer {
 
     /// Runs `op` in the next group; returns once it is committed (or failed).
     pub(super) async fn submit(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        self.submit_and_return(op).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Writer::submit`], with `op` given back. A write's values were allocated on the
+    /// caller's thread: freed there, not on the writer's, they cost the allocator no
+    /// cross-thread free, and a new claim's operation is built from them there instead of
+    /// being copied on the writer's thread, which every write waits for.
+    pub(super) async fn submit_and_return(
+        &self,
+        op: WriteOp,
+    ) -> Result<(Outcome, WriteOp), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request { op, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".to_owned()))?;
-        answer.await.map_err(|_| {
+        let (outcome, op) = answer.await.map_err(|_| {
             StoreError::Unavailable("the SQLite writer stopped before answering".to_owned())
-        })?
+        })?;
+        outcome.map(|outcome| (outcome, op))
     }
 }
 
@@ -314,26 +331,26 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Request>, stats: &Counters) {
     let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
     match run_in_transaction(conn, &ops) {
         Ok(outcomes) => {
-            for (request, outcome) in batch.drain(..).zip(outcomes) {
+            for (Request { op, reply }, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up no longer listens; its write stands regardless.
-                let _ = request.reply.send(Ok(outcome));
+                let _ = reply.send((Ok(outcome), op));
             }
         }
         Err(error) if batch.len() == 1 => {
-            if let Some(request) = batch.pop() {
-                let _ = request.reply.send(Err(error));
+            if let Some(Request { op, reply }) = batch.pop() {
+                let _ = reply.send((Err(error), op));
             }
         }
         Err(error) => {
             tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
-            for request in batch.drain(..) {
+            for Request { op, reply } in batch.drain(..) {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                let result = run_in_transaction(conn, &[&request.op]).and_then(|mut outcomes| {
+                let result = run_in_transaction(conn, &[&op]).and_then(|mut outcomes| {
                     outcomes.pop().ok_or_else(|| {
                         StoreError::Unavailable("the SQLite writer lost an answer".to_owned())
                     })
                 });
-                let _ = request.reply.send(result);
+                let _ = reply.send((result, op));
             }
         }
     }
@@ -387,21 +404,23 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Outcome, StoreError> {
         WriteOp::Claim {
             id,
             op,
-            holder,
             holder_text,
             now,
             lease_until,
-        } => Outcome::Claim(Box::new(sql::claim(
+            ..
+        } => match sql::claim(
             conn,
             &ClaimArgs {
                 id,
                 op,
-                holder: *holder,
                 holder_text,
                 now: *now,
                 lease_until: *lease_until,
             },
-        )?)),
+        )? {
+            None => Outcome::Claimed,
+            Some(existing) => Outcome::Exists(Box::new(existing)),
+        },
         WriteOp::Finish {
             id,
             holder,
