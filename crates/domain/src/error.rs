@@ -223,6 +223,16 @@ pub enum GatewayError {
         /// The limit.
         limit: usize,
     },
+    /// The call's deadline (less the margin its answer needs to reach the caller) passed
+    /// while it waited for its turn behind the calls being served; nothing was decoded,
+    /// stored or sent.
+    #[error(
+        "gave up waiting for a turn after {waited:?}, too close to the deadline: the gateway was serving as many calls as it serves at once"
+    )]
+    WaitedPastDeadline {
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// The caller's deadline leaves too little time to attempt the mutation safely; nothing
     /// was stored or sent.
     #[error("the deadline ({remaining:?}) is shorter than the {minimum:?} a mutation needs")]

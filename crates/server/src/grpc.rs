@@ -185,7 +185,15 @@ const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 /// The caller's deadline from `grpc-timeout` (`<digits><unit>`: at most 8 digits, unit one of
 /// H M S m u n), at most [`MAX_DEADLINE`]. A value outside the spec is ignored, as if absent.
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// [`grpc_timeout`] from a request's HTTP headers, for the layers before tonic's decoding.
+pub fn grpc_timeout_header(headers: &http::HeaderMap) -> Option<Duration> {
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -248,6 +256,7 @@ fn log_failure(rpc: &'static str, error: &GatewayError) {
         }
         GatewayError::CallerRateLimited { .. }
         | GatewayError::Overloaded { .. }
+        | GatewayError::WaitedPastDeadline { .. }
         | GatewayError::DeadlineTooShort { .. }
         | GatewayError::MessageTooLarge { .. } => {
             tracing::info!(rpc, error = %error, "request refused by the gateway's limits")

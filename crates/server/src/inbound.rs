@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
@@ -23,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer};
 
 use crate::auth::{AuthLayer, AuthenticatedCaller, Authentication};
+use crate::grpc::grpc_timeout_header;
 use crate::middleware::{REQUEST_ID, RpcEnd, RpcFailure, RpcMetricsLayer, RpcSpan, RpcStart};
 use crate::status::to_status;
 
@@ -66,6 +68,7 @@ pub fn inbound_stack(
     max_concurrent_rpcs: usize,
     max_running_rpcs: usize,
     max_message_bytes: usize,
+    deadline_margin: Duration,
 ) -> InboundStack {
     tower::ServiceBuilder::new()
         // Outermost: give every call a request id before anything logs about it, so the span,
@@ -93,7 +96,11 @@ pub fn inbound_stack(
         // The server-wide concurrency limit after the per-caller one, so a flooding caller's
         // refused calls never hold a slot; beyond it calls are shed at once. Before the
         // service, so a call waiting for its turn has not been decoded or started anything.
-        .layer(ShedLayer::new(max_concurrent_rpcs, max_running_rpcs))
+        .layer(ShedLayer::new(
+            max_concurrent_rpcs,
+            max_running_rpcs,
+            deadline_margin,
+        ))
         // Innermost: tonic's answer to an oversized message becomes RESOURCE_EXHAUSTED.
         .layer(MessageSizeLayer::new(max_message_bytes))
 }
@@ -178,8 +185,8 @@ impl Gate for CallerRateLimitLayer {
 /// cannot grow an unbounded queue or starve the health checks.
 ///
 /// A waiting call holds only its request: it has not been decoded, claimed anything or
-/// reached Klarna, and its deadline (tonic's `grpc-timeout`, outside this stack) still runs,
-/// so a call that waits too long ends at its deadline with nothing done. Served calls are
+/// reached Klarna, and its deadline (`grpc-timeout`) runs while it waits, so a call that
+/// waits too long is answered DEADLINE_EXCEEDED with nothing done. Served calls are
 /// what cost memory (tens of KiB each: the handler, the operation, its Klarna call), so the
 /// queue bounds the gateway's memory under a burst without refusing it.
 #[derive(Debug, Clone)]
@@ -187,12 +194,14 @@ pub struct ShedLayer {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
     limit: usize,
+    margin: Duration,
 }
 
 impl ShedLayer {
     /// A server-wide limit of `limit` concurrent calls, `running` of them served at once (at
-    /// most `limit`).
-    pub fn new(limit: usize, running: usize) -> Self {
+    /// most `limit`). A waiting call with a deadline (`grpc-timeout`) gives up `margin` before
+    /// it, answering DEADLINE_EXCEEDED `WAITED_PAST_DEADLINE` while the caller still listens.
+    pub fn new(limit: usize, running: usize, margin: Duration) -> Self {
         // Exported from the start, at 0 until a call waits, so a dashboard sees "none" rather
         // than "no data".
         metrics::gauge!(WAITING).increment(0.0);
@@ -200,6 +209,7 @@ impl ShedLayer {
             admitted: Arc::new(Semaphore::new(limit)),
             running: Arc::new(Semaphore::new(running.min(limit))),
             limit,
+            margin,
         }
     }
 }
@@ -220,7 +230,7 @@ impl Gate for ShedLayer {
     /// answer is ready.
     type Pass = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
-    fn admit<B>(&self, _request: &Request<B>) -> Result<Admission<Self::Pass>, GatewayError> {
+    fn admit<B>(&self, request: &Request<B>) -> Result<Admission<Self::Pass>, GatewayError> {
         let taken = self.admitted.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("rpc_load_shed_total").increment(1);
             GatewayError::Overloaded { limit: self.limit }
@@ -231,9 +241,24 @@ impl Gate for ShedLayer {
                 let running = self.running.clone();
                 let limit = self.limit;
                 let waiting = Waiting::start();
+                // From now: tonic starts its own timer of the deadline after this stack has
+                // made the call's future, so this wait always ends first.
+                let arrived = tokio::time::Instant::now();
+                let give_up = grpc_timeout_header(request.headers())
+                    .map(|timeout| arrived + timeout.saturating_sub(self.margin));
                 Admission::Later(Box::pin(async move {
-                    // The semaphore is never closed: the wait ends with a turn.
-                    let turn = running.acquire_owned().await;
+                    let turn = match give_up {
+                        Some(give_up) => tokio::select! {
+                            turn = running.acquire_owned() => turn,
+                            () = tokio::time::sleep_until(give_up) => {
+                                return Err(GatewayError::WaitedPastDeadline {
+                                    waited: arrived.elapsed(),
+                                });
+                            }
+                        },
+                        // The semaphore is never closed: the wait ends with a turn.
+                        None => running.acquire_owned().await,
+                    };
                     drop(waiting);
                     turn.map(|turn| (taken, turn))
                         .map_err(|_| GatewayError::Overloaded { limit })
@@ -424,6 +449,7 @@ mod tests {
 
     const REFUND: &str = "/refundgateway.v1.RefundGatewayService/RefundOrder";
     const HEALTH: &str = "/grpc.health.v1.Health/Check";
+    const MARGIN: Duration = Duration::from_millis(250);
 
     /// A service that counts the calls it was given and answers each once `release` has a
     /// permit for it.
@@ -472,8 +498,20 @@ mod tests {
     type Call = BoxFuture<'static, Result<Response<String>, Infallible>>;
 
     async fn call(service: &mut Gated<Held, ShedLayer>, path: &str) -> Call {
-        let request = Request::builder()
-            .uri(path)
+        call_with(service, path, None).await
+    }
+
+    /// [`call`] with a `grpc-timeout` header.
+    async fn call_with(
+        service: &mut Gated<Held, ShedLayer>,
+        path: &str,
+        grpc_timeout: Option<&str>,
+    ) -> Call {
+        let mut request = Request::builder().uri(path);
+        if let Some(timeout) = grpc_timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        let request = request
             .body(())
             .unwrap_or_else(|e| panic!("a valid request: {e}"));
         service
@@ -503,7 +541,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_running_limit_a_call_waits_its_turn_and_past_the_limit_it_is_shed() {
         let held = Held::new();
-        let layer = ShedLayer::new(3, 2);
+        let layer = ShedLayer::new(3, 2, MARGIN);
         let mut service = layer.layer(held.clone());
 
         let mut first = call(&mut service, REFUND).await;
@@ -569,6 +607,49 @@ mod tests {
         assert_eq!(
             code(&poll(&mut taken).unwrap_or_else(|| panic!("released"))),
             tonic::Code::Ok
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gives_up_its_margin_before_its_deadline_with_deadline_exceeded() {
+        let held = Held::new();
+        let mut service = ShedLayer::new(3, 1, MARGIN).layer(held.clone());
+        let mut first = call(&mut service, REFUND).await;
+        assert!(poll(&mut first).is_none());
+
+        // A one-second deadline, behind the one call served: it waits until 750 ms.
+        let mut waiting = call_with(&mut service, REFUND, Some("1000m")).await;
+        assert!(poll(&mut waiting).is_none());
+        tokio::time::advance(Duration::from_millis(740)).await;
+        assert!(
+            poll(&mut waiting).is_none(),
+            "gave up before its deadline less the margin"
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let answer = poll(&mut waiting)
+            .unwrap_or_else(|| panic!("still waiting past its deadline less the margin"));
+        assert_eq!(code(&answer), tonic::Code::DeadlineExceeded);
+        assert!(answer.headers().contains_key("grpc-status-details-bin"));
+        assert_eq!(held.started(), 1, "the call that gave up was served");
+
+        // Without a deadline a call waits as long as it takes, and its place was freed by the
+        // one that gave up: two can wait again, a third past them is shed.
+        let mut patient = call(&mut service, REFUND).await;
+        let mut second = call(&mut service, REFUND).await;
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(poll(&mut patient).is_none() && poll(&mut second).is_none());
+        let mut shed = call(&mut service, REFUND).await;
+        assert_eq!(
+            code(&poll(&mut shed).unwrap_or_else(|| panic!("shed"))),
+            tonic::Code::ResourceExhausted
+        );
+        held.release.add_permits(1);
+        assert!(poll(&mut first).is_some());
+        assert!(poll(&mut patient).is_none());
+        assert_eq!(
+            held.started(),
+            2,
+            "the patient call was not served in its turn"
         );
     }
 }

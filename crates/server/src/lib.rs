@@ -376,6 +376,7 @@ pub async fn start(
         settings.max_concurrent_rpcs,
         settings.max_running_rpcs,
         settings.max_message_bytes,
+        protocol.settings().deadline_margin,
     );
     background.push(tokio::spawn(telemetry::metrics_upkeep(stop_rx.clone())));
     background.push(tokio::spawn(telemetry::attention_gauges(

@@ -204,6 +204,11 @@ pub fn to_status(error: &GatewayError) -> Status {
             error_info(&mut d, "OVERLOADED", HashMap::new());
             Status::with_error_details(Code::ResourceExhausted, error.to_string(), d)
         }
+        GatewayError::WaitedPastDeadline { .. } => {
+            d.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            error_info(&mut d, "WAITED_PAST_DEADLINE", HashMap::new());
+            Status::with_error_details(Code::DeadlineExceeded, error.to_string(), d)
+        }
         GatewayError::DeadlineTooShort { .. } => {
             error_info(&mut d, "DEADLINE_TOO_SHORT", HashMap::new());
             Status::with_error_details(Code::DeadlineExceeded, error.to_string(), d)
@@ -989,6 +994,9 @@ mod readme {
                 retry_after: Duration::from_millis(200),
             },
             GatewayError::Overloaded { limit: 2048 },
+            GatewayError::WaitedPastDeadline {
+                waited: Duration::from_millis(750),
+            },
             GatewayError::DeadlineTooShort {
                 remaining: Duration::from_millis(50),
                 minimum: Duration::from_millis(200),
