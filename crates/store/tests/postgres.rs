@@ -896,3 +896,122 @@ fn database_urls() {
         "postgres://p@h/t_1?sslmode=disable"
     );
 }
+
+/// Scans of `index` in `url`'s database, as far as PostgreSQL's statistics have been told.
+async fn index_scans(url: &str, index: &str) -> i64 {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let scans =
+        sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
+            .bind(index)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    scans
+}
+
+/// A transition of one operation finds its row by the operation's key whatever PostgreSQL's
+/// statistics say. Under load they said, from an analysis made while few operations were in
+/// flight, that `state = 'IN_FLIGHT'` picks as few rows as the key; the planner then read
+/// every in-flight operation (and every index entry they left behind) through
+/// `operations_by_state` for each finish. Here: 20,000 finished operations, analyzed, then
+/// claims renewed, marked pending, abandoned and finished; none may scan that index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_find_their_operation_by_key_whatever_the_statistics() {
+    let Some(url) = fresh_url().await else { return };
+    let store = replica(&url, 2).await;
+    sqlx::query(
+        "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
+           klarna_account, order_id, resource_id, klarna_request, state, created_at, updated_at) \
+         SELECT 'done-' || n, 'pos', 'RefundOrder', 'key-' || n, 'fp', 'eu', 'order-' || n, \
+           'order-' || n, '{}', 'SUCCEEDED', n, n \
+         FROM generate_series(1, 20000) AS n",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE operations")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let before = index_scans(&url, "operations_by_state").await;
+
+    let now = OffsetDateTime::now_utc();
+    let holder = LeaseHolder::new();
+    let ops: Vec<NewOperation> = (0..20)
+        .map(|n| operation(&format!("planned-{n}"), &format!("order-p{n}")))
+        .collect();
+    for op in &ops {
+        claim(&store, op, holder, now).await;
+        assert!(
+            store
+                .renew_lease(op.operation_id, holder, now, LEASE)
+                .await
+                .unwrap()
+        );
+    }
+    let (pending, abandoned, finished) = (&ops[0], &ops[1], &ops[2..]);
+    assert!(
+        store
+            .mark_pending(
+                pending.operation_id,
+                holder,
+                None,
+                "timeout".to_owned(),
+                None,
+                now
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .abandon(abandoned.operation_id, holder, "refused".to_owned(), now)
+            .await
+            .unwrap()
+    );
+    for op in finished {
+        let done = refund_gateway_domain::Completion {
+            state: OperationState::Succeeded,
+            response: refund_gateway_domain::StoredResponse {
+                code: 0,
+                message: String::new(),
+                payload: b"done".to_vec(),
+            },
+            refund_id: None,
+            correlation_id: None,
+            detail: "klarna answered".to_owned(),
+            trace_id: None,
+        };
+        assert!(
+            store
+                .finish(op.operation_id, holder, done, now)
+                .await
+                .unwrap()
+        );
+    }
+    // A session reports its statistics when it ends (an idle one, only now and then).
+    let expected_updates = 20 + 1 + finished.len() as i64;
+    store.pool().close().await;
+    eventually(
+        Duration::from_secs(30),
+        "the store's sessions report their statistics",
+        || async {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let updates: i64 = sqlx::query_scalar(
+                "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'operations'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+            updates >= expected_updates
+        },
+    )
+    .await;
+    assert_eq!(
+        index_scans(&url, "operations_by_state").await - before,
+        0,
+        "a transition scanned operations_by_state"
+    );
+}

@@ -143,12 +143,28 @@ fn transition_steps(condition: &str, set: &str) -> String {
     format!(
         "old AS ( \
            SELECT operation_id, state FROM operations \
-           WHERE operation_id = $1 AND ({condition}) FOR UPDATE ), \
+           WHERE {} FOR UPDATE ), \
          changed AS ( \
            UPDATE operations o SET {set} \
            FROM old WHERE o.operation_id = old.operation_id \
-           RETURNING o.*, old.state AS state_before )"
+           RETURNING o.*, old.state AS state_before )",
+        by_id_if(condition)
     )
+}
+
+/// The `WHERE` of a statement on the one operation `$1`, when `condition` holds: the row is
+/// found by its primary key, and `condition` is only checked on it (and re-checked on the new
+/// version after waiting for a row lock).
+///
+/// `IS TRUE` (the same as the bare condition in a `WHERE`) keeps the condition out of index
+/// matching. Bare, `state = 'IN_FLIGHT'` could be served by `operations_by_state`, and
+/// PostgreSQL chose it under load: its statistics, gathered while few operations were in
+/// flight, make that state look as selective as the key, and the index is smaller than the
+/// key's. The scan then walks every in-flight operation and every index entry left by ones
+/// that moved on since the last vacuum: 73-84 buffer reads per finish instead of 4, about a
+/// third of PostgreSQL's CPU per refund at 64 concurrent.
+fn by_id_if(condition: &str) -> String {
+    format!("operation_id = $1 AND ({condition}) IS TRUE")
 }
 
 // $1 id, $2 lease end, $3 now, $4 trace id, $5 new lease holder, $6 its replica, $7 its
@@ -184,8 +200,12 @@ pub(super) static ATTENTION: LazyLock<String> =
     LazyLock::new(|| crate::read::attention_sql(&unheld("$1")));
 
 // $1 id, $2 lease end, $3 lease holder.
-const RENEW_LEASE: &str = "UPDATE operations SET lease_expires_at = $2 \
-     WHERE operation_id = $1 AND state = 'IN_FLIGHT' AND lease_holder = $3";
+static RENEW_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE operations SET lease_expires_at = $2 WHERE {}",
+        by_id_if("state = 'IN_FLIGHT' AND lease_holder = $3")
+    )
+});
 
 // $1 id, $2 state, $3 now, $4 refund id, $5 correlation id, $6 code, $7 message, $8 payload,
 // $9 trace id, $10 detail, $11 lease holder. The replica goes with the lease (see
@@ -264,12 +284,11 @@ static MARK_PENDING: LazyLock<String> = LazyLock::new(|| {
 // $1 id, $2 now, $3 detail, $4 lease holder. DELETE re-checks its condition after waiting for
 // a row lock.
 static ABANDON: LazyLock<String> = LazyLock::new(|| {
-    let delete = "WITH deleted AS ( \
-       DELETE FROM operations \
-       WHERE operation_id = $1 AND state = 'IN_FLIGHT' AND lease_holder = $4 \
-       RETURNING * ) ";
-    delete.to_owned()
-        + &insert_event_from("deleted", "trace_id, otel_trace_id, state, NULL, $3, $2")
+    let delete = format!(
+        "WITH deleted AS ( DELETE FROM operations WHERE {} RETURNING * ) ",
+        by_id_if("state = 'IN_FLIGHT' AND lease_holder = $4")
+    );
+    delete + &insert_event_from("deleted", "trace_id, otel_trace_id, state, NULL, $3, $2")
 });
 
 // The values of `webhook_values`: $1 event id, $2 type, $3 account, $4 operation id, $5 payment
@@ -548,7 +567,7 @@ pub(super) async fn renew_lease(
     holder: &str,
     lease_until: i64,
 ) -> Result<bool, StoreError> {
-    let query = sqlx::query(RENEW_LEASE)
+    let query = sqlx::query(RENEW_LEASE.as_str())
         .bind(id)
         .bind(lease_until)
         .bind(holder);
