@@ -444,27 +444,87 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// [`cpu_time`] in its two parts: in user space, and in the kernel on the process's behalf
 /// (system calls: writes, `fsync`, waking and parking threads, the network).
 pub fn cpu_times(pid: u32) -> anyhow::Result<(Duration, Duration)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat (Linux only)"))?;
-    // Field 2, the command name, is in parentheses and may hold spaces: count fields from
-    // the last `)`, after which field 3 comes.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("unexpected /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> anyhow::Result<u64> {
-        Ok(fields
+    let stat = ProcStat::read(pid)?;
+    Ok((ticks(stat.field(14)?), ticks(stat.field(15)?)))
+}
+
+/// CPU time used so far by process `pid` and its children, the living ones and those it has
+/// reaped (fields 16 and 17 of its `/proc/<pid>/stat`): a server that forks a process per
+/// connection (PostgreSQL's postmaster), whose connections come and go. A child that exits
+/// between the listing and the read, and before its parent reaps it, is missed.
+pub fn process_tree_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let own = ProcStat::read(pid)?;
+    let mut total = (14..=17).try_fold(0, |sum, n| Ok::<_, anyhow::Error>(sum + own.field(n)?))?;
+    let processes = std::fs::read_dir("/proc").context("reading /proc (Linux only)")?;
+    for entry in processes {
+        let Some(child) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = ProcStat::read(child) else {
+            continue;
+        };
+        if stat.field(4)? == u64::from(pid) {
+            total +=
+                (14..=17).try_fold(0, |sum, n| Ok::<_, anyhow::Error>(sum + stat.field(n)?))?;
+        }
+    }
+    Ok(ticks(total))
+}
+
+/// The pid of the parent of `pid` when both are processes named `name` on this machine
+/// (`/proc/<pid>/comm`): a PostgreSQL backend's postmaster, say. `None` when `pid` is not a
+/// process here (a server on another machine, or in another pid namespace) or the names
+/// differ.
+pub fn parent_of_same_name(pid: u32, name: &str) -> Option<u32> {
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    if comm(pid)?.trim() != name {
+        return None;
+    }
+    let parent = u32::try_from(ProcStat::read(pid).ok()?.field(4).ok()?).ok()?;
+    (comm(parent)?.trim() == name).then_some(parent)
+}
+
+/// The fields of `/proc/<pid>/stat`, numbered from 1 as in proc(5).
+struct ProcStat {
+    pid: u32,
+    /// Fields 3 onwards.
+    fields: Vec<String>,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat (Linux only)"))?;
+        // Field 2, the command name, is in parentheses and may hold spaces: count fields
+        // from the last `)`, after which field 3 comes.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("unexpected /proc/<pid>/stat")?;
+        let fields = rest.split_whitespace().map(str::to_owned).collect();
+        Ok(Self { pid, fields })
+    }
+
+    /// Field `n` (at least 3) as a number.
+    fn field(&self, n: usize) -> anyhow::Result<u64> {
+        let pid = self.pid;
+        Ok(self
+            .fields
             .get(n - 3)
             .with_context(|| format!("no field {n} in /proc/{pid}/stat"))?
             .parse()?)
-    };
+    }
+}
+
+/// `n` clock ticks as a duration.
+fn ticks(n: u64) -> Duration {
     let per_second = clock_ticks_per_second();
-    let duration = |ticks: u64| {
-        Duration::from_secs(ticks / per_second)
-            + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second)
-    };
-    Ok((duration(field(14)?), duration(field(15)?)))
+    Duration::from_secs(n / per_second)
+        + Duration::from_nanos((n % per_second) * 1_000_000_000 / per_second)
 }
 
 /// Context switches of all the threads of process `pid` so far, voluntary (a thread that
@@ -512,4 +572,45 @@ pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
 pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
         .with_context(|| format!("resetting the peak RSS of process {pid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A child's CPU stays in its parent's tree after the child has exited and been reaped.
+    #[tokio::test]
+    async fn a_reaped_childs_cpu_counts_in_its_parents_tree() {
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let burned = crate::wait_until(
+            "the child to burn 200 ms of CPU",
+            Duration::from_secs(60),
+            async || {
+                let used = cpu_time(pid)?;
+                Ok::<_, anyhow::Error>((used >= Duration::from_millis(200)).then_some(used))
+            },
+        )
+        .await
+        .unwrap();
+        // While it lives it is counted as a living child.
+        assert!(process_tree_cpu_time(me).unwrap() >= cpu_time(me).unwrap() + burned);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(process_tree_cpu_time(me).unwrap() >= cpu_time(me).unwrap() + burned);
+    }
+
+    #[test]
+    fn a_process_named_otherwise_than_its_parent_has_no_parent_of_its_name() {
+        let me = std::process::id();
+        let name = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        assert_eq!(parent_of_same_name(me, "no-such-name"), None);
+        assert_eq!(parent_of_same_name(u32::MAX, name.trim()), None);
+    }
 }

@@ -60,10 +60,11 @@
 //! - `err`: failed calls; any makes the run fail (after the report is written).
 //! - `unsent`: open loop, calls never sent because the path was saturated: the backlog was
 //!   still waiting for one of the 1,000 slots when twice the run's time had passed.
-//! - `gw`, `sim`, `echo`, `otlp`, `bench` `µs/op`: CPU time (user + system, from
+//! - `gw`, `sim`, `db`, `echo`, `otlp`, `bench` `µs/op`: CPU time (user + system, from
 //!   `/proc/<pid>/stat`, whose 10 ms ticks make short runs coarse) the gateway, the simulator,
-//!   the echo server, the trace sink and this load generator spent during the run, per
-//!   successful call; `gw sys` is the gateway's part in the kernel (system calls: `fsync`,
+//!   the PostgreSQL server (path c, when it runs on this machine: the postmaster and all its
+//!   processes, so anything else the server does counts too), the echo server, the trace sink
+//!   and this load generator spent during the run, per successful call; `gw sys` is the gateway's part in the kernel (system calls: `fsync`,
 //!   sockets, waking and parking threads).
 //! - `gw cs/op`: context switches of the gateway's threads per call (from
 //!   `/proc/<pid>/task/*/status`): how often a call makes a thread wait and another wake,
@@ -110,7 +111,8 @@ use refund_gateway_tests::load::{Summary, drive, drive_open};
 use refund_gateway_tests::prefill::StoreLocation;
 use refund_gateway_tests::process::{
     ChildProcess, GatewayHome, GatewayProcess, GatewaySpec, KlarnaTarget, SimulatorProcess,
-    clock_ticks_per_second, context_switches, cpu_time, cpu_times, peak_rss_bytes, reset_peak_rss,
+    clock_ticks_per_second, context_switches, cpu_time, cpu_times, parent_of_same_name,
+    peak_rss_bytes, process_tree_cpu_time, reset_peak_rss,
 };
 use refund_gateway_tests::span_sink::SpanSink;
 use serde::Serialize;
@@ -397,6 +399,9 @@ struct CpuPerOp {
     simulator: Option<f64>,
     echo: Option<f64>,
     collector: Option<f64>,
+    /// The PostgreSQL server (path c), when it runs on this machine: its postmaster and
+    /// every process it started, its background workers included.
+    database: Option<f64>,
     /// This program: the load generator.
     bench: f64,
 }
@@ -480,6 +485,8 @@ struct Pids {
     simulator: Option<u32>,
     echo: Option<u32>,
     collector: Option<u32>,
+    /// The postmaster of the PostgreSQL server (path c) when it runs on this machine.
+    database: Option<u32>,
 }
 
 /// CPU time used so far by each process of [`Pids`] and by this one.
@@ -490,6 +497,7 @@ struct CpuSnapshot {
     simulator: Option<Duration>,
     echo: Option<Duration>,
     collector: Option<Duration>,
+    database: Option<Duration>,
     bench: Duration,
 }
 
@@ -503,6 +511,7 @@ impl Pids {
             simulator: of(self.simulator)?,
             echo: of(self.echo)?,
             collector: of(self.collector)?,
+            database: self.database.map(process_tree_cpu_time).transpose()?,
             bench: cpu_time(std::process::id())?,
         })
     }
@@ -525,6 +534,7 @@ impl CpuSnapshot {
             simulator: opt(self.simulator, before.simulator),
             echo: opt(self.echo, before.echo),
             collector: opt(self.collector, before.collector),
+            database: opt(self.database, before.database),
             bench: per(self.bench, before.bench),
         }
     }
@@ -859,6 +869,21 @@ fn fresh_database(created: &mut Vec<String>) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// The pid of the postmaster of the PostgreSQL server at `url` when the server runs on this
+/// machine (the pid of a session's backend, `pg_backend_pid()`, is a process named
+/// `postgres` here whose parent is one too), else `None`.
+async fn postmaster(url: &str) -> anyhow::Result<Option<u32>> {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(url).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut db)
+        .await?;
+    db.close().await?;
+    Ok(u32::try_from(backend)
+        .ok()
+        .and_then(|pid| parent_of_same_name(pid, "postgres")))
+}
+
 /// Drops the databases the run created (they may hold millions of rows).
 async fn drop_databases(created: &[String]) -> anyhow::Result<()> {
     use sqlx::Connection;
@@ -953,6 +978,9 @@ async fn run_variant(
                 PathKind::Postgres => Some(fresh_database(databases)?),
                 _ => None,
             };
+            if let Some(url) = &database_url {
+                pids.database = postmaster(url).await?;
+            }
             let mut env = Vec::new();
             if let Some((_, endpoint)) = &collector {
                 env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint.clone()));
@@ -1112,16 +1140,17 @@ fn print_table(args: &Args, records: &[Record]) {
     );
     println!(
         "| path | load | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | err | unsent | gw µs/op | \
-         gw sys µs/op | gw cs/op | sim µs/op | echo µs/op | otlp µs/op | bench µs/op | gw RSS MiB |"
+         gw sys µs/op | gw cs/op | sim µs/op | db µs/op | echo µs/op | otlp µs/op | bench µs/op | \
+         gw RSS MiB |"
     );
     println!(
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in records {
         let s = &r.summary;
         let cpu = &r.cpu_us_per_op;
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             r.path,
             r.load(),
             s.throughput,
@@ -1135,6 +1164,7 @@ fn print_table(args: &Args, records: &[Record]) {
             opt(cpu.gateway_system, 0),
             opt(r.gateway_context_switches_per_op, 1),
             opt(cpu.simulator, 0),
+            opt(cpu.database, 0),
             opt(cpu.echo, 0),
             opt(cpu.collector, 0),
             cpu.bench,
@@ -1167,6 +1197,31 @@ fn print_comparisons(records: &[Record], variants: &[VariantReport]) {
             run.summary.throughput,
             run.summary.throughput / direct.summary.throughput.max(f64::MIN_POSITIVE),
             direct.summary.throughput
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    for path in ["b", "b+otlp", "c", "c+otlp"] {
+        let Some(run) = find(path, "closed", BUSY) else {
+            continue;
+        };
+        let cpu = &run.cpu_us_per_op;
+        let parts = [
+            ("gateway", cpu.gateway),
+            ("PostgreSQL", cpu.database),
+            ("simulator", cpu.simulator),
+            ("trace sink", cpu.collector),
+            ("load generator", Some(cpu.bench)),
+        ];
+        let total: f64 = parts.iter().filter_map(|(_, us)| *us).sum();
+        let named: Vec<String> = parts
+            .iter()
+            .filter_map(|(name, us)| us.map(|us| format!("{name} {us:.0}")))
+            .collect();
+        println!(
+            "- {path} at {BUSY} concurrent: CPU per refund of every process {total:.0} µs ({}): \
+             {cores:.0} cores run at most {:.0} refunds/s of it",
+            named.join(", "),
+            cores * 1e6 / total.max(f64::MIN_POSITIVE)
         );
     }
     for (traced, plain) in [("b+otlp", "b"), ("c+otlp", "c")] {
