@@ -897,17 +897,27 @@ fn database_urls() {
     );
 }
 
-/// Scans of `index` in `url`'s database, as far as PostgreSQL's statistics have been told.
-async fn index_scans(url: &str, index: &str) -> i64 {
+/// A counter of PostgreSQL's statistics views in `url`'s database: `sql` selects one number
+/// for the object named `$1`, as far as the sessions have reported it.
+async fn statistic(url: &str, sql: &str, name: &str) -> i64 {
     let mut conn = PgConnection::connect(url).await.unwrap();
-    let scans =
-        sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
-            .bind(index)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     conn.close().await.unwrap();
-    scans
+    value
+}
+
+/// Scans of `index` in `url`'s database.
+async fn index_scans(url: &str, index: &str) -> i64 {
+    statistic(
+        url,
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1",
+        index,
+    )
+    .await
 }
 
 /// A transition of one operation finds its row by the operation's key whatever PostgreSQL's
@@ -997,15 +1007,8 @@ async fn transitions_find_their_operation_by_key_whatever_the_statistics() {
         Duration::from_secs(30),
         "the store's sessions report their statistics",
         || async {
-            let mut conn = PgConnection::connect(&url).await.unwrap();
-            let updates: i64 = sqlx::query_scalar(
-                "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'operations'",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            conn.close().await.unwrap();
-            updates >= expected_updates
+            let sql = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1";
+            statistic(&url, sql, "operations").await >= expected_updates
         },
     )
     .await;
