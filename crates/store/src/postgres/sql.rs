@@ -161,8 +161,8 @@ fn transition_steps(condition: &str, set: &str) -> String {
 /// PostgreSQL chose it under load: its statistics, gathered while few operations were in
 /// flight, make that state look as selective as the key, and the index is smaller than the
 /// key's. The scan then walks every in-flight operation and every index entry left by ones
-/// that moved on since the last vacuum: 73-84 buffer reads per finish instead of 4, about a
-/// third of PostgreSQL's CPU per refund at 64 concurrent.
+/// that moved on since the last vacuum: 73-84 buffer reads to find the row instead of 2, a
+/// cost that grows with the number in flight (see docs/architecture.md, Decisions).
 fn by_id_if(condition: &str) -> String {
     format!("operation_id = $1 AND ({condition}) IS TRUE")
 }
