@@ -77,17 +77,20 @@ impl ChildProcess {
             std::thread::spawn(move || {
                 let mut ready_tx = Some(ready_tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if ready_tx.is_some()
-                        && let Some(value) = ready(&line)
+                    let value = ready_tx.as_ref().and_then(|_| ready(&line));
+                    // The line is in the log before `start` returns.
+                    {
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        if log.len() == LOG_TAIL {
+                            log.pop_front();
+                        }
+                        log.push_back(line);
+                    }
+                    if let Some(value) = value
                         && let Some(tx) = ready_tx.take()
                     {
                         let _ = tx.send(value);
                     }
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if log.len() == LOG_TAIL {
-                        log.pop_front();
-                    }
-                    log.push_back(line);
                 }
             })
         };

@@ -82,16 +82,21 @@ impl GatewayProcess {
             std::thread::spawn(move || {
                 let mut addr_tx = Some(addr_tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("refund gateway listening") {
+                    let addr = if line.contains("refund gateway listening") {
                         let value: serde_json::Value =
                             serde_json::from_str(&line).unwrap_or_default();
-                        if let (Some(tx), Some(addr)) =
-                            (addr_tx.take(), value["grpc_addr"].as_str())
-                        {
-                            let _ = tx.send(addr.to_owned());
-                        }
-                    }
+                        value["grpc_addr"].as_str().map(str::to_owned)
+                    } else {
+                        None
+                    };
+                    // The line is in the log before `start` returns, so a test can read the
+                    // listening line's other fields (the admin address) at once.
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    if let Some(addr) = addr
+                        && let Some(tx) = addr_tx.take()
+                    {
+                        let _ = tx.send(addr);
+                    }
                 }
             })
         };
