@@ -456,7 +456,13 @@ pub async fn start(
             .map_err(io_error("admin endpoint"))
     });
 
-    tracing::info!(%grpc_addr, %admin_addr, webhook_addr = ?webhook_addr, "refund gateway listening");
+    // The webhook address only when it listens (a bare `127.0.0.1:9465`, not `Some(…)`).
+    tracing::info!(
+        %grpc_addr,
+        %admin_addr,
+        webhook_addr = webhook_addr.map(tracing::field::display),
+        "refund gateway listening"
+    );
     Ok(RunningGateway {
         grpc_addr,
         admin_addr,

@@ -200,5 +200,17 @@ async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow:
     }
     // The demo kept its operations out of the data directory.
     assert!(!data_dir.join("refund-gateway.sqlite3").exists());
+    // The listening line names each address as an address (`HOST:PORT`, nothing around it).
+    let listening = gateway
+        .log_text()
+        .lines()
+        .find(|l| l.contains("refund gateway listening"))
+        .map(serde_json::from_str::<serde_json::Value>)
+        .ok_or_else(|| anyhow::anyhow!("no listening line"))??;
+    for field in ["grpc_addr", "admin_addr", "webhook_addr"] {
+        let addr = listening[field].as_str().unwrap_or_default();
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("{field} {addr:?} is not an address: {e}"))?;
+    }
     Ok(())
 }
