@@ -135,7 +135,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(Self {
             path: path.to_owned(),
-            writer: Writer::spawn(write, writer_connection(path)?)?,
+            writer: Writer::spawn(write, writer_connection(path)?, database_file(path)?)?,
             readers,
             order_locks: OrderLocks::default(),
             orphans_taken_over,
@@ -179,6 +179,12 @@ impl SqliteStore {
             other => Err(mismatch(&other)),
         }
     }
+}
+
+/// The database file itself, for the checkpointer's fsyncs (`writer` module docs).
+fn database_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::File::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("SQLite {}: {e}", path.display())))
 }
 
 /// The writer's connection, with the durability settings of the module docs.
