@@ -337,7 +337,9 @@ fn checkpoint(conn: &Connection, sync_database: impl FnOnce() -> std::io::Result
     match checkpointed {
         Ok(copied) if copied > 0 => {
             if let Err(error) = sync_database() {
-                // Nothing depends on it: SQLite syncs the file itself before the WAL starts over.
+                // Nothing depends on it: SQLite syncs the file itself before the WAL starts
+                // over, and Linux reports a failed write-back to every descriptor open on the
+                // file when it happened, so SQLite's own sync fails too.
                 tracing::warn!(%error, "fsync of the SQLite database file after a checkpoint failed");
             }
         }
