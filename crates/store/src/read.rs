@@ -340,22 +340,55 @@ where
     query
 }
 
-/// The events of `rows`, oldest first within each operation, in one query.
-fn events_query<DB>(rows: &[OperationRow]) -> QueryBuilder<DB>
+/// The events of `rows`, oldest first within each operation, in one query: those of each
+/// row's claim (`claimed_at` is the row's `created_at`), of earlier claims of its key that were
+/// given back, and any appended without a claim instant (by a release before migration 0012).
+/// Each part reads through an index: `audit_events_by_claim` (the last part too: its
+/// `claimed_at` is NULL) and `audit_events_given_back`. `CROSS JOIN` makes SQLite look the
+/// claims up in the index instead of scanning it for them; PostgreSQL plans it as any join.
+pub(crate) fn events_query<DB>(rows: &[OperationRow]) -> QueryBuilder<DB>
 where
     DB: Database,
     DB::Arguments: Default,
     String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE operation_id IN ("
+    let mut query = QueryBuilder::new("WITH claims (claimed_at, operation_id) AS (VALUES ");
+    let mut claims = query.separated(", ");
+    for row in rows {
+        claims
+            .push("(")
+            .push_bind_unseparated(row.created_at_micros())
+            .push_unseparated(", ")
+            .push_bind_unseparated(row.id().to_owned())
+            .push_unseparated(")");
+    }
+    query.push(
+        " UNION SELECT claimed_at, operation_id FROM audit_events \
+         WHERE state_after IS NULL AND operation_id IN (",
+    );
+    push_ids(&mut query, rows);
+    query.push(format!(
+        ")) SELECT {EVENT_COLUMNS} FROM audit_events WHERE id IN (\
+         SELECT e.id FROM claims CROSS JOIN audit_events AS e \
+         WHERE e.claimed_at = claims.claimed_at AND e.operation_id = claims.operation_id \
+         UNION ALL SELECT id FROM audit_events WHERE claimed_at IS NULL AND operation_id IN ("
     ));
+    push_ids(&mut query, rows);
+    query.push(")) ORDER BY operation_id, id");
+    query
+}
+
+/// `rows`' operation ids as a list of bound parameters.
+fn push_ids<DB>(query: &mut QueryBuilder<DB>, rows: &[OperationRow])
+where
+    DB: Database,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
     let mut ids = query.separated(", ");
     for row in rows {
         ids.push_bind(row.id().to_owned());
     }
-    query.push(") ORDER BY operation_id, id");
-    query
 }
 
 /// Whether any reference of `order_id` in `account` is linked (the `order_references_by_order`

@@ -399,16 +399,17 @@ pub(crate) fn claim_values<'a>(
 }
 
 /// `INSERT INTO audit_events … SELECT … FROM {source}`: an event copying the operation's
-/// identity, refund id and correlation id from the rows of `source`, followed by
-/// `rest`: the trace id (request id), OpenTelemetry trace id, state before, state after,
-/// detail and instant, as SQL expressions.
+/// identity, refund id, correlation id and claim instant (`created_at`, the event's
+/// `claimed_at`) from the rows of `source`, followed by `rest`: the trace id (request id),
+/// OpenTelemetry trace id, state before, state after, detail and instant, as SQL expressions.
 pub(crate) fn insert_event_from(source: &str, rest: &str) -> String {
     format!(
         "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-         order_id, capture_id, amount, currency, refund_id, correlation_id, trace_id, \
-         otel_trace_id, state_before, state_after, detail, at) \
+         order_id, capture_id, amount, currency, refund_id, correlation_id, claimed_at, \
+         trace_id, otel_trace_id, state_before, state_after, detail, at) \
          SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
-         capture_id, amount, currency, refund_id, correlation_id, {rest} FROM {source}"
+         capture_id, amount, currency, refund_id, correlation_id, created_at, {rest} \
+         FROM {source}"
     )
 }
 

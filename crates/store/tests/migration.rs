@@ -19,10 +19,10 @@ use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0011, PostgreSQL's lease waiters): 0010, the
-/// index of order ids dropped, which changed no column of `operations`.
+/// The schema version before the current one (0012, audit events found by their claim): 0011,
+/// PostgreSQL's lease waiters, which changed no column of `operations` (nothing on SQLite).
 /// SQLite has no 0003, but both backends number their migrations alike.
-const PREVIOUS: i64 = 10;
+const PREVIOUS: i64 = 11;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;
@@ -630,6 +630,22 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
     }
     let store = SqliteStore::open(&path).await.unwrap();
     previous_rows_read_back_and_take_webhooks(&store).await;
+    // 0012 gave the claimed events of the previous version's trigger their claim: each row's
+    // events are still listed from it.
+    for row in &previous_rows() {
+        let filter = OperationFilter {
+            idempotency_key: Some(row.key.to_owned()),
+            ..OperationFilter::default()
+        };
+        let page = store.list(&filter, 10, None).await.unwrap();
+        let (_, events) = &page.operations[0];
+        assert_eq!(
+            events.first().map(|e| e.detail.as_str()),
+            Some("claimed"),
+            "{}: {events:?}",
+            row.key
+        );
+    }
     // 0009 rewrote the state CHECK in place: comparisons, not an IN list.
     let url = format!("sqlite://{}?mode=ro", path.display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationId, OperationState,
-    OperationStore, ResourceKind, Rpc, StoreError,
+    Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationFilter, OperationId,
+    OperationState, OperationStore, ResourceKind, Rpc, StoreError,
 };
 use refund_gateway_store::postgres::DEFAULT_ORDER_LOCK_LEASE;
 use refund_gateway_store::{DatabaseConfig, PostgresStore, connect};
@@ -1017,4 +1017,34 @@ async fn transitions_find_their_operation_by_key_whatever_the_statistics() {
         0,
         "a transition scanned operations_by_state"
     );
+}
+
+/// An event appended without a claim instant, as a replica of a release before migration 0012
+/// appends it during a rolling upgrade, is still listed with its operation's events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_a_claim_instant_is_still_listed() {
+    let Some(url) = fresh_url().await else {
+        return;
+    };
+    let store = replica(&url, 2).await;
+    let op = operation("unclaimed", "order-unclaimed");
+    claim(&store, &op, HOLDER_A, OffsetDateTime::now_utc()).await;
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
+         order_id, state_before, state_after, detail, at) \
+         SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, state, \
+         state, 'older release', created_at + 1 FROM operations",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let filter = OperationFilter {
+        idempotency_key: Some("unclaimed".to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let (_, events) = &page.operations[0];
+    let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(details, ["claimed", "older release"]);
 }

@@ -443,3 +443,46 @@ async fn committed_pages_are_copied_to_the_database_file_in_the_background() {
         std::thread::yield_now();
     }
 }
+
+/// An event appended without a claim instant, as a release before migration 0012 appended it,
+/// is still listed with its operation's events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_a_claim_instant_is_still_listed() {
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite3");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let new = suite::new_op("pos", Rpc::RefundOrder, "unclaimed", "order-1");
+    store
+        .claim(
+            new.clone(),
+            LeaseHolder::new(),
+            suite::t(0),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let mut admin = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
+         order_id, state_before, state_after, detail, at) \
+         SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, state, \
+         state, 'older release', created_at + 1 FROM operations",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let filter = refund_gateway_domain::OperationFilter {
+        idempotency_key: Some("unclaimed".to_owned()),
+        ..Default::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let (_, events) = &page.operations[0];
+    let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(details, ["claimed", "older release"]);
+}

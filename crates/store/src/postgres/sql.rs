@@ -308,7 +308,7 @@ static RECORD_WEBHOOK: LazyLock<String> = LazyLock::new(|| {
        RETURNING operation_id ), \
      target AS ( \
        SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, capture_id, \
-         amount, currency, $6 AS refund_id, $7 AS correlation_id, state \
+         amount, currency, $6 AS refund_id, $7 AS correlation_id, state, created_at \
        FROM operations WHERE operation_id IN (SELECT operation_id FROM recorded) FOR SHARE ), \
      appended AS ( ";
     format!(

@@ -117,7 +117,7 @@ const RECORD_WEBHOOK: &str = "INSERT INTO webhook_events (event_id, event_type, 
 static WEBHOOK_EVENT: LazyLock<String> = LazyLock::new(|| {
     insert_event_from(
         "(SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
-           capture_id, amount, currency, ?2 AS refund_id, ?3 AS correlation_id, state \
+           capture_id, amount, currency, ?2 AS refund_id, ?3 AS correlation_id, state, created_at \
          FROM operations WHERE operation_id = ?1)",
         "NULL, NULL, state, state, ?4, ?5",
     )
@@ -505,10 +505,17 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Operation>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::OPERATION_COLUMNS;
 
     /// An in-memory database at the current schema: every migration, in order.
     fn migrated() -> Connection {
         let conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        run_migrations(&conn, |_| true);
+        conn
+    }
+
+    /// Runs, in order, the migrations whose version `wanted` accepts.
+    fn run_migrations(conn: &Connection, wanted: impl Fn(u32) -> bool) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -516,11 +523,15 @@ mod tests {
             .collect();
         files.sort();
         for file in files {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            let version: u32 = name[..4].parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+            if !wanted(version) {
+                continue;
+            }
             let sql = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
             conn.execute_batch(&sql)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
-        conn
     }
 
     /// The writes of every refund build no temporary b-tree (each costs a fresh, zeroed page
@@ -589,6 +600,137 @@ mod tests {
             !plan
                 .iter()
                 .any(|step| step == "SCAN operations" || step.contains("operations_by_created")),
+            "{plan:?}"
+        );
+    }
+
+    /// Claims `id` at `at` (µs) for holder `h`, through the schema's claim trigger.
+    fn claim_at(conn: &Connection, id: &str, at: i64) {
+        conn.execute(
+            "INSERT INTO operations (operation_id, caller, rpc, idempotency_key, fingerprint, \
+             klarna_account, order_id, klarna_request, state, lease_holder, created_at, \
+             updated_at) \
+             VALUES (?1, 'c', 'RefundOrder', ?1, 'f', 'eu', 'o', '{}', 'IN_FLIGHT', 'h', ?2, ?2)",
+            params![id, at],
+        )
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+
+    /// Finishes `id` at `at` (µs), through the schema's transition trigger.
+    fn finish_at(conn: &Connection, id: &str, at: i64) {
+        conn.execute(
+            "UPDATE operations SET state = 'SUCCEEDED', updated_at = ?2, event_detail = 'done' \
+             WHERE operation_id = ?1",
+            params![id, at],
+        )
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+
+    /// Every event as (operation id, at, claimed_at), in order.
+    fn claims_of_events(conn: &Connection) -> Vec<(String, i64, Option<i64>)> {
+        let mut select = conn
+            .prepare("SELECT operation_id, at, claimed_at FROM audit_events ORDER BY id")
+            .unwrap_or_else(|e| panic!("{e}"));
+        select
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|event| event.unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    /// Migration 0012 gives each stored event the instant of the claim it belongs to: the
+    /// latest claim of its operation at or before it, so a claim given back keeps its events
+    /// apart from the key's next claim.
+    #[test]
+    fn migration_0012_gives_each_stored_event_its_claim() {
+        let conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        run_migrations(&conn, |version| version < 12);
+        claim_at(&conn, "op", 1);
+        // Given back as releases before 0012 did: an event with no state after, the row gone.
+        conn.execute_batch(
+            "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, \
+             klarna_account, order_id, state_before, state_after, detail, at) \
+             SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, \
+             state, NULL, 'given back', 2 FROM operations WHERE operation_id = 'op'; \
+             DELETE FROM operations WHERE operation_id = 'op';",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        claim_at(&conn, "op", 3);
+        finish_at(&conn, "op", 4);
+        claim_at(&conn, "other", 5);
+
+        run_migrations(&conn, |version| version >= 12);
+        let owned = |id: &str, at, claim| (id.to_owned(), at, Some(claim));
+        assert_eq!(
+            claims_of_events(&conn),
+            vec![
+                owned("op", 1, 1),
+                owned("op", 2, 1),
+                owned("op", 3, 3),
+                owned("op", 4, 3),
+                owned("other", 5, 5),
+            ]
+        );
+    }
+
+    /// Every event appended since migration 0012 carries its claim's instant: the claim's and
+    /// a transition's (triggers), a give-back's and a webhook's (statements of this module).
+    #[test]
+    fn every_new_event_carries_its_claim() {
+        let conn = migrated();
+        claim_at(&conn, "op", 1);
+        conn.execute(&ABANDON_EVENT, params!["op", "given back", 2, "h"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        conn.execute(ABANDON, params!["op", "h"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        claim_at(&conn, "op", 3);
+        finish_at(&conn, "op", 4);
+        conn.execute(
+            &WEBHOOK_EVENT,
+            params!["op", "refund", "corr", "webhook", 5],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let owned = |at, claim| ("op".to_owned(), at, Some(claim));
+        assert_eq!(
+            claims_of_events(&conn),
+            vec![
+                owned(1, 1),
+                owned(2, 1),
+                owned(3, 3),
+                owned(4, 3),
+                owned(5, 3)
+            ]
+        );
+    }
+
+    /// The events of a page of operations are read through the indexes of migration 0012,
+    /// never by scanning `audit_events`.
+    #[test]
+    fn reading_events_goes_through_the_claim_indexes() {
+        let conn = migrated();
+        claim_at(&conn, "a", 1);
+        claim_at(&conn, "b", 2);
+        let mut select = conn
+            .prepare(&format!("SELECT {OPERATION_COLUMNS} FROM operations"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<OperationRow> = select
+            .query_map([], OperationRow::from_sqlite)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|row| row.unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        assert_eq!(rows.len(), 2);
+        let query = crate::read::events_query::<sqlx::Sqlite>(&rows);
+        let plan = query_plan(&conn, query.sql().as_str());
+        let searches = |index: &str| {
+            plan.iter()
+                .filter(|step| step.starts_with("SEARCH") && step.contains(index))
+                .count()
+        };
+        // The claims, and the events appended without one (their claimed_at is NULL).
+        assert_eq!(searches("INDEX audit_events_by_claim "), 2, "{plan:?}");
+        assert_eq!(searches("INDEX audit_events_given_back "), 1, "{plan:?}");
+        assert!(
+            !plan.iter().any(|step| step.contains("SCAN audit_events")),
             "{plan:?}"
         );
     }
