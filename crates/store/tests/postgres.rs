@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use refund_gateway_domain::{
-    Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationFilter, OperationId,
-    OperationState, OperationStore, ResourceKind, Rpc, StoreError,
+    Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationId, OperationState,
+    OperationStore, ResourceKind, Rpc, StoreError,
 };
 use refund_gateway_store::postgres::DEFAULT_ORDER_LOCK_LEASE;
 use refund_gateway_store::{DatabaseConfig, PostgresStore, connect};
@@ -1030,21 +1030,12 @@ async fn an_event_without_a_claim_instant_is_still_listed() {
     let op = operation("unclaimed", "order-unclaimed");
     claim(&store, &op, HOLDER_A, OffsetDateTime::now_utc()).await;
     let mut conn = PgConnection::connect(&url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-         order_id, state_before, state_after, detail, at) \
-         SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, state, \
-         state, 'older release', created_at + 1 FROM operations",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    let filter = OperationFilter {
-        idempotency_key: Some("unclaimed".to_owned()),
-        ..OperationFilter::default()
-    };
-    let page = store.list(&filter, 10, None).await.unwrap();
-    let (_, events) = &page.operations[0];
-    let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
-    assert_eq!(details, ["claimed", "older release"]);
+    sqlx::query(suite::INSERT_UNCLAIMED_EVENT)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        suite::event_details(&store, "unclaimed").await,
+        ["claimed", "older release"]
+    );
 }

@@ -468,21 +468,12 @@ async fn an_event_without_a_claim_instant_is_still_listed() {
     )
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO audit_events (operation_id, caller, rpc, idempotency_key, klarna_account, \
-         order_id, state_before, state_after, detail, at) \
-         SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, state, \
-         state, 'older release', created_at + 1 FROM operations",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let filter = refund_gateway_domain::OperationFilter {
-        idempotency_key: Some("unclaimed".to_owned()),
-        ..Default::default()
-    };
-    let page = store.list(&filter, 10, None).await.unwrap();
-    let (_, events) = &page.operations[0];
-    let details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
-    assert_eq!(details, ["claimed", "older release"]);
+    sqlx::query(suite::INSERT_UNCLAIMED_EVENT)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        suite::event_details(&store, "unclaimed").await,
+        ["claimed", "older release"]
+    );
 }

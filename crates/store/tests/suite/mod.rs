@@ -76,6 +76,24 @@ fn at_micros(t: OffsetDateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000)).unwrap()
 }
 
+/// An event for every operation as a release before migration 0012 appended it (no
+/// `claimed_at`), a microsecond after its claim, with the detail "older release".
+pub const INSERT_UNCLAIMED_EVENT: &str = "INSERT INTO audit_events (operation_id, caller, rpc, \
+     idempotency_key, klarna_account, order_id, state_before, state_after, detail, at) \
+     SELECT operation_id, caller, rpc, idempotency_key, klarna_account, order_id, state, state, \
+     'older release', created_at + 1 FROM operations";
+
+/// The details of the events listed with the operation under idempotency key `key`, in order.
+pub async fn event_details(store: &dyn OperationStore, key: &str) -> Vec<String> {
+    let filter = OperationFilter {
+        idempotency_key: Some(key.to_owned()),
+        ..OperationFilter::default()
+    };
+    let page = store.list(&filter, 10, None).await.unwrap();
+    let (_, events) = &page.operations[0];
+    events.iter().map(|e| e.detail.clone()).collect()
+}
+
 pub fn new_op(caller: &str, rpc: Rpc, key: &str, order: &str) -> NewOperation {
     let caller = Caller::named(caller);
     let key = IdempotencyKey::parse(key).unwrap();
