@@ -108,6 +108,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// How long completed operations are kept, in days (audit events are kept forever).
     pub retention_days: u64,
+    /// The async runtime's worker threads (see [`worker_threads`]).
+    pub worker_threads: WorkerThreads,
     /// Log format: `json` (default) or `text`.
     pub log_format: LogFormat,
     /// Where Klarna's webhooks arrive (`POST /webhooks/klarna`); read it through
@@ -151,6 +153,7 @@ impl Default for Settings {
             min_deadline_ms: 200,
             max_message_bytes: 4 * 1024 * 1024,
             retention_days: 30,
+            worker_threads: WorkerThreads::Auto,
             log_format: LogFormat::Json,
             webhook_listen: WebhookListen::Unset,
             auth: AuthMode::Callers,
@@ -230,6 +233,78 @@ impl Settings {
     pub fn retention(&self) -> Duration {
         // Saturating so that a hand-built, unvalidated value cannot overflow here.
         Duration::from_secs(self.retention_days.saturating_mul(86_400))
+    }
+}
+
+/// How many worker threads the async runtime gets: `auto` (see [`worker_threads`]) or a
+/// count from 1 to [`WorkerThreads::MAX`]. Written as `"auto"` or a number in the file, as
+/// text in the environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WorkerThreadsText", into = "WorkerThreadsText")]
+pub enum WorkerThreads {
+    /// Chosen from the cores and the store.
+    #[default]
+    Auto,
+    /// This many.
+    Count(usize),
+}
+
+impl WorkerThreads {
+    /// The most worker threads that may be set.
+    pub const MAX: usize = 1024;
+    /// The values it accepts, as [`Allowed::Form`] states them.
+    const FORM: &'static str = "auto, or 1 to 1024";
+}
+
+impl fmt::Display for WorkerThreads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl FromStr for WorkerThreads {
+    type Err = String;
+
+    /// Reads `auto` or a count from 1 to [`WorkerThreads::MAX`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Self::Count(n)),
+            _ => Err(format!("expected {}", Self::FORM)),
+        }
+    }
+}
+
+/// [`WorkerThreads`] as the file writes it: a number or text.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WorkerThreadsText {
+    Count(u64),
+    Text(String),
+}
+
+impl TryFrom<WorkerThreadsText> for WorkerThreads {
+    type Error = String;
+
+    fn try_from(value: WorkerThreadsText) -> Result<Self, Self::Error> {
+        match value {
+            WorkerThreadsText::Count(n) => n.to_string().parse(),
+            WorkerThreadsText::Text(text) => text.parse(),
+        }
+    }
+}
+
+impl From<WorkerThreads> for WorkerThreadsText {
+    fn from(threads: WorkerThreads) -> Self {
+        match threads {
+            WorkerThreads::Auto => Self::Text("auto".to_owned()),
+            WorkerThreads::Count(n) => Self::Count(u64::try_from(n).unwrap_or(u64::MAX)),
+        }
     }
 }
 
@@ -718,6 +793,16 @@ pub const SETTINGS: &[Setting] = &[
         value: |s| Value::Number(s.retention_days),
         parse: |s, t| set(&mut s.retention_days, t),
     },
+    Setting {
+        key: "worker_threads",
+        flag: None,
+        env: Some("REFUND_GATEWAY_WORKER_THREADS"),
+        description: "The async runtime's worker threads; auto: one per core, less one with the \
+                      embedded SQLite store (for its writer thread), at least one",
+        allowed: Allowed::Form(WorkerThreads::FORM),
+        value: |s| Value::Text(s.worker_threads.to_string()),
+        parse: |s, t| set(&mut s.worker_threads, t),
+    },
 ];
 
 /// An environment variable that is not a setting of [`SETTINGS`].
@@ -1010,7 +1095,15 @@ fn after_help() -> String {
     let unflagged = || SETTINGS.iter().filter(|s| s.flag.is_none());
     let width = unflagged().map(|s| s.key.len()).max().unwrap_or(0);
     for setting in unflagged() {
-        help.push_str(&format!("  {:width$}  {}\n", setting.key, setting.help(),));
+        let env = setting
+            .env
+            .map(|name| format!(" [env: {name}]"))
+            .unwrap_or_default();
+        help.push_str(&format!(
+            "  {:width$}  {}{env}\n",
+            setting.key,
+            setting.help()
+        ));
     }
     help.push_str("\nEnvironment (besides the options' variables):\n");
     let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
@@ -1388,6 +1481,21 @@ pub fn load_settings(file: Option<&Path>, env: &dyn Environ) -> Result<Settings,
     }
     settings.validate()?;
     Ok(settings)
+}
+
+/// The async runtime's worker threads: `worker_threads` when set, else (`auto`) one per core
+/// (`cores`), less one when operations are stored in the embedded SQLite file (no
+/// `DATABASE_URL`), and at least one.
+///
+/// The SQLite store commits on a thread of its own, busy under load: a worker on every core
+/// competes with it, and at low load each hand-off to it and back wakes a second, idle worker
+/// to look for work the first already has. See docs/architecture.md, "Runtime workers".
+pub fn worker_threads(settings: &Settings, env: &dyn Environ, cores: usize) -> usize {
+    match settings.worker_threads {
+        WorkerThreads::Count(n) => n,
+        WorkerThreads::Auto if env.var("DATABASE_URL").is_none() => cores.saturating_sub(1).max(1),
+        WorkerThreads::Auto => cores.max(1),
+    }
 }
 
 /// Resolves the accounts: those of the file, plus `default` from `KLARNA_*` variables when
@@ -2355,6 +2463,58 @@ mod tests {
         );
     }
 
+    /// `auto`: a core is left to the SQLite store's writer thread, none with PostgreSQL, and
+    /// there is always one worker. A count is taken as it is, from the file or the
+    /// environment; 0, more than 1024 or anything else is refused, naming the setting.
+    #[test]
+    fn worker_threads_leave_a_core_to_the_sqlite_writer_unless_set() {
+        let auto = Settings::default();
+        assert_eq!(auto.worker_threads, WorkerThreads::Auto);
+        let postgres = vars(&[("DATABASE_URL", "postgres://db/refunds")]);
+        assert_eq!(worker_threads(&auto, &vars(&[]), 8), 7);
+        assert_eq!(worker_threads(&auto, &vars(&[]), 2), 1);
+        assert_eq!(worker_threads(&auto, &vars(&[]), 1), 1);
+        assert_eq!(worker_threads(&auto, &postgres, 8), 8);
+        assert_eq!(worker_threads(&auto, &postgres, 1), 1);
+
+        let set = load_settings(None, &vars(&[("REFUND_GATEWAY_WORKER_THREADS", "3")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(worker_threads(&set, &vars(&[]), 8), 3);
+        assert_eq!(worker_threads(&set, &postgres, 1), 3);
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        for (written, expected) in [
+            ("1024", Some(WorkerThreads::Count(1024))),
+            ("\"auto\"", Some(WorkerThreads::Auto)),
+            ("1", Some(WorkerThreads::Count(1))),
+            ("0", None),
+            ("1025", None),
+            ("\"many\"", None),
+            ("-2", None),
+        ] {
+            std::fs::write(&file, format!("worker_threads = {written}\n"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            match (load_settings(Some(&file), &vars(&[])), expected) {
+                (Ok(settings), Some(expected)) => assert_eq!(settings.worker_threads, expected),
+                (Err(e), None) => assert!(e.to_string().contains("worker_threads"), "{e}"),
+                (loaded, expected) => panic!("{written}: {loaded:?}, expected {expected:?}"),
+            }
+        }
+        for text in ["0", "1025", "many", ""] {
+            let loaded = load_settings(None, &vars(&[("REFUND_GATEWAY_WORKER_THREADS", text)]));
+            match (text, loaded) {
+                // An empty variable is an unset one.
+                ("", Ok(settings)) => assert_eq!(settings.worker_threads, WorkerThreads::Auto),
+                (_, Err(e)) => assert!(
+                    e.to_string().contains("REFUND_GATEWAY_WORKER_THREADS"),
+                    "{text}: {e}"
+                ),
+                (_, Ok(settings)) => panic!("{text:?} accepted: {:?}", settings.worker_threads),
+            }
+        }
+    }
+
     #[test]
     fn retention_of_zero_or_a_century_is_refused_at_load() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -2463,6 +2623,7 @@ mod tests {
             ("tls_key_file", "/etc/refund-gateway/tls.key"),
             ("tls_client_ca_file", "/etc/refund-gateway/clients-ca.pem"),
             ("log_format", "text"),
+            ("worker_threads", "3"),
         ];
         for setting in SETTINGS {
             assert_eq!(

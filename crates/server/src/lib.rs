@@ -461,6 +461,7 @@ pub async fn start(
         %grpc_addr,
         %admin_addr,
         webhook_addr = webhook_addr.map(tracing::field::display),
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "refund gateway listening"
     );
     Ok(RunningGateway {

@@ -1,5 +1,6 @@
-//! The `refund-gateway` binary: parses flags, loads the configuration, installs logging and
-//! tracing, runs the server until SIGTERM or Ctrl-C.
+//! The `refund-gateway` binary: parses flags, loads the configuration, builds the async
+//! runtime (its worker count is a setting, see `config::worker_threads`), installs logging
+//! and tracing, runs the server until SIGTERM or Ctrl-C.
 //!
 //! `refund-gateway ops …` is the operator's command line instead (`refund_gateway::ops_cli`):
 //! it calls a running gateway's RPCs (ListAttention, GetOperation, WatchOperation,
@@ -13,7 +14,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use refund_gateway::config::{self, Cli, Command, ProcessEnv};
+use refund_gateway::config::{self, Command, ProcessEnv};
 use refund_gateway::telemetry::Telemetry;
 use refund_gateway::{check_config, ops_cli};
 
@@ -25,40 +26,73 @@ use refund_gateway::{check_config, ops_cli};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let mut cli = config::parse_args();
     match cli.take_command() {
         Some(Command::Ops(args)) => {
-            return match ops_cli::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(e.exit_code())
+            return run(None, async {
+                match ops_cli::run(args).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
                 }
-            };
+            });
         }
         Some(Command::CheckConfig(args)) => {
-            return ExitCode::from(check_config::run(&cli, &args, &ProcessEnv).await);
+            return run(None, async {
+                ExitCode::from(check_config::run(&cli, &args, &ProcessEnv).await)
+            });
         }
         None => {}
     }
-    match serve(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+    // Before the runtime: how many workers it gets is a setting.
+    let settings = match config::load_settings(cli.config_file(), &ProcessEnv) {
+        Ok(mut settings) => {
+            cli.apply(&mut settings);
+            settings
+        }
         Err(e) => {
             eprintln!("refund-gateway: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = config::worker_threads(&settings, &ProcessEnv, cores);
+    run(Some(workers), async {
+        match serve(settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("refund-gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Runs `main` on a multi-threaded Tokio runtime with `workers` worker threads (Tokio's
+/// default, one per core, for `None`).
+fn run(workers: Option<usize>, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    match builder.build() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("refund-gateway: starting the async runtime: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
-    // Before anything else, so a SIGTERM that arrives during start-up (or right after the
-    // "listening" line, before the server's task first polls the signal) drains and exits
+async fn serve(settings: config::Settings) -> anyhow::Result<()> {
+    // Before anything else runs, so a SIGTERM that arrives during start-up (or right after
+    // the "listening" line, before the server's task first polls the signal) drains and exits
     // cleanly instead of killing the process with the default action.
     let shutdown = shutdown_signal()?;
-    let mut settings = config::load_settings(cli.config_file(), &ProcessEnv)?;
-    cli.apply(&mut settings);
     let telemetry = Telemetry::install(settings.log_format)?;
     let served = async {
         let config = config::resolve(settings, &ProcessEnv)?;

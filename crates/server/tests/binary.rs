@@ -212,5 +212,12 @@ async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow:
         addr.parse::<std::net::SocketAddr>()
             .map_err(|e| anyhow::anyhow!("{field} {addr:?} is not an address: {e}"))?;
     }
+    // `worker_threads` unset: a core is left to the SQLite store's writer thread.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    assert_eq!(
+        listening["worker_threads"].as_u64(),
+        u64::try_from(cores.saturating_sub(1).max(1)).ok(),
+        "{listening}"
+    );
     Ok(())
 }
