@@ -418,6 +418,21 @@ async fn run_kills(
     Ok((processes, killed))
 }
 
+/// The warnings and errors the gateways logged, for a failure's message: the whole logs of
+/// a full run are too long to read.
+fn warnings_and_errors(processes: &[GatewayProcess]) -> String {
+    let mut text = String::from("warnings and errors the gateways logged:");
+    for process in processes {
+        for line in process.log_text().lines().filter(|line| {
+            line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#)
+        }) {
+            text.push('\n');
+            text.push_str(line);
+        }
+    }
+    text
+}
+
 /// Every operation the gateway holds, all pages.
 async fn all_operations(client: &mut Client) -> anyhow::Result<Vec<OperationRecord>> {
     let mut operations = Vec::new();
@@ -645,17 +660,23 @@ async fn chaos_run(
 
     // Reconciliation: whatever is still unresolved must become terminal.
     let mut client = current_client(&replica_clients, 0);
-    wait_until(
-        "every operation to be terminal (none PENDING or IN_FLIGHT)",
-        WAIT_LIMIT,
-        async || {
-            let unresolved = any_in(&mut client, OperationState::Pending).await?
-                || any_in(&mut client, OperationState::InFlight).await?;
-            Ok::<_, anyhow::Error>((!unresolved).then_some(()))
-        },
-    )
-    .await?;
-    let operations = all_operations(&mut client).await?;
+    let reconciled = async {
+        wait_until(
+            "every operation to be terminal (none PENDING or IN_FLIGHT)",
+            WAIT_LIMIT,
+            async || {
+                let unresolved = any_in(&mut client, OperationState::Pending).await?
+                    || any_in(&mut client, OperationState::InFlight).await?;
+                Ok::<_, anyhow::Error>((!unresolved).then_some(()))
+            },
+        )
+        .await?;
+        all_operations(&mut client).await
+    };
+    // A gateway's answer says what to do, not why: the cause is in its log.
+    let operations = reconciled
+        .await
+        .with_context(|| warnings_and_errors(&processes))?;
 
     let Ledger {
         by_reference: ledger,

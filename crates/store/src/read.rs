@@ -346,6 +346,11 @@ where
 /// Each part reads through an index: `audit_events_by_claim` (the last part too: its
 /// `claimed_at` is NULL) and `audit_events_given_back`. `CROSS JOIN` makes SQLite look the
 /// claims up in the index instead of scanning it for them; PostgreSQL plans it as any join.
+///
+/// The rows' claims are a `VALUES` list of their own (`listed`), not the first part of the
+/// `UNION`: SQLite counts each row of a `VALUES` inside a compound `SELECT` as one of its
+/// terms, and refuses more than 500 (`SQLITE_MAX_COMPOUND_SELECT`), which a full page of 500
+/// operations plus the given-back part is.
 pub(crate) fn events_query<DB>(rows: &[OperationRow]) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -353,10 +358,10 @@ where
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    let mut query = QueryBuilder::new("WITH claims (claimed_at, operation_id) AS (VALUES ");
-    let mut claims = query.separated(", ");
+    let mut query = QueryBuilder::new("WITH listed (claimed_at, operation_id) AS (VALUES ");
+    let mut listed = query.separated(", ");
     for row in rows {
-        claims
+        listed
             .push("(")
             .push_bind_unseparated(row.created_at_micros())
             .push_unseparated(", ")
@@ -364,7 +369,9 @@ where
             .push_unseparated(")");
     }
     query.push(
-        " UNION SELECT claimed_at, operation_id FROM audit_events \
+        "), claims (claimed_at, operation_id) AS (\
+         SELECT claimed_at, operation_id FROM listed \
+         UNION SELECT claimed_at, operation_id FROM audit_events \
          WHERE state_after IS NULL AND operation_id IN (",
     );
     push_ids(&mut query, rows);

@@ -36,6 +36,7 @@ macro_rules! all_cases {
             unresolved_oldest_first,
             list_filters,
             list_pagination,
+            list_full_pages,
             resource_operations_lists_one_resource,
             webhook_recorded_once,
             concurrent_webhook_records_once,
@@ -946,6 +947,54 @@ pub async fn list_pagination(store: Store, _peer: Option<Store>) {
         store.list(&other_filter, 3, Some(&token)).await,
         Err(StoreError::InvalidPageToken)
     ));
+}
+
+/// The largest page `ListOperations` asks for (500) comes back whole, each operation with its
+/// events, one of them given back and claimed again; then the rest. SQLite once refused the
+/// events' query of a full page ("too many terms in compound SELECT").
+pub async fn list_full_pages(store: Store, _peer: Option<Store>) {
+    const PAGE: u32 = 500;
+    const OPERATIONS: i64 = PAGE as i64 + 1;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..OPERATIONS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            claim_new(&store, op(&format!("full-{i}")), t(i)).await;
+        });
+    }
+    tasks.join_all().await;
+    // The newest given back and claimed again: its events are those of both claims.
+    let again = op(&format!("full-{}", OPERATIONS - 1));
+    assert!(
+        store
+            .abandon(
+                again.operation_id,
+                A,
+                "given back".to_owned(),
+                t(OPERATIONS)
+            )
+            .await
+            .unwrap()
+    );
+    claim_new(&store, again.clone(), t(OPERATIONS + 1)).await;
+
+    let all = OperationFilter::default();
+    let first = store.list(&all, PAGE, None).await.unwrap();
+    assert_eq!(first.operations.len(), PAGE as usize);
+    let (newest, events) = &first.operations[0];
+    assert_eq!(newest.new.operation_id, again.operation_id);
+    assert_eq!(transitions(events).len(), 3, "{events:?}");
+    assert!(
+        first.operations[1..]
+            .iter()
+            .all(|(_, events)| transitions(events) == [(None, Some(InFlight))])
+    );
+    let rest = store
+        .list(&all, PAGE, first.next_page_token.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(rest.operations.len(), 1);
+    assert_eq!(rest.next_page_token, None);
 }
 
 /// Every operation on one resource of one account, oldest first, in any state; other
