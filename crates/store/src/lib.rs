@@ -14,6 +14,8 @@
 //! - `row`: what both backends share: row structs and their decoding into domain values, the
 //!   timestamp encoding (integer microseconds since the Unix epoch) and the RPC names.
 //! - `page`: page sizes and the opaque keyset page tokens of [`OperationStore::list`].
+//! - `purge`: [`OperationStore::purge`] in short transactions from the last pass's cut, the
+//!   same loop on both backends around each one's chunk statement.
 //! - `read`: the reads (`get`, `unresolved`, `list` with its events, `resource_operations`,
 //!   `webhook_events`, `find_reference`), one portable SQL text each, run by both backends on
 //!   their pools. Order references are linked (`link_reference`) by each backend's own write
@@ -38,6 +40,7 @@
 pub mod config;
 mod page;
 pub mod postgres;
+mod purge;
 mod read;
 mod row;
 pub mod sqlite;

@@ -70,6 +70,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::{Date, OffsetDateTime};
 
 use crate::config::DatabaseConfig;
+use crate::purge::Purger;
 use crate::read;
 use crate::row::{
     check_final, check_resolution, day_text, holder_text, id_text, lease_end, micros,
@@ -103,6 +104,7 @@ pub struct PostgresStore {
 struct Replica {
     liveness: liveness::Liveness,
     releases: lease::Releases,
+    purger: Purger,
 }
 
 impl PostgresStore {
@@ -163,7 +165,11 @@ impl PostgresStore {
         let releases = lease::Releases::start(options);
         Ok(Self {
             pool,
-            replica: Arc::new(Replica { liveness, releases }),
+            replica: Arc::new(Replica {
+                liveness,
+                releases,
+                purger: Purger::default(),
+            }),
             lock_lease: lease::DEFAULT_LEASE,
         })
     }
@@ -385,7 +391,12 @@ impl OperationStore for PostgresStore {
     }
 
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        sql::purge(&self.pool, micros(before)).await
+        self.replica
+            .purger
+            .purge(micros(before), |state, from, before, limit| {
+                sql::purge_chunk(&self.pool, state, from, before, limit)
+            })
+            .await
     }
 
     /// Takes the resource's lease in `resource_leases`, waiting while another holder, alive

@@ -317,12 +317,15 @@ static RECORD_WEBHOOK: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
-// stays forever, so a late retry is a replay and never a second execution. REQUIRES_REVIEW
-// and unresolved operations keep everything.
-const PURGE: &str = "UPDATE operations SET response_payload = NULL \
-     WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < $1 \
-     AND response_payload IS NOT NULL";
+// $1 a final state, $2 from, $3 before, $4 limit. Only the answer body goes: the row (scope,
+// fingerprint, final state, Klarna ids, the call) stays forever, so a late retry is a replay
+// and never a second execution. REQUIRES_REVIEW and unresolved operations keep everything.
+// `operations_by_state` gives the rows oldest first from $2. Two replicas purging at once
+// wait on each other's rows and drop nothing twice that matters (a body already gone).
+const PURGE_CHUNK: &str = "UPDATE operations SET response_payload = NULL WHERE operation_id IN (\
+     SELECT operation_id FROM operations WHERE state = $1 AND updated_at >= $2 \
+     AND updated_at < $3 AND response_payload IS NOT NULL ORDER BY updated_at LIMIT $4) \
+     RETURNING updated_at";
 
 // $1 caller, $2 currency, $3 day (ISO text, read as a DATE), $4 amount, $5 cap. Adds the
 // amount to the day's total if it stays within the cap, creating the row on the day's first
@@ -707,14 +710,23 @@ pub(super) async fn record_webhook(
     Ok(recorded == 1)
 }
 
-/// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before`.
-pub(super) async fn purge(pool: &PgPool, before: i64) -> Result<u64, StoreError> {
-    Ok(sqlx::query(PURGE)
+/// Drops up to `limit` answer bodies of operations in `state` last changed in `from..before`,
+/// oldest first (see [`PURGE_CHUNK`]); returns the `updated_at` of each.
+pub(super) async fn purge_chunk(
+    pool: &PgPool,
+    state: &str,
+    from: i64,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<i64>, StoreError> {
+    sqlx::query_scalar::<_, i64>(PURGE_CHUNK)
+        .bind(state)
+        .bind(from)
         .bind(before)
-        .execute(pool)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
         .await
-        .map_err(db_error)?
-        .rows_affected())
+        .map_err(db_error)
 }
 
 /// Adds `amount` to the total of (`caller`, `currency`, `day`) if it stays at most `cap`

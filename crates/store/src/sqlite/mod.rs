@@ -54,6 +54,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 use time::{Date, OffsetDateTime};
 
+use crate::purge::Purger;
 use crate::read;
 use crate::row::{
     check_final, check_resolution, claimed_operation, day_text, holder_text, id_text, lease_end,
@@ -90,6 +91,7 @@ pub struct SqliteStore {
     readers: SqlitePool,
     order_locks: OrderLocks,
     orphans_taken_over: u64,
+    purger: Purger,
 }
 
 impl SqliteStore {
@@ -139,6 +141,7 @@ impl SqliteStore {
             readers,
             order_locks: OrderLocks::default(),
             orphans_taken_over,
+            purger: Purger::default(),
         })
     }
 
@@ -447,16 +450,23 @@ impl OperationStore for SqliteStore {
     }
 
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        match self
-            .writer
-            .submit(WriteOp::Purge {
-                before: micros(before),
+        self.purger
+            .purge(micros(before), |state, from, before, limit| async move {
+                match self
+                    .writer
+                    .submit(WriteOp::Purge {
+                        state,
+                        from,
+                        before,
+                        limit,
+                    })
+                    .await?
+                {
+                    Outcome::Purged(changed) => Ok(changed),
+                    other => Err(mismatch(&other)),
+                }
             })
-            .await?
-        {
-            Outcome::Purged(count) => Ok(count),
-            other => Err(mismatch(&other)),
-        }
+            .await
     }
 
     async fn lock_resource(

@@ -123,12 +123,14 @@ static WEBHOOK_EVENT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// Only the answer body goes: the row (scope, fingerprint, final state, Klarna ids, the call)
-// stays forever, so a late retry is a replay and never a second execution. REQUIRES_REVIEW
-// and unresolved operations keep everything. No event: not a state change.
-const PURGE: &str = "UPDATE operations SET response_payload = NULL \
-     WHERE state IN ('SUCCEEDED', 'FAILED') AND updated_at < ?1 \
-     AND response_payload IS NOT NULL";
+// ?1 a final state, ?2 from, ?3 before, ?4 limit. Only the answer body goes: the row (scope,
+// fingerprint, final state, Klarna ids, the call) stays forever, so a late retry is a replay
+// and never a second execution. REQUIRES_REVIEW and unresolved operations keep everything.
+// No event: not a state change. `operations_by_state` gives the rows oldest first from ?2.
+const PURGE_CHUNK: &str = "UPDATE operations SET response_payload = NULL WHERE rowid IN (\
+     SELECT rowid FROM operations WHERE state = ?1 AND updated_at >= ?2 AND updated_at < ?3 \
+     AND response_payload IS NOT NULL ORDER BY updated_at LIMIT ?4) \
+     RETURNING updated_at";
 
 // ?1 now. Every IN_FLIGHT claim found when the store opens belongs to a process that is gone
 // (one process owns the file): it becomes PENDING at once, for the reconciler or the caller's
@@ -464,13 +466,21 @@ pub(super) fn link_reference(
     link_found(reference, stored)
 }
 
-/// Drops the answer bodies of SUCCEEDED and FAILED operations changed before `before` (see [`PURGE`]).
-pub(super) fn purge(conn: &Connection, before: i64) -> Result<u64, StoreError> {
-    let purged = conn
-        .prepare_cached(PURGE)
-        .and_then(|mut s| s.execute(params![before]))
-        .map_err(sqlite_error)?;
-    Ok(purged as u64)
+/// Drops up to `limit` answer bodies of operations in `state` last changed in `from..before`,
+/// oldest first (see [`PURGE_CHUNK`]); returns the `updated_at` of each.
+pub(super) fn purge_chunk(
+    conn: &Connection,
+    state: &str,
+    from: i64,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<i64>, StoreError> {
+    conn.prepare_cached(PURGE_CHUNK)
+        .and_then(|mut s| {
+            s.query_map(params![state, from, before, limit], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(sqlite_error)
 }
 
 /// Marks every IN_FLIGHT operation PENDING (see [`ORPHANED`]); returns how many.

@@ -129,8 +129,12 @@ pub(super) enum WriteOp {
         received_at: i64,
         detail: String,
     },
+    /// One chunk of [`crate::purge::Purger::purge`].
     Purge {
+        state: &'static str,
+        from: i64,
         before: i64,
+        limit: u32,
     },
     ReserveDaily {
         caller: String,
@@ -167,7 +171,8 @@ pub(super) enum Outcome {
     /// Whether the row changed (take-over, renewal, transitions, daily totals) or was
     /// inserted (webhooks).
     Changed(bool),
-    Purged(u64),
+    /// The `updated_at` of each operation whose answer body went.
+    Purged(Vec<i64>),
     Linked(LinkOutcome),
     Durability {
         journal_mode: String,
@@ -518,7 +523,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Outcome, StoreError> {
             *received_at,
             detail,
         )?),
-        WriteOp::Purge { before } => Outcome::Purged(sql::purge(conn, *before)?),
+        WriteOp::Purge {
+            state,
+            from,
+            before,
+            limit,
+        } => Outcome::Purged(sql::purge_chunk(conn, state, *from, *before, *limit)?),
         WriteOp::ReserveDaily {
             caller,
             currency,

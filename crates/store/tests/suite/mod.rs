@@ -43,6 +43,7 @@ macro_rules! all_cases {
             daily_reservations_stay_within_the_cap,
             concurrent_daily_reservations_never_exceed_the_cap,
             purge_keeps_identity,
+            purge_many_in_one_pass,
             answer_context_survives_a_resend,
             lock_order_serializes_one_order,
             finish_and_release_frees_the_order,
@@ -1517,6 +1518,45 @@ pub async fn answer_context_survives_a_resend(store: Store, _peer: Option<Store>
 /// Retention drops answer bodies only: every operation's identity, final state and Klarna ids
 /// stay, so a retry long after still finds the operation and can never execute it again, and
 /// nothing of an operation that is not final (or needs review) is touched.
+/// A pass drops every old body, however many and however many share one microsecond (the
+/// store drops them a chunk at a time), and the next pass drops only what became old since.
+pub async fn purge_many_in_one_pass(store: Store, _peer: Option<Store>) {
+    const OLD: i64 = 1_101;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..=OLD {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let new = op(&format!("purge-{i}"));
+            claim_new(&store, new.clone(), t(0)).await;
+            // All but the last finished in the same microsecond, a few of them FAILED.
+            let (state, at) = match i {
+                OLD => (Succeeded, 1_000),
+                i if i % 100 == 0 => (Failed, 10),
+                _ => (Succeeded, 10),
+            };
+            assert!(
+                store
+                    .finish(new.operation_id, A, completion(state), t(at))
+                    .await
+                    .unwrap()
+            );
+            new
+        });
+    }
+    let ops = tasks.join_all().await;
+    assert_eq!(store.purge(t(500)).await.unwrap(), OLD as u64);
+    for new in &ops {
+        let kept = store.get(new.operation_id).await.unwrap().unwrap();
+        let payload = kept.response.unwrap().payload;
+        assert_eq!(
+            payload.is_empty(),
+            new.idempotency_key.as_str() != format!("purge-{OLD}")
+        );
+    }
+    assert_eq!(store.purge(t(500)).await.unwrap(), 0);
+    assert_eq!(store.purge(t(2_000)).await.unwrap(), 1);
+}
+
 pub async fn purge_keeps_identity(store: Store, _peer: Option<Store>) {
     let old_done = op("old-done");
     let old_failed = op("old-failed");
