@@ -7,7 +7,9 @@
 //! every write waiting behind it) and dropped a whole hour of bodies in one transaction. Here
 //! a pass only looks at operations last changed since the previous pass's cut (an operation
 //! changes with `updated_at` = now, so nothing older than a cut can become purgeable after
-//! it), oldest first, [`CHUNK`] at a time, each chunk its own transaction.
+//! it), oldest first, [`CHUNK`] at a time, each chunk its own transaction. The first pass of
+//! a process starts where the oldest body still kept is, found by a read
+//! (`read::oldest_kept_answer`) outside any write transaction.
 //!
 //! [`OperationStore::purge`]: refund_gateway_domain::OperationStore::purge
 
@@ -35,17 +37,32 @@ impl Purger {
     /// Drops the bodies of final operations last changed before `before`, through
     /// `chunk(state, from, before, limit)`, which drops up to `limit` bodies of operations in
     /// `state` last changed in `from..before`, oldest first, in one transaction, and returns
-    /// the `updated_at` of each. Returns how many bodies were dropped. A failed chunk ends the
-    /// pass with its error, and the next pass starts from the last complete one's cut.
-    pub(crate) async fn purge<F, Fut>(&self, before: i64, mut chunk: F) -> Result<u64, StoreError>
+    /// the `updated_at` of each. Without a previous cut, each state starts at
+    /// `oldest(state, before)`, the oldest body kept (`None`: none to drop). Returns how many
+    /// bodies were dropped. A failed step ends the pass with its error, and the next pass
+    /// starts from the last complete one's cut.
+    pub(crate) async fn purge<O, OFut, F, Fut>(
+        &self,
+        before: i64,
+        mut oldest: O,
+        mut chunk: F,
+    ) -> Result<u64, StoreError>
     where
+        O: FnMut(&'static str, i64) -> OFut,
+        OFut: Future<Output = Result<Option<i64>, StoreError>>,
         F: FnMut(&'static str, i64, i64, u32) -> Fut,
         Fut: Future<Output = Result<Vec<i64>, StoreError>>,
     {
-        let start = self.cut().unwrap_or(i64::MIN);
+        let last_cut = self.cut();
         let mut dropped = 0;
         for state in FINAL_STATES {
-            let mut from = start;
+            let mut from = match last_cut {
+                Some(cut) => cut,
+                None => match oldest(state, before).await? {
+                    Some(oldest) => oldest,
+                    None => continue,
+                },
+            };
             loop {
                 let changed = chunk(state, from, before, CHUNK).await?;
                 dropped += changed.len() as u64;
@@ -76,6 +93,15 @@ mod tests {
     struct Bodies(Mutex<Vec<(&'static str, i64)>>);
 
     impl Bodies {
+        fn oldest(&self, state: &str, before: i64) -> Option<i64> {
+            let bodies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            bodies
+                .iter()
+                .filter(|(s, at)| *s == state && *at < before)
+                .map(|(_, at)| *at)
+                .min()
+        }
+
         fn chunk(&self, state: &str, from: i64, before: i64, limit: u32) -> Vec<i64> {
             let mut bodies = self.0.lock().unwrap_or_else(|e| e.into_inner());
             let mut found: Vec<i64> = bodies
@@ -111,14 +137,21 @@ mod tests {
         let calls = Mutex::new(Vec::new());
         let purger = Purger::default();
         let dropped = purger
-            .purge(1_000, |state, from, before, limit| {
-                calls
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((state, from));
-                let changed = bodies.chunk(state, from, before, limit);
-                async move { Ok(changed) }
-            })
+            .purge(
+                1_000,
+                |state, before| {
+                    let oldest = bodies.oldest(state, before);
+                    async move { Ok(oldest) }
+                },
+                |state, from, before, limit| {
+                    calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((state, from));
+                    let changed = bodies.chunk(state, from, before, limit);
+                    async move { Ok(changed) }
+                },
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dropped, 1_202);
@@ -129,24 +162,28 @@ mod tests {
         assert_eq!(
             *calls.lock().unwrap_or_else(|e| e.into_inner()),
             [
-                ("SUCCEEDED", i64::MIN),
+                ("SUCCEEDED", 0),
                 ("SUCCEEDED", 166),
                 ("SUCCEEDED", 333),
-                ("FAILED", i64::MIN)
+                ("FAILED", 5)
             ]
         );
 
         // The next pass looks only at what changed since the last cut.
         calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let dropped = purger
-            .purge(6_000, |state, from, before, limit| {
-                calls
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((state, from));
-                let changed = bodies.chunk(state, from, before, limit);
-                async move { Ok(changed) }
-            })
+            .purge(
+                6_000,
+                |_, _| async { panic!("a pass after a cut starts at the cut") },
+                |state, from, before, limit| {
+                    calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((state, from));
+                    let changed = bodies.chunk(state, from, before, limit);
+                    async move { Ok(changed) }
+                },
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dropped, 1);
@@ -160,13 +197,19 @@ mod tests {
     async fn a_failed_chunk_keeps_the_last_cut() {
         let purger = Purger::default();
         purger
-            .purge(100, |_, _, _, _| async { Ok(Vec::new()) })
+            .purge(
+                100,
+                |_, _| async { Ok(None) },
+                |_, _, _, _| async { panic!("no body kept: nothing to drop") },
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let failed = purger
-            .purge(200, |_, _, _, _| async {
-                Err(StoreError::Unavailable("disk".into()))
-            })
+            .purge(
+                200,
+                |_, _| async { Ok(Some(0)) },
+                |_, _, _, _| async { Err(StoreError::Unavailable("disk".into())) },
+            )
             .await;
         assert!(matches!(failed, Err(StoreError::Unavailable(_))));
         assert_eq!(purger.cut(), Some(100));

@@ -110,6 +110,34 @@ where
         .transpose()
 }
 
+/// The oldest `updated_at` of an operation in `state` last changed before `before` that still
+/// holds its answer body: where a purge with no previous cut starts (`crate::purge`). It reads
+/// every such row's body column, so it runs on a reader, never in a write transaction.
+pub(crate) async fn oldest_kept_answer<DB>(
+    pool: &Pool<DB>,
+    state: &str,
+    before: i64,
+) -> Result<Option<i64>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    Option<i64>: for<'r> sqlx::Decode<'r, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    sqlx::query_scalar::<DB, Option<i64>>(
+        "SELECT MIN(updated_at) FROM operations \
+         WHERE state = $1 AND updated_at < $2 AND response_payload IS NOT NULL",
+    )
+    .bind(state.to_owned())
+    .bind(before)
+    .fetch_one(pool)
+    .await
+    .map_err(db_error)
+}
+
 /// Up to `limit` unresolved operations, oldest created first.
 pub(crate) async fn unresolved<DB>(
     pool: &Pool<DB>,

@@ -393,9 +393,13 @@ impl OperationStore for PostgresStore {
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.replica
             .purger
-            .purge(micros(before), |state, from, before, limit| {
-                sql::purge_chunk(&self.pool, state, from, before, limit)
-            })
+            .purge(
+                micros(before),
+                |state, before| read::oldest_kept_answer(&self.pool, state, before),
+                |state, from, before, limit| {
+                    sql::purge_chunk(&self.pool, state, from, before, limit)
+                },
+            )
             .await
     }
 

@@ -451,21 +451,25 @@ impl OperationStore for SqliteStore {
 
     async fn purge(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.purger
-            .purge(micros(before), |state, from, before, limit| async move {
-                match self
-                    .writer
-                    .submit(WriteOp::Purge {
-                        state,
-                        from,
-                        before,
-                        limit,
-                    })
-                    .await?
-                {
-                    Outcome::Purged(changed) => Ok(changed),
-                    other => Err(mismatch(&other)),
-                }
-            })
+            .purge(
+                micros(before),
+                |state, before| read::oldest_kept_answer(&self.readers, state, before),
+                |state, from, before, limit| async move {
+                    match self
+                        .writer
+                        .submit(WriteOp::Purge {
+                            state,
+                            from,
+                            before,
+                            limit,
+                        })
+                        .await?
+                    {
+                        Outcome::Purged(changed) => Ok(changed),
+                        other => Err(mismatch(&other)),
+                    }
+                },
+            )
             .await
     }
 
