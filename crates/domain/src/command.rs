@@ -17,8 +17,11 @@ fn account(name: String) -> Option<String> {
     if name.is_empty() { None } else { Some(name) }
 }
 
+/// A request's `description` or `reference`: at most [`MAX_TEXT_CHARS`] characters, no
+/// control characters; empty means none.
 fn optional_text(v: &mut Violations, field: &str, value: String) -> Option<String> {
     v.max_chars(field, &value, MAX_TEXT_CHARS);
+    v.no_control_chars(field, &value);
     if value.is_empty() { None } else { Some(value) }
 }
 
@@ -724,6 +727,43 @@ mod tests {
                 "reference"
             ]
         );
+    }
+
+    #[test]
+    fn control_characters_in_text_are_refused_by_name() {
+        let mut d = draft();
+        d.description = "one shirt\u{0}".into();
+        d.reference = "RMA-1\n2".into();
+        let mut l = line(OrderLineType::Physical, 100);
+        l.name = "Shirt\u{1b}[31m".into();
+        l.reference = "sku\u{7f}".into();
+        d.refunded_amount = 100;
+        d.order_lines = vec![l];
+        let violations = match RefundOrder::validate(d) {
+            Ok(r) => panic!("accepted: {r:?}"),
+            Err(v) => v,
+        };
+        let fields: Vec<(&str, &str)> = violations
+            .as_slice()
+            .iter()
+            .map(|f| (f.field.as_str(), f.description.as_str()))
+            .collect();
+        let refused = "must not contain control characters";
+        assert_eq!(
+            fields,
+            [
+                ("description", refused),
+                ("reference", refused),
+                ("order_lines[0].name", refused),
+                ("order_lines[0].reference", refused),
+            ]
+        );
+
+        // Any other text is the caller's: accents, emoji, right-to-left scripts.
+        let mut d = draft();
+        d.description = "Återbetalning 👕 שמלה".into();
+        d.reference = "RMA-1001 ☂".into();
+        assert!(RefundOrder::validate(d).is_ok());
     }
 
     #[test]

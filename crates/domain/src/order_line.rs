@@ -298,6 +298,7 @@ impl OrderLine {
             v.push(field("name"), "is required");
         }
         v.max_chars(&field("name"), &draft.name, MAX_NAME_CHARS);
+        v.no_control_chars(&field("name"), &draft.name);
         if draft.quantity < 0 {
             v.push(field("quantity"), "must not be negative");
         }
@@ -351,6 +352,7 @@ impl OrderLine {
             }
         }
         v.max_chars(&field("reference"), &draft.reference, MAX_NAME_CHARS);
+        v.no_control_chars(&field("reference"), &draft.reference);
         v.max_chars(&field("merchant_data"), &draft.merchant_data, MAX_URL_CHARS);
         v.max_chars(&field("product_url"), &draft.product_url, MAX_URL_CHARS);
         v.max_chars(&field("image_url"), &draft.image_url, MAX_URL_CHARS);

@@ -122,6 +122,7 @@ impl LineItem {
             v.push("name", "is required");
         }
         v.max_chars("name", &draft.name, MAX_TEXT_CHARS);
+        v.no_control_chars("name", &draft.name);
         if draft.quantity < 1 {
             v.push("quantity", "must be at least 1");
         }
@@ -168,6 +169,7 @@ impl LineItem {
             );
         }
         v.max_chars("reference", &draft.reference, MAX_TEXT_CHARS);
+        v.no_control_chars("reference", &draft.reference);
         v.max_chars("type", &draft.item_type, MAX_TEXT_CHARS);
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         v.into_result(|| Self {
@@ -439,6 +441,25 @@ mod tests {
         .err()
         .unwrap_or_default();
         assert_eq!(overflow.as_slice()[0].field, "unit_price");
+        let control = LineItem::parse(LineItemDraft {
+            name: "Shirt\r\n".into(),
+            reference: "\u{0}sku".into(),
+            ..draft()
+        })
+        .err()
+        .unwrap_or_default();
+        let refused: Vec<_> = control
+            .as_slice()
+            .iter()
+            .map(|v| (v.field.as_str(), v.description.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("name", "must not contain control characters"),
+                ("reference", "must not contain control characters")
+            ]
+        );
     }
 
     #[test]

@@ -56,6 +56,15 @@ impl Violations {
         }
     }
 
+    /// Records a violation when `value` holds a control character (a NUL, a line break, an
+    /// escape): text that reaches the customer's statement or Klarna's settlement files goes
+    /// there as sent, so it is refused here, by name, rather than by Klarna or not at all.
+    pub fn no_control_chars(&mut self, field: &str, value: &str) {
+        if value.chars().any(char::is_control) {
+            self.push(field, "must not contain control characters");
+        }
+    }
+
     /// Moves every violation of `other` into this one, prefixing each path with `prefix.`.
     pub fn extend_nested(&mut self, prefix: &str, other: Violations) {
         for v in other.0 {

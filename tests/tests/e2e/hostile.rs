@@ -534,50 +534,73 @@ const INJECTED_DESCRIPTION: &str =
     "x\r\nKlarna-Idempotency-Key: evil\r\n\r\n{\"refunded_amount\": 1}";
 const INJECTED_REFERENCE: &str = "r\r\nX-Injected: evil\nKlarna-Idempotency-Key: evil";
 
+/// Asserts `status` is INVALID_ARGUMENT naming exactly `description` and `reference`, each
+/// for its control characters.
+#[track_caller]
+fn assert_text_refused(status: &Status) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let violations: BTreeSet<(String, String)> = status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default();
+    let refused = "must not contain control characters".to_owned();
+    assert_eq!(
+        violations,
+        BTreeSet::from([
+            ("description".to_owned(), refused.clone()),
+            ("reference".to_owned(), refused)
+        ]),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
-async fn line_breaks_in_a_refunds_text_stay_inside_the_json_body() -> anyhow::Result<()> {
+async fn line_breaks_in_a_refunds_text_are_refused_and_stay_inside_the_json_body_elsewhere()
+-> anyhow::Result<()> {
     let app = spawn_app().await?;
     let order = captured_order(&app.sim.sim, 10_000);
+    // The customer's text and the settlement reference: refused by name, nothing sent.
     let mut request = refund_request("crlf-1", &order.order_id, 100);
     request.description = INJECTED_DESCRIPTION.into();
     request.reference = INJECTED_REFERENCE.into();
-    match app.client.clone().refund_order(request).await {
-        Ok(made) => {
-            let made = made.into_inner();
-            let posts: Vec<_> = klarna_calls(&app.sim.sim)
-                .into_iter()
-                .filter(|r| r.method == "POST")
-                .collect();
-            assert_eq!(posts.len(), 1, "{posts:?}");
-            assert_text_only_in_body(
-                &posts[0],
-                &made.operation_id,
-                &[INJECTED_DESCRIPTION, INJECTED_REFERENCE],
-            );
-            let body: serde_json::Value = serde_json::from_str(&posts[0].body)?;
-            assert_eq!(body["refunded_amount"], 100);
-            assert_eq!(body["description"], INJECTED_DESCRIPTION);
-            assert_eq!(body["reference"], INJECTED_REFERENCE);
-        }
-        Err(status) => {
-            let fields: BTreeSet<String> = bad_fields(&status).into_iter().collect();
-            assert!(
-                !fields.is_empty()
-                    && fields
-                        .iter()
-                        .all(|f| f == "description" || f == "reference"),
-                "{status:?}"
-            );
-            assert_nothing_sent(&app);
-            assert_nothing_stored(&app, None).await?;
-        }
-    }
+    let status = match app.client.clone().refund_order(request).await {
+        Ok(made) => anyhow::bail!("accepted: {made:?}"),
+        Err(status) => status,
+    };
+    assert_text_refused(&status);
+    assert_nothing_sent(&app);
+    assert_nothing_stored(&app, None).await?;
+
+    // A line's merchant data is free text: it goes, inside the JSON body and nowhere else.
+    let mut request = refund_request("crlf-2", &order.order_id, 100);
+    request.order_lines = vec![pb::OrderLine {
+        merchant_data: INJECTED_DESCRIPTION.into(),
+        ..line("Shirt", 1, 100)
+    }];
+    let made = app.client.clone().refund_order(request).await?.into_inner();
+    let posts: Vec<_> = klarna_calls(&app.sim.sim)
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_text_only_in_body(&posts[0], &made.operation_id, &[INJECTED_DESCRIPTION]);
+    let body: serde_json::Value = serde_json::from_str(&posts[0].body)?;
+    assert_eq!(body["refunded_amount"], 100);
+    assert_eq!(
+        body["order_lines"][0]["merchant_data"],
+        INJECTED_DESCRIPTION
+    );
     still_serves(&app, None).await?;
     app.shutdown().await
 }
 
 #[tokio::test]
-async fn line_breaks_in_a_partner_refunds_text_stay_inside_the_json_body() -> anyhow::Result<()> {
+async fn line_breaks_in_a_partner_refunds_text_are_refused() -> anyhow::Result<()> {
     let app = spawn_app().await?;
     let seeded = app.sim.sim.seed_transaction(TransactionSeed {
         amount: 10_000,
@@ -591,40 +614,20 @@ async fn line_breaks_in_a_partner_refunds_text_stay_inside_the_json_body() -> an
         .payment_capture_ids
         .first()
         .ok_or_else(|| anyhow::anyhow!("no capture seeded"))?;
-    let mut request = capture_refund("crlf-2", &seeded.payment_transaction_id, capture, 100);
+    let mut request = capture_refund("crlf-3", &seeded.payment_transaction_id, capture, 100);
     request.description = INJECTED_DESCRIPTION.into();
     request.reference = INJECTED_REFERENCE.into();
-    match app.client.clone().refund_capture(request).await {
-        Ok(made) => {
-            let made = made.into_inner();
-            let posts: Vec<_> = klarna_calls(&app.sim.sim)
-                .into_iter()
-                .filter(|r| r.method == "POST")
-                .collect();
-            assert_eq!(posts.len(), 1, "{posts:?}");
-            assert_text_only_in_body(
-                &posts[0],
-                &made.operation_id,
-                &[INJECTED_DESCRIPTION, INJECTED_REFERENCE],
-            );
-        }
-        Err(status) => {
-            let fields: BTreeSet<String> = bad_fields(&status).into_iter().collect();
-            assert!(
-                !fields.is_empty()
-                    && fields
-                        .iter()
-                        .all(|f| f == "description" || f == "reference"),
-                "{status:?}"
-            );
-            let sent: Vec<_> = klarna_calls(&app.sim.sim)
-                .into_iter()
-                .filter(|r| r.method != "GET")
-                .collect();
-            assert!(sent.is_empty(), "{sent:?}");
-            assert_nothing_stored(&app, None).await?;
-        }
-    }
+    let status = match app.client.clone().refund_capture(request).await {
+        Ok(made) => anyhow::bail!("accepted: {made:?}"),
+        Err(status) => status,
+    };
+    assert_text_refused(&status);
+    let sent: Vec<_> = klarna_calls(&app.sim.sim)
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_nothing_stored(&app, None).await?;
     still_serves(&app, None).await?;
     app.shutdown().await
 }
