@@ -88,13 +88,17 @@ impl Purger {
 mod tests {
     use super::*;
 
-    /// Bodies of (state, updated_at), dropped as a backend would.
+    /// Bodies of (state, updated_at), dropped as a backend would; and the chunks asked for,
+    /// as (state, from).
     #[derive(Default)]
-    struct Bodies(Mutex<Vec<(&'static str, i64)>>);
+    struct Bodies {
+        kept: Mutex<Vec<(&'static str, i64)>>,
+        chunks: Mutex<Vec<(&'static str, i64)>>,
+    }
 
     impl Bodies {
         fn oldest(&self, state: &str, before: i64) -> Option<i64> {
-            let bodies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let bodies = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             bodies
                 .iter()
                 .filter(|(s, at)| *s == state && *at < before)
@@ -102,8 +106,12 @@ mod tests {
                 .min()
         }
 
-        fn chunk(&self, state: &str, from: i64, before: i64, limit: u32) -> Vec<i64> {
-            let mut bodies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        fn chunk(&self, state: &'static str, from: i64, before: i64, limit: u32) -> Vec<i64> {
+            self.chunks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((state, from));
+            let mut bodies = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             let mut found: Vec<i64> = bodies
                 .iter()
                 .filter(|(s, at)| *s == state && *at >= from && *at < before)
@@ -126,7 +134,7 @@ mod tests {
     async fn chunks_until_short_and_then_only_since_the_last_cut() {
         let bodies = Bodies::default();
         {
-            let mut b = bodies.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = bodies.kept.lock().unwrap_or_else(|e| e.into_inner());
             // More than two chunks of one state, some sharing a microsecond across a chunk's
             // edge, and a few of the other.
             for i in 0..1_200 {
@@ -134,7 +142,6 @@ mod tests {
             }
             b.extend([("FAILED", 5), ("FAILED", 900), ("SUCCEEDED", 5_000)]);
         }
-        let calls = Mutex::new(Vec::new());
         let purger = Purger::default();
         let dropped = purger
             .purge(
@@ -144,10 +151,6 @@ mod tests {
                     async move { Ok(oldest) }
                 },
                 |state, from, before, limit| {
-                    calls
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((state, from));
                     let changed = bodies.chunk(state, from, before, limit);
                     async move { Ok(changed) }
                 },
@@ -156,11 +159,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dropped, 1_202);
         assert_eq!(
-            *bodies.0.lock().unwrap_or_else(|e| e.into_inner()),
+            *bodies.kept.lock().unwrap_or_else(|e| e.into_inner()),
             [("SUCCEEDED", 5_000)]
         );
         assert_eq!(
-            *calls.lock().unwrap_or_else(|e| e.into_inner()),
+            *bodies.chunks.lock().unwrap_or_else(|e| e.into_inner()),
             [
                 ("SUCCEEDED", 0),
                 ("SUCCEEDED", 166),
@@ -170,16 +173,16 @@ mod tests {
         );
 
         // The next pass looks only at what changed since the last cut.
-        calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        bodies
+            .chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let dropped = purger
             .purge(
                 6_000,
                 |_, _| async { panic!("a pass after a cut starts at the cut") },
                 |state, from, before, limit| {
-                    calls
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((state, from));
                     let changed = bodies.chunk(state, from, before, limit);
                     async move { Ok(changed) }
                 },
@@ -188,7 +191,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dropped, 1);
         assert_eq!(
-            *calls.lock().unwrap_or_else(|e| e.into_inner()),
+            *bodies.chunks.lock().unwrap_or_else(|e| e.into_inner()),
             [("SUCCEEDED", 1_000), ("FAILED", 1_000)]
         );
     }
