@@ -3,7 +3,7 @@
 //!
 //! One statement over every final operation, as this once was, scanned the whole history on
 //! every hourly pass (a row read per operation ever finished, to see whether its body was
-//! still there: 0.2 s at 10^6 stored operations, in the SQLite writer's transaction, with
+//! still there: 0.17 s at 10^6 stored operations, in the SQLite writer's transaction, with
 //! every write waiting behind it) and dropped a whole hour of bodies in one transaction. Here
 //! a pass only looks at operations last changed since the previous pass's cut (an operation
 //! changes with `updated_at` = now, so nothing older than a cut can become purgeable after
@@ -26,8 +26,8 @@ pub(crate) const CHUNK: u32 = 500;
 const FINAL_STATES: [&str; 2] = ["SUCCEEDED", "FAILED"];
 
 /// The cut (microseconds) of this process's last complete pass: every final operation last
-/// changed before it has no body any more. Not stored: after a restart the first pass looks
-/// at everything once.
+/// changed before it has no body any more. Not stored: after a restart the first pass reads
+/// everything once, outside any write transaction, to find where to start.
 #[derive(Debug, Default)]
 pub(crate) struct Purger {
     purged_before: Mutex<Option<i64>>,
