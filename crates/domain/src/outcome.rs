@@ -6,14 +6,18 @@
 //! unknown. The verdict depends on the whole history, not on the last answer: once an attempt
 //! may have reached Klarna (no answer, a 5xx, a 408), a later answer that would otherwise
 //! prove nothing happened (401, 425, 429, not sent, a local refusal) proves nothing any more,
-//! and the outcome is unknown until Klarna's records settle it.
+//! and the outcome is unknown until Klarna's records settle it. A 409 after such an attempt
+//! proves nothing either: Klarna does not document its answer to a key whose first request is
+//! still being executed, and the common idempotency convention answers that with 409, so it
+//! may be the earlier attempt still running rather than a refusal.
 //!
 //! | last attempt                                   | first attempt     | after a possibly received one |
 //! |------------------------------------------------|-------------------|-------------------------------|
 //! | 2xx, answer read                               | `Succeeded`       | `Succeeded`                   |
 //! | 2xx whose body or id cannot be read            | `Unknown`         | `Unknown`                     |
 //! | 400, 413, 422                                  | `Refused`         | `Refused`                     |
-//! | 403, 404, 409 (and any other 4xx not listed)   | `Refused`         | `Refused`                     |
+//! | 403, 404 (and any other 4xx not listed)        | `Refused`         | `Refused`                     |
+//! | 409                                            | `Refused`         | `Unknown`                     |
 //! | Payments API: 403 without an error object      | `NothingHappened` | `Unknown`                     |
 //! | 408                                            | `Unknown`         | `Unknown`                     |
 //! | 401, 425, 429                                  | `NothingHappened` | `Unknown`                     |
@@ -138,8 +142,12 @@ pub fn classify_mutation(api: KlarnaApiKind, attempts: &[Attempt]) -> Verdict {
     match verdict {
         Verdict::NothingHappened if possibly_received_before => Verdict::Unknown,
         // A state rule runs before the first send; refusing after a send that may have been
-        // executed proves nothing about that send.
-        Verdict::Refused if possibly_received_before && last == Attempt::RefusedByRule => {
+        // executed proves nothing about that send. A 409 after such a send may say only that
+        // the send is still being executed under the same key.
+        Verdict::Refused
+            if possibly_received_before
+                && matches!(last, Attempt::RefusedByRule | Attempt::Answered(409)) =>
+        {
             Verdict::Unknown
         }
         other => other,
@@ -213,7 +221,7 @@ pub const MUTATION_ROWS: &[MutationRow] = {
         row(Answered(422), Refused, Refused),
         row(Answered(403), Refused, Refused),
         row(Answered(404), Refused, Refused),
-        row(Answered(409), Refused, Refused),
+        row(Answered(409), Refused, Unknown),
         MutationRow {
             api: Some(KlarnaApiKind::OrderManagement),
             ..row(ForbiddenWithoutError, Refused, Refused)

@@ -10,9 +10,16 @@
 //! | 5xx answer                           | resend                   | no                     |
 //! | 408 or 429 answer                    | resend                   | no                     |
 //! | `NoAnswer` (transport error, timeout)| resend                   | no                     |
+//! | 409 after an attempt of this call    | resend (keyed only)      | no                     |
+//! | that may have reached Klarna         |                          |                        |
 //! | any other 4xx                        | no                       | no                     |
 //! | 2xx / 1xx / 3xx                      | no (done)                | no (done)              |
 //! | `BadResponse`                        | no                       | no                     |
+//!
+//! A 409 to a resend may mean that Klarna is still executing the earlier attempt under the same
+//! key (Klarna does not document its answer to concurrent duplicates; the common idempotency
+//! convention is 409): asked again a little later, Klarna replays that attempt's answer. A 409
+//! to a first attempt is Klarna's answer about the resource, and is not resent.
 //!
 //! `BadResponse` is a success we could not read (or an oversized answer): Klarna did what was
 //! asked, and resending under the same key would replay the same unreadable answer, so it is
@@ -34,7 +41,7 @@
 //! the whole history.
 //!
 //! Every resend scheduled is counted in the `klarna_retries_total` counter, labelled `reason`
-//! = `status_5xx`, `status_408`, `status_429`, `no_answer` or `not_sent`.
+//! = `status_5xx`, `status_408`, `status_429`, `status_409`, `no_answer` or `not_sent`.
 //!
 //! The deadline of a call is a task-local set by [`with_deadline`], so that the domain's
 //! `KlarnaApi` and `PaymentsApi` ports need no deadline parameter (and no tokio). Both clients
@@ -100,6 +107,8 @@ enum Reason {
     Status5xx,
     Status408,
     Status429,
+    /// A 409 after an attempt of the call that may have reached Klarna.
+    Status409,
     NoAnswer,
     NotSent,
 }
@@ -110,6 +119,7 @@ impl Reason {
             Self::Status5xx => "status_5xx",
             Self::Status408 => "status_408",
             Self::Status429 => "status_429",
+            Self::Status409 => "status_409",
             Self::NoAnswer => "no_answer",
             Self::NotSent => "not_sent",
         }
@@ -251,7 +261,7 @@ impl RetryPolicy {
         request: &reqwest::Request,
         result: &Result<reqwest::Response, KlarnaError>,
     ) -> Option<Sleep> {
-        let (reason, asked_wait) = classify(result)?;
+        let (reason, asked_wait) = classify(result).or_else(|| self.still_running(result))?;
         if reason != Reason::NotSent && !resend_is_safe(request) {
             return None;
         }
@@ -306,6 +316,26 @@ impl RetryPolicy {
             "resending the Klarna call"
         );
         Some(tokio::time::sleep(wait))
+    }
+
+    /// A 409 after an attempt of this call that may have reached Klarna: perhaps that attempt
+    /// is still being executed under the same key, and a later resend gets its answer.
+    fn still_running(
+        &self,
+        result: &Result<reqwest::Response, KlarnaError>,
+    ) -> Option<(Reason, Option<Duration>)> {
+        if !self.maybe_received {
+            return None;
+        }
+        match result {
+            Ok(response) if response.status() == StatusCode::CONFLICT => {
+                Some((Reason::Status409, retry_after_header(response.headers())))
+            }
+            Err(KlarnaError::Answered(answer)) if answer.status == 409 => {
+                Some((Reason::Status409, answer.retry_after))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -643,6 +673,37 @@ mod tests {
         let result = send(random(&config()), &script, keyed_post(), MINUTE).await;
         assert!(matches!(result, Err(KlarnaError::NotSent(_))), "{result:?}");
         assert_eq!(script.calls().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_409_after_a_possible_delivery_is_resent_and_gets_the_replay() {
+        // The earlier attempt may still be running at Klarna under the same key.
+        for earlier in [
+            Fail(KlarnaError::NoAnswer("timeout".into())),
+            Status(503, None),
+            Status(408, None),
+        ] {
+            let script = Script::new([earlier.clone(), Status(409, Some(1)), Status(201, None)]);
+            let started = Instant::now();
+            let result = send(random(&config()), &script, keyed_post(), MINUTE).await;
+            assert_eq!(status_of(&result), Some(201), "{earlier:?}");
+            assert_eq!(script.calls().len(), 3, "{earlier:?}");
+            assert!(started.elapsed() >= Duration::from_secs(1), "{earlier:?}");
+        }
+        // After a 429 nothing can be running: the 409 is Klarna's answer.
+        let script = Script::new([Status(429, None), Status(409, None), Status(201, None)]);
+        let result = send(random(&config()), &script, keyed_post(), MINUTE).await;
+        assert_eq!(status_of(&result), Some(409));
+        assert_eq!(script.calls().len(), 2);
+        // A 409 as long as attempts last is returned as the last answer.
+        let script = Script::new([Status(503, None), Status(409, None), Status(409, None)]);
+        let two = RetryConfig {
+            max_attempts: 3,
+            ..config()
+        };
+        let result = send(random(&two), &script, keyed_post(), MINUTE).await;
+        assert_eq!(status_of(&result), Some(409));
+        assert_eq!(script.calls().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

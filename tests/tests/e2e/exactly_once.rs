@@ -727,6 +727,50 @@ backend_test! {
 }
 
 backend_test! {
+    /// A 409 to a resend may be Klarna still executing the first attempt under the same key:
+    /// the adapter asks again and gets the replay; while the 409s last, the operation stays
+    /// PENDING (never FAILED while a refund may exist) and the retry finds the one refund.
+    async fn a_409_after_a_possible_delivery_is_the_first_attempt_still_running(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(409));
+        let done = app
+            .client
+            .refund_order(refund_request("drop-then-409", &order.order_id, 300))
+            .await?
+            .into_inner();
+        assert!(!done.refund_id.is_empty());
+        assert_eq!(refunded(&app, &order.order_id), (300, 1));
+        assert_eq!(refund_posts(&app, &order.order_id), 3);
+
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
+        fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(409));
+        let status = app
+            .client
+            .refund_order(refund_request("drop-then-409s", &order.order_id, 700))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        let ops = operations(
+            &app,
+            pb::ListOperationsRequest {
+                idempotency_key: "drop-then-409s".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].state(), pb::OperationState::Pending);
+        the_retry_makes_the_one_refund(app, "drop-then-409s", &order.order_id, 700).await
+    }
+}
+
+backend_test! {
     /// Retention drops stored answer bodies, never an operation's identity: a retry long after
     /// is a replay of the outcome (success with its refund id, or the final error code), never a
     /// second execution.
