@@ -271,6 +271,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             name: DEFAULT_ACCOUNT.to_owned(),
             rate_limit: rate_limit(DEFAULT_ACCOUNT),
             base_url: BaseUrl::parse(&url)?,
+            extra_roots: Vec::new(),
             api: AccountApi::OrderManagement(KlarnaCredentials {
                 username,
                 password: SecretString::from(password),
@@ -280,6 +281,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             name: PARTNER_ACCOUNT.to_owned(),
             rate_limit: rate_limit(PARTNER_ACCOUNT),
             base_url: BaseUrl::parse(&url)?,
+            extra_roots: partner_tls.iter().map(|tls| tls.ca_pem.clone()).collect(),
             api: AccountApi::Partner(PartnerAccount {
                 api_key: SecretString::from(sim.partner_api_key().to_owned()),
                 partner_account_id: sim.partner_account_id().to_owned(),
@@ -289,7 +291,6 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
                     .as_ref()
                     .and_then(|tls| tls.client.clone())
                     .map(|(cert, key)| refund_gateway_klarna::ClientIdentity::from_pem(cert, key)),
-                extra_roots: partner_tls.iter().map(|tls| tls.ca_pem.clone()).collect(),
                 live: false,
             }),
         },
@@ -301,6 +302,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             name: name.clone(),
             rate_limit: rate_limit(name),
             base_url: BaseUrl::parse(&extra.base_url)?,
+            extra_roots: Vec::new(),
             api: AccountApi::OrderManagement(KlarnaCredentials {
                 username: extra.username().to_owned(),
                 password: SecretString::from(extra.password().to_owned()),

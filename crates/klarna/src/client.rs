@@ -17,7 +17,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroize;
 
-use crate::config::{BaseUrl, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials};
+use crate::config::{
+    BaseUrl, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials, extra_root_certificates,
+};
 use crate::contract::{self, CAPTURES, CORRELATION_ID_HEADERS, ORDERS_PATH, REFUNDS};
 use crate::http::Tls;
 use crate::limit::OutboundLimiter;
@@ -43,11 +45,11 @@ impl fmt::Debug for KlarnaClient {
 
 impl KlarnaClient {
     /// Checks `config` and builds the client: the Basic credential is encoded once here, the
-    /// connection pool, the retry budget and the outbound rate limiter (both shared by every
-    /// call of this client) and the outbound stack are created; nothing connects yet. Fails on
-    /// settings [`crate::TransportConfig::validate`]
-    /// refuses, credentials that cannot be sent as Basic credentials, or a `User-Agent`
-    /// suffix that is not a header value.
+    /// extra roots are loaded into rustls, the connection pool, the retry budget and the
+    /// outbound rate limiter (both shared by every call of this client) and the outbound stack
+    /// are created; nothing connects yet. Fails on settings [`crate::TransportConfig::validate`]
+    /// refuses, credentials that cannot be sent as Basic credentials, a root that cannot be
+    /// read, or a `User-Agent` suffix that is not a header value.
     pub fn new(config: KlarnaClientConfig) -> Result<Self, KlarnaConfigError> {
         let api = Api {
             kind: KlarnaApiKind::OrderManagement,
@@ -56,7 +58,10 @@ impl KlarnaClient {
             authorization: basic_authorization(&config.credentials)?,
             headers: HeaderMap::new(),
             correlation_headers: &CORRELATION_ID_HEADERS,
-            tls: Tls::default(),
+            tls: Tls {
+                identity: None,
+                extra_roots: extra_root_certificates(&config.extra_root_certificates)?,
+            },
         };
         Ok(Self {
             transport: Transport::new(api, &config.transport)?,
@@ -252,7 +257,7 @@ impl KlarnaApi for KlarnaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Environment, Region, regional_base_url};
+    use crate::config::{Environment, Region, RetryConfig, regional_base_url, testing};
 
     fn client() -> KlarnaClient {
         let config = KlarnaClientConfig::new(
@@ -335,5 +340,60 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9/klarna/ordermanagement/v1/orders/o"
         );
+    }
+
+    /// Over https to a server whose certificate only a private CA vouches for: reached with
+    /// that CA among the extra roots, refused in the handshake (never sent) without it.
+    #[tokio::test]
+    async fn extra_roots_let_the_client_reach_a_private_ca() {
+        let (server_cert, server_key) = testing::self_signed_for(&["127.0.0.1", "localhost"]);
+        let (other_ca, _) = testing::self_signed_for(&["127.0.0.1", "localhost"]);
+        let sim = klarna_sim::spawn(klarna_sim::SimConfig {
+            tls: Some(klarna_sim::TlsConfig::new(
+                server_cert.clone(),
+                server_key.into_bytes(),
+            )),
+            ..klarna_sim::SimConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(sim.base_url.starts_with("https://"), "{}", sim.base_url);
+        let read = |roots: Vec<Vec<u8>>| {
+            let mut config = KlarnaClientConfig::new(
+                BaseUrl::parse(&sim.base_url).unwrap_or_else(|e| panic!("{e}")),
+                KlarnaCredentials::new(sim.username(), sim.password()),
+            );
+            config.extra_root_certificates = roots;
+            config.transport.retry = RetryConfig::no_retries();
+            let client = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
+            async move {
+                let order = OrderId::parse("00000000-0000-4000-8000-000000000000")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                client.get_order(&order).await
+            }
+        };
+        match read(vec![server_cert.into_bytes()]).await {
+            Err(KlarnaError::Answered(answer)) => assert_eq!(answer.status, 404, "{answer:?}"),
+            other => panic!("the simulator was not reached: {other:?}"),
+        }
+        for roots in [Vec::new(), vec![other_ca.into_bytes()]] {
+            let result = read(roots).await;
+            assert!(matches!(result, Err(KlarnaError::NotSent(_))), "{result:?}");
+        }
+        sim.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn unusable_extra_roots_stop_construction() {
+        let mut config = KlarnaClientConfig::new(
+            regional_base_url(Region::Eu, Environment::Live),
+            KlarnaCredentials::new("u", "p"),
+        );
+        let (ca, _) = testing::self_signed();
+        config.extra_root_certificates = vec![ca.into_bytes(), b"garbage".to_vec()];
+        assert!(matches!(
+            KlarnaClient::new(config),
+            Err(KlarnaConfigError::InvalidRootCertificate { index: 1, .. })
+        ));
     }
 }

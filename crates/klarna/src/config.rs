@@ -127,17 +127,38 @@ pub fn payments_base_url(environment: Environment) -> BaseUrl {
     BaseUrl(url)
 }
 
+/// Whether a [`BaseUrl`] may be plain `http://` to a host that is not loopback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum PlainHttp {
+    /// Plain http only to a loopback host (a local simulator); anything else must be https.
+    /// The default, and what [`BaseUrl::parse`] applies.
+    #[default]
+    LoopbackOnly,
+    /// Plain http to any host: an operator's explicit choice, for Klarna (or a service that
+    /// speaks its API) on a private network, or an egress proxy that originates the TLS. The
+    /// credentials then cross the network between the gateway and that host in clear.
+    Anywhere,
+}
+
 /// A checked Klarna base URL: `https://` for any host; plain `http://` only for a loopback
 /// host (`127.0.0.0/8`, `::1`, `localhost`: a local simulator), since Basic credentials would
-/// otherwise cross the network in clear. No user info (credentials live in
-/// [`KlarnaCredentials`], and a URL ends up in error messages), no query, no fragment. A path
-/// prefix is kept; the trailing slash is normalised away in [`BaseUrl::as_str`].
+/// otherwise cross the network in clear, unless parsed with [`PlainHttp::Anywhere`] (see
+/// [`BaseUrl::parse_with`]). No user info (credentials live in [`KlarnaCredentials`], and a URL
+/// ends up in error messages), no query, no fragment. A path prefix is kept; the trailing
+/// slash is normalised away in [`BaseUrl::as_str`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BaseUrl(Url);
 
 impl BaseUrl {
-    /// Checks `s` against the rules above.
+    /// Checks `s` against the rules above, plain http allowed only to a loopback host:
+    /// [`BaseUrl::parse_with`] with [`PlainHttp::LoopbackOnly`].
     pub fn parse(s: &str) -> Result<Self, KlarnaConfigError> {
+        Self::parse_with(s, PlainHttp::LoopbackOnly)
+    }
+
+    /// Checks `s` against the rules above, with `plain_http` deciding where plain `http://`
+    /// is allowed; every other rule holds either way.
+    pub fn parse_with(s: &str, plain_http: PlainHttp) -> Result<Self, KlarnaConfigError> {
         let invalid = |reason: &str| KlarnaConfigError::InvalidBaseUrl {
             // A URL with user info is never echoed back: it would print the password.
             url: if s.contains('@') {
@@ -163,12 +184,13 @@ impl BaseUrl {
             .host()
             .ok_or_else(|| invalid("must have a host"))?
             .to_owned();
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&host) => {}
-            "http" => {
+        match (url.scheme(), plain_http) {
+            ("https", _) | ("http", PlainHttp::Anywhere) => {}
+            ("http", PlainHttp::LoopbackOnly) if is_loopback(&host) => {}
+            ("http", PlainHttp::LoopbackOnly) => {
                 return Err(invalid(
-                    "must use https (plain http is allowed only for a loopback host)",
+                    "must use https (plain http is allowed only for a loopback host, unless \
+                     explicitly allowed for any host)",
                 ));
             }
             _ => return Err(invalid("must be an https URL")),
@@ -180,6 +202,21 @@ impl BaseUrl {
             segments.pop_if_empty();
         }
         Ok(Self(url))
+    }
+
+    /// True when requests to this URL are plain http to a host that is not loopback (only
+    /// possible with [`PlainHttp::Anywhere`]): credentials then cross the network in clear.
+    pub fn is_plain_http_off_loopback(&self) -> bool {
+        self.0.scheme() == "http"
+            && !self
+                .0
+                .host()
+                .is_some_and(|host| is_loopback(&host.to_owned()))
+    }
+
+    /// The host, e.g. `api.klarna.com`, `10.1.2.3` or `[::1]`.
+    pub fn host(&self) -> &str {
+        self.0.host_str().unwrap_or_default()
     }
 
     /// The URL without a trailing slash, e.g. `https://api.klarna.com`.
@@ -573,25 +610,45 @@ impl fmt::Debug for SharedLimit {
     }
 }
 
-/// Everything [`crate::KlarnaClient::new`] needs for one Klarna merchant account.
-#[derive(Debug, Clone)]
+/// Everything [`crate::KlarnaClient::new`] needs for one Klarna merchant account. `Debug`
+/// never shows the credentials.
+#[derive(Clone)]
 pub struct KlarnaClientConfig {
-    /// Where Klarna is: [`regional_base_url`], or a simulator's loopback URL.
+    /// Where Klarna is: [`regional_base_url`], or an override (a simulator's loopback URL, a
+    /// proxy).
     pub base_url: BaseUrl,
     /// Basic credentials of the merchant account.
     pub credentials: KlarnaCredentials,
+    /// PEM certificates trusted in addition to the system's roots (a test CA, a private
+    /// deployment's CA).
+    pub extra_root_certificates: Vec<Vec<u8>>,
     /// Timeouts, resending, default deadline, outbound rate limit, `User-Agent` suffix.
     pub transport: TransportConfig,
 }
 
 impl KlarnaClientConfig {
-    /// A configuration with the default [`TransportConfig`].
+    /// A configuration without extra roots, with the default [`TransportConfig`].
     pub fn new(base_url: BaseUrl, credentials: KlarnaCredentials) -> Self {
         Self {
             base_url,
             credentials,
+            extra_root_certificates: Vec::new(),
             transport: TransportConfig::default(),
         }
+    }
+}
+
+impl fmt::Debug for KlarnaClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KlarnaClientConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("credentials", &self.credentials)
+            .field(
+                "extra_root_certificates",
+                &format_args!("{} PEM bundle(s)", self.extra_root_certificates.len()),
+            )
+            .field("transport", &self.transport)
+            .finish()
     }
 }
 
@@ -702,6 +759,18 @@ fn is_private_key(kind: SectionKind) -> bool {
         kind,
         SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
     )
+}
+
+/// The certificates of every PEM bundle of `bundles` (a client's `extra_root_certificates`),
+/// for the trust store; an error names the first bundle that cannot be used.
+pub(crate) fn extra_root_certificates(
+    bundles: &[Vec<u8>],
+) -> Result<Vec<reqwest::Certificate>, KlarnaConfigError> {
+    let mut roots = Vec::new();
+    for (index, pem) in bundles.iter().enumerate() {
+        roots.extend(root_certificates(index, pem)?);
+    }
+    Ok(roots)
 }
 
 /// Certificates from a PEM bundle, for the trust store; at least one.
@@ -974,6 +1043,84 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn plain_http_anywhere_only_when_asked() {
+        for off_loopback in [
+            "http://10.1.2.3:8080",
+            "http://klarna.internal/proxy/",
+            "http://[fd00::1]:8080",
+            "HTTP://API.KLARNA.COM",
+        ] {
+            let strict = BaseUrl::parse(off_loopback).err();
+            assert!(
+                strict.as_ref().is_some_and(|e| e
+                    .to_string()
+                    .contains("plain http is allowed only for a loopback host")),
+                "{off_loopback}: {strict:?}"
+            );
+            assert_eq!(
+                BaseUrl::parse_with(off_loopback, PlainHttp::LoopbackOnly).err(),
+                strict
+            );
+            let url = BaseUrl::parse_with(off_loopback, PlainHttp::Anywhere)
+                .unwrap_or_else(|e| panic!("{off_loopback}: {e}"));
+            assert!(url.is_plain_http_off_loopback(), "{off_loopback}");
+        }
+        let url = BaseUrl::parse_with("http://10.1.2.3:8080/klarna/", PlainHttp::Anywhere)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (url.as_str(), url.host()),
+            ("http://10.1.2.3:8080/klarna", "10.1.2.3")
+        );
+        assert_eq!("http://10.1.2.3".parse::<BaseUrl>().ok(), None);
+    }
+
+    #[test]
+    fn https_and_loopback_http_are_the_same_in_both_modes() {
+        for ok in [
+            "https://api.klarna.com",
+            "https://10.0.0.8:8443/proxy/",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9000/",
+            "http://localhost:1234",
+        ] {
+            let strict = BaseUrl::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            let anywhere =
+                BaseUrl::parse_with(ok, PlainHttp::Anywhere).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(strict, anywhere, "{ok}");
+            assert!(!strict.is_plain_http_off_loopback(), "{ok}");
+        }
+        assert_eq!(
+            regional_base_url(Region::Eu, Environment::Live).host(),
+            "api.klarna.com"
+        );
+        assert_eq!(PlainHttp::default(), PlainHttp::LoopbackOnly);
+    }
+
+    #[test]
+    fn user_info_query_and_fragment_are_refused_in_both_modes() {
+        for bad in [
+            "http://user@10.1.2.3",
+            "http://user:hunter2@10.1.2.3",
+            "http://10.1.2.3/?x=1",
+            "http://10.1.2.3/#top",
+            "https://user:hunter2@api.klarna.com",
+            "ftp://10.1.2.3",
+            "ws://10.1.2.3",
+            "10.1.2.3:8080",
+        ] {
+            for mode in [PlainHttp::LoopbackOnly, PlainHttp::Anywhere] {
+                let e = BaseUrl::parse_with(bad, mode).err();
+                let shown = format!("{e:?}");
+                assert!(
+                    matches!(e, Some(KlarnaConfigError::InvalidBaseUrl { .. })),
+                    "{bad} {mode:?}: {shown}"
+                );
+                assert!(!shown.contains("hunter2"), "{shown}");
+            }
         }
     }
 
@@ -1371,9 +1518,15 @@ mod tests {
 pub(crate) mod testing {
     /// A fresh self-signed certificate and its PKCS #8 key, both PEM.
     pub(crate) fn self_signed() -> (String, String) {
+        self_signed_for(&["partner.test"])
+    }
+
+    /// The same for `names` (DNS names or IP addresses): a server certificate that is also
+    /// its own private CA.
+    pub(crate) fn self_signed_for(names: &[&str]) -> (String, String) {
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
         let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(vec!["partner.test".to_owned()])
-                .unwrap_or_else(|e| panic!("{e}"));
+            rcgen::generate_simple_self_signed(names).unwrap_or_else(|e| panic!("{e}"));
         (cert.pem(), signing_key.serialize_pem())
     }
 

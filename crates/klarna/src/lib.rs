@@ -29,10 +29,11 @@
 //!
 //! # Layout
 //! - `config.rs`: [`Region`], [`Environment`], [`regional_base_url`], [`payments_base_url`],
-//!   [`BaseUrl`] (https, or http on loopback only), [`KlarnaCredentials`] (never printed),
-//!   [`TransportConfig`] (timeouts, resending, deadline, rate limit, `User-Agent` suffix;
-//!   shared), [`OutboundRateLimit`] and [`SharedLimit`] (the Redis URL never printed),
-//!   [`KlarnaClientConfig`], [`PaymentsClientConfig`] (API key, path prefix, partner account,
+//!   [`BaseUrl`] (https, or http on loopback only unless [`PlainHttp::Anywhere`] allows it
+//!   to any host), [`KlarnaCredentials`] (never printed), [`TransportConfig`] (timeouts,
+//!   resending, deadline, rate limit, `User-Agent` suffix; shared), [`OutboundRateLimit`] and
+//!   [`SharedLimit`] (the Redis URL never printed), [`KlarnaClientConfig`] (credentials, extra
+//!   roots), [`PaymentsClientConfig`] (API key, path prefix, partner account,
 //!   [`ClientIdentity`], extra roots; secrets never printed), [`RetryConfig`],
 //!   [`KlarnaConfigError`].
 //! - `contract.rs`: Order Management's paths, header names, accepted success statuses, and
@@ -96,8 +97,8 @@ pub use config::{
     BaseUrl, ClientIdentity, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
     DEFAULT_REDIS_TIMEOUT, Environment, KLARNA_LIVE_REQUESTS_PER_SECOND,
     KLARNA_PLAYGROUND_REQUESTS_PER_SECOND, KlarnaClientConfig, KlarnaConfigError,
-    KlarnaCredentials, OutboundRateLimit, PaymentsClientConfig, Region, RetryConfig, SharedLimit,
-    TransportConfig, payments_base_url, regional_base_url,
+    KlarnaCredentials, OutboundRateLimit, PaymentsClientConfig, PlainHttp, Region, RetryConfig,
+    SharedLimit, TransportConfig, payments_base_url, regional_base_url,
 };
 pub use limit::{OutboundLimit, OutboundLimitLayer, OutboundLimiter, THROTTLED_METRIC};
 pub use partner_contract::{REFUNDED_EVENT_TYPE, partner_limit_reason};

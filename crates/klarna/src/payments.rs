@@ -17,7 +17,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{
-    BaseUrl, KlarnaConfigError, PaymentsClientConfig, path_prefix_segments, root_certificates,
+    BaseUrl, KlarnaConfigError, PaymentsClientConfig, extra_root_certificates, path_prefix_segments,
 };
 use crate::http::Tls;
 use crate::limit::OutboundLimiter;
@@ -61,17 +61,14 @@ impl PaymentsClient {
                 partner_account(account)?,
             );
         }
-        let mut tls = Tls {
+        let tls = Tls {
             identity: config
                 .client_identity
                 .as_ref()
                 .map(|identity| identity.to_reqwest())
                 .transpose()?,
-            extra_roots: Vec::new(),
+            extra_roots: extra_root_certificates(&config.extra_root_certificates)?,
         };
-        for (index, pem) in config.extra_root_certificates.iter().enumerate() {
-            tls.extra_roots.extend(root_certificates(index, pem)?);
-        }
         let api = Api {
             kind: KlarnaApiKind::Payments,
             base_url: config.base_url,

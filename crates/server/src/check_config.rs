@@ -496,6 +496,15 @@ impl Report {
                 }
             };
             kinds.push((account.name.clone(), api_kind(kind)));
+            if account.base_url.is_plain_http_off_loopback() {
+                self.warnings.push(format!(
+                    "account {:?} uses plain http to {}, which is not loopback (allowed by \
+                     allow_plain_http or KLARNA_ALLOW_PLAIN_HTTP): its credentials cross the \
+                     network in clear",
+                    account.name,
+                    account.base_url.host()
+                ));
+            }
             let row = AccountReport {
                 name: account.name.clone(),
                 kind: kind_name(kind).to_owned(),
@@ -1098,6 +1107,48 @@ mod tests {
             assert!(!text.contains(secret), "{secret} in\n{text}");
             assert!(!json.contains(secret), "{secret} in\n{json}");
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn plain_http_off_loopback_is_a_warning() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("gateway.toml");
+        let accounts = "[accounts.lan]\napi_url = \"http://10.1.2.3:8080\"\n\
+                        allow_plain_http = true\nusername_env = \"U\"\npassword_env = \"P\"\n\
+                        [accounts.local]\napi_url = \"http://127.0.0.1:9\"\n\
+                        allow_plain_http = true\nusername_env = \"U\"\npassword_env = \"P\"\n";
+        std::fs::write(&config, accounts)?;
+        let env = Vars(
+            [("U", "user"), ("P", "password-do-not-print")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        let cli = Cli::try_parse_from([
+            "refund-gateway",
+            "--auth",
+            "none",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ])?;
+        let report = check(&cli, true, &env).await;
+        assert_eq!(report.exit_code(), EXIT_OK, "{:?}", report.problems);
+        let plain: Vec<_> = report
+            .warnings
+            .iter()
+            .filter(|w| w.contains("plain http"))
+            .collect();
+        assert_eq!(plain.len(), 1, "{:?}", report.warnings);
+        assert!(
+            plain[0].contains("\"lan\"")
+                && plain[0].contains("10.1.2.3")
+                && plain[0].contains("in clear"),
+            "{plain:?}"
+        );
+        let text = report.to_text();
+        assert!(text.contains("Warnings\n  - account \"lan\""), "{text}");
+        assert!(!text.contains("do-not-print"), "{text}");
         Ok(())
     }
 

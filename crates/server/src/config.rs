@@ -20,7 +20,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use refund_gateway_domain::{CountryCode, Currency, Route, Store, StoreId};
 use refund_gateway_klarna::{
-    BaseUrl, ClientIdentity, Environment, KlarnaCredentials, OutboundRateLimit, Region,
+    BaseUrl, ClientIdentity, Environment, KlarnaCredentials, OutboundRateLimit, PlainHttp, Region,
     regional_base_url,
 };
 use secrecy::SecretString;
@@ -818,7 +818,8 @@ pub struct Variable {
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KLARNA_API_URL",
-        description: "Base URL of the account `default` (https; http only on loopback)",
+        description: "Base URL of the account `default` (https; plain http only on loopback \
+                      unless KLARNA_ALLOW_PLAIN_HTTP=true)",
     },
     Variable {
         name: "KLARNA_REGION",
@@ -835,6 +836,16 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KLARNA_PASSWORD",
         description: "API password of the account `default`",
+    },
+    Variable {
+        name: "KLARNA_CA_FILE",
+        description: "PEM certificates of a private CA the account `default` trusts",
+    },
+    Variable {
+        name: "KLARNA_ALLOW_PLAIN_HTTP",
+        description: "true: KLARNA_API_URL and KLARNA_PARTNER_API_URL may be plain http to a \
+                      host that is not loopback; the credentials then cross the network in \
+                      clear [default: false]",
     },
     Variable {
         name: "KLARNA_PARTNER_API_URL",
@@ -1223,14 +1234,18 @@ pub enum AccountKind {
 /// One Klarna account in the file. Order Management: either `api_url`, or `region` +
 /// `environment`, and username and password. Partner (`kind = "partner"`): `api_url`, the API
 /// key, `partner_account_id`, and optionally `path_prefix`, `on_behalf_of` and a client
-/// certificate for mutual TLS.
+/// certificate for mutual TLS. Either kind: optionally `ca_file` and `allow_plain_http`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountSettings {
     /// `order_management` (default) or `partner`.
     pub kind: AccountKind,
-    /// Base URL override (https, or http on loopback only).
+    /// Base URL override: https, or plain http on loopback only unless `allow_plain_http`.
     pub api_url: Option<String>,
+    /// Allows `api_url` to be plain http to a host that is not loopback (a private network,
+    /// or an egress proxy that originates TLS): the account's credentials then cross the
+    /// network in clear, and the gateway says so in a warning at start. Default false.
+    pub allow_plain_http: bool,
     /// `eu`, `na` or `oc`.
     pub region: Option<String>,
     /// `playground` or `live`.
@@ -1258,7 +1273,7 @@ pub struct AccountSettings {
     pub client_cert_file: Option<PathBuf>,
     /// Partner: PEM private key of the client certificate.
     pub client_key_file: Option<PathBuf>,
-    /// Partner: PEM certificates of a private CA to trust besides the system's roots.
+    /// PEM certificates of a private CA to trust besides the system's roots (either kind).
     pub ca_file: Option<PathBuf>,
     /// Requests per second sent to Klarna for this account (Klarna's quota is per merchant);
     /// default 200 on Klarna's live hosts, 50 on the playground and test hosts, and no limit
@@ -1282,6 +1297,9 @@ pub struct Account {
     pub api: AccountApi,
     /// The limit of requests to Klarna for it (shared through Redis when `REDIS_URL` is set).
     pub rate_limit: Option<OutboundRateLimit>,
+    /// Extra PEM root certificates to trust (a private or test CA), from `ca_file`,
+    /// `KLARNA_CA_FILE` or `KLARNA_PARTNER_CA_FILE`.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// The host of `url` (`scheme://host[:port]/…`), lower case.
@@ -1368,9 +1386,6 @@ pub struct PartnerAccount {
     pub on_behalf_of: Option<String>,
     /// Mutual TLS: the PEM certificate chain and private key.
     pub client_identity: Option<ClientIdentity>,
-    /// Extra PEM root certificates to trust (a private or test CA), from
-    /// `KLARNA_PARTNER_CA_FILE`.
-    pub extra_roots: Vec<Vec<u8>>,
     /// True only for Klarna's live partner URL.
     pub live: bool,
 }
@@ -1505,7 +1520,7 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
     settings.validate()?;
     let mut accounts = Vec::new();
     for (name, account) in &settings.accounts {
-        accounts.push(resolve_account(name, account, env)?);
+        accounts.push(resolve_account(name, account, env, PlainHttpOptIn::File)?);
     }
     let from_env = [
         "KLARNA_USERNAME",
@@ -1677,9 +1692,84 @@ fn env_partner_account(env: &dyn Environ) -> Result<Account, ConfigError> {
             .map(PathBuf::from),
         client_key_file: env.var("KLARNA_PARTNER_CLIENT_KEY_FILE").map(PathBuf::from),
         ca_file: env.var("KLARNA_PARTNER_CA_FILE").map(PathBuf::from),
+        allow_plain_http: env_allow_plain_http(env)?,
         ..AccountSettings::default()
     };
-    resolve_account(PARTNER_ACCOUNT, &settings, env)
+    resolve_account(PARTNER_ACCOUNT, &settings, env, PlainHttpOptIn::Environment)
+}
+
+/// `KLARNA_ALLOW_PLAIN_HTTP`, for the accounts of the `KLARNA_*` variables: `true` or
+/// `false`, as every other boolean variable; unset means false.
+fn env_allow_plain_http(env: &dyn Environ) -> Result<bool, ConfigError> {
+    let Some(text) = env.var("KLARNA_ALLOW_PLAIN_HTTP") else {
+        return Ok(false);
+    };
+    text.parse().map_err(|_| {
+        ConfigError::Load(format!(
+            "KLARNA_ALLOW_PLAIN_HTTP={text:?} is not valid: expected true or false"
+        ))
+    })
+}
+
+/// Where an account allows plain http off loopback, named when a URL is refused for want of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainHttpOptIn {
+    /// `allow_plain_http` of an account of the file.
+    File,
+    /// `KLARNA_ALLOW_PLAIN_HTTP`, for the accounts of the `KLARNA_*` variables.
+    Environment,
+}
+
+impl PlainHttpOptIn {
+    fn setting(self) -> &'static str {
+        match self {
+            Self::File => "allow_plain_http = true in the account",
+            Self::Environment => "KLARNA_ALLOW_PLAIN_HTTP=true",
+        }
+    }
+}
+
+/// An account's `api_url`: https, or plain http on loopback only unless `allow_plain_http`.
+/// Refused for want of the opt-in, the error names it.
+fn parse_api_url(
+    account: &str,
+    url: &str,
+    allow_plain_http: bool,
+    opt_in: PlainHttpOptIn,
+) -> Result<BaseUrl, ConfigError> {
+    let plain_http = if allow_plain_http {
+        PlainHttp::Anywhere
+    } else {
+        PlainHttp::LoopbackOnly
+    };
+    BaseUrl::parse_with(url, plain_http).map_err(|e| {
+        let hint = if !allow_plain_http && BaseUrl::parse_with(url, PlainHttp::Anywhere).is_ok() {
+            format!(
+                "; if this host is meant to be reached over plain http (a private network, or \
+                 an egress proxy that originates TLS), set {}: the credentials then cross the \
+                 network in clear",
+                opt_in.setting()
+            )
+        } else {
+            String::new()
+        };
+        ConfigError::Account {
+            account: account.to_owned(),
+            problem: format!("api_url: {e}{hint}"),
+        }
+    })
+}
+
+/// The PEM bundle of `ca_file`, if set: the account's extra roots.
+fn ca_roots(account: &str, ca_file: Option<&Path>) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| ConfigError::Account {
+        account: account.to_owned(),
+        problem: format!("ca_file {}: {e}", path.display()),
+    })?;
+    Ok(vec![pem])
 }
 
 /// The webhook signing keys: each `[[webhook_signing_keys]]`, and `KLARNA_WEBHOOK_SECRET` for
@@ -1753,17 +1843,22 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
     if !missing.is_empty() {
         return Err(ConfigError::MissingCredentials(missing.join(", ")));
     }
-    let base_url = base_url(DEFAULT_ACCOUNT, api_url, region, environment)?;
+    let settings = AccountSettings {
+        api_url,
+        region,
+        environment,
+        allow_plain_http: env_allow_plain_http(env)?,
+        ca_file: env.var("KLARNA_CA_FILE").map(PathBuf::from),
+        ..AccountSettings::default()
+    };
+    let base_url = base_url(DEFAULT_ACCOUNT, &settings, PlainHttpOptIn::Environment)?;
+    let extra_roots = ca_roots(DEFAULT_ACCOUNT, settings.ca_file.as_deref())?;
     match (username, password) {
         (Some(username), Some(password)) => Ok(Account {
             name: DEFAULT_ACCOUNT.to_owned(),
-            rate_limit: outbound_limit(
-                DEFAULT_ACCOUNT,
-                &base_url,
-                &AccountSettings::default(),
-                env,
-            )?,
+            rate_limit: outbound_limit(DEFAULT_ACCOUNT, &base_url, &settings, env)?,
             base_url,
+            extra_roots,
             api: AccountApi::OrderManagement(KlarnaCredentials {
                 username,
                 password: SecretString::from(password),
@@ -1775,24 +1870,29 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
     }
 }
 
+/// An Order Management account's base URL: `api_url`, else the URL of `region` and
+/// `environment`.
 fn base_url(
     account: &str,
-    api_url: Option<String>,
-    region: Option<String>,
-    environment: Option<String>,
+    settings: &AccountSettings,
+    opt_in: PlainHttpOptIn,
 ) -> Result<BaseUrl, ConfigError> {
     let problem = |problem: String| ConfigError::Account {
         account: account.to_owned(),
         problem,
     };
-    if let Some(url) = api_url {
-        return BaseUrl::parse(&url).map_err(|e| problem(format!("api_url: {e}")));
+    if let Some(url) = &settings.api_url {
+        return parse_api_url(account, url, settings.allow_plain_http, opt_in);
     }
-    let region: Region = region
+    let region: Region = settings
+        .region
+        .clone()
         .ok_or_else(|| problem("set api_url, or region and environment".into()))?
         .parse()
         .map_err(|_| problem("region must be eu, na or oc".into()))?;
-    let environment: Environment = environment
+    let environment: Environment = settings
+        .environment
+        .clone()
         .ok_or_else(|| problem("environment (playground or live) is required with region".into()))?
         .parse()
         .map_err(|_| problem("environment must be playground or live".into()))?;
@@ -1803,6 +1903,7 @@ fn resolve_account(
     name: &str,
     account: &AccountSettings,
     env: &dyn Environ,
+    opt_in: PlainHttpOptIn,
 ) -> Result<Account, ConfigError> {
     let problem = |problem: String| ConfigError::Account {
         account: name.to_owned(),
@@ -1812,7 +1913,7 @@ fn resolve_account(
         read_secret(what, var, file, env).map_err(&problem)
     };
     if account.kind == AccountKind::Partner {
-        return resolve_partner(name, account, env);
+        return resolve_partner(name, account, env, opt_in);
     }
     let partner_only = [
         ("api_key_env", account.api_key_env.is_some()),
@@ -1822,7 +1923,6 @@ fn resolve_account(
         ("on_behalf_of", account.on_behalf_of.is_some()),
         ("client_cert_file", account.client_cert_file.is_some()),
         ("client_key_file", account.client_key_file.is_some()),
-        ("ca_file", account.ca_file.is_some()),
     ];
     if let Some((key, _)) = partner_only.iter().find(|(_, set)| *set) {
         return Err(problem(format!(
@@ -1831,16 +1931,12 @@ fn resolve_account(
     }
     let username = secret("username", &account.username_env, &account.username_file)?;
     let password = secret("password", &account.password_env, &account.password_file)?;
-    let base_url = base_url(
-        name,
-        account.api_url.clone(),
-        account.region.clone(),
-        account.environment.clone(),
-    )?;
+    let base_url = base_url(name, account, opt_in)?;
     Ok(Account {
         name: name.to_owned(),
         rate_limit: outbound_limit(name, &base_url, account, env)?,
         base_url,
+        extra_roots: ca_roots(name, account.ca_file.as_deref())?,
         api: AccountApi::OrderManagement(KlarnaCredentials {
             username,
             password: SecretString::from(password),
@@ -1854,6 +1950,7 @@ fn resolve_partner(
     name: &str,
     account: &AccountSettings,
     env: &dyn Environ,
+    opt_in: PlainHttpOptIn,
 ) -> Result<Account, ConfigError> {
     let problem = |problem: String| ConfigError::Account {
         account: name.to_owned(),
@@ -1878,7 +1975,7 @@ fn resolve_partner(
             "api_url is required for a partner account ({LIVE_PARTNER_URL}, or Klarna's test URL)"
         ))
     })?;
-    let base_url = BaseUrl::parse(&api_url).map_err(|e| problem(format!("api_url: {e}")))?;
+    let base_url = parse_api_url(name, &api_url, account.allow_plain_http, opt_in)?;
     let api_key = read_secret("api_key", &account.api_key_env, &account.api_key_file, env)
         .map_err(&problem)?;
     let partner_account_id = account
@@ -1911,22 +2008,18 @@ fn resolve_partner(
             ));
         }
     };
-    let extra_roots = match &account.ca_file {
-        Some(path) => vec![read_file("ca_file", path)?],
-        None => Vec::new(),
-    };
     let live = base_url.as_str().trim_end_matches('/') == LIVE_PARTNER_URL;
     Ok(Account {
         name: name.to_owned(),
         rate_limit: outbound_limit(name, &base_url, account, env)?,
         base_url,
+        extra_roots: ca_roots(name, account.ca_file.as_deref())?,
         api: AccountApi::Partner(PartnerAccount {
             api_key: SecretString::from(api_key),
             partner_account_id,
             path_prefix,
             on_behalf_of: account.on_behalf_of.clone(),
             client_identity,
-            extra_roots,
             live,
         }),
     })
@@ -2297,6 +2390,173 @@ mod tests {
                 && missing.contains("KLARNA_PARTNER_ACCOUNT_ID"),
             "{missing}"
         );
+    }
+
+    /// Loads `toml` as the file and resolves it, authentication off.
+    fn resolve_file(toml: &str, env: &[(&'static str, &'static str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+        let env = Vars(
+            env.iter()
+                .copied()
+                .chain([("REFUND_GATEWAY_AUTH", "none")])
+                .collect(),
+        );
+        load_settings(Some(&file), &env)
+            .and_then(|s| resolve(s, &env))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_allow_plain_http_in_the_file() {
+        let om = "[accounts.eu]\napi_url = \"http://10.1.2.3:8080\"\nusername_env = \"U\"\n\
+                  password_env = \"P\"\n";
+        let partner = "[accounts.p]\nkind = \"partner\"\napi_url = \"http://10.1.2.4:8080/klarna\"\n\
+                       api_key_env = \"K\"\npartner_account_id = \"krn:x\"\n";
+        let env = [("U", "user"), ("P", "password"), ("K", "klarna_test_api_k")];
+        for toml in [om, partner] {
+            let refused = resolve_file(toml, &env).err().unwrap_or_default();
+            assert!(
+                refused.contains("allow_plain_http = true") && refused.contains("10.1.2."),
+                "{refused}"
+            );
+            assert!(!refused.contains("KLARNA_ALLOW_PLAIN_HTTP"), "{refused}");
+            let allowed = format!("{toml}allow_plain_http = true\n");
+            let cfg = resolve_file(&allowed, &env).unwrap_or_else(|e| panic!("{e}"));
+            let account = &cfg.accounts[0];
+            assert!(account.base_url.is_plain_http_off_loopback());
+            assert!(account.base_url.host().starts_with("10.1.2."));
+            let off = format!("{toml}allow_plain_http = false\n");
+            assert!(resolve_file(&off, &env).is_err());
+        }
+        // The opt-in changes nothing but the scheme: other faults are refused without naming it.
+        let query = om.replace("8080", "8080/?x=1");
+        let refused = resolve_file(&format!("{query}allow_plain_http = true\n"), &env)
+            .err()
+            .unwrap_or_default();
+        assert!(refused.contains("must not have a query"), "{refused}");
+        let refused = resolve_file(&query, &env).err().unwrap_or_default();
+        assert!(!refused.contains("allow_plain_http"), "{refused}");
+        let https = om.replace("http://", "https://");
+        assert!(
+            resolve_file(&https, &env)
+                .is_ok_and(|c| !c.accounts[0].base_url.is_plain_http_off_loopback())
+        );
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_klarna_allow_plain_http_in_the_environment() {
+        let default = [
+            ("KLARNA_USERNAME", "user"),
+            ("KLARNA_PASSWORD", "hunter2-secret"),
+            ("KLARNA_API_URL", "http://10.1.2.3:8080"),
+        ];
+        let partner = [
+            ("KLARNA_PARTNER_API_URL", "http://10.1.2.4:8080"),
+            ("KLARNA_PARTNER_API_KEY", "klarna_test_api_k"),
+            (
+                "KLARNA_PARTNER_ACCOUNT_ID",
+                "krn:partner:global:account:test:1",
+            ),
+        ];
+        for account in [&default[..], &partner[..]] {
+            let with = |allow: Option<&'static str>| {
+                let mut pairs = account.to_vec();
+                pairs.extend(allow.map(|v| ("KLARNA_ALLOW_PLAIN_HTTP", v)));
+                resolve(dev(), &vars(&pairs)).map_err(|e| e.to_string())
+            };
+            for refused in [None, Some("false")] {
+                let error = with(refused).err().unwrap_or_default();
+                assert!(
+                    error.contains("KLARNA_ALLOW_PLAIN_HTTP=true") && error.contains("10.1.2."),
+                    "{error}"
+                );
+                assert!(!error.contains("hunter2"), "{error}");
+            }
+            let error = with(Some("yes")).err().unwrap_or_default();
+            assert!(
+                error.contains("KLARNA_ALLOW_PLAIN_HTTP=\"yes\"")
+                    && error.contains("true or false"),
+                "{error}"
+            );
+            let cfg = with(Some("true")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cfg.accounts.len(), 1);
+            assert!(cfg.accounts[0].base_url.is_plain_http_off_loopback());
+        }
+    }
+
+    #[test]
+    fn ca_file_is_read_for_either_kind_of_account() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "PRIVATE CA PEM").unwrap_or_else(|e| panic!("{e}"));
+        let missing = dir.path().join("no-such-ca.pem");
+        let om = |ca: &Path| {
+            format!(
+                "[accounts.eu]\napi_url = \"https://klarna.internal\"\nusername_env = \"U\"\n\
+                 password_env = \"P\"\nca_file = \"{}\"\n",
+                ca.display()
+            )
+        };
+        let env = [("U", "user"), ("P", "password")];
+        let cfg = resolve_file(&om(&ca), &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.accounts[0].extra_roots, [b"PRIVATE CA PEM".to_vec()]);
+        assert!(matches!(
+            cfg.accounts[0].api,
+            AccountApi::OrderManagement(_)
+        ));
+        let error = resolve_file(&om(&missing), &env).err().unwrap_or_default();
+        assert!(
+            error.contains("account \"eu\"")
+                && error.contains("ca_file")
+                && error.contains("no-such-ca.pem"),
+            "{error}"
+        );
+        // The paths are the temporary directory's: owned, unlike `vars`' literals.
+        struct Paths(HashMap<&'static str, String>);
+        impl Environ for Paths {
+            fn var(&self, name: &str) -> Option<String> {
+                self.0.get(name).cloned()
+            }
+        }
+        let env_account = |ca: &Path, partner_ca: &Path| {
+            let mut env: HashMap<_, _> = [
+                ("KLARNA_USERNAME", "user"),
+                ("KLARNA_PASSWORD", "password"),
+                ("KLARNA_REGION", "eu"),
+                ("KLARNA_ENVIRONMENT", "playground"),
+                ("KLARNA_PARTNER_API_URL", "https://klarna.internal"),
+                ("KLARNA_PARTNER_API_KEY", "klarna_test_api_k"),
+                (
+                    "KLARNA_PARTNER_ACCOUNT_ID",
+                    "krn:partner:global:account:test:1",
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_owned()))
+            .collect();
+            env.insert("KLARNA_CA_FILE", ca.display().to_string());
+            env.insert("KLARNA_PARTNER_CA_FILE", partner_ca.display().to_string());
+            resolve(dev(), &Paths(env)).map_err(|e| e.to_string())
+        };
+        let cfg = env_account(&ca, &ca).unwrap_or_else(|e| panic!("{e}"));
+        let roots: Vec<_> = cfg
+            .accounts
+            .iter()
+            .map(|a| (a.name.as_str(), a.extra_roots.len()))
+            .collect();
+        assert_eq!(roots, [(DEFAULT_ACCOUNT, 1), (PARTNER_ACCOUNT, 1)]);
+        for (ca, partner_ca, account) in [
+            (&missing, &ca, DEFAULT_ACCOUNT),
+            (&ca, &missing, PARTNER_ACCOUNT),
+        ] {
+            let error = env_account(ca, partner_ca).err().unwrap_or_default();
+            assert!(
+                error.contains(&format!("account {account:?}")) && error.contains("ca_file"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

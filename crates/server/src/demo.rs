@@ -64,6 +64,7 @@ impl DemoSimulator {
                 name: DEFAULT_ACCOUNT.to_owned(),
                 base_url: base_url.clone(),
                 rate_limit: None,
+                extra_roots: Vec::new(),
                 api: AccountApi::OrderManagement(KlarnaCredentials {
                     username: self.running.username().to_owned(),
                     password: SecretString::from(self.running.password().to_owned()),
@@ -73,13 +74,13 @@ impl DemoSimulator {
                 name: PARTNER_ACCOUNT.to_owned(),
                 base_url,
                 rate_limit: None,
+                extra_roots: Vec::new(),
                 api: AccountApi::Partner(PartnerAccount {
                     api_key: SecretString::from(self.running.partner_api_key().to_owned()),
                     partner_account_id: self.running.partner_account_id().to_owned(),
                     path_prefix: format!("/v2/accounts/{}", self.running.partner_account_id()),
                     on_behalf_of: None,
                     client_identity: None,
-                    extra_roots: Vec::new(),
                     live: false,
                 }),
             },

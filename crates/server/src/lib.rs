@@ -194,6 +194,15 @@ pub async fn start(
                 live: partner.live,
             });
         }
+        if account.base_url.is_plain_http_off_loopback() {
+            tracing::warn!(
+                account = %name,
+                host = account.base_url.host(),
+                "Klarna account uses plain http to a host that is not loopback, as allowed by \
+                 allow_plain_http or KLARNA_ALLOW_PLAIN_HTTP: its credentials cross the network \
+                 in clear"
+            );
+        }
         let (client, limiter) = klarna_client(account, attempt_timeout)?;
         limiters.extend(limiter);
         tracing::info!(account = %name, kind = ?client.api(), "Klarna account configured");
@@ -492,6 +501,7 @@ pub(crate) fn klarna_client(
     match account.api {
         AccountApi::OrderManagement(credentials) => {
             let mut client_config = KlarnaClientConfig::new(account.base_url, credentials);
+            client_config.extra_root_certificates = account.extra_roots;
             client_config.transport.attempt_timeout = attempt_timeout;
             client_config.transport.rate_limit = account.rate_limit;
             let client = KlarnaClient::new(client_config).map_err(refused)?;
@@ -503,7 +513,7 @@ pub(crate) fn klarna_client(
                 PaymentsClientConfig::new(account.base_url, partner.api_key, partner.path_prefix);
             client_config.on_behalf_of = partner.on_behalf_of;
             client_config.client_identity = partner.client_identity;
-            client_config.extra_root_certificates = partner.extra_roots;
+            client_config.extra_root_certificates = account.extra_roots;
             client_config.transport.attempt_timeout = attempt_timeout;
             client_config.transport.rate_limit = account.rate_limit;
             let client = PaymentsClient::new(client_config).map_err(refused)?;

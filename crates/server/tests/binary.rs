@@ -221,3 +221,49 @@ async fn simulator_mode_serves_and_sigterm_drains_and_exits_cleanly() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn plain_http_off_loopback_starts_with_a_warning_per_account() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = common::write_config_with(
+        dir.path(),
+        &dir.path().join("data"),
+        "[accounts.lan]\napi_url = \"http://10.1.2.3:9\"\nallow_plain_http = true\n\
+         username_env = \"LAN_USER\"\npassword_env = \"LAN_PASSWORD\"\n\
+         [accounts.local]\napi_url = \"http://127.0.0.1:9\"\n\
+         username_env = \"LAN_USER\"\npassword_env = \"LAN_PASSWORD\"\n",
+    )?;
+    let env = [
+        ("LAN_USER", "lan-user-x3".to_owned()),
+        ("LAN_PASSWORD", "lan-password-x3".to_owned()),
+        ("KLARNA_API_URL", "http://10.1.2.4:9".to_owned()),
+        ("KLARNA_USERNAME", "default-user-x3".to_owned()),
+        ("KLARNA_PASSWORD", "default-password-x3".to_owned()),
+        ("KLARNA_ALLOW_PLAIN_HTTP", "true".to_owned()),
+    ];
+    let mut gateway = GatewayProcess::start("plain http gateway", &config, &env).await?;
+    gateway.terminate_cleanly().await?;
+    let log = gateway.log_text();
+    let mut warned: Vec<(String, String)> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["level"] == "WARN" && l["message"].as_str().unwrap_or("").contains("in clear")
+        })
+        .map(|l| {
+            let field = |name: &str| l[name].as_str().unwrap_or_default().to_owned();
+            (field("account"), field("host"))
+        })
+        .collect();
+    warned.sort();
+    assert_eq!(
+        warned,
+        [
+            ("default".to_owned(), "10.1.2.4".to_owned()),
+            ("lan".to_owned(), "10.1.2.3".to_owned())
+        ],
+        "{log}"
+    );
+    assert!(!log.contains("-x3"), "{log}");
+    Ok(())
+}
