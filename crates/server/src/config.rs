@@ -2248,20 +2248,7 @@ mod tests {
     }
 
     fn partner_error(toml: &str, env: &[(&'static str, &'static str)]) -> String {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join("gw.toml");
-        std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
-        let env = Vars(
-            env.iter()
-                .copied()
-                .chain([("REFUND_GATEWAY_AUTH", "none")])
-                .collect(),
-        );
-        load_settings(Some(&file), &env)
-            .and_then(|s| resolve(s, &env))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        resolve_file(toml, env).err().unwrap_or_default()
     }
 
     #[test]

@@ -630,6 +630,22 @@ backend_test! {
     }
 }
 
+/// Asserts that the one operation under `key` is PENDING: its outcome is unknown, its key
+/// not given back.
+async fn assert_pending(app: &TestApp, key: &str) -> anyhow::Result<()> {
+    let ops = operations(
+        app,
+        pb::ListOperationsRequest {
+            idempotency_key: key.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0].state(), pb::OperationState::Pending, "{ops:?}");
+    Ok(())
+}
+
 /// Asserts that `again` replays `first`: marked as a replay in its metadata and its message,
 /// identical otherwise.
 #[track_caller]
@@ -712,16 +728,7 @@ backend_test! {
             .err()
             .ok_or_else(|| anyhow::anyhow!("accepted"))?;
         assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-        let ops = operations(
-            &app,
-            pb::ListOperationsRequest {
-                idempotency_key: "drop-then-429".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
-        assert_eq!(ops.len(), 1);
-        assert_eq!(ops[0].state(), pb::OperationState::Pending);
+        assert_pending(&app, "drop-then-429").await?;
         the_retry_makes_the_one_refund(app, "drop-then-429", &order.order_id, 700).await
     }
 }
@@ -756,16 +763,7 @@ backend_test! {
             .err()
             .ok_or_else(|| anyhow::anyhow!("accepted"))?;
         assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-        let ops = operations(
-            &app,
-            pb::ListOperationsRequest {
-                idempotency_key: "drop-then-409s".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
-        assert_eq!(ops.len(), 1);
-        assert_eq!(ops[0].state(), pb::OperationState::Pending);
+        assert_pending(&app, "drop-then-409s").await?;
         the_retry_makes_the_one_refund(app, "drop-then-409s", &order.order_id, 700).await
     }
 }
