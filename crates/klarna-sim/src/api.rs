@@ -6,8 +6,11 @@
 //! 2. auth → 401 (Order Management: Basic username:password; partner: `Basic <api key>`),
 //! 3. rate limit → 429 (with `Retry-After: 1`; one bucket for both APIs),
 //! 4. body size → 413,
-//! 5. injected fault, armed or drawn by chaos (a status answers here; a reset closes the
-//!    connection here, logged with status 0; latency waits, then goes on),
+//! 5. with [`Simulator::set_conflict_while_running`](crate::Simulator::set_conflict_while_running)
+//!    on, 409 for a POST/PATCH whose `Klarna-Idempotency-Key` is in use by a request still
+//!    between this step and its execution; then the injected fault, armed or drawn by chaos
+//!    (a status answers here; a reset closes the connection here, logged with status 0;
+//!    latency waits, then goes on),
 //! 6. header checks → 400: Order Management checks `Klarna-Idempotency-Key` on POST/PATCH
 //!    when present; the partner API checks `Partner-Correlation-Id`, `Klarna-Partner-Account`
 //!    and requires the key on POST (see `partner.rs`),
@@ -22,6 +25,8 @@
 //! look-up, the operation and the store run under it. A valid `Partner-Correlation-Id` is
 //! echoed on every partner answer except a fault's raw body.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HOST, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
@@ -30,7 +35,7 @@ use hyper::body::Incoming;
 use time::OffsetDateTime;
 
 use crate::faults::FaultKind;
-use crate::idempotency::{self, MAX_KEY_LEN};
+use crate::idempotency::{self, KeyBusy, MAX_KEY_LEN};
 use crate::partner;
 use crate::request_log::LoggedRequest;
 use crate::response::{ApiError, PartnerError, SimResponse, default_error_code};
@@ -119,6 +124,22 @@ impl Api {
     }
 
     /// The default body of an injected status.
+    fn key_in_use(self) -> SimResponse {
+        let message = "A request with this Klarna-Idempotency-Key is still being processed.";
+        match self {
+            Self::OrderManagement => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message).into()
+            }
+            Self::Partner => PartnerError::new(
+                StatusCode::CONFLICT,
+                "RESOURCE_ERROR",
+                "RESOURCE_CONFLICT",
+                message,
+            )
+            .into(),
+        }
+    }
+
     fn injected(self, status: StatusCode) -> SimResponse {
         match self {
             Self::OrderManagement => ApiError::new(
@@ -191,7 +212,7 @@ pub(crate) fn run_once(
 }
 
 /// Handles one Klarna call (of either API).
-pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Outcome {
+pub(crate) async fn handle(shared: &Arc<Shared>, parts: Parts, body: Incoming) -> Outcome {
     let api = Api::of(parts.uri.path());
     let body = match read_body(body, MAX_BODY_BYTES).await {
         Ok(body) => Some(body),
@@ -199,76 +220,84 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
         // The client went away while sending: nobody to answer.
         Err(BodyError::Io) => return Outcome::Drop,
     };
-    let mut fault: Option<&'static str> = None;
-    let mut after_commit: Option<FaultKind> = None;
-    let mut raw_fault_body = false;
-    let mut replayed = false;
-    let mut event = None;
-    let mut response = 'answer: {
+    let mut step = Step::default();
+    // Held until the request is executed: dropped on every way out of the block below.
+    let mut in_use = None;
+    let executed = 'answer: {
         if !api.authorized(shared, &parts.headers) {
-            break 'answer api.unauthorized();
+            break 'answer Executed::answer(api.unauthorized());
         }
         if let Some(limiter) = &shared.rate_limiter
             && !limiter.try_acquire()
         {
-            break 'answer api.rate_limited();
+            break 'answer Executed::answer(api.rate_limited());
         }
         let Some(body) = &body else {
-            break 'answer api.too_large();
+            break 'answer Executed::answer(api.too_large());
         };
+        if let Some(key) = key_in_use_scope(&parts) {
+            match shared.keys_in_use.enter(key) {
+                Ok(guard) => in_use = guard,
+                Err(KeyBusy) => break 'answer Executed::answer(api.key_in_use()),
+            }
+        }
         if let Some(kind) = shared.faults.take(parts.method.as_str(), parts.uri.path()) {
-            fault = Some(kind.name());
+            step.fault = Some(kind.name());
             match kind {
                 FaultKind::Status {
                     status,
                     body,
                     retry_after_secs,
                 } => {
-                    raw_fault_body = body.is_some();
-                    break 'answer fault_response(api, status, body, retry_after_secs);
+                    step.raw_fault_body = body.is_some();
+                    break 'answer Executed::answer(fault_response(
+                        api,
+                        status,
+                        body,
+                        retry_after_secs,
+                    ));
                 }
                 FaultKind::Latency { millis } => {
                     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
                 }
+                FaultKind::HoldThenCommit { millis } => {
+                    // On a task of its own, so that a client giving up does not stop it: the
+                    // request is executed, logged and remembered whether anyone waits or not.
+                    let (shared, body, in_use) = (Arc::clone(shared), body.clone(), in_use.take());
+                    let task = tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                        let executed = execute_api(api, &shared, &parts, &body);
+                        drop(in_use);
+                        finish(&shared, api, &parts, Some(&body), executed, step)
+                    });
+                    return match task.await {
+                        Ok(response) => Outcome::Respond(response),
+                        Err(_) => Outcome::Drop,
+                    };
+                }
                 FaultKind::Reset => {
                     if shared.log.enabled() {
-                        shared
-                            .log
-                            .push(log_entry(shared, &parts, Some(body), None, false, fault));
+                        shared.log.push(log_entry(
+                            shared,
+                            &parts,
+                            Some(body),
+                            None,
+                            false,
+                            step.fault,
+                        ));
                     }
                     return Outcome::Drop;
                 }
-                hold_or_drop => after_commit = Some(hold_or_drop),
+                hold_or_drop => step.after_commit = Some(hold_or_drop),
             }
         }
-        let executed = match api {
-            Api::OrderManagement => execute(shared, &parts, body),
-            Api::Partner => partner::execute(shared, &parts, body),
-        };
-        replayed = executed.replayed;
-        event = executed.event;
-        executed.response
+        execute_api(api, shared, &parts, body)
     };
-    if api == Api::Partner
-        && !raw_fault_body
-        && let Some(correlation_id) = partner::echoed_correlation_id(&parts.headers)
-    {
-        response = response.with_header(partner::CORRELATION_ID, correlation_id);
-    }
-
-    if shared.log.enabled() {
-        shared.log.push(log_entry(
-            shared,
-            &parts,
-            body.as_ref(),
-            Some(&response),
-            replayed,
-            fault,
-        ));
-    }
-    if let Some(event) = event {
-        shared.webhooks.emit_refunded(&event);
-    }
+    // Executed (and remembered under its key): a duplicate from now on gets the replay, even
+    // while a commit-then-hold keeps this answer back.
+    drop(in_use);
+    let after_commit = step.after_commit.clone();
+    let response = finish(shared, api, &parts, body.as_ref(), executed, step);
     match after_commit {
         Some(FaultKind::CommitThenDrop) => Outcome::Drop,
         Some(FaultKind::CommitThenHold { millis }) => {
@@ -277,6 +306,58 @@ pub(crate) async fn handle(shared: &Shared, parts: Parts, body: Incoming) -> Out
         }
         _ => Outcome::Respond(response),
     }
+}
+
+/// What the fault step decided about a call.
+#[derive(Debug, Default)]
+struct Step {
+    /// The name of the fault injected, if any.
+    fault: Option<&'static str>,
+    /// A status fault with a raw body: sent as is.
+    raw_fault_body: bool,
+    /// A commit-then-hold or commit-then-drop to apply after the answer is recorded.
+    after_commit: Option<FaultKind>,
+}
+
+/// Steps 6 and 7 for the API called.
+fn execute_api(api: Api, shared: &Shared, parts: &Parts, body: &Bytes) -> Executed {
+    match api {
+        Api::OrderManagement => execute(shared, parts, body),
+        Api::Partner => partner::execute(shared, parts, body),
+    }
+}
+
+/// Step 8: the partner correlation id echoed, the call logged, an executed partner refund's
+/// webhook event emitted; returns the answer to send.
+fn finish(
+    shared: &Shared,
+    api: Api,
+    parts: &Parts,
+    body: Option<&Bytes>,
+    executed: Executed,
+    step: Step,
+) -> SimResponse {
+    let mut response = executed.response;
+    if api == Api::Partner
+        && !step.raw_fault_body
+        && let Some(correlation_id) = partner::echoed_correlation_id(&parts.headers)
+    {
+        response = response.with_header(partner::CORRELATION_ID, correlation_id);
+    }
+    if shared.log.enabled() {
+        shared.log.push(log_entry(
+            shared,
+            parts,
+            body,
+            Some(&response),
+            executed.replayed,
+            step.fault,
+        ));
+    }
+    if let Some(event) = executed.event {
+        shared.webhooks.emit_refunded(&event);
+    }
+    response
 }
 
 fn fault_response(
@@ -307,6 +388,25 @@ fn fault_response(
         response = response.with_header(RETRY_AFTER, &secs.to_string());
     }
     response
+}
+
+/// What marks a request's key in use: its credential and its `Klarna-Idempotency-Key`, for a
+/// POST or PATCH that carries one (both APIs scope keys by credential).
+fn key_in_use_scope(parts: &Parts) -> Option<String> {
+    if !matches!(parts.method, Method::POST | Method::PATCH) {
+        return None;
+    }
+    let key = parts.headers.get(IDEMPOTENCY_KEY)?.as_bytes();
+    let credential = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    Some(format!(
+        "{}\n{}",
+        String::from_utf8_lossy(credential),
+        String::from_utf8_lossy(key)
+    ))
 }
 
 /// The idempotency key of a POST/PATCH: `Ok(None)` without one, 400 if malformed.

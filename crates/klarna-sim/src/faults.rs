@@ -1,7 +1,7 @@
 //! Injected faults: for the next N Klarna calls matching a method and path ([`FaultSpec`]),
-//! or at random for a share of them ([`ChaosSpec`]), answer with a status, add latency, close
-//! the connection before anything is executed, or commit the operation and then hold or drop
-//! the answer.
+//! or at random for a share of them ([`ChaosSpec`]), answer with a status, add latency (with
+//! or without executing once the client has gone), close the connection before anything is
+//! executed, or commit the operation and then hold or drop the answer.
 //!
 //! Faults apply to both Klarna APIs (Order Management and the partner Payments API), never to
 //! `/__admin/`. A fault's answer is never stored in the idempotency memory, so a replay never
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// JSON form (admin API): internally tagged by `"type"` in snake case, e.g.
 /// `{"type": "status", "status": 503, "retry_after_secs": 1}`, `{"type": "latency", "millis":
-/// 200}`, `{"type": "reset"}`, `{"type": "commit_then_hold", "millis": 1000}`,
-/// `{"type": "commit_then_drop"}`.
+/// 200}`, `{"type": "hold_then_commit", "millis": 1000}`, `{"type": "reset"}`,
+/// `{"type": "commit_then_hold", "millis": 1000}`, `{"type": "commit_then_drop"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
@@ -50,6 +50,15 @@ pub enum FaultKind {
         /// Added delay in milliseconds.
         millis: u64,
     },
+    /// Wait `millis`, then execute the request and answer. Unlike [`FaultKind::Latency`], the
+    /// request is executed (and remembered under its key, and logged) even when its client
+    /// gives up during the wait: a Klarna still working on a request its client abandoned. A
+    /// resend that arrives meanwhile runs concurrently with it, unless
+    /// [`crate::Simulator::set_conflict_while_running`] answers it 409.
+    HoldThenCommit {
+        /// Delay before the execution in milliseconds.
+        millis: u64,
+    },
     /// Close the connection before anything is executed or answered: a reset that provably
     /// did nothing at Klarna, though the client cannot know that (it must resend). Over
     /// HTTP/2 the whole connection is closed, other streams on it included. Logged with
@@ -73,6 +82,7 @@ impl FaultKind {
         match self {
             Self::Status { .. } => "status",
             Self::Latency { .. } => "latency",
+            Self::HoldThenCommit { .. } => "hold_then_commit",
             Self::Reset => "reset",
             Self::CommitThenHold { .. } => "commit_then_hold",
             Self::CommitThenDrop => "commit_then_drop",

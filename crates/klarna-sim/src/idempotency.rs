@@ -1,12 +1,15 @@
 //! Memory of `Klarna-Idempotency-Key`s: the first response stored for a key is replayed for
-//! 24 hours of simulator time, whatever the later requests carry.
+//! 24 hours of simulator time, whatever the later requests carry. Optionally
+//! ([`KeysInUse`]), a request under a key whose first request is still being executed is
+//! answered 409.
 //!
 //! Which responses are remembered is decided by the caller ([`is_storable`]). Expired entries
 //! are evicted lazily: each access pops the expired heads of an insertion-ordered queue, so the
 //! cost is amortised O(1) per request and nothing scans the whole map.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use time::{Duration, OffsetDateTime};
@@ -90,12 +93,79 @@ impl IdempotencyStore {
     }
 }
 
+/// Keys whose first request is still on its way through the pipeline (from the fault step to
+/// its execution), for the optional answer 409 to a duplicate arriving meanwhile. Klarna does
+/// not document what it answers to concurrent duplicates; the common idempotency convention
+/// is 409, and a client must cope with either. Off by default: duplicates then wait for the
+/// state lock and get the first one's answer.
+#[derive(Debug, Default)]
+pub(crate) struct KeysInUse {
+    enabled: AtomicBool,
+    // Shared with each guard, which may outlive the request's future (a hold-then-commit
+    // fault executes on a task of its own).
+    keys: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A request under a key whose first request is still running, while [`KeysInUse`] is on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct KeyBusy;
+
+impl KeysInUse {
+    /// Turns the 409 for keys in use on or off.
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Marks `key` (already scoped by credential) in use until the guard is dropped; `Ok(None)`
+    /// while the mode is off.
+    pub(crate) fn enter(&self, key: String) -> Result<Option<KeyInUse>, KeyBusy> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.insert(key.clone()) {
+            return Err(KeyBusy);
+        }
+        Ok(Some(KeyInUse {
+            keys: Arc::clone(&self.keys),
+            key,
+        }))
+    }
+}
+
+/// A key in use; dropping it (the request executed, failed, or its client went away) frees it.
+#[derive(Debug)]
+pub(crate) struct KeyInUse {
+    keys: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for KeyInUse {
+    fn drop(&mut self) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(&self.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn response(status: StatusCode) -> SimResponse {
         SimResponse::empty(status)
+    }
+
+    #[test]
+    fn a_key_is_in_use_until_its_guard_is_dropped_and_only_when_enabled() {
+        let keys = KeysInUse::default();
+        assert!(matches!(keys.enter("u\nk".into()), Ok(None)));
+        keys.set_enabled(true);
+        let first = keys.enter("u\nk".into());
+        assert!(matches!(first, Ok(Some(_))));
+        assert_eq!(keys.enter("u\nk".into()).err(), Some(KeyBusy));
+        assert!(matches!(keys.enter("v\nk".into()), Ok(Some(_))));
+        drop(first);
+        assert!(matches!(keys.enter("u\nk".into()), Ok(Some(_))));
     }
 
     #[test]

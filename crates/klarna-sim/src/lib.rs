@@ -146,7 +146,8 @@
 //! `GET /__admin/webhooks/events`, `GET /__admin/webhooks/deliveries` (see `admin.rs`).
 //!
 //! Pipeline order of a Klarna call (either API): body read → auth (401) → rate limit (429) →
-//! body size (413) → injected fault (a reset closes the connection here) → header checks
+//! body size (413) → key in use (409, when asked) → injected fault (a reset closes the
+//! connection here; a hold-then-commit goes on in a task of its own) → header checks
 //! (400) → under the lock: replay, or route + validate (400/403/404/405/422) + execute
 //! (403/404/2xx) and store → log → webhook event of an executed partner refund →
 //! commit-then-hold/drop.

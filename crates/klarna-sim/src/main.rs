@@ -74,6 +74,10 @@ struct Args {
     /// Seed the fixed demo orders and payment transactions.
     #[arg(long)]
     demo: bool,
+    /// Answer 409 CONFLICT to a POST or PATCH whose Klarna-Idempotency-Key is still in use by
+    /// a request being executed (instead of making it wait for that request's answer).
+    #[arg(long, env = "KLARNA_SIM_CONFLICT_WHILE_RUNNING")]
+    conflict_while_running: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -151,6 +155,7 @@ async fn main() -> ExitCode {
         },
         tls,
     });
+    sim.set_conflict_while_running(args.conflict_while_running);
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(e) => {

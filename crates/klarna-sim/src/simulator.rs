@@ -10,6 +10,7 @@ use crate::auth::{ApiKeyAuth, BasicAuth};
 use crate::clock::Clock;
 use crate::demo;
 use crate::faults::{ChaosSpec, FaultSpec, FaultTable};
+use crate::idempotency::KeysInUse;
 use crate::payments::TransactionState;
 use crate::rate_limit::RateLimiter;
 use crate::request_log::{LoggedRequest, RequestLog};
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) store: Mutex<Store>,
     pub(crate) faults: FaultTable,
+    pub(crate) keys_in_use: KeysInUse,
     pub(crate) log: RequestLog,
     pub(crate) clock: Arc<Clock>,
     pub(crate) webhooks: Arc<Webhooks>,
@@ -124,6 +126,7 @@ impl Simulator {
             rate_limiter: config.rate_limit_per_second.and_then(RateLimiter::new),
             store: Mutex::new(Store::default()),
             faults: FaultTable::default(),
+            keys_in_use: KeysInUse::default(),
             log: RequestLog::new(config.request_log_capacity),
             webhooks: Arc::new(Webhooks::new(
                 &config.partner_account_id,
@@ -290,9 +293,19 @@ impl Simulator {
         self.shared.faults.set_chaos(chaos);
     }
 
+    /// When on, a POST or PATCH under a `Klarna-Idempotency-Key` whose first request is still
+    /// running (waiting out a latency fault, or being executed) is answered 409 (`CONFLICT`;
+    /// `RESOURCE_CONFLICT` from the partner API) and not remembered under the key, as the
+    /// common idempotency convention does. Off (the default), such a duplicate waits for the
+    /// state lock and gets the first request's answer; Klarna documents neither.
+    pub fn set_conflict_while_running(&self, on: bool) {
+        self.shared.keys_in_use.set_enabled(on);
+    }
+
     /// How many faults were injected so far (armed and chaos alike, since the simulator
     /// started; [`Simulator::clear_faults`] does not reset the counts), by kind: `status 503`
-    /// (one entry per status), `latency`, `reset`, `commit_then_hold`, `commit_then_drop`.
+    /// (one entry per status), `latency`, `hold_then_commit`, `reset`, `commit_then_hold`,
+    /// `commit_then_drop`.
     /// Unlike the request log, it also counts a call whose client went away during its
     /// latency, which is neither executed nor logged.
     pub fn injected_faults(&self) -> std::collections::BTreeMap<String, u64> {

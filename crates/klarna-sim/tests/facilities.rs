@@ -1,5 +1,6 @@
-//! Test facilities over real HTTP: injected faults (status, latency, commit-then-hold,
-//! commit-then-drop), the request log, the admin API and shutdown.
+//! Test facilities over real HTTP: injected faults (status, latency, hold-then-commit,
+//! commit-then-hold, commit-then-drop), 409 for a key in use, the request log, the admin API
+//! and shutdown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -188,6 +189,143 @@ async fn commit_then_hold_commits_before_answering() {
             .len(),
         1
     );
+}
+
+/// Sends a refund of 400 under `key` from a task of its own, giving up after `timeout`.
+fn refund_in_background(
+    h: &Harness,
+    order_id: &str,
+    key: &'static str,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>> {
+    let request = h
+        .request(reqwest::Method::POST, &refunds_path(order_id))
+        .header("Klarna-Idempotency-Key", key)
+        .json(&json!({"refunded_amount": 400}))
+        .timeout(timeout);
+    tokio::spawn(request.send())
+}
+
+/// Waits until the simulator has taken `n` hold-then-commit faults.
+async fn holds_taken(h: &Harness, n: u64) {
+    wait_until("the hold to start", Duration::from_secs(5), async || {
+        let taken = h.sim().injected_faults().get("hold_then_commit").copied();
+        Ok::<_, TimedOut>((taken >= Some(n)).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_then_commit_executes_even_after_the_client_gave_up() {
+    let h = start().await;
+    let order = h.captured_order(10_000);
+    h.sim().inject_fault(fault(
+        Some("POST"),
+        &refunds_path(&order.order_id),
+        1,
+        FaultKind::HoldThenCommit { millis: 600 },
+    ));
+    let abandoned =
+        refund_in_background(&h, &order.order_id, "gave-up", Duration::from_millis(100));
+    assert!(abandoned.await.unwrap().is_err(), "the client timed out");
+    wait_until("the refund to commit", Duration::from_secs(5), async || {
+        let refunded = h.sim().order_json(&order.order_id).unwrap()["refunded_amount"].clone();
+        Ok::<_, TimedOut>((refunded == 400).then_some(()))
+    })
+    .await
+    .unwrap();
+    let logged = h.sim().requests();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].fault.as_deref(), Some("hold_then_commit"));
+    assert_eq!(logged[0].status, 201);
+    // The key remembers it: a resend is its replay.
+    let replay = h
+        .refund(
+            &order.order_id,
+            &json!({"refunded_amount": 400}),
+            Some("gave-up"),
+        )
+        .await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(h.order(&order.order_id).await["refunded_amount"], 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_while_the_first_runs_gets_409_when_asked_then_the_replay() {
+    let h = start().await;
+    h.sim().set_conflict_while_running(true);
+    let order = h.captured_order(10_000);
+    h.sim().inject_fault(fault(
+        Some("POST"),
+        &refunds_path(&order.order_id),
+        1,
+        FaultKind::HoldThenCommit { millis: 800 },
+    ));
+    let first = refund_in_background(&h, &order.order_id, "busy-key", Duration::from_secs(10));
+    holds_taken(&h, 1).await;
+    let duplicate = h
+        .refund(
+            &order.order_id,
+            &json!({"refunded_amount": 400}),
+            Some("busy-key"),
+        )
+        .await;
+    let error = expect_error(duplicate, StatusCode::CONFLICT, "CONFLICT").await;
+    assert!(
+        error["error_messages"]
+            .to_string()
+            .contains("still being processed"),
+        "{error}"
+    );
+    // Another key is not held up.
+    let other = h
+        .refund(
+            &order.order_id,
+            &json!({"refunded_amount": 100}),
+            Some("other-key"),
+        )
+        .await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let refund_id = header(&first, "Refund-Id");
+    let replay = h
+        .refund(
+            &order.order_id,
+            &json!({"refunded_amount": 400}),
+            Some("busy-key"),
+        )
+        .await;
+    assert_eq!(header(&replay, "Refund-Id"), refund_id);
+    let order = h.order(&order.order_id).await;
+    assert_eq!(order["refunded_amount"], 500);
+    assert_eq!(order["refunds"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_409_a_duplicate_during_a_hold_runs_and_the_held_one_replays_it() {
+    let h = start().await;
+    let order = h.captured_order(10_000);
+    h.sim().inject_fault(fault(
+        Some("POST"),
+        &refunds_path(&order.order_id),
+        1,
+        FaultKind::HoldThenCommit { millis: 800 },
+    ));
+    let first = refund_in_background(&h, &order.order_id, "twice", Duration::from_secs(10));
+    holds_taken(&h, 1).await;
+    let duplicate = h
+        .refund(
+            &order.order_id,
+            &json!({"refunded_amount": 400}),
+            Some("twice"),
+        )
+        .await;
+    assert_eq!(duplicate.status(), StatusCode::CREATED);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(header(&first, "Refund-Id"), header(&duplicate, "Refund-Id"));
+    assert_eq!(h.order(&order.order_id).await["refunded_amount"], 400);
 }
 
 #[tokio::test]

@@ -8,11 +8,13 @@
 //! and transport errors, waiting what the status's `RetryInfo` says, else 20-100 ms, within a
 //! deadline per intent. Meanwhile the simulator's chaos mode injects, into a share of the
 //! refund POSTs, timeouts (latency past the gateway's attempt timeout), resets (nothing
-//! executed), commit-then-drop, commit-then-hold past the attempt timeout, 503, 500 and 429
-//! with `Retry-After: 1`; and the real `refund-gateway` binary is killed with SIGKILL and
-//! restarted on the same data on a schedule. On PostgreSQL two replicas share one fresh
-//! database, the callers spread over both, and one replica is killed (and restarted) at a
-//! time.
+//! executed), hold-then-commit (executed after the gateway gave up on the attempt),
+//! commit-then-drop, commit-then-hold past the attempt timeout, 503, 500 and 429 with
+//! `Retry-After: 1`; a resend under a key whose first request is still held is answered 409
+//! (`Simulator::set_conflict_while_running`); and the real `refund-gateway` binary is killed
+//! with SIGKILL and restarted on the same data on a schedule. On PostgreSQL two replicas share
+//! one fresh database, the callers spread over both, and one replica is killed (and
+//! restarted) at a time.
 //!
 //! When the load is over, the chaos is switched off, every operation must become terminal
 //! (`ListOperations` shows none PENDING or IN_FLIGHT), and Klarna's ledger must hold, for
@@ -535,16 +537,21 @@ fn read_ledger(sim: &RunningSimulator, order_ids: &[String]) -> anyhow::Result<L
     })
 }
 
-/// The refund POSTs the simulator logged, and how many of them it replayed from its
-/// idempotency memory. A POST whose client went away during an injected latency is neither
-/// executed nor logged (the simulator's fault counts include it).
-fn refund_posts(sim: &RunningSimulator) -> (usize, usize) {
+/// The refund POSTs the simulator logged, how many of them it replayed from its idempotency
+/// memory, and how many it answered 409 because their key was still in use. A POST whose
+/// client went away during an injected latency is neither executed nor logged (the
+/// simulator's fault counts include it).
+fn refund_posts(sim: &RunningSimulator) -> (usize, usize, usize) {
     sim.sim
         .requests()
         .iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/refunds"))
-        .fold((0, 0), |(posts, replayed), r| {
-            (posts + 1, replayed + usize::from(r.replayed))
+        .fold((0, 0, 0), |(posts, replayed, in_use), r| {
+            (
+                posts + 1,
+                replayed + usize::from(r.replayed),
+                in_use + usize::from(r.status == 409 && r.fault.is_none()),
+            )
         })
 }
 
@@ -619,12 +626,14 @@ async fn chaos_run(
     let replica_clients: Replicas = Arc::new(RwLock::new(clients));
 
     let slow = SLOW_FAULT_MS;
+    sim.sim.set_conflict_while_running(true);
     sim.sim.set_chaos(Some(ChaosSpec {
         method: Some("POST".into()),
         path: "/ordermanagement/v1/orders/*".into(),
         per_mille: size.per_mille,
         kinds: vec![
             FaultKind::Latency { millis: slow },
+            FaultKind::HoldThenCommit { millis: slow },
             FaultKind::Reset,
             FaultKind::CommitThenDrop,
             FaultKind::CommitThenHold { millis: slow },
@@ -683,7 +692,7 @@ async fn chaos_run(
         over_refunded,
         count: ledger_count,
     } = read_ledger(&sim, &order_ids)?;
-    let (posts, replayed_posts) = refund_posts(&sim);
+    let (posts, replayed_posts, key_in_use) = refund_posts(&sim);
     let faults = sim.sim.injected_faults();
     let mut problems: Vec<String> = over_refunded.clone();
     let (mut duplicates, mut lost, mut wrong_amounts) = (0, 0, 0);
@@ -789,8 +798,8 @@ async fn chaos_run(
     row("operations not SUCCEEDED", not_succeeded.to_string());
     row("gateway kills (SIGKILL, restart)", kills.to_string());
     row(
-        "refund POSTs at Klarna (replayed by Klarna)",
-        format!("{posts} ({replayed_posts})"),
+        "refund POSTs at Klarna (replayed by Klarna; 409, key in use)",
+        format!("{posts} ({replayed_posts}; {key_in_use})"),
     );
     row(
         "faults injected",
