@@ -206,6 +206,18 @@ fn refund_in_background(
     tokio::spawn(request.send())
 }
 
+/// A fully captured order whose next refund POST is held `millis`, then executed.
+fn held_order(h: &Harness, millis: u64) -> klarna_sim::SeededOrder {
+    let order = h.captured_order(10_000);
+    h.sim().inject_fault(fault(
+        Some("POST"),
+        &refunds_path(&order.order_id),
+        1,
+        FaultKind::HoldThenCommit { millis },
+    ));
+    order
+}
+
 /// Waits until the simulator has taken `n` hold-then-commit faults.
 async fn holds_taken(h: &Harness, n: u64) {
     wait_until("the hold to start", Duration::from_secs(5), async || {
@@ -219,13 +231,7 @@ async fn holds_taken(h: &Harness, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_then_commit_executes_even_after_the_client_gave_up() {
     let h = start().await;
-    let order = h.captured_order(10_000);
-    h.sim().inject_fault(fault(
-        Some("POST"),
-        &refunds_path(&order.order_id),
-        1,
-        FaultKind::HoldThenCommit { millis: 600 },
-    ));
+    let order = held_order(&h, 600);
     let abandoned =
         refund_in_background(&h, &order.order_id, "gave-up", Duration::from_millis(100));
     assert!(abandoned.await.unwrap().is_err(), "the client timed out");
@@ -255,13 +261,7 @@ async fn hold_then_commit_executes_even_after_the_client_gave_up() {
 async fn a_duplicate_while_the_first_runs_gets_409_when_asked_then_the_replay() {
     let h = start().await;
     h.sim().set_conflict_while_running(true);
-    let order = h.captured_order(10_000);
-    h.sim().inject_fault(fault(
-        Some("POST"),
-        &refunds_path(&order.order_id),
-        1,
-        FaultKind::HoldThenCommit { millis: 800 },
-    ));
+    let order = held_order(&h, 800);
     let first = refund_in_background(&h, &order.order_id, "busy-key", Duration::from_secs(10));
     holds_taken(&h, 1).await;
     let duplicate = h
@@ -306,13 +306,7 @@ async fn a_duplicate_while_the_first_runs_gets_409_when_asked_then_the_replay() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_409_a_duplicate_during_a_hold_runs_and_the_held_one_replays_it() {
     let h = start().await;
-    let order = h.captured_order(10_000);
-    h.sim().inject_fault(fault(
-        Some("POST"),
-        &refunds_path(&order.order_id),
-        1,
-        FaultKind::HoldThenCommit { millis: 800 },
-    ));
+    let order = held_order(&h, 800);
     let first = refund_in_background(&h, &order.order_id, "twice", Duration::from_secs(10));
     holds_taken(&h, 1).await;
     let duplicate = h

@@ -630,6 +630,28 @@ backend_test! {
     }
 }
 
+/// Klarna executes the first attempt but its answer is lost, then answers `status` to every
+/// resend: the caller gets `OUTCOME_PENDING`, the operation stays PENDING, and the retry (the
+/// faults cleared) makes the one refund.
+async fn every_resend_after_a_lost_answer_gets(
+    mut app: TestApp,
+    status: u16,
+    key: &str,
+) -> anyhow::Result<()> {
+    let order = captured_order(&app.sim.sim, 10_000);
+    fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
+    fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(status));
+    let answer = app
+        .client
+        .refund_order(refund_request(key, &order.order_id, 700))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    assert_reason(&answer, Code::Unavailable, "OUTCOME_PENDING");
+    assert_pending(&app, key).await?;
+    the_retry_makes_the_one_refund(app, key, &order.order_id, 700).await
+}
+
 /// Asserts that the one operation under `key` is PENDING: its outcome is unknown, its key
 /// not given back.
 async fn assert_pending(app: &TestApp, key: &str) -> anyhow::Result<()> {
@@ -717,19 +739,8 @@ backend_test! {
     async fn a_429_after_a_possible_delivery_keeps_the_operation_pending(
         db: Backend,
     ) -> anyhow::Result<()> {
-        let mut app = spawn_app_with(db.options()).await?;
-        let order = captured_order(&app.sim.sim, 10_000);
-        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
-        fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(429));
-        let status = app
-            .client
-            .refund_order(refund_request("drop-then-429", &order.order_id, 700))
-            .await
-            .err()
-            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-        assert_pending(&app, "drop-then-429").await?;
-        the_retry_makes_the_one_refund(app, "drop-then-429", &order.order_id, 700).await
+        let app = spawn_app_with(db.options()).await?;
+        every_resend_after_a_lost_answer_gets(app, 429, "drop-then-429").await
     }
 }
 
@@ -753,18 +764,7 @@ backend_test! {
         assert_eq!(refunded(&app, &order.order_id), (300, 1));
         assert_eq!(refund_posts(&app, &order.order_id), 3);
 
-        let order = captured_order(&app.sim.sim, 10_000);
-        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDrop);
-        fault_refunds(&app.sim.sim, &order.order_id, 100, status_fault(409));
-        let status = app
-            .client
-            .refund_order(refund_request("drop-then-409s", &order.order_id, 700))
-            .await
-            .err()
-            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
-        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
-        assert_pending(&app, "drop-then-409s").await?;
-        the_retry_makes_the_one_refund(app, "drop-then-409s", &order.order_id, 700).await
+        every_resend_after_a_lost_answer_gets(app, 409, "drop-then-409s").await
     }
 }
 
