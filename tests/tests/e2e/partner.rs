@@ -2,8 +2,12 @@
 //! simulator's Payments API: success, replay, every local refusal without a call, Klarna's
 //! refusals, faults that must neither lose nor double a refund, and mutual TLS.
 
+use std::time::Duration;
+
 use klarna_sim::{CaptureSeed, RunningSimulator, TransactionSeed, TransactionState};
-use refund_gateway_tests::{AppOptions, PartnerTls, TestApp, spawn_app, spawn_app_with};
+use refund_gateway_tests::{
+    AppOptions, PartnerTls, TestApp, spawn_app, spawn_app_with, wait_until,
+};
 
 use super::*;
 
@@ -396,6 +400,45 @@ backend_test! {
                 Some(dropped.operation_id)
             ]
         );
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    /// Klarna still executing the first attempt after the gateway gave up on it, and answering
+    /// 409 to a resend under the same key meanwhile: never a refusal, and the call (or its
+    /// retry under the same key) gets the replay of the one refund.
+    async fn a_resend_while_klarna_still_runs_the_first_is_one_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let app = spawn_app_with(AppOptions {
+            attempt_timeout_ms: Some(200),
+            ..db.options()
+        })
+        .await?;
+        app.sim.sim.set_conflict_while_running(true);
+        let (transaction, captures) = seed(&app.sim.sim, &[5000], 0);
+        fault_capture_refunds(&app, &captures[0], 1, FaultKind::HoldThenCommit { millis: 1500 });
+        let request = capture_refund("held", &transaction, &captures[0], 1000);
+        let made = wait_until("the refund's answer", Duration::from_secs(20), async || {
+            match app.client.clone().refund_capture(request.clone()).await {
+                Ok(made) => Ok(Some(made.into_inner())),
+                Err(status) => {
+                    // The only answer short of the refund: its outcome is not known yet.
+                    assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+                    Ok::<_, anyhow::Error>(None)
+                }
+            }
+        })
+        .await?;
+        let at_klarna = refunds_at_klarna(&app.sim, &transaction);
+        assert_eq!(at_klarna.len(), 1, "{at_klarna:?}");
+        assert_eq!(
+            at_klarna[0]["payment_refund_id"].as_str(),
+            Some(made.payment_refund_id.as_str())
+        );
+        let statuses: Vec<u16> = refund_posts(&app.sim).iter().map(|r| r.status).collect();
+        assert!(statuses.contains(&409), "{statuses:?}");
         app.shutdown().await
     }
 }
