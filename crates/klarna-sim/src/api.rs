@@ -123,7 +123,7 @@ impl Api {
         }
     }
 
-    /// The default body of an injected status.
+    /// 409 for a request whose key is in use by one still being executed.
     fn key_in_use(self) -> SimResponse {
         let message = "A request with this Klarna-Idempotency-Key is still being processed.";
         match self {
@@ -140,6 +140,7 @@ impl Api {
         }
     }
 
+    /// The default body of an injected status.
     fn injected(self, status: StatusCode) -> SimResponse {
         match self {
             Self::OrderManagement => ApiError::new(
