@@ -42,6 +42,18 @@ async fn operations(
         .operations)
 }
 
+/// The operations listed under the idempotency key `key`.
+async fn operations_under(app: &TestApp, key: &str) -> anyhow::Result<Vec<pb::OperationRecord>> {
+    operations(
+        app,
+        pb::ListOperationsRequest {
+            idempotency_key: key.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// The operation under `key` once it has reached a final state (the caller's own call, or the
 /// reconciler in the background, settles it), re-checked with `ListOperations`.
 async fn settled(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord> {
@@ -49,14 +61,7 @@ async fn settled(app: &TestApp, key: &str) -> anyhow::Result<pb::OperationRecord
         &format!("operation {key} to settle"),
         Duration::from_secs(30),
         async || {
-            let ops = operations(
-                app,
-                pb::ListOperationsRequest {
-                    idempotency_key: key.into(),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            let ops = operations_under(app, key).await?;
             Ok(ops.into_iter().find(|o| {
                 matches!(
                     o.state(),
@@ -500,14 +505,7 @@ backend_test! {
             },
         )
         .await?;
-        let ops = operations(
-            &app,
-            pb::ListOperationsRequest {
-                idempotency_key: "slow-lease".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ops = operations_under(&app, "slow-lease").await?;
         anyhow::ensure!(ops.len() == 1, "{ops:?}");
         let claimed = ops[0]
             .created_at
@@ -655,14 +653,7 @@ async fn every_resend_after_a_lost_answer_gets(
 /// Asserts that the one operation under `key` is PENDING: its outcome is unknown, its key
 /// not given back.
 async fn assert_pending(app: &TestApp, key: &str) -> anyhow::Result<()> {
-    let ops = operations(
-        app,
-        pb::ListOperationsRequest {
-            idempotency_key: key.into(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let ops = operations_under(app, key).await?;
     assert_eq!(ops.len(), 1, "{ops:?}");
     assert_eq!(ops[0].state(), pb::OperationState::Pending, "{ops:?}");
     Ok(())
@@ -896,14 +887,7 @@ backend_test! {
                 (10 * PER_ORDER as i64, PER_ORDER)
             );
         }
-        let stuck_op = operations(
-            &app,
-            pb::ListOperationsRequest {
-                idempotency_key: "stuck".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let stuck_op = operations_under(&app, "stuck").await?;
         assert_eq!(stuck_op.len(), 1);
         assert!(
             matches!(
