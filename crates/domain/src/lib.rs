@@ -83,7 +83,8 @@ pub use routing::{Route, RouteRequest, RouteSource, Routing, RoutingConfigError,
 pub use store::{
     AttentionSummary, AuditEvent, Claim, Completion, LeaseHolder, LinkOutcome, NewOperation,
     Operation, OperationFilter, OperationPage, OperationState, OperationStore, OrderLock,
-    OrderReference, ReferenceKind, Resolution, StoreError, StoredResponse, WebhookEvent,
+    OrderReference, ReferenceKind, Resolution, StoreError, StoredResponse, Unresolved,
+    WebhookEvent,
 };
 pub use trace::TraceParent;
 pub use validation::{FieldViolation, Violations};

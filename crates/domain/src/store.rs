@@ -207,8 +207,29 @@ pub struct Operation {
     pub answer_context: Option<String>,
 }
 
+/// Which unresolved operations [`OperationStore::unresolved`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// Every one: the reconciler's first pass after the gateway starts, when the operations
+    /// a crash interrupted became PENDING (and a restart is the time to try everything).
+    All,
+    /// Those due ([`Operation::is_due_for_resolution`]): the reconciler's later passes.
+    Due,
+}
+
+/// The reconciler's wait before resending a PENDING operation is the operation's age when it
+/// became PENDING divided by this: a young one is resent at the next pass, an old one less
+/// and less often (each wait a quarter longer than the one before), so a long Klarna outage
+/// does not cost every unresolved operation a resend on every pass.
+pub const RESOLUTION_BACKOFF_DIVISOR: i64 = 4;
+
+/// The longest wait before the reconciler resends a PENDING operation: once Klarna answers
+/// again, every operation it left unresolved is settled within this (and a pass).
+pub const RESOLUTION_BACKOFF_MAX: time::Duration = time::Duration::minutes(5);
+
 impl Operation {
     /// True when no gateway holds it: PENDING, or IN_FLIGHT past its lease (the holder died).
+    /// Anyone may take it over now (a caller's retry does, at once).
     pub fn is_unresolved(&self, now: OffsetDateTime) -> bool {
         match self.state {
             OperationState::Pending => true,
@@ -216,6 +237,31 @@ impl Operation {
             _ => false,
         }
     }
+
+    /// When the reconciler takes it on, if it is unresolved by then: an IN_FLIGHT operation
+    /// whose holder is gone at once; a PENDING one at [`Operation::resolution_due_at`].
+    pub fn is_due_for_resolution(&self, now: OffsetDateTime) -> bool {
+        self.is_unresolved(now)
+            && (self.state != OperationState::Pending || self.resolution_due_at() <= now)
+    }
+
+    /// When the reconciler next resends it, were it PENDING: `updated_at` (when it became
+    /// PENDING) plus its age then divided by [`RESOLUTION_BACKOFF_DIVISOR`], at most
+    /// [`RESOLUTION_BACKOFF_MAX`]. In whole microseconds, truncated toward zero, as the
+    /// stores compute it in SQL.
+    pub fn resolution_due_at(&self) -> OffsetDateTime {
+        self.updated_at + resolution_backoff(self.updated_at - self.created_at)
+    }
+}
+
+/// The reconciler's wait before resending an operation that became PENDING at `age`; see
+/// [`Operation::resolution_due_at`].
+pub fn resolution_backoff(age: time::Duration) -> time::Duration {
+    let micros = age.whole_microseconds() / i128::from(RESOLUTION_BACKOFF_DIVISOR);
+    let max = RESOLUTION_BACKOFF_MAX.whole_microseconds();
+    // At most the cap, which fits an i64; an age below zero (clocks of two replicas) waits
+    // not at all.
+    time::Duration::microseconds(i64::try_from(micros.clamp(0, max)).unwrap_or(0))
 }
 
 /// The result of a claim.
@@ -584,10 +630,14 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
     /// The operation, if stored.
     async fn get(&self, id: OperationId) -> Result<Option<Operation>, StoreError>;
 
-    /// Up to `limit` unresolved operations (PENDING, or IN_FLIGHT whose holder is gone, as
-    /// for [`OperationStore::take_over`]), oldest first.
+    /// Up to `limit` unresolved operations at `now`, oldest first: IN_FLIGHT whose holder is
+    /// gone (as for [`OperationStore::take_over`]), and PENDING ones: every one for
+    /// [`Unresolved::All`], those past their resend backoff
+    /// ([`Operation::resolution_due_at`]) for [`Unresolved::Due`]. A PENDING operation not
+    /// yet due is unresolved all the same: a caller's retry takes it over at once.
     async fn unresolved(
         &self,
+        which: Unresolved,
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError>;
@@ -705,6 +755,29 @@ pub trait OperationStore: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolution_backoff_is_a_quarter_of_the_age_up_to_five_minutes() {
+        let d = time::Duration::microseconds;
+        assert_eq!(resolution_backoff(d(0)), d(0));
+        assert_eq!(resolution_backoff(d(-40)), d(0));
+        // Truncated toward zero, as SQL's integer division.
+        assert_eq!(resolution_backoff(d(7)), d(1));
+        assert_eq!(
+            resolution_backoff(time::Duration::seconds(40)),
+            time::Duration::seconds(10)
+        );
+        let cap_age = RESOLUTION_BACKOFF_MAX * 4;
+        assert_eq!(
+            resolution_backoff(cap_age - d(4)),
+            RESOLUTION_BACKOFF_MAX - d(1)
+        );
+        assert_eq!(resolution_backoff(cap_age), RESOLUTION_BACKOFF_MAX);
+        assert_eq!(
+            resolution_backoff(time::Duration::days(2)),
+            RESOLUTION_BACKOFF_MAX
+        );
+    }
 
     #[test]
     fn reference_kinds_round_trip_their_stored_names() {

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use refund_gateway_domain::store::{OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Operation, OperationFilter, OperationId, OperationPage, ResourceKind,
-    StoreError, WebhookEvent,
+    StoreError, Unresolved, WebhookEvent,
 };
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
@@ -36,11 +36,54 @@ pub(crate) static SELECT_OPERATION: LazyLock<String> =
 /// has ended. PostgreSQL adds a gone replica to it.
 const LEASE_ENDED: &str = "lease_expires_at IS NULL OR lease_expires_at <= $1";
 
-static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
+/// The statements of [`unresolved`] with the lease test alone (SQLite's).
+pub(crate) static UNRESOLVED: LazyLock<UnresolvedSql> =
+    LazyLock::new(|| UnresolvedSql::new(LEASE_ENDED));
+
+/// The statements of [`unresolved`] (`$1` now, `$2` limit), one per [`Unresolved`].
+pub(crate) struct UnresolvedSql {
+    all: String,
+    due: String,
+}
+
+impl UnresolvedSql {
+    /// `unheld` is the SQL test of an IN_FLIGHT operation whose holder is gone (see
+    /// [`attention_sql`]): those, and the PENDING operations (whose resend is due, for
+    /// [`Unresolved::Due`]), oldest created first.
+    pub(crate) fn new(unheld: &str) -> Self {
+        let statement = |pending: &str| {
+            format!(
+                "SELECT {OPERATION_COLUMNS} FROM operations \
+                 WHERE {pending} OR (state = 'IN_FLIGHT' AND ({unheld})) \
+                 ORDER BY created_at, operation_id LIMIT $2"
+            )
+        };
+        Self {
+            all: statement("state = 'PENDING'"),
+            due: statement(&format!("(state = 'PENDING' AND {})", *RESOLUTION_DUE)),
+        }
+    }
+
+    /// The statement listing `which`.
+    pub(crate) fn of(&'static self, which: Unresolved) -> &'static str {
+        match which {
+            Unresolved::All => &self.all,
+            Unresolved::Due => &self.due,
+        }
+    }
+}
+
+/// A PENDING operation's resend is due at `$1` (now), as SQL over its row:
+/// [`Operation::resolution_due_at`] in integer microseconds (SQL's integer division truncates
+/// toward zero, as the domain's does).
+static RESOLUTION_DUE: LazyLock<String> = LazyLock::new(|| {
+    use refund_gateway_domain::store::{RESOLUTION_BACKOFF_DIVISOR, RESOLUTION_BACKOFF_MAX};
+    let max = RESOLUTION_BACKOFF_MAX.whole_microseconds();
+    let age = "(updated_at - created_at)";
     format!(
-        "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
-         OR (state = 'IN_FLIGHT' AND ({LEASE_ENDED})) \
-         ORDER BY created_at, operation_id LIMIT $2"
+        "updated_at + CASE WHEN {age} <= 0 THEN 0 \
+         WHEN {age} / {RESOLUTION_BACKOFF_DIVISOR} >= {max} THEN {max} \
+         ELSE {age} / {RESOLUTION_BACKOFF_DIVISOR} END <= $1"
     )
 });
 
@@ -138,9 +181,11 @@ where
     .map_err(db_error)
 }
 
-/// Up to `limit` unresolved operations, oldest created first.
+/// Up to `limit` unresolved operations, oldest created first, by `statement` (one of an
+/// [`UnresolvedSql`]).
 pub(crate) async fn unresolved<DB>(
     pool: &Pool<DB>,
+    statement: &'static str,
     now: i64,
     limit: u32,
 ) -> Result<Vec<Operation>, StoreError>
@@ -151,7 +196,7 @@ where
     OperationRow: for<'r> FromRow<'r, DB::Row>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as::<DB, OperationRow>(UNRESOLVED.as_str())
+    sqlx::query_as::<DB, OperationRow>(statement)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(pool)

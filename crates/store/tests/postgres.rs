@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use refund_gateway_domain::{
     Caller, Claim, IdempotencyKey, LeaseHolder, NewOperation, OperationId, OperationState,
-    OperationStore, ResourceKind, Rpc, StoreError,
+    OperationStore, ResourceKind, Rpc, StoreError, Unresolved,
 };
 use refund_gateway_store::postgres::DEFAULT_ORDER_LOCK_LEASE;
 use refund_gateway_store::{DatabaseConfig, PostgresStore, connect};
@@ -100,7 +100,7 @@ async fn claim(store: &PostgresStore, op: &NewOperation, holder: LeaseHolder, no
 /// The ids among `store`'s unresolved operations at the real now.
 async fn unresolved_ids(store: &PostgresStore) -> Vec<OperationId> {
     store
-        .unresolved(OffsetDateTime::now_utc(), 100)
+        .unresolved(Unresolved::Due, OffsetDateTime::now_utc(), 100)
         .await
         .unwrap()
         .into_iter()
@@ -281,9 +281,20 @@ async fn a_live_replicas_claims_wait_for_lease_expiry() {
             .await
             .unwrap()
     );
-    assert!(b.unresolved(almost, 10).await.unwrap().is_empty());
+    assert!(
+        b.unresolved(Unresolved::Due, almost, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let expired = now + LEASE;
-    assert_eq!(b.unresolved(expired, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        b.unresolved(Unresolved::Due, expired, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(
         b.take_over(op.operation_id, HOLDER_B, expired, LEASE, None, None)
             .await

@@ -299,6 +299,82 @@ backend_test! {
     }
 }
 
+/// Microseconds since the epoch of a protobuf timestamp (0 when absent).
+fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
+}
+
+backend_test! {
+    /// A refund that stays PENDING is resent by the reconciler less often as it ages: each
+    /// take-over comes no sooner than a quarter of the operation's age when it last became
+    /// PENDING (at most five minutes), however often the passes run, and the stored wait is
+    /// what every pass obeys. Once Klarna answers, the next resend settles it: one refund.
+    async fn the_reconciler_resends_an_aging_pending_refund_less_and_less_often(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(AppOptions {
+            reconcile_interval_ms: Some(20),
+            ..db.options()
+        })
+        .await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 100_000, FaultKind::CommitThenDrop);
+        let status = app
+            .client
+            .refund_order(refund_request("aging-1", &order.order_id, 400))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a dropped answer was reported as success"))?;
+        assert_reason(&status, Code::Unavailable, "OUTCOME_PENDING");
+        let take_overs = |op: &pb::OperationRecord| {
+            op.events
+                .iter()
+                .filter(|e| {
+                    e.state_before() == pb::OperationState::Pending
+                        && e.state_after() == pb::OperationState::InFlight
+                })
+                .count()
+        };
+        let op = wait_until(
+            "five resends by the reconciler",
+            Duration::from_secs(60),
+            async || {
+                let ops = operations_under(&app, "aging-1").await?;
+                Ok::<_, anyhow::Error>(ops.into_iter().find(|o| {
+                    take_overs(o) >= 5 && o.state() == pb::OperationState::Pending
+                }))
+            },
+        )
+        .await?;
+        let created = micros(op.created_at.as_ref());
+        let mut became_pending = None;
+        for event in &op.events {
+            let at = micros(event.at.as_ref());
+            match (event.state_before(), event.state_after()) {
+                (_, pb::OperationState::Pending) => became_pending = Some(at),
+                (pb::OperationState::Pending, pb::OperationState::InFlight) => {
+                    let pending = became_pending
+                        .ok_or_else(|| anyhow::anyhow!("taken over before PENDING: {op:?}"))?;
+                    let wait = ((pending - created) / 4).clamp(0, 300_000_000);
+                    assert!(
+                        at - pending >= wait,
+                        "taken over {} µs after becoming PENDING at age {} µs: {:?}",
+                        at - pending,
+                        pending - created,
+                        op.events
+                    );
+                }
+                _ => {}
+            }
+        }
+        app.sim.sim.clear_faults();
+        let op = settled(&app, "aging-1").await?;
+        assert_eq!(op.state(), pb::OperationState::Succeeded);
+        assert_eq!(refunded(&app, &order.order_id), (400, 1));
+        app.shutdown().await
+    }
+}
+
 backend_test! {
     async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
         db: Backend,

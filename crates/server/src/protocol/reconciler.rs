@@ -2,11 +2,19 @@
 //! (PENDING, or IN_FLIGHT whose holder is gone) and settles it by resending or by matching
 //! (see `resend.rs`). Operations are resolved `parallelism` at a time; one that fails is
 //! logged and left for the next pass, and never stops the others. Passes never overlap.
+//!
+//! The pass at start takes on every unresolved operation; later passes only those due. An
+//! operation that stays PENDING is resent after a wait that grows with its age (a quarter of
+//! it, at most five minutes; `Operation::resolution_due_at`), kept in the store with the
+//! operation, so every replica agrees and a restart does not forget it: during a long Klarna
+//! outage the unresolved operations are not all resent on every pass, competing with live
+//! refunds for Klarna's quota, and a backlog larger than a pass is worked through rather than
+//! its oldest [`PASS_LIMIT`] resent over and over.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use refund_gateway_domain::{Operation, OperationState, StoreError};
+use refund_gateway_domain::{Operation, OperationState, StoreError, Unresolved};
 use time::OffsetDateTime;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -38,28 +46,35 @@ pub async fn reconcile_forever(
     let mut tick = tokio::time::interval(interval);
     // A pass longer than the interval delays the next one rather than bunching them up.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut which = Unresolved::All;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(e) = reconcile_once(&protocol, parallelism).await {
+        let pass = reconcile_once(&protocol, parallelism, which).await;
+        // Only a pass that could list them counts as the first.
+        if pass.is_ok() {
+            which = Unresolved::Due;
+        }
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "reconciler pass failed to list unresolved operations");
         }
     }
 }
 
-/// One reconciler pass over up to [`PASS_LIMIT`] unresolved operations, `parallelism` at a
-/// time. Waits for a pass already running to end first. Fails only when the unresolved
-/// operations cannot be listed.
+/// One reconciler pass over up to [`PASS_LIMIT`] unresolved operations (`which` of them),
+/// `parallelism` at a time. Waits for a pass already running to end first. Fails only when
+/// the unresolved operations cannot be listed.
 pub async fn reconcile_once(
     protocol: &Protocol,
     parallelism: usize,
+    which: Unresolved,
 ) -> Result<PassReport, StoreError> {
     let _pass = protocol.reconciling.lock().await;
     let unresolved = protocol
         .store
-        .unresolved(OffsetDateTime::now_utc(), PASS_LIMIT)
+        .unresolved(which, OffsetDateTime::now_utc(), PASS_LIMIT)
         .await?;
     let mut report = PassReport {
         found: unresolved.len(),

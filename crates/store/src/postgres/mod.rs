@@ -62,7 +62,7 @@ use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationId, OperationPage, OperationStore, OrderLock, Resolution, ResourceKind, StoreError,
-    WebhookEvent,
+    Unresolved, WebhookEvent,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -370,10 +370,12 @@ impl OperationStore for PostgresStore {
 
     async fn unresolved(
         &self,
+        which: Unresolved,
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
-        sql::unresolved(&self.pool, micros(now), limit).await
+        let statement = sql::UNRESOLVED.of(which);
+        crate::read::unresolved(&self.pool, statement, micros(now), limit).await
     }
 
     /// A gone replica's IN_FLIGHT operations count as pending, as `unresolved` lists them.

@@ -33,15 +33,14 @@ use std::time::Instant;
 
 use refund_gateway_domain::store::{LinkOutcome, OrderReference};
 use refund_gateway_domain::{
-    Claim, Completion, LeaseHolder, NewOperation, Operation, Resolution, StoreError, WebhookEvent,
+    Claim, Completion, LeaseHolder, NewOperation, Resolution, StoreError, WebhookEvent,
 };
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::read;
 use crate::row::{
-    OPERATION_COLUMNS, OperationRow, bind_values, claim_values, claimed_operation, db_error,
-    holder_text, id_text, insert_event_from, link_found, reference_values, resolution_values,
-    webhook_values,
+    bind_values, claim_values, claimed_operation, db_error, holder_text, id_text,
+    insert_event_from, link_found, reference_values, resolution_values, webhook_values,
 };
 
 /// The replica keys alive in this database, each as its (high half, low half): the granted
@@ -184,15 +183,9 @@ static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// $1 now, $2 limit.
-static UNRESOLVED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'PENDING' \
-         OR (state = 'IN_FLIGHT' AND ({})) \
-         ORDER BY created_at, operation_id LIMIT $2",
-        unheld("$1")
-    )
-});
+// $1 now, $2 limit: IN_FLIGHT with an expired lease or a gone replica, and PENDING.
+pub(super) static UNRESOLVED: LazyLock<read::UnresolvedSql> =
+    LazyLock::new(|| read::UnresolvedSql::new(&unheld("$1")));
 
 // $1 now. What needs attention, a gone replica's claims counted as unresolved (as UNRESOLVED
 // lists them).
@@ -542,24 +535,6 @@ pub(super) async fn take_over(
         .bind(by.replica)
         .bind(by.otel_trace_id);
     changed_one_measured(query, pool).await
-}
-
-/// Up to `limit` unresolved operations, oldest created first: PENDING, or IN_FLIGHT with an
-/// expired lease or a gone replica.
-pub(super) async fn unresolved(
-    pool: &PgPool,
-    now: i64,
-    limit: u32,
-) -> Result<Vec<Operation>, StoreError> {
-    sqlx::query_as::<Postgres, OperationRow>(UNRESOLVED.as_str())
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?
-        .into_iter()
-        .map(OperationRow::into_operation)
-        .collect()
 }
 
 /// Extends the lease of an IN_FLIGHT operation held by `holder`; no event (not a state

@@ -46,7 +46,7 @@ use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, Claim, Completion, LeaseHolder, NewOperation, Operation, OperationFilter,
     OperationId, OperationPage, OperationStore, OrderLock, Resolution, ResourceKind, StoreError,
-    WebhookEvent,
+    Unresolved, WebhookEvent,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -256,11 +256,13 @@ fn mismatch(outcome: &Outcome) -> StoreError {
 ///   resolution. Every event of a claim, take-over, finish, mark pending, abandon or review
 ///   resolution carries the holder's trace id as it is after the change; a webhook's event
 ///   carries none. The traceparent stays the claim's.
-/// - `attention` counts at `now` what `unresolved` would list, the IN_FLIGHT operations still
-///   held, and the REQUIRES_REVIEW ones; it reads the state index, never the SUCCEEDED and
-///   FAILED operations.
-/// - `unresolved` orders by `created_at` (then id): the oldest is nearest Klarna's 24 h
-///   idempotency window.
+/// - `attention` counts at `now` the unresolved operations (PENDING, due for a resend or
+///   not, and IN_FLIGHT whose lease ended), the IN_FLIGHT operations still held, and the
+///   REQUIRES_REVIEW ones; it reads the state index, never the SUCCEEDED and FAILED
+///   operations.
+/// - `unresolved` lists the IN_FLIGHT operations whose lease ended and the PENDING ones due
+///   at `now` ([`Operation::resolution_due_at`](refund_gateway_domain::Operation::resolution_due_at)),
+///   ordered by `created_at` (then id): the oldest is nearest Klarna's 24 h idempotency window.
 /// - `resource_operations` orders by `created_at` (then id), in any state; an operation
 ///   written before resources existed acts on its order.
 /// - `record_webhook` inserts the event unless its event id is known (then it writes nothing
@@ -430,10 +432,12 @@ impl OperationStore for SqliteStore {
 
     async fn unresolved(
         &self,
+        which: Unresolved,
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Operation>, StoreError> {
-        read::unresolved(&self.readers, micros(now), limit).await
+        let statement = read::UNRESOLVED.of(which);
+        read::unresolved(&self.readers, statement, micros(now), limit).await
     }
 
     async fn attention(&self, now: OffsetDateTime) -> Result<AttentionSummary, StoreError> {

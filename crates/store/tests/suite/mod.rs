@@ -11,7 +11,8 @@ use refund_gateway_domain::store::{LinkOutcome, OrderReference, ReferenceKind};
 use refund_gateway_domain::{
     AttentionSummary, AuditEvent, Caller, Claim, Completion, IdempotencyKey, LeaseHolder,
     NewOperation, Operation, OperationFilter, OperationId, OperationState, OperationStore,
-    Resolution, ResourceKind, Rpc, StoreError, StoredResponse, TraceParent, WebhookEvent,
+    Resolution, ResourceKind, Rpc, StoreError, StoredResponse, TraceParent, Unresolved,
+    WebhookEvent,
 };
 use time::OffsetDateTime;
 use time::macros::{date, datetime};
@@ -34,6 +35,7 @@ macro_rules! all_cases {
             only_the_holder_acts,
             abandon_frees_the_key,
             unresolved_oldest_first,
+            pending_resends_back_off,
             list_filters,
             list_pagination,
             list_full_pages,
@@ -702,26 +704,104 @@ pub async fn unresolved_oldest_first(store: Store, _peer: Option<Store>) {
 
     let now = t(60);
     let found: Vec<_> = store
-        .unresolved(now, 10)
+        .unresolved(Unresolved::Due, now, 10)
         .await
         .unwrap()
         .into_iter()
         .map(|o| o.new.operation_id)
         .collect();
     assert_eq!(found, vec![expired.operation_id, pending.operation_id]);
-    let first = store.unresolved(now, 1).await.unwrap();
+    let first = store.unresolved(Unresolved::Due, now, 1).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].new.operation_id, expired.operation_id);
     assert!(first[0].is_unresolved(now));
     // Before the lease ends only the PENDING one is unresolved.
     let early: Vec<_> = store
-        .unresolved(t(10), 10)
+        .unresolved(Unresolved::Due, t(10), 10)
         .await
         .unwrap()
         .into_iter()
         .map(|o| o.new.operation_id)
         .collect();
     assert_eq!(early, vec![pending.operation_id]);
+}
+
+/// The ids `unresolved` lists at `now`.
+async fn due_ids(store: &Store, now: OffsetDateTime) -> Vec<OperationId> {
+    store
+        .unresolved(Unresolved::Due, now, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.new.operation_id)
+        .collect()
+}
+
+/// The store lists a PENDING operation for the reconciler only once its resend backoff has
+/// passed, as the domain computes it: a quarter of its age when it became PENDING, at most
+/// five minutes; a take-over (a caller's retry) does not wait for it.
+pub async fn pending_resends_back_off(store: Store, _peer: Option<Store>) {
+    let young = op("b-young");
+    let old = op("b-old");
+    claim_new(&store, young.clone(), t(0)).await;
+    claim_new(&store, old.clone(), t(1)).await;
+    store
+        .mark_pending(young.operation_id, A, None, "timeout".into(), None, t(40))
+        .await
+        .unwrap();
+    store
+        .mark_pending(old.operation_id, A, None, "timeout".into(), None, t(7_200))
+        .await
+        .unwrap();
+    let micro = time::Duration::microseconds(1);
+
+    let stored = store.get(young.operation_id).await.unwrap().unwrap();
+    let due = stored.resolution_due_at();
+    assert_eq!(due, at_micros(t(50)));
+    assert!(stored.is_unresolved(due - micro));
+    assert!(!stored.is_due_for_resolution(due - micro));
+    assert!(stored.is_due_for_resolution(due));
+    assert!(due_ids(&store, due - micro).await.is_empty());
+    assert_eq!(due_ids(&store, due).await, vec![young.operation_id]);
+    // The first pass after a start lists every one.
+    let all: Vec<_> = store
+        .unresolved(Unresolved::All, due - micro, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.new.operation_id)
+        .collect();
+    assert_eq!(all, vec![young.operation_id, old.operation_id]);
+
+    // Past the cap: five minutes, not half an hour.
+    let stored = store.get(old.operation_id).await.unwrap().unwrap();
+    let due = stored.resolution_due_at();
+    assert_eq!(due, at_micros(t(7_500)));
+    assert_eq!(due_ids(&store, due - micro).await, vec![young.operation_id]);
+    assert_eq!(
+        due_ids(&store, due).await,
+        vec![young.operation_id, old.operation_id]
+    );
+
+    // A retry takes over before the resend is due; PENDING again, the backoff starts over
+    // from the new age.
+    assert!(
+        store
+            .take_over(young.operation_id, B, t(41), LEASE, None, None)
+            .await
+            .unwrap()
+    );
+    store
+        .mark_pending(young.operation_id, B, None, "timeout".into(), None, t(60))
+        .await
+        .unwrap();
+    let stored = store.get(young.operation_id).await.unwrap().unwrap();
+    assert_eq!(stored.resolution_due_at(), at_micros(t(75)));
+    assert!(due_ids(&store, at_micros(t(75)) - micro).await.is_empty());
+    assert_eq!(
+        due_ids(&store, at_micros(t(75))).await,
+        vec![young.operation_id]
+    );
 }
 
 fn ids(page: &[(Operation, Vec<AuditEvent>)]) -> Vec<OperationId> {
