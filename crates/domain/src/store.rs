@@ -225,7 +225,7 @@ pub const RESOLUTION_BACKOFF_DIVISOR: i64 = 4;
 
 /// The longest wait before the reconciler resends a PENDING operation: once Klarna answers
 /// again, every operation it left unresolved is settled within this (and a pass).
-pub const RESOLUTION_BACKOFF_MAX: time::Duration = time::Duration::minutes(5);
+pub const RESOLUTION_BACKOFF_MAX: time::Duration = time::Duration::minutes(1);
 
 impl Operation {
     /// True when no gateway holds it: PENDING, or IN_FLIGHT past its lease (the holder died).
@@ -757,7 +757,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolution_backoff_is_a_quarter_of_the_age_up_to_five_minutes() {
+    fn resolution_backoff_is_a_quarter_of_the_age_up_to_a_minute() {
         let d = time::Duration::microseconds;
         assert_eq!(resolution_backoff(d(0)), d(0));
         assert_eq!(resolution_backoff(d(-40)), d(0));

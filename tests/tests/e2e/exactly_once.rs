@@ -307,7 +307,7 @@ fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
 backend_test! {
     /// A refund that stays PENDING is resent by the reconciler less often as it ages: each
     /// take-over comes no sooner than a quarter of the operation's age when it last became
-    /// PENDING (at most five minutes), however often the passes run, and the stored wait is
+    /// PENDING (at most a minute), however often the passes run, and the stored wait is
     /// what every pass obeys. Once Klarna answers, the next resend settles it: one refund.
     async fn the_reconciler_resends_an_aging_pending_refund_less_and_less_often(
         db: Backend,
@@ -355,7 +355,7 @@ backend_test! {
                 (pb::OperationState::Pending, pb::OperationState::InFlight) => {
                     let pending = became_pending
                         .ok_or_else(|| anyhow::anyhow!("taken over before PENDING: {op:?}"))?;
-                    let wait = ((pending - created) / 4).clamp(0, 300_000_000);
+                    let wait = ((pending - created) / 4).clamp(0, 60_000_000);
                     assert!(
                         at - pending >= wait,
                         "taken over {} µs after becoming PENDING at age {} µs: {:?}",

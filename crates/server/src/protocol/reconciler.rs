@@ -5,7 +5,7 @@
 //!
 //! The pass at start takes on every unresolved operation; later passes only those due. An
 //! operation that stays PENDING is resent after a wait that grows with its age (a quarter of
-//! it, at most five minutes; `Operation::resolution_due_at`), kept in the store with the
+//! it, at most a minute; `Operation::resolution_due_at`), kept in the store with the
 //! operation, so every replica agrees and a restart does not forget it: during a long Klarna
 //! outage the unresolved operations are not all resent on every pass, competing with live
 //! refunds for Klarna's quota, and a backlog larger than a pass is worked through rather than

@@ -739,7 +739,7 @@ async fn due_ids(store: &Store, now: OffsetDateTime) -> Vec<OperationId> {
 
 /// The store lists a PENDING operation for the reconciler only once its resend backoff has
 /// passed, as the domain computes it: a quarter of its age when it became PENDING, at most
-/// five minutes; a take-over (a caller's retry) does not wait for it.
+/// a minute; a take-over (a caller's retry) does not wait for it.
 pub async fn pending_resends_back_off(store: Store, _peer: Option<Store>) {
     let young = op("b-young");
     let old = op("b-old");
@@ -773,10 +773,10 @@ pub async fn pending_resends_back_off(store: Store, _peer: Option<Store>) {
         .collect();
     assert_eq!(all, vec![young.operation_id, old.operation_id]);
 
-    // Past the cap: five minutes, not half an hour.
+    // Past the cap: a minute, not half an hour.
     let stored = store.get(old.operation_id).await.unwrap().unwrap();
     let due = stored.resolution_due_at();
-    assert_eq!(due, at_micros(t(7_500)));
+    assert_eq!(due, at_micros(t(7_260)));
     assert_eq!(due_ids(&store, due - micro).await, vec![young.operation_id]);
     assert_eq!(
         due_ids(&store, due).await,
