@@ -698,33 +698,39 @@ pub fn operation_page(page: OperationPage) -> pb::ListOperationsResponse {
         operations: page
             .operations
             .into_iter()
-            .map(|(op, events)| pb::OperationRecord {
-                operation_id: op.new.operation_id.to_string(),
-                caller: op.new.caller.to_string(),
-                rpc: op.new.rpc.as_str().to_owned(),
-                idempotency_key: op.new.idempotency_key.to_string(),
-                klarna_account: op.new.klarna_account,
-                order_id: op.new.order_id,
-                capture_id: op.new.capture_id.unwrap_or_default(),
-                amount: op.new.amount.unwrap_or_default(),
-                currency: op.new.currency.unwrap_or_default(),
-                reference: op.new.reference.unwrap_or_default(),
-                state: state_out(Some(op.state)).into(),
-                refund_id: op.refund_id.unwrap_or_default(),
-                correlation_id: op.correlation_id.unwrap_or_default(),
-                created_at: timestamp(Some(op.created_at)),
-                updated_at: timestamp(Some(op.updated_at)),
-                events: events.into_iter().map(event).collect(),
-                payment_transaction_id: if op.new.resource_kind == ResourceKind::Transaction {
-                    op.new.resource_id
-                } else {
-                    String::new()
-                },
-                traceparent: op
-                    .new
-                    .traceparent
-                    .map(|t| t.as_str().to_owned())
-                    .unwrap_or_default(),
+            .map(|(op, events)| {
+                let next_resend_at = timestamp(
+                    (op.state == OperationState::Pending).then(|| op.resolution_due_at()),
+                );
+                pb::OperationRecord {
+                    operation_id: op.new.operation_id.to_string(),
+                    caller: op.new.caller.to_string(),
+                    rpc: op.new.rpc.as_str().to_owned(),
+                    idempotency_key: op.new.idempotency_key.to_string(),
+                    klarna_account: op.new.klarna_account,
+                    order_id: op.new.order_id,
+                    capture_id: op.new.capture_id.unwrap_or_default(),
+                    amount: op.new.amount.unwrap_or_default(),
+                    currency: op.new.currency.unwrap_or_default(),
+                    reference: op.new.reference.unwrap_or_default(),
+                    state: state_out(Some(op.state)).into(),
+                    refund_id: op.refund_id.unwrap_or_default(),
+                    correlation_id: op.correlation_id.unwrap_or_default(),
+                    created_at: timestamp(Some(op.created_at)),
+                    updated_at: timestamp(Some(op.updated_at)),
+                    events: events.into_iter().map(event).collect(),
+                    payment_transaction_id: if op.new.resource_kind == ResourceKind::Transaction {
+                        op.new.resource_id
+                    } else {
+                        String::new()
+                    },
+                    next_resend_at,
+                    traceparent: op
+                        .new
+                        .traceparent
+                        .map(|t| t.as_str().to_owned())
+                        .unwrap_or_default(),
+                }
             })
             .collect(),
         next_page_token: page.next_page_token.unwrap_or_default(),

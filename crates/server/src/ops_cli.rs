@@ -732,6 +732,7 @@ fn record_json(r: &pb::OperationRecord) -> Value {
         "correlation_id": r.correlation_id,
         "created_at": time_text(r.created_at, false),
         "updated_at": time_text(r.updated_at, false),
+        "next_resend_at": time_text(r.next_resend_at, false),
         "traceparent": r.traceparent,
         "events": events,
     })
@@ -847,6 +848,11 @@ fn operations_table(records: &[pb::OperationRecord]) -> String {
 /// each event once).
 fn record_text(r: &pb::OperationRecord, skip: usize) -> String {
     let mut text = operations_table(std::slice::from_ref(r));
+    if let Some(at) = time_text(r.next_resend_at, true) {
+        text.push_str(&format!(
+            "the reconciler resends it at {at} (a retry under the same key, at once)\n"
+        ));
+    }
     let events: Vec<Vec<String>> = r
         .events
         .iter()
@@ -1216,5 +1222,25 @@ mod tests {
         assert_eq!(json["amount"], 2500);
         assert_eq!(json["events"][0]["state_before"], Value::Null);
         assert_eq!(json["updated_at"], "2026-01-01T00:00:00.000000123Z");
+        assert_eq!(json["next_resend_at"], Value::Null);
+        assert!(!text.contains("resends"), "{text}");
+
+        let pending = pb::OperationRecord {
+            state: pb::OperationState::Pending.into(),
+            next_resend_at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_660,
+                nanos: 500,
+            }),
+            ..record
+        };
+        assert!(
+            record_text(&pending, 0).contains("the reconciler resends it at 2026-01-01T00:01:00Z"),
+            "{}",
+            record_text(&pending, 0)
+        );
+        assert_eq!(
+            record_json(&pending)["next_resend_at"],
+            "2026-01-01T00:01:00.0000005Z"
+        );
     }
 }

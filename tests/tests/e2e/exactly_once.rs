@@ -347,6 +347,13 @@ backend_test! {
         )
         .await?;
         let created = micros(op.created_at.as_ref());
+        // The record says when the next resend is due, by the same rule.
+        let updated = micros(op.updated_at.as_ref());
+        assert_eq!(
+            micros(op.next_resend_at.as_ref()),
+            updated + ((updated - created) / 4).clamp(0, 60_000_000),
+            "{op:?}"
+        );
         let mut became_pending = None;
         for event in &op.events {
             let at = micros(event.at.as_ref());
@@ -370,6 +377,7 @@ backend_test! {
         app.sim.sim.clear_faults();
         let op = settled(&app, "aging-1").await?;
         assert_eq!(op.state(), pb::OperationState::Succeeded);
+        assert_eq!(op.next_resend_at, None);
         assert_eq!(refunded(&app, &order.order_id), (400, 1));
         app.shutdown().await
     }
