@@ -103,9 +103,6 @@ impl Accounts {
                 "account {name} is routed to but not configured"
             )));
         };
-        // The RPC's span names the account its Klarna calls go to, and why.
-        let span = tracing::Span::current();
-        span.record("klarna.account", name.as_str());
         if source != RouteSource::Named {
             tracing::debug!(account = %name, route = %source.describe(), "request routed");
         }
@@ -123,7 +120,7 @@ impl Accounts {
         name: Option<&str>,
     ) -> Result<(&str, &Arc<dyn KlarnaApi>), GatewayError> {
         match self.resolve(name, KlarnaApiKind::OrderManagement)? {
-            (name, KlarnaAccount::OrderManagement(client)) => Ok((name, client)),
+            (name, KlarnaAccount::OrderManagement(client)) => Ok((record_account(name), client)),
             (name, KlarnaAccount::Partner(_)) => Err(GatewayError::Internal(format!(
                 "account {name} changed kind"
             ))),
@@ -136,7 +133,7 @@ impl Accounts {
         name: Option<&str>,
     ) -> Result<(&str, &Arc<dyn PaymentsApi>), GatewayError> {
         match self.resolve(name, KlarnaApiKind::Payments)? {
-            (name, KlarnaAccount::Partner(client)) => Ok((name, client)),
+            (name, KlarnaAccount::Partner(client)) => Ok((record_account(name), client)),
             (name, KlarnaAccount::OrderManagement(_)) => Err(GatewayError::Internal(format!(
                 "account {name} changed kind"
             ))),
@@ -1104,6 +1101,15 @@ async fn learn_order(
     learn.instrument(span).await;
 }
 
+/// Names `account` on the current span (the RPC's) as the account its Klarna calls go to:
+/// once per request, where the use case takes the account's client (the routing and grant
+/// checks before it resolve the same account without recording it, which the text log format
+/// would print once per record).
+fn record_account(account: &str) -> &str {
+    tracing::Span::current().record("klarna.account", account);
+    account
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1161,6 +1167,70 @@ mod tests {
         ) -> Result<KlarnaReceipt, KlarnaError> {
             unreachable!("only orders are read")
         }
+    }
+
+    /// Counts the records of `klarna.account` on any span.
+    #[derive(Clone, Default)]
+    struct AccountRecords(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccountRecords {
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visit<'a>(&'a mut Vec<String>);
+            impl tracing::field::Visit for Visit<'_> {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    if field.name() == "klarna.account" {
+                        self.0.push(value.to_owned());
+                    }
+                }
+                fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+            }
+            let mut seen = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            values.record(&mut Visit(&mut seen));
+        }
+    }
+
+    /// The routing and the grant check resolve the account before the use case takes its
+    /// client; only the last names it on the RPC's span (the text log format prints a field
+    /// once per record).
+    #[test]
+    fn only_taking_the_client_names_the_account_on_the_span() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let held: Arc<dyn KlarnaApi> = Arc::new(HeldReads {
+            permits: Semaphore::new(0),
+            reads: watch::channel(Vec::new()).0,
+        });
+        let accounts = Accounts::new([("eu".to_owned(), KlarnaAccount::OrderManagement(held))]);
+        let records = AccountRecords::default();
+        let subscriber = tracing_subscriber::registry().with(records.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("rpc", klarna.account = tracing::field::Empty);
+            let _entered = span.enter();
+            let api = KlarnaApiKind::OrderManagement;
+            let (routed, _) = accounts
+                .route(RouteRequest::default(), api)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(routed, "eu");
+            accounts
+                .resolve(Some("eu"), api)
+                .unwrap_or_else(|e| panic!("{e}"));
+            accounts
+                .order_management(Some("eu"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        let seen = records
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(seen, ["eu"]);
     }
 
     fn order(n: u32) -> OrderId {
