@@ -70,7 +70,10 @@ pub use order_line::{
     LineTypeInput, OrderLine, OrderLineDraft, OrderLineType, ProductIdentifiers, Subscription,
     SubscriptionDraft, SubscriptionInterval,
 };
-pub use outcome::{Attempt, KlarnaApiKind, ReadVerdict, Verdict, classify_mutation, classify_read};
+pub use outcome::{
+    Attempt, KlarnaApiKind, ReadVerdict, Verdict, classify_mutation, classify_read,
+    refusal_needs_checking,
+};
 pub use payments::{
     LineItem, LineItemDraft, PartnerRefund, PartnerRefundCreated, PaymentCapture, PaymentCaptureId,
     PaymentRefund, PaymentTransaction, PaymentTransactionId, PaymentsApi, TransactionState,

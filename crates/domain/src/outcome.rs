@@ -154,6 +154,20 @@ pub fn classify_mutation(api: KlarnaApiKind, attempts: &[Attempt]) -> Verdict {
     }
 }
 
+/// Whether Klarna's refusal of the last of `attempts` ([`Verdict::Refused`]) must be checked
+/// against Klarna's records before it is final: an earlier attempt may have taken effect, and
+/// the refusal may be its consequence. Klarna replays the answer to a key it has executed, but
+/// does not document when the key is remembered; a Klarna that executed the earlier attempt
+/// and had not yet stored its key would judge the resend afresh, and refuse, say, a refund
+/// whose amount the earlier attempt already took. Recorded as a refusal, that refund would be
+/// FAILED though the customer has the money, and a caller retrying under a new key would
+/// refund twice.
+pub fn refusal_needs_checking(attempts: &[Attempt]) -> bool {
+    attempts
+        .split_last()
+        .is_some_and(|(_, earlier)| earlier.iter().any(|a| a.may_have_taken_effect()))
+}
+
 /// What a failed read proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReadVerdict {
@@ -332,6 +346,26 @@ mod tests {
             classify_mutation(KlarnaApiKind::OrderManagement, &[]),
             Verdict::NothingHappened
         );
+    }
+
+    #[test]
+    fn a_refusal_is_checked_only_after_an_attempt_that_may_have_taken_effect() {
+        use Attempt::*;
+        assert!(!refusal_needs_checking(&[]));
+        assert!(!refusal_needs_checking(&[Answered(403)]));
+        assert!(!refusal_needs_checking(&[
+            NotSent,
+            Answered(429),
+            Answered(403)
+        ]));
+        assert!(refusal_needs_checking(&[NoAnswer, Answered(403)]));
+        assert!(refusal_needs_checking(&[
+            Answered(503),
+            NotSent,
+            Answered(422)
+        ]));
+        // The attempt that may have taken effect must come before the last one.
+        assert!(!refusal_needs_checking(&[Answered(403), NoAnswer]));
     }
 
     #[test]

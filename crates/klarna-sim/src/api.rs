@@ -301,6 +301,10 @@ pub(crate) async fn handle(shared: &Arc<Shared>, parts: Parts, body: Incoming) -
     let response = finish(shared, api, &parts, body.as_ref(), executed, step);
     match after_commit {
         Some(FaultKind::CommitThenDrop) => Outcome::Drop,
+        Some(FaultKind::CommitThenDropForgetting) => {
+            forget_key(shared, api, &parts);
+            Outcome::Drop
+        }
         Some(FaultKind::CommitThenHold { millis }) => {
             tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
             Outcome::Respond(response)
@@ -316,7 +320,8 @@ struct Step {
     fault: Option<&'static str>,
     /// A status fault with a raw body: sent as is.
     raw_fault_body: bool,
-    /// A commit-then-hold or commit-then-drop to apply after the answer is recorded.
+    /// A commit-then-hold or commit-then-drop (forgetting or not) to apply after the answer is
+    /// recorded.
     after_commit: Option<FaultKind>,
 }
 
@@ -431,6 +436,28 @@ fn idempotency_key<'a>(
     }
 }
 
+/// The idempotency memory's key for an Order Management request keyed `key`: scoped per API
+/// username ('\n' cannot occur in a header value).
+fn memory_key(shared: &Shared, key: &str) -> String {
+    format!("{}\n{key}", shared.config.username)
+}
+
+/// Forgets the idempotency key of a request just executed (commit-then-drop-forgetting).
+fn forget_key(shared: &Shared, api: Api, parts: &Parts) {
+    let Some(key) = parts
+        .headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let scoped = match api {
+        Api::OrderManagement => memory_key(shared, key),
+        Api::Partner => partner::memory_key(shared, key),
+    };
+    shared.store().idempotency.forget(&scoped);
+}
+
 /// Steps 6 and 7 for Order Management.
 fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> Executed {
     let key = match idempotency_key(&parts.method, &parts.headers) {
@@ -439,8 +466,7 @@ fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> Executed {
     };
     let command = route(&parts.method, parts.uri.path(), body);
     let host = host(parts);
-    // Keys are scoped per API username; '\n' cannot occur in a header value.
-    let scoped = key.map(|key| format!("{}\n{key}", shared.config.username));
+    let scoped = key.map(|key| memory_key(shared, key));
     run_once(shared, scoped, |store, now| {
         (store.execute(command, now, host), None)
     })

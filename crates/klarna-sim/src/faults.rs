@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 /// JSON form (admin API): internally tagged by `"type"` in snake case, e.g.
 /// `{"type": "status", "status": 503, "retry_after_secs": 1}`, `{"type": "latency", "millis":
 /// 200}`, `{"type": "hold_then_commit", "millis": 1000}`, `{"type": "reset"}`,
-/// `{"type": "commit_then_hold", "millis": 1000}`, `{"type": "commit_then_drop"}`.
+/// `{"type": "commit_then_hold", "millis": 1000}`, `{"type": "commit_then_drop"}`,
+/// `{"type": "commit_then_drop_forgetting"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
@@ -74,6 +75,11 @@ pub enum FaultKind {
     /// connection before any response header is sent. Over HTTP/2 the whole connection is
     /// closed, other streams on it included, as when a TCP connection breaks.
     CommitThenDrop,
+    /// As [`FaultKind::CommitThenDrop`], but the key is not remembered: a Klarna whose
+    /// idempotency memory lags behind its execution (Klarna does not document when a key is
+    /// stored). A resend under the same key is judged afresh, and executes again or is refused
+    /// (an over-refund, say) on the state the first execution left.
+    CommitThenDropForgetting,
 }
 
 impl FaultKind {
@@ -86,6 +92,7 @@ impl FaultKind {
             Self::Reset => "reset",
             Self::CommitThenHold { .. } => "commit_then_hold",
             Self::CommitThenDrop => "commit_then_drop",
+            Self::CommitThenDropForgetting => "commit_then_drop_forgetting",
         }
     }
 

@@ -67,6 +67,11 @@ impl IdempotencyStore {
         );
     }
 
+    /// Forgets `key` (the commit-then-drop-forgetting fault).
+    pub(crate) fn forget(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// Number of remembered keys (expired ones not yet evicted included).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -178,6 +178,13 @@ fn check_headers<'a>(
     }
 }
 
+/// The idempotency memory's key for a partner request keyed `key`: scoped per API credential;
+/// the leading '\n' keeps partner keys apart from Order Management's (scoped by username,
+/// which a header cannot start with a newline of).
+pub(crate) fn memory_key(shared: &Shared, key: &str) -> String {
+    format!("\npartner\n{}\n{key}", shared.config.partner_api_key)
+}
+
 /// Header checks, then, under the state lock, replay or route + execute + store.
 pub(crate) fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> Executed {
     let key = match check_headers(&parts.method, &parts.headers) {
@@ -191,9 +198,7 @@ pub(crate) fn execute(shared: &Shared, parts: &Parts, body: &Bytes) -> Executed 
         body,
         &config.partner_account_id,
     );
-    // Scoped per API credential; the leading '\n' keeps partner keys apart from Order
-    // Management's (scoped by username, which a header cannot start with a newline of).
-    let scoped = key.map(|key| format!("\npartner\n{}\n{key}", config.partner_api_key));
+    let scoped = key.map(|key| memory_key(shared, key));
     api::run_once(shared, scoped, |store, now| run(store, command, now))
 }
 

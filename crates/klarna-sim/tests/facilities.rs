@@ -372,6 +372,37 @@ async fn commit_then_drop_closes_the_connection_after_committing() {
 }
 
 #[tokio::test]
+async fn commit_then_drop_forgetting_judges_the_resend_afresh() {
+    let h = start().await;
+    let order = h.captured_order(10_000);
+    h.sim().inject_fault(fault(
+        Some("POST"),
+        &refunds_path(&order.order_id),
+        1,
+        FaultKind::CommitThenDropForgetting,
+    ));
+    let body = json!({"refunded_amount": 6_000});
+    let result = h
+        .request(reqwest::Method::POST, &refunds_path(&order.order_id))
+        .header("Klarna-Idempotency-Key", "forget-key")
+        .json(&body)
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "the connection is dropped before any answer"
+    );
+    assert_eq!(h.order(&order.order_id).await["refunded_amount"], 6_000);
+    // The key was not remembered: the resend is executed again, on what the first left.
+    let retry = h.refund(&order.order_id, &body, Some("forget-key")).await;
+    assert_eq!(retry.status(), StatusCode::FORBIDDEN);
+    let log = h.sim().requests();
+    assert_eq!(log[0].fault.as_deref(), Some("commit_then_drop_forgetting"));
+    assert!(!log[1].replayed);
+    assert_eq!(h.order(&order.order_id).await["refunded_amount"], 6_000);
+}
+
+#[tokio::test]
 async fn commit_then_drop_sends_no_byte_on_raw_tcp() {
     let h = start().await;
     let order = h.captured_order(10_000);

@@ -384,6 +384,71 @@ backend_test! {
 }
 
 backend_test! {
+    /// A Klarna that executed an attempt whose answer was lost, but had not remembered its
+    /// key, judges the resend afresh and refuses it (the first took the whole amount). The
+    /// refusal came after an attempt that may have executed, so the order is read before it
+    /// is believed: the refund with the operation's reference and amount is there, and the
+    /// operation SUCCEEDED with it, never FAILED while the customer has the money.
+    async fn a_refusal_after_a_lost_answer_is_checked_against_the_order(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, FaultKind::CommitThenDropForgetting);
+        let refund = app
+            .client
+            .refund_order(refund_request("forgot-1", &order.order_id, 10_000))
+            .await?
+            .into_inner();
+        let committed = app.sim.sim.order_json(&order.order_id).unwrap_or_default();
+        assert_eq!(refunded(&app, &order.order_id), (10_000, 1));
+        assert_eq!(
+            refund.refund_id,
+            committed["refunds"][0]["refund_id"]
+                .as_str()
+                .unwrap_or_default()
+        );
+        // Klarna refused the resend: the adapter did not resend blindly after it.
+        assert_eq!(refund_posts(&app, &order.order_id), 2);
+        let ops = operations_under(&app, "forgot-1").await?;
+        let op = ops
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no operation"))?;
+        assert_eq!(op.state(), pb::OperationState::Succeeded);
+        let last = op.events.last().map(|e| e.detail.as_str()).unwrap_or_default();
+        assert!(last.contains("earlier attempt is on the order"), "{last}");
+        app.shutdown().await
+    }
+}
+
+backend_test! {
+    /// The same check finds nothing when the earlier attempt did not execute: Klarna's
+    /// refusal stands, FAILED with its code, and nothing was refunded.
+    async fn a_refusal_after_a_5xx_stands_when_the_order_has_no_such_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(503));
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(403));
+        let status = app
+            .client
+            .refund_order(refund_request("refused-1", &order.order_id, 400))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a refused refund was reported as success"))?;
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_eq!(refunded(&app, &order.order_id), (0, 0));
+        let ops = operations_under(&app, "refused-1").await?;
+        assert_eq!(
+            ops.first().map(pb::OperationRecord::state),
+            Some(pb::OperationState::Failed)
+        );
+        app.shutdown().await
+    }
+}
+
+backend_test! {
     async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
         db: Backend,
     ) -> anyhow::Result<()> {

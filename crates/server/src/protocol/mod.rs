@@ -479,6 +479,7 @@ impl Protocol {
             let (outcome, context, reservation) = match job {
                 Job::Work(work, context, reservation) => {
                     let (result, attempts) = refund_gateway_klarna::recording_attempts(work).await;
+                    let check = refund_gateway_domain::refusal_needs_checking(&attempts);
                     let outcome = outcome::judge_work(
                         id,
                         op.new.rpc.api(),
@@ -486,10 +487,25 @@ impl Protocol {
                         attempts,
                         op.new.trace_id.clone(),
                     );
+                    let outcome = if check && outcome.is_refusal() {
+                        self.check_refusal(&op, outcome, op.new.trace_id.clone())
+                            .await
+                    } else {
+                        outcome
+                    };
                     (outcome, context.take(), reservation)
                 }
-                // The context the first execution left is stored already.
-                Job::Resend => (self.resend(&op, resend_trace_id).await, None, None),
+                // The context the first execution left is stored already. A resend comes after
+                // an attempt that may have taken effect: a refusal is checked.
+                Job::Resend => {
+                    let outcome = self.resend(&op, resend_trace_id.clone()).await;
+                    let outcome = if outcome.is_refusal() {
+                        self.check_refusal(&op, outcome, resend_trace_id).await
+                    } else {
+                        outcome
+                    };
+                    (outcome, None, None)
+                }
             };
             renewal.abort();
             let moved_nothing = match &outcome {

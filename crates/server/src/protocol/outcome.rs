@@ -10,6 +10,13 @@ use refund_gateway_domain::{
 
 use crate::status::{to_status, to_stored};
 
+impl Outcome {
+    /// A final refusal (FAILED).
+    pub(super) fn is_refusal(&self) -> bool {
+        matches!(self, Self::Final(c) if c.state == OperationState::Failed)
+    }
+}
+
 /// A successful answer, encoded, with the Klarna ids the store keeps beside it.
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {

@@ -102,45 +102,42 @@ impl Protocol {
             };
         }
         match (&call, &klarna) {
-            (
-                KlarnaCall::CreateRefund { order_id, refund },
-                KlarnaAccount::OrderManagement(klarna),
-            ) => match klarna.get_order(order_id).await {
-                Ok(order) => {
-                    let found = matching_refunds(
-                        &order.refunds,
-                        &refund.reference,
-                        refund.refunded_amount.minor_units(),
-                        op.created_at,
-                    );
-                    match found.as_slice() {
-                            [one] => self.resent_success(
-                                op,
-                                &call,
-                                Accepted {
-                                    refund_id: Some(one.refund_id.clone()),
-                                    correlation_id: None,
-                                },
-                                "past Klarna's idempotency window: found the refund on the order",
-                                trace_id,
+            (KlarnaCall::CreateRefund { .. }, KlarnaAccount::OrderManagement(_)) => {
+                match self.refunds_on_order(op, &call, &klarna).await {
+                    Some(Ok(found)) => match found.as_slice() {
+                        [one] => self.resent_success(
+                            op,
+                            &call,
+                            Accepted {
+                                refund_id: Some(one.clone()),
+                                correlation_id: None,
+                            },
+                            "past Klarna's idempotency window: found the refund on the order",
+                            trace_id,
+                        ),
+                        [] => review(
+                            id,
+                            "past Klarna's idempotency window and no matching refund on the order: not resent, to be checked".to_owned(),
+                            trace_id,
+                        ),
+                        several => review(
+                            id,
+                            format!(
+                                "past Klarna's idempotency window and {} refunds match: to be checked",
+                                several.len()
                             ),
-                            [] => review(
-                                id,
-                                "past Klarna's idempotency window and no matching refund on the order: not resent, to be checked".to_owned(),
-                                trace_id,
-                            ),
-                            several => review(
-                                id,
-                                format!(
-                                    "past Klarna's idempotency window and {} refunds match: to be checked",
-                                    several.len()
-                                ),
-                                trace_id,
-                            ),
-                        }
+                            trace_id,
+                        ),
+                    },
+                    Some(Err(e)) => unknown(id, e.clone(), format!("reading the order failed: {e}")),
+                    None => review(
+                        id,
+                        "past Klarna's idempotency window; this operation cannot be matched on the order"
+                            .to_owned(),
+                        trace_id,
+                    ),
                 }
-                Err(e) => unknown(id, e.clone(), format!("reading the order failed: {e}")),
-            },
+            }
             (KlarnaCall::RefundCapture { .. } | KlarnaCall::RefundTransaction { .. }, _) => review(
                 id,
                 "past Klarna's idempotency window and no payment.transaction.refunded webhook \
@@ -156,6 +153,93 @@ impl Protocol {
                 trace_id,
             ),
         }
+    }
+
+    /// Klarna refused an attempt after an earlier one that may have taken effect
+    /// ([`refusal_needs_checking`](refund_gateway_domain::refusal_needs_checking)): for an order
+    /// refund, the order is read first, and a refund on it that is this operation's (same
+    /// reference and amount, made since it began) means the earlier attempt executed: the
+    /// operation SUCCEEDED with that refund, whatever the refusal said. No such refund: the
+    /// refusal stands (`refusal`). Several: review. The order unreadable: unknown, for the
+    /// reconciler to settle. Other operations have nothing to read it on: the refusal stands.
+    pub(super) async fn check_refusal(
+        &self,
+        op: &Operation,
+        refusal: Outcome,
+        trace_id: Option<String>,
+    ) -> Outcome {
+        let id = op.new.operation_id;
+        let Ok(call) = super::encoding::decode_call(&op.new.klarna_request) else {
+            return refusal;
+        };
+        let Some(klarna) = (self.accounts)(&op.new.klarna_account) else {
+            return refusal;
+        };
+        match self.refunds_on_order(op, &call, &klarna).await {
+            None => refusal,
+            Some(Ok(found)) => match found.as_slice() {
+                [] => refusal,
+                [one] => {
+                    tracing::warn!(
+                        operation_id = %id,
+                        refund_id = %one,
+                        "Klarna refused a resend, but the refund of an earlier attempt is on the order"
+                    );
+                    self.resent_success(
+                        op,
+                        &call,
+                        Accepted {
+                            refund_id: Some(one.clone()),
+                            correlation_id: None,
+                        },
+                        "Klarna refused a resend, but the refund of an earlier attempt is on the order",
+                        trace_id,
+                    )
+                }
+                several => review(
+                    id,
+                    format!(
+                        "Klarna refused a resend after an attempt that may have executed, and {} refunds on the order match: to be checked",
+                        several.len()
+                    ),
+                    trace_id,
+                ),
+            },
+            Some(Err(e)) => unknown(
+                id,
+                e.clone(),
+                format!(
+                    "Klarna refused a resend after an attempt that may have executed, and reading the order to check failed: {e}"
+                ),
+            ),
+        }
+    }
+
+    /// The ids of the refunds on the order that can be this operation's (see
+    /// [`matching_refunds`]), for an order refund on an Order Management account; `None` for
+    /// any other operation.
+    async fn refunds_on_order(
+        &self,
+        op: &Operation,
+        call: &KlarnaCall,
+        klarna: &KlarnaAccount,
+    ) -> Option<Result<Vec<String>, KlarnaError>> {
+        let (KlarnaCall::CreateRefund { order_id, refund }, KlarnaAccount::OrderManagement(klarna)) =
+            (call, klarna)
+        else {
+            return None;
+        };
+        Some(klarna.get_order(order_id).await.map(|order| {
+            matching_refunds(
+                &order.refunds,
+                &refund.reference,
+                refund.refunded_amount.minor_units(),
+                op.created_at,
+            )
+            .into_iter()
+            .map(|r| r.refund_id.clone())
+            .collect()
+        }))
     }
 
     /// A success established without the original work: the answer is rebuilt from the stored
