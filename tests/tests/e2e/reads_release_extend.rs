@@ -1,6 +1,6 @@
 //! GetOrder, ReleaseAuthorization, GetExtendDueDateOptions and ExtendDueDate end to end.
 
-use klarna_sim::demo;
+use klarna_sim::{FaultKind, FaultSpec, demo};
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_tests::spawn_app;
 use tonic::Code;
@@ -97,6 +97,43 @@ async fn release_authorization_then_a_second_release_is_refused() -> anyhow::Res
         .err()
         .ok_or_else(|| anyhow::anyhow!("released twice"))?;
     assert_reason(&status, Code::FailedPrecondition, "NOT_ALLOWED");
+    app.shutdown().await
+}
+
+/// A Klarna that released the authorization on an attempt whose answer was lost, without
+/// remembering its key, refuses the resend (nothing left to release). The order is read
+/// before the refusal is believed: its remaining authorization is 0, so the release
+/// SUCCEEDED.
+#[tokio::test]
+async fn a_release_refused_after_a_lost_answer_is_checked_on_the_order() -> anyhow::Result<()> {
+    let mut app = spawn_app().await?;
+    app.sim.sim.seed_demo_orders();
+    app.sim.sim.inject_fault(FaultSpec {
+        method: Some("POST".into()),
+        path: format!(
+            "/ordermanagement/v1/orders/{}/release-remaining-authorization",
+            demo::DE_PART_CAPTURED_ORDER_ID
+        ),
+        times: 1,
+        kind: FaultKind::CommitThenDropForgetting,
+    });
+    let resp = app
+        .client
+        .release_authorization(pb::ReleaseAuthorizationRequest {
+            idempotency_key: "release-forgot".into(),
+            order_id: demo::DE_PART_CAPTURED_ORDER_ID.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(resp.order_id, demo::DE_PART_CAPTURED_ORDER_ID);
+    let posts: Vec<u16> = klarna_calls(&app.sim.sim)
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    // Executed (the answer dropped), then refused on what the first left.
+    assert_eq!(posts, [204, 403]);
     app.shutdown().await
 }
 

@@ -160,8 +160,10 @@ impl Protocol {
     /// refund, the order is read first, and a refund on it that is this operation's (same
     /// reference and amount, made since it began) means the earlier attempt executed: the
     /// operation SUCCEEDED with that refund, whatever the refusal said. No such refund: the
-    /// refusal stands (`refusal`). Several: review. The order unreadable: unknown, for the
-    /// reconciler to settle. Other operations have nothing to read it on: the refusal stands.
+    /// refusal stands (`refusal`). Several: review. For a release, an order whose remaining
+    /// authorization is now 0 (it was not, or the state rule would have refused before
+    /// sending) is released: SUCCEEDED. The order unreadable: unknown, for the reconciler to
+    /// settle. Other operations have nothing to check it on: the refusal stands.
     pub(super) async fn check_refusal(
         &self,
         op: &Operation,
@@ -175,6 +177,22 @@ impl Protocol {
         let Some(klarna) = (self.accounts)(&op.new.klarna_account) else {
             return refusal;
         };
+        if let (
+            KlarnaCall::ReleaseRemainingAuthorization { order_id },
+            KlarnaAccount::OrderManagement(client),
+        ) = (&call, &klarna)
+        {
+            return match client.get_order(order_id).await {
+                Ok(order) if order.remaining_authorized_amount == 0 => {
+                    const RELEASED: &str = "Klarna refused a resend, but the order's remaining \
+                                            authorization is released";
+                    tracing::warn!(operation_id = %id, "{RELEASED}");
+                    self.resent_success(op, &call, Accepted::default(), RELEASED, trace_id)
+                }
+                Ok(_) => refusal,
+                Err(e) => unchecked(id, e),
+            };
+        }
         match self.refunds_on_order(op, &call, &klarna).await {
             None => refusal,
             Some(Ok(found)) => match found.as_slice() {
@@ -205,13 +223,7 @@ impl Protocol {
                     trace_id,
                 ),
             },
-            Some(Err(e)) => unknown(
-                id,
-                e.clone(),
-                format!(
-                    "Klarna refused a resend after an attempt that may have executed, and reading the order to check failed: {e}"
-                ),
-            ),
+            Some(Err(e)) => unchecked(id, e),
         }
     }
 
@@ -263,6 +275,15 @@ impl Protocol {
             trace_id,
         )
     }
+}
+
+/// A refusal that could not be checked because the order could not be read: unknown, for
+/// the reconciler's resend to check again.
+fn unchecked(id: refund_gateway_domain::OperationId, e: KlarnaError) -> Outcome {
+    let detail = format!(
+        "Klarna refused a resend after an attempt that may have executed, and reading the order to check failed: {e}"
+    );
+    unknown(id, e, detail)
 }
 
 /// The refunds of an order that can be this operation's: same reference and amount, made
