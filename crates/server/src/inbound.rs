@@ -376,8 +376,11 @@ where
     }
 }
 
-/// Answers a request larger than `max_message_bytes` with RESOURCE_EXHAUSTED, the gRPC
-/// convention, where tonic's decoder says OUT_OF_RANGE.
+/// Answers what tonic's decoder refuses the gateway's way: a request larger than
+/// `max_message_bytes` with RESOURCE_EXHAUSTED, the gRPC convention, where tonic says
+/// OUT_OF_RANGE; a request that is not a valid protobuf message (a string that is not UTF-8,
+/// a truncated field) with INVALID_ARGUMENT naming the field, where tonic says INTERNAL: the
+/// caller's bytes are at fault, not the gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageSizeLayer {
     limit: usize,
@@ -431,6 +434,9 @@ where
             let response = call.await?;
             if crate::status::is_message_too_large(response.headers()) {
                 return Ok(to_status(&GatewayError::MessageTooLarge { limit }).into_http());
+            }
+            if let Some(violations) = crate::status::malformed_request(response.headers()) {
+                return Ok(to_status(&GatewayError::InvalidArgument(violations)).into_http());
             }
             Ok(response)
         })

@@ -323,6 +323,46 @@ pub fn is_message_too_large(headers: &http::HeaderMap) -> bool {
     })
 }
 
+/// The field violations of a request tonic could not decode, read from `headers`: tonic
+/// answers INTERNAL "failed to decode Protobuf message: …", and the gateway INVALID_ARGUMENT,
+/// since the bytes the caller sent are not a valid message. The field is the path prost names,
+/// innermost first (`OrderLine.name: RefundOrderRequest.order_lines: invalid string value…`
+/// is `order_lines.name`), or `request` when it names none.
+pub fn malformed_request(headers: &http::HeaderMap) -> Option<refund_gateway_domain::Violations> {
+    let status = Status::from_header_map(headers)?;
+    if status.code() != Code::Internal {
+        return None;
+    }
+    let detail = status
+        .message()
+        .strip_prefix("failed to decode Protobuf message: ")?;
+    let mut fields = Vec::new();
+    let mut rest = detail;
+    // Each step of prost's path is `Message.field: `; the description follows the last.
+    while let Some((step, after)) = rest.split_once(": ") {
+        let Some((message, field)) = step.split_once('.') else {
+            break;
+        };
+        let ident =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident(message) || !ident(field) {
+            break;
+        }
+        fields.push(field);
+        rest = after;
+    }
+    fields.reverse();
+    let field = if fields.is_empty() {
+        "request".to_owned()
+    } else {
+        fields.join(".")
+    };
+    Some(refund_gateway_domain::Violations::single(
+        field,
+        format!("not a valid protobuf message: {rest}"),
+    ))
+}
+
 /// Marks an answer as a replay of a stored one.
 pub fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
     metadata.insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
@@ -468,6 +508,57 @@ pub fn code_name(code: Code) -> &'static str {
 mod tests {
     use super::*;
     use refund_gateway_domain::Violations;
+
+    /// The headers of tonic's answer to a request its decoder refused with `message`.
+    fn decoder_refusal(code: Code, message: &str) -> http::HeaderMap {
+        Status::new(code, message)
+            .into_http::<()>()
+            .headers()
+            .clone()
+    }
+
+    #[test]
+    fn a_request_tonic_cannot_decode_names_the_field_prost_names() {
+        let cases = [
+            (
+                "failed to decode Protobuf message: RefundOrderRequest.idempotency_key: invalid string value: data is not UTF-8 encoded",
+                "idempotency_key",
+                "not a valid protobuf message: invalid string value: data is not UTF-8 encoded",
+            ),
+            (
+                "failed to decode Protobuf message: OrderLine.name: RefundOrderRequest.order_lines: buffer underflow",
+                "order_lines.name",
+                "not a valid protobuf message: buffer underflow",
+            ),
+            (
+                "failed to decode Protobuf message: invalid varint",
+                "request",
+                "not a valid protobuf message: invalid varint",
+            ),
+        ];
+        for (message, field, description) in cases {
+            let violations = malformed_request(&decoder_refusal(Code::Internal, message))
+                .unwrap_or_else(|| panic!("not recognised: {message}"));
+            assert_eq!(
+                violations,
+                Violations::single(field, description),
+                "{message}"
+            );
+        }
+        // Anything else is left as it is: a real INTERNAL, or the same words under another code.
+        assert_eq!(
+            malformed_request(&decoder_refusal(Code::Internal, "a task failed")),
+            None
+        );
+        assert_eq!(
+            malformed_request(&decoder_refusal(
+                Code::InvalidArgument,
+                "failed to decode Protobuf message: invalid varint"
+            )),
+            None
+        );
+        assert_eq!(malformed_request(&http::HeaderMap::new()), None);
+    }
 
     fn answered(status: u16, code: Option<&str>) -> GatewayError {
         GatewayError::Klarna {

@@ -149,6 +149,64 @@ async fn a_request_over_max_message_bytes_is_message_too_large() -> anyhow::Resu
     app.shutdown().await
 }
 
+/// Calls `method` of the refund service with `message` as the request's bytes, as a client
+/// that writes its own protobuf would, and returns the status it got.
+async fn raw_call(app: &TestApp, method: &str, message: &[u8]) -> anyhow::Result<Status> {
+    let mut body = vec![0_u8];
+    body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    body.extend_from_slice(message);
+    let http = reqwest::Client::builder().http2_prior_knowledge().build()?;
+    let response = http
+        .post(format!(
+            "{}/refundgateway.v1.RefundGatewayService/{method}",
+            app.grpc_url
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .send()
+        .await?;
+    Status::from_header_map(response.headers())
+        .ok_or_else(|| anyhow::anyhow!("no grpc-status in {:?}", response.headers()))
+}
+
+/// Bytes that are not a valid protobuf message are the caller's bad input: INVALID_ARGUMENT
+/// naming the field the decoder failed in, never INTERNAL, and nothing happens.
+#[tokio::test]
+async fn a_request_that_is_not_valid_protobuf_is_an_invalid_argument() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let order = captured_order(&app.sim.sim, 10_000);
+    let id = order.order_id.as_bytes();
+    let mut key_not_utf8 = vec![0x0a, 2, 0xff, 0xfe, 0x1a, u8::try_from(id.len())?];
+    key_not_utf8.extend_from_slice(id);
+    key_not_utf8.extend_from_slice(&[0x20, 100]);
+    // order_lines (8) holding a line whose name (2) is not UTF-8.
+    let line_not_utf8 = [0x42, 4, 0x12, 2, 0xc3, 0x28];
+    // refunded_amount (4) cut off in its varint; a tag cut off before any field.
+    let truncated_amount = [0x20, 0xff, 0xff];
+    let truncated_tag = [0xff, 0xff];
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("RefundOrder", &key_not_utf8, "idempotency_key"),
+        ("RefundOrder", &line_not_utf8, "order_lines.name"),
+        ("RefundOrder", &truncated_amount, "refunded_amount"),
+        ("RefundOrder", &truncated_tag, "request"),
+        // GetOrderRequest.klarna_account (1), one byte that is not UTF-8.
+        ("GetOrder", &[0x0a, 1, 0x80], "klarna_account"),
+    ];
+    for (method, message, field) in cases {
+        let status = raw_call(&app, method, message).await?;
+        assert_eq!(
+            bad_fields(&status),
+            [field],
+            "{method} {message:02x?}: {status:?}"
+        );
+    }
+    assert_nothing_sent(&app);
+    assert_nothing_stored(&app, None).await?;
+    still_serves(&app, None).await?;
+    app.shutdown().await
+}
+
 #[tokio::test]
 async fn a_hundred_thousand_order_lines_are_refused_by_their_count() -> anyhow::Result<()> {
     let app = spawn_app().await?;
