@@ -449,6 +449,43 @@ backend_test! {
 }
 
 backend_test! {
+    /// The refund the check finds must not be another operation's: a caller may refund the
+    /// same amount under the same reference twice. The second, refused after a 5xx, is not
+    /// taken for the first's refund.
+    async fn a_checked_refusal_does_not_claim_another_operations_refund(
+        db: Backend,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_app_with(db.options()).await?;
+        let order = captured_order(&app.sim.sim, 10_000);
+        let same = |key: &str| pb::RefundOrderRequest {
+            reference: "RMA-9".into(),
+            ..refund_request(key, &order.order_id, 100)
+        };
+        let first = app.client.refund_order(same("same-a")).await?.into_inner();
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(503));
+        fault_refunds(&app.sim.sim, &order.order_id, 1, status_fault(403));
+        let status = app
+            .client
+            .refund_order(same("same-b"))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("the refused refund took the first one's"))?;
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_eq!(refunded(&app, &order.order_id), (100, 1));
+        let second = operations_under(&app, "same-b").await?;
+        assert_eq!(
+            second.first().map(pb::OperationRecord::state),
+            Some(pb::OperationState::Failed)
+        );
+        assert_ne!(
+            second.first().map(|o| o.refund_id.as_str()),
+            Some(first.refund_id.as_str())
+        );
+        app.shutdown().await
+    }
+}
+
+backend_test! {
     async fn past_klarnas_window_the_reconciler_reads_the_order_instead_of_resending(
         db: Backend,
     ) -> anyhow::Result<()> {

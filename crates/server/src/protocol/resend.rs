@@ -228,8 +228,8 @@ impl Protocol {
     }
 
     /// The ids of the refunds on the order that can be this operation's (see
-    /// [`matching_refunds`]), for an order refund on an Order Management account; `None` for
-    /// any other operation.
+    /// [`matching_refunds`]) and are not another operation's, for an order refund on an Order
+    /// Management account; `None` for any other operation.
     async fn refunds_on_order(
         &self,
         op: &Operation,
@@ -241,17 +241,47 @@ impl Protocol {
         else {
             return None;
         };
-        Some(klarna.get_order(order_id).await.map(|order| {
-            matching_refunds(
-                &order.refunds,
-                &refund.reference,
-                refund.refunded_amount.minor_units(),
-                op.created_at,
+        let order = match klarna.get_order(order_id).await {
+            Ok(order) => order,
+            Err(e) => return Some(Err(e)),
+        };
+        // A refund another operation of the gateway made is that operation's, however alike
+        // (a caller may refund the same amount under the same reference twice).
+        let others = match self
+            .store
+            .resource_operations(
+                &op.new.klarna_account,
+                op.new.resource_kind,
+                &op.new.resource_id,
             )
-            .into_iter()
-            .map(|r| r.refund_id.clone())
-            .collect()
-        }))
+            .await
+        {
+            Ok(ops) => ops,
+            Err(e) => {
+                return Some(Err(KlarnaError::NotSent(format!(
+                    "reading the order's operations failed: {e}"
+                ))));
+            }
+        };
+        let taken = |id: &str| {
+            others.iter().any(|other| {
+                other.new.operation_id != op.new.operation_id
+                    && other
+                        .refund_id
+                        .as_deref()
+                        .is_some_and(|r| r.eq_ignore_ascii_case(id))
+            })
+        };
+        Some(Ok(matching_refunds(
+            &order.refunds,
+            &refund.reference,
+            refund.refunded_amount.minor_units(),
+            op.created_at,
+        )
+        .into_iter()
+        .map(|r| r.refund_id.clone())
+        .filter(|id| !taken(id))
+        .collect()))
     }
 
     /// A success established without the original work: the answer is rebuilt from the stored
