@@ -19,10 +19,10 @@ use refund_gateway_store::{DatabaseConfig, SqliteStore, connect};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-/// The schema version before the current one (0012, audit events found by their claim): 0011,
-/// PostgreSQL's lease waiters, which changed no column of `operations` (nothing on SQLite).
-/// SQLite has no 0003, but both backends number their migrations alike.
-const PREVIOUS: i64 = 11;
+/// The schema version before the current one (0013, SQLite's audit ids without
+/// AUTOINCREMENT): 0012, audit events found by their claim. SQLite has no 0003, but both
+/// backends number their migrations alike.
+const PREVIOUS: i64 = 12;
 
 /// The schema version before operations acted on resources (0002).
 const BEFORE_RESOURCES: i64 = 1;
@@ -630,8 +630,7 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
     }
     let store = SqliteStore::open(&path).await.unwrap();
     previous_rows_read_back_and_take_webhooks(&store).await;
-    // 0012 gave the claimed events of the previous version's trigger their claim: each row's
-    // events are still listed from it.
+    // The claimed events the previous version's trigger wrote are listed with their claim.
     for row in &previous_rows() {
         let filter = OperationFilter {
             idempotency_key: Some(row.key.to_owned()),
@@ -649,6 +648,39 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
     // 0009 rewrote the state CHECK in place: comparisons, not an IN list.
     let url = format!("sqlite://{}?mode=ro", path.display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    // 0013 took AUTOINCREMENT off the audit ids in place: the file is sound, the sequence's
+    // row is gone, and the events appended since (by the checks above) took the ids after
+    // the previous version's, one by one.
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let audit_schema: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'audit_events'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        audit_schema.contains("id              INTEGER NOT NULL PRIMARY KEY,")
+            && !audit_schema.contains("AUTOINCREMENT"),
+        "{audit_schema}"
+    );
+    let sequences: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_sequence")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(sequences, 0);
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM audit_events ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let previous_events = previous_rows().len();
+    assert!(
+        ids.len() > previous_events && ids.iter().zip(1..).all(|(&id, n)| id == n),
+        "{ids:?}"
+    );
     let schema: String = sqlx::query_scalar(
         "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'operations'",
     )
