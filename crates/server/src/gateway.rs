@@ -203,8 +203,8 @@ pub struct Gateway {
     learner: Arc<ReferenceLearner>,
 }
 
-/// The orders (account, order id) this process has seen in the reference index, so that a
-/// refund of an order refunded before costs no read of the index. A cache: it forgets
+/// The orders (account, order id) this process has seen in the reference index, or linked
+/// there itself, so that a refund of an order refunded before costs no read of the index. A cache: it forgets
 /// everything at once when full, and a miss costs one read.
 #[derive(Debug, Default)]
 struct IndexedOrders {
@@ -635,10 +635,23 @@ impl Gateway {
 /// receipt reference, `klarna_reference`), in the background: a read never waits for, or fails
 /// on, the index. A reference already linked to another order keeps its first order.
 fn learn_references(store: &Arc<dyn OperationStore>, account: &str, order: &Order) {
-    let Ok(order_id) = OrderId::parse(&order.order_id) else {
+    let references = references_of(account, order);
+    if references.is_empty() {
         return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        link_references(store.as_ref(), references).await;
+    });
+}
+
+/// The references of `order` worth linking in `account`: none when Klarna's order id or both
+/// references are not valid.
+fn references_of(account: &str, order: &Order) -> Vec<OrderReference> {
+    let Ok(order_id) = OrderId::parse(&order.order_id) else {
+        return Vec::new();
     };
-    let references: Vec<OrderReference> = [
+    [
         (ReferenceKind::Receipt, order.merchant_reference1.as_str()),
         (ReferenceKind::Klarna, order.klarna_reference.as_str()),
     ]
@@ -657,22 +670,26 @@ fn learn_references(store: &Arc<dyn OperationStore>, account: &str, order: &Orde
             linked_at: time::OffsetDateTime::now_utc(),
         })
     })
-    .collect();
-    if references.is_empty() {
-        return;
-    }
-    let store = store.clone();
-    tokio::spawn(async move {
-        for reference in references {
-            match store.link_reference(reference).await {
-                Ok(LinkOutcome::LinkedElsewhere { order_id }) => {
-                    tracing::debug!(%order_id, "reference already linked to another order; kept");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "order reference not indexed"),
+    .collect()
+}
+
+/// Links each of `references`; true when the store took every one (linked now, before, or to
+/// another order, which keeps it).
+async fn link_references(store: &dyn OperationStore, references: Vec<OrderReference>) -> bool {
+    let mut all = true;
+    for reference in references {
+        match store.link_reference(reference).await {
+            Ok(LinkOutcome::LinkedElsewhere { order_id }) => {
+                tracing::debug!(%order_id, "reference already linked to another order; kept");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                all = false;
+                tracing::debug!(error = %e, "order reference not indexed");
             }
         }
-    });
+    }
+    all
 }
 
 /// A partner refund (capture or transaction), as the shared part of both use cases sees it.
@@ -1068,7 +1085,8 @@ impl ReferenceLearner {
     }
 }
 
-/// Reads `order` from Klarna, unless its references are in the index, and links them.
+/// Reads `order` from Klarna, unless its references are in the index, and links them; the
+/// order goes to `indexed` once they are linked.
 async fn learn_order(
     store: Arc<dyn OperationStore>,
     indexed: Arc<IndexedOrders>,
@@ -1094,7 +1112,13 @@ async fn learn_order(
             }
         }
         match klarna.get_order(&order_id).await {
-            Ok(order) => learn_references(&store, &account, &order),
+            // Remembered once its references are in the index, or when it has none to learn:
+            // its next refunds then cost no read of the index (nor of Klarna).
+            Ok(order) => {
+                if link_references(store.as_ref(), references_of(&account, &order)).await {
+                    indexed.insert(&account, order_id.as_str());
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "order not read to learn its references"),
         }
     };
@@ -1124,6 +1148,9 @@ mod tests {
     struct HeldReads {
         permits: Semaphore,
         reads: watch::Sender<Vec<String>>,
+        /// Answer each read with an order whose references are `RCPT-{id}` and `KR-{id}`;
+        /// otherwise with no answer.
+        answer: bool,
     }
 
     #[tonic::async_trait]
@@ -1131,7 +1158,28 @@ mod tests {
         async fn get_order(&self, order_id: &OrderId) -> Result<Order, KlarnaError> {
             self.reads.send_modify(|r| r.push(order_id.to_string()));
             let _permit = self.permits.acquire().await;
-            Err(KlarnaError::NoAnswer("held".into()))
+            if !self.answer {
+                return Err(KlarnaError::NoAnswer("held".into()));
+            }
+            Ok(Order {
+                order_id: order_id.to_string(),
+                status: refund_gateway_domain::OrderStatus::Captured,
+                klarna_status: "CAPTURED".into(),
+                order_amount: 100,
+                original_order_amount: 100,
+                captured_amount: 100,
+                refunded_amount: 0,
+                remaining_authorized_amount: 0,
+                currency: "SEK".into(),
+                purchase_country: "SE".into(),
+                merchant_reference1: format!("RCPT-{order_id}"),
+                merchant_reference2: String::new(),
+                klarna_reference: format!("KR-{order_id}"),
+                order_lines: Vec::new(),
+                payment_method_type: None,
+                captures: Vec::new(),
+                refunds: Vec::new(),
+            })
         }
         async fn create_refund(
             &self,
@@ -1206,6 +1254,7 @@ mod tests {
         let held: Arc<dyn KlarnaApi> = Arc::new(HeldReads {
             permits: Semaphore::new(0),
             reads: watch::channel(Vec::new()).0,
+            answer: false,
         });
         let accounts = Accounts::new([("eu".to_owned(), KlarnaAccount::OrderManagement(held))]);
         let records = AccountRecords::default();
@@ -1252,6 +1301,7 @@ mod tests {
         let held = Arc::new(HeldReads {
             permits: Semaphore::new(0),
             reads,
+            answer: false,
         });
         let klarna: Arc<dyn KlarnaApi> = held.clone();
         let learner = ReferenceLearner::new(2, 1);
@@ -1275,5 +1325,40 @@ mod tests {
         let reads = read_count(&mut seen, 4).await;
         let expected: Vec<String> = [1, 2, 3, 6].map(|n| order(n).to_string()).to_vec();
         assert_eq!(reads, expected);
+    }
+
+    /// An order whose references the learner linked is remembered: its next refund costs no
+    /// read of the index (and none of Klarna).
+    #[tokio::test]
+    async fn an_order_learned_is_remembered() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store: Arc<dyn OperationStore> = Arc::new(
+            refund_gateway_store::SqliteStore::open(&dir.path().join("ops.db"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (reads, mut seen) = watch::channel(Vec::new());
+        let klarna: Arc<dyn KlarnaApi> = Arc::new(HeldReads {
+            permits: Semaphore::new(1_000),
+            reads,
+            answer: true,
+        });
+        // One order at a time: order 2 is read only once order 1's learning has ended.
+        let learner = ReferenceLearner::new(8, 1);
+        learner.learn_after_refund(&store, "eu", &klarna, &order(1));
+        learner.learn_after_refund(&store, "eu", &klarna, &order(2));
+        seen.wait_for(|r| r.len() >= 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let linked = store
+            .find_reference("eu", ReferenceKind::Receipt, &format!("RCPT-{}", order(1)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            linked.map(|r| r.order_id),
+            Some(order(1).to_string()),
+            "order 1's references are linked"
+        );
+        assert!(learner.indexed.contains("eu", order(1).as_str()));
     }
 }
