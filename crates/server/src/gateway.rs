@@ -1282,6 +1282,15 @@ mod tests {
         assert_eq!(seen, ["eu"]);
     }
 
+    /// A store in a temporary directory, kept as long as the directory is.
+    async fn sqlite_store() -> (tempfile::TempDir, Arc<dyn OperationStore>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = refund_gateway_store::SqliteStore::open(&dir.path().join("ops.db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, Arc::new(store))
+    }
+
     fn order(n: u32) -> OrderId {
         OrderId::parse(&format!("00000000-0000-4000-8000-{n:012}"))
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1291,12 +1300,7 @@ mod tests {
     /// (its next refund tries again), and the ones queued are read in order.
     #[tokio::test]
     async fn orders_beyond_the_queue_are_skipped_not_piled_up() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store: Arc<dyn OperationStore> = Arc::new(
-            refund_gateway_store::SqliteStore::open(&dir.path().join("ops.db"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+        let (_dir, store) = sqlite_store().await;
         let (reads, mut seen) = watch::channel(Vec::new());
         let held = Arc::new(HeldReads {
             permits: Semaphore::new(0),
@@ -1331,12 +1335,7 @@ mod tests {
     /// read of the index (and none of Klarna).
     #[tokio::test]
     async fn an_order_learned_is_remembered() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store: Arc<dyn OperationStore> = Arc::new(
-            refund_gateway_store::SqliteStore::open(&dir.path().join("ops.db"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+        let (_dir, store) = sqlite_store().await;
         let (reads, mut seen) = watch::channel(Vec::new());
         let klarna: Arc<dyn KlarnaApi> = Arc::new(HeldReads {
             permits: Semaphore::new(1_000),

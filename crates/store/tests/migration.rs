@@ -645,9 +645,15 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
             row.key
         );
     }
-    // 0009 rewrote the state CHECK in place: comparisons, not an IN list.
     let url = format!("sqlite://{}?mode=ro", path.display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    // 0009 rewrote the state CHECK in place: comparisons, not an IN list.
+    let schema = table_sql(&mut conn, "operations").await;
+    assert!(
+        schema.contains("CHECK (state = 'IN_FLIGHT' OR state = 'PENDING' OR state = 'SUCCEEDED' OR state = 'FAILED' OR state = 'REQUIRES_REVIEW')")
+            && !schema.contains("state IN ("),
+        "{schema}"
+    );
     // 0013 took AUTOINCREMENT off the audit ids in place: the file is sound, the sequence's
     // row is gone, and the events appended since (by the checks above) took the ids after
     // the previous version's, one by one.
@@ -656,12 +662,7 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
         .await
         .unwrap();
     assert_eq!(integrity, "ok");
-    let audit_schema: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'audit_events'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let audit_schema = table_sql(&mut conn, "audit_events").await;
     assert!(
         audit_schema.contains("id              INTEGER NOT NULL PRIMARY KEY,")
             && !audit_schema.contains("AUTOINCREMENT"),
@@ -681,17 +682,15 @@ async fn sqlite_at_the_previous_version_migrates_and_reads_back() {
         ids.len() > previous_events && ids.iter().zip(1..).all(|(&id, n)| id == n),
         "{ids:?}"
     );
-    let schema: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'operations'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert!(
-        schema.contains("CHECK (state = 'IN_FLIGHT' OR state = 'PENDING' OR state = 'SUCCEEDED' OR state = 'FAILED' OR state = 'REQUIRES_REVIEW')")
-            && !schema.contains("state IN ("),
-        "{schema}"
-    );
+}
+
+/// The `CREATE TABLE` statement SQLite keeps for `table`.
+async fn table_sql(conn: &mut sqlx::SqliteConnection, table: &str) -> String {
+    sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1")
+        .bind(table)
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
