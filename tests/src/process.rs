@@ -3,6 +3,7 @@
 //! token, JSON logs at the default level and a durable store), [`SimulatorProcess`] (the
 //! `klarna-sim` binary, seeded over its admin HTTP API) and any other [`ChildProcess`], plus
 //! what `/proc` says about a process: [`cpu_time`] ([`cpu_times`]), [`context_switches`],
+//! [`written_bytes`],
 //! [`peak_rss_bytes`] and [`reset_peak_rss`]. Linux only (`/proc`, `kill(1)`, `getconf(1)`).
 //!
 //! Every process's stderr is a pipe drained by a thread of its own: a pipe nobody reads fills
@@ -553,6 +554,21 @@ pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The bytes process `pid` has handed to `write`-family system calls so far (`wchar` of
+/// `/proc/<pid>/io`): its WAL and database pages, its sockets' `write`s and `writev`s, its
+/// log lines. A count, not a time: unlike CPU figures it does not move with the machine's
+/// load, so a change in what the store writes per call shows in it run after run.
+pub fn written_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("reading /proc/{pid}/io (Linux only)"))?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar:"))
+        .context("no wchar in /proc/<pid>/io")?
+        .trim()
+        .parse()
+        .context("wchar in /proc/<pid>/io")
 }
 
 /// The peak resident set size of process `pid` in bytes (`VmHWM` of `/proc/<pid>/status`):

@@ -88,6 +88,13 @@ fn the_benchmark_runs_in_its_quick_mode_and_reports_sane_figures() -> anyhow::Re
                 run["cpu_us_per_op"]["gateway"].as_f64().is_some(),
                 "no gateway CPU: {run:#}"
             );
+            // Every refund writes its answer and its log line; on SQLite also the WAL pages
+            // of its claim and its outcome, a 4 KiB page at least.
+            let least = if run["path"] == "b" { 4.0 } else { 0.0 };
+            ensure!(
+                run["gateway_written_kib_per_op"].as_f64().unwrap_or(0.0) > least,
+                "the gateway wrote too little: {run:#}"
+            );
         }
     }
     let traced = report["variants"]

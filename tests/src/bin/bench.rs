@@ -69,6 +69,10 @@
 //! - `gw cs/op`: context switches of the gateway's threads per call (from
 //!   `/proc/<pid>/task/*/status`): how often a call makes a thread wait and another wake,
 //!   which calls at a time share and a lone call pays alone.
+//! - `gw KiB w/op`: KiB the gateway handed to `write`-family system calls per call (`wchar`
+//!   of `/proc/<pid>/io`: WAL and database pages, socket writes, log lines). A count, not a
+//!   time: it does not move with the machine's load, so what a change does to the store's
+//!   writes shows in it at once.
 //! - `RSS`: the gateway's peak resident set size during the run (`VmHWM`, reset before each
 //!   run through `/proc/<pid>/clear_refs`), in MiB.
 //! - `sat.`: an open-loop rate the path could not keep up with (throughput under 95 % of the
@@ -113,7 +117,7 @@ use refund_gateway_tests::prefill::StoreLocation;
 use refund_gateway_tests::process::{
     ChildProcess, GatewayHome, GatewayProcess, GatewaySpec, KlarnaTarget, SimulatorProcess,
     clock_ticks_per_second, context_switches, cpu_time, cpu_times, parent_of_same_name,
-    peak_rss_bytes, process_tree_cpu_time, reset_peak_rss,
+    peak_rss_bytes, process_tree_cpu_time, reset_peak_rss, written_bytes,
 };
 use refund_gateway_tests::span_sink::SpanSink;
 use serde::Serialize;
@@ -425,6 +429,8 @@ struct Record {
     cpu_us_per_op: CpuPerOp,
     /// Context switches of the gateway's threads per successful call.
     gateway_context_switches_per_op: Option<f64>,
+    /// KiB the gateway handed to `write`-family system calls per successful call.
+    gateway_written_kib_per_op: Option<f64>,
     gateway_peak_rss_mib: Option<f64>,
     /// An open-loop rate the path could not keep up with.
     saturated: bool,
@@ -690,18 +696,24 @@ impl Bench<'_> {
             reset_peak_rss(pid)?;
         }
         let switches = |pids: &Pids| pids.gateway.map(context_switches).transpose();
+        let written = |pids: &Pids| pids.gateway.map(written_bytes).transpose();
         let switches_before = switches(&self.pids)?;
+        let written_before = written(&self.pids)?;
         let before = self.pids.cpu()?;
         let (summary, first_error) = run.await?;
         let after = self.pids.cpu()?;
         let switches_after = switches(&self.pids)?;
+        let written_after = written(&self.pids)?;
         record.cpu_us_per_op = after.per_op_since(&before, summary.completed);
-        record.gateway_context_switches_per_op = match (switches_before, switches_after) {
+        let per_op = |before: Option<u64>, after: Option<u64>| match (before, after) {
             (Some(b), Some(a)) => {
                 Some(a.saturating_sub(b) as f64 / summary.completed.max(1) as f64)
             }
             _ => None,
         };
+        record.gateway_context_switches_per_op = per_op(switches_before, switches_after);
+        record.gateway_written_kib_per_op =
+            per_op(written_before, written_after).map(|bytes| bytes / 1024.0);
         record.gateway_peak_rss_mib = self
             .pids
             .gateway
@@ -726,6 +738,7 @@ impl Bench<'_> {
             summary: Summary::default(),
             cpu_us_per_op: CpuPerOp::default(),
             gateway_context_switches_per_op: None,
+            gateway_written_kib_per_op: None,
             gateway_peak_rss_mib: None,
             saturated: false,
             first_error: None,
@@ -1144,17 +1157,17 @@ fn print_table(args: &Args, records: &[Record]) {
     );
     println!(
         "| path | load | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | err | unsent | gw µs/op | \
-         gw sys µs/op | gw cs/op | sim µs/op | db µs/op | echo µs/op | otlp µs/op | bench µs/op | \
-         gw RSS MiB |"
+         gw sys µs/op | gw cs/op | gw KiB w/op | sim µs/op | db µs/op | echo µs/op | otlp µs/op | \
+         bench µs/op | gw RSS MiB |"
     );
     println!(
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in records {
         let s = &r.summary;
         let cpu = &r.cpu_us_per_op;
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             r.path,
             r.load(),
             s.throughput,
@@ -1167,6 +1180,7 @@ fn print_table(args: &Args, records: &[Record]) {
             opt(cpu.gateway, 0),
             opt(cpu.gateway_system, 0),
             opt(r.gateway_context_switches_per_op, 1),
+            opt(r.gateway_written_kib_per_op, 1),
             opt(cpu.simulator, 0),
             opt(cpu.database, 0),
             opt(cpu.echo, 0),
