@@ -204,8 +204,8 @@ pub struct Gateway {
 }
 
 /// The orders (account, order id) this process has seen in the reference index, or linked
-/// there itself, so that a refund of an order refunded before costs no read of the index. A cache: it forgets
-/// everything at once when full, and a miss costs one read.
+/// there itself, so that a refund of an order refunded before costs no read of the index. A
+/// cache: it forgets everything at once when full, and a miss costs one read.
 #[derive(Debug, Default)]
 struct IndexedOrders {
     known: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
