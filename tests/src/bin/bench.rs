@@ -41,7 +41,8 @@
 //!
 //! # The runs, per path
 //! Each path gets a fresh simulator, fresh orders (far more than calls in flight: the gateway
-//! serializes the refunds of one order) and a fresh store, then a warm-up, then:
+//! serializes the refunds of one order) and a fresh store, then a warm-up (at least a second,
+//! and until every order has been refunded once), then:
 //! - `closed N`: N callers, each sending its next call when the last answered, at N = 1, 64
 //!   and 256, for `--seconds` each;
 //! - `open R/s`: calls sent at R per second whatever the answers do, at each `--rates` rate
@@ -583,6 +584,14 @@ async fn connect(url: &str, count: usize) -> anyhow::Result<Arc<Vec<Channel>>> {
 }
 
 impl Target {
+    /// How many orders its calls take in turn (none for the echo server).
+    fn orders(&self) -> usize {
+        match self {
+            Self::Simulator { orders, .. } | Self::Gateway { orders, .. } => orders.len(),
+            Self::Echo { .. } => 0,
+        }
+    }
+
     /// The call of this target, for at most `in_flight` calls at once.
     async fn call(&self, in_flight: usize) -> anyhow::Result<Call> {
         let next = Arc::new(AtomicU64::new(0));
@@ -790,24 +799,38 @@ impl Bench<'_> {
     }
 
     /// A closed-loop warm-up at [`BUSY`], not recorded; fails on any error, since then the
-    /// setup is wrong and nothing that follows would measure anything.
+    /// setup is wrong and nothing that follows would measure anything. It lasts
+    /// `warm_up_seconds` and, but for `--quick`, until every order has been refunded once:
+    /// the gateway reads an order from Klarna after its first refund (to learn its
+    /// references), which the runs that follow must not pay for on a slow build or machine
+    /// (a gateway under valgrind refunds a few hundred a second).
     async fn warm_up(&mut self) -> anyhow::Result<()> {
         self.log("warming up");
         let call = self.target.call(BUSY).await?;
-        let run = drive(BUSY, self.args.warm_up_seconds, move |_, _| call()).await?;
-        if let Some(error) = run.first_error {
-            bail!(
-                "{}: {} calls of the warm-up failed, the first with: {error}",
-                self.variant.description(),
-                run.errors
+        let wanted = if self.args.quick {
+            1
+        } else {
+            self.target.orders().max(1) as u64
+        };
+        let mut succeeded = 0u64;
+        while succeeded < wanted {
+            let call = call.clone();
+            let run = drive(BUSY, self.args.warm_up_seconds, move |_, _| call()).await?;
+            if let Some(error) = run.first_error {
+                bail!(
+                    "{}: {} calls of the warm-up failed, the first with: {error}",
+                    self.variant.description(),
+                    run.errors
+                );
+            }
+            ensure!(
+                !run.latencies.is_empty(),
+                "{}: no call of the warm-up succeeded",
+                self.variant.description()
             );
+            succeeded += run.latencies.len() as u64;
         }
-        ensure!(
-            !run.latencies.is_empty(),
-            "{}: no call of the warm-up succeeded",
-            self.variant.description()
-        );
-        self.calls += run.latencies.len() as u64;
+        self.calls += succeeded;
         Ok(())
     }
 
