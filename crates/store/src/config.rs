@@ -23,8 +23,9 @@ pub enum DatabaseConfig {
     Postgres {
         /// `postgres://user:password@host:port/db?...`; a secret, never printed.
         url: SecretString,
-        /// Size of the connection pool (order locks hold none; liveness and lock notifications
-        /// use two connections of their own).
+        /// Size of the connection pool, and the most connections of the claims and outcomes,
+        /// which the store hands out itself (order locks hold none; liveness and lock
+        /// notifications use two connections of their own).
         max_connections: u32,
     },
 }

@@ -26,6 +26,8 @@ use std::time::Duration;
 use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, OrderLock, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use super::direct::DirectConnections;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -176,6 +178,7 @@ async fn released(receiver: &mut broadcast::Receiver<String>, tag: &str) {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Taker<'a> {
     pub(super) pool: &'a PgPool,
+    pub(super) direct: &'a DirectConnections,
     pub(super) releases: &'a Releases,
     pub(super) replica: i64,
     pub(super) lease: Duration,
@@ -226,6 +229,7 @@ pub(super) async fn claim_locking(
     );
     let claimed = sql::claim_locking(
         taker.pool,
+        taker.direct,
         op,
         holder,
         taker.replica,
@@ -291,6 +295,7 @@ async fn renew(
 #[derive(Debug)]
 pub struct PostgresResourceLock {
     pool: PgPool,
+    direct: DirectConnections,
     account: String,
     kind: &'static str,
     id: String,
@@ -308,6 +313,7 @@ impl PostgresResourceLock {
     fn before_taking(taker: Taker<'_>, account: &str, kind: &'static str, id: &str) -> Self {
         Self {
             pool: taker.pool.clone(),
+            direct: taker.direct.clone(),
             account: account.to_owned(),
             kind,
             id: id.to_owned(),
@@ -353,7 +359,7 @@ impl PostgresResourceLock {
         }
         let lease = (self.key(), self.holder.as_str(), self.tag.as_str());
         let (finished, held) =
-            sql::finish_releasing(&self.pool, id, holder, completion, now, lease).await?;
+            sql::finish_releasing(&self.direct, id, holder, completion, now, lease).await?;
         self.released = true;
         if !held {
             self.lost_at_release();
@@ -409,6 +415,7 @@ impl Drop for PostgresResourceLock {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let mut lock = Self {
                 pool: self.pool.clone(),
+                direct: self.direct.clone(),
                 account: std::mem::take(&mut self.account),
                 kind: self.kind,
                 id: std::mem::take(&mut self.id),

@@ -1,6 +1,6 @@
 //! The PostgreSQL store: one database shared by any number of gateway replicas.
 //!
-//! - **Writes** are single statements on a pool connection (see [`sql`]): each atomic and
+//! - **Writes** are single statements on a connection (see [`sql`]): each atomic and
 //!   durable when it returns under PostgreSQL's default `synchronous_commit=on`, which does
 //!   its own group commit across sessions. No transaction stays open between round trips.
 //! - **Claims** use `INSERT … ON CONFLICT DO NOTHING`: among concurrent claims of one id, in
@@ -31,11 +31,14 @@
 //!   final outcome releases it in the finish's ([`OperationStore::finish_and_release`]): a
 //!   refund is two statements, two commits.
 //!
-//! Connections: the pool (`max_connections`), plus two sessions of the store's own, outside
-//! the pool: the liveness session and the listener of release notifications. A pooled
+//! Connections: the pool (`max_connections`); as many again for the claims and the outcomes,
+//! the two writes of every refund, which the store hands out itself (`direct`: sqlx's pool
+//! pings each connection it takes back, a round trip per statement); and two sessions of the
+//! store's own: the liveness session and the listener of release notifications. A
 //! connection is pinged before use only after a second idle
-//! ([`PostgresStore::PING_AFTER_IDLE`]), not before every statement. Both must be
-//! real sessions (a pooler in transaction mode would break the advisory lock and `LISTEN`).
+//! ([`PostgresStore::PING_AFTER_IDLE`]), not before every statement. The two sessions must
+//! be real sessions (a pooler in transaction mode would break the advisory lock and
+//! `LISTEN`).
 //!
 //! During a rolling upgrade from a gateway that predates migration 0003, the old replicas'
 //! order locks (session advisory locks) and the new lease rows do not exclude each other:
@@ -46,9 +49,11 @@
 //! # Layout
 //! - this module: [`PostgresStore`], connecting, the port.
 //! - `sql.rs`: every statement, and the liveness test they share.
+//! - `direct.rs`: the connections of the claims and the outcomes.
 //! - `liveness.rs`: the replica key and the session that holds its lock.
 //! - `lease.rs`: resource leases (order locks): taking, waiting, renewing, releasing.
 
+mod direct;
 mod lease;
 mod liveness;
 mod sql;
@@ -94,6 +99,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The claims' and outcomes' connections.
+    direct: direct::DirectConnections,
     replica: Arc<Replica>,
     /// How long an order lock lasts without renewal.
     lock_lease: Duration,
@@ -162,9 +169,11 @@ impl PostgresStore {
     pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
         let options = (*pool.connect_options()).clone();
         let liveness = liveness::Liveness::start(options.clone()).await?;
-        let releases = lease::Releases::start(options);
+        let releases = lease::Releases::start(options.clone());
+        let direct = direct::DirectConnections::new(options, pool.options().get_max_connections());
         Ok(Self {
             pool,
+            direct,
             replica: Arc::new(Replica {
                 liveness,
                 releases,
@@ -200,6 +209,7 @@ impl PostgresStore {
     fn taker(&self) -> lease::Taker<'_> {
         lease::Taker {
             pool: &self.pool,
+            direct: &self.direct,
             releases: &self.replica.releases,
             replica: self.replica(),
             lease: self.lock_lease,
@@ -231,6 +241,7 @@ impl OperationStore for PostgresStore {
         let now = micros(now);
         sql::claim(
             &self.pool,
+            &self.direct,
             &op,
             holder,
             self.replica(),
@@ -305,7 +316,7 @@ impl OperationStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         check_final(&completion)?;
         sql::finish(
-            &self.pool,
+            &self.direct,
             &id_text(id),
             &holder_text(holder),
             &completion,

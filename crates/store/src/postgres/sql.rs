@@ -37,6 +37,8 @@ use refund_gateway_domain::{
 };
 use sqlx::{PgPool, Postgres, Row};
 
+use super::direct::DirectConnections;
+
 use crate::read;
 use crate::row::{
     bind_values, claim_values, claimed_operation, db_error, holder_text, id_text,
@@ -408,21 +410,26 @@ const RELEASE_LEASE: &str = "WITH released AS ( \
 /// one.
 pub(super) async fn claim(
     pool: &PgPool,
+    direct: &DirectConnections,
     op: &NewOperation,
     holder: LeaseHolder,
     replica: i64,
     now: i64,
     lease_until: i64,
 ) -> Result<Claim, StoreError> {
-    let (claim, _) = claim_locking(pool, op, holder, replica, now, lease_until, None).await?;
+    let (claim, _) =
+        claim_locking(pool, direct, op, holder, replica, now, lease_until, None).await?;
     Ok(claim)
 }
 
 /// [`claim`], and when `lease` (its holder and length in µs) is given and the claim is new,
 /// the lease of the operation's resource if it is free, in one statement (CLAIM_LOCKING):
-/// (the claim, the lease was taken).
+/// (the claim, the lease was taken). The insert runs on `direct`; reading a claim that
+/// conflicted, on `pool`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn claim_locking(
     pool: &PgPool,
+    direct: &DirectConnections,
     op: &NewOperation,
     holder: LeaseHolder,
     replica: i64,
@@ -446,10 +453,8 @@ pub(super) async fn claim_locking(
         let started = Instant::now();
         let (inserted, leased) = match lease {
             Some((lease_holder, lease_micros)) => {
-                let row = query
-                    .bind(lease_holder)
-                    .bind(lease_micros)
-                    .fetch_one(pool)
+                let row = direct
+                    .fetch_one(query.bind(lease_holder).bind(lease_micros))
                     .await
                     .map_err(db_error)?;
                 let inserted: i64 = row.try_get("claimed").map_err(db_error)?;
@@ -457,7 +462,7 @@ pub(super) async fn claim_locking(
                 (inserted == 1, leased == 1)
             }
             None => {
-                let done = query.execute(pool).await.map_err(db_error)?;
+                let done = direct.execute(query).await.map_err(db_error)?;
                 (done.rows_affected() == 1, false)
             }
         };
@@ -554,14 +559,17 @@ pub(super) async fn renew_lease(
 
 /// IN_FLIGHT held by `holder` -> the completion's final state.
 pub(super) async fn finish(
-    pool: &PgPool,
+    direct: &DirectConnections,
     id: &str,
     holder: &str,
     completion: &Completion,
     now: i64,
 ) -> Result<bool, StoreError> {
     let query = finish_query(FINISH.as_str(), id, holder, completion, now);
-    changed_one_measured(query, pool).await
+    let started = Instant::now();
+    let done = direct.execute(query).await.map_err(db_error)?;
+    committed(started);
+    Ok(done.rows_affected() == 1)
 }
 
 /// `sql` (FINISH, or a statement starting with its parameters) with FINISH's $1 … $11 bound.
@@ -589,7 +597,7 @@ fn finish_query<'q>(
 /// [`finish`], and the release of the lease of `key` held by `lease_holder` (announcing `tag`
 /// if a taker waits), in one statement: (finished, the lease was held).
 pub(super) async fn finish_releasing(
-    pool: &PgPool,
+    direct: &DirectConnections,
     id: &str,
     holder: &str,
     completion: &Completion,
@@ -598,16 +606,14 @@ pub(super) async fn finish_releasing(
 ) -> Result<(bool, bool), StoreError> {
     let (key, lease_holder, tag) = lease;
     let started = Instant::now();
-    let row = finish_query(FINISH_RELEASING.as_str(), id, holder, completion, now)
+    let query = finish_query(FINISH_RELEASING.as_str(), id, holder, completion, now)
         .bind(key.account)
         .bind(key.kind)
         .bind(key.id)
         .bind(lease_holder)
         .bind(RELEASED_CHANNEL)
-        .bind(tag)
-        .fetch_one(pool)
-        .await
-        .map_err(db_error)?;
+        .bind(tag);
+    let row = direct.fetch_one(query).await.map_err(db_error)?;
     committed(started);
     let finished: i64 = row.try_get("finished").map_err(db_error)?;
     let released: i64 = row.try_get("released").map_err(db_error)?;
