@@ -2984,6 +2984,25 @@ mod tests {
         assert!(settings.simulator);
     }
 
+    /// The README's operation store row says how many connections a replica opens on
+    /// PostgreSQL: the pool, as many for the refunds' writes, and the store's two sessions.
+    #[test]
+    fn readme_counts_the_connections_of_a_postgresql_replica() {
+        let pool = refund_gateway_store::config::DEFAULT_MAX_CONNECTIONS;
+        let row = crate::readme::first_table(crate::readme::section("Configuration"))
+            .into_iter()
+            .find(|row| row.first().is_some_and(|c| c == "operation store"))
+            .unwrap_or_else(|| panic!("README has no operation store row"));
+        let said = format!(
+            "up to {} connections ({pool} pooled, {pool} for the refunds' writes, 2 sessions",
+            2 * pool + 2
+        );
+        assert!(
+            row.iter().any(|c| c.contains(&said)),
+            "{row:?} lacks {said:?}"
+        );
+    }
+
     /// The README's configuration table: one row per setting with the same TOML key, flag,
     /// environment variable, default and range; the other rows name only [`VARIABLES`].
     #[test]
