@@ -26,12 +26,11 @@ use std::time::Duration;
 use refund_gateway_domain::{Claim, Completion, LeaseHolder, NewOperation, OrderLock, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-
-use super::direct::DirectConnections;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::direct::DirectConnections;
 use super::sql::{self, LeaseKey};
 
 /// How long a resource lease lasts without renewal; renewed every third of it while held.

@@ -38,7 +38,6 @@ use refund_gateway_domain::{
 use sqlx::{PgPool, Postgres, Row};
 
 use super::direct::DirectConnections;
-
 use crate::read;
 use crate::row::{
     bind_values, claim_values, claimed_operation, db_error, holder_text, id_text,
