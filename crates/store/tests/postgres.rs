@@ -124,6 +124,17 @@ async fn lock_holder_pid(url: &str, key: i64) -> Option<i32> {
     pid
 }
 
+/// Ends the session of backend `pid`, from `admin`. With a timeout, pg_terminate_backend
+/// returns once the backend is gone, its locks released.
+async fn terminate(admin: &mut PgConnection, pid: i32) {
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(terminated, "backend {pid} not terminated");
+}
+
 /// The replica recorded on an operation.
 async fn lease_replica(store: &PostgresStore, id: OperationId) -> Option<i64> {
     sqlx::query_scalar("SELECT lease_replica FROM operations WHERE operation_id = $1")
@@ -358,12 +369,7 @@ async fn a_connection_cut_while_idle_is_replaced_before_use() {
         "the claims' session and the pool's: {pids:?}"
     );
     for pid in pids {
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
-            .bind(pid)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        assert!(terminated);
+        terminate(&mut admin, pid).await;
     }
 
     // Not a wait for an event: the connections must have been idle past the threshold.
@@ -389,13 +395,7 @@ async fn a_terminated_liveness_session_frees_claims_and_comes_back() {
     let pid = lock_holder_pid(&url, a.replica()).await.unwrap();
 
     let mut admin = PgConnection::connect(&url).await.unwrap();
-    // With a timeout, pg_terminate_backend returns once the backend is gone, locks released.
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
-        .bind(pid)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    assert!(terminated);
+    terminate(&mut admin, pid).await;
     // At once: A notices the loss only at its next check, and reconnects a second later.
     assert!(
         b.take_over(
