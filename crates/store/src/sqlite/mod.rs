@@ -17,8 +17,9 @@
 //! - **Durability**: WAL journal, `synchronous=FULL` (a commit is on disk when it returns,
 //!   surviving an OS crash), `busy_timeout` in case another process touches the file. For
 //!   speed only: temporary tables in memory (`temp_store`) and checkpoints in the
-//!   background, nudged by the writer, with the writer's own every 8000 WAL pages rather
-//!   than 1000 (see [`writer`]).
+//!   background, nudged by the writer, the writer running one of its own right after a
+//!   background pass once the WAL is 4000 pages long, and SQLite's automatic one every 8000
+//!   WAL pages rather than 1000 (see [`writer`]).
 //! - **Page caches are SQLite's default 2 MiB**, the writer's too: the operating system caches
 //!   the file for every connection, and a refund's writes touch the same few interior pages
 //!   plus leaves of random keys that no cache of a few MiB holds at 10^6 stored operations.
