@@ -2,7 +2,9 @@
 //! concurrent writes in groups. Each request waits on its own reply; the thread takes whatever
 //! is queued (up to [`MAX_BATCH`]), runs it in one `BEGIN IMMEDIATE … COMMIT` and answers
 //! each request after the commit — so one fsync (synchronous=FULL) covers the whole group and
-//! nobody hears "done" before it is on disk.
+//! nobody hears "done" before it is on disk. Under a sustained concurrent load (groups
+//! averaging [`GATHER_FROM`] writes) it waits [`GATHER_FOR`] before each commit, so that fewer,
+//! larger groups share the pages and fsyncs every group pays for.
 //!
 //! Why a thread of its own and not an async connection: a group is a few statements, and an
 //! async SQLite driver hands each statement to its own worker thread and back. On a busy
@@ -73,6 +75,19 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// under the writer's own 8000): a light load costs no database fsync every interval, and the
 /// work follows the writes, not the clock.
 const CHECKPOINT_AFTER_WRITES: usize = 256;
+
+/// The mean group size (as found queued) from which the load counts as sustained: the writer
+/// then waits [`GATHER_FOR`] before committing each group, so that one commit, one WAL write
+/// of the pages that groups share and one fsync cover more writes (group commit's
+/// `commit_delay`, as PostgreSQL has it). A light load's groups average one or two writes; 64
+/// concurrent refunds' about eight.
+const GATHER_FROM: usize = 6;
+
+/// How long the writer gathers under a sustained load ([`GATHER_FROM`]). At 64 concurrent
+/// refunds, 1 ms halved the fsyncs per refund and cut the gateway's CPU per refund by 7-10%,
+/// with the p50 unchanged; applied to every group of four or more, it raised the open loop's
+/// p99 at 1,000 refunds/s by 1-2 ms, whose groups average under two: hence the average.
+const GATHER_FOR: Duration = Duration::from_millis(1);
 
 /// WAL pages after which a background pass asks the writer to let the WAL start over (see
 /// [`Checkpointer::restart_due`]); half the writer's automatic checkpoint's 8000, so that one
@@ -281,13 +296,13 @@ fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     let mut since_nudge = 0;
+    let mut load = GroupSizes::default();
     while let Some(first) = requests.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
+        take_queued(&mut requests, &mut batch);
+        if load.record(batch.len()) {
+            std::thread::sleep(GATHER_FOR);
+            take_queued(&mut requests, &mut batch);
         }
         stats
             .requests
@@ -307,6 +322,34 @@ fn run(
     }
     if let Err((_, error)) = conn.close() {
         tracing::warn!(%error, "closing the SQLite writer connection failed");
+    }
+}
+
+/// Moves the requests waiting in `requests` into `batch`, up to [`MAX_BATCH`].
+fn take_queued(requests: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match requests.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The mean size of the groups as they arrive (before any gathering), to tell a sustained
+/// concurrent load from a burst: an exponential moving average over about 16 groups, kept as
+/// 256 times the mean, an integer whose rounding moves the mean by less than a tenth.
+#[derive(Debug, Default)]
+struct GroupSizes {
+    mean_times_256: usize,
+}
+
+impl GroupSizes {
+    /// Records a group of `size` writes as found queued; true when the writer should gather
+    /// for [`GATHER_FOR`] before committing it: while groups have averaged
+    /// [`GATHER_FROM`] writes or more.
+    fn record(&mut self, size: usize) -> bool {
+        self.mean_times_256 = self.mean_times_256 - self.mean_times_256 / 16 + 16 * size;
+        self.mean_times_256 >= 256 * GATHER_FROM
     }
 }
 
@@ -650,6 +693,31 @@ mod tests {
             Ok(())
         });
         assert_eq!(syncs.get(), 0, "nothing copied, nothing to sync");
+    }
+
+    /// The writer gathers only under a sustained load: never for a light load's groups, not
+    /// for one burst after a light load, from a few groups into a concurrent load's, and no
+    /// longer soon after that load ends.
+    #[test]
+    fn groups_are_gathered_under_a_sustained_load_only() {
+        let mut sizes = GroupSizes::default();
+        for size in [1, 2, 1, 1, 3, 1, 2].repeat(20) {
+            assert!(!sizes.record(size), "a light load is not gathered");
+        }
+        assert!(
+            !sizes.record(MAX_BATCH / 4),
+            "one burst is not a sustained load"
+        );
+        let gathered_from = (1..=32).find(|_| sizes.record(8));
+        assert!(
+            gathered_from.is_some_and(|n| n > 1),
+            "groups of eight are gathered after a few of them: {gathered_from:?}"
+        );
+        let stopped_after = (1..=64).find(|_| !sizes.record(1));
+        assert!(
+            stopped_after.is_some_and(|n| n <= 32),
+            "back to single writes, gathering stops: {stopped_after:?}"
+        );
     }
 
     /// A pass reports how long the WAL is: what tells the writer to run a pass of its own.
