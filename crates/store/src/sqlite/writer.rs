@@ -300,7 +300,8 @@ fn run(
     while let Some(first) = requests.blocking_recv() {
         batch.push(first);
         take_queued(&mut requests, &mut batch);
-        if load.record(batch.len()) {
+        // A full group has no room for what the wait would gather.
+        if load.record(batch.len()) && batch.len() < MAX_BATCH {
             std::thread::sleep(GATHER_FOR);
             take_queued(&mut requests, &mut batch);
         }
