@@ -24,10 +24,9 @@
 //! run mostly on a thread of their own ([`Checkpointer`]), nudged every
 //! [`CHECKPOINT_AFTER_WRITES`] writes under a light load and every
 //! [`CHECKPOINT_AFTER_WRITES_SUSTAINED`] under a sustained one, at most every
-//! [`CHECKPOINT_INTERVAL`]: SQLite's
-//! automatic checkpoint runs in the committing connection, and its fsync of the database file
-//! (20-70 ms measured under load, against 1-5 ms for a WAL fsync) held up every write waiting
-//! behind it.
+//! [`CHECKPOINT_INTERVAL`]: SQLite's automatic checkpoint runs in the committing connection,
+//! and its fsync of the database file (20-70 ms measured under load, against 1-5 ms for a WAL
+//! fsync) held up every write waiting behind it.
 //!
 //! The WAL starts over from its beginning only when a write begins with every frame copied,
 //! which a background pass never achieves while writes keep appending: only a pass of the
