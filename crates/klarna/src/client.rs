@@ -8,12 +8,12 @@ use std::fmt;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use http::Method;
+use http::header::{HeaderMap, HeaderValue};
 use refund_gateway_domain::{
     CaptureId, ExtendDueDateOptions, KlarnaApi, KlarnaApiKind, KlarnaError, KlarnaReceipt,
     KlarnaRefund, OperationId, Order, OrderId, Refund, RefundCreated, RefundId,
 };
-use reqwest::Method;
-use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroize;
 

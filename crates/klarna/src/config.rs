@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 use rustls_pki_types::pem::{PemObject, SectionKind};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use url::{Host, Url};
@@ -677,10 +678,12 @@ impl ClientIdentity {
         }
     }
 
-    /// Checks both halves and builds reqwest's identity. The chain must hold at least one
+    /// Checks both halves and reads them for rustls. The chain must hold at least one
     /// certificate and no private key; the key PEM exactly one private key and nothing else.
     /// Whether the key belongs to the leaf is checked when the TLS client is built.
-    pub(crate) fn to_reqwest(&self) -> Result<reqwest::Identity, KlarnaConfigError> {
+    pub(crate) fn to_rustls(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KlarnaConfigError> {
         let invalid = KlarnaConfigError::InvalidClientIdentity;
         let chain = pem_sections(&self.certificate_chain)
             .map_err(|()| invalid("the certificate chain is not valid PEM"))?;
@@ -713,17 +716,13 @@ impl ClientIdentity {
                 ));
             }
         }
-        // reqwest takes certificates and key as one PEM; the joined copy holds the key, so it
-        // is wiped when dropped.
-        let mut pem = Zeroizing::new(Vec::with_capacity(
-            self.certificate_chain.len() + self.private_key.expose_secret().len() + 1,
-        ));
-        pem.extend_from_slice(&self.certificate_chain);
-        pem.push(b'\n');
-        pem.extend_from_slice(self.private_key.expose_secret());
-        // reqwest's messages here are fixed texts; none quotes the input.
-        reqwest::Identity::from_pem(&pem)
-            .map_err(|_| invalid("the certificate chain and private key cannot be read"))
+        // The parsers' errors are dropped: they may quote a line of the input.
+        let chain = CertificateDer::pem_slice_iter(&self.certificate_chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid("the certificate chain cannot be read"))?;
+        let key = PrivateKeyDer::from_pem_slice(self.private_key.expose_secret())
+            .map_err(|_| invalid("the private key cannot be read"))?;
+        Ok((chain, key))
     }
 }
 
@@ -765,7 +764,7 @@ fn is_private_key(kind: SectionKind) -> bool {
 /// for the trust store; an error names the first bundle that cannot be used.
 pub(crate) fn extra_root_certificates(
     bundles: &[Vec<u8>],
-) -> Result<Vec<reqwest::Certificate>, KlarnaConfigError> {
+) -> Result<Vec<CertificateDer<'static>>, KlarnaConfigError> {
     let mut roots = Vec::new();
     for (index, pem) in bundles.iter().enumerate() {
         roots.extend(root_certificates(index, pem)?);
@@ -777,14 +776,15 @@ pub(crate) fn extra_root_certificates(
 pub(crate) fn root_certificates(
     index: usize,
     pem: &[u8],
-) -> Result<Vec<reqwest::Certificate>, KlarnaConfigError> {
+) -> Result<Vec<CertificateDer<'static>>, KlarnaConfigError> {
     let invalid = |reason| KlarnaConfigError::InvalidRootCertificate { index, reason };
     let kinds = pem_sections(pem).map_err(|()| invalid("not valid PEM"))?;
     if kinds.iter().any(|kind| is_private_key(*kind)) {
         return Err(invalid("holds a private key"));
     }
-    let certificates =
-        reqwest::Certificate::from_pem_bundle(pem).map_err(|_| invalid("not valid PEM"))?;
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| invalid("not valid PEM"))?;
     if certificates.is_empty() {
         return Err(invalid("holds no PEM certificate"));
     }
@@ -1373,7 +1373,7 @@ mod tests {
         assert!(key_line.len() > 20);
         assert!(
             ClientIdentity::from_pem(cert.clone(), key.clone())
-                .to_reqwest()
+                .to_rustls()
                 .is_ok()
         );
         // A combined file given as the chain carries the key where it does not belong.
@@ -1402,7 +1402,7 @@ mod tests {
             let identity = ClientIdentity::from_pem(chain, private_key);
             let shown = format!("{identity:?}");
             assert!(!shown.contains(&key_line), "{shown}");
-            let e = identity.to_reqwest().err();
+            let e = identity.to_rustls().err();
             let text = format!(
                 "{e:?} {}",
                 e.as_ref().map(ToString::to_string).unwrap_or_default()

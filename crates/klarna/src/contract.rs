@@ -4,9 +4,9 @@
 //! Points tagged **\[U\]** are not confirmed by a Klarna source. They live here, and only here,
 //! so correcting one is a one-line change.
 
+use http::StatusCode;
+use http::header::{HeaderMap, LOCATION};
 use percent_encoding::percent_decode_str;
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, LOCATION};
 use url::Url;
 
 /// Path segments of the Order Management orders collection, under the regional base URL.
@@ -103,7 +103,7 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

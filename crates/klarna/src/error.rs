@@ -9,9 +9,9 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use http::StatusCode;
+use http::header::{HeaderMap, RETRY_AFTER};
 use refund_gateway_domain::{KlarnaError, KlarnaErrorResponse, KlarnaFieldError};
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
@@ -137,25 +137,25 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Du
     Some((at - now).try_into().unwrap_or(Duration::ZERO))
 }
 
-/// A reqwest failure, classified. Only a failure to connect (refused, DNS, TLS handshake,
-/// connect timeout) or to build the request proves the request never left.
-pub(crate) fn transport_error(error: &reqwest::Error) -> KlarnaError {
+/// A failure of the HTTP client, classified. Only a failure to connect (refused, DNS, TLS
+/// handshake, connect timeout) proves the request never left.
+pub(crate) fn transport_error(error: &hyper_util::client::legacy::Error) -> KlarnaError {
     let message = error_chain(error);
-    if error.is_connect() || error.is_builder() {
+    if error.is_connect() {
         KlarnaError::NotSent(message)
     } else {
         KlarnaError::NoAnswer(message)
     }
 }
 
-/// An error with its causes, `a: b: c`: reqwest's own message ("error sending request for
-/// url …") names no cause. No layer of the chain holds headers, so no credential can appear.
+/// An error with its causes, `a: b: c`: the client's own message ("client error (Connect)")
+/// names no cause. No layer of the chain holds headers, so no credential can appear.
 pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        // hyper and reqwest repeat their cause in their own message at times.
+        // hyper repeats its cause in its own message at times.
         if !message.contains(&cause_text) {
             message.push_str(": ");
             message.push_str(&cause_text);
@@ -169,7 +169,7 @@ pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
 mod tests {
     use super::*;
     use crate::contract::CORRELATION_ID_HEADERS;
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
     use time::macros::datetime;
 
     fn fixture(name: &str) -> Vec<u8> {

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
+use http::header::HeaderMap;
 use refund_gateway_domain::{
     ExtendDueDateOptions, KlarnaApiKind, KlarnaError, KlarnaErrorResponse, Order,
     PaymentTransaction, Refund,
 };
-use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use time::OffsetDateTime;
 use url::Url;
 

@@ -1,5 +1,5 @@
-//! The outbound path: a tower [`Service`] stack from a ready [`reqwest::Request`] to a
-//! [`reqwest::Response`] whose body has been read in full.
+//! The outbound path: a tower [`Service`] stack from a ready [`OutboundRequest`] to an
+//! [`OutboundResponse`] whose body has been read in full.
 //!
 //! ```text
 //! Retry             resends when safe, within the call's deadline (retry.rs)
@@ -7,25 +7,31 @@
 //!     └ OutboundLimit   one permit of the account's rate limit per attempt (limit.rs; optional)
 //!        └ InFlightLimit   at most MAX_IN_FLIGHT attempts at once per account
 //!           └ AttemptTimeout   per attempt: min(attempt timeout, time left to the deadline)
-//!              └ HttpService   reqwest: pooled, rustls, its own retries off
+//!              └ HttpService   hyper's pooled client over rustls, no retries of its own
 //! ```
 //!
 //! Every layer speaks [`KlarnaError`] (only `NotSent`, `Throttled`, `NoAnswer`, `BadResponse`;
 //! a Klarna error status is a response here, classified later), so the retry policy above
 //! [`AttemptTraceLayer`] decides from the error or the status alone whether resending is safe.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ::http::header::{HeaderMap, HeaderName, HeaderValue};
+use ::http::{Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TraceContextExt as _;
 use refund_gateway_domain::KlarnaError;
-use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Semaphore;
 use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
@@ -35,58 +41,84 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::contract::{CORRELATION_ID_HEADERS, MAX_RESPONSE_BYTES};
-use crate::error::{correlation_id, error_response, transport_error};
+use crate::error::{correlation_id, error_chain, error_response, transport_error};
 use crate::limit::{OutboundLimitLayer, OutboundLimiter};
 use crate::retry::{RetryPolicy, current_deadline};
 
+/// A request to Klarna. Its body is whole in memory, so a resend is a cheap clone.
+pub type OutboundRequest = ::http::Request<Bytes>;
+
+/// An answer from Klarna, its body read in full (at most [`MAX_RESPONSE_BYTES`]).
+pub type OutboundResponse = ::http::Response<Bytes>;
+
 /// The whole outbound stack, boxed: `Clone + Send + Sync`, so a client can clone it per call.
-pub type OutboundService = BoxCloneSyncService<reqwest::Request, reqwest::Response, KlarnaError>;
+pub type OutboundService = BoxCloneSyncService<OutboundRequest, OutboundResponse, KlarnaError>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// TLS settings beyond rustls' defaults.
+/// TLS settings beyond the defaults (the system's roots, no client certificate).
 #[derive(Default)]
 pub(crate) struct Tls {
-    /// Client certificate and key for mutual TLS.
-    pub(crate) identity: Option<reqwest::Identity>,
+    /// Client certificate chain and key for mutual TLS.
+    pub(crate) identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     /// Roots trusted in addition to the system's.
-    pub(crate) extra_roots: Vec<reqwest::Certificate>,
+    pub(crate) extra_roots: Vec<CertificateDer<'static>>,
 }
 
-/// The reqwest client the stack ends in: pooled connections, rustls (with `tls`), a connect
-/// timeout, no redirects (a 3xx is an answer to classify, not an invitation to resend a
-/// refund elsewhere), and none of reqwest's own retries (resending is the retry layer's
-/// decision, made with the idempotency key in view).
-pub(crate) fn reqwest_client(
+/// The client the stack ends in: pooled connections (HTTP/1.1, or h2 where the server offers
+/// it), rustls verifying against the system's roots plus `tls.extra_roots`, a connect timeout,
+/// no Nagle delay. It follows no redirects (a 3xx is an answer to classify, not an invitation
+/// to resend a refund elsewhere) and resends nothing itself (resending is the retry layer's
+/// decision, made with the idempotency key in view); the one exception is the pool's own: a
+/// request whose pooled connection closed before the request was written to it goes on a
+/// fresh connection, which cannot send it twice.
+pub(crate) fn http_service(
     connect_timeout: Duration,
-    user_agent: HeaderValue,
     tls: Tls,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let mut headers = HeaderMap::new();
-    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    let mut builder = reqwest::Client::builder()
-        .user_agent(user_agent)
-        .default_headers(headers)
-        .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never())
-        // No more idle connections kept than attempts can be in flight at once.
-        .pool_max_idle_per_host(MAX_IN_FLIGHT);
-    if let Some(identity) = tls.identity {
-        builder = builder.identity(identity);
-    }
-    if !tls.extra_roots.is_empty() {
+) -> Result<HttpService, rustls::Error> {
+    // A provider installed by the process wins; otherwise aws-lc-rs, the one built in.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let verifier = if tls.extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())?
+    } else {
         // Merged with the system's roots, not instead of them.
-        builder = builder.tls_certs_merge(tls.extra_roots);
-    }
-    builder.build()
+        rustls_platform_verifier::Verifier::new_with_extra_roots(tls.extra_roots, provider.clone())?
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        // Not dangerous: the platform verifier checks chains and names as a browser would.
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match tls.identity {
+        Some((chain, key)) => config.with_client_auth_cert(chain, key)?,
+        None => config.with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    // The TLS connector below takes https; plain http is the base URL's to allow or refuse.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new())
+        // The timer reaps connections idle for longer than the pool keeps them.
+        .pool_timer(TokioTimer::new())
+        // No more idle connections kept than attempts can be in flight at once.
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
+        .build(connector);
+    Ok(HttpService { client })
 }
 
-/// Builds the stack over `client`: calls resent by `policy`, each attempt taking a permit
+/// Builds the stack over `http`: calls resent by `policy`, each attempt taking a permit
 /// from `limiter` (when there is one) and limited to `attempt_timeout` and to the call's
 /// deadline.
 pub(crate) fn outbound_stack(
-    client: reqwest::Client,
+    http: HttpService,
     attempt_timeout: Duration,
     policy: RetryPolicy,
     limiter: Option<OutboundLimiter>,
@@ -112,7 +144,7 @@ pub(crate) fn outbound_stack(
         // Innermost limit, so that it bounds one attempt, not a call with its resends; it
         // covers reading the body because HttpService reads it in full.
         .layer(AttemptTimeoutLayer { attempt_timeout })
-        .service(HttpService::new(client));
+        .service(http);
     BoxCloneSyncService::new(stack)
 }
 
@@ -157,9 +189,9 @@ pub(crate) struct InFlightLimit<S> {
     slots: Arc<Semaphore>,
 }
 
-impl<S> Service<reqwest::Request> for InFlightLimit<S>
+impl<S> Service<OutboundRequest> for InFlightLimit<S>
 where
-    S: Service<reqwest::Request, Error = KlarnaError> + Clone + Send + 'static,
+    S: Service<OutboundRequest, Error = KlarnaError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -170,7 +202,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, request: OutboundRequest) -> Self::Future {
         // As in `OutboundLimit`: the ready service goes with the request, a clone stays.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -218,7 +250,7 @@ impl<S> Layer<S> for AttemptTimeoutLayer {
 /// ([`current_deadline`]), whichever is shorter; running out is [`KlarnaError::NoAnswer`]
 /// (the request may have left). An attempt with no time left at all is not started and
 /// fails as [`KlarnaError::NotSent`]: that relies on the service below doing nothing before
-/// its future is polled, which holds for [`HttpService`] (the request is handed to reqwest
+/// its future is polled, which holds for [`HttpService`] (the request is handed to hyper
 /// inside its future).
 #[derive(Debug, Clone)]
 pub(crate) struct AttemptTimeout<S> {
@@ -226,20 +258,20 @@ pub(crate) struct AttemptTimeout<S> {
     attempt_timeout: Duration,
 }
 
-impl<S> Service<reqwest::Request> for AttemptTimeout<S>
+impl<S> Service<OutboundRequest> for AttemptTimeout<S>
 where
-    S: Service<reqwest::Request, Response = reqwest::Response, Error = KlarnaError>,
+    S: Service<OutboundRequest, Response = OutboundResponse, Error = KlarnaError>,
     S::Future: Send + 'static,
 {
-    type Response = reqwest::Response;
+    type Response = OutboundResponse;
     type Error = KlarnaError;
-    type Future = BoxFuture<Result<reqwest::Response, KlarnaError>>;
+    type Future = BoxFuture<Result<OutboundResponse, KlarnaError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, request: OutboundRequest) -> Self::Future {
         let attempt = self.inner.call(request);
         let attempt_timeout = self.attempt_timeout;
         Box::pin(async move {
@@ -265,64 +297,86 @@ where
     }
 }
 
-/// `reqwest::Client` as a tower service that also reads the response body in full, so that a
+/// hyper's client as a tower service that also reads the response body in full, so that a
 /// body cut off mid-way fails the attempt (as [`KlarnaError::NoAnswer`]) inside the stack,
-/// where timeouts, traces and retries see it, rather than later in the caller.
-#[derive(Debug, Clone)]
+/// where timeouts, traces and retries see it, rather than later in the caller. Built by the
+/// clients, with their TLS settings.
+#[derive(Clone)]
 pub struct HttpService {
-    client: reqwest::Client,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
-impl HttpService {
-    /// Wraps a configured client.
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
+impl fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpService").finish_non_exhaustive()
     }
 }
 
-impl Service<reqwest::Request> for HttpService {
-    type Response = reqwest::Response;
+impl Service<OutboundRequest> for HttpService {
+    type Response = OutboundResponse;
     type Error = KlarnaError;
-    type Future = BoxFuture<Result<reqwest::Response, KlarnaError>>;
+    type Future = BoxFuture<Result<OutboundResponse, KlarnaError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // reqwest's pool queues internally; the client is always ready.
+        // The pool queues internally; the client is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, request: OutboundRequest) -> Self::Future {
         let client = self.client.clone();
         Box::pin(async move {
             let response = client
-                .execute(request)
+                .request(request.map(Full::new))
                 .await
                 .map_err(|e| transport_error(&e))?;
-            read_whole(response).await.map(reqwest::Response::from)
+            read_whole(response).await
         })
     }
 }
 
-/// The response with its whole body, at most [`MAX_RESPONSE_BYTES`]. Reading an already
-/// buffered body again is instant.
-pub(crate) async fn read_whole(
-    mut response: reqwest::Response,
-) -> Result<::http::Response<Bytes>, KlarnaError> {
-    let mut head = ::http::Response::new(());
-    *head.status_mut() = response.status();
-    *head.version_mut() = response.version();
-    *head.headers_mut() = std::mem::take(response.headers_mut());
-    *head.extensions_mut() = std::mem::take(response.extensions_mut());
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+/// The response with its whole body, at most [`MAX_RESPONSE_BYTES`]; a body cut off is
+/// [`KlarnaError::NoAnswer`].
+async fn read_whole(
+    response: ::http::Response<hyper::body::Incoming>,
+) -> Result<OutboundResponse, KlarnaError> {
+    let (parts, mut body) = response.into_parts();
+    // Most answers come in one chunk: kept as it is, copied only when a second one comes.
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    let mut length = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            KlarnaError::NoAnswer(format!(
+                "the answer's body was cut off: {}",
+                error_chain(&e)
+            ))
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            // Trailers: nothing Klarna sends, nothing read.
+            continue;
+        };
+        length += chunk.len();
+        if length > MAX_RESPONSE_BYTES {
             return Err(KlarnaError::BadResponse(format!(
                 "answer body larger than {MAX_RESPONSE_BYTES} bytes"
             )));
         }
-        body.extend_from_slice(&chunk);
+        match &first {
+            None => first = Some(chunk),
+            Some(first) => {
+                if more.is_empty() {
+                    more.extend_from_slice(first);
+                }
+                more.extend_from_slice(&chunk);
+            }
+        }
     }
-    let (parts, ()) = head.into_parts();
-    Ok(::http::Response::from_parts(parts, body.freeze()))
+    let body = if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        more.freeze()
+    };
+    Ok(::http::Response::from_parts(parts, body))
 }
 
 /// What every attempt of one call shares, set by the transport around the stack: the
@@ -404,9 +458,9 @@ macro_rules! attempt_span {
             otel.kind = "client",
             otel.status_code = Empty,
             http.request.method = %$method,
-            url.full = %$url,
-            server.address = $url.host_str().unwrap_or_default(),
-            server.port = $url.port_or_known_default(),
+            url.full = %traced_url($url),
+            server.address = server_address($url),
+            server.port = server_port($url),
             http.request.resend_count = $resends,
             klarna.operation = $operation,
             http.response.status_code = Empty,
@@ -417,7 +471,7 @@ macro_rules! attempt_span {
     };
 }
 
-fn span_for(method: &Method, url: &Url, resends: u32, operation: &str) -> tracing::Span {
+fn span_for(method: &Method, url: &Uri, resends: u32, operation: &str) -> tracing::Span {
     // Span names must be static strings: one literal per method Klarna is sent.
     match *method {
         Method::GET => attempt_span!("HTTP GET", method, url, resends, operation),
@@ -430,12 +484,33 @@ fn span_for(method: &Method, url: &Url, resends: u32, operation: &str) -> tracin
 }
 
 /// The URL as traced: without user name or password, should one ever be configured in it.
-fn traced_url(url: &Url) -> Url {
-    let mut url = url.clone();
-    // Only URLs that cannot have credentials refuse these, and then there are none to drop.
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url
+fn traced_url(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+            let path = uri.path_and_query().map_or("/", |path| path.as_str());
+            let scheme = uri.scheme_str().unwrap_or("https");
+            format!("{scheme}://{host_and_port}{path}").into()
+        }
+        _ => uri.to_string().into(),
+    }
+}
+
+/// The host, an IPv6 address without its brackets.
+fn server_address(uri: &Uri) -> &str {
+    let host = uri.host().unwrap_or_default();
+    host.strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The port, else the scheme's.
+fn server_port(uri: &Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
 }
 
 /// Writes a span's trace context into the request's headers.
@@ -452,29 +527,24 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-impl<S> Service<reqwest::Request> for AttemptTrace<S>
+impl<S> Service<OutboundRequest> for AttemptTrace<S>
 where
-    S: Service<reqwest::Request, Response = reqwest::Response, Error = KlarnaError>,
+    S: Service<OutboundRequest, Response = OutboundResponse, Error = KlarnaError>,
     S::Future: Send + 'static,
 {
-    type Response = reqwest::Response;
+    type Response = OutboundResponse;
     type Error = KlarnaError;
-    type Future = BoxFuture<Result<reqwest::Response, KlarnaError>>;
+    type Future = BoxFuture<Result<OutboundResponse, KlarnaError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, mut request: OutboundRequest) -> Self::Future {
         let resends = self.attempts;
         self.attempts = self.attempts.saturating_add(1);
         let labels = CALL.try_with(|labels| *labels).unwrap_or(UNLABELLED);
-        let span = span_for(
-            request.method(),
-            &traced_url(request.url()),
-            resends,
-            labels.operation,
-        );
+        let span = span_for(request.method(), request.uri(), resends, labels.operation);
         let mut trace_context = span.context();
         if !trace_context.span().span_context().is_valid() {
             // Not traced (see ATTEMPT_SPAN_TARGET): the request's trace goes on from the
@@ -490,7 +560,10 @@ where
         Box::pin(
             async move {
                 let (result, seen) = match future.await {
-                    Ok(response) => record_answer(&recorder, response, labels).await,
+                    Ok(response) => {
+                        let seen = record_answer(&recorder, &response, labels);
+                        (Ok(response), seen)
+                    }
                     Err(error) => (Err(error), Seen::default()),
                 };
                 if let Err(error) = &result {
@@ -562,12 +635,8 @@ fn error_code_label(code: &str) -> String {
 }
 
 /// Records the status, Klarna's correlation id (from a header, or for an error answer from
-/// its body) and error code; the body is already read in full, so peeking costs no I/O.
-async fn record_answer(
-    span: &tracing::Span,
-    response: reqwest::Response,
-    labels: CallLabels,
-) -> (Result<reqwest::Response, KlarnaError>, Seen) {
+/// its body) and error code; the body is already read in full.
+fn record_answer(span: &tracing::Span, response: &OutboundResponse, labels: CallLabels) -> Seen {
     let status = response.status();
     let mut seen = Seen {
         status: Some(status),
@@ -579,18 +648,14 @@ async fn record_answer(
         span.record("klarna.correlation_id", id.as_str());
     }
     if !(status.is_client_error() || status.is_server_error()) {
-        return (Ok(response), seen);
+        return seen;
     }
     span.record("otel.status_code", "ERROR");
     span.record("error.type", status.as_str());
-    let whole = match read_whole(response).await {
-        Ok(whole) => whole,
-        Err(e) => return (Err(e), seen),
-    };
     let answer = error_response(
         status,
-        whole.headers(),
-        whole.body(),
+        response.headers(),
+        response.body(),
         labels.correlation_headers,
     );
     if header_id.is_none()
@@ -602,7 +667,7 @@ async fn record_answer(
         span.record("klarna.error_code", code.as_str());
     }
     seen.error_code = answer.error_code;
-    (Ok(reqwest::Response::from(whole)), seen)
+    seen
 }
 
 fn error_type(error: &KlarnaError) -> &'static str {
@@ -623,10 +688,10 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tower::ServiceExt;
 
-    fn request() -> reqwest::Request {
-        let url = reqwest::Url::parse("https://api.klarna.com/ordermanagement/v1/orders/o")
-            .unwrap_or_else(|e| panic!("{e}"));
-        reqwest::Request::new(Method::GET, url)
+    fn request() -> OutboundRequest {
+        ::http::Request::get("https://api.klarna.com/ordermanagement/v1/orders/o")
+            .body(Bytes::new())
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Answers 200 after `delay`, counting the attempts it started.
@@ -635,18 +700,18 @@ mod tests {
         started: Arc<AtomicU32>,
     ) -> AttemptTimeout<
         impl Service<
-            reqwest::Request,
-            Response = reqwest::Response,
+            OutboundRequest,
+            Response = OutboundResponse,
             Error = KlarnaError,
-            Future = impl Future<Output = Result<reqwest::Response, KlarnaError>> + Send + 'static,
+            Future = impl Future<Output = Result<OutboundResponse, KlarnaError>> + Send + 'static,
         >,
     > {
-        let inner = tower::service_fn(move |_: reqwest::Request| {
+        let inner = tower::service_fn(move |_: OutboundRequest| {
             let started = started.clone();
             async move {
                 started.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                Ok::<_, KlarnaError>(reqwest::Response::from(::http::Response::new(Bytes::new())))
+                Ok::<_, KlarnaError>(::http::Response::new(Bytes::new()))
             }
         });
         AttemptTimeoutLayer {
@@ -721,12 +786,12 @@ mod tests {
     async fn attempts_beyond_the_slots_wait_and_give_up_at_the_deadline_unsent() {
         let started = Arc::new(AtomicU32::new(0));
         let counted = started.clone();
-        let inner = tower::service_fn(move |_: reqwest::Request| {
+        let inner = tower::service_fn(move |_: OutboundRequest| {
             let started = counted.clone();
             async move {
                 started.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, KlarnaError>(reqwest::Response::from(::http::Response::new(Bytes::new())))
+                Ok::<_, KlarnaError>(::http::Response::new(Bytes::new()))
             }
         });
         let limited = InFlightLimitLayer::new(2).layer(inner);

@@ -23,8 +23,8 @@
 //! attempt, optionally the account's outbound rate limit (`limit.rs`: one permit per attempt,
 //! waited for within the deadline, else
 //! [`KlarnaError::Throttled`](refund_gateway_domain::KlarnaError::Throttled); local, or shared
-//! by the replicas through Redis), a per-attempt timeout, and reqwest with its own retries
-//! off. Every call is bounded by a deadline: the caller's, set with
+//! by the replicas through Redis), a per-attempt timeout, and hyper's pooled client, which
+//! resends nothing itself. Every call is bounded by a deadline: the caller's, set with
 //! [`with_deadline`], else [`TransportConfig::default_deadline`] from the start of the call.
 //!
 //! # Layout
@@ -56,9 +56,9 @@
 //!   reserved permits, in this process or in Redis through one Lua script, with a local
 //!   fallback while Redis is unreachable, reported by [`OutboundLimiter::degraded`]; the
 //!   `klarna_outbound_throttled_total` counter) and [`OutboundLimitLayer`].
-//! - `http.rs`: [`HttpService`] (reqwest as a tower service, with the TLS settings), the
+//! - `http.rs`: [`HttpService`] (hyper's client over rustls as a tower service), the
 //!   [`AttemptTraceLayer`], the deadline-aware per-attempt timeout, and the outbound stack
-//!   ([`OutboundService`]): retry -> attempt trace -> rate limit -> attempt timeout -> reqwest.
+//!   ([`OutboundService`]): retry -> attempt trace -> rate limit -> attempt timeout -> HTTP.
 //! - `attempts.rs`: the attempt log of mutating calls ([`recording_attempts`]), from which
 //!   the domain judges an operation's outcome.
 //! - `transport.rs`: the call machinery both clients share: one API's stack, authorization
@@ -89,7 +89,7 @@ mod wire;
 
 pub use crate::http::{
     ATTEMPT_DURATION_METRIC, ATTEMPT_SPAN_TARGET, ATTEMPTS_METRIC, AttemptTrace, AttemptTraceLayer,
-    HttpService, OutboundService,
+    HttpService, OutboundRequest, OutboundResponse, OutboundService,
 };
 pub use attempts::recording_attempts;
 pub use client::KlarnaClient;

@@ -495,11 +495,10 @@ where
 mod tests {
     use super::*;
     use crate::config::{RetryConfig, SharedLimit};
-    use crate::http::AttemptTraceLayer;
+    use crate::http::{AttemptTraceLayer, OutboundRequest, OutboundResponse};
     use crate::retry::{RetryPolicy, with_deadline};
     use bytes::Bytes;
     use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString};
-    use reqwest::Method;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tower::retry::RetryLayer;
     use tower::{ServiceBuilder, ServiceExt};
@@ -516,10 +515,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn request() -> reqwest::Request {
-        let url = reqwest::Url::parse("https://api.klarna.com/ordermanagement/v1/orders/o")
-            .unwrap_or_else(|e| panic!("{e}"));
-        reqwest::Request::new(Method::GET, url)
+    fn request() -> OutboundRequest {
+        ::http::Request::get("https://api.klarna.com/ordermanagement/v1/orders/o")
+            .body(Bytes::new())
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Answers with the next status of `statuses` (then 200), recording when each request
@@ -549,23 +548,23 @@ mod tests {
         m.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    impl Service<reqwest::Request> for Klarna {
-        type Response = reqwest::Response;
+    impl Service<OutboundRequest> for Klarna {
+        type Response = OutboundResponse;
         type Error = KlarnaError;
-        type Future = BoxFuture<Result<reqwest::Response, KlarnaError>>;
+        type Future = BoxFuture<Result<OutboundResponse, KlarnaError>>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), KlarnaError>> {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: reqwest::Request) -> Self::Future {
+        fn call(&mut self, _: OutboundRequest) -> Self::Future {
             lock(&self.calls).push(self.started.elapsed());
             let status = lock(&self.statuses).pop().unwrap_or(200);
             Box::pin(async move {
                 let mut response = ::http::Response::new(Bytes::new());
                 *response.status_mut() =
                     ::http::StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}"));
-                Ok(reqwest::Response::from(response))
+                Ok(response)
             })
         }
     }
@@ -573,7 +572,7 @@ mod tests {
     async fn send(
         service: OutboundLimit<Klarna>,
         within: Duration,
-    ) -> Result<reqwest::Response, KlarnaError> {
+    ) -> Result<OutboundResponse, KlarnaError> {
         with_deadline(Instant::now() + within, service.oneshot(request())).await
     }
 

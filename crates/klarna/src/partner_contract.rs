@@ -9,13 +9,13 @@
 //! missing lists empty, missing amounts left unknown) except for amounts, which must be
 //! integers.
 
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderValue, LOCATION};
 use percent_encoding::percent_decode_str;
 use refund_gateway_domain::{
     KlarnaApiKind, KlarnaError, KlarnaErrorResponse, LineItem, OperationId, PartnerRefund,
     PaymentCapture, PaymentRefund, PaymentTransaction, TransactionState,
 };
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 

@@ -7,12 +7,12 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use http::Method;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use refund_gateway_domain::{
     KlarnaApiKind, KlarnaError, OperationId, PartnerRefund, PartnerRefundCreated, PaymentCaptureId,
     PaymentTransaction, PaymentTransactionId, PaymentsApi,
 };
-use reqwest::Method;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -65,7 +65,7 @@ impl PaymentsClient {
             identity: config
                 .client_identity
                 .as_ref()
-                .map(|identity| identity.to_reqwest())
+                .map(crate::ClientIdentity::to_rustls)
                 .transpose()?,
             extra_roots: extra_root_certificates(&config.extra_root_certificates)?,
         };

@@ -1,5 +1,5 @@
 //! [`Transport`]: the call machinery both Klarna clients share. It owns one API's outbound
-//! stack (retry, attempt trace, rate limit, attempt timeout, reqwest) and the account's
+//! stack (retry, attempt trace, rate limit, attempt timeout, HTTP client) and the account's
 //! [`OutboundLimiter`] in it, its authorization header, the
 //! headers sent on every request, how its URLs are built (base URL, then a fixed prefix, then
 //! the call's segments, each percent-encoded) and which API it is. For each call it applies
@@ -14,18 +14,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    USER_AGENT,
+};
+use http::{Method, StatusCode, Uri};
 use refund_gateway_domain::{Attempt, KlarnaApiKind, KlarnaError, OperationId};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
+use url::Url;
 
 use crate::config::{BaseUrl, KlarnaConfigError, TransportConfig};
 use crate::contract::IDEMPOTENCY_KEY_HEADER;
 use crate::error::{correlation_id, error_response};
 use crate::http::{
-    CallLabels, OutboundService, Tls, outbound_stack, read_whole, reqwest_client, with_call_labels,
+    CallLabels, OutboundRequest, OutboundService, Tls, http_service, outbound_stack,
+    with_call_labels,
 };
 use crate::limit::OutboundLimiter;
 use crate::retry::{RetryPolicy, current_deadline, with_deadline};
@@ -122,16 +127,19 @@ impl Transport {
         let agent_header = HeaderValue::from_str(&agent).map_err(|_| {
             KlarnaConfigError::InvalidUserAgent("must be visible ASCII text without line breaks")
         })?;
-        let client = reqwest_client(config.connect_timeout, agent_header, api.tls)
-            // Neither reqwest nor rustls quotes certificates or keys in its errors.
+        let http = http_service(config.connect_timeout, api.tls)
+            // rustls never quotes certificates or keys in its errors.
             .map_err(|e| KlarnaConfigError::HttpClient(crate::error::error_chain(&e)))?;
+        let mut headers = api.headers;
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, agent_header);
         Ok(Self {
             inner: Arc::new(Inner {
                 kind: api.kind,
                 base_url: api.base_url,
                 prefix: api.prefix,
                 authorization: api.authorization,
-                headers: api.headers,
+                headers,
                 correlation_headers: api.correlation_headers,
                 attempt_timeout: config.attempt_timeout,
                 connect_timeout: config.connect_timeout,
@@ -139,7 +147,7 @@ impl Transport {
                 max_attempts: config.retry.max_attempts,
                 user_agent: agent,
             }),
-            outbound: outbound_stack(client, config.attempt_timeout, policy, limiter.clone()),
+            outbound: outbound_stack(http, config.attempt_timeout, policy, limiter.clone()),
             limiter,
         })
     }
@@ -193,7 +201,7 @@ impl Transport {
         });
         let result = async {
             let request = self.request(request)?;
-            path = request.url().path().to_owned();
+            path = request.uri().path().to_owned();
             // A fresh copy of the stack per call: its retry policy and resend count start
             // from zero.
             let send = with_call_labels(
@@ -214,7 +222,7 @@ impl Transport {
                 Some(deadline) => with_deadline(deadline, send).await?,
                 None => send.await?,
             };
-            let answer = Answer::from(read_whole(response).await?);
+            let answer = Answer::from(response);
             if !answer.status.is_success() {
                 let mut response = error_response(
                     answer.status,
@@ -290,8 +298,23 @@ impl Transport {
         }
     }
 
-    fn request(&self, call: Call<'_>) -> Result<reqwest::Request, KlarnaError> {
-        let mut request = reqwest::Request::new(call.method, self.url(&call.segments)?);
+    fn request(&self, call: Call<'_>) -> Result<OutboundRequest, KlarnaError> {
+        let url = self.url(&call.segments)?;
+        let uri = Uri::try_from(url.as_str()).map_err(|_| {
+            // A URL built from a valid base URL and percent-encoded segments is a valid URI.
+            KlarnaError::NotSent("the request URL is not a valid URI".to_owned())
+        })?;
+        let (body, json) = match call.body {
+            Some(body) => (Some(Bytes::from(body)), true),
+            // A POST without a body still says so (Content-Length: 0): some proxies answer
+            // 411 to a bodiless POST without a length.
+            None if call.key.is_some() => (Some(Bytes::new()), false),
+            None => (None, false),
+        };
+        let length = body.as_ref().map(Bytes::len);
+        let mut request = OutboundRequest::new(body.unwrap_or_default());
+        *request.method_mut() = call.method;
+        *request.uri_mut() = uri;
         let headers = request.headers_mut();
         headers.insert(AUTHORIZATION, self.inner.authorization.clone());
         for (name, value) in &self.inner.headers {
@@ -307,13 +330,11 @@ impl Transport {
             })?;
             headers.insert(HeaderName::from_static(IDEMPOTENCY_KEY_HEADER), key);
         }
-        if let Some(body) = call.body {
+        if json {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            *request.body_mut() = Some(body.into());
-        } else if call.key.is_some() {
-            // A POST without a body still says so (Content-Length: 0): some proxies answer
-            // 411 to a bodiless POST without a length.
-            *request.body_mut() = Some(Bytes::new().into());
+        }
+        if let Some(length) = length {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
         }
         Ok(request)
     }

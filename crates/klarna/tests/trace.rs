@@ -14,7 +14,8 @@ use refund_gateway_domain::{
     Amount, Caller, IdempotencyKey, KlarnaApi, KlarnaError, KlarnaRefund, OperationId, OrderId, Rpc,
 };
 use refund_gateway_klarna::{
-    AttemptTraceLayer, BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials, RetryConfig,
+    AttemptTraceLayer, BaseUrl, KlarnaClient, KlarnaClientConfig, KlarnaCredentials,
+    OutboundRequest, OutboundResponse, RetryConfig,
 };
 use tower::{Layer as _, Service, ServiceExt};
 use tracing::field::{Field, Visit};
@@ -223,22 +224,20 @@ async fn one_client_span_per_attempt_and_one_event_per_call() {
     }
 }
 
-fn request() -> reqwest::Request {
-    let url = reqwest::Url::parse("https://api.klarna.com/ordermanagement/v1/orders/o/refunds")
-        .unwrap_or_else(|e| panic!("{e}"));
-    reqwest::Request::new(reqwest::Method::POST, url)
+fn request() -> OutboundRequest {
+    http::Request::post("https://api.klarna.com/ordermanagement/v1/orders/o/refunds")
+        .body(Bytes::new())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn answer(status: u16, correlation: Option<&'static str>) -> reqwest::Response {
+fn answer(status: u16, correlation: Option<&'static str>) -> OutboundResponse {
     let mut response = http::Response::builder().status(status);
     if let Some(id) = correlation {
         response = response.header("Klarna-Correlation-Id", id);
     }
-    reqwest::Response::from(
-        response
-            .body(Bytes::new())
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
+    response
+        .body(Bytes::new())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]
@@ -246,7 +245,7 @@ async fn resends_are_counted_per_service_copy() {
     let capture = Capture::default();
     let _guard = capture.install();
     // What a retry layer above the trace layer does: call its own copy once per attempt.
-    let inner = tower::service_fn(|_: reqwest::Request| async {
+    let inner = tower::service_fn(|_: OutboundRequest| async {
         Ok::<_, KlarnaError>(answer(503, Some("corr-503")))
     });
     let mut attempts = AttemptTraceLayer.layer(inner);
@@ -283,8 +282,8 @@ async fn resends_are_counted_per_service_copy() {
 async fn transport_failures_are_typed_on_the_span() {
     let capture = Capture::default();
     let _guard = capture.install();
-    let failing = tower::service_fn(|_: reqwest::Request| async {
-        Err::<reqwest::Response, _>(KlarnaError::NotSent("connection refused".into()))
+    let failing = tower::service_fn(|_: OutboundRequest| async {
+        Err::<OutboundResponse, _>(KlarnaError::NotSent("connection refused".into()))
     });
     let error = AttemptTraceLayer
         .layer(failing)
@@ -292,7 +291,7 @@ async fn transport_failures_are_typed_on_the_span() {
         .await
         .err();
     assert!(matches!(error, Some(KlarnaError::NotSent(_))), "{error:?}");
-    let ok = tower::service_fn(|_: reqwest::Request| async {
+    let ok = tower::service_fn(|_: OutboundRequest| async {
         Ok::<_, KlarnaError>(answer(201, Some("corr-201")))
     });
     AttemptTraceLayer

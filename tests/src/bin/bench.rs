@@ -23,7 +23,7 @@
 //! the end. Without it (c) is left out, unless `--paths` names it: then the run fails.
 //!
 //! # The paths
-//! - (a) `HTTP client -> simulator`: a reqwest client straight to the simulator's refund
+//! - (a) `HTTP client -> simulator`: hyper's pooled client straight to the simulator's refund
 //!   endpoint (`POST /ordermanagement/v1/orders/{id}/refunds`, Basic auth, a fresh
 //!   `Klarna-Idempotency-Key`), as the gateway calls it: what a caller without the gateway
 //!   would pay, the floor of every gateway path.
@@ -111,6 +111,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_client::RefundGatewayServiceClient;
 use refund_gateway_tests::load::{Summary, drive, drive_open};
@@ -598,29 +604,40 @@ impl Target {
         let connections = in_flight.div_ceil(CALLS_PER_CONNECTION);
         Ok(match self {
             Self::Simulator { klarna, orders } => {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(in_flight)
-                    .build()?;
+                // The client the gateway sends with (hyper's pooled client), over plain HTTP.
+                let client: HttpClient<HttpConnector, Full<Bytes>> =
+                    HttpClient::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(in_flight)
+                        .build_http();
+                let authorization = http::HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", klarna.username, klarna.password))
+                ))?;
+                let body = Bytes::from(serde_json::to_vec(
+                    &serde_json::json!({ "refunded_amount": 1 }),
+                )?);
                 let klarna = klarna.clone();
                 let orders = orders.clone();
                 Arc::new(move || {
                     let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let request = client
-                        .post(format!(
-                            "{}/ordermanagement/v1/orders/{}/refunds",
-                            klarna.base_url,
-                            orders[n % orders.len()]
-                        ))
-                        .basic_auth(&klarna.username, Some(&klarna.password))
-                        .header("Klarna-Idempotency-Key", uuid::Uuid::new_v4().to_string())
-                        .json(&serde_json::json!({ "refunded_amount": 1 }));
+                    let request = http::Request::post(format!(
+                        "{}/ordermanagement/v1/orders/{}/refunds",
+                        klarna.base_url,
+                        orders[n % orders.len()]
+                    ))
+                    .header(http::header::AUTHORIZATION, authorization.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header("Klarna-Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                    .body(Full::new(body.clone()));
+                    let client = client.clone();
                     Box::pin(async move {
-                        let response = request.send().await?;
+                        let response = client.request(request?).await?;
                         let status = response.status();
                         // Read the body, as the gateway does, so the connection is reused.
-                        let body = response.bytes().await?;
+                        let body = response.into_body().collect().await?.to_bytes();
                         ensure!(
-                            status == reqwest::StatusCode::CREATED,
+                            status == http::StatusCode::CREATED,
                             "the simulator answered {status}: {}",
                             String::from_utf8_lossy(&body)
                         );
