@@ -445,9 +445,8 @@ pub struct AttemptTrace<S> {
     attempts: u32,
 }
 
-/// The target of the attempt spans: a subscriber may leave them out of what it traces
-/// without leaving them out of the logs. An attempt span outside the trace sends the trace
-/// context it was made in.
+/// The target of the attempt spans: a subscriber may leave them out of its trace, its logs
+/// or both. An attempt span outside the trace sends the trace context it was made in.
 pub const ATTEMPT_SPAN_TARGET: &str = "refund_gateway_klarna::attempt";
 
 macro_rules! attempt_span {

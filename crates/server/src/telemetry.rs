@@ -206,20 +206,36 @@ fn own_spans() -> Targets {
         .with_target("refund_gateway_store", tracing::Level::INFO)
 }
 
-/// `RUST_LOG`, default `info`. The OpenTelemetry crates' own diagnostics are off unless
-/// `RUST_LOG` names them: they would log every failed export (the gateway logs an outage
-/// once instead, see [`OutageLogging`]).
+/// `RUST_LOG`, default `info`, read once at start.
 fn log_filter() -> EnvFilter {
-    let wanted = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let directives = log_directives(&std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default());
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The log filter's directives for `RUST_LOG` (`wanted`), default `info`, with two
+/// exceptions unless `wanted` names them:
+/// - The OpenTelemetry crates' own diagnostics are off: they would log every failed export
+///   (the gateway logs an outage once instead, see [`OutageLogging`]).
+/// - The Klarna attempt spans are off: they are for traces, and no line at `info` is logged
+///   inside one (the call's own line, its resends and its failure are logged outside it,
+///   with the method, path, status and correlation id). Off in the logs and, when spans are
+///   not exported, in the trace, an attempt makes no span at all; making them cost about 3%
+///   of a refund's instructions (callgrind: 419,000 -> 408,000 at 64 concurrent).
+fn log_directives(wanted: &str) -> String {
     let mut directives = if wanted.trim().is_empty() {
         "info".to_owned()
     } else {
-        wanted.clone()
+        wanted.to_owned()
     };
     if !wanted.contains("opentelemetry") {
         directives.push_str(",opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off");
     }
-    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
+    if !wanted.contains(refund_gateway_klarna::ATTEMPT_SPAN_TARGET) {
+        directives.push(',');
+        directives.push_str(refund_gateway_klarna::ATTEMPT_SPAN_TARGET);
+        directives.push_str("=off");
+    }
+    directives
 }
 
 fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
@@ -689,6 +705,22 @@ pub async fn attention_gauges(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn klarna_attempt_spans_are_left_out_of_the_logs_unless_asked_for() {
+        let off = format!("{}=off", refund_gateway_klarna::ATTEMPT_SPAN_TARGET);
+        let asked = format!("warn,{}=debug", refund_gateway_klarna::ATTEMPT_SPAN_TARGET);
+        for (rust_log, attempts_off) in [("", true), ("debug", true), (asked.as_str(), false)] {
+            let directives = log_directives(rust_log);
+            // Parsed as written: an unparsable filter would fall back to plain `info`.
+            let parsed = EnvFilter::try_new(&directives)
+                .unwrap_or_else(|e| panic!("{directives}: {e}"))
+                .to_string();
+            let directives: Vec<&str> = parsed.split(',').collect();
+            assert_eq!(directives.contains(&off.as_str()), attempts_off, "{parsed}");
+            assert!(directives.contains(&"opentelemetry=off"), "{parsed}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> = pairs
