@@ -216,9 +216,10 @@ fn log_filter() -> EnvFilter {
 /// exceptions unless `wanted` names them:
 /// - The OpenTelemetry crates' own diagnostics are off: they would log every failed export
 ///   (the gateway logs an outage once instead, see [`OutageLogging`]).
-/// - The Klarna attempt spans are off: they are for traces, and no line at `info` is logged
-///   inside one (the call's own line, its resends and its failure are logged outside it,
-///   with the method, path, status and correlation id). Off in the logs and, when spans are
+/// - The Klarna attempt spans are off: they are for traces, and no line about an attempt is
+///   logged inside one (the call's own line, its resends and its failure are logged outside
+///   it, with the method, path, status and correlation id; the rate limiter's Redis outage
+///   lines, which can be, are about the account). Off in the logs and, when spans are
 ///   not exported, in the trace, an attempt makes no span at all; making them cost about 3%
 ///   of a refund's instructions (callgrind: 419,000 -> 408,000 at 64 concurrent).
 fn log_directives(wanted: &str) -> String {
