@@ -1,7 +1,8 @@
 //! The adapter against the Klarna simulator over real HTTP: what it sends, what it reads, and
-//! how it classifies each error row of docs/klarna.md#errors and each transport failure. Tests
-//! about the classification of a single answer use a client that does not resend; resending
-//! has its own tests in `retry.rs`.
+//! how it classifies each error row of docs/klarna.md#errors and each transport failure; and,
+//! against a raw server, answers framed as another implementation of Klarna's API may frame
+//! them (HTTP/1.0 closing the connection, chunks). Tests about the classification of a single
+//! answer use a client that does not resend; resending has its own tests in `retry.rs`.
 
 use std::time::Duration;
 
@@ -778,4 +779,87 @@ async fn card_capture_cannot_be_extended() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(o.payment_method_type.as_deref(), Some("CARD"));
+}
+
+/// A Klarna that answers each connection once with `answers[n]` (raw HTTP) and closes it,
+/// after reading the request's head and body; returns its base URL.
+fn raw_klarna(answers: Vec<Vec<u8>>) -> String {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || {
+        for answer in answers {
+            let (stream, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader
+                    .read_line(&mut line)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or_else(|e| panic!("{e}"));
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader
+                .read_exact(&mut body)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut stream = reader.into_inner();
+            stream.write_all(&answer).unwrap_or_else(|e| panic!("{e}"));
+            // Dropped: the connection closes, which ends a body without a length.
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn answers_framed_by_closing_or_in_chunks_are_read() {
+    let order = fixture_text("get_order_200_docs_sample.json");
+    let refund_id = "b7a1c2d3-0000-4000-8000-000000000002";
+    let location = format!("{ORDERS}/7849fd84-47dc-4919-a7ce-000000000001/refunds/{refund_id}");
+    let mut chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    let (first, second) = order.split_at(order.len() / 2);
+    for part in [first, second] {
+        chunked.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let base = raw_klarna(vec![
+        // HTTP/1.0: no keep-alive, the body ends when the connection closes.
+        format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{order}").into_bytes(),
+        format!("HTTP/1.0 201 Created\r\nLocation: {location}\r\n\r\n").into_bytes(),
+        chunked,
+    ]);
+    let mut config = KlarnaClientConfig::new(
+        BaseUrl::parse(&base).unwrap_or_else(|e| panic!("{e}")),
+        KlarnaCredentials::new("user", "secret"),
+    );
+    config.transport.retry = RetryConfig::no_retries();
+    let klarna = KlarnaClient::new(config).unwrap_or_else(|e| panic!("{e}"));
+    let id = order_id("7849fd84-47dc-4919-a7ce-000000000001");
+    let read = klarna
+        .get_order(&id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.captured_amount, 200);
+    let created = klarna
+        .create_refund(&id, &refund(50), &op())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(created.refund_id, refund_id);
+    let again = klarna
+        .get_order(&id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.captured_amount, 200);
+}
+
+fn fixture_text(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
