@@ -13,7 +13,6 @@ use http::StatusCode;
 use http::header::{HeaderMap, RETRY_AFTER};
 use refund_gateway_domain::{KlarnaError, KlarnaErrorResponse, KlarnaFieldError};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
 
 use crate::contract::MAX_TEXT_MESSAGE_CHARS;
 
@@ -126,15 +125,18 @@ pub(crate) fn correlation_id(headers: &HeaderMap, names: &[&str]) -> Option<Stri
         .map(str::to_owned)
 }
 
-/// `Retry-After` as delay-seconds or as an HTTP date (relative to `now`, never negative).
+/// `Retry-After` as delay-seconds or as an HTTP date (relative to `now`, never negative), in
+/// any of the three formats HTTP accepts (RFC 9110 §5.6.7): IMF-fixdate, RFC 850, asctime.
 pub(crate) fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    // IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is a valid RFC 2822 date.
-    let at = OffsetDateTime::parse(value, &Rfc2822).ok()?;
-    Some((at - now).try_into().unwrap_or(Duration::ZERO))
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::from(now))
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A failure of the HTTP client, classified. Only a failure to connect (refused, DNS, TLS
@@ -438,6 +440,18 @@ mod tests {
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
         let later = datetime!(2015-10-21 08:00:00 UTC);
         assert_eq!(retry_after(&headers, later), Some(Duration::ZERO));
+        // HTTP's two obsolete date formats, which a server may still send.
+        for obsolete in [
+            "Wednesday, 21-Oct-15 07:28:30 GMT",
+            "Wed Oct 21 07:28:30 2015",
+        ] {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(obsolete));
+            assert_eq!(
+                retry_after(&headers, now),
+                Some(Duration::from_secs(30)),
+                "{obsolete}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use refund_gateway_domain::{
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
+use crate::contract::REFUND_ID_HEADER;
 use crate::wire::lenient_vec;
 
 /// Segments of the transactions collection, after the configured prefix (`/v2/accounts/{id}`
@@ -172,10 +173,16 @@ pub(crate) fn refund_created(status: StatusCode) -> bool {
 
 /// \[U\] The id of a created refund: `payment_refund_id` in the JSON body; failing that, a
 /// `refund_id` in it; failing that, the last path segment of `Location` when it names a
-/// refund (`…/refunds/{id}`, absolute or relative to `base`). A made refund must not turn into
-/// an unknown outcome because its id came in another place than assumed.
+/// refund (`…/refunds/{id}`, absolute or relative to `base`); failing that, a `Refund-Id`
+/// header, as Order Management sends it. A made refund must not turn into an unknown outcome
+/// because its id came in another place than assumed.
 pub(crate) fn refund_id(headers: &HeaderMap, body: &[u8], base: &Url) -> Option<String> {
-    refund_id_from_body(body).or_else(|| refund_id_from_location(headers, base))
+    refund_id_from_body(body)
+        .or_else(|| refund_id_from_location(headers, base))
+        .or_else(|| {
+            let id = headers.get(REFUND_ID_HEADER)?.to_str().ok()?.trim();
+            Some(id.to_owned()).filter(|id| !id.is_empty())
+        })
 }
 
 fn refund_id_from_body(body: &[u8]) -> Option<String> {
@@ -465,6 +472,15 @@ mod tests {
             refund_id(&HeaderMap::new(), br#"{"payment_refund_id":7}"#, &base()),
             None
         );
+        // Last, a `Refund-Id` header: after a Location that names no refund, and alone.
+        let mut headers = location("/v2/payment/transactions/krn:t");
+        headers.insert("Refund-Id", HeaderValue::from_static(" krn:r-header "));
+        assert_eq!(
+            refund_id(&headers, b"", &base()).as_deref(),
+            Some("krn:r-header")
+        );
+        headers.insert("Refund-Id", HeaderValue::from_static(" "));
+        assert_eq!(refund_id(&headers, b"", &base()), None);
     }
 
     #[test]

@@ -415,9 +415,24 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
 }
 
+/// A UTF-8 byte order mark: JSON may not start with one, but a parser may ignore it (RFC 8259
+/// §8.1), and some servers and proxies send one.
+pub(crate) const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+/// `body` without a leading [`BYTE_ORDER_MARK`]: serde_json refuses one, and an answer read
+/// as unreadable for it would lose its refund id, its error code or its correlation id.
+pub(crate) fn without_byte_order_mark(body: &[u8]) -> &[u8] {
+    body.strip_prefix(BYTE_ORDER_MARK).unwrap_or(body)
+}
+
 impl From<::http::Response<Bytes>> for Answer {
     fn from(response: ::http::Response<Bytes>) -> Self {
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
+        // Once here, so that every reader of the answer (bodies, error objects, refund ids)
+        // sees the JSON alone.
+        if body.starts_with(BYTE_ORDER_MARK) {
+            body = body.slice(BYTE_ORDER_MARK.len()..);
+        }
         Self {
             status: parts.status,
             headers: parts.headers,
@@ -465,6 +480,27 @@ mod tests {
             tls: Tls::default(),
         };
         Transport::new(api, &TransportConfig::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_body_is_left_out() {
+        let answer = |body: &'static [u8]| {
+            Answer::from(
+                ::http::Response::builder()
+                    .status(200)
+                    .body(Bytes::from_static(body))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        let with_mark = answer(b"\xEF\xBB\xBF{\"order_id\":\"o-1\"}");
+        assert_eq!(&with_mark.body[..], b"{\"order_id\":\"o-1\"}");
+        let value: serde_json::Value = with_mark.json().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value["order_id"], "o-1");
+        // Only a leading mark, and only the UTF-8 one.
+        assert_eq!(&answer(b"{}\xEF\xBB\xBF").body[..], b"{}\xEF\xBB\xBF");
+        assert_eq!(&answer(b"\xFE\xFF{}").body[..], b"\xFE\xFF{}");
+        assert_eq!(&answer(b"").body[..], b"");
+        assert_eq!(without_byte_order_mark(b"\xEF\xBB\xBF"), b"");
     }
 
     #[test]

@@ -197,9 +197,13 @@ impl WebhookEnvelope {
 /// webhook_id, live}, payload}`, or v1's `metadata.account_id` in place of subject and
 /// recipient. Required: `event_type` and `event_id` (non-empty, at most
 /// [`MAX_EVENT_ID_CHARS`] characters, no control characters) and at least one account id.
-/// Every other field is optional; present, it must be a string (`live` a boolean). Unknown
-/// fields are ignored. Verify the signature first: this only reads.
+/// The account ids, when present, must be strings. The other fields only describe the
+/// delivery and must not cost it (a refused delivery is retried, then given up): a number or
+/// a boolean is read as its text, anything else as missing; `live` is a boolean or the text
+/// `true` / `false`. Unknown fields are ignored, and so is a UTF-8 byte order mark before the
+/// JSON. Verify the signature first (over the raw body, mark included): this only reads.
 pub fn parse_envelope(body: &[u8]) -> Result<WebhookEnvelope, WebhookError> {
+    let body = crate::transport::without_byte_order_mark(body);
     let Ok(Value::Object(mut envelope)) = serde_json::from_slice::<Value>(body) else {
         return Err(WebhookError::NotAnObject);
     };
@@ -243,6 +247,8 @@ pub fn parse_envelope(body: &[u8]) -> Result<WebhookEnvelope, WebhookError> {
     let live = match metadata.get("live") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(live)) => Some(*live),
+        Some(Value::String(live)) if live.trim().eq_ignore_ascii_case("true") => Some(true),
+        Some(Value::String(live)) if live.trim().eq_ignore_ascii_case("false") => Some(false),
         Some(_) => {
             return Err(WebhookError::Invalid {
                 field: "metadata.live",
@@ -253,18 +259,14 @@ pub fn parse_envelope(body: &[u8]) -> Result<WebhookEnvelope, WebhookError> {
     let parsed = WebhookEnvelope {
         event_type,
         event_id,
-        event_version: text(metadata, "event_version", "metadata.event_version")?,
-        occurred_at: text(metadata, "occurred_at", "metadata.occurred_at")?,
-        correlation_id: text(metadata, "correlation_id", "metadata.correlation_id")?,
+        event_version: descriptive_text(metadata, "event_version"),
+        occurred_at: descriptive_text(metadata, "occurred_at"),
+        correlation_id: descriptive_text(metadata, "correlation_id"),
         subject_account_id,
         recipient_account_id,
         v1_account_id,
-        product_instance_id: text(
-            metadata,
-            "product_instance_id",
-            "metadata.product_instance_id",
-        )?,
-        webhook_id: text(metadata, "webhook_id", "metadata.webhook_id")?,
+        product_instance_id: descriptive_text(metadata, "product_instance_id"),
+        webhook_id: descriptive_text(metadata, "webhook_id"),
         live,
         payload: Value::Null,
     };
@@ -272,6 +274,18 @@ pub fn parse_envelope(body: &[u8]) -> Result<WebhookEnvelope, WebhookError> {
         payload: envelope.remove("payload").unwrap_or(Value::Null),
         ..parsed
     })
+}
+
+/// A field that only describes the delivery: its text (a number's or a boolean's too), `None`
+/// when missing, blank, or an object or array.
+fn descriptive_text(object: &Map<String, Value>, name: &str) -> Option<String> {
+    let text = match object.get(name)? {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null | Value::Array(_) | Value::Object(_) => return None,
+    };
+    Some(text).filter(|s| !s.is_empty())
 }
 
 /// An optional string field: `None` when missing, `null` or blank; an error when of another
@@ -535,7 +549,7 @@ mod tests {
                 ),
             ),
             (
-                br#"{"metadata": {"event_type": "t", "event_id": "e", "account_id": "a", "live": "true"}}"#
+                br#"{"metadata": {"event_type": "t", "event_id": "e", "account_id": "a", "live": "yes"}}"#
                     .to_vec(),
                 WebhookError::Invalid {
                     field: "metadata.live",
@@ -562,6 +576,24 @@ mod tests {
         let exactly_255 = json!({"metadata": {"event_type": "t", "event_id": "é".repeat(255),
                                               "account_id": "a"}});
         assert!(parse_envelope(exactly_255.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn descriptive_fields_of_another_type_do_not_cost_the_delivery() {
+        let body = json!({"metadata": {"event_type": "t", "event_id": "e", "account_id": "a",
+                                       "event_version": 2, "occurred_at": {"at": 1},
+                                       "correlation_id": true, "webhook_id": [1],
+                                       "product_instance_id": null, "live": " FALSE "}});
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend_from_slice(body.to_string().as_bytes());
+        let envelope = parse_envelope(&bytes).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(envelope.event_version.as_deref(), Some("2"));
+        assert_eq!(envelope.correlation_id.as_deref(), Some("true"));
+        assert_eq!(envelope.occurred_at, None);
+        assert_eq!(envelope.webhook_id, None);
+        assert_eq!(envelope.product_instance_id, None);
+        assert_eq!(envelope.live, Some(false));
+        assert_eq!(envelope.event_id, "e");
     }
 
     #[test]
