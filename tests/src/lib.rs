@@ -272,10 +272,7 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             rate_limit: rate_limit(DEFAULT_ACCOUNT),
             base_url: BaseUrl::parse(&url)?,
             extra_roots: Vec::new(),
-            api: AccountApi::OrderManagement(KlarnaCredentials {
-                username,
-                password: SecretString::from(password),
-            }),
+            api: AccountApi::OrderManagement(KlarnaCredentials::new(username, password)),
         },
         Account {
             name: PARTNER_ACCOUNT.to_owned(),
@@ -303,10 +300,10 @@ pub async fn spawn_app_with(options: AppOptions) -> anyhow::Result<TestApp> {
             rate_limit: rate_limit(name),
             base_url: BaseUrl::parse(&extra.base_url)?,
             extra_roots: Vec::new(),
-            api: AccountApi::OrderManagement(KlarnaCredentials {
-                username: extra.username().to_owned(),
-                password: SecretString::from(extra.password().to_owned()),
-            }),
+            api: AccountApi::OrderManagement(KlarnaCredentials::new(
+                extra.username(),
+                extra.password().to_owned(),
+            )),
         });
         extra_sims.push((name.clone(), extra));
     }

@@ -3,7 +3,8 @@
 //! API under `/v2`), and Order Management's routing. For each call, in this order:
 //!
 //! 1. read the body (at most 1 MiB is kept; larger bodies are drained and refused),
-//! 2. auth → 401 (Order Management: Basic username:password; partner: `Basic <api key>`),
+//! 2. auth → 401 (Order Management: Basic username:password or `Basic <api key>`; partner:
+//!    `Basic <api key>`),
 //! 3. rate limit → 429 (with `Retry-After: 1`; one bucket for both APIs),
 //! 4. body size → 413,
 //! 5. with [`Simulator::set_conflict_while_running`](crate::Simulator::set_conflict_while_running)
@@ -80,7 +81,9 @@ impl Api {
 
     fn authorized(self, shared: &Shared, headers: &HeaderMap) -> bool {
         match self {
-            Self::OrderManagement => shared.auth.check(headers),
+            Self::OrderManagement => {
+                shared.auth.check(headers) || shared.api_key_auth.check(headers)
+            }
             Self::Partner => shared.partner_auth.check(headers),
         }
     }

@@ -7,7 +7,7 @@
 //! It is an independent implementation: it shares no types with the gateway's Klarna adapter,
 //! so the adapter's tests check the adapter against Klarna's behaviour, not against itself.
 //!
-//! # Order Management endpoints (HTTP Basic `username:password` on all of them)
+//! # Order Management endpoints (HTTP Basic `username:password`, or `Basic <api key>`, on all)
 //! | call | answer |
 //! |---|---|
 //! | `GET /ordermanagement/v1/orders/{order_id}` | 200 order |
@@ -240,7 +240,9 @@ pub use payments::{LineItem, MAX_CAPTURES, MAX_OPERATIONS, MAX_REFUNDS, Transact
 pub use request_log::LoggedRequest;
 pub use seed::{OrderSeed, SeedError, SeededOrder};
 pub use server::{RunningSimulator, spawn};
-pub use simulator::{DEFAULT_PARTNER_ACCOUNT_ID, DEFAULT_PARTNER_API_KEY, SimConfig, Simulator};
+pub use simulator::{
+    DEFAULT_API_KEY, DEFAULT_PARTNER_ACCOUNT_ID, DEFAULT_PARTNER_API_KEY, SimConfig, Simulator,
+};
 pub use tls::TlsConfig;
 pub use transaction_seed::{CaptureSeed, SeededTransaction, TransactionSeed, TransactionSeedError};
 pub use webhooks::{

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use klarna_sim::{
-    DEFAULT_PARTNER_ACCOUNT_ID, DEFAULT_PARTNER_API_KEY, DEFAULT_SIGNING_KEY_ID,
+    DEFAULT_API_KEY, DEFAULT_PARTNER_ACCOUNT_ID, DEFAULT_PARTNER_API_KEY, DEFAULT_SIGNING_KEY_ID,
     DEFAULT_WEBHOOK_SECRET, SimConfig, Simulator, TlsConfig, WebhookMode, WebhookTarget,
 };
 
@@ -40,6 +40,10 @@ struct Args {
         env = "KLARNA_SIM_REQUEST_LOG_CAPACITY"
     )]
     request_log_capacity: usize,
+    /// Order Management API key accepted besides the username and password (Authorization:
+    /// Basic <key>); empty: none.
+    #[arg(long, default_value = DEFAULT_API_KEY, env = "KLARNA_SIM_API_KEY")]
+    api_key: String,
     /// Partner account served under /v2/accounts/{id}.
     #[arg(long, default_value = DEFAULT_PARTNER_ACCOUNT_ID, env = "KLARNA_SIM_PARTNER_ACCOUNT_ID")]
     partner_account_id: String,
@@ -143,6 +147,7 @@ async fn main() -> ExitCode {
     let sim = Simulator::new(SimConfig {
         username: args.username,
         password: args.password,
+        api_key: args.api_key,
         rate_limit_per_second: args.rate_limit,
         request_log_capacity: args.request_log_capacity,
         partner_account_id: args.partner_account_id,

@@ -239,6 +239,12 @@ impl RunningSimulator {
         &self.sim.config().password
     }
 
+    /// The configured Order Management API key (`Authorization: Basic <key>`), accepted
+    /// besides the username and password.
+    pub fn api_key(&self) -> &str {
+        &self.sim.config().api_key
+    }
+
     /// The configured partner API key (`Authorization: Basic <key>` on `/v2` calls).
     pub fn partner_api_key(&self) -> &str {
         &self.sim.config().partner_api_key

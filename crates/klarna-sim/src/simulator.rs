@@ -23,6 +23,10 @@ use crate::webhooks::{self, WebhookDelivery, WebhookEvent, WebhookTarget, Webhoo
 /// The partner account the simulator serves by default (a fixed demo KRN).
 pub const DEFAULT_PARTNER_ACCOUNT_ID: &str =
     "krn:partner:global:account:live:8c1f0f3e-6d4b-4c1e-9a8e-2f5b7d9e1a34";
+/// The Order Management API key the simulator accepts by default besides the username and
+/// password (`Authorization: Basic <key>`; a fixed demo value).
+pub const DEFAULT_API_KEY: &str = "klarna_test_api_c2ltdWxhdG9yLW9yZGVyLW1hbmFnZW1lbnQta2V5";
+
 /// The partner API key the simulator accepts by default (a fixed demo value).
 pub const DEFAULT_PARTNER_API_KEY: &str = "klarna_test_api_c2ltdWxhdG9yLWRlbW8ta2V5LTFmM2E5YzA";
 
@@ -33,6 +37,9 @@ pub struct SimConfig {
     pub username: String,
     /// The password that goes with `username`.
     pub password: String,
+    /// An Order Management API key accepted as well, as the whole Basic credential
+    /// (`Authorization: Basic <key>`); empty: none.
+    pub api_key: String,
     /// Klarna calls admitted per second (token bucket, bursts up to one second's worth);
     /// beyond that, 429 `TOO_MANY_REQUESTS`. `None` or `Some(0)`: no limit.
     pub rate_limit_per_second: Option<u32>,
@@ -55,13 +62,14 @@ pub struct SimConfig {
 }
 
 impl Default for SimConfig {
-    /// `sim-user` / `sim-password`, no rate limit, a log of 10 000 calls, partner account
+    /// `sim-user` / `sim-password` or the API key [`DEFAULT_API_KEY`], no rate limit, a log of 10 000 calls, partner account
     /// [`DEFAULT_PARTNER_ACCOUNT_ID`] with key [`DEFAULT_PARTNER_API_KEY`], no webhook target,
     /// [`webhooks::default_retry_schedule`] (50 ms, 200 ms, 1 s, 2 s, 5 s, 10 s), plain HTTP.
     fn default() -> Self {
         Self {
             username: "sim-user".to_owned(),
             password: "sim-password".to_owned(),
+            api_key: DEFAULT_API_KEY.to_owned(),
             rate_limit_per_second: None,
             request_log_capacity: 10_000,
             partner_account_id: DEFAULT_PARTNER_ACCOUNT_ID.to_owned(),
@@ -78,6 +86,7 @@ impl Default for SimConfig {
 pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     pub(crate) auth: BasicAuth,
+    pub(crate) api_key_auth: ApiKeyAuth,
     pub(crate) partner_auth: ApiKeyAuth,
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) store: Mutex<Store>,
@@ -122,6 +131,7 @@ impl Simulator {
         let clock = Arc::new(Clock::default());
         let shared = Shared {
             auth: BasicAuth::new(&config.username, &config.password),
+            api_key_auth: ApiKeyAuth::new(&config.api_key),
             partner_auth: ApiKeyAuth::new(&config.partner_api_key),
             rate_limiter: config.rate_limit_per_second.and_then(RateLimiter::new),
             store: Mutex::new(Store::default()),

@@ -18,7 +18,8 @@ use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroize;
 
 use crate::config::{
-    BaseUrl, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials, extra_root_certificates,
+    BaseUrl, Credential, KlarnaClientConfig, KlarnaConfigError, KlarnaCredentials,
+    api_key_authorization, extra_root_certificates,
 };
 use crate::contract::{self, CAPTURES, CORRELATION_ID_HEADERS, ORDERS_PATH, REFUNDS};
 use crate::http::Tls;
@@ -82,34 +83,31 @@ impl KlarnaClient {
     }
 }
 
-/// Basic credentials, encoded once; the plain and encoded copies are wiped after use.
+/// Basic credentials, encoded once; the plain and encoded copies are wiped after use. An API
+/// key is sent as the whole credential ([`api_key_authorization`]).
 fn basic_authorization(credentials: &KlarnaCredentials) -> Result<HeaderValue, KlarnaConfigError> {
-    if credentials.username.is_empty() {
+    let (username, password) = match &credentials.0 {
+        Credential::UsernamePassword { username, password } => (username, password),
+        Credential::ApiKey(key) => return api_key_authorization(key),
+    };
+    if username.is_empty() {
         return Err(KlarnaConfigError::InvalidCredentials(
             "the username is empty",
         ));
     }
-    if credentials.username.contains(':') {
+    if username.contains(':') {
         return Err(KlarnaConfigError::InvalidCredentials(
             "the username contains ':', which HTTP Basic credentials cannot carry",
         ));
     }
-    if credentials.username.chars().any(char::is_control)
-        || credentials
-            .password
-            .expose_secret()
-            .chars()
-            .any(char::is_control)
+    if username.chars().any(char::is_control)
+        || password.expose_secret().chars().any(char::is_control)
     {
         return Err(KlarnaConfigError::InvalidCredentials(
             "the username or password contains control characters",
         ));
     }
-    let mut plain = format!(
-        "{}:{}",
-        credentials.username,
-        credentials.password.expose_secret()
-    );
+    let mut plain = format!("{username}:{}", password.expose_secret());
     let mut value = format!("Basic {}", BASE64.encode(plain.as_bytes()));
     plain.zeroize();
     let header = HeaderValue::from_str(&value);
@@ -287,6 +285,22 @@ mod tests {
         assert!(header.is_sensitive());
         assert_eq!(header.to_str().ok(), Some("Basic dXNlcjpwYTpzcw=="));
         assert_eq!(format!("{header:?}"), "Sensitive");
+    }
+
+    #[test]
+    fn an_api_key_is_the_whole_basic_credential() {
+        let header = basic_authorization(&KlarnaCredentials::api_key("klarna_test_api_K3Y"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().ok(), Some("Basic klarna_test_api_K3Y"));
+        for bad in ["", "klarna test", "klarna_test_api_\n"] {
+            let e = basic_authorization(&KlarnaCredentials::api_key(bad))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.starts_with("invalid"), "{e}");
+            assert!(bad.is_empty() || !e.contains(bad), "{e}");
+        }
     }
 
     #[test]

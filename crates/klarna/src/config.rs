@@ -253,25 +253,66 @@ fn is_loopback(host: &Host<String>) -> bool {
     }
 }
 
-/// Klarna API credentials for HTTP Basic authentication: the API username and password of a
-/// merchant account. Neither half is ever printed: Klarna also accepts an API key as the
-/// username, which makes the username a secret too.
+/// Klarna API credentials for HTTP Basic authentication (never printed): an account's API
+/// username and password, or an API key (`klarna_live_api_…` / `klarna_test_api_…`), which
+/// Klarna takes as the whole Basic credential.
 #[derive(Clone)]
-pub struct KlarnaCredentials {
-    /// API username (or API key).
-    pub username: String,
-    /// API password.
-    pub password: SecretString,
+pub struct KlarnaCredentials(pub(crate) Credential);
+
+/// What a [`KlarnaCredentials`] holds.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    /// Sent as `Basic base64(username:password)`. The username is kept secret too: Klarna
+    /// also accepts an API key in its place.
+    UsernamePassword {
+        username: String,
+        password: SecretString,
+    },
+    /// Sent as `Basic <key>`, the key exactly as issued (not base64 of `key:`).
+    ApiKey(SecretString),
 }
 
 impl KlarnaCredentials {
-    /// Credentials from a username and password.
+    /// Credentials from an API username and password.
     pub fn new(username: impl Into<String>, password: impl Into<SecretString>) -> Self {
-        Self {
+        Self(Credential::UsernamePassword {
             username: username.into(),
             password: password.into(),
-        }
+        })
     }
+
+    /// Credentials from an API key, sent as the whole Basic credential: `Basic <key>`.
+    pub fn api_key(key: impl Into<SecretString>) -> Self {
+        Self(Credential::ApiKey(key.into()))
+    }
+
+    /// Whether they are an API key (not a username and password).
+    pub fn is_api_key(&self) -> bool {
+        matches!(self.0, Credential::ApiKey(_))
+    }
+}
+
+/// `Authorization: Basic <api key>`, the key exactly as Klarna issued it (not base64 of
+/// `key:`), marked sensitive; the plain copy is wiped after use. Both APIs take it so.
+pub(crate) fn api_key_authorization(
+    api_key: &SecretString,
+) -> Result<http::HeaderValue, KlarnaConfigError> {
+    let key = api_key.expose_secret();
+    if key.is_empty() {
+        return Err(KlarnaConfigError::InvalidApiKey("the API key is empty"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KlarnaConfigError::InvalidApiKey(
+            "the API key holds whitespace, control or non-ASCII characters",
+        ));
+    }
+    let value = Zeroizing::new(format!("Basic {key}"));
+    let mut header = http::HeaderValue::from_str(&value).map_err(|_| {
+        // Visible ASCII is always a valid header value.
+        KlarnaConfigError::InvalidApiKey("cannot be sent as a header")
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 impl fmt::Debug for KlarnaCredentials {

@@ -13,11 +13,10 @@ use refund_gateway_domain::{
     KlarnaApiKind, KlarnaError, OperationId, PartnerRefund, PartnerRefundCreated, PaymentCaptureId,
     PaymentTransaction, PaymentTransactionId, PaymentsApi,
 };
-use secrecy::zeroize::Zeroizing;
-use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{
-    BaseUrl, KlarnaConfigError, PaymentsClientConfig, extra_root_certificates, path_prefix_segments,
+    BaseUrl, KlarnaConfigError, PaymentsClientConfig, api_key_authorization,
+    extra_root_certificates, path_prefix_segments,
 };
 use crate::http::Tls;
 use crate::limit::OutboundLimiter;
@@ -118,27 +117,6 @@ impl PaymentsClient {
     }
 }
 
-/// `Authorization: Basic <api key>`, the key exactly as Klarna issued it (not base64 of
-/// `key:`), marked sensitive; the plain copy is wiped after use.
-fn api_key_authorization(api_key: &SecretString) -> Result<HeaderValue, KlarnaConfigError> {
-    let key = api_key.expose_secret();
-    if key.is_empty() {
-        return Err(KlarnaConfigError::InvalidApiKey("the API key is empty"));
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(KlarnaConfigError::InvalidApiKey(
-            "the API key holds whitespace, control or non-ASCII characters",
-        ));
-    }
-    let value = Zeroizing::new(format!("Basic {key}"));
-    let mut header = HeaderValue::from_str(&value).map_err(|_| {
-        // Visible ASCII is always a valid header value.
-        KlarnaConfigError::InvalidApiKey("cannot be sent as a header")
-    })?;
-    header.set_sensitive(true);
-    Ok(header)
-}
-
 /// The `Klarna-Partner-Account` value: an account id, visible ASCII without spaces.
 fn partner_account(account: &str) -> Result<HeaderValue, KlarnaConfigError> {
     if account.is_empty() {
@@ -216,6 +194,8 @@ impl PaymentsApi for PaymentsClient {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::SecretString;
+
     use super::*;
     use crate::config::{ClientIdentity, Environment, payments_base_url, testing};
 

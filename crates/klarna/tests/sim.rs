@@ -357,6 +357,35 @@ async fn wrong_password_is_401_and_never_printed() {
 }
 
 #[tokio::test]
+async fn an_api_key_is_taken_as_the_whole_basic_credential() {
+    let sim = sim().await;
+    let with_key = |key: &str| {
+        KlarnaClient::new(KlarnaClientConfig::new(
+            BaseUrl::parse(&sim.base_url).unwrap_or_else(|e| panic!("{e}")),
+            KlarnaCredentials::api_key(key),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (order, _) = seed(&sim, 1_000, vec![1_000]);
+    let created = with_key(sim.api_key())
+        .create_refund(&order, &refund(400), &op())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!created.refund_id.is_empty());
+    let sent = sim.sim.requests();
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Basic {}", sim.api_key()).as_str())
+    );
+
+    let wrong = with_key("klarna_test_api_not-the-K3y");
+    let result = wrong.get_order(&order).await;
+    let shown = format!("{result:?} {wrong:?}");
+    assert_answer(&answered(result), 401, "UNAUTHORIZED");
+    assert!(!shown.contains("not-the-K3y"), "{shown}");
+}
+
+#[tokio::test]
 async fn refund_refusals_are_403_refund_not_allowed() {
     let sim = sim().await;
     let klarna = client(&sim);

@@ -380,6 +380,9 @@ impl Report {
                 }
                 // Not in the file: made from the KLARNA_* (or KLARNA_PARTNER_*) variables.
                 None => match &account.api {
+                    AccountApi::OrderManagement(credentials) if credentials.is_api_key() => {
+                        add(owner, "api_key", "env KLARNA_API_KEY".into());
+                    }
                     AccountApi::OrderManagement(_) => {
                         add(owner.clone(), "username", "env KLARNA_USERNAME".into());
                         add(owner, "password", "env KLARNA_PASSWORD".into());
@@ -787,6 +790,12 @@ fn classify(result: Result<(), KlarnaError>) -> CheckResult {
 fn account_secret_sources(s: &AccountSettings) -> Vec<(&'static str, String)> {
     let mut sources = Vec::new();
     match s.kind {
+        AccountKind::OrderManagement if s.api_key_env.is_some() || s.api_key_file.is_some() => {
+            sources.push((
+                "api_key",
+                source(s.api_key_env.as_deref(), s.api_key_file.as_deref()),
+            ));
+        }
         AccountKind::OrderManagement => {
             sources.push((
                 "username",

@@ -838,6 +838,12 @@ pub const VARIABLES: &[Variable] = &[
         description: "API password of the account `default`",
     },
     Variable {
+        name: "KLARNA_API_KEY",
+        description: "Instead of KLARNA_USERNAME and KLARNA_PASSWORD: an API key of the account \
+                      `default` (klarna_live_api_… or klarna_test_api_…), sent as the whole \
+                      Basic credential",
+    },
+    Variable {
         name: "KLARNA_CA_FILE",
         description: "PEM certificates of a private CA the account `default` trusts",
     },
@@ -896,11 +902,12 @@ pub const VARIABLES: &[Variable] = &[
 
 /// gRPC refund gateway for Klarna.
 ///
-/// Klarna credentials come from the environment (KLARNA_USERNAME, KLARNA_PASSWORD, and
-/// KLARNA_API_URL or KLARNA_REGION=eu|na|oc + KLARNA_ENVIRONMENT=playground|live, for the
-/// account named `default`) or from [accounts.<name>] tables in the --config file, which name
-/// the variable or file holding each secret (password_env / password_file, username_env /
-/// username_file). Without any account and without --simulator the gateway refuses to start.
+/// Klarna credentials come from the environment (KLARNA_USERNAME and KLARNA_PASSWORD, or
+/// KLARNA_API_KEY; and KLARNA_API_URL, or KLARNA_REGION=eu|na|oc +
+/// KLARNA_ENVIRONMENT=playground|live; for the account named `default`) or from
+/// [accounts.<name>] tables in the --config file, which name the variable or file holding each
+/// secret (username_env / username_file and password_env / password_file, or api_key_env /
+/// api_key_file). Without any account and without --simulator the gateway refuses to start.
 #[derive(Debug, Parser)]
 #[command(
     name = "refund-gateway",
@@ -1232,7 +1239,7 @@ pub enum AccountKind {
 }
 
 /// One Klarna account in the file. Order Management: either `api_url`, or `region` +
-/// `environment`, and username and password. Partner (`kind = "partner"`): `api_url`, the API
+/// `environment`, and username and password or an API key. Partner (`kind = "partner"`): `api_url`, the API
 /// key, `partner_account_id`, and optionally `path_prefix`, `on_behalf_of` and a client
 /// certificate for mutual TLS. Either kind: optionally `ca_file` and `allow_plain_http`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1258,9 +1265,10 @@ pub struct AccountSettings {
     pub password_env: Option<String>,
     /// File holding the API password.
     pub password_file: Option<PathBuf>,
-    /// Partner: environment variable holding the API key.
+    /// Environment variable holding the API key (a partner's; for Order Management, instead
+    /// of the username and password).
     pub api_key_env: Option<String>,
-    /// Partner: file holding the API key.
+    /// File holding the API key (as `api_key_env`).
     pub api_key_file: Option<PathBuf>,
     /// Partner: the partner account id (a KRN) that paths are under.
     pub partner_account_id: Option<String>,
@@ -1514,7 +1522,8 @@ pub fn worker_threads(settings: &Settings, env: &dyn Environ, cores: usize) -> u
 }
 
 /// Resolves the accounts: those of the file, plus `default` from `KLARNA_*` variables when
-/// `KLARNA_USERNAME` or `KLARNA_PASSWORD` is set. With `simulator` no account is needed.
+/// `KLARNA_USERNAME`, `KLARNA_PASSWORD`, `KLARNA_API_KEY`, `KLARNA_API_URL` or
+/// `KLARNA_REGION` is set. With `simulator` no account is needed.
 /// Refuses settings out of range first, as [`Settings::validate`].
 pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigError> {
     settings.validate()?;
@@ -1525,6 +1534,7 @@ pub fn resolve(settings: Settings, env: &dyn Environ) -> Result<Config, ConfigEr
     let from_env = [
         "KLARNA_USERNAME",
         "KLARNA_PASSWORD",
+        "KLARNA_API_KEY",
         "KLARNA_API_URL",
         "KLARNA_REGION",
     ]
@@ -1823,11 +1833,20 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
     let mut missing = Vec::new();
     let username = env.var("KLARNA_USERNAME");
     let password = env.var("KLARNA_PASSWORD");
-    if username.is_none() {
-        missing.push("KLARNA_USERNAME");
+    let api_key = env.var("KLARNA_API_KEY");
+    if api_key.is_some() && (username.is_some() || password.is_some()) {
+        return Err(ConfigError::Account {
+            account: DEFAULT_ACCOUNT.to_owned(),
+            problem: "set KLARNA_API_KEY, or KLARNA_USERNAME and KLARNA_PASSWORD, not both".into(),
+        });
     }
-    if password.is_none() {
-        missing.push("KLARNA_PASSWORD");
+    if api_key.is_none() {
+        if username.is_none() {
+            missing.push("KLARNA_USERNAME (or KLARNA_API_KEY)");
+        }
+        if password.is_none() {
+            missing.push("KLARNA_PASSWORD (or KLARNA_API_KEY)");
+        }
     }
     let api_url = env.var("KLARNA_API_URL");
     let region = env.var("KLARNA_REGION");
@@ -1853,21 +1872,22 @@ fn env_account(env: &dyn Environ) -> Result<Account, ConfigError> {
     };
     let base_url = base_url(DEFAULT_ACCOUNT, &settings, PlainHttpOptIn::Environment)?;
     let extra_roots = ca_roots(DEFAULT_ACCOUNT, settings.ca_file.as_deref())?;
-    match (username, password) {
-        (Some(username), Some(password)) => Ok(Account {
-            name: DEFAULT_ACCOUNT.to_owned(),
-            rate_limit: outbound_limit(DEFAULT_ACCOUNT, &base_url, &settings, env)?,
-            base_url,
-            extra_roots,
-            api: AccountApi::OrderManagement(KlarnaCredentials {
-                username,
-                password: SecretString::from(password),
-            }),
-        }),
-        _ => Err(ConfigError::MissingCredentials(
-            "KLARNA_USERNAME, KLARNA_PASSWORD".into(),
-        )),
-    }
+    let credentials = match (api_key, username, password) {
+        (Some(key), _, _) => KlarnaCredentials::api_key(key),
+        (None, Some(username), Some(password)) => KlarnaCredentials::new(username, password),
+        _ => {
+            return Err(ConfigError::MissingCredentials(
+                "KLARNA_USERNAME, KLARNA_PASSWORD".into(),
+            ));
+        }
+    };
+    Ok(Account {
+        name: DEFAULT_ACCOUNT.to_owned(),
+        rate_limit: outbound_limit(DEFAULT_ACCOUNT, &base_url, &settings, env)?,
+        base_url,
+        extra_roots,
+        api: AccountApi::OrderManagement(credentials),
+    })
 }
 
 /// An Order Management account's base URL: `api_url`, else the URL of `region` and
@@ -1916,8 +1936,6 @@ fn resolve_account(
         return resolve_partner(name, account, env, opt_in);
     }
     let partner_only = [
-        ("api_key_env", account.api_key_env.is_some()),
-        ("api_key_file", account.api_key_file.is_some()),
         ("partner_account_id", account.partner_account_id.is_some()),
         ("path_prefix", account.path_prefix.is_some()),
         ("on_behalf_of", account.on_behalf_of.is_some()),
@@ -1929,18 +1947,35 @@ fn resolve_account(
             "{key} is for partner accounts; set kind = \"partner\" or remove it"
         )));
     }
-    let username = secret("username", &account.username_env, &account.username_file)?;
-    let password = secret("password", &account.password_env, &account.password_file)?;
+    let with_key = account.api_key_env.is_some() || account.api_key_file.is_some();
+    let with_login = account.username_env.is_some()
+        || account.username_file.is_some()
+        || account.password_env.is_some()
+        || account.password_file.is_some();
+    if with_key && with_login {
+        return Err(problem(
+            "set api_key_env or api_key_file, or a username and password, not both".into(),
+        ));
+    }
+    let credentials = if with_key {
+        KlarnaCredentials::api_key(secret(
+            "api_key",
+            &account.api_key_env,
+            &account.api_key_file,
+        )?)
+    } else {
+        KlarnaCredentials::new(
+            secret("username", &account.username_env, &account.username_file)?,
+            secret("password", &account.password_env, &account.password_file)?,
+        )
+    };
     let base_url = base_url(name, account, opt_in)?;
     Ok(Account {
         name: name.to_owned(),
         rate_limit: outbound_limit(name, &base_url, account, env)?,
         base_url,
         extra_roots: ca_roots(name, account.ca_file.as_deref())?,
-        api: AccountApi::OrderManagement(KlarnaCredentials {
-            username,
-            password: SecretString::from(password),
-        }),
+        api: AccountApi::OrderManagement(credentials),
     })
 }
 
@@ -2156,6 +2191,54 @@ mod tests {
                 .contains("api-na.playground.klarna.com")
         );
         assert!(!format!("{cfg:?}").contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn an_api_key_stands_for_the_username_and_password() {
+        let key = "klarna_test_api_S3CR3T-key";
+        let from_env = |pairs: &[(&'static str, &'static str)]| resolve(dev(), &vars(pairs));
+        let cfg = from_env(&[
+            ("KLARNA_API_KEY", key),
+            ("KLARNA_API_URL", "http://127.0.0.1:9"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&cfg.accounts[0].api,
+            AccountApi::OrderManagement(credentials) if credentials.is_api_key()));
+        assert!(!format!("{cfg:?}").contains("S3CR3T"));
+        let both = from_env(&[
+            ("KLARNA_API_KEY", key),
+            ("KLARNA_USERNAME", "u"),
+            ("KLARNA_API_URL", "http://127.0.0.1:9"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(both.contains("not both"), "{both}");
+        assert!(!both.contains("S3CR3T"), "{both}");
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, format!("{key}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let account = |secrets: String| {
+            let toml = format!("[accounts.eu]\napi_url = \"http://127.0.0.1:9\"\n{secrets}");
+            let file = dir.path().join("gw.toml");
+            std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+            let env = vars(&[("USER", "u"), ("REFUND_GATEWAY_AUTH", "none")]);
+            let settings = load_settings(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
+            resolve(settings, &env)
+        };
+        let cfg = account(format!("api_key_file = \"{}\"\n", key_file.display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&cfg.accounts[0].api,
+            AccountApi::OrderManagement(credentials) if credentials.is_api_key()));
+        let both = account(format!(
+            "api_key_file = \"{}\"\nusername_env = \"USER\"\n",
+            key_file.display()
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(both.contains("not both"), "{both}");
     }
 
     #[test]

@@ -65,10 +65,10 @@ impl DemoSimulator {
                 base_url: base_url.clone(),
                 rate_limit: None,
                 extra_roots: Vec::new(),
-                api: AccountApi::OrderManagement(KlarnaCredentials {
-                    username: self.running.username().to_owned(),
-                    password: SecretString::from(self.running.password().to_owned()),
-                }),
+                api: AccountApi::OrderManagement(KlarnaCredentials::new(
+                    self.running.username(),
+                    self.running.password().to_owned(),
+                )),
             },
             Account {
                 name: PARTNER_ACCOUNT.to_owned(),

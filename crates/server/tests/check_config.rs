@@ -17,14 +17,18 @@ const USERNAME: &str = "cc-merchant-user-4b1d";
 const PASSWORD: &str = "cc-password-never-printed-7f3a";
 const WRONG_PASSWORD: &str = "cc-wrong-password-never-printed-2c9e";
 const PARTNER_KEY: &str = "klarna_test_api_cc-partner-key-never-printed-9b2d";
+const API_KEY: &str = "klarna_test_api_cc-merchant-key-never-printed-6e0f";
+const WRONG_API_KEY: &str = "klarna_test_api_cc-wrong-key-never-printed-88c1";
 const WEBHOOK_SECRET: &str = "cc-webhook-secret-never-printed-51aa";
 const TOKEN: &str = "cc-caller-token-never-printed-e04c";
 
 /// The secrets the tests give the gateway: none may appear in what it prints.
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 8] = [
     USERNAME,
     PASSWORD,
     WRONG_PASSWORD,
+    API_KEY,
+    WRONG_API_KEY,
     PARTNER_KEY,
     WEBHOOK_SECRET,
     TOKEN,
@@ -34,6 +38,7 @@ async fn simulator() -> anyhow::Result<RunningSimulator> {
     Ok(klarna_sim::spawn(SimConfig {
         username: USERNAME.to_owned(),
         password: PASSWORD.to_owned(),
+        api_key: API_KEY.to_owned(),
         partner_api_key: PARTNER_KEY.to_owned(),
         ..SimConfig::default()
     })
@@ -271,6 +276,31 @@ async fn refused_credentials_fail_the_check() -> anyhow::Result<()> {
         &all,
         &["refused", "401", "account \"eu\"", "1 problem found"],
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_account_is_checked_with_its_key() -> anyhow::Result<()> {
+    let sim = simulator().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "auth = \"none\"\n\
+             [accounts.eu]\n\
+             api_url = \"{}\"\n\
+             api_key_env = \"CC_API_KEY\"\n",
+            sim.base_url
+        ),
+    )?;
+    let run = check_config(&config, &[], &[("CC_API_KEY", API_KEY)]).await?;
+    run.exited(0)?;
+    has(
+        &run.stdout(),
+        &["ok: credentials accepted", "env CC_API_KEY"],
+    )?;
+    let run = check_config(&config, &[], &[("CC_API_KEY", WRONG_API_KEY)]).await?;
+    let all = run.exited(1)?;
+    has(&all, &["refused", "401", "account \"eu\""])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
