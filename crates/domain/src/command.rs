@@ -808,11 +808,11 @@ mod tests {
     }
 
     #[test]
-    fn extend_due_date_needs_positive_days_and_uuids() {
+    fn extend_due_date_needs_positive_days_and_a_capture_id() {
         let d = ExtendDueDateDraft {
             idempotency_key: "k".into(),
             order_id: ORDER.into(),
-            capture_id: "c".into(),
+            capture_id: "c/1".into(),
             number_of_days: 0,
             ..Default::default()
         };
@@ -833,7 +833,8 @@ mod tests {
     fn queries_check_ids() {
         assert!(OrderQuery::validate(String::new(), ORDER).is_ok());
         assert!(OrderQuery::validate(String::new(), "x").is_err());
-        assert!(RefundQuery::validate(String::new(), ORDER, "x").is_err());
+        assert!(RefundQuery::validate(String::new(), ORDER, "x/..").is_err());
+        assert!(RefundQuery::validate(String::new(), ORDER, "x").is_ok());
         assert!(
             ExtendDueDateOptionsQuery::validate("eu".into(), ORDER, ORDER)
                 .is_ok_and(|q| q.klarna_account.as_deref() == Some("eu"))

@@ -1,6 +1,6 @@
 //! Identifiers: Klarna's resource ids (UUIDs in the Order Management API) and the caller's
-//! idempotency key. Klarna ids are held in canonical lower-case hyphenated form, so the same
-//! order typed in upper case is still the same order.
+//! idempotency key. Klarna's UUIDs are held in canonical lower-case hyphenated form, so the
+//! same order typed in upper case is still the same order.
 
 use std::fmt;
 
@@ -25,6 +25,32 @@ fn canonical_uuid(value: &str, what: &str) -> Result<String, InvalidValue> {
                 "must be a Klarna {what} id (a UUID like 4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64)"
             ))
         })
+}
+
+/// Longest capture or refund id accepted in another form than a UUID.
+pub const MAX_OPAQUE_ID_CHARS: usize = 255;
+
+/// A capture or refund id. Klarna issues UUIDs, held canonical as an order's; but its published
+/// specification types these ids only as strings (unlike an order id, which it answers 400
+/// for when not a UUID), so another form is held exactly as given rather than refused, as long
+/// as it stands as one path segment: 1 to [`MAX_OPAQUE_ID_CHARS`] ASCII letters, digits, `-`,
+/// `_`, `.`, `:` and `~`, a letter or digit among them (`.` or `..` would move the path).
+fn resource_id(value: &str, what: &str) -> Result<String, InvalidValue> {
+    if let Ok(canonical) = canonical_uuid(value, what) {
+        return Ok(canonical);
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '~');
+    if value.is_empty()
+        || value.len() > MAX_OPAQUE_ID_CHARS
+        || !value.chars().all(allowed)
+        || !value.chars().any(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(InvalidValue::new(format!(
+            "must be a Klarna {what} id: a UUID like 4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64, or 1 \
+             to {MAX_OPAQUE_ID_CHARS} ASCII letters, digits, '-', '_', '.', ':' or '~'"
+        )));
+    }
+    Ok(value.to_owned())
 }
 
 /// A validated id newtype: `parse` runs `$check` (text -> canonical text) once, and serde
@@ -88,15 +114,17 @@ klarna_uuid_id!(
     OrderId,
     "order"
 );
-klarna_uuid_id!(
+validated_id!(
     /// A Klarna capture id, unique within its order.
     CaptureId,
-    "capture"
+    |value| resource_id(value, "capture"),
+    "Accepts a hyphenated UUID in any case, held lower case, or another id of one path segment held as given (see `resource_id`)."
 );
-klarna_uuid_id!(
+validated_id!(
     /// A Klarna refund id, unique within its order.
     RefundId,
-    "refund"
+    |value| resource_id(value, "refund"),
+    "Accepts a hyphenated UUID in any case, held lower case, or another id of one path segment held as given (see `resource_id`)."
 );
 
 /// Longest idempotency key, the same limit Klarna puts on its own key.
@@ -151,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn non_uuid_ids_are_refused() {
+    fn non_uuid_order_ids_are_refused() {
         for bad in [
             "",
             "order-1",
@@ -162,8 +190,47 @@ mod tests {
             "../../../admin/x-8f3d-4b7e-9a2c-5d1e0",
         ] {
             assert!(OrderId::parse(bad).is_err(), "{bad:?}");
-            assert!(CaptureId::parse(bad).is_err(), "{bad:?}");
-            assert!(RefundId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn capture_and_refund_ids_are_uuids_or_one_path_segment() {
+        let capture = |s: &str| CaptureId::parse(s).map(|id| id.to_string());
+        assert_eq!(
+            capture("4E6B2C1A-8F3D-4B7E-9A2C-5D1E0F3B7A64"),
+            Ok("4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64".to_owned())
+        );
+        for kept in [
+            "order-1",
+            "4E6B2C1A8F3D4B7E9A2C5D1E0F3B7A64",
+            "7849fd84-47dc-4919-a7ce-xxxxxxxxxx",
+            "cap_01.v2:~x",
+        ] {
+            assert_eq!(capture(kept), Ok(kept.to_owned()), "{kept:?}");
+            assert_eq!(
+                RefundId::parse(kept).map(|id| id.to_string()),
+                Ok(kept.to_owned())
+            );
+        }
+        assert!(capture(&"a".repeat(MAX_OPAQUE_ID_CHARS)).is_ok());
+        for bad in [
+            String::new(),
+            "a".repeat(MAX_OPAQUE_ID_CHARS + 1),
+            "{4e6b2c1a-8f3d-4b7e-9a2c-5d1e0f3b7a64}".into(),
+            "../../../admin/x-8f3d-4b7e-9a2c-5d1e0".into(),
+            ".".into(),
+            "..".into(),
+            "-_~".into(),
+            "a/b".into(),
+            "a?b".into(),
+            "a#b".into(),
+            "a%2Fb".into(),
+            "a b".into(),
+            "a\nb".into(),
+            "é".into(),
+        ] {
+            assert!(capture(&bad).is_err(), "{bad:?}");
+            assert!(RefundId::parse(&bad).is_err(), "{bad:?}");
         }
     }
 

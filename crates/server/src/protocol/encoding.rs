@@ -722,7 +722,7 @@ mod tests {
             REFUND_V1.replace("\"refunded_amount\":4000", "\"refunded_amount\":0"),
             REFUND_V1.replace("\"type\":\"physical\"", "\"type\":\"teleport\""),
             REFUND_V1.replace("\"total_amount\":4500", "\"total_amount\":4501"),
-            EXTEND_V1.replace("a1c9e5d2", "not-a-uuid"),
+            EXTEND_V1.replace("a1c9e5d2", "not/a/capture"),
             CAPTURE_REFUND_V1.replace("krn:payment:eu1:transaction:6b1f", "krn:a/b"),
             CAPTURE_REFUND_V1.replace("\"currency\":\"SEK\"", "\"currency\":\"SE\""),
             TRANSACTION_REFUND_V1.replace("\"total_amount\":4000", "\"total_amount\":4001"),
