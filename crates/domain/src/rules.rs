@@ -29,13 +29,23 @@ pub fn check_refund(cmd: &RefundOrder, order: &Order) -> Result<(), Precondition
     if let Some(currency) = &cmd.currency
         && !currency.as_str().eq_ignore_ascii_case(&order.currency)
     {
+        let description = if order.currency.is_empty() {
+            // Klarna's answer named no purchase_currency: the currency given cannot be checked,
+            // and a refund is not sent on an unchecked assertion about money.
+            format!(
+                "the refund is in {currency} but Klarna's order states no purchase currency to \
+                 check it against; send the refund without a currency to refund in the order's"
+            )
+        } else {
+            format!(
+                "the refund is in {currency} but the order is in {}",
+                order.currency.to_ascii_uppercase()
+            )
+        };
         return Err(Precondition {
             reason: PreconditionReason::CurrencyMismatch,
             subject: format!("orders/{}", cmd.order_id),
-            description: format!(
-                "the refund is in {currency} but the order is in {}",
-                order.currency.to_ascii_uppercase()
-            ),
+            description,
         });
     }
     if cmd.has_return_fee() {
@@ -431,6 +441,18 @@ mod tests {
             )),
             Some(PreconditionReason::CurrencyMismatch)
         );
+        // An order whose answer named no currency: the given one cannot be checked.
+        let mut unknown = order("SE", 10000, &[10000]);
+        unknown.currency.clear();
+        let refused = check_refund(&refund("SEK", false), &unknown).err();
+        assert!(
+            refused
+                .as_ref()
+                .is_some_and(|p| p.reason == PreconditionReason::CurrencyMismatch
+                    && p.description.contains("states no purchase currency")),
+            "{refused:?}"
+        );
+        assert_eq!(reason(check_refund(&refund("", false), &unknown)), None);
     }
 
     #[test]
