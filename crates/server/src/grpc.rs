@@ -18,6 +18,7 @@ use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth::{AuthenticatedCaller, CallerGrant};
 use crate::convert;
@@ -424,7 +425,7 @@ impl RefundGatewayApi {
     /// day there; DAILY_LIMIT_REACHED when the total would pass it. The protocol gives the
     /// reservation back if the operation moves no money.
     async fn reserve_daily(
-        &self,
+        protocol: &Protocol,
         rpc: &'static str,
         grant: &CallerGrant,
         spend: Option<(i64, Currency)>,
@@ -439,8 +440,7 @@ impl RefundGatewayApi {
         // A retry of an operation already made moves no new money, so it reserves nothing (two
         // first requests racing both reserve, and the claim gives the loser's back). Read only
         // here: a caller without a daily cap pays no read before its claim.
-        let known = self
-            .protocol
+        let known = protocol
             .store()
             .get(operation_id)
             .await
@@ -450,8 +450,7 @@ impl RefundGatewayApi {
             return Ok(None);
         }
         let day = time::OffsetDateTime::now_utc().date();
-        let reserved = self
-            .protocol
+        let reserved = protocol
             .store()
             .reserve_daily(grant.name(), currency.as_str(), day, amount, cap)
             .await
@@ -507,27 +506,48 @@ impl RefundGatewayApi {
             .inspect_err(move |e| log_failure(rpc, e))
             .map_ok(encode)
             .boxed();
+        let protocol = self.protocol.clone();
         async move {
-            let minimum = self.protocol.settings().min_deadline;
+            let minimum = protocol.settings().min_deadline;
             if let Some(remaining) = context.deadline.filter(|d| *d < minimum) {
                 return Err(fail(
                     rpc,
                     GatewayError::DeadlineTooShort { remaining, minimum },
                 ));
             }
-            // The last refusal before the claim: nothing is stored when the day's cap is
-            // reached.
-            let reservation = self
-                .reserve_daily(rpc, &context.grant, spend, new.operation_id)
-                .await?;
             new.trace_id = context.request_id;
             new.traceparent = crate::telemetry::current_traceparent();
             let span = tracing::Span::current();
             span.record("refund.operation_id", new.operation_id.to_string());
-            let stored = self
-                .protocol
-                .execute(new, context.deadline, work, answer_context, reservation)
-                .await;
+            let CallContext {
+                grant, deadline, ..
+            } = context;
+            // From the reservation on, the call runs in a task of its own: a caller that goes
+            // away (a cancel, its deadline) drops only this future, never a claim half made.
+            // Dropped between its write and the task that works the operation, a claim would
+            // hold its lease (on PostgreSQL its order's too, stalling that order's other
+            // refunds) until the lease expired and the reconciler took it over; dropped after
+            // the reservation, the day's amount would stay reserved for a refund never made.
+            let detached = async move {
+                // The last refusal before the claim: nothing is stored when the day's cap is
+                // reached.
+                let reservation =
+                    Self::reserve_daily(&protocol, rpc, &grant, spend, new.operation_id).await?;
+                Ok::<_, Status>(
+                    protocol
+                        .execute(new, deadline, work, answer_context, reservation)
+                        .await,
+                )
+            };
+            let stored = match tokio::spawn(detached.instrument(span.clone())).await {
+                Ok(stored) => stored?,
+                // Only a panic or the runtime's shutdown ends the task without a result; what
+                // it stored, if anything, is resolved by the reconciler, and a retry under
+                // the same key finds it.
+                Err(e) => Err(GatewayError::Internal(format!(
+                    "the call's task failed: {e}"
+                ))),
+            };
             if let Ok(stored) = &stored {
                 span.record("refund.idempotency_replayed", stored.replayed);
             }

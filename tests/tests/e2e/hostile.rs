@@ -993,9 +993,13 @@ backend_test! {
     async fn a_flood_of_calls_cancelled_mid_mutation_loses_and_doubles_nothing(
         db: Backend,
     ) -> anyhow::Result<()> {
+        // A lease far longer than the waits below: a claim cut from the task that works it
+        // (the caller gone mid-claim) would sit until it expired, holding its order on
+        // PostgreSQL, and the waits would give up. The call runs detached from its caller,
+        // so none is cut.
         let app = spawn_app_with(AppOptions {
             reconcile_interval_ms: Some(50),
-            lease_secs: Some(10),
+            lease_secs: Some(300),
             ..db.options()
         })
         .await?;
