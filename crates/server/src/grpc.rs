@@ -18,7 +18,6 @@ use refund_gateway_proto::v1 as pb;
 use refund_gateway_proto::v1::refund_gateway_service_server::RefundGatewayService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::auth::{AuthenticatedCaller, CallerGrant};
 use crate::convert;
@@ -424,13 +423,13 @@ impl RefundGatewayApi {
     /// Reserves `amount` in the caller's total of `currency` for today when it has a cap per
     /// day there; DAILY_LIMIT_REACHED when the total would pass it. The protocol gives the
     /// reservation back if the operation moves no money.
+    /// Owns its arguments: it runs in the operation's task ([`Protocol::execute`]).
     async fn reserve_daily(
-        protocol: &Protocol,
-        rpc: &'static str,
-        grant: &CallerGrant,
+        protocol: Protocol,
+        grant: Arc<CallerGrant>,
         spend: Option<(i64, Currency)>,
         operation_id: OperationId,
-    ) -> Result<Option<DailyReservation>, Status> {
+    ) -> Result<Option<DailyReservation>, GatewayError> {
         let Some((amount, currency)) = spend else {
             return Ok(None);
         };
@@ -444,7 +443,7 @@ impl RefundGatewayApi {
             .store()
             .get(operation_id)
             .await
-            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?
             .is_some();
         if known {
             return Ok(None);
@@ -454,18 +453,15 @@ impl RefundGatewayApi {
             .store()
             .reserve_daily(grant.name(), currency.as_str(), day, amount, cap)
             .await
-            .map_err(|e| fail(rpc, GatewayError::StoreUnavailable(e.to_string())))?;
+            .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
         if !reserved {
-            return Err(fail(
-                rpc,
-                GatewayError::PermissionDenied {
-                    reason: "DAILY_LIMIT_REACHED",
-                    description: format!(
-                        "caller {} has reached its limit of {cap} {currency} today (UTC)",
-                        grant.name()
-                    ),
-                },
-            ));
+            return Err(GatewayError::PermissionDenied {
+                reason: "DAILY_LIMIT_REACHED",
+                description: format!(
+                    "caller {} has reached its limit of {cap} {currency} today (UTC)",
+                    grant.name()
+                ),
+            });
         }
         Ok(Some(DailyReservation {
             caller: grant.name().to_owned(),
@@ -506,48 +502,30 @@ impl RefundGatewayApi {
             .inspect_err(move |e| log_failure(rpc, e))
             .map_ok(encode)
             .boxed();
-        let protocol = self.protocol.clone();
         async move {
-            let minimum = protocol.settings().min_deadline;
+            let minimum = self.protocol.settings().min_deadline;
             if let Some(remaining) = context.deadline.filter(|d| *d < minimum) {
                 return Err(fail(
                     rpc,
                     GatewayError::DeadlineTooShort { remaining, minimum },
                 ));
             }
+            // Taken in the operation's task, so that a caller gone before its claim cannot
+            // leave the amount reserved.
+            let reserve = Self::reserve_daily(
+                self.protocol.clone(),
+                context.grant,
+                spend,
+                new.operation_id,
+            );
             new.trace_id = context.request_id;
             new.traceparent = crate::telemetry::current_traceparent();
             let span = tracing::Span::current();
             span.record("refund.operation_id", new.operation_id.to_string());
-            let CallContext {
-                grant, deadline, ..
-            } = context;
-            // From the reservation on, the call runs in a task of its own: a caller that goes
-            // away (a cancel, its deadline) drops only this future, never a claim half made.
-            // Dropped between its write and the task that works the operation, a claim would
-            // hold its lease (on PostgreSQL its order's too, stalling that order's other
-            // refunds) until the lease expired and the reconciler took it over; dropped after
-            // the reservation, the day's amount would stay reserved for a refund never made.
-            let detached = async move {
-                // The last refusal before the claim: nothing is stored when the day's cap is
-                // reached.
-                let reservation =
-                    Self::reserve_daily(&protocol, rpc, &grant, spend, new.operation_id).await?;
-                Ok::<_, Status>(
-                    protocol
-                        .execute(new, deadline, work, answer_context, reservation)
-                        .await,
-                )
-            };
-            let stored = match tokio::spawn(detached.instrument(span.clone())).await {
-                Ok(stored) => stored?,
-                // Only a panic or the runtime's shutdown ends the task without a result; what
-                // it stored, if anything, is resolved by the reconciler, and a retry under
-                // the same key finds it.
-                Err(e) => Err(GatewayError::Internal(format!(
-                    "the call's task failed: {e}"
-                ))),
-            };
+            let stored = self
+                .protocol
+                .execute(new, context.deadline, work, answer_context, reserve)
+                .await;
             if let Ok(stored) = &stored {
                 span.record("refund.idempotency_replayed", stored.replayed);
             }

@@ -226,6 +226,13 @@ impl Protocol {
     /// (minus the margin): a stored answer is replayed, a concurrent duplicate is told to
     /// wait, another request under the same key is refused.
     ///
+    /// Everything from `reserve` (the caller's daily reservation, taken first) to the recorded
+    /// outcome runs in one task of its own, and the returned future only waits for its answer:
+    /// a caller that goes away (a cancel, its deadline) drops that wait, never a claim half
+    /// made. Cut between its write and the work, a claim would hold its lease (on PostgreSQL
+    /// its order's too, stalling the order's other operations) until the lease expired; cut
+    /// after the reservation, the day's amount would stay reserved for nothing.
+    ///
     /// A plain function returning the future: an `async fn` would keep `new` in its state
     /// twice (the argument, and the local it is moved into).
     #[allow(
@@ -238,21 +245,67 @@ impl Protocol {
         deadline: Option<Duration>,
         work: Work,
         context: AnswerContext,
-        reservation: Option<DailyReservation>,
+        reserve: impl std::future::Future<Output = Result<Option<DailyReservation>, GatewayError>>
+        + Send
+        + 'static,
     ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + '_ {
         async move {
             let deadline = deadline.unwrap_or(self.settings.default_deadline);
             let started = tokio::time::Instant::now();
             let answer_by = started + deadline.saturating_sub(self.settings.deadline_margin);
+            let operation_id = new.operation_id;
+            let (tx, rx) = oneshot::channel();
             // Klarna attempts stop at the caller's deadline; later resolution is the reconciler's.
-            let klarna_deadline = started + deadline;
+            let task = self
+                .clone()
+                .claim_and_run(new, work, context, reserve, answer_by, started + deadline)
+                .map(move |answer| {
+                    let _ = tx.send(answer);
+                });
+            // In the caller's span, so the operation's Klarna attempts and log lines belong to
+            // its trace even after the caller is answered.
+            tokio::spawn(task.instrument(tracing::Span::current()));
+            match tokio::time::timeout_at(answer_by, rx).await {
+                Ok(Ok(result)) => result,
+                // The task ended without answering: only a panic does that. Its outcome, if any,
+                // is in the store or will be resolved; the caller retries with the same key.
+                Ok(Err(_)) => Err(GatewayError::Internal(format!(
+                    "the task of operation {operation_id} failed"
+                ))),
+                Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
+            }
+        }
+    }
+
+    /// The task of [`Protocol::execute`]: reserves, claims, then replays, refuses, waits for
+    /// another holder's resolution, or works the operation (or resends it) to its recorded
+    /// outcome, however long the caller waits.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
+    fn claim_and_run(
+        self,
+        new: NewOperation,
+        work: Work,
+        context: AnswerContext,
+        reserve: impl std::future::Future<Output = Result<Option<DailyReservation>, GatewayError>>
+        + Send
+        + 'static,
+        answer_by: tokio::time::Instant,
+        klarna_deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
+        async move {
+            // The last refusal before the claim: nothing is stored when the day's cap is
+            // reached.
+            let reservation = reserve.await?;
             let now = OffsetDateTime::now_utc();
             let operation_id = new.operation_id;
             let new_op = new.clone();
             let trace_id = new.trace_id.clone();
             let holder = LeaseHolder::new();
             // The order lock comes with a new claim when it is free (one write, where the
-            // store can); otherwise the operation's task waits for it.
+            // store can); otherwise `run` waits for it.
             let (claim, lock) = match self
                 .store
                 .claim_and_lock(new, holder, now, self.settings.lease)
@@ -269,22 +322,19 @@ impl Protocol {
                 // A resend of an operation already made: it moves no new money.
                 self.release(reservation.as_ref()).await;
             }
-            let receiver = match claim {
-                Claim::New(op) => self.spawn(
-                    op,
-                    holder,
-                    Job::Work(work, context, reservation),
-                    klarna_deadline,
-                    None,
-                    lock,
-                ),
+            match claim {
+                Claim::New(op) => {
+                    let job = Job::Work(work, context, reservation);
+                    let run = self.clone().run(op, holder, job, None, lock);
+                    refund_gateway_klarna::with_deadline(klarna_deadline, run).await
+                }
                 Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
-                    return Err(GatewayError::KeyReused {
+                    Err(GatewayError::KeyReused {
                         operation_id: op.new.operation_id.to_string(),
                         idempotency_key: op.new.idempotency_key.to_string(),
-                    });
+                    })
                 }
-                Claim::Existing(op) if op.state.is_final() => return self.replay(op),
+                Claim::Existing(op) if op.state.is_final() => self.replay(op),
                 Claim::Existing(op) => {
                     // Unresolved (PENDING, or a dead holder's claim): settle it now, as the
                     // reconciler would, rather than make the caller wait for a pass.
@@ -304,17 +354,9 @@ impl Protocol {
                     if !taken {
                         return self.after_resolution(&op, answer_by).await;
                     }
-                    self.spawn(op, holder, Job::Resend, klarna_deadline, trace_id, None)
+                    let run = self.clone().run(op, holder, Job::Resend, trace_id, None);
+                    refund_gateway_klarna::with_deadline(klarna_deadline, run).await
                 }
-            };
-            match tokio::time::timeout_at(answer_by, receiver).await {
-                Ok(Ok(result)) => result,
-                // The task ended without answering: only a panic does that. Its outcome, if any,
-                // is in the store or will be resolved; the caller retries with the same key.
-                Ok(Err(_)) => Err(GatewayError::Internal(format!(
-                    "the task of operation {operation_id} failed"
-                ))),
-                Err(_) => Err(pending(operation_id, "still waiting for Klarna")),
             }
         }
     }
