@@ -423,6 +423,7 @@ impl RefundGatewayApi {
     /// Reserves `amount` in the caller's total of `currency` for today when it has a cap per
     /// day there; DAILY_LIMIT_REACHED when the total would pass it. The protocol gives the
     /// reservation back if the operation moves no money.
+    ///
     /// Owns its arguments: it runs in the operation's task ([`Protocol::execute`]).
     async fn reserve_daily(
         protocol: Protocol,

@@ -325,7 +325,7 @@ impl Protocol {
             match claim {
                 Claim::New(op) => {
                     let job = Job::Work(work, context, reservation);
-                    let run = self.clone().run(op, holder, job, None, lock);
+                    let run = self.run(op, holder, job, None, lock);
                     refund_gateway_klarna::with_deadline(klarna_deadline, run).await
                 }
                 Claim::Existing(op) if !encoding::same_request(&op.new.fingerprint, &new_op) => {
@@ -354,7 +354,7 @@ impl Protocol {
                     if !taken {
                         return self.after_resolution(&op, answer_by).await;
                     }
-                    let run = self.clone().run(op, holder, Job::Resend, trace_id, None);
+                    let run = self.run(op, holder, Job::Resend, trace_id, None);
                     refund_gateway_klarna::with_deadline(klarna_deadline, run).await
                 }
             }
